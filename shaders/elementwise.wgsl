@@ -1,0 +1,96 @@
+// elementwise.wgsl — element-wise ops over flat f32 tensors of p.len elements, forward and backward.
+//
+//   add             out = x + y                      (residual connections; backward: dx = dy, dy = dy)
+//   scale           out = alpha * x                  (its own backward with the same alpha)
+//   relu_forward    out = max(x, 0)
+//   relu_backward   out = dy * (x > 0)               x is the forward INPUT
+//   relu6_forward   out = min(max(x, 0), 6)
+//   relu6_backward  out = dy * (0 < x < 6)           x is the forward INPUT
+// flags & 1: accumulate (out += result) instead of overwrite, for gradients that sum over several uses.
+//
+// Layout: every binding is a flat array of p.len elements (any shape, row-major).
+// Dispatch: 256 invocations per workgroup, one element each, on a 2-D grid (x, y) with x <= 65535:
+// element = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
+
+struct EltParams {
+    len: u32,
+    flags: u32,
+    alpha: f32,
+    _pad: u32,
+}
+
+const FLAG_ACCUMULATE: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> p: EltParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;          // (len)
+@group(0) @binding(2) var<storage, read> y: array<f32>;          // (len): second operand, or dy in backward
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (len)
+
+// Unary kernels (scale, *_forward) bind only x and out.
+
+fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wg.y * nwg.x + wg.x) * 256u + lid.x;
+}
+
+fn store(i: u32, v: f32) {
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        out[i] += v;
+    } else {
+        out[i] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        store(i, x[i] + y[i]);
+    }
+}
+
+@compute @workgroup_size(256)
+fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        store(i, p.alpha * x[i]);
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        store(i, max(x[i], 0.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        store(i, select(0.0, y[i], x[i] > 0.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu6_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        store(i, clamp(x[i], 0.0, 6.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu6_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        let v = x[i];
+        store(i, select(0.0, y[i], v > 0.0 && v < 6.0));
+    }
+}

@@ -1,0 +1,243 @@
+// matmul.wgsl — batched matrix product C[b] = op(A)[b] · op(B)[b] (+ bias) (+ C[b] when accumulating).
+//
+// Layout: op(A) is (batch, M, K) and op(B) is (batch, K, N), each addressed through element strides, so a
+// transposed operand is just swapped row/column strides (dA = dC·Bᵀ and dB = Aᵀ·dC need no copies); a batch
+// stride of 0 shares one matrix across the batch. C is contiguous row-major (batch, M, N).
+// flags & 1: add bias (N) to every row. flags & 2: accumulate (C += product) instead of overwriting, for
+// gradients of tensors that are used twice.
+//
+// Kernels:
+//   matmul        the library kernel, register-blocked: each invocation computes a 16 x 8 block of C, held in
+//                 32 named vec4 accumulators (16 rows x two groups of 4 columns).
+//                 - The 16 rows are the same for all 64 invocations of a workgroup, so every A read has a
+//                   workgroup-uniform address: one load broadcast to all invocations.
+//                 - Invocation i owns columns 512 * wg.x + i + 64 * j (j = 0..7): at each j, neighbouring invocations
+//                   read neighbouring B elements (coalesced on GPUs; on lavapipe the better of the two layouts
+//                   measured, see BENCHMARKS.md).
+//                 - The block is unrolled by hand: lavapipe keeps arrays indexed inside loops in memory, which
+//                   measured 3-5x slower than named registers.
+//                 No workgroup memory and no barriers (barriers are expensive on the software driver); reuse
+//                 of B across the 16 rows happens in registers, reuse of A through the uniform broadcast.
+//                 A workgroup covers 16 rows x 512 columns. Dispatch: (ceil(N / 512), ceil(M / 16), batch).
+//   matmul_naive  one output per invocation, 16x16 workgroups; kept only as the benchmark baseline.
+//                 Dispatch: (ceil(N / 16), ceil(M / 16), batch).
+
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    // element strides of op(A): batch, row (along M), column (along K)
+    a_batch: u32,
+    a_row: u32,
+    a_col: u32,
+    // element strides of op(B): batch, row (along K), column (along N)
+    b_batch: u32,
+    b_row: u32,
+    b_col: u32,
+    flags: u32,
+    _pad: u32,
+}
+
+const FLAG_BIAS: u32 = 1u;
+const FLAG_ACCUMULATE: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: MatmulParams;
+@group(0) @binding(1) var<storage, read> a: array<f32>;          // op(A): (batch, M, K) via strides
+@group(0) @binding(2) var<storage, read> b: array<f32>;          // op(B): (batch, K, N) via strides
+@group(0) @binding(3) var<storage, read> bias: array<f32>;       // (N), read only when flags & FLAG_BIAS
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;    // (batch, M, N)
+
+fn finish(acc: f32, row: u32, col: u32, batch: u32) {
+    var v = acc;
+    if (p.flags & FLAG_BIAS) != 0u {
+        v += bias[col];
+    }
+    let idx = (batch * p.m + row) * p.n + col;
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        v += c[idx];
+    }
+    c[idx] = v;
+}
+
+// Store one accumulator: 4 columns of one row, skipping what lies past the edge of C.
+fn store_row(v: vec4<f32>, row: u32, cols: vec4<u32>, batch: u32) {
+    if row < p.m {
+        if cols.x < p.n { finish(v.x, row, cols.x, batch); }
+        if cols.y < p.n { finish(v.y, row, cols.y, batch); }
+        if cols.z < p.n { finish(v.z, row, cols.z, batch); }
+        if cols.w < p.n { finish(v.w, row, cols.w, batch); }
+    }
+}
+
+const TM: u32 = 16u; // rows per workgroup (and per invocation)
+const TN: u32 = 8u;  // columns per invocation
+const WG: u32 = 64u; // invocations per workgroup
+
+@compute @workgroup_size(64, 1, 1)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let batch = wg.z;
+    let row0 = wg.y * TM;
+    let a_base = batch * p.a_batch;
+    let b_base = batch * p.b_batch;
+    // Rows and columns past the edge are clamped for loading (always in bounds, no divergent branches in the
+    // inner loop) and skipped when storing.
+    let last_row = p.m - 1u;
+    let last_col = p.n - 1u;
+    let ar0 = a_base + min(row0 + 0u, last_row) * p.a_row;
+    let ar1 = a_base + min(row0 + 1u, last_row) * p.a_row;
+    let ar2 = a_base + min(row0 + 2u, last_row) * p.a_row;
+    let ar3 = a_base + min(row0 + 3u, last_row) * p.a_row;
+    let ar4 = a_base + min(row0 + 4u, last_row) * p.a_row;
+    let ar5 = a_base + min(row0 + 5u, last_row) * p.a_row;
+    let ar6 = a_base + min(row0 + 6u, last_row) * p.a_row;
+    let ar7 = a_base + min(row0 + 7u, last_row) * p.a_row;
+    let ar8 = a_base + min(row0 + 8u, last_row) * p.a_row;
+    let ar9 = a_base + min(row0 + 9u, last_row) * p.a_row;
+    let ar10 = a_base + min(row0 + 10u, last_row) * p.a_row;
+    let ar11 = a_base + min(row0 + 11u, last_row) * p.a_row;
+    let ar12 = a_base + min(row0 + 12u, last_row) * p.a_row;
+    let ar13 = a_base + min(row0 + 13u, last_row) * p.a_row;
+    let ar14 = a_base + min(row0 + 14u, last_row) * p.a_row;
+    let ar15 = a_base + min(row0 + 15u, last_row) * p.a_row;
+    let col0 = wg.x * WG * TN + lid.x;
+    let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
+    let bc0 = min(c0, vec4<u32>(last_col)) * p.b_col + vec4<u32>(b_base);
+    let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
+    let bc1 = min(c1, vec4<u32>(last_col)) * p.b_col + vec4<u32>(b_base);
+    var acc0_0 = vec4<f32>(0.0);
+    var acc0_1 = vec4<f32>(0.0);
+    var acc1_0 = vec4<f32>(0.0);
+    var acc1_1 = vec4<f32>(0.0);
+    var acc2_0 = vec4<f32>(0.0);
+    var acc2_1 = vec4<f32>(0.0);
+    var acc3_0 = vec4<f32>(0.0);
+    var acc3_1 = vec4<f32>(0.0);
+    var acc4_0 = vec4<f32>(0.0);
+    var acc4_1 = vec4<f32>(0.0);
+    var acc5_0 = vec4<f32>(0.0);
+    var acc5_1 = vec4<f32>(0.0);
+    var acc6_0 = vec4<f32>(0.0);
+    var acc6_1 = vec4<f32>(0.0);
+    var acc7_0 = vec4<f32>(0.0);
+    var acc7_1 = vec4<f32>(0.0);
+    var acc8_0 = vec4<f32>(0.0);
+    var acc8_1 = vec4<f32>(0.0);
+    var acc9_0 = vec4<f32>(0.0);
+    var acc9_1 = vec4<f32>(0.0);
+    var acc10_0 = vec4<f32>(0.0);
+    var acc10_1 = vec4<f32>(0.0);
+    var acc11_0 = vec4<f32>(0.0);
+    var acc11_1 = vec4<f32>(0.0);
+    var acc12_0 = vec4<f32>(0.0);
+    var acc12_1 = vec4<f32>(0.0);
+    var acc13_0 = vec4<f32>(0.0);
+    var acc13_1 = vec4<f32>(0.0);
+    var acc14_0 = vec4<f32>(0.0);
+    var acc14_1 = vec4<f32>(0.0);
+    var acc15_0 = vec4<f32>(0.0);
+    var acc15_1 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk++) {
+        let b_off = kk * p.b_row;
+        let a_off = kk * p.a_col;
+        let b0 = vec4<f32>(b[bc0.x + b_off], b[bc0.y + b_off], b[bc0.z + b_off], b[bc0.w + b_off]);
+        let b1 = vec4<f32>(b[bc1.x + b_off], b[bc1.y + b_off], b[bc1.z + b_off], b[bc1.w + b_off]);
+        let a0 = vec4<f32>(a[ar0 + a_off]);
+        acc0_0 = fma(a0, b0, acc0_0);
+        acc0_1 = fma(a0, b1, acc0_1);
+        let a1 = vec4<f32>(a[ar1 + a_off]);
+        acc1_0 = fma(a1, b0, acc1_0);
+        acc1_1 = fma(a1, b1, acc1_1);
+        let a2 = vec4<f32>(a[ar2 + a_off]);
+        acc2_0 = fma(a2, b0, acc2_0);
+        acc2_1 = fma(a2, b1, acc2_1);
+        let a3 = vec4<f32>(a[ar3 + a_off]);
+        acc3_0 = fma(a3, b0, acc3_0);
+        acc3_1 = fma(a3, b1, acc3_1);
+        let a4 = vec4<f32>(a[ar4 + a_off]);
+        acc4_0 = fma(a4, b0, acc4_0);
+        acc4_1 = fma(a4, b1, acc4_1);
+        let a5 = vec4<f32>(a[ar5 + a_off]);
+        acc5_0 = fma(a5, b0, acc5_0);
+        acc5_1 = fma(a5, b1, acc5_1);
+        let a6 = vec4<f32>(a[ar6 + a_off]);
+        acc6_0 = fma(a6, b0, acc6_0);
+        acc6_1 = fma(a6, b1, acc6_1);
+        let a7 = vec4<f32>(a[ar7 + a_off]);
+        acc7_0 = fma(a7, b0, acc7_0);
+        acc7_1 = fma(a7, b1, acc7_1);
+        let a8 = vec4<f32>(a[ar8 + a_off]);
+        acc8_0 = fma(a8, b0, acc8_0);
+        acc8_1 = fma(a8, b1, acc8_1);
+        let a9 = vec4<f32>(a[ar9 + a_off]);
+        acc9_0 = fma(a9, b0, acc9_0);
+        acc9_1 = fma(a9, b1, acc9_1);
+        let a10 = vec4<f32>(a[ar10 + a_off]);
+        acc10_0 = fma(a10, b0, acc10_0);
+        acc10_1 = fma(a10, b1, acc10_1);
+        let a11 = vec4<f32>(a[ar11 + a_off]);
+        acc11_0 = fma(a11, b0, acc11_0);
+        acc11_1 = fma(a11, b1, acc11_1);
+        let a12 = vec4<f32>(a[ar12 + a_off]);
+        acc12_0 = fma(a12, b0, acc12_0);
+        acc12_1 = fma(a12, b1, acc12_1);
+        let a13 = vec4<f32>(a[ar13 + a_off]);
+        acc13_0 = fma(a13, b0, acc13_0);
+        acc13_1 = fma(a13, b1, acc13_1);
+        let a14 = vec4<f32>(a[ar14 + a_off]);
+        acc14_0 = fma(a14, b0, acc14_0);
+        acc14_1 = fma(a14, b1, acc14_1);
+        let a15 = vec4<f32>(a[ar15 + a_off]);
+        acc15_0 = fma(a15, b0, acc15_0);
+        acc15_1 = fma(a15, b1, acc15_1);
+    }
+    store_row(acc0_0, row0 + 0u, c0, batch);
+    store_row(acc0_1, row0 + 0u, c1, batch);
+    store_row(acc1_0, row0 + 1u, c0, batch);
+    store_row(acc1_1, row0 + 1u, c1, batch);
+    store_row(acc2_0, row0 + 2u, c0, batch);
+    store_row(acc2_1, row0 + 2u, c1, batch);
+    store_row(acc3_0, row0 + 3u, c0, batch);
+    store_row(acc3_1, row0 + 3u, c1, batch);
+    store_row(acc4_0, row0 + 4u, c0, batch);
+    store_row(acc4_1, row0 + 4u, c1, batch);
+    store_row(acc5_0, row0 + 5u, c0, batch);
+    store_row(acc5_1, row0 + 5u, c1, batch);
+    store_row(acc6_0, row0 + 6u, c0, batch);
+    store_row(acc6_1, row0 + 6u, c1, batch);
+    store_row(acc7_0, row0 + 7u, c0, batch);
+    store_row(acc7_1, row0 + 7u, c1, batch);
+    store_row(acc8_0, row0 + 8u, c0, batch);
+    store_row(acc8_1, row0 + 8u, c1, batch);
+    store_row(acc9_0, row0 + 9u, c0, batch);
+    store_row(acc9_1, row0 + 9u, c1, batch);
+    store_row(acc10_0, row0 + 10u, c0, batch);
+    store_row(acc10_1, row0 + 10u, c1, batch);
+    store_row(acc11_0, row0 + 11u, c0, batch);
+    store_row(acc11_1, row0 + 11u, c1, batch);
+    store_row(acc12_0, row0 + 12u, c0, batch);
+    store_row(acc12_1, row0 + 12u, c1, batch);
+    store_row(acc13_0, row0 + 13u, c0, batch);
+    store_row(acc13_1, row0 + 13u, c1, batch);
+    store_row(acc14_0, row0 + 14u, c0, batch);
+    store_row(acc14_1, row0 + 14u, c1, batch);
+    store_row(acc15_0, row0 + 15u, c0, batch);
+    store_row(acc15_1, row0 + 15u, c1, batch);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let row = gid.y;
+    let batch = gid.z;
+    if row >= p.m || col >= p.n {
+        return;
+    }
+    var acc = 0.0;
+    let a_base = batch * p.a_batch + row * p.a_row;
+    let b_base = batch * p.b_batch + col * p.b_col;
+    for (var kk = 0u; kk < p.k; kk++) {
+        acc = fma(a[a_base + kk * p.a_col], b[b_base + kk * p.b_row], acc);
+    }
+    finish(acc, row, col, batch);
+}

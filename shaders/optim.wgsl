@@ -1,0 +1,82 @@
+// optim.wgsl — optimizer updates, in place, one invocation per parameter element.
+//
+// sgd_step (fastai's SGD):
+//   weight decay: decoupled p *= 1 - lr * wd   (flags & 1), or L2 g += wd * p  (otherwise)
+//   momentum:     buf = mom * buf + g             (no dampening; buf starts at zero)
+//   update:       p -= lr * buf
+// adam_step (fastai's Adam; debias1 = 1 - mom^step and debias2 = 1 - sqr_mom^step computed on the CPU):
+//   weight decay as above
+//   grad_avg = mom * grad_avg + (1 - mom) * g
+//   sqr_avg  = sqr_mom * sqr_avg + (1 - sqr_mom) * g^2
+//   p -= lr / debias1 * grad_avg / (sqrt(sqr_avg / debias2) + eps)
+// Hyper-parameters live in the uniform, rewritten every step, so schedules never rebuild a pipeline.
+//
+// Layout: every tensor is a flat (len) array. Dispatch: 256 per workgroup on a 2-D grid, as elementwise.wgsl.
+
+// One parameter struct for both kernels; sgd_step reads lr, mom (its momentum) and wd.
+struct OptimParams {
+    len: u32,
+    flags: u32,
+    lr: f32,
+    mom: f32,
+    sqr_mom: f32,
+    eps: f32,
+    wd: f32,
+    debias1: f32,
+    debias2: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const FLAG_DECOUPLED_WD: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> p: OptimParams;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;     // (len)
+@group(0) @binding(2) var<storage, read> grad: array<f32>;            // (len)
+@group(0) @binding(3) var<storage, read_write> grad_avg: array<f32>;  // (len): momentum buffer / first moment
+@group(0) @binding(4) var<storage, read_write> sqr_avg: array<f32>;   // (len): second moment (Adam only)
+
+fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wg.y * nwg.x + wg.x) * 256u + lid.x;
+}
+
+@compute @workgroup_size(256)
+fn sgd_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i >= p.len {
+        return;
+    }
+    var w = param[i];
+    var g = grad[i];
+    if (p.flags & FLAG_DECOUPLED_WD) != 0u {
+        w *= 1.0 - p.lr * p.wd;
+    } else {
+        g += p.wd * w;
+    }
+    let buf = p.mom * grad_avg[i] + g;
+    grad_avg[i] = buf;
+    param[i] = w - p.lr * buf;
+}
+
+@compute @workgroup_size(256)
+fn adam_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i >= p.len {
+        return;
+    }
+    var w = param[i];
+    var g = grad[i];
+    if (p.flags & FLAG_DECOUPLED_WD) != 0u {
+        w *= 1.0 - p.lr * p.wd;
+    } else {
+        g += p.wd * w;
+    }
+    let m = p.mom * grad_avg[i] + (1.0 - p.mom) * g;
+    let v = p.sqr_mom * sqr_avg[i] + (1.0 - p.sqr_mom) * g * g;
+    grad_avg[i] = m;
+    sqr_avg[i] = v;
+    param[i] = w - p.lr / p.debias1 * m / (sqrt(v / p.debias2) + p.eps);
+}

@@ -1,0 +1,57 @@
+// reduce.wgsl — sums over axes.
+//
+//   sum_reduce   out[m] = sum over o < outer, i < inner of x[(o * mid + m) * inner + i]
+//                x seen as (outer, mid, inner) keeps its middle axis: (R, N) -> (N) with outer = R, inner = 1
+//                (a linear layer's bias gradient), (N, C, H*W) -> (C) (a conv bias gradient), everything -> (1)
+//                with mid = 1. flags & 1: accumulate (out[m] += sum).
+//
+// Dispatch: one workgroup of 256 invocations per output element m, on a 2-D grid (x, y) with x <= 65535:
+// m = wg.y * num_workgroups.x + wg.x. Each invocation sums a strided share, then a tree reduction in workgroup
+// memory; the summation order is fixed, so results are deterministic.
+
+struct ReduceParams {
+    outer: u32,
+    mid: u32,
+    inner: u32,
+    flags: u32,
+}
+
+const FLAG_ACCUMULATE: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> p: ReduceParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;          // (outer, mid, inner)
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;  // (mid)
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn sum_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let m = wg.y * nwg.x + wg.x;
+    // m is uniform across the workgroup, so every invocation reaches the barriers below.
+    let active = m < p.mid;
+    var acc = 0.0;
+    if active {
+        let total = p.outer * p.inner;
+        for (var t = lid; t < total; t += 256u) {
+            let o = t / p.inner;
+            let i = t - o * p.inner;
+            acc += x[(o * p.mid + m) * p.inner + i];
+        }
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u && active {
+        if (p.flags & FLAG_ACCUMULATE) != 0u {
+            out[m] += partial[0];
+        } else {
+            out[m] = partial[0];
+        }
+    }
+}

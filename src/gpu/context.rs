@@ -1,0 +1,260 @@
+//! Adapter choice, device creation, error capture.
+//!
+//! The adapter is picked by type (discrete > integrated > virtual > CPU) unless the user names one with
+//! `--adapter NAME` / `WGTUNE_ADAPTER` (a substring of the adapter name or a backend name such as `vulkan`).
+//! The device is requested with the adapter's own limits and, where present, the optional features wgtune uses
+//! (timestamp queries for profiling, f16 in shaders).
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::Kernels;
+
+/// Optional features wgtune asks for when the adapter has them.
+const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+    .union(wgpu::Features::SHADER_F16);
+
+/// How to get a GPU, printed when there is none.
+pub const NO_ADAPTER_HELP: &str = "no GPU adapter found (Vulkan, Metal, DX12 or OpenGL).\n\
+     - On a machine with a GPU: install or update its driver (Vulkan on Linux/Windows, Metal on macOS).\n\
+     - Without a GPU, Mesa's software Vulkan driver works (slowly): `apt-get install mesa-vulkan-drivers` on \
+     Debian/Ubuntu, `dnf install mesa-vulkan-drivers` on Fedora.\n\
+     - `WGPU_BACKEND=vulkan|gl|metal|dx12` restricts the backends searched; `WGTUNE_ADAPTER=NAME` picks an adapter.";
+
+/// What the user asked for when choosing an adapter.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterRequest {
+    /// Substring of the adapter name or a backend name (`vulkan`, `gl`, `metal`, `dx12`), case-insensitive.
+    pub name: Option<String>,
+}
+
+impl AdapterRequest {
+    /// The request from `WGTUNE_ADAPTER`, if set.
+    pub fn from_env() -> Self {
+        AdapterRequest { name: std::env::var("WGTUNE_ADAPTER").ok().filter(|s| !s.is_empty()) }
+    }
+}
+
+/// Facts about the chosen adapter, for `wgtune info` and benchmark records.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub is_software: bool,
+}
+
+/// An error captured outside an error scope (uncaptured error handler or device-lost callback). Kept until the
+/// next checked call so it surfaces as a `Result`, never as a panic in wgpu's default handler.
+#[derive(Default)]
+pub(crate) struct PendingErrors {
+    pub uncaptured: Vec<String>,
+    pub lost: Option<String>,
+}
+
+/// The GPU: device, queue and the cached kernels. Cheap to share behind an `Arc`.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) adapter_info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) features: wgpu::Features,
+    pub(crate) kernels: Kernels,
+    pub(crate) pending: Arc<Mutex<PendingErrors>>,
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    // Native compute APIs first; GL has no subgroups / f16 and runs compute through a translation layer.
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    }
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+fn matches_request(info: &wgpu::AdapterInfo, want: &str) -> bool {
+    let want = want.to_lowercase();
+    info.name.to_lowercase().contains(&want) || format!("{:?}", info.backend).to_lowercase() == want
+}
+
+/// Pick the best adapter among `infos` for `request`: index into `infos`, or an error that lists what exists.
+pub fn choose_adapter(infos: &[wgpu::AdapterInfo], request: &AdapterRequest) -> Result<usize> {
+    if infos.is_empty() {
+        return Err(Error::NoAdapter(NO_ADAPTER_HELP.to_string()));
+    }
+    let candidates: Vec<usize> = match &request.name {
+        Some(want) => (0..infos.len()).filter(|&i| matches_request(&infos[i], want)).collect(),
+        None => (0..infos.len()).collect(),
+    };
+    if candidates.is_empty() {
+        let list: Vec<String> = infos.iter().map(|i| format!("  - {}", describe(i))).collect();
+        return Err(Error::NoAdapter(format!(
+            "no adapter matches '{}' (from --adapter or WGTUNE_ADAPTER); available adapters:\n{}",
+            request.name.as_deref().unwrap_or_default(),
+            list.join("\n")
+        )));
+    }
+    let best = candidates
+        .into_iter()
+        .min_by_key(|&i| (type_rank(infos[i].device_type), backend_rank(infos[i].backend), i))
+        .expect("candidates is not empty");
+    Ok(best)
+}
+
+impl Gpu {
+    /// Find an adapter and open a device on it. Blocks (adapter and device requests are quick).
+    pub fn new(request: &AdapterRequest) -> Result<Gpu> {
+        pollster::block_on(Self::new_async(request))
+    }
+
+    /// Async form of [`Gpu::new`].
+    pub async fn new_async(request: &AdapterRequest) -> Result<Gpu> {
+        // `WGPU_BACKEND` (read by `from_env`) may restrict backends; otherwise native APIs are searched first and
+        // GL only when they found nothing (GL's EGL set-up is slow and noisy when a Vulkan driver exists anyway).
+        let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        let env_backends = std::env::var("WGPU_BACKEND").is_ok();
+        let instance = wgpu::Instance::new(desc);
+        let mut adapters = if env_backends {
+            instance.enumerate_adapters(wgpu::Backends::all()).await
+        } else {
+            instance.enumerate_adapters(wgpu::Backends::PRIMARY).await
+        };
+        let primary_matches = adapters
+            .iter()
+            .any(|a| request.name.as_deref().is_none_or(|n| matches_request(&a.get_info(), n)));
+        if !env_backends && !primary_matches {
+            adapters.extend(instance.enumerate_adapters(wgpu::Backends::SECONDARY).await);
+        }
+        let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+        let index = choose_adapter(&infos, request)?;
+        let adapter = adapters.swap_remove(index);
+        let info = adapter.get_info();
+        log::info!("adapter: {}", describe(&info));
+        if info.device_type == wgpu::DeviceType::Cpu {
+            log::warn!(
+                "using the software adapter '{}': it is correct but slow (about 1 GFLOP/s); \
+                 expect small jobs to take minutes",
+                info.name
+            );
+        }
+        let features = adapter.features() & WANTED_FEATURES;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgtune device"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice { adapter: describe(&info), reason: e.to_string() })?;
+
+        let pending = Arc::new(Mutex::new(PendingErrors::default()));
+        {
+            let pending = pending.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                log::error!("uncaptured GPU error: {e}");
+                pending.lock().unwrap_or_else(|p| p.into_inner()).uncaptured.push(e.to_string());
+            }));
+        }
+        {
+            let pending = pending.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                // Dropping the device at exit also reports "lost" with reason Destroyed: not an error.
+                if reason != wgpu::DeviceLostReason::Destroyed {
+                    log::error!("GPU device lost ({reason:?}): {message}");
+                    pending.lock().unwrap_or_else(|p| p.into_inner()).lost = Some(format!("{reason:?}: {message}"));
+                }
+            });
+        }
+        Ok(Gpu { device, queue, adapter_info: info, limits, features, kernels: Kernels::new(), pending })
+    }
+
+    /// Name, backend, type and driver of the adapter.
+    pub fn summary(&self) -> AdapterSummary {
+        let i = &self.adapter_info;
+        AdapterSummary {
+            name: i.name.clone(),
+            backend: format!("{:?}", i.backend),
+            device_type: format!("{:?}", i.device_type),
+            driver: i.driver.clone(),
+            driver_info: i.driver_info.clone(),
+            is_software: i.device_type == wgpu::DeviceType::Cpu,
+        }
+    }
+
+    /// The limits the device was opened with (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Optional features enabled on the device.
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// Whether GPU timestamps can be written at compute-pass boundaries.
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Run `f` inside validation and out-of-memory error scopes; a captured error names `label`.
+    pub(crate) fn scoped<T>(&self, label: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = v.or(o) {
+            return Err(Error::Gpu { label: label.to_string(), message: e.to_string() });
+        }
+        self.check_pending(label)?;
+        Ok(value)
+    }
+
+    /// Surface an error that arrived outside a scope (device lost, uncaptured error) as a `Result`.
+    pub(crate) fn check_pending(&self, label: &str) -> Result<()> {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lost) = p.lost.clone() {
+            return Err(Error::DeviceLost(lost));
+        }
+        if !p.uncaptured.is_empty() {
+            let message = p.uncaptured.drain(..).collect::<Vec<_>>().join("; ");
+            return Err(Error::Gpu { label: label.to_string(), message });
+        }
+        Ok(())
+    }
+
+    /// Block until all submitted work is done.
+    pub fn wait_idle(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu { label: "wait for the queue".into(), message: e.to_string() })?;
+        self.check_pending("wait for the queue")
+    }
+
+    /// Process finished work and map callbacks without blocking.
+    pub fn poll(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| Error::Gpu { label: "poll".into(), message: e.to_string() })?;
+        self.check_pending("poll")
+    }
+}

@@ -1,0 +1,239 @@
+//! The kernel registry: WGSL sources (one file per kernel family, pulled in with `include_str!`), explicit
+//! bind-group layouts ("the function signature of a kernel") and compute pipelines, each built once and cached.
+//!
+//! Convention for every kernel: binding 0 is its uniform parameter struct, the storage buffers follow at the
+//! binding numbers listed in its [`KernelSpec`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::context::Gpu;
+use crate::gpu::tensor::Tensor;
+
+/// A WGSL source file: one kernel family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Family {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// Every shader file of the crate. A test checks that this list and `shaders/*.wgsl` agree.
+pub const FAMILIES: &[Family] = &[
+    Family { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") },
+    Family { name: "elementwise", source: include_str!("../../shaders/elementwise.wgsl") },
+    Family { name: "reduce", source: include_str!("../../shaders/reduce.wgsl") },
+    Family { name: "loss", source: include_str!("../../shaders/loss.wgsl") },
+    Family { name: "optim", source: include_str!("../../shaders/optim.wgsl") },
+];
+
+fn family(name: &str) -> Family {
+    *FAMILIES.iter().find(|f| f.name == name).expect("kernel family is registered in FAMILIES")
+}
+
+/// How a kernel sees one storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// A kernel's signature: its entry point, its family and its storage bindings as (binding number, access),
+/// in the order tensors are passed to [`Gpu::dispatch`]. Binding 0 is always the uniform parameter struct.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSpec {
+    pub entry: &'static str,
+    pub family: &'static str,
+    pub storage: &'static [(u32, Access)],
+}
+
+impl KernelSpec {
+    pub const fn new(entry: &'static str, family: &'static str, storage: &'static [(u32, Access)]) -> Self {
+        KernelSpec { entry, family, storage }
+    }
+}
+
+struct Compiled {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Cache of shader modules and pipelines, keyed by family / entry point.
+pub(crate) struct Kernels {
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<&'static str, Arc<Compiled>>>,
+}
+
+impl Kernels {
+    pub(crate) fn new() -> Self {
+        Kernels { modules: Mutex::new(HashMap::new()), pipelines: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// A kernel launch compiled once: pipeline, bind group, its own parameter buffer and the grid size.
+/// Encode it any number of times; update its parameters with [`Gpu::write_params`].
+pub struct Dispatch {
+    pub(crate) label: String,
+    compiled: Arc<Compiled>,
+    pub(crate) bind_group: wgpu::BindGroup,
+    pub(crate) params: wgpu::Buffer,
+    pub(crate) workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+    pub fn workgroups(&self) -> [u32; 3] {
+        self.workgroups
+    }
+    pub(crate) fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.push_debug_group(&self.label);
+        pass.set_pipeline(&self.compiled.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+        pass.pop_debug_group();
+    }
+}
+
+impl Gpu {
+    fn module(&self, fam: Family) -> Result<Arc<wgpu::ShaderModule>> {
+        let mut modules = self.kernels.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = modules.get(fam.name) {
+            return Ok(m.clone());
+        }
+        let label = format!("shaders/{}.wgsl", fam.name);
+        let module = self.scoped(&label, || {
+            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(fam.source.into()),
+            })
+        })?;
+        let module = Arc::new(module);
+        modules.insert(fam.name, module.clone());
+        Ok(module)
+    }
+
+    fn compiled(&self, spec: &KernelSpec) -> Result<Arc<Compiled>> {
+        if let Some(c) = self.kernels.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(spec.entry) {
+            return Ok(c.clone());
+        }
+        let module = self.module(family(spec.family))?;
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for &(binding, access) in spec.storage {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: access == Access::Read },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let compiled = self.scoped(spec.entry, || {
+            let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&format!("{} bindings", spec.entry)),
+                entries: &entries,
+            });
+            let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&format!("{} layout", spec.entry)),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: wgpu::PipelineCompilationOptions::default(),
+                cache: None,
+            });
+            Compiled { pipeline, layout }
+        })?;
+        let compiled = Arc::new(compiled);
+        self.kernels.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(spec.entry, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Build a launch of `spec` over `tensors` (bindings 1..) with uniform `params` (binding 0).
+    pub fn dispatch(
+        &self,
+        spec: &KernelSpec,
+        params: &[u8],
+        tensors: &[&Tensor],
+        workgroups: [u32; 3],
+        label: impl Into<String>,
+    ) -> Result<Dispatch> {
+        let label = label.into();
+        if tensors.len() != spec.storage.len() {
+            return Err(Error::Invalid(format!(
+                "kernel {} takes {} tensors, '{label}' passed {}",
+                spec.entry,
+                spec.storage.len(),
+                tensors.len()
+            )));
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&w| w > max) {
+            return Err(Error::Invalid(format!(
+                "'{label}': grid {workgroups:?} exceeds this adapter's {max} workgroups per dimension"
+            )));
+        }
+        let compiled = self.compiled(spec)?;
+        let (params_buf, bind_group) = self.scoped(&label, || {
+            let params_buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(&format!("{label} params")),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            });
+            let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params_buf.as_entire_binding() }];
+            for (&(binding, _), t) in spec.storage.iter().zip(tensors) {
+                entries.push(wgpu::BindGroupEntry { binding, resource: t.binding() });
+            }
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &compiled.layout,
+                entries: &entries,
+            });
+            (params_buf, bind_group)
+        })?;
+        Ok(Dispatch { label, compiled, bind_group, params: params_buf, workgroups })
+    }
+
+    /// Overwrite a dispatch's uniform parameters (e.g. this step's learning rate). Takes effect for work
+    /// submitted after this call.
+    pub fn write_params(&self, dispatch: &Dispatch, params: &[u8]) {
+        self.queue.write_buffer(&dispatch.params, 0, params);
+    }
+
+    /// Encode `dispatches` in one compute pass (one debug group per dispatch), submit, and wait.
+    pub fn run(&self, label: &str, dispatches: &[&Dispatch]) -> Result<()> {
+        self.scoped(label, || {
+            let mut encoder =
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+            {
+                let mut pass = encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+                for d in dispatches {
+                    d.encode(&mut pass);
+                }
+            }
+            self.queue.submit([encoder.finish()]);
+        })?;
+        self.wait_idle()
+    }
+}

@@ -1,0 +1,19 @@
+//! The GPU runtime: the only module that calls wgpu.
+//!
+//! - [`context`]: adapter choice, device, limits and features, error scopes.
+//! - [`tensor`]: typed tensors in storage buffers, uploads.
+//! - [`readback`]: the staging ring through which data comes back.
+//! - [`kernels`]: WGSL sources, bind-group layouts and pipelines, built once; [`Dispatch`] values.
+//! - [`timer`]: GPU-timestamp timing for benchmarks.
+
+pub mod context;
+pub mod kernels;
+pub mod readback;
+pub mod tensor;
+pub mod timer;
+
+pub use context::{choose_adapter, AdapterRequest, AdapterSummary, Gpu, NO_ADAPTER_HELP};
+pub use kernels::{Access, Dispatch, KernelSpec, FAMILIES};
+pub use readback::{ReadbackRing, Ticket};
+pub use tensor::{DType, Tensor};
+pub use timer::Clock;

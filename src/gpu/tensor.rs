@@ -1,0 +1,154 @@
+//! Typed GPU tensors (shape + buffer + byte offset) and uploads.
+//!
+//! Every tensor is a row-major view into a storage buffer. Data goes up with `queue.write_buffer` and comes back
+//! only through the [`ReadbackRing`](crate::gpu::ReadbackRing).
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::context::Gpu;
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U32,
+}
+
+impl DType {
+    pub fn size(self) -> u64 {
+        4
+    }
+}
+
+/// A row-major tensor living in a GPU storage buffer.
+#[derive(Clone)]
+pub struct Tensor {
+    pub(crate) buffer: Arc<wgpu::Buffer>,
+    pub(crate) offset: u64,
+    shape: Vec<usize>,
+    dtype: DType,
+    label: Arc<str>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {:?} {:?})", self.label, self.dtype, self.shape)
+    }
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Bytes of the tensor's data.
+    pub fn bytes(&self) -> u64 {
+        self.numel() as u64 * self.dtype.size()
+    }
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(self.bytes()),
+        })
+    }
+    /// The same data seen with another shape of equal element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::shape(
+                format!("reshape of '{}'", self.label),
+                format!("{:?} has {} elements, {:?} has {n}", self.shape, self.numel(), shape),
+            ));
+        }
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+    }
+}
+
+impl Gpu {
+    /// Check a tensor size against this adapter's limits; the error says which limit and by how much.
+    pub fn check_size(&self, label: &str, bytes: u64) -> Result<()> {
+        let binding = self.limits.max_storage_buffer_binding_size;
+        if bytes > binding {
+            return Err(Error::TooLarge { label: label.into(), bytes, limit: binding, what: "storage binding" });
+        }
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                label: label.into(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+                what: "buffer",
+            });
+        }
+        Ok(())
+    }
+
+    /// A new tensor with unspecified contents (zeroed by wgpu).
+    pub fn tensor(&self, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if numel == 0 {
+            return Err(Error::shape(format!("tensor '{label}'"), format!("shape {shape:?} has no elements")));
+        }
+        let bytes = numel as u64 * dtype.size();
+        self.check_size(label, bytes)?;
+        let buffer = self.scoped(label, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(Tensor { buffer: Arc::new(buffer), offset: 0, shape: shape.to_vec(), dtype, label: label.into() })
+    }
+
+    /// A new f32 tensor holding `data`.
+    pub fn upload_f32(&self, shape: &[usize], data: &[f32], label: &str) -> Result<Tensor> {
+        let t = self.tensor(shape, DType::F32, label)?;
+        self.write_f32(&t, data)?;
+        Ok(t)
+    }
+
+    /// A new u32 tensor holding `data`.
+    pub fn upload_u32(&self, shape: &[usize], data: &[u32], label: &str) -> Result<Tensor> {
+        let t = self.tensor(shape, DType::U32, label)?;
+        self.write_bytes(&t, bytemuck::cast_slice(data))?;
+        Ok(t)
+    }
+
+    /// Overwrite an f32 tensor's contents.
+    pub fn write_f32(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        if t.dtype != DType::F32 {
+            return Err(Error::Invalid(format!("tensor '{}' is {:?}, not F32", t.label, t.dtype)));
+        }
+        self.write_bytes(t, bytemuck::cast_slice(data))
+    }
+
+    /// Overwrite a tensor's contents with raw bytes (exactly `t.bytes()` of them).
+    pub fn write_bytes(&self, t: &Tensor, data: &[u8]) -> Result<()> {
+        if data.len() as u64 != t.bytes() {
+            return Err(Error::shape(
+                format!("upload to '{}'", t.label),
+                format!("tensor {:?} holds {} bytes, got {}", t.shape, t.bytes(), data.len()),
+            ));
+        }
+        self.queue.write_buffer(&t.buffer, t.offset, data);
+        Ok(())
+    }
+}
+
+impl Tensor {
+    /// Wrap a buffer this module created for a special use (e.g. query resolution) as a tensor view.
+    pub(crate) fn from_raw(buffer: wgpu::Buffer, shape: &[usize], dtype: DType, label: &str) -> Tensor {
+        Tensor { buffer: Arc::new(buffer), offset: 0, shape: shape.to_vec(), dtype, label: label.into() }
+    }
+}

@@ -1,0 +1,14 @@
+//! wgtune: a GPU-compute-first neural-network trainer with hand-written WGSL kernels, built on wgpu.
+//!
+//! - [`gpu`]: the runtime (adapter, device, tensors, readback, kernel registry) — the only module calling wgpu.
+//! - [`ops`]: one launcher per kernel, checking shapes and building [`gpu::Dispatch`] values.
+//! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
+//! - [`bench`]: the measurements behind `wgtune bench`.
+
+pub mod bench;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod reference;
+
+pub use error::{Error, Result};

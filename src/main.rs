@@ -1,0 +1,137 @@
+//! The `wgtune` command line: a thin layer over the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use wgtune::bench::{bench_matmul, BenchConfig};
+use wgtune::gpu::{AdapterRequest, Gpu};
+use wgtune::ops::matmul::MatmulKernel;
+
+#[derive(Parser)]
+#[command(name = "wgtune", version, about = "Fine-tune pretrained image models on any GPU, through wgpu")]
+struct Cli {
+    /// Adapter to use: a substring of its name, or a backend (vulkan, metal, dx12, gl).
+    #[arg(long, global = true, env = "WGTUNE_ADAPTER")]
+    adapter: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the adapter, its limits and features.
+    Info {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure kernels.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Fine-tune a pretrained model (fastai's fine_tune). Not built yet: it arrives with the executor, models
+    /// and data pipeline.
+    Finetune,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// GFLOP/s of every matmul kernel on square problems.
+    Matmul {
+        /// Matrix sizes n (C = A·B, all n x n).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![256, 512, 1024])]
+        sizes: Vec<usize>,
+        /// Kernels to time (naive, tiled).
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["naive".to_string(), "tiled".to_string()])]
+        kernels: Vec<String>,
+        /// Timed runs per case (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn open_gpu(adapter: Option<String>) -> anyhow::Result<Gpu> {
+    Ok(Gpu::new(&AdapterRequest { name: adapter })?)
+}
+
+fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
+    let s = gpu.summary();
+    let l = gpu.limits();
+    let limits = serde_json::json!({
+        "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+        "max_buffer_size": l.max_buffer_size,
+        "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+        "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+        "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+        "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+    });
+    let features: Vec<String> = gpu.features().iter_names().map(|(n, _)| n.to_string()).collect();
+    if json {
+        println!("{}", serde_json::json!({ "adapter": s, "limits": limits, "features": features }));
+        return Ok(());
+    }
+    println!("adapter      {}", s.name);
+    println!("backend      {}", s.backend);
+    println!("device type  {}{}", s.device_type, if s.is_software { " (software: correct but slow)" } else { "" });
+    println!("driver       {} {}", s.driver, s.driver_info);
+    println!("limits");
+    if let Some(map) = limits.as_object() {
+        for (k, v) in map {
+            println!("  {k:<40} {v}");
+        }
+    }
+    println!("features     {}", if features.is_empty() { "(none of the optional ones)".into() } else { features.join(", ") });
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info { json } => info(&open_gpu(cli.adapter)?, json),
+        Command::Bench { what: BenchCommand::Matmul { sizes, kernels, runs, json } } => {
+            let kernels = kernels
+                .iter()
+                .map(|k| {
+                    MatmulKernel::ALL.into_iter().find(|m| m.name() == k).ok_or_else(|| {
+                        anyhow::anyhow!("--kernels: unknown matmul kernel '{k}' (expected naive or tiled)")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let gpu = open_gpu(cli.adapter)?;
+            let cfg = BenchConfig { runs, ..Default::default() };
+            if !json {
+                println!("{:<8} {:>6} {:>6} {:>6} {:>10} {:>12} {:>5}", "kernel", "m", "n", "k", "GFLOP/s", "median ms", "runs");
+            }
+            bench_matmul(&gpu, &sizes, &kernels, cfg, |r| {
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:<8} {:>6} {:>6} {:>6} {:>10.3} {:>12.2} {:>5}",
+                        r.kernel, r.m, r.n, r.k, r.gflops, r.median_ms, r.runs
+                    );
+                }
+            })?;
+            Ok(())
+        }
+        Command::Finetune => anyhow::bail!(
+            "`finetune` is not built yet: it needs the graph executor, the pretrained models and the data \
+             pipeline, which are still in progress. `wgtune info` and `wgtune bench matmul` work today."
+        ),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Kernel launchers: each builds a [`Dispatch`](crate::gpu::Dispatch) for one kernel from tensors and options,
+//! checking shapes first. Every launcher shares its name with its WGSL entry point and its CPU reference in
+//! [`crate::reference`]. The `#[repr(C)]` parameter structs mirror the WGSL structs field for field.
+
+pub mod elementwise;
+pub mod loss;
+pub mod matmul;
+pub mod optim;
+pub mod reduce;
+
+/// Workgroups for `n` items at `per_group` items each, on a 2-D grid whose x stays within `max_x`.
+pub fn grid_1d(n: usize, per_group: usize, max_x: u32) -> [u32; 3] {
+    let groups = n.div_ceil(per_group).max(1) as u64;
+    let x = groups.min(max_x as u64);
+    let y = groups.div_ceil(x);
+    [x as u32, y as u32, 1]
+}
+
+/// Convert a size to the u32 the kernels take, naming it when it does not fit.
+pub(crate) fn dim(value: usize, what: &str) -> crate::Result<u32> {
+    u32::try_from(value).map_err(|_| crate::Error::Invalid(format!("{what} = {value} does not fit in 32 bits")))
+}

@@ -1,0 +1,117 @@
+//! Optimizer steps: fastai's SGD (momentum, weight decay) and Adam. See shaders/optim.wgsl.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
+
+use super::{dim, grid_1d};
+
+/// Mirrors `OptimParams` in shaders/optim.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct OptimParams {
+    pub len: u32,
+    pub flags: u32,
+    pub lr: f32,
+    pub mom: f32,
+    pub sqr_mom: f32,
+    pub eps: f32,
+    pub wd: f32,
+    pub debias1: f32,
+    pub debias2: f32,
+    pub _pad: [u32; 3],
+}
+
+pub const FLAG_DECOUPLED_WD: u32 = 1;
+
+pub const SGD_STEP: KernelSpec = KernelSpec::new(
+    "sgd_step",
+    "optim",
+    &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite)],
+);
+pub const ADAM_STEP: KernelSpec = KernelSpec::new(
+    "adam_step",
+    "optim",
+    &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite), (4, Access::ReadWrite)],
+);
+
+/// Hyper-parameters of one optimizer step. Defaults are fastai's Adam.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    pub lr: f64,
+    /// Momentum (SGD) or beta1 (Adam).
+    pub mom: f64,
+    /// beta2 (Adam only).
+    pub sqr_mom: f64,
+    pub eps: f64,
+    pub wd: f64,
+    /// true: p *= 1 - lr*wd (AdamW / fastai default); false: L2, g += wd*p.
+    pub decoupled_wd: bool,
+}
+
+impl Default for Hyper {
+    fn default() -> Self {
+        Hyper { lr: 1e-3, mom: 0.9, sqr_mom: 0.99, eps: 1e-5, wd: 0.01, decoupled_wd: true }
+    }
+}
+
+impl Hyper {
+    /// The uniform for `len` elements at 1-based `step` (Adam's debiasing terms computed here in f64).
+    pub fn params(&self, len: u32, step: u64) -> OptimParams {
+        let step = step.max(1) as i32;
+        OptimParams {
+            len,
+            flags: if self.decoupled_wd { FLAG_DECOUPLED_WD } else { 0 },
+            lr: self.lr as f32,
+            mom: self.mom as f32,
+            sqr_mom: self.sqr_mom as f32,
+            eps: self.eps as f32,
+            wd: self.wd as f32,
+            debias1: (1.0 - self.mom.powi(step)) as f32,
+            debias2: (1.0 - self.sqr_mom.powi(step)) as f32,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Which update rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Optimizer {
+    Sgd,
+    Adam,
+}
+
+/// One in-place optimizer step over `param` with gradient `grad` and state (`grad_avg`, plus `sqr_avg` for
+/// Adam), all the same size. Rewrite the hyper-parameters each step with `gpu.write_params(&d, ...)`.
+pub fn optimizer_step(
+    gpu: &Gpu,
+    opt: Optimizer,
+    param: &Tensor,
+    grad: &Tensor,
+    grad_avg: &Tensor,
+    sqr_avg: Option<&Tensor>,
+    hyper: &Hyper,
+    step: u64,
+    label: &str,
+) -> Result<Dispatch> {
+    let n = param.numel();
+    let mut tensors = vec![param, grad, grad_avg];
+    let spec = match (opt, sqr_avg) {
+        (Optimizer::Sgd, _) => &SGD_STEP,
+        (Optimizer::Adam, Some(v)) => {
+            tensors.push(v);
+            &ADAM_STEP
+        }
+        (Optimizer::Adam, None) => {
+            return Err(Error::Invalid(format!("adam_step '{label}' needs the second-moment buffer")))
+        }
+    };
+    if let Some(bad) = tensors.iter().find(|t| t.numel() != n) {
+        return Err(Error::shape(
+            format!("{} '{label}'", spec.entry),
+            format!("'{}' has {} elements, '{}' has {n}", bad.label(), bad.numel(), param.label()),
+        ));
+    }
+    let p = hyper.params(dim(n, "parameter elements")?, step);
+    let grid = grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    gpu.dispatch(spec, bytemuck::bytes_of(&p), &tensors, grid, label)
+}

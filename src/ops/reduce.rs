@@ -1,0 +1,50 @@
+//! `sum_reduce`: sums over the outer and inner axes of a (outer, mid, inner) view. See shaders/reduce.wgsl.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
+
+use super::{dim, grid_1d};
+
+/// Mirrors `ReduceParams` in shaders/reduce.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ReduceParams {
+    pub outer: u32,
+    pub mid: u32,
+    pub inner: u32,
+    pub flags: u32,
+}
+
+pub const FLAG_ACCUMULATE: u32 = 1;
+
+pub const SUM_REDUCE: KernelSpec =
+    KernelSpec::new("sum_reduce", "reduce", &[(1, Access::Read), (2, Access::ReadWrite)]);
+
+/// `out[m] (+)= sum_{o, i} x[o, m, i]` with x seen as (outer, mid, inner); out has `mid` elements.
+pub fn sum_reduce(
+    gpu: &Gpu,
+    x: &Tensor,
+    out: &Tensor,
+    (outer, mid, inner): (usize, usize, usize),
+    accumulate: bool,
+    label: &str,
+) -> Result<Dispatch> {
+    if outer * mid * inner != x.numel() || out.numel() != mid {
+        return Err(Error::shape(
+            format!("sum_reduce '{label}'"),
+            format!(
+                "x {:?} seen as ({outer}, {mid}, {inner}) and out {:?} (needs {mid} elements)",
+                x.shape(),
+                out.shape()
+            ),
+        ));
+    }
+    let p = ReduceParams {
+        outer: dim(outer, "outer")?,
+        mid: dim(mid, "mid")?,
+        inner: dim(inner, "inner")?,
+        flags: if accumulate { FLAG_ACCUMULATE } else { 0 },
+    };
+    let grid = grid_1d(mid, 1, gpu.limits().max_compute_workgroups_per_dimension);
+    gpu.dispatch(&SUM_REDUCE, bytemuck::bytes_of(&p), &[x, out], grid, label)
+}
