@@ -63,8 +63,8 @@ fn softmax_cross_entropy_forward(@builtin(local_invocation_index) lid: u32) {
         }
         let lse = m + log(sum_exp);
         let nll = lse - logits[base + label_of(row)];
-        let smooth = lse - sum_x / f32(p.classes);
-        acc += (1.0 - p.smoothing) * nll + p.smoothing * smooth;
+        let uniform_nll = lse - sum_x / f32(p.classes);
+        acc += (1.0 - p.smoothing) * nll + p.smoothing * uniform_nll;
     }
     partial[lid] = acc;
     workgroup_sum(lid);
@@ -90,8 +90,8 @@ fn softmax_cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>)
     let off_target = p.smoothing / f32(p.classes);
     for (var c = 0u; c < p.classes; c++) {
         let prob = exp(logits[base + c] - m) / sum_exp;
-        let target = select(off_target, 1.0 - p.smoothing + off_target, c == label);
-        out[base + c] = k * (prob - target);
+        let wanted = select(off_target, 1.0 - p.smoothing + off_target, c == label);
+        out[base + c] = k * (prob - wanted);
     }
 }
 

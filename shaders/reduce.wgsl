@@ -29,9 +29,9 @@ fn sum_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
               @builtin(local_invocation_index) lid: u32) {
     let m = wg.y * nwg.x + wg.x;
     // m is uniform across the workgroup, so every invocation reaches the barriers below.
-    let active = m < p.mid;
+    let in_range = m < p.mid;
     var acc = 0.0;
-    if active {
+    if in_range {
         let total = p.outer * p.inner;
         for (var t = lid; t < total; t += 256u) {
             let o = t / p.inner;
@@ -47,7 +47,7 @@ fn sum_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         }
         workgroupBarrier();
     }
-    if lid == 0u && active {
+    if lid == 0u && in_range {
         if (p.flags & FLAG_ACCUMULATE) != 0u {
             out[m] += partial[0];
         } else {

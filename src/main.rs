@@ -85,7 +85,10 @@ fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
             println!("  {k:<40} {v}");
         }
     }
-    println!("features     {}", if features.is_empty() { "(none of the optional ones)".into() } else { features.join(", ") });
+    println!(
+        "features     {}",
+        if features.is_empty() { "(none of the optional ones)".into() } else { features.join(", ") }
+    );
     Ok(())
 }
 
@@ -104,7 +107,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let gpu = open_gpu(cli.adapter)?;
             let cfg = BenchConfig { runs, ..Default::default() };
             if !json {
-                println!("{:<8} {:>6} {:>6} {:>6} {:>10} {:>12} {:>5}", "kernel", "m", "n", "k", "GFLOP/s", "median ms", "runs");
+                println!(
+                    "{:<8} {:>6} {:>6} {:>6} {:>10} {:>12} {:>5}",
+                    "kernel", "m", "n", "k", "GFLOP/s", "median ms", "runs"
+                );
             }
             bench_matmul(&gpu, &sizes, &kernels, cfg, |r| {
                 if json {

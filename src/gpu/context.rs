@@ -136,9 +136,8 @@ impl Gpu {
         } else {
             instance.enumerate_adapters(wgpu::Backends::PRIMARY).await
         };
-        let primary_matches = adapters
-            .iter()
-            .any(|a| request.name.as_deref().is_none_or(|n| matches_request(&a.get_info(), n)));
+        let primary_matches =
+            adapters.iter().any(|a| request.name.as_deref().is_none_or(|n| matches_request(&a.get_info(), n)));
         if !env_backends && !primary_matches {
             adapters.extend(instance.enumerate_adapters(wgpu::Backends::SECONDARY).await);
         }

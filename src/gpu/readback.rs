@@ -75,11 +75,8 @@ impl ReadbackRing {
                 reason: format!("{len} bytes do not fit a {}-byte staging slot", self.slot_bytes),
             });
         }
-        let slot = self
-            .slots
-            .iter()
-            .position(|s| *lock(&s.state) == SlotState::Free)
-            .ok_or_else(|| Error::Readback {
+        let slot =
+            self.slots.iter().position(|s| *lock(&s.state) == SlotState::Free).ok_or_else(|| Error::Readback {
                 label: src.label().into(),
                 reason: format!("all {} staging slots are busy", self.slots.len()),
             })?;
@@ -123,10 +120,11 @@ impl ReadbackRing {
         match state {
             SlotState::Mapped(Ok(())) => {
                 let bytes = {
-                    let view = s.buffer.slice(0..s.len).get_mapped_range().map_err(|e| Error::Readback {
-                        label: s.source.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    let view = s
+                        .buffer
+                        .slice(0..s.len)
+                        .get_mapped_range()
+                        .map_err(|e| Error::Readback { label: s.source.clone(), reason: e.to_string() })?;
                     view.to_vec()
                 };
                 s.buffer.unmap();

@@ -93,12 +93,7 @@ pub fn elementwise(
             format!("'{}' {:?} and '{}' {:?} differ in size", x.label(), x.shape(), bad.label(), bad.shape()),
         ));
     }
-    let p = EltParams {
-        len: dim(n, "elements")?,
-        flags: if accumulate { FLAG_ACCUMULATE } else { 0 },
-        alpha,
-        _pad: 0,
-    };
+    let p = EltParams { len: dim(n, "elements")?, flags: if accumulate { FLAG_ACCUMULATE } else { 0 }, alpha, _pad: 0 };
     let grid = grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension);
     gpu.dispatch(&spec, bytemuck::bytes_of(&p), &tensors, grid, label)
 }

@@ -81,8 +81,16 @@ pub fn matmul_params(
     let (cb, cm, cn) = split_batch(c)?;
     let (m, ka) = if opts.trans_a { (ac, ar) } else { (ar, ac) };
     let (kb, n) = if opts.trans_b { (bc, br) } else { (br, bc) };
-    let shapes = || format!("A {:?}{}, B {:?}{}, C {:?}", a.shape(), if opts.trans_a { "ᵀ" } else { "" },
-        b.shape(), if opts.trans_b { "ᵀ" } else { "" }, c.shape());
+    let shapes = || {
+        format!(
+            "A {:?}{}, B {:?}{}, C {:?}",
+            a.shape(),
+            if opts.trans_a { "ᵀ" } else { "" },
+            b.shape(),
+            if opts.trans_b { "ᵀ" } else { "" },
+            c.shape()
+        )
+    };
     if ka != kb {
         return Err(Error::shape("matmul", format!("inner dimensions differ ({ka} vs {kb}): {}", shapes())));
     }

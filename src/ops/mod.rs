@@ -20,3 +20,36 @@ pub fn grid_1d(n: usize, per_group: usize, max_x: u32) -> [u32; 3] {
 pub(crate) fn dim(value: usize, what: &str) -> crate::Result<u32> {
     u32::try_from(value).map_err(|_| crate::Error::Invalid(format!("{what} = {value} does not fit in 32 bits")))
 }
+
+/// Every kernel the crate launches, for tests that check signatures against the WGSL.
+pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
+    let mut v = vec![
+        matmul::MATMUL,
+        matmul::MATMUL_NAIVE,
+        reduce::SUM_REDUCE,
+        loss::SOFTMAX_CROSS_ENTROPY_FORWARD,
+        loss::SOFTMAX_CROSS_ENTROPY_BACKWARD,
+        loss::CORRECT_COUNT,
+        optim::SGD_STEP,
+        optim::ADAM_STEP,
+    ];
+    v.extend(elementwise::Elementwise::ALL.iter().map(|e| e.spec()));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid_1d;
+
+    #[test]
+    fn grid_1d_covers_every_item_within_the_x_limit() {
+        for (n, per, max_x) in
+            [(1, 256, 65535), (256, 256, 65535), (257, 256, 65535), (65535 * 256 + 1, 256, 65535), (10, 1, 3)]
+        {
+            let [x, y, z] = grid_1d(n, per, max_x);
+            assert!(x <= max_x && z == 1);
+            let covered = x as usize * y as usize * per;
+            assert!(covered >= n && covered - n < x as usize * per, "n={n}: grid {x}x{y}");
+        }
+    }
+}

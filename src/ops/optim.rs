@@ -23,11 +23,8 @@ pub struct OptimParams {
 
 pub const FLAG_DECOUPLED_WD: u32 = 1;
 
-pub const SGD_STEP: KernelSpec = KernelSpec::new(
-    "sgd_step",
-    "optim",
-    &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite)],
-);
+pub const SGD_STEP: KernelSpec =
+    KernelSpec::new("sgd_step", "optim", &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite)]);
 pub const ADAM_STEP: KernelSpec = KernelSpec::new(
     "adam_step",
     "optim",

@@ -1,0 +1,59 @@
+//! Shared helpers of the GPU kernel tests: one device per test binary, seeded data, poisoned outputs, and a
+//! comparison that prints the worst difference and the first bad index.
+
+use std::sync::OnceLock;
+
+use wgtune::gpu::{AdapterRequest, DType, Gpu, Tensor};
+
+/// The test device. There is no skipping: without an adapter every GPU test fails with the reason.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new(&AdapterRequest::from_env()) {
+        Ok(g) => {
+            eprintln!("GPU tests run on: {:?}", g.summary());
+            g
+        }
+        Err(e) => panic!("GPU tests need an adapter and found none: {e}"),
+    })
+}
+
+/// An f32 tensor filled with NaN, so any element a kernel fails to write shows up.
+pub fn poisoned(shape: &[usize], label: &str) -> Tensor {
+    let n: usize = shape.iter().product();
+    gpu().upload_f32(shape, &vec![f32::NAN; n], label).expect("upload poison")
+}
+
+pub fn upload(shape: &[usize], data: &[f32], label: &str) -> Tensor {
+    gpu().upload_f32(shape, data, label).expect("upload")
+}
+
+pub fn upload_u32(shape: &[usize], data: &[u32], label: &str) -> Tensor {
+    let t = gpu().upload_u32(shape, data, label).expect("upload");
+    assert_eq!(t.dtype(), DType::U32);
+    t
+}
+
+pub fn read(t: &Tensor) -> Vec<f32> {
+    gpu().read_f32(t).expect("readback")
+}
+
+/// |got - want| <= atol + rtol * |want| everywhere (NaN fails). On failure: the max difference and the first
+/// bad index with both values.
+pub fn assert_close(got: &[f32], want: &[f64], atol: f64, rtol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut first_bad = None;
+    let mut max_diff = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let diff = (g as f64 - w).abs();
+        let diff = if diff.is_nan() { f64::INFINITY } else { diff };
+        max_diff = max_diff.max(diff);
+        if diff > atol + rtol * w.abs() {
+            first_bad.get_or_insert((i, g, w));
+        }
+    }
+    if let Some((i, g, w)) = first_bad {
+        panic!(
+            "{what}: max |diff| {max_diff:e} (atol {atol:e}, rtol {rtol:e}); first bad index {i}: got {g}, want {w}"
+        );
+    }
+}

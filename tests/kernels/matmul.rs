@@ -1,0 +1,121 @@
+//! matmul and matmul_naive against reference::matmul.
+//!
+//! Tolerance: inputs are uniform in [-1, 1]; an f32 dot product of length K has a rounding error of a few ulps
+//! times sqrt(K) * |typical term|, so atol = 2e-6 * K + 1e-6 with rtol 1e-5 leaves a wide margin and still catches
+//! any wrong element (those are off by O(1)).
+
+use wgtune::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
+use wgtune::reference::{self, widen, MatmulShape, SplitMix};
+
+use crate::common::*;
+
+struct Case {
+    s: MatmulShape,
+    bias: bool,
+    accumulate: bool,
+}
+
+fn run_case(kernel: MatmulKernel, case: &Case, seed: usize) {
+    let s = &case.s;
+    let g = gpu();
+    let mut rng = SplitMix(seed as u64);
+    let a_batch = if s.a_batched { s.batch } else { 1 };
+    let b_batch = if s.b_batched { s.batch } else { 1 };
+    let a_dims = if s.trans_a { [a_batch, s.k, s.m] } else { [a_batch, s.m, s.k] };
+    let b_dims = if s.trans_b { [b_batch, s.n, s.k] } else { [b_batch, s.k, s.n] };
+    let a_data = rng.vec_f32(a_dims.iter().product(), -1.0, 1.0);
+    let b_data = rng.vec_f32(b_dims.iter().product(), -1.0, 1.0);
+    let bias_data = rng.vec_f32(s.n, -1.0, 1.0);
+    let c0_data = rng.vec_f32(s.batch * s.m * s.n, -1.0, 1.0);
+    // 2-D tensors when there is one matrix, to exercise the shared-operand path.
+    let dims = |d: [usize; 3], batched: bool| if batched { d.to_vec() } else { d[1..].to_vec() };
+    let a = upload(&dims(a_dims, s.a_batched), &a_data, "A");
+    let b = upload(&dims(b_dims, s.b_batched), &b_data, "B");
+    let bias = upload(&[s.n], &bias_data, "bias");
+    let c =
+        if case.accumulate { upload(&[s.batch, s.m, s.n], &c0_data, "C") } else { poisoned(&[s.batch, s.m, s.n], "C") };
+    let opts = MatmulOptions { trans_a: s.trans_a, trans_b: s.trans_b, accumulate: case.accumulate };
+    let d = matmul(g, kernel, &a, &b, case.bias.then_some(&bias), &c, opts, "matmul test").expect("dispatch");
+    g.run("matmul test", &[&d]).expect("run");
+    let want = reference::matmul(
+        s,
+        &widen(&a_data),
+        &widen(&b_data),
+        case.bias.then(|| widen(&bias_data)).as_deref(),
+        case.accumulate.then(|| widen(&c0_data)).as_deref(),
+    );
+    let what = format!("{} {:?} bias={} acc={}", kernel.name(), s, case.bias, case.accumulate);
+    assert_close(&read(&c), &want, 2e-6 * s.k as f64 + 1e-6, 1e-5, &what);
+}
+
+fn plain(m: usize, n: usize, k: usize) -> Case {
+    Case { s: MatmulShape::new(1, m, n, k), bias: false, accumulate: false }
+}
+
+/// One test per awkward size, each run through both kernels: 1, primes, an exact tile (16 x 512), one past a
+/// tile, many workgroups along N, many along M, a long K.
+macro_rules! size_tests {
+    ($($name:ident: ($m:expr, $n:expr, $k:expr),)*) => {$(
+        #[test]
+        fn $name() {
+            for kernel in MatmulKernel::ALL {
+                run_case(kernel, &plain($m, $n, $k), $m * 1000 + $n + $k);
+            }
+        }
+    )*};
+}
+
+size_tests! {
+    size_1x1x1: (1, 1, 1),
+    size_1x7x3: (1, 7, 3),
+    size_5x1x9: (5, 1, 9),
+    size_17x13x11: (17, 13, 11),
+    size_exact_tile_16x512x8: (16, 512, 8),
+    size_one_past_tile_33x515x31: (33, 515, 31),
+    size_wide_3x1031x2: (3, 1031, 2),
+    size_tall_131x37x64: (131, 37, 64),
+    size_long_k_2x3x1000: (2, 3, 1000),
+}
+
+/// The three transposed forms backward needs: dA = dC·Bᵀ (trans_b), dB = Aᵀ·dC (trans_a), and both.
+#[test]
+fn transposed_operands_match_reference() {
+    for kernel in MatmulKernel::ALL {
+        for (ta, tb) in [(true, false), (false, true), (true, true)] {
+            let s = MatmulShape { trans_a: ta, trans_b: tb, ..MatmulShape::new(1, 23, 29, 19) };
+            run_case(kernel, &Case { s, bias: false, accumulate: false }, 300);
+        }
+    }
+}
+
+#[test]
+fn bias_and_accumulate_match_reference() {
+    for kernel in MatmulKernel::ALL {
+        for (bias, accumulate) in [(true, false), (false, true), (true, true)] {
+            run_case(kernel, &Case { s: MatmulShape::new(1, 19, 530, 7), bias, accumulate }, 400);
+        }
+    }
+}
+
+/// Batched products, with A or B shared across the batch (a linear layer applied to a batch of matrices).
+#[test]
+fn batched_and_shared_operands_match_reference() {
+    for kernel in MatmulKernel::ALL {
+        for (a_batched, b_batched) in [(true, true), (true, false), (false, true)] {
+            let s = MatmulShape { a_batched, b_batched, ..MatmulShape::new(3, 18, 21, 5) };
+            run_case(kernel, &Case { s, bias: true, accumulate: false }, 500);
+        }
+    }
+}
+
+#[test]
+fn shape_errors_name_both_shapes() {
+    let a = upload(&[3, 4], &[0.5; 12], "A");
+    let b = upload(&[5, 2], &[0.5; 10], "B");
+    let c = poisoned(&[3, 2], "C");
+    let err = matmul(gpu(), MatmulKernel::Tiled, &a, &b, None, &c, MatmulOptions::default(), "bad")
+        .err()
+        .expect("4 != 5 must be refused")
+        .to_string();
+    assert!(err.contains("[3, 4]") && err.contains("[5, 2]") && err.contains("4 vs 5"), "{err}");
+}

@@ -1,0 +1,79 @@
+//! sgd_step and adam_step against the reference over several steps, with the hyper-parameters rewritten into
+//! the dispatch's uniform each step (as a schedule does) rather than rebuilding it. atol 1e-6, rtol 1e-5: a
+//! handful of f32 roundings per step.
+
+use wgtune::ops::optim::{optimizer_step, Hyper, Optimizer};
+use wgtune::reference::{self, widen, SplitMix};
+
+use crate::common::*;
+
+const STEPS: u64 = 4;
+
+fn schedule(step: u64, base: Hyper) -> Hyper {
+    // Something that changes every step, like one-cycle: lr and momentum move.
+    Hyper { lr: base.lr * (1.0 + 0.5 * step as f64), mom: base.mom - 0.02 * step as f64, ..base }
+}
+
+fn check(opt: Optimizer, n: usize, base: Hyper, seed: u64) {
+    let g = gpu();
+    let mut rng = SplitMix(seed);
+    let p0 = rng.vec_f32(n, -1.0, 1.0);
+    let grads: Vec<Vec<f32>> = (0..STEPS).map(|_| rng.vec_f32(n, -1.0, 1.0)).collect();
+    let param = upload(&[n], &p0, "param");
+    let grad = upload(&[n], &grads[0], "grad");
+    let grad_avg = upload(&[n], &vec![0.0; n], "grad_avg");
+    let sqr_avg = upload(&[n], &vec![0.0; n], "sqr_avg");
+    let d = optimizer_step(g, opt, &param, &grad, &grad_avg, Some(&sqr_avg), &schedule(1, base), 1, "opt test")
+        .expect("dispatch");
+
+    let mut p = widen(&p0);
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    for step in 1..=STEPS {
+        let h = schedule(step, base);
+        g.write_f32(&grad, &grads[step as usize - 1]).expect("write grad");
+        g.write_params(&d, bytemuck::bytes_of(&h.params(n as u32, step)));
+        g.run("opt test", &[&d]).expect("run");
+        let gr = widen(&grads[step as usize - 1]);
+        match opt {
+            Optimizer::Sgd => reference::sgd_step(&mut p, &gr, &mut m, h.lr, h.mom, h.wd, h.decoupled_wd),
+            Optimizer::Adam => reference::adam_step(
+                &mut p,
+                &gr,
+                &mut m,
+                &mut v,
+                step as i32,
+                h.lr,
+                h.mom,
+                h.sqr_mom,
+                h.eps,
+                h.wd,
+                h.decoupled_wd,
+            ),
+        }
+    }
+    let what = format!("{opt:?} n={n} {base:?}");
+    assert_close(&read(&param), &p, 1e-6, 1e-5, &format!("{what}: param"));
+    assert_close(&read(&grad_avg), &m, 1e-6, 1e-5, &format!("{what}: grad_avg"));
+    if opt == Optimizer::Adam {
+        assert_close(&read(&sqr_avg), &v, 1e-6, 1e-5, &format!("{what}: sqr_avg"));
+    }
+}
+
+#[test]
+fn sgd_matches_reference() {
+    let base = Hyper { lr: 0.1, mom: 0.9, wd: 0.01, ..Hyper::default() };
+    for (i, n) in [1, 257, 1000].into_iter().enumerate() {
+        check(Optimizer::Sgd, n, base, 90 + i as u64);
+        check(Optimizer::Sgd, n, Hyper { decoupled_wd: false, ..base }, 95 + i as u64);
+    }
+    check(Optimizer::Sgd, 33, Hyper { mom: 0.0, ..base }, 99);
+}
+
+#[test]
+fn adam_matches_reference() {
+    let base = Hyper { lr: 0.01, ..Hyper::default() };
+    for (i, n) in [1, 257, 1000].into_iter().enumerate() {
+        check(Optimizer::Adam, n, base, 110 + i as u64);
+        check(Optimizer::Adam, n, Hyper { decoupled_wd: false, ..base }, 115 + i as u64);
+    }
+}
