@@ -148,7 +148,7 @@ impl Gpu {
         log::info!("adapter: {}", describe(&info));
         if info.device_type == wgpu::DeviceType::Cpu {
             log::warn!(
-                "using the software adapter '{}': it is correct but slow (about 1 GFLOP/s); \
+                "using the software adapter '{}': it is correct but slow (1-15 GFLOP/s); \
                  expect small jobs to take minutes",
                 info.name
             );
