@@ -261,6 +261,7 @@ pub fn widen(v: &[f32]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     //! The oracle's own proof: every backward against central finite differences of its forward.
+    #![allow(clippy::needless_range_loop)] // index loops read like the math here
     use super::*;
 
     const H: f64 = 1e-6;

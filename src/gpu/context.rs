@@ -85,17 +85,31 @@ fn backend_rank(b: wgpu::Backend) -> u32 {
     }
 }
 
-fn describe(info: &wgpu::AdapterInfo) -> String {
+/// What adapter choice looks at.
+#[derive(Clone, Debug)]
+pub struct AdapterFacts {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+}
+
+impl From<&wgpu::AdapterInfo> for AdapterFacts {
+    fn from(i: &wgpu::AdapterInfo) -> Self {
+        AdapterFacts { name: i.name.clone(), backend: i.backend, device_type: i.device_type }
+    }
+}
+
+fn describe(info: &AdapterFacts) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }
 
-fn matches_request(info: &wgpu::AdapterInfo, want: &str) -> bool {
+fn matches_request(info: &AdapterFacts, want: &str) -> bool {
     let want = want.to_lowercase();
     info.name.to_lowercase().contains(&want) || format!("{:?}", info.backend).to_lowercase() == want
 }
 
 /// Pick the best adapter among `infos` for `request`: index into `infos`, or an error that lists what exists.
-pub fn choose_adapter(infos: &[wgpu::AdapterInfo], request: &AdapterRequest) -> Result<usize> {
+pub fn choose_adapter(infos: &[AdapterFacts], request: &AdapterRequest) -> Result<usize> {
     if infos.is_empty() {
         return Err(Error::NoAdapter(NO_ADAPTER_HELP.to_string()));
     }
@@ -136,16 +150,17 @@ impl Gpu {
         } else {
             instance.enumerate_adapters(wgpu::Backends::PRIMARY).await
         };
-        let primary_matches =
-            adapters.iter().any(|a| request.name.as_deref().is_none_or(|n| matches_request(&a.get_info(), n)));
+        let primary_matches = adapters
+            .iter()
+            .any(|a| request.name.as_deref().is_none_or(|n| matches_request(&(&a.get_info()).into(), n)));
         if !env_backends && !primary_matches {
             adapters.extend(instance.enumerate_adapters(wgpu::Backends::SECONDARY).await);
         }
-        let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+        let infos: Vec<AdapterFacts> = adapters.iter().map(|a| (&a.get_info()).into()).collect();
         let index = choose_adapter(&infos, request)?;
         let adapter = adapters.swap_remove(index);
         let info = adapter.get_info();
-        log::info!("adapter: {}", describe(&info));
+        log::info!("adapter: {}", describe(&infos[index]));
         if info.device_type == wgpu::DeviceType::Cpu {
             log::warn!(
                 "using the software adapter '{}': it is correct but slow (1-15 GFLOP/s); \
@@ -163,7 +178,7 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::RequestDevice { adapter: describe(&info), reason: e.to_string() })?;
+            .map_err(|e| Error::RequestDevice { adapter: describe(&infos[index]), reason: e.to_string() })?;
 
         let pending = Arc::new(Mutex::new(PendingErrors::default()));
         {
@@ -255,5 +270,49 @@ impl Gpu {
             .poll(wgpu::PollType::Poll)
             .map_err(|e| Error::Gpu { label: "poll".into(), message: e.to_string() })?;
         self.check_pending("poll")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgpu::{Backend, DeviceType};
+
+    fn facts(list: &[(&str, Backend, DeviceType)]) -> Vec<AdapterFacts> {
+        list.iter().map(|&(n, b, t)| AdapterFacts { name: n.into(), backend: b, device_type: t }).collect()
+    }
+
+    fn pick(list: &[(&str, Backend, DeviceType)], want: Option<&str>) -> Result<usize> {
+        choose_adapter(&facts(list), &AdapterRequest { name: want.map(str::to_string) })
+    }
+
+    const MACHINE: &[(&str, Backend, DeviceType)] = &[
+        ("llvmpipe", Backend::Gl, DeviceType::Cpu),
+        ("llvmpipe (LLVM 15)", Backend::Vulkan, DeviceType::Cpu),
+        ("Intel UHD 770", Backend::Vulkan, DeviceType::IntegratedGpu),
+        ("NVIDIA RTX 4090", Backend::Vulkan, DeviceType::DiscreteGpu),
+        ("NVIDIA RTX 4090", Backend::Gl, DeviceType::DiscreteGpu),
+    ];
+
+    #[test]
+    fn discrete_then_integrated_then_cpu_and_native_before_gl() {
+        assert_eq!(pick(MACHINE, None).unwrap(), 3);
+        assert_eq!(pick(&MACHINE[..3], None).unwrap(), 2);
+        assert_eq!(pick(&MACHINE[..2], None).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_name_or_backend_picks_the_adapter() {
+        assert_eq!(pick(MACHINE, Some("intel")).unwrap(), 2);
+        assert_eq!(pick(MACHINE, Some("LLVMPIPE")).unwrap(), 1);
+        assert_eq!(pick(MACHINE, Some("gl")).unwrap(), 4);
+    }
+
+    #[test]
+    fn no_match_lists_the_adapters_and_none_says_how_to_get_one() {
+        let err = pick(MACHINE, Some("radeon")).unwrap_err().to_string();
+        assert!(err.contains("radeon") && err.contains("Intel UHD 770") && err.contains("llvmpipe"), "{err}");
+        let err = pick(&[], None).unwrap_err().to_string();
+        assert!(err.contains("mesa-vulkan-drivers"), "{err}");
     }
 }

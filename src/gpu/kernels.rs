@@ -11,6 +11,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
+use crate::gpu::readback::{ReadbackRing, Ticket};
 use crate::gpu::tensor::Tensor;
 
 /// A WGSL source file: one kernel family.
@@ -218,6 +219,31 @@ impl Gpu {
     /// submitted after this call.
     pub fn write_params(&self, dispatch: &Dispatch, params: &[u8]) {
         self.queue.write_buffer(&dispatch.params, 0, params);
+    }
+
+    /// Encode `dispatches` in one compute pass (one debug group per dispatch), copy `read` into free slots of
+    /// `ring`, and submit once — without waiting. The returned tickets (one per tensor in `read`) are already
+    /// mapping: collect them with [`ReadbackRing::try_read`] (never blocks) or
+    /// [`ReadbackRing::read_blocking`]. This is the shape of a training step: one submission, a few bytes back.
+    pub fn submit(
+        &self,
+        label: &str,
+        dispatches: &[&Dispatch],
+        ring: &mut ReadbackRing,
+        read: &[&Tensor],
+    ) -> Result<Vec<Ticket>> {
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        {
+            let mut pass =
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+            for d in dispatches {
+                d.encode(&mut pass);
+            }
+        }
+        let tickets = read.iter().map(|t| ring.copy(&mut encoder, t)).collect::<Result<Vec<_>>>()?;
+        self.scoped(label, || self.queue.submit([encoder.finish()]))?;
+        tickets.iter().for_each(|t| ring.map(t));
+        Ok(tickets)
     }
 
     /// Encode `dispatches` in one compute pass (one debug group per dispatch), submit, and wait.

@@ -12,7 +12,7 @@ pub mod readback;
 pub mod tensor;
 pub mod timer;
 
-pub use context::{choose_adapter, AdapterRequest, AdapterSummary, Gpu, NO_ADAPTER_HELP};
+pub use context::{choose_adapter, AdapterFacts, AdapterRequest, AdapterSummary, Gpu, NO_ADAPTER_HELP};
 pub use kernels::{Access, Dispatch, KernelSpec, FAMILIES};
 pub use readback::{ReadbackRing, Ticket};
 pub use tensor::{DType, Tensor};

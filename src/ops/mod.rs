@@ -2,6 +2,9 @@
 //! checking shapes first. Every launcher shares its name with its WGSL entry point and its CPU reference in
 //! [`crate::reference`]. The `#[repr(C)]` parameter structs mirror the WGSL structs field for field.
 
+// Launchers take the tensors of a kernel's signature one by one, in binding order, plus its options: wide by nature.
+#![allow(clippy::too_many_arguments)]
+
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;

@@ -13,7 +13,7 @@ fn validation_error_is_a_result_naming_the_label() {
     let y = upload(&[8], &[2.0; 8], "y");
     let result = elementwise(g, Elementwise::Add, &x, Some(&y), &x, 1.0, false, "aliased add")
         .and_then(|d| g.run("aliased add step", &[&d]));
-    let err = result.err().expect("aliasing an input and the output must fail").to_string();
+    let err = result.expect_err("aliasing an input and the output must fail").to_string();
     assert!(err.contains("aliased add"), "{err}");
     // The device is still usable afterwards.
     let out = poisoned(&[8], "out");
@@ -26,6 +26,35 @@ fn validation_error_is_a_result_naming_the_label() {
 fn oversized_tensor_is_refused_with_the_limit() {
     let g = gpu();
     let too_many = (g.limits().max_storage_buffer_binding_size / 4 + 1) as usize;
-    let err = g.tensor(&[too_many], wgtune::gpu::DType::F32, "huge activations").err().expect("refused").to_string();
+    let err = g.tensor(&[too_many], wgtune::gpu::DType::F32, "huge activations").expect_err("refused").to_string();
     assert!(err.contains("huge activations") && err.contains("storage binding"), "{err}");
+}
+
+/// The training-step shape: one submission that computes a loss and copies it into the staging ring, then
+/// non-blocking polls until the 4 bytes arrive. The ring's slots are reusable afterwards.
+#[test]
+fn async_readback_of_a_scalar_through_the_ring() {
+    use wgtune::gpu::ReadbackRing;
+    use wgtune::ops::loss::softmax_cross_entropy_forward;
+    let g = gpu();
+    let logits = upload(&[2, 3], &[1.0, 2.0, 3.0, 0.0, 0.0, 0.0], "logits");
+    let labels = upload_u32(&[2], &[2, 1], "labels");
+    let loss = poisoned(&[1], "loss");
+    let d = softmax_cross_entropy_forward(g, &logits, &labels, &loss, 0.0, "loss").expect("dispatch");
+    let mut ring = ReadbackRing::new(g, "metrics", 2, 16).expect("ring");
+    let want = wgtune::reference::softmax_cross_entropy_forward(&[1.0, 2.0, 3.0, 0.0, 0.0, 0.0], &[2, 1], 3, 0.0);
+    for round in 0..3 {
+        let tickets = g.submit("step", &[&d], &mut ring, &[&loss]).expect("submit");
+        let mut polls = 0u64;
+        let bytes = loop {
+            if let Some(b) = ring.try_read(g, &tickets[0]).expect("try_read") {
+                break b;
+            }
+            polls += 1;
+            assert!(polls < 10_000_000, "round {round}: the readback never arrived");
+            std::thread::yield_now();
+        };
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        assert_close(&got, &[want], 1e-6, 1e-6, &format!("round {round}"));
+    }
 }

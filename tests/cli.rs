@@ -1,0 +1,60 @@
+//! The command line as a user meets it.
+
+use std::process::Command;
+
+fn wgtune() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgtune"))
+}
+
+/// No GPU and no software driver: a clear message naming the fix, a non-zero exit, no panic.
+#[test]
+fn without_any_adapter_it_says_how_to_get_one() {
+    let out = wgtune()
+        .arg("info")
+        // Point the Vulkan loader at no driver and search only Vulkan: a machine without any GPU driver.
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env("WGPU_BACKEND", "vulkan")
+        .env_remove("WGTUNE_ADAPTER")
+        .output()
+        .expect("run wgtune");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must exit non-zero; stderr: {stderr}");
+    assert!(stderr.contains("no GPU adapter found"), "{stderr}");
+    assert!(stderr.contains("apt-get install mesa-vulkan-drivers"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn info_names_the_adapter() {
+    let out = wgtune().args(["info", "--json"]).output().expect("run wgtune");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["adapter"]["name"].as_str().is_some_and(|n| !n.is_empty()), "{v}");
+    assert!(v["limits"]["max_storage_buffer_binding_size"].as_u64().is_some_and(|n| n > 0), "{v}");
+}
+
+#[test]
+fn bench_matmul_json_lines_have_the_promised_fields() {
+    let out =
+        wgtune().args(["bench", "matmul", "--sizes", "33", "--runs", "1", "--json"]).output().expect("run wgtune");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let kernels: Vec<&str> = lines.iter().filter_map(|v| v["kernel"].as_str()).collect();
+    assert_eq!(kernels, ["naive", "tiled"]);
+    for v in &lines {
+        assert_eq!(v["bench"], "matmul");
+        assert_eq!((v["m"].as_u64(), v["n"].as_u64(), v["k"].as_u64()), (Some(33), Some(33), Some(33)));
+        assert!(v["gflops"].as_f64().is_some_and(|g| g > 0.0), "{v}");
+    }
+}
+
+#[test]
+fn a_bad_option_is_an_error_not_a_panic() {
+    let out = wgtune().args(["bench", "matmul", "--kernels", "fast"]).output().expect("run wgtune");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("unknown matmul kernel 'fast'"), "{stderr}");
+}
