@@ -8,14 +8,14 @@
 //
 // Kernels:
 //   matmul        the library kernel, register-blocked: each invocation computes a 16 x 8 block of C, held in
-//                 32 named vec4 accumulators (16 rows x two groups of 4 columns).
+//                 a struct of 32 vec4 accumulators (16 rows x two groups of 4 columns).
 //                 - The 16 rows are the same for all 64 invocations of a workgroup, so every A read has a
 //                   workgroup-uniform address: one load broadcast to all invocations.
 //                 - Invocation i owns columns 512 * wg.x + i + 64 * j (j = 0..7): at each j, neighbouring invocations
 //                   read neighbouring B elements (coalesced on GPUs; on lavapipe the better of the two layouts
 //                   measured, see BENCHMARKS.md).
-//                 - The block is unrolled by hand: lavapipe keeps arrays indexed inside loops in memory, which
-//                   measured 3-5x slower than named registers.
+//                 - The block is written out, never indexed in a loop: lavapipe keeps arrays indexed inside
+//                   loops in memory, which measured 3-5x slower than registers.
 //                 No workgroup memory and no barriers (barriers are expensive on the software driver); reuse
 //                 of B across the 16 rows happens in registers, reuse of A through the uniform broadcast.
 //                 A workgroup covers 16 rows x 512 columns. Dispatch: (ceil(N / 512), ceil(M / 16), batch).
@@ -60,8 +60,81 @@ fn finish(acc: f32, row: u32, col: u32, batch: u32) {
     c[idx] = v;
 }
 
-// Store one accumulator: 4 columns of one row, skipping what lies past the edge of C.
-fn store_row(v: vec4<f32>, row: u32, cols: vec4<u32>, batch: u32) {
+// The 16 x 8 register block of one invocation: row r holds columns 0-3 in r<r>_0 and 4-7 in r<r>_1. Only ever
+// accessed by name, so every compiler keeps it in registers.
+struct Block {
+    r0_0: vec4<f32>,
+    r0_1: vec4<f32>,
+    r1_0: vec4<f32>,
+    r1_1: vec4<f32>,
+    r2_0: vec4<f32>,
+    r2_1: vec4<f32>,
+    r3_0: vec4<f32>,
+    r3_1: vec4<f32>,
+    r4_0: vec4<f32>,
+    r4_1: vec4<f32>,
+    r5_0: vec4<f32>,
+    r5_1: vec4<f32>,
+    r6_0: vec4<f32>,
+    r6_1: vec4<f32>,
+    r7_0: vec4<f32>,
+    r7_1: vec4<f32>,
+    r8_0: vec4<f32>,
+    r8_1: vec4<f32>,
+    r9_0: vec4<f32>,
+    r9_1: vec4<f32>,
+    r10_0: vec4<f32>,
+    r10_1: vec4<f32>,
+    r11_0: vec4<f32>,
+    r11_1: vec4<f32>,
+    r12_0: vec4<f32>,
+    r12_1: vec4<f32>,
+    r13_0: vec4<f32>,
+    r13_1: vec4<f32>,
+    r14_0: vec4<f32>,
+    r14_1: vec4<f32>,
+    r15_0: vec4<f32>,
+    r15_1: vec4<f32>,
+}
+
+// acc += a ⊗ (b0, b1): one step of the outer-product formulation, a holding one value per row.
+fn rank1_update(acc: ptr<function, Block>, a: array<f32, 16>, b0: vec4<f32>, b1: vec4<f32>) {
+    (*acc).r0_0 = fma(vec4<f32>(a[0]), b0, (*acc).r0_0);
+    (*acc).r0_1 = fma(vec4<f32>(a[0]), b1, (*acc).r0_1);
+    (*acc).r1_0 = fma(vec4<f32>(a[1]), b0, (*acc).r1_0);
+    (*acc).r1_1 = fma(vec4<f32>(a[1]), b1, (*acc).r1_1);
+    (*acc).r2_0 = fma(vec4<f32>(a[2]), b0, (*acc).r2_0);
+    (*acc).r2_1 = fma(vec4<f32>(a[2]), b1, (*acc).r2_1);
+    (*acc).r3_0 = fma(vec4<f32>(a[3]), b0, (*acc).r3_0);
+    (*acc).r3_1 = fma(vec4<f32>(a[3]), b1, (*acc).r3_1);
+    (*acc).r4_0 = fma(vec4<f32>(a[4]), b0, (*acc).r4_0);
+    (*acc).r4_1 = fma(vec4<f32>(a[4]), b1, (*acc).r4_1);
+    (*acc).r5_0 = fma(vec4<f32>(a[5]), b0, (*acc).r5_0);
+    (*acc).r5_1 = fma(vec4<f32>(a[5]), b1, (*acc).r5_1);
+    (*acc).r6_0 = fma(vec4<f32>(a[6]), b0, (*acc).r6_0);
+    (*acc).r6_1 = fma(vec4<f32>(a[6]), b1, (*acc).r6_1);
+    (*acc).r7_0 = fma(vec4<f32>(a[7]), b0, (*acc).r7_0);
+    (*acc).r7_1 = fma(vec4<f32>(a[7]), b1, (*acc).r7_1);
+    (*acc).r8_0 = fma(vec4<f32>(a[8]), b0, (*acc).r8_0);
+    (*acc).r8_1 = fma(vec4<f32>(a[8]), b1, (*acc).r8_1);
+    (*acc).r9_0 = fma(vec4<f32>(a[9]), b0, (*acc).r9_0);
+    (*acc).r9_1 = fma(vec4<f32>(a[9]), b1, (*acc).r9_1);
+    (*acc).r10_0 = fma(vec4<f32>(a[10]), b0, (*acc).r10_0);
+    (*acc).r10_1 = fma(vec4<f32>(a[10]), b1, (*acc).r10_1);
+    (*acc).r11_0 = fma(vec4<f32>(a[11]), b0, (*acc).r11_0);
+    (*acc).r11_1 = fma(vec4<f32>(a[11]), b1, (*acc).r11_1);
+    (*acc).r12_0 = fma(vec4<f32>(a[12]), b0, (*acc).r12_0);
+    (*acc).r12_1 = fma(vec4<f32>(a[12]), b1, (*acc).r12_1);
+    (*acc).r13_0 = fma(vec4<f32>(a[13]), b0, (*acc).r13_0);
+    (*acc).r13_1 = fma(vec4<f32>(a[13]), b1, (*acc).r13_1);
+    (*acc).r14_0 = fma(vec4<f32>(a[14]), b0, (*acc).r14_0);
+    (*acc).r14_1 = fma(vec4<f32>(a[14]), b1, (*acc).r14_1);
+    (*acc).r15_0 = fma(vec4<f32>(a[15]), b0, (*acc).r15_0);
+    (*acc).r15_1 = fma(vec4<f32>(a[15]), b1, (*acc).r15_1);
+}
+
+// Store one row's 4 columns, skipping what lies past the edge of C.
+fn store4(v: vec4<f32>, row: u32, cols: vec4<u32>, batch: u32) {
     if row < p.m {
         if cols.x < p.n { finish(v.x, row, cols.x, batch); }
         if cols.y < p.n { finish(v.y, row, cols.y, batch); }
@@ -83,7 +156,6 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     // Rows and columns past the edge are clamped for loading (always in bounds, no divergent branches in the
     // inner loop) and skipped when storing.
     let last_row = p.m - 1u;
-    let last_col = p.n - 1u;
     let ar0 = a_base + min(row0 + 0u, last_row) * p.a_row;
     let ar1 = a_base + min(row0 + 1u, last_row) * p.a_row;
     let ar2 = a_base + min(row0 + 2u, last_row) * p.a_row;
@@ -102,127 +174,68 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     let ar15 = a_base + min(row0 + 15u, last_row) * p.a_row;
     let col0 = wg.x * WG * TN + lid.x;
     let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
-    let bc0 = min(c0, vec4<u32>(last_col)) * p.b_col + vec4<u32>(b_base);
     let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
-    let bc1 = min(c1, vec4<u32>(last_col)) * p.b_col + vec4<u32>(b_base);
-    var acc0_0 = vec4<f32>(0.0);
-    var acc0_1 = vec4<f32>(0.0);
-    var acc1_0 = vec4<f32>(0.0);
-    var acc1_1 = vec4<f32>(0.0);
-    var acc2_0 = vec4<f32>(0.0);
-    var acc2_1 = vec4<f32>(0.0);
-    var acc3_0 = vec4<f32>(0.0);
-    var acc3_1 = vec4<f32>(0.0);
-    var acc4_0 = vec4<f32>(0.0);
-    var acc4_1 = vec4<f32>(0.0);
-    var acc5_0 = vec4<f32>(0.0);
-    var acc5_1 = vec4<f32>(0.0);
-    var acc6_0 = vec4<f32>(0.0);
-    var acc6_1 = vec4<f32>(0.0);
-    var acc7_0 = vec4<f32>(0.0);
-    var acc7_1 = vec4<f32>(0.0);
-    var acc8_0 = vec4<f32>(0.0);
-    var acc8_1 = vec4<f32>(0.0);
-    var acc9_0 = vec4<f32>(0.0);
-    var acc9_1 = vec4<f32>(0.0);
-    var acc10_0 = vec4<f32>(0.0);
-    var acc10_1 = vec4<f32>(0.0);
-    var acc11_0 = vec4<f32>(0.0);
-    var acc11_1 = vec4<f32>(0.0);
-    var acc12_0 = vec4<f32>(0.0);
-    var acc12_1 = vec4<f32>(0.0);
-    var acc13_0 = vec4<f32>(0.0);
-    var acc13_1 = vec4<f32>(0.0);
-    var acc14_0 = vec4<f32>(0.0);
-    var acc14_1 = vec4<f32>(0.0);
-    var acc15_0 = vec4<f32>(0.0);
-    var acc15_1 = vec4<f32>(0.0);
+    let last_col = vec4<u32>(p.n - 1u);
+    let bc0 = min(c0, last_col) * p.b_col + vec4<u32>(b_base);
+    let bc1 = min(c1, last_col) * p.b_col + vec4<u32>(b_base);
+    var acc: Block;
     for (var kk = 0u; kk < p.k; kk++) {
         let b_off = kk * p.b_row;
         let a_off = kk * p.a_col;
         let b0 = vec4<f32>(b[bc0.x + b_off], b[bc0.y + b_off], b[bc0.z + b_off], b[bc0.w + b_off]);
         let b1 = vec4<f32>(b[bc1.x + b_off], b[bc1.y + b_off], b[bc1.z + b_off], b[bc1.w + b_off]);
-        let a0 = vec4<f32>(a[ar0 + a_off]);
-        acc0_0 = fma(a0, b0, acc0_0);
-        acc0_1 = fma(a0, b1, acc0_1);
-        let a1 = vec4<f32>(a[ar1 + a_off]);
-        acc1_0 = fma(a1, b0, acc1_0);
-        acc1_1 = fma(a1, b1, acc1_1);
-        let a2 = vec4<f32>(a[ar2 + a_off]);
-        acc2_0 = fma(a2, b0, acc2_0);
-        acc2_1 = fma(a2, b1, acc2_1);
-        let a3 = vec4<f32>(a[ar3 + a_off]);
-        acc3_0 = fma(a3, b0, acc3_0);
-        acc3_1 = fma(a3, b1, acc3_1);
-        let a4 = vec4<f32>(a[ar4 + a_off]);
-        acc4_0 = fma(a4, b0, acc4_0);
-        acc4_1 = fma(a4, b1, acc4_1);
-        let a5 = vec4<f32>(a[ar5 + a_off]);
-        acc5_0 = fma(a5, b0, acc5_0);
-        acc5_1 = fma(a5, b1, acc5_1);
-        let a6 = vec4<f32>(a[ar6 + a_off]);
-        acc6_0 = fma(a6, b0, acc6_0);
-        acc6_1 = fma(a6, b1, acc6_1);
-        let a7 = vec4<f32>(a[ar7 + a_off]);
-        acc7_0 = fma(a7, b0, acc7_0);
-        acc7_1 = fma(a7, b1, acc7_1);
-        let a8 = vec4<f32>(a[ar8 + a_off]);
-        acc8_0 = fma(a8, b0, acc8_0);
-        acc8_1 = fma(a8, b1, acc8_1);
-        let a9 = vec4<f32>(a[ar9 + a_off]);
-        acc9_0 = fma(a9, b0, acc9_0);
-        acc9_1 = fma(a9, b1, acc9_1);
-        let a10 = vec4<f32>(a[ar10 + a_off]);
-        acc10_0 = fma(a10, b0, acc10_0);
-        acc10_1 = fma(a10, b1, acc10_1);
-        let a11 = vec4<f32>(a[ar11 + a_off]);
-        acc11_0 = fma(a11, b0, acc11_0);
-        acc11_1 = fma(a11, b1, acc11_1);
-        let a12 = vec4<f32>(a[ar12 + a_off]);
-        acc12_0 = fma(a12, b0, acc12_0);
-        acc12_1 = fma(a12, b1, acc12_1);
-        let a13 = vec4<f32>(a[ar13 + a_off]);
-        acc13_0 = fma(a13, b0, acc13_0);
-        acc13_1 = fma(a13, b1, acc13_1);
-        let a14 = vec4<f32>(a[ar14 + a_off]);
-        acc14_0 = fma(a14, b0, acc14_0);
-        acc14_1 = fma(a14, b1, acc14_1);
-        let a15 = vec4<f32>(a[ar15 + a_off]);
-        acc15_0 = fma(a15, b0, acc15_0);
-        acc15_1 = fma(a15, b1, acc15_1);
+        let av = array<f32, 16>(
+            a[ar0 + a_off],
+            a[ar1 + a_off],
+            a[ar2 + a_off],
+            a[ar3 + a_off],
+            a[ar4 + a_off],
+            a[ar5 + a_off],
+            a[ar6 + a_off],
+            a[ar7 + a_off],
+            a[ar8 + a_off],
+            a[ar9 + a_off],
+            a[ar10 + a_off],
+            a[ar11 + a_off],
+            a[ar12 + a_off],
+            a[ar13 + a_off],
+            a[ar14 + a_off],
+            a[ar15 + a_off],
+        );
+        rank1_update(&acc, av, b0, b1);
     }
-    store_row(acc0_0, row0 + 0u, c0, batch);
-    store_row(acc0_1, row0 + 0u, c1, batch);
-    store_row(acc1_0, row0 + 1u, c0, batch);
-    store_row(acc1_1, row0 + 1u, c1, batch);
-    store_row(acc2_0, row0 + 2u, c0, batch);
-    store_row(acc2_1, row0 + 2u, c1, batch);
-    store_row(acc3_0, row0 + 3u, c0, batch);
-    store_row(acc3_1, row0 + 3u, c1, batch);
-    store_row(acc4_0, row0 + 4u, c0, batch);
-    store_row(acc4_1, row0 + 4u, c1, batch);
-    store_row(acc5_0, row0 + 5u, c0, batch);
-    store_row(acc5_1, row0 + 5u, c1, batch);
-    store_row(acc6_0, row0 + 6u, c0, batch);
-    store_row(acc6_1, row0 + 6u, c1, batch);
-    store_row(acc7_0, row0 + 7u, c0, batch);
-    store_row(acc7_1, row0 + 7u, c1, batch);
-    store_row(acc8_0, row0 + 8u, c0, batch);
-    store_row(acc8_1, row0 + 8u, c1, batch);
-    store_row(acc9_0, row0 + 9u, c0, batch);
-    store_row(acc9_1, row0 + 9u, c1, batch);
-    store_row(acc10_0, row0 + 10u, c0, batch);
-    store_row(acc10_1, row0 + 10u, c1, batch);
-    store_row(acc11_0, row0 + 11u, c0, batch);
-    store_row(acc11_1, row0 + 11u, c1, batch);
-    store_row(acc12_0, row0 + 12u, c0, batch);
-    store_row(acc12_1, row0 + 12u, c1, batch);
-    store_row(acc13_0, row0 + 13u, c0, batch);
-    store_row(acc13_1, row0 + 13u, c1, batch);
-    store_row(acc14_0, row0 + 14u, c0, batch);
-    store_row(acc14_1, row0 + 14u, c1, batch);
-    store_row(acc15_0, row0 + 15u, c0, batch);
-    store_row(acc15_1, row0 + 15u, c1, batch);
+    store4(acc.r0_0, row0 + 0u, c0, batch);
+    store4(acc.r0_1, row0 + 0u, c1, batch);
+    store4(acc.r1_0, row0 + 1u, c0, batch);
+    store4(acc.r1_1, row0 + 1u, c1, batch);
+    store4(acc.r2_0, row0 + 2u, c0, batch);
+    store4(acc.r2_1, row0 + 2u, c1, batch);
+    store4(acc.r3_0, row0 + 3u, c0, batch);
+    store4(acc.r3_1, row0 + 3u, c1, batch);
+    store4(acc.r4_0, row0 + 4u, c0, batch);
+    store4(acc.r4_1, row0 + 4u, c1, batch);
+    store4(acc.r5_0, row0 + 5u, c0, batch);
+    store4(acc.r5_1, row0 + 5u, c1, batch);
+    store4(acc.r6_0, row0 + 6u, c0, batch);
+    store4(acc.r6_1, row0 + 6u, c1, batch);
+    store4(acc.r7_0, row0 + 7u, c0, batch);
+    store4(acc.r7_1, row0 + 7u, c1, batch);
+    store4(acc.r8_0, row0 + 8u, c0, batch);
+    store4(acc.r8_1, row0 + 8u, c1, batch);
+    store4(acc.r9_0, row0 + 9u, c0, batch);
+    store4(acc.r9_1, row0 + 9u, c1, batch);
+    store4(acc.r10_0, row0 + 10u, c0, batch);
+    store4(acc.r10_1, row0 + 10u, c1, batch);
+    store4(acc.r11_0, row0 + 11u, c0, batch);
+    store4(acc.r11_1, row0 + 11u, c1, batch);
+    store4(acc.r12_0, row0 + 12u, c0, batch);
+    store4(acc.r12_1, row0 + 12u, c1, batch);
+    store4(acc.r13_0, row0 + 13u, c0, batch);
+    store4(acc.r13_1, row0 + 13u, c1, batch);
+    store4(acc.r14_0, row0 + 14u, c0, batch);
+    store4(acc.r14_1, row0 + 14u, c1, batch);
+    store4(acc.r15_0, row0 + 15u, c0, batch);
+    store4(acc.r15_1, row0 + 15u, c1, batch);
 }
 
 @compute @workgroup_size(16, 16, 1)
