@@ -3,8 +3,9 @@
 // Layout: op(A) is (batch, M, K) and op(B) is (batch, K, N), each addressed through element strides, so a
 // transposed operand is just swapped row/column strides (dA = dC·Bᵀ and dB = Aᵀ·dC need no copies); a batch
 // stride of 0 shares one matrix across the batch. C is contiguous row-major (batch, M, N).
-// flags & 1: add bias (N) to every row. flags & 2: accumulate (C += product) instead of overwriting, for
-// gradients of tensors that are used twice.
+// flags & 1: add bias (N) to every row. flags & 4: add bias (M) to every column instead (a 1x1 convolution's
+// per-channel bias). flags & 2: accumulate (C += product) instead of overwriting, for gradients of tensors that
+// are used twice.
 //
 // Kernels:
 //   matmul        the library kernel, register-blocked: each invocation computes a 16 x 8 block of C, held in
@@ -41,17 +42,21 @@ struct MatmulParams {
 
 const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
+const FLAG_ROW_BIAS: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<f32>;          // op(A): (batch, M, K) via strides
 @group(0) @binding(2) var<storage, read> b: array<f32>;          // op(B): (batch, K, N) via strides
-@group(0) @binding(3) var<storage, read> bias: array<f32>;       // (N), read only when flags & FLAG_BIAS
+@group(0) @binding(3) var<storage, read> bias: array<f32>;       // (N) with FLAG_BIAS, (M) with FLAG_ROW_BIAS
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;    // (batch, M, N)
 
 fn finish(acc: f32, row: u32, col: u32, batch: u32) {
     var v = acc;
     if (p.flags & FLAG_BIAS) != 0u {
         v += bias[col];
+    }
+    if (p.flags & FLAG_ROW_BIAS) != 0u {
+        v += bias[row];
     }
     let idx = (batch * p.m + row) * p.n + col;
     if (p.flags & FLAG_ACCUMULATE) != 0u {

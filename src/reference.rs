@@ -2,6 +2,8 @@
 //! the GPU kernels are tested against, and each backward here is itself checked by central finite differences
 //! (the tests at the bottom). Names match the WGSL entry points.
 
+use crate::ops::conv::ConvShape;
+
 /// Problem shape of a batched matmul C = op(A)·op(B), as the `matmul` kernel sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulShape {
@@ -73,6 +75,66 @@ pub fn matmul_backward(s: &MatmulShape, a: &[f64], b: &[f64], dc: &[f64]) -> (Ve
         }
     }
     (da, db, dbias)
+}
+
+/// Visit every (output element, weight tap, input element) triple of a convolution that lies inside the input:
+/// `f(y_index, w_index, x_index)`. The forward and both backward references are this one loop nest, so they
+/// agree on geometry by construction; the finite-difference tests check the calculus.
+fn conv2d_for_each(s: &ConvShape, mut f: impl FnMut(usize, usize, usize)) {
+    let g = s.cfg.groups;
+    let (cin_g, cout_g) = (s.in_c / g, s.out_c / g);
+    for n in 0..s.batch {
+        for co in 0..s.out_c {
+            let group = co / cout_g;
+            for oh in 0..s.out_h {
+                for ow in 0..s.out_w {
+                    let y_i = ((n * s.out_c + co) * s.out_h + oh) * s.out_w + ow;
+                    for ci in 0..cin_g {
+                        for kh in 0..s.kernel_h {
+                            for kw in 0..s.kernel_w {
+                                let ih =
+                                    (oh * s.cfg.stride.0 + kh * s.cfg.dilation.0) as isize - s.cfg.padding.top as isize;
+                                let iw = (ow * s.cfg.stride.1 + kw * s.cfg.dilation.1) as isize
+                                    - s.cfg.padding.left as isize;
+                                if ih < 0 || iw < 0 || ih >= s.in_h as isize || iw >= s.in_w as isize {
+                                    continue; // zero padding
+                                }
+                                let x_i =
+                                    ((n * s.in_c + group * cin_g + ci) * s.in_h + ih as usize) * s.in_w + iw as usize;
+                                let w_i = ((co * cin_g + ci) * s.kernel_h + kh) * s.kernel_w + kw;
+                                f(y_i, w_i, x_i);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y = conv2d(x, w) + bias, NCHW (`ConvShape` gives the geometry).
+pub fn conv2d_forward(s: &ConvShape, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
+    let mut y = vec![0.0; s.y_shape().iter().product()];
+    conv2d_for_each(s, |yi, wi, xi| y[yi] += w[wi] * x[xi]);
+    if let Some(b) = bias {
+        let plane = s.out_h * s.out_w;
+        y.iter_mut().enumerate().for_each(|(i, v)| *v += b[(i / plane) % s.out_c]);
+    }
+    y
+}
+
+/// dx: every y element sends dy * w back to the x elements it read.
+pub fn conv2d_backward_data(s: &ConvShape, dy: &[f64], w: &[f64]) -> Vec<f64> {
+    let mut dx = vec![0.0; s.x_shape().iter().product()];
+    conv2d_for_each(s, |yi, wi, xi| dx[xi] += dy[yi] * w[wi]);
+    dx
+}
+
+/// dw: every tap collects dy * x over all the places it was used.
+pub fn conv2d_backward_weight(s: &ConvShape, dy: &[f64], x: &[f64]) -> Vec<f64> {
+    let mut dw = vec![0.0; s.w_shape().iter().product()];
+    conv2d_for_each(s, |yi, wi, xi| dw[wi] += dy[yi] * x[xi]);
+    dw
 }
 
 /// out = x + y
@@ -321,6 +383,66 @@ mod tests {
             // add: dL/dx = dL/dy = g
             assert_fd(g[i], finite_difference(&x, i, H, |v| dot(add(v, &y))), "add");
         }
+    }
+
+    /// L = sum(conv2d(x, w) + bias) ⊙ G) over strided, dilated, asymmetrically padded and grouped geometries.
+    #[test]
+    fn conv2d_backward_matches_finite_differences() {
+        use crate::ops::conv::{Conv2dConfig, Padding};
+        let cases = [
+            (
+                [2, 4, 5, 6],
+                [6, 2, 3, 2],
+                Conv2dConfig {
+                    stride: (2, 1),
+                    padding: Padding { top: 0, bottom: 1, left: 1, right: 0 },
+                    dilation: (1, 2),
+                    groups: 2,
+                },
+            ),
+            (
+                [1, 3, 5, 5],
+                [3, 1, 3, 3],
+                Conv2dConfig {
+                    stride: (2, 2),
+                    padding: Padding::same(5, 5, (3, 3), (2, 2), (1, 1)),
+                    groups: 3,
+                    ..Default::default()
+                },
+            ),
+        ];
+        let mut rng = SplitMix(4);
+        for (xs, ws, cfg) in cases {
+            let s = ConvShape::new(&xs, &ws, cfg).unwrap();
+            let x = widen(&rng.vec_f32(xs.iter().product(), -1.0, 1.0));
+            let w = widen(&rng.vec_f32(ws.iter().product(), -1.0, 1.0));
+            let b = widen(&rng.vec_f32(s.out_c, -1.0, 1.0));
+            let g = widen(&rng.vec_f32(s.y_shape().iter().product(), -1.0, 1.0));
+            let loss = |x: &[f64], w: &[f64], b: &[f64]| {
+                conv2d_forward(&s, x, w, Some(b)).iter().zip(&g).map(|(y, g)| y * g).sum::<f64>()
+            };
+            let dx = conv2d_backward_data(&s, &g, &w);
+            let dw = conv2d_backward_weight(&s, &g, &x);
+            for i in 0..x.len() {
+                assert_fd(dx[i], finite_difference(&x, i, H, |v| loss(v, &w, &b)), "conv dx");
+            }
+            for i in 0..w.len() {
+                assert_fd(dw[i], finite_difference(&w, i, H, |v| loss(&x, v, &b)), "conv dw");
+            }
+            let db = sum_reduce(&g, s.batch, s.out_c, s.out_h * s.out_w);
+            for i in 0..b.len() {
+                assert_fd(db[i], finite_difference(&b, i, H, |v| loss(&x, &w, v)), "conv dbias");
+            }
+        }
+    }
+
+    /// TensorFlow "SAME": 224 -> 112 with a 3x3 stride-2 kernel pads 0 on top/left and 1 on bottom/right.
+    #[test]
+    fn same_padding_puts_the_extra_pixel_bottom_right() {
+        use crate::ops::conv::Padding;
+        assert_eq!(Padding::same(224, 224, (3, 3), (2, 2), (1, 1)), Padding { top: 0, bottom: 1, left: 0, right: 1 });
+        assert_eq!(Padding::same(28, 28, (5, 5), (1, 1), (1, 1)), Padding::symmetric(2));
+        assert_eq!(Padding::same(7, 7, (5, 5), (2, 2), (1, 1)), Padding { top: 2, bottom: 2, left: 2, right: 2 });
     }
 
     #[test]

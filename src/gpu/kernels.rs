@@ -24,6 +24,8 @@ pub struct Family {
 /// Every shader file of the crate. A test checks that this list and `shaders/*.wgsl` agree.
 pub const FAMILIES: &[Family] = &[
     Family { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") },
+    Family { name: "conv2d", source: include_str!("../../shaders/conv2d.wgsl") },
+    Family { name: "depthwise", source: include_str!("../../shaders/depthwise.wgsl") },
     Family { name: "elementwise", source: include_str!("../../shaders/elementwise.wgsl") },
     Family { name: "reduce", source: include_str!("../../shaders/reduce.wgsl") },
     Family { name: "loss", source: include_str!("../../shaders/loss.wgsl") },

@@ -25,6 +25,7 @@ pub struct MatmulParams {
 
 pub const FLAG_BIAS: u32 = 1;
 pub const FLAG_ACCUMULATE: u32 = 2;
+pub const FLAG_ROW_BIAS: u32 = 4;
 
 const SIGNATURE: &[(u32, Access)] = &[(1, Access::Read), (2, Access::Read), (3, Access::Read), (4, Access::ReadWrite)];
 /// The library's register-blocked kernel.
@@ -58,6 +59,8 @@ pub struct MatmulOptions {
     pub trans_b: bool,
     /// Add the product to C instead of overwriting it.
     pub accumulate: bool,
+    /// The bias has M elements, one per row of C (a 1x1 convolution's channels), instead of N.
+    pub bias_per_row: bool,
 }
 
 fn split_batch(t: &Tensor) -> Result<(usize, usize, usize)> {
@@ -104,8 +107,12 @@ pub fn matmul_params(
         }
     }
     if let Some(bias) = bias {
-        if bias.numel() != n {
-            return Err(Error::shape("matmul bias", format!("bias {:?} must have N = {n} elements", bias.shape())));
+        let (want, axis) = if opts.bias_per_row { (m, "M") } else { (n, "N") };
+        if bias.numel() != want {
+            return Err(Error::shape(
+                "matmul bias",
+                format!("bias {:?} must have {axis} = {want} elements", bias.shape()),
+            ));
         }
     }
     let mut p = MatmulParams {
@@ -119,7 +126,11 @@ pub fn matmul_params(
     };
     (p.a_row, p.a_col) = if opts.trans_a { (1, dim(ac, "M")?) } else { (dim(ac, "K")?, 1) };
     (p.b_row, p.b_col) = if opts.trans_b { (1, dim(bc, "K")?) } else { (dim(bc, "N")?, 1) };
-    p.flags = if bias.is_some() { FLAG_BIAS } else { 0 } | if opts.accumulate { FLAG_ACCUMULATE } else { 0 };
+    p.flags = match (bias.is_some(), opts.bias_per_row) {
+        (false, _) => 0,
+        (true, false) => FLAG_BIAS,
+        (true, true) => FLAG_ROW_BIAS,
+    } | if opts.accumulate { FLAG_ACCUMULATE } else { 0 };
     Ok(p)
 }
 

@@ -5,6 +5,7 @@
 // Launchers take the tensors of a kernel's signature one by one, in binding order, plus its options: wide by nature.
 #![allow(clippy::too_many_arguments)]
 
+pub mod conv;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
@@ -29,6 +30,12 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
     let mut v = vec![
         matmul::MATMUL,
         matmul::MATMUL_NAIVE,
+        conv::CONV2D_FORWARD,
+        conv::CONV2D_BACKWARD_DATA,
+        conv::CONV2D_BACKWARD_WEIGHT,
+        conv::DEPTHWISE_CONV2D_FORWARD,
+        conv::DEPTHWISE_CONV2D_BACKWARD_DATA,
+        conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT,
         reduce::SUM_REDUCE,
         loss::SOFTMAX_CROSS_ENTROPY_FORWARD,
         loss::SOFTMAX_CROSS_ENTROPY_BACKWARD,

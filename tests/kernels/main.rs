@@ -2,6 +2,7 @@
 //! NaN-poisoned outputs. One test binary, one device: see common.rs.
 
 mod common;
+mod conv;
 mod elementwise;
 mod errors;
 mod loss;

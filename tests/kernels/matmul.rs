@@ -13,6 +13,8 @@ struct Case {
     s: MatmulShape,
     bias: bool,
     accumulate: bool,
+    /// The bias has one value per row (M) instead of per column (N).
+    row_bias: bool,
 }
 
 fn run_case(kernel: MatmulKernel, case: &Case, seed: usize) {
@@ -25,31 +27,42 @@ fn run_case(kernel: MatmulKernel, case: &Case, seed: usize) {
     let b_dims = if s.trans_b { [b_batch, s.n, s.k] } else { [b_batch, s.k, s.n] };
     let a_data = rng.vec_f32(a_dims.iter().product(), -1.0, 1.0);
     let b_data = rng.vec_f32(b_dims.iter().product(), -1.0, 1.0);
-    let bias_data = rng.vec_f32(s.n, -1.0, 1.0);
+    let bias_len = if case.row_bias { s.m } else { s.n };
+    let bias_data = rng.vec_f32(bias_len, -1.0, 1.0);
     let c0_data = rng.vec_f32(s.batch * s.m * s.n, -1.0, 1.0);
     // 2-D tensors when there is one matrix, to exercise the shared-operand path.
     let dims = |d: [usize; 3], batched: bool| if batched { d.to_vec() } else { d[1..].to_vec() };
     let a = upload(&dims(a_dims, s.a_batched), &a_data, "A");
     let b = upload(&dims(b_dims, s.b_batched), &b_data, "B");
-    let bias = upload(&[s.n], &bias_data, "bias");
+    let bias = upload(&[bias_len], &bias_data, "bias");
     let c =
         if case.accumulate { upload(&[s.batch, s.m, s.n], &c0_data, "C") } else { poisoned(&[s.batch, s.m, s.n], "C") };
-    let opts = MatmulOptions { trans_a: s.trans_a, trans_b: s.trans_b, accumulate: case.accumulate };
+    let opts = MatmulOptions {
+        trans_a: s.trans_a,
+        trans_b: s.trans_b,
+        accumulate: case.accumulate,
+        bias_per_row: case.row_bias,
+    };
     let d = matmul(g, kernel, &a, &b, case.bias.then_some(&bias), &c, opts, "matmul test").expect("dispatch");
     g.run("matmul test", &[&d]).expect("run");
-    let want = reference::matmul(
+    let column_bias = (case.bias && !case.row_bias).then(|| widen(&bias_data));
+    let mut want = reference::matmul(
         s,
         &widen(&a_data),
         &widen(&b_data),
-        case.bias.then(|| widen(&bias_data)).as_deref(),
+        column_bias.as_deref(),
         case.accumulate.then(|| widen(&c0_data)).as_deref(),
     );
-    let what = format!("{} {:?} bias={} acc={}", kernel.name(), s, case.bias, case.accumulate);
+    if case.bias && case.row_bias {
+        want.iter_mut().enumerate().for_each(|(i, w)| *w += bias_data[(i / s.n) % s.m] as f64);
+    }
+    let what =
+        format!("{} {:?} bias={} row_bias={} acc={}", kernel.name(), s, case.bias, case.row_bias, case.accumulate);
     assert_close(&read(&c), &want, 2e-6 * s.k as f64 + 1e-6, 1e-5, &what);
 }
 
 fn plain(m: usize, n: usize, k: usize) -> Case {
-    Case { s: MatmulShape::new(1, m, n, k), bias: false, accumulate: false }
+    Case { s: MatmulShape::new(1, m, n, k), bias: false, accumulate: false, row_bias: false }
 }
 
 /// One test per awkward size, each run through both kernels: 1, primes, an exact tile (16 x 512), one past a
@@ -83,7 +96,7 @@ fn transposed_operands_match_reference() {
     for kernel in MatmulKernel::ALL {
         for (ta, tb) in [(true, false), (false, true), (true, true)] {
             let s = MatmulShape { trans_a: ta, trans_b: tb, ..MatmulShape::new(1, 23, 29, 19) };
-            run_case(kernel, &Case { s, bias: false, accumulate: false }, 300);
+            run_case(kernel, &Case { s, bias: false, accumulate: false, row_bias: false }, 300);
         }
     }
 }
@@ -91,8 +104,10 @@ fn transposed_operands_match_reference() {
 #[test]
 fn bias_and_accumulate_match_reference() {
     for kernel in MatmulKernel::ALL {
-        for (bias, accumulate) in [(true, false), (false, true), (true, true)] {
-            run_case(kernel, &Case { s: MatmulShape::new(1, 19, 530, 7), bias, accumulate }, 400);
+        for (bias, accumulate, row_bias) in
+            [(true, false, false), (false, true, false), (true, true, false), (true, false, true)]
+        {
+            run_case(kernel, &Case { s: MatmulShape::new(2, 19, 530, 7), bias, accumulate, row_bias }, 400);
         }
     }
 }
@@ -103,7 +118,7 @@ fn batched_and_shared_operands_match_reference() {
     for kernel in MatmulKernel::ALL {
         for (a_batched, b_batched) in [(true, true), (true, false), (false, true)] {
             let s = MatmulShape { a_batched, b_batched, ..MatmulShape::new(3, 18, 21, 5) };
-            run_case(kernel, &Case { s, bias: true, accumulate: false }, 500);
+            run_case(kernel, &Case { s, bias: true, accumulate: false, row_bias: false }, 500);
         }
     }
 }

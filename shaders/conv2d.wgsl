@@ -1,0 +1,517 @@
+// conv2d.wgsl — dense and grouped 2-D convolution, NCHW, forward and both backward passes, as implicit GEMM.
+//
+// Shapes: x (N, Cin, H, W), w (Cout, Cin/groups, KH, KW), y (N, Cout, OH, OW), with
+//   OH = (H + pad_top + pad_bottom - dilation_h * (KH - 1) - 1) / stride_h + 1   (the host computes OH and OW; only
+//   the top/left padding is needed here, so asymmetric TensorFlow "SAME" padding is just pad_bottom != pad_top).
+//   y[n, co, oh, ow] = bias[co] + sum_{ci, kh, kw} w[co, ci, kh, kw] * x[n, g*Cin_g + ci, oh*s - pt + kh*d, ow*s - pl + kw*d]
+// with co in group g and out-of-bounds x reading as 0.
+//
+// Each pass is one GEMM whose operands are gathered on the fly from the NCHW tensors (no im2col buffer):
+//   pass             rows (M)          columns (N)          reduction (K)        gemm_a   gemm_b
+//   forward          Cout_g            N * OH * OW          Cin_g * KH * KW      w        x
+//   backward_data    Cin_g             N * H * W            Cout_g * KH * KW     w        dy
+//   backward_weight  Cout_g            Cin_g * KH * KW      N * OH * OW          dy       x
+// The register blocking is matmul.wgsl's: an invocation owns a 16 x 8 block, the 16 rows are shared by the 64
+// invocations of a workgroup (gemm_a is read with workgroup-uniform addresses) and invocation i owns columns
+// 512 * wg.x + i + 64 * j, j = 0..7. The reduction loops over (kh, kw) outside and channels inside, so the bounds
+// test of a gathered x / dy element is computed once per (kh, kw) and column, not once per channel.
+//
+// flags & 1: add bias (forward). flags & 2: accumulate into the output instead of overwriting.
+// backward_weight may split the batch: workgroup z = g * splits + s sums samples [s * split_len, (s+1) * split_len)
+// into its own (Cout, Cin_g, KH, KW) slice of the output, which then holds (splits, Cout, Cin_g, KH, KW) partial sums
+// that the host reduces; with one split it writes dw directly.
+//
+// Dispatch (x, y, z): forward (ceil(N*OH*OW / 512), ceil(Cout_g / 16), groups); backward_data
+// (ceil(N*H*W / 512), ceil(Cin_g / 16), groups); backward_weight (ceil(Cin_g*KH*KW / 512), ceil(Cout_g / 16),
+// groups * splits).
+
+struct ConvParams {
+    batch: u32,
+    in_c: u32,
+    in_h: u32,
+    in_w: u32,
+    out_c: u32,
+    out_h: u32,
+    out_w: u32,
+    groups: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_top: u32,
+    pad_left: u32,
+    dilation_h: u32,
+    dilation_w: u32,
+    flags: u32,
+    split_len: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const FLAG_BIAS: u32 = 1u;
+const FLAG_ACCUMULATE: u32 = 2u;
+const TM: u32 = 16u; // rows per workgroup (and per invocation)
+const TN: u32 = 8u;  // columns per invocation
+const WG: u32 = 64u; // invocations per workgroup
+
+@group(0) @binding(0) var<uniform> p: ConvParams;
+@group(0) @binding(1) var<storage, read> gemm_a: array<f32>;     // forward, backward_data: w; backward_weight: dy
+@group(0) @binding(2) var<storage, read> gemm_b: array<f32>;     // forward, backward_weight: x; backward_data: dy
+@group(0) @binding(3) var<storage, read> bias: array<f32>;       // (Cout), forward only
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // y, dx, or dw (see the header)
+
+// The 16 x 8 register block of one invocation, as in matmul.wgsl: row r holds columns 0-3 in r<r>_0 and 4-7 in
+// r<r>_1, only ever accessed by name so that it stays in registers.
+struct Block {
+    r0_0: vec4<f32>,
+    r0_1: vec4<f32>,
+    r1_0: vec4<f32>,
+    r1_1: vec4<f32>,
+    r2_0: vec4<f32>,
+    r2_1: vec4<f32>,
+    r3_0: vec4<f32>,
+    r3_1: vec4<f32>,
+    r4_0: vec4<f32>,
+    r4_1: vec4<f32>,
+    r5_0: vec4<f32>,
+    r5_1: vec4<f32>,
+    r6_0: vec4<f32>,
+    r6_1: vec4<f32>,
+    r7_0: vec4<f32>,
+    r7_1: vec4<f32>,
+    r8_0: vec4<f32>,
+    r8_1: vec4<f32>,
+    r9_0: vec4<f32>,
+    r9_1: vec4<f32>,
+    r10_0: vec4<f32>,
+    r10_1: vec4<f32>,
+    r11_0: vec4<f32>,
+    r11_1: vec4<f32>,
+    r12_0: vec4<f32>,
+    r12_1: vec4<f32>,
+    r13_0: vec4<f32>,
+    r13_1: vec4<f32>,
+    r14_0: vec4<f32>,
+    r14_1: vec4<f32>,
+    r15_0: vec4<f32>,
+    r15_1: vec4<f32>,
+}
+
+// acc += a ⊗ (b0, b1)
+fn rank1_update(acc: ptr<function, Block>, a: array<f32, 16>, b0: vec4<f32>, b1: vec4<f32>) {
+    (*acc).r0_0 = fma(vec4<f32>(a[0]), b0, (*acc).r0_0);
+    (*acc).r0_1 = fma(vec4<f32>(a[0]), b1, (*acc).r0_1);
+    (*acc).r1_0 = fma(vec4<f32>(a[1]), b0, (*acc).r1_0);
+    (*acc).r1_1 = fma(vec4<f32>(a[1]), b1, (*acc).r1_1);
+    (*acc).r2_0 = fma(vec4<f32>(a[2]), b0, (*acc).r2_0);
+    (*acc).r2_1 = fma(vec4<f32>(a[2]), b1, (*acc).r2_1);
+    (*acc).r3_0 = fma(vec4<f32>(a[3]), b0, (*acc).r3_0);
+    (*acc).r3_1 = fma(vec4<f32>(a[3]), b1, (*acc).r3_1);
+    (*acc).r4_0 = fma(vec4<f32>(a[4]), b0, (*acc).r4_0);
+    (*acc).r4_1 = fma(vec4<f32>(a[4]), b1, (*acc).r4_1);
+    (*acc).r5_0 = fma(vec4<f32>(a[5]), b0, (*acc).r5_0);
+    (*acc).r5_1 = fma(vec4<f32>(a[5]), b1, (*acc).r5_1);
+    (*acc).r6_0 = fma(vec4<f32>(a[6]), b0, (*acc).r6_0);
+    (*acc).r6_1 = fma(vec4<f32>(a[6]), b1, (*acc).r6_1);
+    (*acc).r7_0 = fma(vec4<f32>(a[7]), b0, (*acc).r7_0);
+    (*acc).r7_1 = fma(vec4<f32>(a[7]), b1, (*acc).r7_1);
+    (*acc).r8_0 = fma(vec4<f32>(a[8]), b0, (*acc).r8_0);
+    (*acc).r8_1 = fma(vec4<f32>(a[8]), b1, (*acc).r8_1);
+    (*acc).r9_0 = fma(vec4<f32>(a[9]), b0, (*acc).r9_0);
+    (*acc).r9_1 = fma(vec4<f32>(a[9]), b1, (*acc).r9_1);
+    (*acc).r10_0 = fma(vec4<f32>(a[10]), b0, (*acc).r10_0);
+    (*acc).r10_1 = fma(vec4<f32>(a[10]), b1, (*acc).r10_1);
+    (*acc).r11_0 = fma(vec4<f32>(a[11]), b0, (*acc).r11_0);
+    (*acc).r11_1 = fma(vec4<f32>(a[11]), b1, (*acc).r11_1);
+    (*acc).r12_0 = fma(vec4<f32>(a[12]), b0, (*acc).r12_0);
+    (*acc).r12_1 = fma(vec4<f32>(a[12]), b1, (*acc).r12_1);
+    (*acc).r13_0 = fma(vec4<f32>(a[13]), b0, (*acc).r13_0);
+    (*acc).r13_1 = fma(vec4<f32>(a[13]), b1, (*acc).r13_1);
+    (*acc).r14_0 = fma(vec4<f32>(a[14]), b0, (*acc).r14_0);
+    (*acc).r14_1 = fma(vec4<f32>(a[14]), b1, (*acc).r14_1);
+    (*acc).r15_0 = fma(vec4<f32>(a[15]), b0, (*acc).r15_0);
+    (*acc).r15_1 = fma(vec4<f32>(a[15]), b1, (*acc).r15_1);
+}
+
+fn put(idx: u32, v: f32) {
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        out[idx] += v;
+    } else {
+        out[idx] = v;
+    }
+}
+
+// The columns (as vec4 groups) that exist: index < count.
+fn live(cols: vec4<u32>, count: u32) -> vec4<bool> {
+    return cols < vec4<u32>(count);
+}
+
+// Whether (ih, iw) lies inside the H x W image.
+fn inside(ih: vec4<i32>, iw: vec4<i32>, h: u32, w: u32) -> vec4<bool> {
+    return (ih >= vec4<i32>(0)) & (ih < vec4<i32>(i32(h))) & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(w)));
+}
+
+// Gather 4 elements of gemm_b at off + shift where ok, 0 elsewhere (off is in bounds either way).
+fn gather_b(off: vec4<u32>, shift: u32, ok: vec4<bool>) -> vec4<f32> {
+    let v = vec4<f32>(gemm_b[off.x + shift], gemm_b[off.y + shift], gemm_b[off.z + shift], gemm_b[off.w + shift]);
+    return select(vec4<f32>(0.0), v, ok);
+}
+
+// Where the 8 columns of an invocation go: whether each exists, and its output index before the row offset.
+struct Cols {
+    live0: vec4<bool>,
+    live1: vec4<bool>,
+    base0: vec4<u32>,
+    base1: vec4<u32>,
+}
+
+fn store4(v: vec4<f32>, ok: vec4<bool>, base: vec4<u32>, row_off: u32) {
+    if ok.x { put(base.x + row_off, v.x); }
+    if ok.y { put(base.y + row_off, v.y); }
+    if ok.z { put(base.z + row_off, v.z); }
+    if ok.w { put(base.w + row_off, v.w); }
+}
+
+// Store one row of the block (its 8 columns), plus a per-row constant b (the bias in forward).
+fn store_row(v0: vec4<f32>, v1: vec4<f32>, cols: Cols, row_ok: bool, row_off: u32, b: f32) {
+    if row_ok {
+        store4(v0 + vec4<f32>(b), cols.live0, cols.base0, row_off);
+        store4(v1 + vec4<f32>(b), cols.live1, cols.base1, row_off);
+    }
+}
+
+fn bias_at(co: u32) -> f32 {
+    if (p.flags & FLAG_BIAS) != 0u {
+        return bias[min(co, p.out_c - 1u)];
+    }
+    return 0.0;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = wg.z;
+    let cin_g = p.in_c / p.groups;
+    let cout_g = p.out_c / p.groups;
+    let khw = p.kernel_h * p.kernel_w;
+    let in_hw = p.in_h * p.in_w;
+    let out_hw = p.out_h * p.out_w;
+    let ncols = p.batch * out_hw;
+    // Rows: output channels co_base + r0 + r (clamped for loading). gemm_a = w, row r at wr<r>.
+    let r0 = wg.y * TM;
+    let co_base = g * cout_g;
+    let wr0 = (co_base + min(r0 + 0u, cout_g - 1u)) * cin_g * khw;
+    let wr1 = (co_base + min(r0 + 1u, cout_g - 1u)) * cin_g * khw;
+    let wr2 = (co_base + min(r0 + 2u, cout_g - 1u)) * cin_g * khw;
+    let wr3 = (co_base + min(r0 + 3u, cout_g - 1u)) * cin_g * khw;
+    let wr4 = (co_base + min(r0 + 4u, cout_g - 1u)) * cin_g * khw;
+    let wr5 = (co_base + min(r0 + 5u, cout_g - 1u)) * cin_g * khw;
+    let wr6 = (co_base + min(r0 + 6u, cout_g - 1u)) * cin_g * khw;
+    let wr7 = (co_base + min(r0 + 7u, cout_g - 1u)) * cin_g * khw;
+    let wr8 = (co_base + min(r0 + 8u, cout_g - 1u)) * cin_g * khw;
+    let wr9 = (co_base + min(r0 + 9u, cout_g - 1u)) * cin_g * khw;
+    let wr10 = (co_base + min(r0 + 10u, cout_g - 1u)) * cin_g * khw;
+    let wr11 = (co_base + min(r0 + 11u, cout_g - 1u)) * cin_g * khw;
+    let wr12 = (co_base + min(r0 + 12u, cout_g - 1u)) * cin_g * khw;
+    let wr13 = (co_base + min(r0 + 13u, cout_g - 1u)) * cin_g * khw;
+    let wr14 = (co_base + min(r0 + 14u, cout_g - 1u)) * cin_g * khw;
+    let wr15 = (co_base + min(r0 + 15u, cout_g - 1u)) * cin_g * khw;
+    // Columns: output pixels (n, oh, ow) (clamped for loading). gemm_b = x.
+    let col0 = wg.x * WG * TN + lid.x;
+    let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
+    let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
+    let k0 = min(c0, vec4<u32>(ncols - 1u));
+    let k1 = min(c1, vec4<u32>(ncols - 1u));
+    let n0 = k0 / out_hw;
+    let n1 = k1 / out_hw;
+    let pix0 = k0 - n0 * out_hw;
+    let pix1 = k1 - n1 * out_hw;
+    let ih_origin0 = vec4<i32>((pix0 / p.out_w) * p.stride_h) - vec4<i32>(i32(p.pad_top));
+    let ih_origin1 = vec4<i32>((pix1 / p.out_w) * p.stride_h) - vec4<i32>(i32(p.pad_top));
+    let iw_origin0 = vec4<i32>((pix0 % p.out_w) * p.stride_w) - vec4<i32>(i32(p.pad_left));
+    let iw_origin1 = vec4<i32>((pix1 % p.out_w) * p.stride_w) - vec4<i32>(i32(p.pad_left));
+    let x_base0 = (n0 * p.in_c + g * cin_g) * in_hw;
+    let x_base1 = (n1 * p.in_c + g * cin_g) * in_hw;
+
+    var acc: Block;
+    for (var kh = 0u; kh < p.kernel_h; kh++) {
+        let ih0 = ih_origin0 + vec4<i32>(i32(kh * p.dilation_h));
+        let ih1 = ih_origin1 + vec4<i32>(i32(kh * p.dilation_h));
+        for (var kw = 0u; kw < p.kernel_w; kw++) {
+            let iw0 = iw_origin0 + vec4<i32>(i32(kw * p.dilation_w));
+            let iw1 = iw_origin1 + vec4<i32>(i32(kw * p.dilation_w));
+            let ok0 = inside(ih0, iw0, p.in_h, p.in_w);
+            let ok1 = inside(ih1, iw1, p.in_h, p.in_w);
+            let off0 = select(vec4<u32>(0u), x_base0 + vec4<u32>(ih0) * p.in_w + vec4<u32>(iw0), ok0);
+            let off1 = select(vec4<u32>(0u), x_base1 + vec4<u32>(ih1) * p.in_w + vec4<u32>(iw1), ok1);
+            let tap = kh * p.kernel_w + kw;
+            for (var ci = 0u; ci < cin_g; ci++) {
+                let b0 = gather_b(off0, ci * in_hw, ok0);
+                let b1 = gather_b(off1, ci * in_hw, ok1);
+                let k_off = ci * khw + tap;
+        let av = array<f32, 16>(
+            gemm_a[wr0 + k_off],
+            gemm_a[wr1 + k_off],
+            gemm_a[wr2 + k_off],
+            gemm_a[wr3 + k_off],
+            gemm_a[wr4 + k_off],
+            gemm_a[wr5 + k_off],
+            gemm_a[wr6 + k_off],
+            gemm_a[wr7 + k_off],
+            gemm_a[wr8 + k_off],
+            gemm_a[wr9 + k_off],
+            gemm_a[wr10 + k_off],
+            gemm_a[wr11 + k_off],
+            gemm_a[wr12 + k_off],
+            gemm_a[wr13 + k_off],
+            gemm_a[wr14 + k_off],
+            gemm_a[wr15 + k_off],
+        );
+                rank1_update(&acc, av, b0, b1);
+            }
+        }
+    }
+
+    // y[n, co, oh, ow] at (n * Cout + co) * OH*OW + pix.
+    let cols = Cols(live(c0, ncols), live(c1, ncols), n0 * p.out_c * out_hw + pix0, n1 * p.out_c * out_hw + pix1);
+    store_row(acc.r0_0, acc.r0_1, cols, r0 + 0u < cout_g, (co_base + r0 + 0u) * out_hw, bias_at(co_base + r0 + 0u));
+    store_row(acc.r1_0, acc.r1_1, cols, r0 + 1u < cout_g, (co_base + r0 + 1u) * out_hw, bias_at(co_base + r0 + 1u));
+    store_row(acc.r2_0, acc.r2_1, cols, r0 + 2u < cout_g, (co_base + r0 + 2u) * out_hw, bias_at(co_base + r0 + 2u));
+    store_row(acc.r3_0, acc.r3_1, cols, r0 + 3u < cout_g, (co_base + r0 + 3u) * out_hw, bias_at(co_base + r0 + 3u));
+    store_row(acc.r4_0, acc.r4_1, cols, r0 + 4u < cout_g, (co_base + r0 + 4u) * out_hw, bias_at(co_base + r0 + 4u));
+    store_row(acc.r5_0, acc.r5_1, cols, r0 + 5u < cout_g, (co_base + r0 + 5u) * out_hw, bias_at(co_base + r0 + 5u));
+    store_row(acc.r6_0, acc.r6_1, cols, r0 + 6u < cout_g, (co_base + r0 + 6u) * out_hw, bias_at(co_base + r0 + 6u));
+    store_row(acc.r7_0, acc.r7_1, cols, r0 + 7u < cout_g, (co_base + r0 + 7u) * out_hw, bias_at(co_base + r0 + 7u));
+    store_row(acc.r8_0, acc.r8_1, cols, r0 + 8u < cout_g, (co_base + r0 + 8u) * out_hw, bias_at(co_base + r0 + 8u));
+    store_row(acc.r9_0, acc.r9_1, cols, r0 + 9u < cout_g, (co_base + r0 + 9u) * out_hw, bias_at(co_base + r0 + 9u));
+    store_row(acc.r10_0, acc.r10_1, cols, r0 + 10u < cout_g, (co_base + r0 + 10u) * out_hw, bias_at(co_base + r0 + 10u));
+    store_row(acc.r11_0, acc.r11_1, cols, r0 + 11u < cout_g, (co_base + r0 + 11u) * out_hw, bias_at(co_base + r0 + 11u));
+    store_row(acc.r12_0, acc.r12_1, cols, r0 + 12u < cout_g, (co_base + r0 + 12u) * out_hw, bias_at(co_base + r0 + 12u));
+    store_row(acc.r13_0, acc.r13_1, cols, r0 + 13u < cout_g, (co_base + r0 + 13u) * out_hw, bias_at(co_base + r0 + 13u));
+    store_row(acc.r14_0, acc.r14_1, cols, r0 + 14u < cout_g, (co_base + r0 + 14u) * out_hw, bias_at(co_base + r0 + 14u));
+    store_row(acc.r15_0, acc.r15_1, cols, r0 + 15u < cout_g, (co_base + r0 + 15u) * out_hw, bias_at(co_base + r0 + 15u));
+}
+
+// dx[n, ci, ih, iw] = sum_{co, kh, kw} w[co, ci, kh, kw] * dy[n, co, oh, ow] over the (oh, ow) with
+// oh * stride_h = ih + pad_top - kh * dilation_h (and the same along W) that exist.
+@compute @workgroup_size(64, 1, 1)
+fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = wg.z;
+    let cin_g = p.in_c / p.groups;
+    let cout_g = p.out_c / p.groups;
+    let khw = p.kernel_h * p.kernel_w;
+    let in_hw = p.in_h * p.in_w;
+    let out_hw = p.out_h * p.out_w;
+    let ncols = p.batch * in_hw;
+    // Rows: input channels g * cin_g + r0 + r (clamped for loading). gemm_a = w, read as wᵀ.
+    let r0 = wg.y * TM;
+    let co_base = g * cout_g;
+    let wr0 = min(r0 + 0u, cin_g - 1u) * khw;
+    let wr1 = min(r0 + 1u, cin_g - 1u) * khw;
+    let wr2 = min(r0 + 2u, cin_g - 1u) * khw;
+    let wr3 = min(r0 + 3u, cin_g - 1u) * khw;
+    let wr4 = min(r0 + 4u, cin_g - 1u) * khw;
+    let wr5 = min(r0 + 5u, cin_g - 1u) * khw;
+    let wr6 = min(r0 + 6u, cin_g - 1u) * khw;
+    let wr7 = min(r0 + 7u, cin_g - 1u) * khw;
+    let wr8 = min(r0 + 8u, cin_g - 1u) * khw;
+    let wr9 = min(r0 + 9u, cin_g - 1u) * khw;
+    let wr10 = min(r0 + 10u, cin_g - 1u) * khw;
+    let wr11 = min(r0 + 11u, cin_g - 1u) * khw;
+    let wr12 = min(r0 + 12u, cin_g - 1u) * khw;
+    let wr13 = min(r0 + 13u, cin_g - 1u) * khw;
+    let wr14 = min(r0 + 14u, cin_g - 1u) * khw;
+    let wr15 = min(r0 + 15u, cin_g - 1u) * khw;
+    // Columns: input pixels (n, ih, iw) (clamped for loading). gemm_b = dy.
+    let col0 = wg.x * WG * TN + lid.x;
+    let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
+    let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
+    let k0 = min(c0, vec4<u32>(ncols - 1u));
+    let k1 = min(c1, vec4<u32>(ncols - 1u));
+    let n0 = k0 / in_hw;
+    let n1 = k1 / in_hw;
+    let pix0 = k0 - n0 * in_hw;
+    let pix1 = k1 - n1 * in_hw;
+    let h_num0 = vec4<i32>(pix0 / p.in_w + p.pad_top);
+    let h_num1 = vec4<i32>(pix1 / p.in_w + p.pad_top);
+    let w_num0 = vec4<i32>(pix0 % p.in_w + p.pad_left);
+    let w_num1 = vec4<i32>(pix1 % p.in_w + p.pad_left);
+    let dy_base0 = (n0 * p.out_c + co_base) * out_hw;
+    let dy_base1 = (n1 * p.out_c + co_base) * out_hw;
+    let sh = vec4<i32>(i32(p.stride_h));
+    let sw = vec4<i32>(i32(p.stride_w));
+
+    var acc: Block;
+    for (var kh = 0u; kh < p.kernel_h; kh++) {
+        let nh0 = h_num0 - vec4<i32>(i32(kh * p.dilation_h));
+        let nh1 = h_num1 - vec4<i32>(i32(kh * p.dilation_h));
+        let oh0 = nh0 / sh;
+        let oh1 = nh1 / sh;
+        for (var kw = 0u; kw < p.kernel_w; kw++) {
+            let nw0 = w_num0 - vec4<i32>(i32(kw * p.dilation_w));
+            let nw1 = w_num1 - vec4<i32>(i32(kw * p.dilation_w));
+            let ow0 = nw0 / sw;
+            let ow1 = nw1 / sw;
+            // An output position exists when both numerators are non-negative multiples of the stride in range.
+            let ok0 = inside(oh0, ow0, p.out_h, p.out_w) & (nh0 >= vec4<i32>(0)) & (nw0 >= vec4<i32>(0))
+                & (oh0 * sh == nh0) & (ow0 * sw == nw0);
+            let ok1 = inside(oh1, ow1, p.out_h, p.out_w) & (nh1 >= vec4<i32>(0)) & (nw1 >= vec4<i32>(0))
+                & (oh1 * sh == nh1) & (ow1 * sw == nw1);
+            let off0 = select(vec4<u32>(0u), dy_base0 + vec4<u32>(oh0) * p.out_w + vec4<u32>(ow0), ok0);
+            let off1 = select(vec4<u32>(0u), dy_base1 + vec4<u32>(oh1) * p.out_w + vec4<u32>(ow1), ok1);
+            let tap = kh * p.kernel_w + kw;
+            for (var co = 0u; co < cout_g; co++) {
+                let b0 = gather_b(off0, co * out_hw, ok0);
+                let b1 = gather_b(off1, co * out_hw, ok1);
+                let k_off = (co_base + co) * cin_g * khw + tap;
+        let av = array<f32, 16>(
+            gemm_a[wr0 + k_off],
+            gemm_a[wr1 + k_off],
+            gemm_a[wr2 + k_off],
+            gemm_a[wr3 + k_off],
+            gemm_a[wr4 + k_off],
+            gemm_a[wr5 + k_off],
+            gemm_a[wr6 + k_off],
+            gemm_a[wr7 + k_off],
+            gemm_a[wr8 + k_off],
+            gemm_a[wr9 + k_off],
+            gemm_a[wr10 + k_off],
+            gemm_a[wr11 + k_off],
+            gemm_a[wr12 + k_off],
+            gemm_a[wr13 + k_off],
+            gemm_a[wr14 + k_off],
+            gemm_a[wr15 + k_off],
+        );
+                rank1_update(&acc, av, b0, b1);
+            }
+        }
+    }
+
+    // dx[n, ci, ih, iw] at (n * Cin + ci) * H*W + pix.
+    let cols = Cols(live(c0, ncols), live(c1, ncols), n0 * p.in_c * in_hw + pix0, n1 * p.in_c * in_hw + pix1);
+    let ci_base = g * cin_g;
+    store_row(acc.r0_0, acc.r0_1, cols, r0 + 0u < cin_g, (ci_base + r0 + 0u) * in_hw, 0.0);
+    store_row(acc.r1_0, acc.r1_1, cols, r0 + 1u < cin_g, (ci_base + r0 + 1u) * in_hw, 0.0);
+    store_row(acc.r2_0, acc.r2_1, cols, r0 + 2u < cin_g, (ci_base + r0 + 2u) * in_hw, 0.0);
+    store_row(acc.r3_0, acc.r3_1, cols, r0 + 3u < cin_g, (ci_base + r0 + 3u) * in_hw, 0.0);
+    store_row(acc.r4_0, acc.r4_1, cols, r0 + 4u < cin_g, (ci_base + r0 + 4u) * in_hw, 0.0);
+    store_row(acc.r5_0, acc.r5_1, cols, r0 + 5u < cin_g, (ci_base + r0 + 5u) * in_hw, 0.0);
+    store_row(acc.r6_0, acc.r6_1, cols, r0 + 6u < cin_g, (ci_base + r0 + 6u) * in_hw, 0.0);
+    store_row(acc.r7_0, acc.r7_1, cols, r0 + 7u < cin_g, (ci_base + r0 + 7u) * in_hw, 0.0);
+    store_row(acc.r8_0, acc.r8_1, cols, r0 + 8u < cin_g, (ci_base + r0 + 8u) * in_hw, 0.0);
+    store_row(acc.r9_0, acc.r9_1, cols, r0 + 9u < cin_g, (ci_base + r0 + 9u) * in_hw, 0.0);
+    store_row(acc.r10_0, acc.r10_1, cols, r0 + 10u < cin_g, (ci_base + r0 + 10u) * in_hw, 0.0);
+    store_row(acc.r11_0, acc.r11_1, cols, r0 + 11u < cin_g, (ci_base + r0 + 11u) * in_hw, 0.0);
+    store_row(acc.r12_0, acc.r12_1, cols, r0 + 12u < cin_g, (ci_base + r0 + 12u) * in_hw, 0.0);
+    store_row(acc.r13_0, acc.r13_1, cols, r0 + 13u < cin_g, (ci_base + r0 + 13u) * in_hw, 0.0);
+    store_row(acc.r14_0, acc.r14_1, cols, r0 + 14u < cin_g, (ci_base + r0 + 14u) * in_hw, 0.0);
+    store_row(acc.r15_0, acc.r15_1, cols, r0 + 15u < cin_g, (ci_base + r0 + 15u) * in_hw, 0.0);
+}
+
+// dw[co, ci, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, ci, oh * stride_h - pad_top + kh * dilation_h, ...]
+@compute @workgroup_size(64, 1, 1)
+fn conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let splits = (p.batch + p.split_len - 1u) / p.split_len;
+    let g = wg.z / splits;
+    let split = wg.z - g * splits;
+    let cin_g = p.in_c / p.groups;
+    let cout_g = p.out_c / p.groups;
+    let khw = p.kernel_h * p.kernel_w;
+    let in_hw = p.in_h * p.in_w;
+    let out_hw = p.out_h * p.out_w;
+    let ncols = cin_g * khw;
+    // Rows: output channels co_base + r0 + r (clamped for loading). gemm_a = dy.
+    let r0 = wg.y * TM;
+    let co_base = g * cout_g;
+    let dr0 = (co_base + min(r0 + 0u, cout_g - 1u)) * out_hw;
+    let dr1 = (co_base + min(r0 + 1u, cout_g - 1u)) * out_hw;
+    let dr2 = (co_base + min(r0 + 2u, cout_g - 1u)) * out_hw;
+    let dr3 = (co_base + min(r0 + 3u, cout_g - 1u)) * out_hw;
+    let dr4 = (co_base + min(r0 + 4u, cout_g - 1u)) * out_hw;
+    let dr5 = (co_base + min(r0 + 5u, cout_g - 1u)) * out_hw;
+    let dr6 = (co_base + min(r0 + 6u, cout_g - 1u)) * out_hw;
+    let dr7 = (co_base + min(r0 + 7u, cout_g - 1u)) * out_hw;
+    let dr8 = (co_base + min(r0 + 8u, cout_g - 1u)) * out_hw;
+    let dr9 = (co_base + min(r0 + 9u, cout_g - 1u)) * out_hw;
+    let dr10 = (co_base + min(r0 + 10u, cout_g - 1u)) * out_hw;
+    let dr11 = (co_base + min(r0 + 11u, cout_g - 1u)) * out_hw;
+    let dr12 = (co_base + min(r0 + 12u, cout_g - 1u)) * out_hw;
+    let dr13 = (co_base + min(r0 + 13u, cout_g - 1u)) * out_hw;
+    let dr14 = (co_base + min(r0 + 14u, cout_g - 1u)) * out_hw;
+    let dr15 = (co_base + min(r0 + 15u, cout_g - 1u)) * out_hw;
+    // Columns: weight taps (ci, kh, kw) (clamped for loading). gemm_b = x.
+    let col0 = wg.x * WG * TN + lid.x;
+    let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
+    let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
+    let k0 = min(c0, vec4<u32>(ncols - 1u));
+    let k1 = min(c1, vec4<u32>(ncols - 1u));
+    let ci0 = k0 / khw;
+    let ci1 = k1 / khw;
+    let t0 = k0 - ci0 * khw;
+    let t1 = k1 - ci1 * khw;
+    let dh0 = vec4<i32>((t0 / p.kernel_w) * p.dilation_h) - vec4<i32>(i32(p.pad_top));
+    let dh1 = vec4<i32>((t1 / p.kernel_w) * p.dilation_h) - vec4<i32>(i32(p.pad_top));
+    let dw0 = vec4<i32>((t0 % p.kernel_w) * p.dilation_w) - vec4<i32>(i32(p.pad_left));
+    let dw1 = vec4<i32>((t1 % p.kernel_w) * p.dilation_w) - vec4<i32>(i32(p.pad_left));
+    let x_col0 = (g * cin_g + ci0) * in_hw;
+    let x_col1 = (g * cin_g + ci1) * in_hw;
+
+    var acc: Block;
+    let n_end = min(p.batch, (split + 1u) * p.split_len);
+    for (var n = split * p.split_len; n < n_end; n++) {
+        let x_n = n * p.in_c * in_hw;
+        let dy_n = n * p.out_c * out_hw;
+        for (var oh = 0u; oh < p.out_h; oh++) {
+            let ih0 = vec4<i32>(i32(oh * p.stride_h)) + dh0;
+            let ih1 = vec4<i32>(i32(oh * p.stride_h)) + dh1;
+            for (var ow = 0u; ow < p.out_w; ow++) {
+                let iw0 = vec4<i32>(i32(ow * p.stride_w)) + dw0;
+                let iw1 = vec4<i32>(i32(ow * p.stride_w)) + dw1;
+                let ok0 = inside(ih0, iw0, p.in_h, p.in_w);
+                let ok1 = inside(ih1, iw1, p.in_h, p.in_w);
+                let off0 = select(vec4<u32>(0u), x_col0 + vec4<u32>(ih0) * p.in_w + vec4<u32>(iw0), ok0);
+                let off1 = select(vec4<u32>(0u), x_col1 + vec4<u32>(ih1) * p.in_w + vec4<u32>(iw1), ok1);
+                let b0 = gather_b(off0, x_n, ok0);
+                let b1 = gather_b(off1, x_n, ok1);
+                let k_off = dy_n + oh * p.out_w + ow;
+        let av = array<f32, 16>(
+            gemm_a[dr0 + k_off],
+            gemm_a[dr1 + k_off],
+            gemm_a[dr2 + k_off],
+            gemm_a[dr3 + k_off],
+            gemm_a[dr4 + k_off],
+            gemm_a[dr5 + k_off],
+            gemm_a[dr6 + k_off],
+            gemm_a[dr7 + k_off],
+            gemm_a[dr8 + k_off],
+            gemm_a[dr9 + k_off],
+            gemm_a[dr10 + k_off],
+            gemm_a[dr11 + k_off],
+            gemm_a[dr12 + k_off],
+            gemm_a[dr13 + k_off],
+            gemm_a[dr14 + k_off],
+            gemm_a[dr15 + k_off],
+        );
+                rank1_update(&acc, av, b0, b1);
+            }
+        }
+    }
+
+    // dw (split, co, ci, kh, kw) at split * Cout * ncols + co * ncols + column.
+    let cols = Cols(live(c0, ncols), live(c1, ncols), split * p.out_c * ncols + k0, split * p.out_c * ncols + k1);
+    store_row(acc.r0_0, acc.r0_1, cols, r0 + 0u < cout_g, (co_base + r0 + 0u) * ncols, 0.0);
+    store_row(acc.r1_0, acc.r1_1, cols, r0 + 1u < cout_g, (co_base + r0 + 1u) * ncols, 0.0);
+    store_row(acc.r2_0, acc.r2_1, cols, r0 + 2u < cout_g, (co_base + r0 + 2u) * ncols, 0.0);
+    store_row(acc.r3_0, acc.r3_1, cols, r0 + 3u < cout_g, (co_base + r0 + 3u) * ncols, 0.0);
+    store_row(acc.r4_0, acc.r4_1, cols, r0 + 4u < cout_g, (co_base + r0 + 4u) * ncols, 0.0);
+    store_row(acc.r5_0, acc.r5_1, cols, r0 + 5u < cout_g, (co_base + r0 + 5u) * ncols, 0.0);
+    store_row(acc.r6_0, acc.r6_1, cols, r0 + 6u < cout_g, (co_base + r0 + 6u) * ncols, 0.0);
+    store_row(acc.r7_0, acc.r7_1, cols, r0 + 7u < cout_g, (co_base + r0 + 7u) * ncols, 0.0);
+    store_row(acc.r8_0, acc.r8_1, cols, r0 + 8u < cout_g, (co_base + r0 + 8u) * ncols, 0.0);
+    store_row(acc.r9_0, acc.r9_1, cols, r0 + 9u < cout_g, (co_base + r0 + 9u) * ncols, 0.0);
+    store_row(acc.r10_0, acc.r10_1, cols, r0 + 10u < cout_g, (co_base + r0 + 10u) * ncols, 0.0);
+    store_row(acc.r11_0, acc.r11_1, cols, r0 + 11u < cout_g, (co_base + r0 + 11u) * ncols, 0.0);
+    store_row(acc.r12_0, acc.r12_1, cols, r0 + 12u < cout_g, (co_base + r0 + 12u) * ncols, 0.0);
+    store_row(acc.r13_0, acc.r13_1, cols, r0 + 13u < cout_g, (co_base + r0 + 13u) * ncols, 0.0);
+    store_row(acc.r14_0, acc.r14_1, cols, r0 + 14u < cout_g, (co_base + r0 + 14u) * ncols, 0.0);
+    store_row(acc.r15_0, acc.r15_1, cols, r0 + 15u < cout_g, (co_base + r0 + 15u) * ncols, 0.0);
+}

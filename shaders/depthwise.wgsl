@@ -1,0 +1,164 @@
+// depthwise.wgsl — depthwise 2-D convolution (groups == Cin == Cout), NCHW, forward and both backward passes.
+//
+// Shapes: x (N, C, H, W), w (C, 1, KH, KW), bias (C), y (N, C, OH, OW);
+//   y[n, c, oh, ow] = bias[c] + sum_{kh, kw} w[c, kh, kw] * x[n, c, oh*s - pt + kh*d, ow*s - pl + kw*d]
+// with out-of-bounds x reading as 0 (padding, symmetric or TensorFlow "SAME"-style asymmetric: only the top/left
+// amounts are needed here). Depthwise convs do KH*KW multiply-adds per output: memory-bound, so they get these
+// direct kernels instead of the implicit GEMM of conv2d.wgsl, whose 16-row blocks would sit 15/16 idle.
+//
+//   depthwise_conv2d_forward          one invocation per output pixel; workgroup (x, c, n) so c and the weights
+//                                     are workgroup-uniform. Dispatch (ceil(OH*OW / 256), C, N).
+//   depthwise_conv2d_backward_data    one invocation per input pixel, gathering the outputs it fed.
+//                                     Dispatch (ceil(H*W / 256), C, N).
+//   depthwise_conv2d_backward_weight  one workgroup per (tap, c): a strided sum over (n, oh, ow) and a tree
+//                                     reduction in workgroup memory. Dispatch (KH*KW, C, 1).
+// flags & 1: add bias (forward). flags & 2: accumulate into the output instead of overwriting.
+
+struct ConvParams {
+    batch: u32,
+    in_c: u32,
+    in_h: u32,
+    in_w: u32,
+    out_c: u32,
+    out_h: u32,
+    out_w: u32,
+    groups: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_top: u32,
+    pad_left: u32,
+    dilation_h: u32,
+    dilation_w: u32,
+    flags: u32,
+    split_len: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const FLAG_BIAS: u32 = 1u;
+const FLAG_ACCUMULATE: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: ConvParams;
+@group(0) @binding(1) var<storage, read> src: array<f32>;        // forward: x; backward_data: dy; backward_weight: dy
+@group(0) @binding(2) var<storage, read> src2: array<f32>;       // forward, backward_data: w (C, KH*KW); backward_weight: x
+@group(0) @binding(3) var<storage, read> bias: array<f32>;       // (C), forward only
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // y (N, C, OH, OW), dx (N, C, H, W) or dw (C, KH*KW)
+
+var<workgroup> partial: array<f32, 256>;
+
+fn put(idx: u32, v: f32) {
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        out[idx] += v;
+    } else {
+        out[idx] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y;
+    let n = wg.z;
+    let pix = wg.x * 256u + lid;
+    let out_hw = p.out_h * p.out_w;
+    if pix >= out_hw {
+        return;
+    }
+    let oh = pix / p.out_w;
+    let ow = pix - oh * p.out_w;
+    let x_plane = (n * p.in_c + c) * p.in_h * p.in_w;
+    let w_base = c * p.kernel_h * p.kernel_w;
+    var acc = 0.0;
+    for (var kh = 0u; kh < p.kernel_h; kh++) {
+        let ih = i32(oh * p.stride_h + kh * p.dilation_h) - i32(p.pad_top);
+        if ih < 0 || ih >= i32(p.in_h) {
+            continue;
+        }
+        for (var kw = 0u; kw < p.kernel_w; kw++) {
+            let iw = i32(ow * p.stride_w + kw * p.dilation_w) - i32(p.pad_left);
+            if iw >= 0 && iw < i32(p.in_w) {
+                acc = fma(src2[w_base + kh * p.kernel_w + kw], src[x_plane + u32(ih) * p.in_w + u32(iw)], acc);
+            }
+        }
+    }
+    if (p.flags & FLAG_BIAS) != 0u {
+        acc += bias[c];
+    }
+    put((n * p.out_c + c) * out_hw + pix, acc);
+}
+
+// dx[n, c, ih, iw] = sum_{kh, kw} w[c, kh, kw] * dy[n, c, oh, ow] over the (oh, ow) with
+// oh * stride_h = ih + pad_top - kh * dilation_h (and the same along W) that exist.
+@compute @workgroup_size(256)
+fn depthwise_conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y;
+    let n = wg.z;
+    let pix = wg.x * 256u + lid;
+    let in_hw = p.in_h * p.in_w;
+    if pix >= in_hw {
+        return;
+    }
+    let ih = pix / p.in_w;
+    let iw = pix - ih * p.in_w;
+    let dy_plane = (n * p.out_c + c) * p.out_h * p.out_w;
+    let w_base = c * p.kernel_h * p.kernel_w;
+    var acc = 0.0;
+    for (var kh = 0u; kh < p.kernel_h; kh++) {
+        let nh = i32(ih + p.pad_top) - i32(kh * p.dilation_h);
+        if nh < 0 || nh % i32(p.stride_h) != 0 {
+            continue;
+        }
+        let oh = u32(nh) / p.stride_h;
+        if oh >= p.out_h {
+            continue;
+        }
+        for (var kw = 0u; kw < p.kernel_w; kw++) {
+            let nw = i32(iw + p.pad_left) - i32(kw * p.dilation_w);
+            if nw < 0 || nw % i32(p.stride_w) != 0 {
+                continue;
+            }
+            let ow = u32(nw) / p.stride_w;
+            if ow < p.out_w {
+                acc = fma(src2[w_base + kh * p.kernel_w + kw], src[dy_plane + oh * p.out_w + ow], acc);
+            }
+        }
+    }
+    put((n * p.in_c + c) * in_hw + pix, acc);
+}
+
+// dw[c, kh, kw] = sum_{n, oh, ow} dy[n, c, oh, ow] * x[n, c, oh*s - pt + kh*d, ow*s - pl + kw*d]
+@compute @workgroup_size(256)
+fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
+                                    @builtin(local_invocation_index) lid: u32) {
+    let tap = wg.x;
+    let c = wg.y;
+    let kh = tap / p.kernel_w;
+    let kw = tap - kh * p.kernel_w;
+    let out_hw = p.out_h * p.out_w;
+    let total = p.batch * out_hw;
+    var acc = 0.0;
+    for (var t = lid; t < total; t += 256u) {
+        let n = t / out_hw;
+        let pix = t - n * out_hw;
+        let oh = pix / p.out_w;
+        let ow = pix - oh * p.out_w;
+        let ih = i32(oh * p.stride_h + kh * p.dilation_h) - i32(p.pad_top);
+        let iw = i32(ow * p.stride_w + kw * p.dilation_w) - i32(p.pad_left);
+        if ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w) {
+            let x = src2[((n * p.in_c + c) * p.in_h + u32(ih)) * p.in_w + u32(iw)];
+            acc = fma(src[(n * p.out_c + c) * out_hw + pix], x, acc);
+        }
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        put(c * p.kernel_h * p.kernel_w + tap, partial[0]);
+    }
+}

@@ -1,0 +1,384 @@
+//! 2-D convolution, NCHW: forward, backward_data, backward_weight, backward_bias. Routes each call to the
+//! kernel that fits: depthwise kernels (shaders/depthwise.wgsl) when groups == Cin == Cout, the matmul path for
+//! 1x1 stride-1 unpadded convs (forward and backward_data), and the implicit-GEMM kernels of
+//! shaders/conv2d.wgsl for everything else.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, DType, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
+use crate::ops::reduce::sum_reduce;
+
+use super::dim;
+
+/// Mirrors `ConvParams` in shaders/conv2d.wgsl and shaders/depthwise.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ConvParams {
+    pub batch: u32,
+    pub in_c: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub out_c: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub groups: u32,
+    pub kernel_h: u32,
+    pub kernel_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub dilation_h: u32,
+    pub dilation_w: u32,
+    pub flags: u32,
+    pub split_len: u32,
+    pub _pad: [u32; 2],
+}
+
+pub const FLAG_BIAS: u32 = 1;
+pub const FLAG_ACCUMULATE: u32 = 2;
+
+const SIG_WITH_BIAS: &[(u32, Access)] =
+    &[(1, Access::Read), (2, Access::Read), (3, Access::Read), (4, Access::ReadWrite)];
+const SIG: &[(u32, Access)] = &[(1, Access::Read), (2, Access::Read), (4, Access::ReadWrite)];
+
+pub const CONV2D_FORWARD: KernelSpec = KernelSpec::new("conv2d_forward", "conv2d", SIG_WITH_BIAS);
+pub const CONV2D_BACKWARD_DATA: KernelSpec = KernelSpec::new("conv2d_backward_data", "conv2d", SIG);
+pub const CONV2D_BACKWARD_WEIGHT: KernelSpec = KernelSpec::new("conv2d_backward_weight", "conv2d", SIG);
+pub const DEPTHWISE_CONV2D_FORWARD: KernelSpec =
+    KernelSpec::new("depthwise_conv2d_forward", "depthwise", SIG_WITH_BIAS);
+pub const DEPTHWISE_CONV2D_BACKWARD_DATA: KernelSpec =
+    KernelSpec::new("depthwise_conv2d_backward_data", "depthwise", SIG);
+pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT: KernelSpec =
+    KernelSpec::new("depthwise_conv2d_backward_weight", "depthwise", SIG);
+
+/// Padding of the four sides, in pixels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Padding {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
+
+impl Padding {
+    /// The same amount on every side (PyTorch's `padding=p`).
+    pub fn symmetric(p: usize) -> Self {
+        Padding { top: p, bottom: p, left: p, right: p }
+    }
+
+    /// TensorFlow's "SAME" padding for an input of `in_h x in_w`: output size ceil(in / stride), and when the total
+    /// padding is odd the extra pixel goes to the bottom/right (what EfficientNet-Lite's weights expect).
+    pub fn same(
+        in_h: usize,
+        in_w: usize,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        dilation: (usize, usize),
+    ) -> Self {
+        let total = |size: usize, k: usize, s: usize, d: usize| {
+            let out = size.div_ceil(s);
+            ((out - 1) * s + (k - 1) * d + 1).saturating_sub(size)
+        };
+        let th = total(in_h, kernel.0, stride.0, dilation.0);
+        let tw = total(in_w, kernel.1, stride.1, dilation.1);
+        Padding { top: th / 2, bottom: th - th / 2, left: tw / 2, right: tw - tw / 2 }
+    }
+}
+
+/// Geometry of a convolution, independent of the tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    pub stride: (usize, usize),
+    pub padding: Padding,
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Conv2dConfig { stride: (1, 1), padding: Padding::default(), dilation: (1, 1), groups: 1 }
+    }
+}
+
+/// The sizes of one convolution, checked against each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub in_c: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_c: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub cfg: Conv2dConfig,
+}
+
+impl ConvShape {
+    /// Shapes from x (N, Cin, H, W) and w (Cout, Cin/groups, KH, KW) dims; errors name both shapes.
+    pub fn new(x: &[usize], w: &[usize], cfg: Conv2dConfig) -> Result<ConvShape> {
+        let bad = |why: String| Error::shape("conv2d", format!("{why} (x {x:?}, w {w:?}, {cfg:?})"));
+        let (&[batch, in_c, in_h, in_w], &[out_c, cin_g, kernel_h, kernel_w]) = (x, w) else {
+            return Err(bad("x must be (N, Cin, H, W) and w (Cout, Cin/groups, KH, KW)".into()));
+        };
+        let g = cfg.groups;
+        if g == 0 || in_c % g != 0 || out_c % g != 0 || cin_g != in_c / g {
+            return Err(bad(format!(
+                "groups = {g} must divide Cin and Cout, and w must have Cin/groups input channels"
+            )));
+        }
+        let (sh, sw) = cfg.stride;
+        let (dh, dw) = cfg.dilation;
+        if sh == 0 || sw == 0 || dh == 0 || dw == 0 || kernel_h == 0 || kernel_w == 0 {
+            return Err(bad("stride, dilation and kernel size must be at least 1".into()));
+        }
+        let span_h = dh * (kernel_h - 1) + 1;
+        let span_w = dw * (kernel_w - 1) + 1;
+        let padded_h = in_h + cfg.padding.top + cfg.padding.bottom;
+        let padded_w = in_w + cfg.padding.left + cfg.padding.right;
+        if padded_h < span_h || padded_w < span_w {
+            return Err(bad(format!("the kernel ({span_h} x {span_w} with dilation) is larger than the padded input")));
+        }
+        let out_h = (padded_h - span_h) / sh + 1;
+        let out_w = (padded_w - span_w) / sw + 1;
+        Ok(ConvShape { batch, in_c, in_h, in_w, out_c, out_h, out_w, kernel_h, kernel_w, cfg })
+    }
+
+    pub fn x_shape(&self) -> [usize; 4] {
+        [self.batch, self.in_c, self.in_h, self.in_w]
+    }
+    pub fn w_shape(&self) -> [usize; 4] {
+        [self.out_c, self.in_c / self.cfg.groups, self.kernel_h, self.kernel_w]
+    }
+    pub fn y_shape(&self) -> [usize; 4] {
+        [self.batch, self.out_c, self.out_h, self.out_w]
+    }
+    /// Multiply-adds of the forward pass (each backward pass does the same number).
+    pub fn macs(&self) -> usize {
+        self.batch
+            * self.out_c
+            * self.out_h
+            * self.out_w
+            * (self.in_c / self.cfg.groups)
+            * self.kernel_h
+            * self.kernel_w
+    }
+    pub fn is_depthwise(&self) -> bool {
+        self.cfg.groups == self.in_c && self.in_c == self.out_c && self.in_c > 1
+    }
+    /// A 1x1, stride-1, unpadded, ungrouped conv: a batched matmul.
+    pub fn is_pointwise(&self) -> bool {
+        self.kernel_h == 1
+            && self.kernel_w == 1
+            && self.cfg.stride == (1, 1)
+            && self.cfg.padding == Padding::default()
+            && self.cfg.groups == 1
+    }
+
+    fn params(&self, flags: u32, split_len: usize) -> Result<ConvParams> {
+        Ok(ConvParams {
+            batch: dim(self.batch, "batch")?,
+            in_c: dim(self.in_c, "Cin")?,
+            in_h: dim(self.in_h, "H")?,
+            in_w: dim(self.in_w, "W")?,
+            out_c: dim(self.out_c, "Cout")?,
+            out_h: dim(self.out_h, "OH")?,
+            out_w: dim(self.out_w, "OW")?,
+            groups: dim(self.cfg.groups, "groups")?,
+            kernel_h: dim(self.kernel_h, "KH")?,
+            kernel_w: dim(self.kernel_w, "KW")?,
+            stride_h: dim(self.cfg.stride.0, "stride")?,
+            stride_w: dim(self.cfg.stride.1, "stride")?,
+            pad_top: dim(self.cfg.padding.top, "padding")?,
+            pad_left: dim(self.cfg.padding.left, "padding")?,
+            dilation_h: dim(self.cfg.dilation.0, "dilation")?,
+            dilation_w: dim(self.cfg.dilation.1, "dilation")?,
+            flags,
+            split_len: dim(split_len.max(1), "split")?,
+            _pad: [0; 2],
+        })
+    }
+
+    fn check(&self, t: &Tensor, want: [usize; 4], role: &str) -> Result<()> {
+        if t.shape() != want {
+            return Err(Error::shape(
+                format!("conv2d {role}"),
+                format!("'{}' is {:?}, expected {want:?}", t.label(), t.shape()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn flags(bias: bool, accumulate: bool) -> u32 {
+    (if bias { FLAG_BIAS } else { 0 }) | if accumulate { FLAG_ACCUMULATE } else { 0 }
+}
+
+/// y = conv2d(x, w) + bias. x (N, Cin, H, W), w (Cout, Cin/groups, KH, KW), bias (Cout), y (N, Cout, OH, OW).
+pub fn conv2d_forward(
+    gpu: &Gpu,
+    s: &ConvShape,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    accumulate: bool,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
+    s.check(x, s.x_shape(), "input")?;
+    s.check(w, s.w_shape(), "weight")?;
+    s.check(y, s.y_shape(), "output")?;
+    if let Some(b) = bias {
+        if b.numel() != s.out_c {
+            return Err(Error::shape("conv2d bias", format!("bias {:?} must have Cout = {}", b.shape(), s.out_c)));
+        }
+    }
+    if s.is_pointwise() {
+        // y[n] (Cout, HW) = w (Cout, Cin) · x[n] (Cin, HW) + bias per row
+        let hw = s.in_h * s.in_w;
+        let opts = MatmulOptions { accumulate, bias_per_row: true, ..Default::default() };
+        let d = matmul(
+            gpu,
+            MatmulKernel::Tiled,
+            &w.reshape(&[s.out_c, s.in_c])?,
+            &x.reshape(&[s.batch, s.in_c, hw])?,
+            bias,
+            &y.reshape(&[s.batch, s.out_c, hw])?,
+            opts,
+            label,
+        )?;
+        return Ok(vec![d]);
+    }
+    let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
+    let bias = bias.unwrap_or(w);
+    if s.is_depthwise() {
+        let grid = [(p.out_h * p.out_w).div_ceil(256), p.out_c, p.batch];
+        return Ok(vec![gpu.dispatch(
+            &DEPTHWISE_CONV2D_FORWARD,
+            bytemuck::bytes_of(&p),
+            &[x, w, bias, y],
+            grid,
+            label,
+        )?]);
+    }
+    let grid = [(p.batch * p.out_h * p.out_w).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups];
+    Ok(vec![gpu.dispatch(&CONV2D_FORWARD, bytemuck::bytes_of(&p), &[w, x, bias, y], grid, label)?])
+}
+
+/// dx = the gradient of conv2d with respect to its input, from dy.
+pub fn conv2d_backward_data(
+    gpu: &Gpu,
+    s: &ConvShape,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    accumulate: bool,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
+    s.check(dy, s.y_shape(), "output gradient")?;
+    s.check(w, s.w_shape(), "weight")?;
+    s.check(dx, s.x_shape(), "input gradient")?;
+    if s.is_pointwise() {
+        // dx[n] (Cin, HW) = wᵀ (Cin, Cout) · dy[n] (Cout, HW)
+        let hw = s.in_h * s.in_w;
+        let opts = MatmulOptions { trans_a: true, accumulate, ..Default::default() };
+        let d = matmul(
+            gpu,
+            MatmulKernel::Tiled,
+            &w.reshape(&[s.out_c, s.in_c])?,
+            &dy.reshape(&[s.batch, s.out_c, hw])?,
+            None,
+            &dx.reshape(&[s.batch, s.in_c, hw])?,
+            opts,
+            label,
+        )?;
+        return Ok(vec![d]);
+    }
+    let p = s.params(flags(false, accumulate), s.batch)?;
+    if s.is_depthwise() {
+        let grid = [(p.in_h * p.in_w).div_ceil(256), p.in_c, p.batch];
+        return Ok(vec![gpu.dispatch(
+            &DEPTHWISE_CONV2D_BACKWARD_DATA,
+            bytemuck::bytes_of(&p),
+            &[dy, w, dx],
+            grid,
+            label,
+        )?]);
+    }
+    let grid = [(p.batch * p.in_h * p.in_w).div_ceil(512), (p.in_c / p.groups).div_ceil(16), p.groups];
+    Ok(vec![gpu.dispatch(&CONV2D_BACKWARD_DATA, bytemuck::bytes_of(&p), &[w, dy, dx], grid, label)?])
+}
+
+/// How many batch splits backward_weight uses: enough workgroups to fill the adapter (a few per core on a
+/// software adapter, hundreds on a GPU), never more than the batch, and partial sums within `max_scratch` bytes.
+pub fn backward_weight_splits(gpu: &Gpu, s: &ConvShape) -> usize {
+    let cin_g = s.in_c / s.cfg.groups;
+    let base = (cin_g * s.kernel_h * s.kernel_w).div_ceil(512) * (s.out_c / s.cfg.groups).div_ceil(16) * s.cfg.groups;
+    let want: usize = if gpu.summary().is_software { 8 } else { 512 };
+    let max_scratch: usize = 64 << 20;
+    let per_split = s.out_c * cin_g * s.kernel_h * s.kernel_w * 4;
+    want.div_ceil(base).clamp(1, s.batch).min((max_scratch / per_split).max(1))
+}
+
+/// dw = the gradient of conv2d with respect to its weight, from dy and the forward input x.
+pub fn conv2d_backward_weight(
+    gpu: &Gpu,
+    s: &ConvShape,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
+    s.check(dy, s.y_shape(), "output gradient")?;
+    s.check(x, s.x_shape(), "input")?;
+    s.check(dw, s.w_shape(), "weight gradient")?;
+    if s.is_depthwise() {
+        let p = s.params(flags(false, accumulate), s.batch)?;
+        let grid = [p.kernel_h * p.kernel_w, p.out_c, 1];
+        return Ok(vec![gpu.dispatch(
+            &DEPTHWISE_CONV2D_BACKWARD_WEIGHT,
+            bytemuck::bytes_of(&p),
+            &[dy, x, dw],
+            grid,
+            label,
+        )?]);
+    }
+    let splits = backward_weight_splits(gpu, s);
+    let split_len = s.batch.div_ceil(splits);
+    let splits = s.batch.div_ceil(split_len);
+    let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
+    let grid =
+        |p: &ConvParams| [(ncols as u32).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32];
+    if splits == 1 {
+        let p = s.params(flags(false, accumulate), split_len)?;
+        return Ok(vec![gpu.dispatch(
+            &CONV2D_BACKWARD_WEIGHT,
+            bytemuck::bytes_of(&p),
+            &[dy, x, dw],
+            grid(&p),
+            label,
+        )?]);
+    }
+    // Each split writes its own partial dw; one sum over the splits finishes (and accumulates, if asked).
+    let partial = gpu.tensor(&[splits, s.out_c * ncols], DType::F32, &format!("{label} partial dw"))?;
+    let p = s.params(0, split_len)?;
+    let conv = gpu.dispatch(&CONV2D_BACKWARD_WEIGHT, bytemuck::bytes_of(&p), &[dy, x, &partial], grid(&p), label)?;
+    let sum = sum_reduce(gpu, &partial, dw, (splits, s.out_c * ncols, 1), accumulate, &format!("{label} split sum"))?;
+    Ok(vec![conv, sum])
+}
+
+/// dbias[c] = sum over n, oh, ow of dy[n, c, oh, ow].
+pub fn conv2d_backward_bias(
+    gpu: &Gpu,
+    s: &ConvShape,
+    dy: &Tensor,
+    dbias: &Tensor,
+    accumulate: bool,
+    label: &str,
+) -> Result<Dispatch> {
+    s.check(dy, s.y_shape(), "output gradient")?;
+    sum_reduce(gpu, dy, dbias, (s.batch, s.out_c, s.out_h * s.out_w), accumulate, label)
+}

@@ -1,0 +1,111 @@
+//! conv2d forward / backward_data / backward_weight / backward_bias (dense, grouped, depthwise, pointwise) against
+//! the reference. Tolerance: each output is a sum of K products of values in [-1, 1]; atol = 2e-6 * K + 1e-6 and
+//! rtol 1e-5, as for matmul.
+
+use wgtune::ops::conv::{
+    conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dConfig, ConvShape,
+    Padding,
+};
+use wgtune::reference::{self, widen, SplitMix};
+
+use crate::common::*;
+
+fn tol(terms: usize) -> f64 {
+    2e-6 * terms as f64 + 1e-6
+}
+
+fn check(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumulate: bool, seed: u64) {
+    let g = gpu();
+    let s = ConvShape::new(&x_shape, &w_shape, cfg).expect("valid geometry");
+    let mut rng = SplitMix(seed);
+    let n = |shape: [usize; 4]| shape.iter().product::<usize>();
+    let x_data = rng.vec_f32(n(s.x_shape()), -1.0, 1.0);
+    let w_data = rng.vec_f32(n(s.w_shape()), -1.0, 1.0);
+    let b_data = rng.vec_f32(s.out_c, -1.0, 1.0);
+    let dy_data = rng.vec_f32(n(s.y_shape()), -1.0, 1.0);
+    // Starting contents of the outputs: NaN poison, or random values to accumulate onto.
+    let mut start = |shape: [usize; 4], label: &str| {
+        if accumulate {
+            let v = rng.vec_f32(n(shape), -1.0, 1.0);
+            (upload(&shape, &v, label), widen(&v))
+        } else {
+            (poisoned(&shape, label), vec![0.0; n(shape)])
+        }
+    };
+    let (y, y0) = start(s.y_shape(), "y");
+    let (dx, dx0) = start(s.x_shape(), "dx");
+    let (dw, dw0) = start(s.w_shape(), "dw");
+    let (db, db0) = start([s.out_c, 1, 1, 1], "db");
+    let x = upload(&s.x_shape(), &x_data, "x");
+    let w = upload(&s.w_shape(), &w_data, "w");
+    let b = upload(&[s.out_c], &b_data, "bias");
+    let dy = upload(&s.y_shape(), &dy_data, "dy");
+
+    let mut steps = conv2d_forward(g, &s, &x, &w, Some(&b), &y, accumulate, "conv fwd").expect("forward");
+    steps.extend(conv2d_backward_data(g, &s, &dy, &w, &dx, accumulate, "conv bwd data").expect("backward_data"));
+    steps.extend(conv2d_backward_weight(g, &s, &dy, &x, &dw, accumulate, "conv bwd weight").expect("backward_weight"));
+    let db = db.reshape(&[s.out_c]).expect("reshape");
+    steps.push(conv2d_backward_bias(g, &s, &dy, &db, accumulate, "conv bwd bias").expect("backward_bias"));
+    g.run("conv test", &steps.iter().collect::<Vec<_>>()).expect("run");
+
+    let plus = |a: Vec<f64>, b: &[f64]| a.iter().zip(b).map(|(a, b)| a + b).collect::<Vec<f64>>();
+    let (xd, wd, dyd) = (widen(&x_data), widen(&w_data), widen(&dy_data));
+    let what = format!("x {x_shape:?} w {w_shape:?} {cfg:?} accumulate={accumulate}");
+    let k_fwd = s.in_c / cfg.groups * s.kernel_h * s.kernel_w;
+    let y_want = plus(reference::conv2d_forward(&s, &xd, &wd, Some(&widen(&b_data))), &y0);
+    assert_close(&read(&y), &y_want, tol(k_fwd + 1), 1e-5, &format!("forward {what}"));
+    let k_data = s.out_c / cfg.groups * s.kernel_h * s.kernel_w;
+    let dx_want = plus(reference::conv2d_backward_data(&s, &dyd, &wd), &dx0);
+    assert_close(&read(&dx), &dx_want, tol(k_data), 1e-5, &format!("backward_data {what}"));
+    let k_weight = s.batch * s.out_h * s.out_w;
+    let dw_want = plus(reference::conv2d_backward_weight(&s, &dyd, &xd), &dw0);
+    assert_close(&read(&dw), &dw_want, tol(k_weight), 1e-5, &format!("backward_weight {what}"));
+    let db_want = plus(reference::sum_reduce(&dyd, s.batch, s.out_c, s.out_h * s.out_w), &db0);
+    assert_close(&read(&db), &db_want, tol(k_weight), 1e-5, &format!("backward_bias {what}"));
+}
+
+fn cfg(stride: usize, pad: usize) -> Conv2dConfig {
+    Conv2dConfig { stride: (stride, stride), padding: Padding::symmetric(pad), ..Default::default() }
+}
+
+macro_rules! conv_tests {
+    ($($name:ident: $x:expr, $w:expr, $cfg:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            check($x, $w, $cfg, false, line!() as u64);
+        }
+    )*};
+}
+
+conv_tests! {
+    dense_3x3_odd_size: [2, 3, 7, 7], [5, 3, 3, 3], cfg(1, 1);
+    dense_3x3_stride2_odd_size_two_row_tiles: [2, 4, 9, 11], [17, 4, 3, 3], cfg(2, 1);
+    dense_5x5_batch1: [1, 2, 6, 5], [3, 2, 5, 5], cfg(1, 2);
+    pointwise_1x1_takes_the_matmul_path: [3, 5, 5, 3], [7, 5, 1, 1], cfg(1, 0);
+    strided_1x1_takes_the_gemm_path: [2, 4, 7, 7], [6, 4, 1, 1], cfg(2, 0);
+    grouped_2: [2, 4, 6, 6], [6, 2, 3, 3], Conv2dConfig { groups: 2, ..cfg(1, 1) };
+    depthwise_3x3: [2, 5, 7, 7], [5, 1, 3, 3], Conv2dConfig { groups: 5, ..cfg(1, 1) };
+    depthwise_5x5_stride2_tf_same: [2, 3, 9, 9], [3, 1, 5, 5],
+        Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(9, 9, (5, 5), (2, 2), (1, 1)), ..Default::default() };
+    dilated_3x3: [1, 3, 8, 8], [4, 3, 3, 3], Conv2dConfig { dilation: (2, 2), ..cfg(1, 2) };
+    tf_same_stride2_asymmetric: [2, 3, 8, 8], [4, 3, 3, 3],
+        Conv2dConfig { stride: (2, 2), padding: Padding::same(8, 8, (3, 3), (2, 2), (1, 1)), ..Default::default() };
+    many_column_tiles: [2, 3, 24, 24], [8, 3, 3, 3], cfg(1, 1);
+    rectangular_kernel_and_stride: [1, 2, 9, 6], [3, 2, 3, 1],
+        Conv2dConfig { stride: (2, 1), padding: Padding { top: 1, bottom: 0, left: 0, right: 2 }, ..Default::default() };
+}
+
+#[test]
+fn every_path_accumulates() {
+    check([2, 3, 7, 7], [5, 3, 3, 3], cfg(1, 1), true, 1);
+    check([2, 5, 5, 3], [7, 5, 1, 1], cfg(1, 0), true, 2);
+    check([2, 5, 7, 7], [5, 1, 3, 3], Conv2dConfig { groups: 5, ..cfg(1, 1) }, true, 3);
+}
+
+#[test]
+fn shape_errors_name_the_tensors() {
+    let err = ConvShape::new(&[1, 3, 8, 8], &[4, 2, 3, 3], Conv2dConfig::default()).unwrap_err().to_string();
+    assert!(err.contains("[1, 3, 8, 8]") && err.contains("[4, 2, 3, 3]"), "{err}");
+    let err = ConvShape::new(&[1, 3, 2, 2], &[4, 3, 5, 5], Conv2dConfig::default()).unwrap_err().to_string();
+    assert!(err.contains("larger than the padded input"), "{err}");
+}
