@@ -3,7 +3,10 @@
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::gpu::{Clock, Gpu};
+use crate::gpu::{Clock, DType, Dispatch, Gpu};
+use crate::ops::conv::{
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dConfig, ConvShape, Padding,
+};
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::reference::SplitMix;
 
@@ -65,23 +68,11 @@ pub fn bench_matmul(
     for &n in sizes {
         let a = gpu.upload_f32(&[n, n], &rng.vec_f32(n * n, -1.0, 1.0), "bench A")?;
         let b = gpu.upload_f32(&[n, n], &rng.vec_f32(n * n, -1.0, 1.0), "bench B")?;
-        let c = gpu.tensor(&[n, n], crate::gpu::DType::F32, "bench C")?;
+        let c = gpu.tensor(&[n, n], DType::F32, "bench C")?;
         for &kernel in kernels {
             let label = format!("matmul {} {n}x{n}x{n}", kernel.name());
             let d = matmul(gpu, kernel, &a, &b, None, &c, MatmulOptions::default(), &label)?;
-            for _ in 0..cfg.warmup {
-                gpu.run(&label, &[&d])?;
-            }
-            let mut times = Vec::new();
-            let mut clock = Clock::WallClock;
-            let mut spent = 0.0;
-            while times.len() < cfg.runs && (times.len() < 3 || spent < cfg.max_seconds_per_case) {
-                let (c, t) = gpu.time_dispatches(&label, &[&d], 1)?;
-                clock = c;
-                spent += t[0];
-                times.push(t[0]);
-            }
-            let secs = median(&times);
+            let (clock, secs, runs) = time_case(gpu, &label, &[d], cfg)?;
             let rec = MatmulRecord {
                 bench: "matmul",
                 kernel: kernel.name(),
@@ -90,7 +81,126 @@ pub fn bench_matmul(
                 k: n,
                 gflops: 2.0 * (n as f64).powi(3) / secs / 1e9,
                 median_ms: secs * 1e3,
-                runs: times.len(),
+                runs,
+                clock,
+                adapter: adapter.clone(),
+            };
+            on_record(&rec);
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+/// One convolution measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConvRecord {
+    pub bench: &'static str,
+    pub layer: String,
+    pub pass: &'static str,
+    pub input: [usize; 4],
+    pub weight: [usize; 4],
+    pub stride: usize,
+    pub groups: usize,
+    pub gflops: f64,
+    pub gbps: f64,
+    pub median_ms: f64,
+    pub runs: usize,
+    pub clock: Clock,
+    pub adapter: String,
+}
+
+/// A named convolution layer to benchmark.
+#[derive(Clone, Debug)]
+pub struct ConvLayer {
+    pub name: &'static str,
+    pub x: [usize; 4],
+    pub w: [usize; 4],
+    pub cfg: Conv2dConfig,
+}
+
+/// The layers the conv issue names: a ResNet 3x3 layer and EfficientNet's depthwise 5x5 at stride 1 and 2.
+pub fn default_conv_layers() -> Vec<ConvLayer> {
+    let same = |size: usize, k: usize, s: usize| Padding::same(size, size, (k, k), (s, s), (1, 1));
+    vec![
+        ConvLayer {
+            name: "resnet_3x3_64",
+            x: [8, 64, 56, 56],
+            w: [64, 64, 3, 3],
+            cfg: Conv2dConfig { padding: Padding::symmetric(1), ..Default::default() },
+        },
+        ConvLayer {
+            name: "effnet_dw5x5_s1",
+            x: [8, 240, 28, 28],
+            w: [240, 1, 5, 5],
+            cfg: Conv2dConfig { padding: same(28, 5, 1), groups: 240, ..Default::default() },
+        },
+        ConvLayer {
+            name: "effnet_dw5x5_s2",
+            x: [8, 240, 28, 28],
+            w: [240, 1, 5, 5],
+            cfg: Conv2dConfig { stride: (2, 2), padding: same(28, 5, 2), groups: 240, ..Default::default() },
+        },
+    ]
+}
+
+fn time_case(gpu: &Gpu, label: &str, steps: &[Dispatch], cfg: BenchConfig) -> Result<(Clock, f64, usize)> {
+    let refs: Vec<&Dispatch> = steps.iter().collect();
+    for _ in 0..cfg.warmup {
+        gpu.run(label, &refs)?;
+    }
+    let mut times = Vec::new();
+    let mut clock = Clock::WallClock;
+    let mut spent = 0.0;
+    while times.len() < cfg.runs && (times.len() < 3 || spent < cfg.max_seconds_per_case) {
+        let (c, t) = gpu.time_dispatches(label, &refs, 1)?;
+        clock = c;
+        spent += t[0];
+        times.push(t[0]);
+    }
+    Ok((clock, median(&times), times.len()))
+}
+
+/// Time forward, backward_data and backward_weight of each layer.
+pub fn bench_conv(
+    gpu: &Gpu,
+    layers: &[ConvLayer],
+    cfg: BenchConfig,
+    mut on_record: impl FnMut(&ConvRecord),
+) -> Result<Vec<ConvRecord>> {
+    let adapter = gpu.summary().name;
+    let mut rng = SplitMix(7);
+    let mut out = Vec::new();
+    for layer in layers {
+        let s = ConvShape::new(&layer.x, &layer.w, layer.cfg)?;
+        let numel = |d: [usize; 4]| d.iter().product::<usize>();
+        let x = gpu.upload_f32(&s.x_shape(), &rng.vec_f32(numel(s.x_shape()), -1.0, 1.0), "bench x")?;
+        let w = gpu.upload_f32(&s.w_shape(), &rng.vec_f32(numel(s.w_shape()), -1.0, 1.0), "bench w")?;
+        let y = gpu.tensor(&s.y_shape(), DType::F32, "bench y")?;
+        let dy = gpu.upload_f32(&s.y_shape(), &rng.vec_f32(numel(s.y_shape()), -1.0, 1.0), "bench dy")?;
+        let dx = gpu.tensor(&s.x_shape(), DType::F32, "bench dx")?;
+        let dw = gpu.tensor(&s.w_shape(), DType::F32, "bench dw")?;
+        let (xb, wb, yb) = (x.bytes() as f64, w.bytes() as f64, y.bytes() as f64);
+        let passes: [(&'static str, Vec<Dispatch>, f64); 3] = [
+            ("forward", conv2d_forward(gpu, &s, &x, &w, None, &y, false, layer.name)?, xb + wb + yb),
+            ("backward_data", conv2d_backward_data(gpu, &s, &dy, &w, &dx, false, layer.name)?, yb + wb + xb),
+            ("backward_weight", conv2d_backward_weight(gpu, &s, &dy, &x, &dw, false, layer.name)?, yb + xb + wb),
+        ];
+        for (pass, steps, bytes) in passes {
+            let label = format!("conv {} {pass}", layer.name);
+            let (clock, secs, runs) = time_case(gpu, &label, &steps, cfg)?;
+            let rec = ConvRecord {
+                bench: "conv",
+                layer: layer.name.to_string(),
+                pass,
+                input: layer.x,
+                weight: layer.w,
+                stride: layer.cfg.stride.0,
+                groups: layer.cfg.groups,
+                gflops: 2.0 * s.macs() as f64 / secs / 1e9,
+                gbps: bytes / secs / 1e9,
+                median_ms: secs * 1e3,
+                runs,
                 clock,
                 adapter: adapter.clone(),
             };

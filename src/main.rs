@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use wgtune::bench::{bench_matmul, BenchConfig};
+use wgtune::bench::{bench_conv, bench_matmul, default_conv_layers, BenchConfig, MatmulRecord};
 use wgtune::gpu::{AdapterRequest, Gpu};
 use wgtune::ops::matmul::MatmulKernel;
 
@@ -38,6 +38,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// GFLOP/s and GB/s of each convolution pass on a ResNet 3x3 layer and EfficientNet depthwise 5x5 layers,
+    /// followed by the tiled matmul in the same run for comparison.
+    Conv {
+        /// Square matmul sizes timed after the convolutions (the yardstick for implicit GEMM); empty for none.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1024])]
+        matmul_sizes: Vec<usize>,
+        /// Timed runs per case (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// GFLOP/s of every matmul kernel on square problems.
     Matmul {
         /// Matrix sizes n (C = A·B, all n x n).
@@ -92,6 +105,32 @@ fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_matmul(
+    gpu: &Gpu,
+    sizes: &[usize],
+    kernels: &[MatmulKernel],
+    cfg: BenchConfig,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !json {
+        println!(
+            "{:<8} {:>6} {:>6} {:>6} {:>10} {:>12} {:>5}",
+            "kernel", "m", "n", "k", "GFLOP/s", "median ms", "runs"
+        );
+    }
+    bench_matmul(gpu, sizes, kernels, cfg, |r: &MatmulRecord| {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            println!(
+                "{:<8} {:>6} {:>6} {:>6} {:>10.3} {:>12.2} {:>5}",
+                r.kernel, r.m, r.n, r.k, r.gflops, r.median_ms, r.runs
+            );
+        }
+    })?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info { json } => info(&open_gpu(cli.adapter)?, json),
@@ -105,28 +144,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let gpu = open_gpu(cli.adapter)?;
+            print_matmul(&gpu, &sizes, &kernels, BenchConfig { runs, ..Default::default() }, json)
+        }
+        Command::Bench { what: BenchCommand::Conv { matmul_sizes, runs, json } } => {
+            let gpu = open_gpu(cli.adapter)?;
             let cfg = BenchConfig { runs, ..Default::default() };
             if !json {
                 println!(
-                    "{:<8} {:>6} {:>6} {:>6} {:>10} {:>12} {:>5}",
-                    "kernel", "m", "n", "k", "GFLOP/s", "median ms", "runs"
+                    "{:<16} {:<16} {:>6} {:>9} {:>9} {:>11} {:>5}",
+                    "layer", "pass", "groups", "GFLOP/s", "GB/s", "median ms", "runs"
                 );
             }
-            bench_matmul(&gpu, &sizes, &kernels, cfg, |r| {
+            bench_conv(&gpu, &default_conv_layers(), cfg, |r| {
                 if json {
                     println!("{}", serde_json::to_string(r).unwrap_or_default());
                 } else {
                     println!(
-                        "{:<8} {:>6} {:>6} {:>6} {:>10.3} {:>12.2} {:>5}",
-                        r.kernel, r.m, r.n, r.k, r.gflops, r.median_ms, r.runs
+                        "{:<16} {:<16} {:>6} {:>9.3} {:>9.3} {:>11.2} {:>5}",
+                        r.layer, r.pass, r.groups, r.gflops, r.gbps, r.median_ms, r.runs
                     );
                 }
             })?;
-            Ok(())
+            if matmul_sizes.is_empty() {
+                return Ok(());
+            }
+            if !json {
+                println!();
+            }
+            print_matmul(&gpu, &matmul_sizes, &[MatmulKernel::Tiled], cfg, json)
         }
         Command::Finetune => anyhow::bail!(
             "`finetune` is not built yet: it needs the graph executor, the pretrained models and the data \
-             pipeline, which are still in progress. `wgtune info` and `wgtune bench matmul` work today."
+             pipeline, which are still in progress. `wgtune info` and `wgtune bench matmul|conv` work today."
         ),
     }
 }
