@@ -3,6 +3,7 @@
 //! (the tests at the bottom). Names match the WGSL entry points.
 
 use crate::ops::conv::ConvShape;
+use crate::ops::pool::PoolShape;
 
 /// Problem shape of a batched matmul C = op(A)·op(B), as the `matmul` kernel sees it.
 #[derive(Clone, Copy, Debug)]
@@ -135,6 +136,202 @@ pub fn conv2d_backward_weight(s: &ConvShape, dy: &[f64], x: &[f64]) -> Vec<f64> 
     let mut dw = vec![0.0; s.w_shape().iter().product()];
     conv2d_for_each(s, |yi, wi, xi| dw[wi] += dy[yi] * x[xi]);
     dw
+}
+
+/// Visit the in-bounds input positions of every pooling window: `f(plane, y_index_in_plane, x_index_in_plane)`.
+fn pool_for_each(s: &PoolShape, mut f: impl FnMut(usize, usize, usize)) {
+    for plane in 0..s.batch * s.channels {
+        for oh in 0..s.out_h {
+            for ow in 0..s.out_w {
+                for kh in 0..s.cfg.kernel.0 {
+                    for kw in 0..s.cfg.kernel.1 {
+                        let ih = (oh * s.cfg.stride.0 + kh) as isize - s.cfg.padding.top as isize;
+                        let iw = (ow * s.cfg.stride.1 + kw) as isize - s.cfg.padding.left as isize;
+                        if ih >= 0 && iw >= 0 && (ih as usize) < s.in_h && (iw as usize) < s.in_w {
+                            f(plane, oh * s.out_w + ow, ih as usize * s.in_w + iw as usize);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling: values and the in-plane position of the first maximum of each window.
+pub fn max_pool_forward(s: &PoolShape, x: &[f64]) -> (Vec<f64>, Vec<u32>) {
+    let (yp, xp) = (s.out_h * s.out_w, s.in_h * s.in_w);
+    let mut y = vec![f64::NEG_INFINITY; s.batch * s.channels * yp];
+    let mut idx = vec![u32::MAX; y.len()];
+    pool_for_each(s, |plane, yi, xi| {
+        let (o, v) = (plane * yp + yi, x[plane * xp + xi]);
+        if idx[o] == u32::MAX || v > y[o] {
+            y[o] = v;
+            idx[o] = xi as u32;
+        }
+    });
+    (y, idx)
+}
+
+/// dx: each window's gradient goes to its maximum.
+pub fn max_pool_backward(s: &PoolShape, dy: &[f64], indices: &[u32]) -> Vec<f64> {
+    let (yp, xp) = (s.out_h * s.out_w, s.in_h * s.in_w);
+    let mut dx = vec![0.0; s.batch * s.channels * xp];
+    for (o, (&g, &i)) in dy.iter().zip(indices).enumerate() {
+        dx[(o / yp) * xp + i as usize] += g;
+    }
+    dx
+}
+
+/// The divisor of output (oh, ow): the window clipped to the padded input (count_include_pad, PyTorch's default)
+/// or to the real input.
+fn avg_divisor(s: &PoolShape, oh: usize, ow: usize) -> f64 {
+    let (kh, kw) = s.cfg.kernel;
+    let h0 = (oh * s.cfg.stride.0) as isize - s.cfg.padding.top as isize;
+    let w0 = (ow * s.cfg.stride.1) as isize - s.cfg.padding.left as isize;
+    let (lo_h, hi_h, lo_w, hi_w) = if s.cfg.count_include_pad {
+        (
+            h0,
+            (h0 + kh as isize).min((s.in_h + s.cfg.padding.bottom) as isize),
+            w0,
+            (w0 + kw as isize).min((s.in_w + s.cfg.padding.right) as isize),
+        )
+    } else {
+        (h0.max(0), (h0 + kh as isize).min(s.in_h as isize), w0.max(0), (w0 + kw as isize).min(s.in_w as isize))
+    };
+    ((hi_h - lo_h) * (hi_w - lo_w)) as f64
+}
+
+pub fn avg_pool_forward(s: &PoolShape, x: &[f64]) -> Vec<f64> {
+    let (yp, xp) = (s.out_h * s.out_w, s.in_h * s.in_w);
+    let mut y = vec![0.0; s.batch * s.channels * yp];
+    pool_for_each(s, |plane, yi, xi| {
+        y[plane * yp + yi] += x[plane * xp + xi] / avg_divisor(s, yi / s.out_w, yi % s.out_w)
+    });
+    y
+}
+
+pub fn avg_pool_backward(s: &PoolShape, dy: &[f64]) -> Vec<f64> {
+    let (yp, xp) = (s.out_h * s.out_w, s.in_h * s.in_w);
+    let mut dx = vec![0.0; s.batch * s.channels * xp];
+    pool_for_each(s, |plane, yi, xi| {
+        dx[plane * xp + xi] += dy[plane * yp + yi] / avg_divisor(s, yi / s.out_w, yi % s.out_w)
+    });
+    dx
+}
+
+/// Mean over each (n, c) plane of `hw` values: (N*C).
+pub fn global_avg_pool_forward(x: &[f64], hw: usize) -> Vec<f64> {
+    x.chunks(hw).map(|plane| plane.iter().sum::<f64>() / hw as f64).collect()
+}
+
+/// Max over each plane and its first position.
+pub fn global_max_pool_forward(x: &[f64], hw: usize) -> (Vec<f64>, Vec<u32>) {
+    x.chunks(hw)
+        .map(|plane| {
+            let mut best = 0;
+            for (i, &v) in plane.iter().enumerate() {
+                if v > plane[best] {
+                    best = i;
+                }
+            }
+            (plane[best], best as u32)
+        })
+        .unzip()
+}
+
+/// Per-channel batch mean and biased variance of x (N, C, HW).
+pub fn batch_norm_statistics(x: &[f64], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let m = (n * hw) as f64;
+    let at = |b: usize, ch: usize, i: usize| x[(b * c + ch) * hw + i];
+    let mean: Vec<f64> = (0..c)
+        .map(|ch| (0..n).flat_map(|b| (0..hw).map(move |i| (b, i))).map(|(b, i)| at(b, ch, i)).sum::<f64>() / m)
+        .collect();
+    let var = (0..c)
+        .map(|ch| {
+            (0..n)
+                .flat_map(|b| (0..hw).map(move |i| (b, i)))
+                .map(|(b, i)| (at(b, ch, i) - mean[ch]).powi(2))
+                .sum::<f64>()
+                / m
+        })
+        .collect();
+    (mean, var)
+}
+
+/// y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel of x (N, C, HW).
+pub fn batch_norm_forward(
+    x: &[f64],
+    c: usize,
+    hw: usize,
+    stats: (&[f64], &[f64]),
+    gamma: &[f64],
+    beta: &[f64],
+    eps: f64,
+) -> Vec<f64> {
+    let (mean, var) = stats;
+    x.iter()
+        .enumerate()
+        .map(|(k, &v)| {
+            let ch = (k / hw) % c;
+            gamma[ch] * (v - mean[ch]) / (var[ch] + eps).sqrt() + beta[ch]
+        })
+        .collect()
+}
+
+/// Gradients of batch norm, by the textbook chain rule through mean and variance (training) or with the
+/// statistics held constant (eval). Returns (dx, dgamma, dbeta).
+pub fn batch_norm_backward(
+    dy: &[f64],
+    x: &[f64],
+    (n, c, hw): (usize, usize, usize),
+    gamma: &[f64],
+    stats: (&[f64], &[f64]),
+    eps: f64,
+    eval: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mean, var) = stats;
+    let m = (n * hw) as f64;
+    let ch_of = |k: usize| (k / hw) % c;
+    let mut dgamma = vec![0.0; c];
+    let mut dbeta = vec![0.0; c];
+    let mut dvar = vec![0.0; c];
+    let mut dmean = vec![0.0; c];
+    for k in 0..x.len() {
+        let ch = ch_of(k);
+        let inv = 1.0 / (var[ch] + eps).sqrt();
+        dgamma[ch] += dy[k] * (x[k] - mean[ch]) * inv;
+        dbeta[ch] += dy[k];
+        let dxhat = dy[k] * gamma[ch];
+        // var = mean((x - mean)^2): d/dvar of xhat = -(x - mean) / 2 * (var + eps)^(-3/2)
+        dvar[ch] += dxhat * (x[k] - mean[ch]) * -0.5 * inv.powi(3);
+        dmean[ch] -= dxhat * inv;
+    }
+    let dx = (0..x.len())
+        .map(|k| {
+            let ch = ch_of(k);
+            let inv = 1.0 / (var[ch] + eps).sqrt();
+            let direct = dy[k] * gamma[ch] * inv;
+            if eval {
+                direct
+            } else {
+                // d mean/dx = 1/m; d var/dx = 2 (x - mean) / m (the mean's own dependence sums to zero)
+                direct + dvar[ch] * 2.0 * (x[k] - mean[ch]) / m + dmean[ch] / m
+            }
+        })
+        .collect();
+    (dx, dgamma, dbeta)
+}
+
+/// PCG's output permutation: the hash behind dropout masks (shaders/dropout.wgsl).
+pub fn pcg(v: u32) -> u32 {
+    let state = v.wrapping_mul(747796405).wrapping_add(2891336453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+    (word >> 22) ^ word
+}
+
+/// Whether dropout keeps element `i` at (seed, step) for a given threshold (= round(p * 2^32)).
+pub fn dropout_keep(seed: u32, step: u32, i: u32, threshold: u32) -> bool {
+    pcg(i ^ pcg(step ^ pcg(seed))) >= threshold
 }
 
 /// out = x + y
@@ -443,6 +640,92 @@ mod tests {
         assert_eq!(Padding::same(224, 224, (3, 3), (2, 2), (1, 1)), Padding { top: 0, bottom: 1, left: 0, right: 1 });
         assert_eq!(Padding::same(28, 28, (5, 5), (1, 1), (1, 1)), Padding::symmetric(2));
         assert_eq!(Padding::same(7, 7, (5, 5), (2, 2), (1, 1)), Padding { top: 2, bottom: 2, left: 2, right: 2 });
+    }
+
+    #[test]
+    fn pooling_backward_matches_finite_differences() {
+        use crate::ops::conv::Padding;
+        use crate::ops::pool::PoolConfig;
+        let mut rng = SplitMix(5);
+        let configs = [
+            PoolConfig::square(3, 2, 1),
+            PoolConfig { count_include_pad: false, ..PoolConfig::square(3, 2, 1) },
+            PoolConfig {
+                kernel: (2, 3),
+                stride: (1, 2),
+                padding: Padding { top: 1, bottom: 0, left: 0, right: 1 },
+                count_include_pad: true,
+            },
+        ];
+        for cfg in configs {
+            let s = PoolShape::new(&[2, 2, 5, 6], cfg).unwrap();
+            let x = widen(&rng.vec_f32(2 * 2 * 5 * 6, -1.0, 1.0));
+            let g = widen(&rng.vec_f32(s.y_shape().iter().product(), -1.0, 1.0));
+            let dot = |v: Vec<f64>| v.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
+            let (_, idx) = max_pool_forward(&s, &x);
+            let dmax = max_pool_backward(&s, &g, &idx);
+            let davg = avg_pool_backward(&s, &g);
+            for i in 0..x.len() {
+                assert_fd(dmax[i], finite_difference(&x, i, H, |v| dot(max_pool_forward(&s, v).0)), "max pool");
+                assert_fd(davg[i], finite_difference(&x, i, H, |v| dot(avg_pool_forward(&s, v))), "avg pool");
+            }
+        }
+        // Global pools: d mean / dx = 1/hw; d max / dx = 1 at the maximum.
+        let x = widen(&rng.vec_f32(3 * 7, -1.0, 1.0));
+        let g = widen(&rng.vec_f32(3, -1.0, 1.0));
+        let dot = |v: Vec<f64>| v.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
+        let (_, idx) = global_max_pool_forward(&x, 7);
+        for i in 0..x.len() {
+            let want_avg = g[i / 7] / 7.0;
+            let want_max = if idx[i / 7] as usize == i % 7 { g[i / 7] } else { 0.0 };
+            assert_fd(want_avg, finite_difference(&x, i, H, |v| dot(global_avg_pool_forward(v, 7))), "global avg");
+            assert_fd(want_max, finite_difference(&x, i, H, |v| dot(global_max_pool_forward(v, 7).0)), "global max");
+        }
+    }
+
+    /// Training mode: y depends on x also through the batch statistics; eval mode: statistics are constants.
+    #[test]
+    fn batch_norm_backward_matches_finite_differences() {
+        let mut rng = SplitMix(6);
+        let (n, c, hw, eps) = (3, 2, 4, 1e-3);
+        let x = widen(&rng.vec_f32(n * c * hw, -1.0, 2.0));
+        let gamma = widen(&rng.vec_f32(c, 0.5, 1.5));
+        let beta = widen(&rng.vec_f32(c, -0.5, 0.5));
+        let g = widen(&rng.vec_f32(n * c * hw, -1.0, 1.0));
+        let dot = |v: Vec<f64>| v.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
+        let train = |x: &[f64], gamma: &[f64], beta: &[f64]| {
+            let (m, v) = batch_norm_statistics(x, n, c, hw);
+            dot(batch_norm_forward(x, c, hw, (&m, &v), gamma, beta, eps))
+        };
+        let (m, v) = batch_norm_statistics(&x, n, c, hw);
+        let (dx, dgamma, dbeta) = batch_norm_backward(&g, &x, (n, c, hw), &gamma, (&m, &v), eps, false);
+        for i in 0..x.len() {
+            assert_fd(dx[i], finite_difference(&x, i, H, |v| train(v, &gamma, &beta)), "bn train dx");
+        }
+        for i in 0..c {
+            assert_fd(dgamma[i], finite_difference(&gamma, i, H, |v| train(&x, v, &beta)), "bn dgamma");
+            assert_fd(dbeta[i], finite_difference(&beta, i, H, |v| train(&x, &gamma, v)), "bn dbeta");
+        }
+        let (rm, rv) = (widen(&rng.vec_f32(c, -0.5, 0.5)), widen(&rng.vec_f32(c, 0.5, 2.0)));
+        let eval = |x: &[f64]| dot(batch_norm_forward(x, c, hw, (&rm, &rv), &gamma, &beta, eps));
+        let (dx, _, _) = batch_norm_backward(&g, &x, (n, c, hw), &gamma, (&rm, &rv), eps, true);
+        for i in 0..x.len() {
+            assert_fd(dx[i], finite_difference(&x, i, H, eval), "bn eval dx");
+        }
+    }
+
+    /// The mask keeps a fraction 1 - p (within 4 standard deviations over 100k draws) and changes with the step.
+    #[test]
+    fn dropout_mask_keeps_one_minus_p_and_changes_per_step() {
+        let n = 100_000u32;
+        for p in [0.1f64, 0.25, 0.5] {
+            let threshold = (p * 4294967296.0).round() as u32;
+            let kept = (0..n).filter(|&i| dropout_keep(7, 3, i, threshold)).count() as f64 / n as f64;
+            let sd = (p * (1.0 - p) / n as f64).sqrt();
+            assert!((kept - (1.0 - p)).abs() < 4.0 * sd, "p={p}: kept {kept}");
+        }
+        let same = (0..n).filter(|&i| dropout_keep(7, 3, i, 1 << 31) == dropout_keep(7, 4, i, 1 << 31)).count();
+        assert!((same as f64 / n as f64 - 0.5).abs() < 0.02, "steps 3 and 4 agree on {same} of {n}");
     }
 
     #[test]

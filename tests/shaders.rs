@@ -89,6 +89,12 @@ fn uniform_structs_match_their_rust_twins() {
         ("reduce", "ReduceParams", size_of::<reduce::ReduceParams>()),
         ("loss", "LossParams", size_of::<loss::LossParams>()),
         ("optim", "OptimParams", size_of::<optim::OptimParams>()),
+        ("conv2d", "ConvParams", size_of::<conv::ConvParams>()),
+        ("depthwise", "ConvParams", size_of::<conv::ConvParams>()),
+        ("pool", "PoolParams", size_of::<pool::PoolParams>()),
+        ("concat", "ConcatParams", size_of::<concat::ConcatParams>()),
+        ("norm", "NormParams", size_of::<norm::NormParams>()),
+        ("dropout", "DropoutParams", size_of::<dropout::DropoutParams>()),
     ];
     for &(family, name, rust_size) in cases {
         let fam = FAMILIES.iter().find(|f| f.name == family).expect("family");

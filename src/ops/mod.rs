@@ -5,11 +5,15 @@
 // Launchers take the tensors of a kernel's signature one by one, in binding order, plus its options: wide by nature.
 #![allow(clippy::too_many_arguments)]
 
+pub mod concat;
 pub mod conv;
+pub mod dropout;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
+pub mod norm;
 pub mod optim;
+pub mod pool;
 pub mod reduce;
 
 /// Workgroups for `n` items at `per_group` items each, on a 2-D grid whose x stays within `max_x`.
@@ -37,6 +41,21 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::DEPTHWISE_CONV2D_BACKWARD_DATA,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT,
         reduce::SUM_REDUCE,
+        pool::MAX_POOL_FORWARD,
+        pool::MAX_POOL_BACKWARD,
+        pool::AVG_POOL_FORWARD,
+        pool::AVG_POOL_BACKWARD,
+        pool::GLOBAL_POOL_FORWARD,
+        pool::GLOBAL_AVG_POOL_BACKWARD,
+        pool::GLOBAL_MAX_POOL_BACKWARD,
+        concat::CONCAT_FORWARD,
+        concat::CONCAT_BACKWARD,
+        norm::BATCH_NORM_STATISTICS,
+        norm::BATCH_NORM_FORWARD,
+        norm::BATCH_NORM_BACKWARD_REDUCE,
+        norm::BATCH_NORM_BACKWARD_DATA,
+        dropout::DROPOUT_FORWARD,
+        dropout::DROPOUT_BACKWARD,
         loss::SOFTMAX_CROSS_ENTROPY_FORWARD,
         loss::SOFTMAX_CROSS_ENTROPY_BACKWARD,
         loss::CORRECT_COUNT,

@@ -3,9 +3,12 @@
 
 mod common;
 mod conv;
+mod dropout;
 mod elementwise;
 mod errors;
 mod loss;
 mod matmul;
+mod norm;
 mod optim;
+mod pool;
 mod reduce;

@@ -1,0 +1,156 @@
+// norm.wgsl — batch normalization over channels, forward and backward, training and eval modes.
+//
+// x is seen as (N, C, HW): HW = H*W for 4-D activations, HW = 1 for 2-D (N, C) features. M = N * HW values per
+// channel. With mean/var the statistics in use (the batch's in training, the running ones in eval):
+//   xhat = (x - mean[c]) / sqrt(var[c] + eps),   y = gamma[c] * xhat + beta[c]
+//
+//   batch_norm_statistics     per channel: batch mean and biased variance (two passes, for accuracy) into
+//                             save_mean / save_var, and the running statistics updated with momentum m:
+//                             running = (1 - m) * running + m * batch   (the variance unbiased: * M / (M - 1)).
+//                             Dispatch (C, 1, 1): one workgroup per channel.
+//   batch_norm_forward        y from x, mean, var, gamma, beta. Dispatch (ceil(HW / 256), C, N).
+//   batch_norm_backward_reduce  dbeta[c] = sum dy, dgamma[c] = sum dy * xhat. Dispatch (C, 1, 1).
+//   batch_norm_backward_data  training: dx = gamma * invstd / M * (M * dy - dbeta - xhat * dgamma)
+//                             (the batch statistics depend on x);
+//                             eval (flags & 2): dx = gamma * invstd * dy (the statistics are constants).
+//                             flags & 1: accumulate into dx. Dispatch (ceil(HW / 256), C, N).
+
+struct NormParams {
+    batch: u32,
+    channels: u32,
+    hw: u32,
+    flags: u32,
+    eps: f32,
+    momentum: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const FLAG_ACCUMULATE: u32 = 1u;
+const FLAG_EVAL: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: NormParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;               // (N, C, HW)
+@group(0) @binding(2) var<storage, read> dy: array<f32>;              // (N, C, HW)
+@group(0) @binding(3) var<storage, read> mean: array<f32>;            // (C) statistics in use
+@group(0) @binding(4) var<storage, read> variance: array<f32>;        // (C) biased variance in use
+@group(0) @binding(5) var<storage, read> gamma: array<f32>;           // (C)
+@group(0) @binding(6) var<storage, read> beta: array<f32>;            // (C)
+@group(0) @binding(7) var<storage, read> dgamma_in: array<f32>;       // (C), backward_data
+@group(0) @binding(8) var<storage, read> dbeta_in: array<f32>;        // (C), backward_data
+@group(0) @binding(9) var<storage, read_write> out: array<f32>;       // y or dx (N, C, HW)
+@group(0) @binding(10) var<storage, read_write> stat_a: array<f32>;   // (C) save_mean, or dgamma
+@group(0) @binding(11) var<storage, read_write> stat_b: array<f32>;   // (C) save_var, or dbeta
+@group(0) @binding(12) var<storage, read_write> running_mean: array<f32>; // (C)
+@group(0) @binding(13) var<storage, read_write> running_var: array<f32>;  // (C)
+
+var<workgroup> partial: array<f32, 256>;
+var<workgroup> partial2: array<f32, 256>;
+
+// Sum partial (and partial2) over the workgroup into element 0. Every invocation must call it.
+fn workgroup_sums(lid: u32) {
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            partial[lid] += partial[lid + stride];
+            partial2[lid] += partial2[lid + stride];
+        }
+        workgroupBarrier();
+    }
+}
+
+// Element t of channel c, t < M = N * HW.
+fn index_of(c: u32, t: u32) -> u32 {
+    let n = t / p.hw;
+    return (n * p.channels + c) * p.hw + (t - n * p.hw);
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let m = p.batch * p.hw;
+    var s = 0.0;
+    for (var t = lid; t < m; t += 256u) {
+        s += x[index_of(c, t)];
+    }
+    partial[lid] = s;
+    partial2[lid] = 0.0;
+    workgroup_sums(lid);
+    let mu = partial[0] / f32(m);
+    workgroupBarrier();
+    var q = 0.0;
+    for (var t = lid; t < m; t += 256u) {
+        let d = x[index_of(c, t)] - mu;
+        q += d * d;
+    }
+    partial[lid] = q;
+    workgroup_sums(lid);
+    if lid == 0u {
+        let v = partial[0] / f32(m);
+        stat_a[c] = mu;
+        stat_b[c] = v;
+        let unbiased = select(v, v * f32(m) / f32(m - 1u), m > 1u);
+        running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mu;
+        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y;
+    let n = wg.z;
+    let i = wg.x * 256u + lid;
+    if i >= p.hw {
+        return;
+    }
+    let k = (n * p.channels + c) * p.hw + i;
+    let invstd = inverseSqrt(variance[c] + p.eps);
+    out[k] = gamma[c] * (x[k] - mean[c]) * invstd + beta[c];
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let m = p.batch * p.hw;
+    let mu = mean[c];
+    let invstd = inverseSqrt(variance[c] + p.eps);
+    var sg = 0.0;
+    var sb = 0.0;
+    for (var t = lid; t < m; t += 256u) {
+        let k = index_of(c, t);
+        sb += dy[k];
+        sg += dy[k] * (x[k] - mu) * invstd;
+    }
+    partial[lid] = sg;
+    partial2[lid] = sb;
+    workgroup_sums(lid);
+    if lid == 0u {
+        stat_a[c] = partial[0];
+        stat_b[c] = partial2[0];
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y;
+    let n = wg.z;
+    let i = wg.x * 256u + lid;
+    if i >= p.hw {
+        return;
+    }
+    let k = (n * p.channels + c) * p.hw + i;
+    let invstd = inverseSqrt(variance[c] + p.eps);
+    var g: f32;
+    if (p.flags & FLAG_EVAL) != 0u {
+        g = gamma[c] * invstd * dy[k];
+    } else {
+        let m = f32(p.batch * p.hw);
+        let xhat = (x[k] - mean[c]) * invstd;
+        g = gamma[c] * invstd / m * (m * dy[k] - dbeta_in[c] - xhat * dgamma_in[c]);
+    }
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        out[k] += g;
+    } else {
+        out[k] = g;
+    }
+}

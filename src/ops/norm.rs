@@ -1,0 +1,163 @@
+//! Batch normalization over channels of (N, C, H, W) or (N, C) tensors, training and eval. See shaders/norm.wgsl.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
+
+use super::dim;
+
+/// Mirrors `NormParams` in shaders/norm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NormParams {
+    pub batch: u32,
+    pub channels: u32,
+    pub hw: u32,
+    pub flags: u32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub _pad: [u32; 2],
+}
+
+pub const FLAG_ACCUMULATE: u32 = 1;
+pub const FLAG_EVAL: u32 = 2;
+
+use Access::{Read as R, ReadWrite as W};
+pub const BATCH_NORM_STATISTICS: KernelSpec =
+    KernelSpec::new("batch_norm_statistics", "norm", &[(1, R), (10, W), (11, W), (12, W), (13, W)]);
+pub const BATCH_NORM_FORWARD: KernelSpec =
+    KernelSpec::new("batch_norm_forward", "norm", &[(1, R), (3, R), (4, R), (5, R), (6, R), (9, W)]);
+pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec =
+    KernelSpec::new("batch_norm_backward_reduce", "norm", &[(1, R), (2, R), (3, R), (4, R), (10, W), (11, W)]);
+pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
+    "batch_norm_backward_data",
+    "norm",
+    &[(1, R), (2, R), (3, R), (4, R), (5, R), (7, R), (8, R), (9, W)],
+);
+
+/// eps and momentum; defaults are PyTorch's (torchvision weights). EfficientNet-Lite's TF weights use eps 1e-3.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormConfig {
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        BatchNormConfig { eps: 1e-5, momentum: 0.1 }
+    }
+}
+
+/// The per-channel tensors of a batch-norm layer.
+pub struct BatchNormState<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+}
+
+/// (N, C, HW) of x, with every per-channel tensor checked to hold C.
+fn geometry(x: &Tensor, per_channel: &[&Tensor]) -> Result<(usize, usize, usize)> {
+    let (n, c, hw) = match x.shape() {
+        [n, c] => (*n, *c, 1),
+        [n, c, h, w] => (*n, *c, h * w),
+        s => return Err(Error::shape("batch_norm", format!("'{}' {s:?} must be (N, C) or (N, C, H, W)", x.label()))),
+    };
+    if let Some(t) = per_channel.iter().find(|t| t.numel() != c) {
+        return Err(Error::shape("batch_norm", format!("'{}' {:?} must hold C = {c}", t.label(), t.shape())));
+    }
+    Ok((n, c, hw))
+}
+
+fn params(x: &Tensor, per_channel: &[&Tensor], cfg: BatchNormConfig, flags: u32) -> Result<NormParams> {
+    let (n, c, hw) = geometry(x, per_channel)?;
+    Ok(NormParams {
+        batch: dim(n, "batch")?,
+        channels: dim(c, "channels")?,
+        hw: dim(hw, "H*W")?,
+        flags,
+        eps: cfg.eps,
+        momentum: cfg.momentum,
+        _pad: [0; 2],
+    })
+}
+
+/// Forward. Training (`save` = Some((save_mean, save_var))): batch statistics into `save`, running statistics
+/// updated, y normalized with the batch statistics — two dispatches. Eval (`save` = None): y normalized with the
+/// running statistics — one dispatch.
+pub fn batch_norm_forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    state: &BatchNormState,
+    save: Option<(&Tensor, &Tensor)>,
+    y: &Tensor,
+    cfg: BatchNormConfig,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
+    if y.shape() != x.shape() {
+        return Err(Error::shape("batch_norm_forward", format!("y {:?} must match x {:?}", y.shape(), x.shape())));
+    }
+    let all = [state.gamma, state.beta, state.running_mean, state.running_var];
+    let p = params(x, &all, cfg, 0)?;
+    let grid = [p.hw.div_ceil(256), p.channels, p.batch];
+    let (mean, var) = save.unwrap_or((state.running_mean, state.running_var));
+    let mut steps = Vec::new();
+    if save.is_some() {
+        geometry(x, &[mean, var])?;
+        steps.push(gpu.dispatch(
+            &BATCH_NORM_STATISTICS,
+            bytemuck::bytes_of(&p),
+            &[x, mean, var, state.running_mean, state.running_var],
+            [p.channels, 1, 1],
+            format!("{label} statistics"),
+        )?);
+    }
+    steps.push(gpu.dispatch(
+        &BATCH_NORM_FORWARD,
+        bytemuck::bytes_of(&p),
+        &[x, mean, var, state.gamma, state.beta, y],
+        grid,
+        label,
+    )?);
+    Ok(steps)
+}
+
+/// Backward: dgamma, dbeta and dx. `stats` = (mean, var) used in forward: the saved batch statistics in training,
+/// the running ones in eval (`eval` = true, where they are constants and dx = gamma * invstd * dy).
+pub fn batch_norm_backward(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    stats: (&Tensor, &Tensor),
+    eval: bool,
+    grads: (&Tensor, &Tensor, &Tensor),
+    cfg: BatchNormConfig,
+    accumulate_dx: bool,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
+    let (dgamma, dbeta, dx) = grads;
+    if dy.shape() != x.shape() || dx.shape() != x.shape() {
+        return Err(Error::shape(
+            "batch_norm_backward",
+            format!("dy {:?}, x {:?} and dx {:?} must match", dy.shape(), x.shape(), dx.shape()),
+        ));
+    }
+    let (mean, var) = stats;
+    let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
+    let p = params(x, &[gamma, mean, var, dgamma, dbeta], cfg, flags)?;
+    let reduce = gpu.dispatch(
+        &BATCH_NORM_BACKWARD_REDUCE,
+        bytemuck::bytes_of(&p),
+        &[x, dy, mean, var, dgamma, dbeta],
+        [p.channels, 1, 1],
+        format!("{label} reduce"),
+    )?;
+    let data = gpu.dispatch(
+        &BATCH_NORM_BACKWARD_DATA,
+        bytemuck::bytes_of(&p),
+        &[x, dy, mean, var, gamma, dgamma, dbeta, dx],
+        [p.hw.div_ceil(256), p.channels, p.batch],
+        label,
+    )?;
+    Ok(vec![reduce, data])
+}

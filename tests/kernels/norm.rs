@@ -1,0 +1,122 @@
+//! Batch norm forward/backward, training and eval, 4-D and 2-D, against the reference. Means and variances are
+//! f32 sums of up to ~2000 terms: atol 2e-5, rtol 1e-4.
+
+use wgtune::ops::norm::{batch_norm_backward, batch_norm_forward, BatchNormConfig, BatchNormState};
+use wgtune::reference::{self, widen, SplitMix};
+
+use crate::common::*;
+
+const ATOL: f64 = 2e-5;
+const RTOL: f64 = 1e-4;
+
+fn check(shape: &[usize], cfg: BatchNormConfig, seed: u64) {
+    let g = gpu();
+    let (n, c) = (shape[0], shape[1]);
+    let hw: usize = shape[2..].iter().product();
+    let mut rng = SplitMix(seed);
+    let x_data = rng.vec_f32(n * c * hw, -1.0, 3.0);
+    let dy_data = rng.vec_f32(n * c * hw, -1.0, 1.0);
+    let gamma_data = rng.vec_f32(c, 0.5, 1.5);
+    let beta_data = rng.vec_f32(c, -0.5, 0.5);
+    let rm_data = rng.vec_f32(c, -0.2, 0.2);
+    let rv_data = rng.vec_f32(c, 0.5, 1.5);
+    let x = upload(shape, &x_data, "x");
+    let dy = upload(shape, &dy_data, "dy");
+    let gamma = upload(&[c], &gamma_data, "gamma");
+    let beta = upload(&[c], &beta_data, "beta");
+    let running_mean = upload(&[c], &rm_data, "running_mean");
+    let running_var = upload(&[c], &rv_data, "running_var");
+    let state = BatchNormState { gamma: &gamma, beta: &beta, running_mean: &running_mean, running_var: &running_var };
+    let (save_mean, save_var) = (poisoned(&[c], "save_mean"), poisoned(&[c], "save_var"));
+    let (y, dx) = (poisoned(shape, "y"), poisoned(shape, "dx"));
+    let (dgamma, dbeta) = (poisoned(&[c], "dgamma"), poisoned(&[c], "dbeta"));
+    let what = format!("{shape:?} {cfg:?}");
+
+    // Training: batch statistics, running update, backward through the statistics.
+    let mut steps = batch_norm_forward(g, &x, &state, Some((&save_mean, &save_var)), &y, cfg, "bn").expect("fwd");
+    steps.extend(
+        batch_norm_backward(
+            g,
+            &dy,
+            &x,
+            &gamma,
+            (&save_mean, &save_var),
+            false,
+            (&dgamma, &dbeta, &dx),
+            cfg,
+            false,
+            "bn",
+        )
+        .expect("bwd"),
+    );
+    g.run("bn train", &steps.iter().collect::<Vec<_>>()).expect("run");
+    let (xd, dyd, gd, bd) = (widen(&x_data), widen(&dy_data), widen(&gamma_data), widen(&beta_data));
+    let eps = cfg.eps as f64;
+    let (mean, var) = reference::batch_norm_statistics(&xd, n, c, hw);
+    assert_close(&read(&save_mean), &mean, ATOL, RTOL, &format!("batch mean {what}"));
+    assert_close(&read(&save_var), &var, ATOL, RTOL, &format!("batch var {what}"));
+    let m = (n * hw) as f64;
+    let mom = cfg.momentum as f64;
+    let want_rm: Vec<f64> = (0..c).map(|i| (1.0 - mom) * rm_data[i] as f64 + mom * mean[i]).collect();
+    let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+    let want_rv: Vec<f64> = (0..c).map(|i| (1.0 - mom) * rv_data[i] as f64 + mom * var[i] * unbias).collect();
+    assert_close(&read(&running_mean), &want_rm, ATOL, RTOL, &format!("running mean {what}"));
+    assert_close(&read(&running_var), &want_rv, ATOL, RTOL, &format!("running var {what}"));
+    let want_y = reference::batch_norm_forward(&xd, c, hw, (&mean, &var), &gd, &bd, eps);
+    assert_close(&read(&y), &want_y, ATOL, RTOL, &format!("train forward {what}"));
+    let (want_dx, want_dg, want_db) =
+        reference::batch_norm_backward(&dyd, &xd, (n, c, hw), &gd, (&mean, &var), eps, false);
+    assert_close(&read(&dgamma), &want_dg, ATOL * m, RTOL, &format!("train dgamma {what}"));
+    assert_close(&read(&dbeta), &want_db, ATOL * m, RTOL, &format!("train dbeta {what}"));
+    assert_close(&read(&dx), &want_dx, ATOL, 1e-3, &format!("train dx {what}"));
+
+    // Eval: the (now updated) running statistics are used and stay as they are.
+    let (rm_now, rv_now) = (read(&running_mean), read(&running_var));
+    let (y2, dx2) = (poisoned(shape, "y eval"), poisoned(shape, "dx eval"));
+    let mut steps = batch_norm_forward(g, &x, &state, None, &y2, cfg, "bn eval").expect("fwd");
+    steps.extend(
+        batch_norm_backward(
+            g,
+            &dy,
+            &x,
+            &gamma,
+            (&running_mean, &running_var),
+            true,
+            (&dgamma, &dbeta, &dx2),
+            cfg,
+            false,
+            "bn eval",
+        )
+        .expect("bwd"),
+    );
+    g.run("bn eval", &steps.iter().collect::<Vec<_>>()).expect("run");
+    let (rm, rv) = (widen(&rm_now), widen(&rv_now));
+    assert_eq!(read(&running_mean), rm_now, "eval must not touch the running mean");
+    let want_y = reference::batch_norm_forward(&xd, c, hw, (&rm, &rv), &gd, &bd, eps);
+    assert_close(&read(&y2), &want_y, ATOL, RTOL, &format!("eval forward {what}"));
+    let (want_dx, want_dg, want_db) = reference::batch_norm_backward(&dyd, &xd, (n, c, hw), &gd, (&rm, &rv), eps, true);
+    assert_close(&read(&dx2), &want_dx, ATOL, RTOL, &format!("eval dx {what}"));
+    assert_close(&read(&dgamma), &want_dg, ATOL * m, RTOL, &format!("eval dgamma {what}"));
+    assert_close(&read(&dbeta), &want_db, ATOL * m, RTOL, &format!("eval dbeta {what}"));
+}
+
+#[test]
+fn batch_norm_4d_torchvision_eps() {
+    check(&[4, 3, 5, 7], BatchNormConfig::default(), 1);
+}
+
+#[test]
+fn batch_norm_4d_efficientnet_eps_and_momentum() {
+    check(&[2, 5, 3, 3], BatchNormConfig { eps: 1e-3, momentum: 0.01 }, 2);
+}
+
+#[test]
+fn batch_norm_2d_features() {
+    check(&[6, 10], BatchNormConfig::default(), 3);
+}
+
+#[test]
+fn batch_norm_batch_1_and_large_planes() {
+    check(&[1, 4, 3, 3], BatchNormConfig::default(), 4);
+    check(&[2, 2, 30, 30], BatchNormConfig::default(), 5);
+}
