@@ -41,9 +41,12 @@ enum BenchCommand {
     /// GFLOP/s and GB/s of each convolution pass on a ResNet 3x3 layer and EfficientNet depthwise 5x5 layers,
     /// followed by the tiled matmul in the same run for comparison.
     Conv {
-        /// Square matmul sizes timed after the convolutions (the yardstick for implicit GEMM); empty for none.
+        /// Square matmul sizes timed after the convolutions (the yardstick for implicit GEMM).
         #[arg(long, value_delimiter = ',', default_values_t = vec![1024])]
         matmul_sizes: Vec<usize>,
+        /// Time only the convolutions.
+        #[arg(long)]
+        no_matmul: bool,
         /// Timed runs per case (median reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -146,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let gpu = open_gpu(cli.adapter)?;
             print_matmul(&gpu, &sizes, &kernels, BenchConfig { runs, ..Default::default() }, json)
         }
-        Command::Bench { what: BenchCommand::Conv { matmul_sizes, runs, json } } => {
+        Command::Bench { what: BenchCommand::Conv { matmul_sizes, no_matmul, runs, json } } => {
             let gpu = open_gpu(cli.adapter)?;
             let cfg = BenchConfig { runs, ..Default::default() };
             if !json {
@@ -165,7 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             })?;
-            if matmul_sizes.is_empty() {
+            if no_matmul {
                 return Ok(());
             }
             if !json {
