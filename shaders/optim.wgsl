@@ -41,6 +41,15 @@ fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wg.y * nwg.x + wg.x) * 256u + lid.x;
 }
 
+// (weight, gradient) of element i after weight decay: decoupled shrinks the weight, L2 adds to the gradient.
+fn decayed(i: u32) -> vec2<f32> {
+    let w = param[i];
+    if (p.flags & FLAG_DECOUPLED_WD) != 0u {
+        return vec2<f32>(w * (1.0 - p.lr * p.wd), grad[i]);
+    }
+    return vec2<f32>(w, grad[i] + p.wd * w);
+}
+
 @compute @workgroup_size(256)
 fn sgd_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -48,13 +57,9 @@ fn sgd_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if i >= p.len {
         return;
     }
-    var w = param[i];
-    var g = grad[i];
-    if (p.flags & FLAG_DECOUPLED_WD) != 0u {
-        w *= 1.0 - p.lr * p.wd;
-    } else {
-        g += p.wd * w;
-    }
+    let decay = decayed(i);
+    let w = decay.x;
+    let g = decay.y;
     let buf = p.mom * grad_avg[i] + g;
     grad_avg[i] = buf;
     param[i] = w - p.lr * buf;
@@ -67,13 +72,9 @@ fn adam_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     if i >= p.len {
         return;
     }
-    var w = param[i];
-    var g = grad[i];
-    if (p.flags & FLAG_DECOUPLED_WD) != 0u {
-        w *= 1.0 - p.lr * p.wd;
-    } else {
-        g += p.wd * w;
-    }
+    let decay = decayed(i);
+    let w = decay.x;
+    let g = decay.y;
     let m = p.mom * grad_avg[i] + (1.0 - p.mom) * g;
     let v = p.sqr_mom * sqr_avg[i] + (1.0 - p.sqr_mom) * g * g;
     grad_avg[i] = m;

@@ -67,6 +67,16 @@ fn window_origin(oh: u32, ow: u32) -> vec2<i32> {
     return vec2<i32>(i32(oh * p.stride_h) - i32(p.pad_top), i32(ow * p.stride_w) - i32(p.pad_left));
 }
 
+// The output row (or column) whose window puts kernel offset k on input position i: o * stride - pad + k == i.
+// -1 when there is none (not a multiple of the stride, or outside the output).
+fn window_at(i: u32, k: u32, pad: u32, stride: u32, out_size: u32) -> i32 {
+    let num = i32(i + pad) - i32(k);
+    if num < 0 || num % i32(stride) != 0 || u32(num) / stride >= out_size {
+        return -1;
+    }
+    return num / i32(stride);
+}
+
 @compute @workgroup_size(256)
 fn max_pool_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let plane = wg.z * p.channels + wg.y;
@@ -115,21 +125,15 @@ fn max_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     let iw = pos - ih * p.in_w;
     let out_plane = plane * p.out_h * p.out_w;
     var acc = 0.0;
-    // The outputs whose window contains (ih, iw): oh * stride_h - pad_top <= ih < that + KH.
     for (var kh = 0u; kh < p.kernel_h; kh++) {
-        let nh = i32(ih + p.pad_top) - i32(kh);
-        if nh < 0 || nh % i32(p.stride_h) != 0 || u32(nh) / p.stride_h >= p.out_h {
-            continue;
-        }
-        let oh = u32(nh) / p.stride_h;
+        let oh = window_at(ih, kh, p.pad_top, p.stride_h, p.out_h);
         for (var kw = 0u; kw < p.kernel_w; kw++) {
-            let nw = i32(iw + p.pad_left) - i32(kw);
-            if nw < 0 || nw % i32(p.stride_w) != 0 || u32(nw) / p.stride_w >= p.out_w {
-                continue;
-            }
-            let o = out_plane + oh * p.out_w + u32(nw) / p.stride_w;
-            if indices[o] == pos {
-                acc += src[o];
+            let ow = window_at(iw, kw, p.pad_left, p.stride_w, p.out_w);
+            if oh >= 0 && ow >= 0 {
+                let o = out_plane + u32(oh) * p.out_w + u32(ow);
+                if indices[o] == pos {
+                    acc += src[o];
+                }
             }
         }
     }
@@ -184,18 +188,13 @@ fn avg_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     let out_plane = plane * p.out_h * p.out_w;
     var acc = 0.0;
     for (var kh = 0u; kh < p.kernel_h; kh++) {
-        let nh = i32(ih + p.pad_top) - i32(kh);
-        if nh < 0 || nh % i32(p.stride_h) != 0 || u32(nh) / p.stride_h >= p.out_h {
-            continue;
-        }
-        let oh = u32(nh) / p.stride_h;
+        let oh = window_at(ih, kh, p.pad_top, p.stride_h, p.out_h);
         for (var kw = 0u; kw < p.kernel_w; kw++) {
-            let nw = i32(iw + p.pad_left) - i32(kw);
-            if nw < 0 || nw % i32(p.stride_w) != 0 || u32(nw) / p.stride_w >= p.out_w {
-                continue;
+            let ow = window_at(iw, kw, p.pad_left, p.stride_w, p.out_w);
+            if oh >= 0 && ow >= 0 {
+                let o = out_plane + u32(oh) * p.out_w + u32(ow);
+                acc += src[o] / avg_divisor(window_origin(u32(oh), u32(ow)));
             }
-            let ow = u32(nw) / p.stride_w;
-            acc += src[out_plane + oh * p.out_w + ow] / avg_divisor(window_origin(oh, ow));
         }
     }
     put(plane * p.in_h * p.in_w + pos, acc);
