@@ -5,11 +5,13 @@
 //   loss     = mean over rows                          (softmax_cross_entropy_forward, one scalar)
 //   dlogits  = scale * (p - q) / batch                 (softmax_cross_entropy_backward; scale = dL/dloss)
 //   correct  = number of rows whose argmax (first maximum) equals the label   (correct_count, one scalar)
+//   probs    = softmax(logits), row by row                                   (softmax_forward, inference)
 // Labels >= C are a caller error (checked on the CPU); here they are clamped so nothing reads out of bounds.
 //
 // Layout: logits (batch, C) row-major, labels (batch) u32.
 // Dispatch: forward and correct_count: ONE workgroup of 256 (rows strided over invocations, then a tree
-// reduction, so the sum order is fixed); backward: one invocation per row, (ceil(batch / 64), 1, 1).
+// reduction, so the sum order is fixed); backward and softmax_forward: one invocation per row,
+// (ceil(batch / 64), 1, 1).
 
 struct LossParams {
     batch: u32,
@@ -115,5 +117,22 @@ fn correct_count(@builtin(local_invocation_index) lid: u32) {
     workgroup_sum(lid);
     if lid == 0u {
         out[0] = partial[0];
+    }
+}
+
+@compute @workgroup_size(64)
+fn softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if row >= p.batch {
+        return;
+    }
+    let base = row * p.classes;
+    let m = row_max(base);
+    var sum_exp = 0.0;
+    for (var c = 0u; c < p.classes; c++) {
+        sum_exp += exp(logits[base + c] - m);
+    }
+    for (var c = 0u; c < p.classes; c++) {
+        out[base + c] = exp(logits[base + c] - m) / sum_exp;
     }
 }

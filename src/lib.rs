@@ -1,6 +1,7 @@
 //! wgtune: a GPU-compute-first neural-network trainer with hand-written WGSL kernels, built on wgpu.
 //!
 //! - [`gpu`]: the runtime (adapter, device, tensors, readback, kernel registry) — the only module calling wgpu.
+//! - [`graph`]: models as graphs of ops, the derived backward pass, the executor that trains them on the GPU.
 //! - [`ops`]: one launcher per kernel, checking shapes and building [`gpu::Dispatch`] values.
 //! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
 //! - [`bench`]: the measurements behind `wgtune bench`.
@@ -8,6 +9,7 @@
 pub mod bench;
 pub mod error;
 pub mod gpu;
+pub mod graph;
 pub mod ops;
 pub mod reference;
 

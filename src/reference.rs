@@ -415,6 +415,11 @@ pub fn softmax_cross_entropy_backward(
     d
 }
 
+/// softmax of each row of `classes` logits.
+pub fn softmax_forward(logits: &[f64], classes: usize) -> Vec<f64> {
+    logits.chunks(classes).flat_map(|row| log_softmax_row(row).into_iter().map(f64::exp)).collect()
+}
+
 /// Rows whose first maximal logit equals the label.
 pub fn correct_count(logits: &[f64], labels: &[u32], classes: usize) -> usize {
     labels

@@ -238,12 +238,28 @@ impl Gpu {
         ring: &mut ReadbackRing,
         read: &[&Tensor],
     ) -> Result<Vec<Ticket>> {
+        self.submit_layers(label, &[(label, dispatches)], ring, read)
+    }
+
+    /// As [`Gpu::submit`], with the dispatches grouped by layer: each layer is a debug group named after it,
+    /// so a GPU capture of the step reads like the model.
+    pub fn submit_layers(
+        &self,
+        label: &str,
+        layers: &[(&str, &[&Dispatch])],
+        ring: &mut ReadbackRing,
+        read: &[&Tensor],
+    ) -> Result<Vec<Ticket>> {
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         {
             let mut pass =
                 encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-            for d in dispatches {
-                d.encode(&mut pass);
+            for (name, dispatches) in layers {
+                pass.push_debug_group(name);
+                for d in dispatches.iter() {
+                    d.encode(&mut pass);
+                }
+                pass.pop_debug_group();
             }
         }
         let tickets = read.iter().map(|t| ring.copy(&mut encoder, t)).collect::<Result<Vec<_>>>()?;

@@ -152,3 +152,76 @@ impl Tensor {
         Tensor { buffer: Arc::new(buffer), offset: 0, shape: shape.to_vec(), dtype, label: label.into() }
     }
 }
+
+/// A storage buffer that several tensors live in (a parameter bucket, or a memory-plan slot shared by tensors
+/// whose lifetimes do not overlap). Tensors are made from it with [`Storage::view`].
+#[derive(Clone)]
+pub struct Storage {
+    buffer: Arc<wgpu::Buffer>,
+    bytes: u64,
+    label: Arc<str>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Storage({} {} bytes)", self.label, self.bytes)
+    }
+}
+
+impl Storage {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// A tensor view at `offset` bytes (a multiple of [`Gpu::binding_alignment`]).
+    pub fn view(&self, offset: u64, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        let t = Tensor { buffer: self.buffer.clone(), offset, shape: shape.to_vec(), dtype, label: label.into() };
+        if t.numel() == 0 || offset + t.bytes() > self.bytes {
+            return Err(Error::shape(
+                format!("view '{label}' of '{}'", self.label),
+                format!("{shape:?} at byte {offset} does not fit in {} bytes", self.bytes),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+impl Gpu {
+    /// Byte alignment of a tensor view's offset inside a [`Storage`].
+    pub fn binding_alignment(&self) -> u64 {
+        self.limits.min_storage_buffer_offset_alignment as u64
+    }
+
+    /// A zero-filled storage buffer of `bytes` bytes.
+    pub fn storage(&self, bytes: u64, label: &str) -> Result<Storage> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                label: label.into(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+                what: "buffer",
+            });
+        }
+        let size = bytes.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let buffer = self.scoped(label, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(Storage { buffer: Arc::new(buffer), bytes: size, label: label.into() })
+    }
+
+    /// Zero a whole storage buffer (optimizer state on a reset), in queue order.
+    pub fn clear_storage(&self, s: &Storage) -> Result<()> {
+        self.scoped(&s.label, || {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&format!("clear {}", s.label)) });
+            encoder.clear_buffer(&s.buffer, 0, None);
+            self.queue.submit([encoder.finish()]);
+        })
+    }
+}

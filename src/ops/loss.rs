@@ -22,6 +22,8 @@ pub const SOFTMAX_CROSS_ENTROPY_FORWARD: KernelSpec =
 pub const SOFTMAX_CROSS_ENTROPY_BACKWARD: KernelSpec =
     KernelSpec::new("softmax_cross_entropy_backward", "loss", SIGNATURE);
 pub const CORRECT_COUNT: KernelSpec = KernelSpec::new("correct_count", "loss", SIGNATURE);
+pub const SOFTMAX_FORWARD: KernelSpec =
+    KernelSpec::new("softmax_forward", "loss", &[(1, Access::Read), (3, Access::ReadWrite)]);
 
 fn params(logits: &Tensor, labels: &Tensor, smoothing: f32, scale: f32, what: &str) -> Result<LossParams> {
     let [batch, classes] = *logits.shape() else {
@@ -80,4 +82,19 @@ pub fn correct_count(gpu: &Gpu, logits: &Tensor, labels: &Tensor, count: &Tensor
         return Err(Error::shape("correct_count", format!("count {:?} must hold 1", count.shape())));
     }
     gpu.dispatch(&CORRECT_COUNT, bytemuck::bytes_of(&p), &[logits, labels, count], [1, 1, 1], label)
+}
+
+/// probs = softmax(logits) row by row, (batch, C).
+pub fn softmax_forward(gpu: &Gpu, logits: &Tensor, probs: &Tensor, label: &str) -> Result<Dispatch> {
+    let [batch, classes] = *logits.shape() else {
+        return Err(Error::shape("softmax_forward", format!("logits {:?} must be (batch, classes)", logits.shape())));
+    };
+    if probs.shape() != logits.shape() {
+        return Err(Error::shape(
+            "softmax_forward",
+            format!("probs {:?} must match logits {:?}", probs.shape(), logits.shape()),
+        ));
+    }
+    let p = LossParams { batch: dim(batch, "batch")?, classes: dim(classes, "classes")?, smoothing: 0.0, scale: 1.0 };
+    gpu.dispatch(&SOFTMAX_FORWARD, bytemuck::bytes_of(&p), &[logits, probs], [p.batch.div_ceil(64), 1, 1], label)
 }

@@ -59,6 +59,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         loss::SOFTMAX_CROSS_ENTROPY_FORWARD,
         loss::SOFTMAX_CROSS_ENTROPY_BACKWARD,
         loss::CORRECT_COUNT,
+        loss::SOFTMAX_FORWARD,
         optim::SGD_STEP,
         optim::ADAM_STEP,
     ];

@@ -2,7 +2,9 @@
 //! f32 exp/log are accurate to a few ulps; atol 2e-5 on the mean loss and 1e-6 on dlogits (which are
 //! O(1 / batch)) with rtol 1e-4.
 
-use wgtune::ops::loss::{correct_count, softmax_cross_entropy_backward, softmax_cross_entropy_forward};
+use wgtune::ops::loss::{
+    correct_count, softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_forward,
+};
 use wgtune::reference::{self, widen, SplitMix};
 
 use crate::common::*;
@@ -73,5 +75,19 @@ fn correct_count_matches_reference() {
         g.run("correct_count", &[&d]).expect("run");
         let want = reference::correct_count(&widen(&logits_data), &labels_data, classes);
         assert_eq!(read(&count), vec![want as f32], "correct_count ({batch}, {classes})");
+    }
+}
+
+#[test]
+fn softmax_matches_reference() {
+    let g = gpu();
+    for (i, &(batch, classes, _)) in CASES.iter().enumerate() {
+        let (logits_data, _) = data(batch, classes, 90 + i as u64);
+        let logits = upload(&[batch, classes], &logits_data, "logits");
+        let probs = poisoned(&[batch, classes], "probs");
+        let d = softmax_forward(g, &logits, &probs, "softmax").expect("dispatch");
+        g.run("softmax", &[&d]).expect("run");
+        let want = reference::softmax_forward(&widen(&logits_data), classes);
+        assert_close(&read(&probs), &want, 1e-7, 1e-5, &format!("softmax ({batch}, {classes})"));
     }
 }

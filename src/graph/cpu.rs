@@ -1,0 +1,117 @@
+//! A graph's forward pass on the CPU in f64, op by op through [`crate::reference`]: the oracle for whole-model
+//! tests (gradient checks by finite differences, GPU logits against the reference).
+
+use std::collections::HashMap;
+
+use crate::graph::{Graph, Op, TensorId, TensorKind};
+use crate::reference as r;
+
+/// Run the forward pass. `values` holds every parameter and state tensor; returns every tensor computed (the loss
+/// node's `loss` holds the mean cross-entropy). Training mode normalizes with batch statistics, eval mode with the
+/// running ones; dropout is the identity in eval mode and not supported in training mode (its mask is the GPU's).
+pub fn forward(
+    graph: &Graph,
+    values: &HashMap<TensorId, Vec<f64>>,
+    input: &[f64],
+    labels: &[u32],
+    training: bool,
+) -> HashMap<TensorId, Vec<f64>> {
+    let mut t: HashMap<TensorId, Vec<f64>> = values.clone();
+    for (i, info) in graph.tensors.iter().enumerate() {
+        if info.kind == TensorKind::Input {
+            t.insert(TensorId(i), input.to_vec());
+        }
+    }
+    for node in &graph.nodes {
+        let shape = |id: TensorId| graph.shape(id).to_vec();
+        match &node.op {
+            Op::Linear { x, w, b, y } => {
+                let (n, o) = (shape(*y)[0], shape(*y)[1]);
+                let k = shape(*x)[1];
+                let s = r::MatmulShape { trans_b: true, ..r::MatmulShape::new(1, n, o, k) };
+                let out = r::matmul(&s, &t[x], &t[w], b.map(|b| t[&b].clone()).as_deref(), None);
+                t.insert(*y, out);
+            }
+            Op::Conv2d { x, w, b, y, shape } => {
+                let out = r::conv2d_forward(shape, &t[x], &t[w], b.map(|b| t[&b].clone()).as_deref());
+                t.insert(*y, out);
+            }
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, y, cfg, .. } => {
+                let s = shape(*x);
+                let (n, c, hw) = (s[0], s[1], s[2..].iter().product::<usize>());
+                let (mean, var) = if training {
+                    r::batch_norm_statistics(&t[x], n, c, hw)
+                } else {
+                    (t[running_mean].clone(), t[running_var].clone())
+                };
+                let out = r::batch_norm_forward(&t[x], c, hw, (&mean, &var), &t[gamma], &t[beta], cfg.eps as f64);
+                t.insert(*y, out);
+            }
+            Op::Relu { x, y } => {
+                let out = r::relu_forward(&t[x]);
+                t.insert(*y, out);
+            }
+            Op::Relu6 { x, y } => {
+                let out = r::relu6_forward(&t[x]);
+                t.insert(*y, out);
+            }
+            Op::Add { a, b, y } => {
+                let out = r::add(&t[a], &t[b]);
+                t.insert(*y, out);
+            }
+            Op::MaxPool { x, y, shape, .. } => {
+                let out = r::max_pool_forward(shape, &t[x]).0;
+                t.insert(*y, out);
+            }
+            Op::AvgPool { x, y, shape } => {
+                let out = r::avg_pool_forward(shape, &t[x]);
+                t.insert(*y, out);
+            }
+            Op::GlobalAvgPool { x, y, .. } => {
+                let s = shape(*x);
+                let out = r::global_avg_pool_forward(&t[x], s[2] * s[3]);
+                t.insert(*y, out);
+            }
+            Op::ConcatPool { x, y, .. } => {
+                let s = shape(*x);
+                let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
+                let (mx, _) = r::global_max_pool_forward(&t[x], hw);
+                let avg = r::global_avg_pool_forward(&t[x], hw);
+                let out = (0..n)
+                    .flat_map(|b| {
+                        mx[b * c..(b + 1) * c].iter().chain(&avg[b * c..(b + 1) * c]).copied().collect::<Vec<_>>()
+                    })
+                    .collect();
+                t.insert(*y, out);
+            }
+            Op::Concat { xs, y } => {
+                let n = shape(*y)[0];
+                let mut out = Vec::new();
+                for b in 0..n {
+                    for x in xs {
+                        let per = t[x].len() / n;
+                        out.extend_from_slice(&t[x][b * per..(b + 1) * per]);
+                    }
+                }
+                t.insert(*y, out);
+            }
+            Op::Flatten { x, y } => {
+                let out = t[x].clone();
+                t.insert(*y, out);
+            }
+            Op::Dropout { x, y, .. } => {
+                assert!(!training, "the CPU forward has no dropout mask in training mode");
+                let out = t[x].clone();
+                t.insert(*y, out);
+            }
+            Op::SoftmaxCrossEntropy { logits, loss, correct, smoothing, .. } => {
+                let classes = shape(*logits)[1];
+                let l = r::softmax_cross_entropy_forward(&t[logits], labels, classes, *smoothing as f64);
+                let c = r::correct_count(&t[logits], labels, classes);
+                t.insert(*loss, vec![l]);
+                t.insert(*correct, vec![c as f64]);
+            }
+        }
+    }
+    t
+}

@@ -1,0 +1,1193 @@
+//! The executor: compiles a [`Graph`] once into GPU work and runs training steps.
+//!
+//! - Parameters live in one storage buffer per (group, weight-decay) bucket, with their gradients and optimizer
+//!   state in matching buffers: one optimizer dispatch per bucket updates all of them, and freezing a group skips
+//!   its buckets. Batch-norm running statistics live in their own buffer. All of these stay on the GPU.
+//! - A program (training or evaluation) is a list of layers, each a list of [`Dispatch`]es built once: the forward
+//!   pass, then (training) the backward pass derived in reverse order — one `match` arm per [`Op`] — then the
+//!   optimizer. Transient tensors (activations, their gradients, saved statistics) get buffers from the memory
+//!   plan ([`plan`](super::plan)).
+//! - A training step uploads the batch and labels, rewrites the few uniforms that change per step (learning rates,
+//!   momenta, dropout step), encodes everything in one command encoder and submits ONCE; the loss and the
+//!   correct-prediction count (8 bytes) are copied into a staging ring and read back asynchronously.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Dispatch, Gpu, ReadbackRing, Storage, Tensor, Ticket};
+use crate::graph::plan::{assign_slots, Lifetime};
+use crate::graph::{Graph, Op, TensorId, TensorKind};
+use crate::ops::concat::{concat_backward, concat_forward};
+use crate::ops::conv::{conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_forward};
+use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutParams};
+use crate::ops::elementwise::{elementwise, Elementwise};
+use crate::ops::loss::{correct_count, softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_forward};
+use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
+use crate::ops::norm::{batch_norm_backward, batch_norm_forward, BatchNormState};
+use crate::ops::optim::{optimizer_step, Hyper, Optimizer};
+use crate::ops::pool::{
+    avg_pool_backward, avg_pool_forward, global_pool_backward, global_pool_forward, max_pool_backward,
+    max_pool_forward, GlobalPool,
+};
+use crate::ops::reduce::sum_reduce;
+
+/// How the executor trains.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExecutorConfig {
+    pub optimizer: Optimizer,
+    /// Batch norm of frozen groups runs in eval mode with its parameters frozen too (nothing of a frozen body
+    /// trains, and backward stops at the first trainable layer). Off: fastai's default, batch-norm parameters keep
+    /// training and use batch statistics while their group is frozen.
+    pub freeze_bn: bool,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig { optimizer: Optimizer::Adam, freeze_bn: false }
+    }
+}
+
+/// Loss and correct predictions of one training step, as read back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f32,
+    pub correct: f32,
+}
+
+/// What crossed between CPU and GPU, and how often work was submitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub steps: u64,
+    pub submits: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_read_back: u64,
+}
+
+/// A transient tensor of a program: a value, or the gradient of a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Value(TensorId),
+    Grad(TensorId),
+}
+
+struct Bucket {
+    group: usize,
+    decay: bool,
+    len: usize,
+    params: Storage,
+    grads: Storage,
+    grad_avg: Storage,
+    sqr_avg: Storage,
+    step: u64,
+}
+
+/// Dispatches of one layer, with the dropout dispatches whose per-step uniform must be rewritten.
+struct Layer {
+    name: String,
+    dispatches: Vec<Dispatch>,
+    dropout: Vec<DropoutSite>,
+}
+
+/// A dropout dispatch whose uniform gets this step's number before each submit.
+#[derive(Clone, Copy, Debug)]
+struct DropoutSite {
+    dispatch: usize,
+    p: f64,
+    seed: u32,
+    accumulate: bool,
+    len: usize,
+}
+
+/// A compiled program.
+struct Program {
+    layers: Vec<Layer>,
+    /// (bucket, dispatch)
+    optim: Vec<(usize, Dispatch)>,
+    input: Tensor,
+    labels: Tensor,
+    loss: Tensor,
+    correct: Tensor,
+    probs: Option<Tensor>,
+    transient_bytes: u64,
+    _slots: Vec<Storage>,
+}
+
+/// Builds a layer's dispatches once the program's buffers exist.
+type Build = Box<dyn Fn(&Views) -> Result<Vec<Dispatch>>>;
+
+/// A layer before its buffers exist: what it touches, and how to build its dispatches once they do.
+struct PendingLayer {
+    name: String,
+    touches: Vec<Key>,
+    dropout: Vec<DropoutSite>,
+    build: Build,
+}
+
+/// Tensors by key while a program's dispatches are built.
+struct Views<'a> {
+    gpu: &'a Gpu,
+    transient: HashMap<Key, Tensor>,
+    values: &'a HashMap<TensorId, Tensor>,
+    grads: &'a HashMap<TensorId, Tensor>,
+}
+
+impl Views<'_> {
+    fn get(&self, key: Key) -> Result<&Tensor> {
+        self.transient
+            .get(&key)
+            .or_else(|| match key {
+                Key::Value(t) => self.values.get(&t),
+                Key::Grad(t) => self.grads.get(&t),
+            })
+            .ok_or_else(|| Error::Invalid(format!("executor: no buffer for {key:?}")))
+    }
+    fn v(&self, t: TensorId) -> Result<&Tensor> {
+        self.get(Key::Value(t))
+    }
+    fn g(&self, t: TensorId) -> Result<&Tensor> {
+        self.get(Key::Grad(t))
+    }
+}
+
+/// Runs a graph on the GPU: training steps, gradients, evaluation and prediction.
+pub struct Executor {
+    gpu: Arc<Gpu>,
+    graph: Graph,
+    cfg: ExecutorConfig,
+    trainable: Vec<bool>,
+    hyper: Vec<Hyper>,
+    buckets: Vec<Bucket>,
+    /// Parameters (views into bucket storage) and state (running statistics).
+    values: HashMap<TensorId, Tensor>,
+    /// Parameter gradients (views into bucket gradient storage).
+    grads: HashMap<TensorId, Tensor>,
+    persistent_bytes: u64,
+    _state: Option<Storage>,
+    train: Option<Program>,
+    eval: Option<Program>,
+    ring: ReadbackRing,
+    pending: VecDeque<(u64, Ticket, Ticket)>,
+    /// Metrics that arrived while waiting for ring space, not yet handed out.
+    finished: Vec<StepMetrics>,
+    counters: Counters,
+    step: u64,
+    input: TensorId,
+    labels: TensorId,
+    loss_node: usize,
+}
+
+fn align(n: usize, to: usize) -> usize {
+    n.next_multiple_of(to)
+}
+
+impl Executor {
+    /// Allocate parameters, gradients, optimizer state and running statistics, and upload their initial values.
+    pub fn new(gpu: Arc<Gpu>, graph: Graph, cfg: ExecutorConfig) -> Result<Self> {
+        let find = |kind: &str, pred: &dyn Fn(&TensorKind) -> bool| {
+            let ids: Vec<usize> = (0..graph.tensors.len()).filter(|&i| pred(&graph.tensors[i].kind)).collect();
+            match ids.as_slice() {
+                [one] => Ok(TensorId(*one)),
+                _ => Err(Error::Invalid(format!("the graph needs exactly one {kind} tensor, it has {}", ids.len()))),
+            }
+        };
+        let input = find("input", &|k| *k == TensorKind::Input)?;
+        let labels = find("labels", &|k| *k == TensorKind::Labels)?;
+        let losses: Vec<usize> =
+            (0..graph.nodes.len()).filter(|&i| matches!(graph.nodes[i].op, Op::SoftmaxCrossEntropy { .. })).collect();
+        let &[loss_node] = losses.as_slice() else {
+            return Err(Error::Invalid(format!("the graph needs exactly one loss, it has {}", losses.len())));
+        };
+        if loss_node != graph.nodes.len() - 1 {
+            return Err(Error::Invalid("the loss must be the last node of the graph".into()));
+        }
+
+        // Parameters into buckets by (group, decay); each view starts on a binding-aligned offset.
+        let align_elems = (gpu.binding_alignment() / 4).max(1) as usize;
+        // ((group, decay), [(parameter, offset in elements)], length in elements)
+        type BucketLayout = ((usize, bool), Vec<(TensorId, usize)>, usize);
+        let mut layout: Vec<BucketLayout> = Vec::new();
+        for t in graph.params() {
+            let TensorKind::Param { group, decay, .. } = graph.tensors[t.0].kind else { continue };
+            let i = match layout.iter().position(|(k, _, _)| *k == (group, decay)) {
+                Some(i) => i,
+                None => {
+                    layout.push(((group, decay), Vec::new(), 0));
+                    layout.len() - 1
+                }
+            };
+            let (_, members, len) = &mut layout[i];
+            members.push((t, *len));
+            *len = align(*len + graph.tensors[t.0].numel(), align_elems);
+        }
+        let mut values = HashMap::new();
+        let mut grads = HashMap::new();
+        let mut buckets = Vec::new();
+        let mut persistent_bytes = 0;
+        for ((group, decay), members, len) in layout {
+            let name = format!("group {group}{}", if decay { "" } else { " no-decay" });
+            let bytes = len as u64 * 4;
+            let storage = |what: &str| gpu.storage(bytes, &format!("{name} {what}"));
+            let bucket = Bucket {
+                group,
+                decay,
+                len,
+                params: storage("params")?,
+                grads: storage("grads")?,
+                grad_avg: storage("grad_avg")?,
+                sqr_avg: storage("sqr_avg")?,
+                step: 0,
+            };
+            persistent_bytes += 4 * bytes;
+            for (t, offset) in members {
+                let info = &graph.tensors[t.0];
+                let off = offset as u64 * 4;
+                let v = bucket.params.view(off, &info.shape, DType::F32, &info.name)?;
+                if let Some(init) = &info.init {
+                    gpu.write_f32(&v, init)?;
+                }
+                values.insert(t, v);
+                grads.insert(t, bucket.grads.view(off, &info.shape, DType::F32, &format!("{}.grad", info.name))?);
+            }
+            buckets.push(bucket);
+        }
+        // Running statistics: one buffer.
+        let states: Vec<usize> =
+            (0..graph.tensors.len()).filter(|&i| graph.tensors[i].kind == TensorKind::State).collect();
+        let mut offsets = Vec::new();
+        let mut len = 0;
+        for &i in &states {
+            offsets.push(len);
+            len = align(len + graph.tensors[i].numel(), align_elems);
+        }
+        let state = if states.is_empty() { None } else { Some(gpu.storage(len as u64 * 4, "running statistics")?) };
+        if let Some(storage) = &state {
+            persistent_bytes += storage.bytes();
+            for (&i, &off) in states.iter().zip(&offsets) {
+                let info = &graph.tensors[i];
+                let v = storage.view(off as u64 * 4, &info.shape, DType::F32, &info.name)?;
+                if let Some(init) = &info.init {
+                    gpu.write_f32(&v, init)?;
+                }
+                values.insert(TensorId(i), v);
+            }
+        }
+        let groups = graph.groups();
+        let ring = ReadbackRing::new(&gpu, "step metrics", 64, 4)?;
+        Ok(Executor {
+            gpu,
+            graph,
+            cfg,
+            trainable: vec![true; groups],
+            hyper: vec![Hyper::default(); groups],
+            buckets,
+            values,
+            grads,
+            persistent_bytes,
+            _state: state,
+            train: None,
+            eval: None,
+            ring,
+            pending: VecDeque::new(),
+            finished: Vec::new(),
+            counters: Counters::default(),
+            step: 0,
+            input,
+            labels,
+            loss_node,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Training steps run so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Whether parameter group `group` trains.
+    pub fn is_trainable(&self, group: usize) -> bool {
+        self.trainable[group]
+    }
+
+    /// Freeze or unfreeze a parameter group. A change recompiles the backward pass (so no gradient work is done
+    /// for frozen layers) and resets the optimizer state, as fastai's freeze_to does.
+    pub fn set_trainable(&mut self, group: usize, trainable: bool) -> Result<()> {
+        if group >= self.trainable.len() {
+            return Err(Error::Invalid(format!(
+                "parameter group {group} does not exist ({} groups)",
+                self.trainable.len()
+            )));
+        }
+        if self.trainable[group] != trainable {
+            self.trainable[group] = trainable;
+            self.train = None;
+            if self.cfg.freeze_bn {
+                self.eval = None;
+            }
+            self.reset_optimizer()?;
+        }
+        Ok(())
+    }
+
+    /// Freeze groups [0, n) and unfreeze the rest (fastai's freeze_to).
+    pub fn freeze_to(&mut self, n: usize) -> Result<()> {
+        for g in 0..self.trainable.len() {
+            self.set_trainable(g, g >= n)?;
+        }
+        Ok(())
+    }
+
+    /// Zero the optimizer's moments and step counts.
+    pub fn reset_optimizer(&mut self) -> Result<()> {
+        for b in &mut self.buckets {
+            self.gpu.clear_storage(&b.grad_avg)?;
+            self.gpu.clear_storage(&b.sqr_avg)?;
+            b.step = 0;
+        }
+        Ok(())
+    }
+
+    /// Hyper-parameters of a group for the next steps (written into the optimizer's uniform each step).
+    pub fn set_hyper(&mut self, group: usize, hyper: Hyper) -> Result<()> {
+        let slot = self.hyper.get_mut(group).ok_or_else(|| Error::Invalid(format!("no parameter group {group}")))?;
+        *slot = hyper;
+        Ok(())
+    }
+
+    pub fn hyper(&self, group: usize) -> Hyper {
+        self.hyper[group]
+    }
+
+    /// The layer names of the training program in execution order (forward, then backward).
+    pub fn train_layer_names(&mut self) -> Result<Vec<String>> {
+        self.ensure_train()?;
+        Ok(self.train.as_ref().map(|p| p.layers.iter().map(|l| l.name.clone()).collect()).unwrap_or_default())
+    }
+
+    /// GPU bytes of parameters, gradients, optimizer state and running statistics.
+    pub fn persistent_bytes(&self) -> u64 {
+        self.persistent_bytes
+    }
+
+    /// All planned GPU bytes of the training program: persistent tensors plus the memory plan's buffers.
+    pub fn planned_bytes(&mut self) -> Result<u64> {
+        self.ensure_train()?;
+        Ok(self.persistent_bytes + self.train.as_ref().map_or(0, |p| p.transient_bytes))
+    }
+
+    fn tensor_id(&self, name: &str) -> Result<TensorId> {
+        self.graph.find(name).ok_or_else(|| Error::Invalid(format!("the model has no tensor named '{name}'")))
+    }
+
+    /// Read a parameter or running statistic by name.
+    pub fn read_value(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.tensor_id(name)?;
+        let v = self.values.get(&t).ok_or_else(|| Error::Invalid(format!("'{name}' is not a parameter or state")))?;
+        self.gpu.read_f32(v)
+    }
+
+    /// Overwrite a parameter or running statistic (e.g. with pretrained weights).
+    pub fn write_value(&self, name: &str, data: &[f32]) -> Result<()> {
+        let t = self.tensor_id(name)?;
+        let v = self.values.get(&t).ok_or_else(|| Error::Invalid(format!("'{name}' is not a parameter or state")))?;
+        self.gpu.write_f32(v, data)
+    }
+
+    /// Read the gradient of a parameter from the last step that computed it.
+    pub fn read_grad(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.tensor_id(name)?;
+        let g = self.grads.get(&t).ok_or_else(|| Error::Invalid(format!("'{name}' is not a parameter")))?;
+        self.gpu.read_f32(g)
+    }
+
+    fn group_trains(&self, t: TensorId, training: bool) -> bool {
+        match self.graph.tensors[t.0].kind {
+            TensorKind::Param { group, is_bn, .. } => {
+                training && (self.trainable[group] || (is_bn && !self.cfg.freeze_bn))
+            }
+            _ => false,
+        }
+    }
+
+    fn bn_trains(&self, gamma: TensorId, training: bool) -> bool {
+        match self.graph.tensors[gamma.0].kind {
+            TensorKind::Param { group, .. } => training && (self.trainable[group] || !self.cfg.freeze_bn),
+            _ => training,
+        }
+    }
+
+    fn ensure_train(&mut self) -> Result<()> {
+        if self.train.is_none() {
+            self.train = Some(self.compile(true)?);
+        }
+        Ok(())
+    }
+
+    fn ensure_eval(&mut self) -> Result<()> {
+        if self.eval.is_none() {
+            self.eval = Some(self.compile(false)?);
+        }
+        Ok(())
+    }
+
+    /// Compile the training program (forward, backward, optimizer) or the evaluation program (forward in eval
+    /// mode, probabilities).
+    fn compile(&self, training: bool) -> Result<Program> {
+        let g = &self.graph;
+        let nt = g.tensors.len();
+        // Which tensors need a gradient: trainable parameters, and whatever is computed from one.
+        let mut needs = vec![false; nt];
+        for t in g.params() {
+            needs[t.0] = self.group_trains(t, training);
+        }
+        // Flatten outputs are views of their inputs.
+        let mut alias: HashMap<TensorId, TensorId> = HashMap::new();
+        for node in &g.nodes {
+            // Running statistics and labels carry no gradient.
+            let data_inputs: Vec<TensorId> = match &node.op {
+                Op::BatchNorm { x, gamma, beta, .. } => vec![*x, *gamma, *beta],
+                Op::SoftmaxCrossEntropy { logits, .. } => vec![*logits],
+                op => op.inputs(),
+            };
+            let y = node.op.outputs()[0];
+            needs[y.0] = data_inputs.iter().any(|t| needs[t.0]);
+            if let Op::Flatten { x, y } = &node.op {
+                alias.insert(*y, *alias.get(x).unwrap_or(x));
+            }
+        }
+        let mut layers: Vec<PendingLayer> = Vec::new();
+        let value = |t: TensorId| Key::Value(t);
+        for node in &g.nodes {
+            let name = node.name.clone();
+            let op = node.op.clone();
+            let bn_train = match &op {
+                Op::BatchNorm { gamma, .. } => self.bn_trains(*gamma, training),
+                _ => false,
+            };
+            let mut touches: Vec<Key> = op.inputs().into_iter().chain(op.outputs()).map(value).collect();
+            let mut dropout = Vec::new();
+            let gpu_label = name.clone();
+            let build: Build = match op {
+                Op::Linear { x, w, b, y } => Box::new(move |v| {
+                    // y = x · wᵀ + b
+                    let opts = MatmulOptions { trans_b: true, ..Default::default() };
+                    let bias = match b {
+                        Some(b) => Some(v.v(b)?),
+                        None => None,
+                    };
+                    Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(x)?, v.v(w)?, bias, v.v(y)?, opts, &gpu_label)?])
+                }),
+                Op::Conv2d { x, w, b, y, shape } => Box::new(move |v| {
+                    let bias = match b {
+                        Some(b) => Some(v.v(b)?),
+                        None => None,
+                    };
+                    conv2d_forward(v.gpu, &shape, v.v(x)?, v.v(w)?, bias, v.v(y)?, false, &gpu_label)
+                }),
+                Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
+                    Box::new(move |v| {
+                        let state = BatchNormState {
+                            gamma: v.v(gamma)?,
+                            beta: v.v(beta)?,
+                            running_mean: v.v(running_mean)?,
+                            running_var: v.v(running_var)?,
+                        };
+                        let save = if bn_train { Some((v.v(save_mean)?, v.v(save_var)?)) } else { None };
+                        batch_norm_forward(v.gpu, v.v(x)?, &state, save, v.v(y)?, cfg, &gpu_label)
+                    })
+                }
+                Op::Relu { x, y } => Box::new(move |v| {
+                    Ok(vec![elementwise(
+                        v.gpu,
+                        Elementwise::ReluForward,
+                        v.v(x)?,
+                        None,
+                        v.v(y)?,
+                        1.0,
+                        false,
+                        &gpu_label,
+                    )?])
+                }),
+                Op::Relu6 { x, y } => Box::new(move |v| {
+                    Ok(vec![elementwise(
+                        v.gpu,
+                        Elementwise::Relu6Forward,
+                        v.v(x)?,
+                        None,
+                        v.v(y)?,
+                        1.0,
+                        false,
+                        &gpu_label,
+                    )?])
+                }),
+                Op::Add { a, b, y } => Box::new(move |v| {
+                    Ok(vec![elementwise(
+                        v.gpu,
+                        Elementwise::Add,
+                        v.v(a)?,
+                        Some(v.v(b)?),
+                        v.v(y)?,
+                        1.0,
+                        false,
+                        &gpu_label,
+                    )?])
+                }),
+                Op::MaxPool { x, y, indices, shape } => Box::new(move |v| {
+                    Ok(vec![max_pool_forward(v.gpu, &shape, v.v(x)?, v.v(y)?, v.v(indices)?, &gpu_label)?])
+                }),
+                Op::AvgPool { x, y, shape } => {
+                    Box::new(move |v| Ok(vec![avg_pool_forward(v.gpu, &shape, v.v(x)?, v.v(y)?, &gpu_label)?]))
+                }
+                Op::GlobalAvgPool { x, y, indices } => Box::new(move |v| {
+                    Ok(vec![global_pool_forward(
+                        v.gpu,
+                        GlobalPool::Avg,
+                        v.v(x)?,
+                        v.v(y)?,
+                        0,
+                        v.v(indices)?,
+                        &gpu_label,
+                    )?])
+                }),
+                Op::ConcatPool { x, y, indices } => Box::new(move |v| {
+                    let c = v.v(x)?.shape()[1];
+                    Ok(vec![
+                        global_pool_forward(v.gpu, GlobalPool::Max, v.v(x)?, v.v(y)?, 0, v.v(indices)?, &gpu_label)?,
+                        global_pool_forward(v.gpu, GlobalPool::Avg, v.v(x)?, v.v(y)?, c, v.v(indices)?, &gpu_label)?,
+                    ])
+                }),
+                Op::Concat { xs, y } => Box::new(move |v| {
+                    let mut offset = 0;
+                    let mut out = Vec::new();
+                    for &x in &xs {
+                        out.push(concat_forward(v.gpu, v.v(x)?, v.v(y)?, offset, &gpu_label)?);
+                        offset += v.v(x)?.shape()[1];
+                    }
+                    Ok(out)
+                }),
+                Op::Flatten { .. } => Box::new(|_| Ok(Vec::new())),
+                Op::Dropout { x, y, p, seed } => {
+                    if training {
+                        dropout.push(DropoutSite {
+                            dispatch: 0,
+                            p,
+                            seed,
+                            accumulate: false,
+                            len: g.tensors[x.0].numel(),
+                        });
+                        Box::new(move |v| {
+                            let params = DropoutParams::new(v.v(x)?.numel(), p, seed, 0, false)?;
+                            Ok(vec![dropout_forward(v.gpu, v.v(x)?, v.v(y)?, params, &gpu_label)?])
+                        })
+                    } else {
+                        Box::new(move |v| {
+                            Ok(vec![elementwise(
+                                v.gpu,
+                                Elementwise::Scale,
+                                v.v(x)?,
+                                None,
+                                v.v(y)?,
+                                1.0,
+                                false,
+                                &gpu_label,
+                            )?])
+                        })
+                    }
+                }
+                Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing } => {
+                    let probs = (!training).then_some(Key::Grad(logits));
+                    touches.extend(probs);
+                    Box::new(move |v| {
+                        let mut out = vec![
+                            softmax_cross_entropy_forward(
+                                v.gpu,
+                                v.v(logits)?,
+                                v.v(labels)?,
+                                v.v(loss)?,
+                                smoothing,
+                                &gpu_label,
+                            )?,
+                            correct_count(v.gpu, v.v(logits)?, v.v(labels)?, v.v(correct)?, &gpu_label)?,
+                        ];
+                        if let Some(p) = probs {
+                            out.push(softmax_forward(v.gpu, v.v(logits)?, v.get(p)?, &gpu_label)?);
+                        }
+                        Ok(out)
+                    })
+                }
+            };
+            layers.push(PendingLayer { name: name.clone(), touches, dropout, build });
+        }
+
+        if training {
+            self.derive_backward(&needs, &mut layers)?;
+        }
+
+        // Memory plan over the transient keys.
+        let root = |k: Key| match k {
+            Key::Value(t) => Key::Value(*alias.get(&t).unwrap_or(&t)),
+            g => g,
+        };
+        let is_transient = |k: Key| match k {
+            Key::Value(t) => !matches!(g.tensors[t.0].kind, TensorKind::Param { .. } | TensorKind::State),
+            Key::Grad(t) => {
+                !(matches!(g.tensors[t.0].kind, TensorKind::Param { .. }) && self.group_trains(t, training))
+            }
+        };
+        let end = layers.len();
+        let mut life: HashMap<Key, (usize, usize)> = HashMap::new();
+        for (i, layer) in layers.iter().enumerate() {
+            for &k in &layer.touches {
+                if is_transient(k) {
+                    let e = life.entry(root(k)).or_insert((i, i));
+                    e.0 = e.0.min(i);
+                    e.1 = e.1.max(i);
+                }
+            }
+        }
+        let SoftmaxCe { logits, loss, correct } = self.loss_tensors();
+        for k in [Key::Value(self.input), Key::Value(self.labels)] {
+            life.entry(k).or_insert((0, 0)).0 = 0;
+        }
+        for k in [Key::Value(loss), Key::Value(correct), Key::Grad(logits)] {
+            if let Some(e) = life.get_mut(&k) {
+                e.1 = end;
+            }
+        }
+        let mut keys: Vec<Key> = life.keys().copied().collect();
+        keys.sort_by_key(|k| match k {
+            Key::Value(t) => (t.0, 0),
+            Key::Grad(t) => (t.0, 1),
+        });
+        let limit = self.gpu.limits().max_storage_buffer_binding_size;
+        let mut lifetimes = Vec::new();
+        for &k in &keys {
+            let (Key::Value(t) | Key::Grad(t)) = k;
+            let info = &g.tensors[t.0];
+            let bytes = info.numel() as u64 * 4;
+            if bytes > limit {
+                let batch = info.shape.first().copied().unwrap_or(1).max(1) as u64;
+                let fits = limit / (bytes / batch).max(1);
+                return Err(Error::Invalid(format!(
+                    "tensor '{}' {:?} needs {bytes} bytes, more than this adapter's {limit}-byte storage binding \
+                     limit; a batch size of at most {fits} fits",
+                    info.name, info.shape
+                )));
+            }
+            let (first, last) = life[&k];
+            lifetimes.push(Lifetime { bytes, first, last });
+        }
+        let plan = assign_slots(&lifetimes);
+        let mode = if training { "train" } else { "eval" };
+        let slots = plan
+            .slot_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| self.gpu.storage(b, &format!("{mode} slot {i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut transient = HashMap::new();
+        for (i, &k) in keys.iter().enumerate() {
+            let (Key::Value(t) | Key::Grad(t)) = k;
+            let info = &g.tensors[t.0];
+            let int =
+                matches!(info.kind, TensorKind::Labels | TensorKind::Saved { int: true }) && matches!(k, Key::Value(_));
+            let dtype = if int { DType::U32 } else { DType::F32 };
+            let label = match k {
+                Key::Value(_) => info.name.clone(),
+                Key::Grad(_) => format!("{}.grad", info.name),
+            };
+            transient.insert(k, slots[plan.slot_of[i]].view(0, &info.shape, dtype, &label)?);
+        }
+        for (&y, &x) in &alias {
+            if let Some(base) = transient.get(&Key::Value(x)).cloned() {
+                transient.insert(Key::Value(y), base.reshape(&g.tensors[y.0].shape)?);
+            }
+        }
+        let views = Views { gpu: &self.gpu, transient, values: &self.values, grads: &self.grads };
+        let mut built = Vec::new();
+        for layer in &layers {
+            let dispatches = (layer.build)(&views)?;
+            built.push(Layer { name: layer.name.clone(), dispatches, dropout: layer.dropout.clone() });
+        }
+        let mut optim = Vec::new();
+        if training {
+            for (i, b) in self.buckets.iter().enumerate() {
+                if !self.buckets_trains(b) {
+                    continue;
+                }
+                let whole =
+                    |s: &Storage, what: &str| s.view(0, &[b.len], DType::F32, &format!("group {} {what}", b.group));
+                let (p, gr, m, v) = (
+                    whole(&b.params, "params")?,
+                    whole(&b.grads, "grads")?,
+                    whole(&b.grad_avg, "grad_avg")?,
+                    whole(&b.sqr_avg, "sqr_avg")?,
+                );
+                let d = optimizer_step(
+                    &self.gpu,
+                    self.cfg.optimizer,
+                    &p,
+                    &gr,
+                    &m,
+                    Some(&v),
+                    &self.hyper[b.group],
+                    1,
+                    &format!("optimizer group {}", b.group),
+                )?;
+                optim.push((i, d));
+            }
+        }
+        let get = |k: Key| views.get(k).cloned();
+        Ok(Program {
+            layers: built,
+            optim,
+            input: get(Key::Value(self.input))?,
+            labels: get(Key::Value(self.labels))?,
+            loss: get(Key::Value(loss))?,
+            correct: get(Key::Value(correct))?,
+            probs: if training { None } else { Some(get(Key::Grad(logits))?) },
+            transient_bytes: plan.total_bytes(),
+            _slots: slots,
+        })
+    }
+
+    fn buckets_trains(&self, b: &Bucket) -> bool {
+        let members_train = self
+            .grads
+            .keys()
+            .filter(|t| matches!(self.graph.tensors[t.0].kind, TensorKind::Param { group, decay, .. } if group == b.group && decay == b.decay))
+            .any(|&t| self.group_trains(t, true));
+        members_train
+    }
+
+    fn loss_tensors(&self) -> SoftmaxCe {
+        match &self.graph.nodes[self.loss_node].op {
+            Op::SoftmaxCrossEntropy { logits, loss, correct, .. } => {
+                SoftmaxCe { logits: *logits, loss: *loss, correct: *correct }
+            }
+            _ => unreachable!("loss_node is checked in Executor::new"),
+        }
+    }
+
+    /// Append the backward layers: reverse order, one arm per op, gradients of tensors used twice accumulate.
+    fn derive_backward(&self, needs: &[bool], layers: &mut Vec<PendingLayer>) -> Result<()> {
+        let g = &self.graph;
+        let mut written: HashSet<TensorId> = HashSet::new();
+        let trains = |t: TensorId| self.group_trains(t, true);
+        for node in g.nodes.iter().rev() {
+            let op = node.op.clone();
+            let out = op.outputs()[0];
+            let out_needed = match &op {
+                Op::SoftmaxCrossEntropy { logits, .. } => needs[logits.0],
+                _ => needs[out.0] && written.contains(&out),
+            };
+            if !out_needed {
+                continue;
+            }
+            let label = format!("{} backward", node.name);
+            let l2 = label.clone();
+            let v = Key::Value;
+            let gk = Key::Grad;
+            let mut touches: Vec<Key> = op.inputs().into_iter().chain(op.outputs()).map(v).collect();
+            let mut dropout = Vec::new();
+            let build: Build = match op {
+                Op::SoftmaxCrossEntropy { logits, labels, smoothing, .. } => {
+                    let a = accumulates(&mut written, logits);
+                    touches.push(gk(logits));
+                    if a {
+                        return Err(Error::Invalid("the logits feed more than the loss".into()));
+                    }
+                    Box::new(move |v| {
+                        Ok(vec![softmax_cross_entropy_backward(
+                            v.gpu,
+                            v.v(logits)?,
+                            v.v(labels)?,
+                            v.g(logits)?,
+                            smoothing,
+                            1.0,
+                            &l2,
+                        )?])
+                    })
+                }
+                Op::Linear { x, w, b, y } => {
+                    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
+                    let ax = need_x && accumulates(&mut written, x);
+                    touches.push(gk(y));
+                    touches.extend(need_x.then_some(gk(x)));
+                    touches.extend([gk(w)].into_iter().filter(|_| train_w));
+                    touches.extend(b.filter(|_| train_b).map(gk));
+                    Box::new(move |v| {
+                        let mut out = Vec::new();
+                        if need_x {
+                            // dx = dy · w
+                            let opts = MatmulOptions { accumulate: ax, ..Default::default() };
+                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(w)?, None, v.g(x)?, opts, &l2)?);
+                        }
+                        if train_w {
+                            // dw = dyᵀ · x
+                            let opts = MatmulOptions { trans_a: true, ..Default::default() };
+                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(x)?, None, v.g(w)?, opts, &l2)?);
+                        }
+                        if let (Some(b), true) = (b, train_b) {
+                            let [n, o] = *v.g(y)?.shape() else { unreachable!("linear output is 2-D") };
+                            out.push(sum_reduce(v.gpu, v.g(y)?, v.g(b)?, (n, o, 1), false, &l2)?);
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::Conv2d { x, w, b, y, shape } => {
+                    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
+                    let ax = need_x && accumulates(&mut written, x);
+                    touches.push(gk(y));
+                    touches.extend(need_x.then_some(gk(x)));
+                    touches.extend([gk(w)].into_iter().filter(|_| train_w));
+                    touches.extend(b.filter(|_| train_b).map(gk));
+                    Box::new(move |v| {
+                        let mut out = Vec::new();
+                        if need_x {
+                            out.extend(conv2d_backward_data(v.gpu, &shape, v.g(y)?, v.v(w)?, v.g(x)?, ax, &l2)?);
+                        }
+                        if train_w {
+                            out.extend(conv2d_backward_weight(v.gpu, &shape, v.g(y)?, v.v(x)?, v.g(w)?, false, &l2)?);
+                        }
+                        if let (Some(b), true) = (b, train_b) {
+                            out.push(conv2d_backward_bias(v.gpu, &shape, v.g(y)?, v.g(b)?, false, &l2)?);
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
+                    let bn_train = self.bn_trains(gamma, true);
+                    let ax = needs[x.0] && accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x), gk(gamma), gk(beta)]);
+                    Box::new(move |v| {
+                        let stats = if bn_train {
+                            (v.v(save_mean)?, v.v(save_var)?)
+                        } else {
+                            (v.v(running_mean)?, v.v(running_var)?)
+                        };
+                        let grads = (v.g(gamma)?, v.g(beta)?, v.g(x)?);
+                        batch_norm_backward(v.gpu, v.g(y)?, v.v(x)?, v.v(gamma)?, stats, !bn_train, grads, cfg, ax, &l2)
+                    })
+                }
+                Op::Relu { x, y } | Op::Relu6 { x, y } => {
+                    let kind = if matches!(op, Op::Relu { .. }) {
+                        Elementwise::ReluBackward
+                    } else {
+                        Elementwise::Relu6Backward
+                    };
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        Ok(vec![elementwise(v.gpu, kind, v.v(x)?, Some(v.g(y)?), v.g(x)?, 1.0, ax, &l2)?])
+                    })
+                }
+                Op::Add { a, b, y } => {
+                    let (na, nb) = (needs[a.0], needs[b.0]);
+                    let aa = na && accumulates(&mut written, a);
+                    let ab = nb && accumulates(&mut written, b);
+                    touches.push(gk(y));
+                    touches.extend(na.then_some(gk(a)));
+                    touches.extend(nb.then_some(gk(b)));
+                    Box::new(move |v| {
+                        let mut out = Vec::new();
+                        if na {
+                            out.push(elementwise(v.gpu, Elementwise::Scale, v.g(y)?, None, v.g(a)?, 1.0, aa, &l2)?);
+                        }
+                        if nb {
+                            out.push(elementwise(v.gpu, Elementwise::Scale, v.g(y)?, None, v.g(b)?, 1.0, ab, &l2)?);
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::MaxPool { x, y, indices, shape } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        Ok(vec![max_pool_backward(v.gpu, &shape, v.g(y)?, v.v(indices)?, v.g(x)?, ax, &l2)?])
+                    })
+                }
+                Op::AvgPool { x, y, shape } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| Ok(vec![avg_pool_backward(v.gpu, &shape, v.g(y)?, v.g(x)?, ax, &l2)?]))
+                }
+                Op::GlobalAvgPool { x, y, indices } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        Ok(vec![global_pool_backward(
+                            v.gpu,
+                            GlobalPool::Avg,
+                            v.g(y)?,
+                            0,
+                            v.v(indices)?,
+                            v.g(x)?,
+                            ax,
+                            &l2,
+                        )?])
+                    })
+                }
+                Op::ConcatPool { x, y, indices } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        let c = v.v(x)?.shape()[1];
+                        Ok(vec![
+                            global_pool_backward(v.gpu, GlobalPool::Max, v.g(y)?, 0, v.v(indices)?, v.g(x)?, ax, &l2)?,
+                            global_pool_backward(
+                                v.gpu,
+                                GlobalPool::Avg,
+                                v.g(y)?,
+                                c,
+                                v.v(indices)?,
+                                v.g(x)?,
+                                true,
+                                &l2,
+                            )?,
+                        ])
+                    })
+                }
+                Op::Concat { xs, y } => {
+                    let flags: Vec<(TensorId, bool, bool)> =
+                        xs.iter().map(|&x| (x, needs[x.0], needs[x.0] && accumulates(&mut written, x))).collect();
+                    touches.push(gk(y));
+                    touches.extend(flags.iter().filter(|f| f.1).map(|f| gk(f.0)));
+                    Box::new(move |v| {
+                        let mut offset = 0;
+                        let mut out = Vec::new();
+                        for &(x, need, a) in &flags {
+                            if need {
+                                out.push(concat_backward(v.gpu, v.g(y)?, offset, v.g(x)?, a, &l2)?);
+                            }
+                            offset += v.v(x)?.shape()[1];
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::Flatten { x, y } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        let dy = v.g(y)?.reshape(v.g(x)?.shape())?;
+                        Ok(vec![elementwise(v.gpu, Elementwise::Scale, &dy, None, v.g(x)?, 1.0, ax, &l2)?])
+                    })
+                }
+                Op::Dropout { x, y, p, seed } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: ax, len: g.tensors[x.0].numel() });
+                    Box::new(move |v| {
+                        let params = DropoutParams::new(v.g(x)?.numel(), p, seed, 0, ax)?;
+                        Ok(vec![dropout_backward(v.gpu, v.g(y)?, v.g(x)?, params, &l2)?])
+                    })
+                }
+            };
+            layers.push(PendingLayer { name: label, touches, dropout, build });
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, images: &[f32], labels: Option<&[u32]>) -> Result<()> {
+        let want = self.graph.tensors[self.input.0].numel();
+        if images.len() != want {
+            return Err(Error::Invalid(format!(
+                "a batch must hold {want} values ({:?}), got {}",
+                self.graph.tensors[self.input.0].shape,
+                images.len()
+            )));
+        }
+        if let Some(labels) = labels {
+            let n = self.graph.tensors[self.labels.0].numel();
+            let classes = self.graph.shape(self.loss_tensors().logits)[1] as u32;
+            if labels.len() != n {
+                return Err(Error::Invalid(format!("a batch needs {n} labels, got {}", labels.len())));
+            }
+            if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+                return Err(Error::Invalid(format!("label {bad} is out of range for {classes} classes")));
+            }
+        }
+        Ok(())
+    }
+
+    fn upload(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<()> {
+        let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled before upload");
+        self.gpu.write_f32(&p.input, images)?;
+        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(labels))?;
+        self.counters.bytes_uploaded += (images.len() * 4 + labels.len() * 4) as u64;
+        Ok(())
+    }
+
+    /// Encode and submit one training step (forward, backward, optimizer) without waiting for it. Its loss and
+    /// correct count arrive later through [`Executor::poll_metrics`] / [`Executor::wait_metrics`].
+    pub fn train_step(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
+        self.run_training(images, labels, true)
+    }
+
+    /// Forward and backward without the optimizer update, waiting for the result: gradients are then readable
+    /// with [`Executor::read_grad`].
+    pub fn compute_gradients(&mut self, images: &[f32], labels: &[u32]) -> Result<StepMetrics> {
+        self.run_training(images, labels, false)?;
+        self.wait_metrics()?.pop().ok_or_else(|| Error::Invalid("no metrics came back".into()))
+    }
+
+    fn run_training(&mut self, images: &[f32], labels: &[u32], update: bool) -> Result<()> {
+        self.check_batch(images, Some(labels))?;
+        self.ensure_train()?;
+        // Keep the staging ring from running out: wait for the oldest step when it is nearly full.
+        if self.pending.len() >= 30 {
+            let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
+            let m = self.read_metrics(step, loss, correct)?;
+            self.finished.push(m);
+        }
+        self.upload(true, images, labels)?;
+        self.step += 1;
+        let step = self.step;
+        let p = self.train.as_ref().expect("compiled");
+        let mut uniform_bytes = 0u64;
+        for layer in &p.layers {
+            for site in &layer.dropout {
+                let params = DropoutParams::new(site.len, site.p, site.seed, step as u32, site.accumulate)?;
+                self.gpu.write_params(&layer.dispatches[site.dispatch], bytemuck::bytes_of(&params));
+                uniform_bytes += size_of::<DropoutParams>() as u64;
+            }
+        }
+        let mut optim: Vec<&Dispatch> = Vec::new();
+        if update {
+            for (bucket, d) in &p.optim {
+                let b = &self.buckets[*bucket];
+                let mut h = self.hyper[b.group];
+                if !b.decay {
+                    h.wd = 0.0;
+                }
+                let params = h.params(b.len as u32, b.step + 1);
+                self.gpu.write_params(d, bytemuck::bytes_of(&params));
+                uniform_bytes += size_of_val(&params) as u64;
+                optim.push(d);
+            }
+        }
+        let mut groups: Vec<(&str, Vec<&Dispatch>)> =
+            p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
+        if !optim.is_empty() {
+            groups.push(("optimizer", optim));
+        }
+        let layers: Vec<(&str, &[&Dispatch])> = groups.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+        let tickets = self.gpu.submit_layers("train step", &layers, &mut self.ring, &[&p.loss, &p.correct])?;
+        if update {
+            for (bucket, _) in &p.optim {
+                self.buckets[*bucket].step += 1;
+            }
+        }
+        let mut it = tickets.into_iter();
+        let (Some(loss), Some(correct)) = (it.next(), it.next()) else { unreachable!("two tensors read back") };
+        self.pending.push_back((step, loss, correct));
+        self.counters.steps += 1;
+        self.counters.submits += 1;
+        self.counters.bytes_uploaded += uniform_bytes;
+        Ok(())
+    }
+}
+
+impl Executor {
+    fn read_metrics(&mut self, step: u64, loss: Ticket, correct: Ticket) -> Result<StepMetrics> {
+        let l = self.ring.read_blocking(&self.gpu, loss)?;
+        let c = self.ring.read_blocking(&self.gpu, correct)?;
+        self.counters.bytes_read_back += (l.len() + c.len()) as u64;
+        Ok(StepMetrics { step, loss: scalar(&l), correct: scalar(&c) })
+    }
+
+    /// Metrics of the steps whose results have arrived, oldest first. Never blocks.
+    pub fn poll_metrics(&mut self) -> Result<Vec<StepMetrics>> {
+        let mut out = std::mem::take(&mut self.finished);
+        self.gpu.poll()?;
+        while let Some((step, loss, correct)) = self.pending.front() {
+            let (step, loss_ready) = (*step, self.ring.try_read(&self.gpu, loss)?);
+            let Some(l) = loss_ready else { break };
+            let c = loop {
+                if let Some(c) = self.ring.try_read(&self.gpu, correct)? {
+                    break c;
+                }
+            };
+            self.pending.pop_front();
+            self.counters.bytes_read_back += (l.len() + c.len()) as u64;
+            out.push(StepMetrics { step, loss: scalar(&l), correct: scalar(&c) });
+        }
+        Ok(out)
+    }
+
+    /// Wait for every submitted step and return the metrics not handed out yet, oldest first.
+    pub fn wait_metrics(&mut self) -> Result<Vec<StepMetrics>> {
+        let mut out = std::mem::take(&mut self.finished);
+        while let Some((step, loss, correct)) = self.pending.pop_front() {
+            out.push(self.read_metrics(step, loss, correct)?);
+        }
+        Ok(out)
+    }
+
+    /// Loss and correct count of one batch in eval mode (batch norm on running statistics, no dropout), waiting
+    /// for the result.
+    pub fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<(f32, f32)> {
+        self.check_batch(images, Some(labels))?;
+        self.ensure_eval()?;
+        self.upload(false, images, labels)?;
+        let p = self.eval.as_ref().expect("compiled");
+        let layers: Vec<(&str, Vec<&Dispatch>)> =
+            p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
+        let layers: Vec<(&str, &[&Dispatch])> = layers.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+        let mut tickets =
+            self.gpu.submit_layers("eval step", &layers, &mut self.ring, &[&p.loss, &p.correct])?.into_iter();
+        self.counters.submits += 1;
+        let (Some(loss), Some(correct)) = (tickets.next(), tickets.next()) else {
+            unreachable!("two tensors read back")
+        };
+        let m = self.read_metrics(0, loss, correct)?;
+        Ok((m.loss, m.correct))
+    }
+
+    /// Class probabilities (batch, classes) of one batch in eval mode.
+    pub fn predict(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.check_batch(images, None)?;
+        self.ensure_eval()?;
+        let n = self.graph.tensors[self.labels.0].numel();
+        self.upload(false, images, &vec![0; n])?;
+        let p = self.eval.as_ref().expect("compiled");
+        let layers: Vec<(&str, Vec<&Dispatch>)> =
+            p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
+        let layers: Vec<(&str, &[&Dispatch])> = layers.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+        let probs = p.probs.as_ref().expect("eval programs compute probabilities");
+        let mut ring = ReadbackRing::new(&self.gpu, "probabilities", 1, probs.bytes())?;
+        let mut tickets = self.gpu.submit_layers("predict", &layers, &mut ring, &[probs])?.into_iter();
+        self.counters.submits += 1;
+        let bytes = ring.read_blocking(&self.gpu, tickets.next().expect("one ticket"))?;
+        self.counters.bytes_read_back += bytes.len() as u64;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+fn scalar(bytes: &[u8]) -> f32 {
+    bytemuck::pod_read_unaligned(&bytes[..4])
+}
+
+/// Whether a gradient contribution to `t` adds to an earlier one (true) or is the first and overwrites (false).
+fn accumulates(written: &mut HashSet<TensorId>, t: TensorId) -> bool {
+    !written.insert(t)
+}
+
+/// The three tensors of the loss node.
+struct SoftmaxCe {
+    logits: TensorId,
+    loss: TensorId,
+    correct: TensorId,
+}

@@ -1,0 +1,522 @@
+//! Models as graphs: tensors are handles ([`TensorId`]), layers are values of one closed [`Op`] enum, and the
+//! builder infers every shape as the graph is built (errors name the layer and both shapes).
+//!
+//! ```
+//! use wgtune::graph::Graph;
+//! use wgtune::ops::conv::{Conv2dConfig, Padding};
+//! use wgtune::ops::norm::BatchNormConfig;
+//!
+//! let mut g = Graph::new();
+//! let x = g.input("image", &[8, 3, 32, 32]);
+//! let labels = g.labels("label", 8);
+//! let conv = Conv2dConfig { stride: (2, 2), padding: Padding::symmetric(1), ..Default::default() };
+//! let h = g.conv2d("conv1", x, 16, (3, 3), conv, false).unwrap();
+//! let h = g.batch_norm("bn1", h, BatchNormConfig::default()).unwrap();
+//! let h = g.relu("relu1", h).unwrap();
+//! let h = g.global_avg_pool("pool", h).unwrap();
+//! let logits = g.linear("fc", h, 10, true).unwrap();
+//! let loss = g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+//! assert_eq!(g.shape(logits), &[8, 10]);
+//! assert_eq!(g.shape(loss), &[1]);
+//! ```
+//!
+//! [`executor::Executor`] compiles a graph into GPU work: forward, the derived backward pass and the optimizer.
+
+pub mod cpu;
+pub mod executor;
+pub mod plan;
+
+use crate::error::{Error, Result};
+use crate::ops::conv::{Conv2dConfig, ConvShape};
+use crate::ops::norm::BatchNormConfig;
+use crate::ops::pool::{PoolConfig, PoolShape};
+use crate::reference::SplitMix;
+
+/// A tensor of a [`Graph`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub usize);
+
+/// What a tensor is for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorKind {
+    /// Data fed each step (images): f32.
+    Input,
+    /// Class indices fed each step: u32.
+    Labels,
+    /// A learned parameter of parameter group `group`; `decay` says whether weight decay applies (fastai applies
+    /// none to batch-norm parameters and biases).
+    Param { group: usize, decay: bool, is_bn: bool },
+    /// Persistent non-learned state (batch-norm running statistics).
+    State,
+    /// Computed by an op.
+    Activation,
+    /// Computed by an op and only used by its own backward (batch-norm batch statistics, pooling argmax): u32
+    /// when `int`.
+    Saved { int: bool },
+}
+
+/// Shape, name, kind and initial value of a tensor.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: TensorKind,
+    /// Initial value for parameters and state (None: zeros).
+    pub init: Option<Vec<f32>>,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The closed set of layers. Each has forward and backward kernels, a CPU reference and tests.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// y = x · wᵀ + b, x (N, in), w (out, in), b (out).
+    Linear {
+        x: TensorId,
+        w: TensorId,
+        b: Option<TensorId>,
+        y: TensorId,
+    },
+    Conv2d {
+        x: TensorId,
+        w: TensorId,
+        b: Option<TensorId>,
+        y: TensorId,
+        shape: ConvShape,
+    },
+    /// Training mode uses batch statistics (saved in `save_mean`/`save_var`) and updates the running ones.
+    BatchNorm {
+        x: TensorId,
+        gamma: TensorId,
+        beta: TensorId,
+        running_mean: TensorId,
+        running_var: TensorId,
+        save_mean: TensorId,
+        save_var: TensorId,
+        y: TensorId,
+        cfg: BatchNormConfig,
+    },
+    Relu {
+        x: TensorId,
+        y: TensorId,
+    },
+    Relu6 {
+        x: TensorId,
+        y: TensorId,
+    },
+    /// y = a + b (residual connections).
+    Add {
+        a: TensorId,
+        b: TensorId,
+        y: TensorId,
+    },
+    MaxPool {
+        x: TensorId,
+        y: TensorId,
+        indices: TensorId,
+        shape: PoolShape,
+    },
+    AvgPool {
+        x: TensorId,
+        y: TensorId,
+        shape: PoolShape,
+    },
+    /// (N, C, H, W) -> (N, C). `indices` only fills the kernel's binding (global max and mean share one kernel).
+    GlobalAvgPool {
+        x: TensorId,
+        y: TensorId,
+        indices: TensorId,
+    },
+    /// fastai's AdaptiveConcatPool2d: (N, C, H, W) -> (N, 2C) = [max, mean].
+    ConcatPool {
+        x: TensorId,
+        y: TensorId,
+        indices: TensorId,
+    },
+    /// Channel concatenation of tensors with equal N and spatial size.
+    Concat {
+        xs: Vec<TensorId>,
+        y: TensorId,
+    },
+    /// (N, ...) -> (N, product): a view, no data moves.
+    Flatten {
+        x: TensorId,
+        y: TensorId,
+    },
+    /// Inverted dropout with drop probability `p`; the mask comes from (seed, step, element).
+    Dropout {
+        x: TensorId,
+        y: TensorId,
+        p: f64,
+        seed: u32,
+    },
+    /// Mean softmax cross-entropy of logits (N, classes) against labels (N): loss (1); `correct` (1) counts
+    /// right predictions.
+    SoftmaxCrossEntropy {
+        logits: TensorId,
+        labels: TensorId,
+        loss: TensorId,
+        correct: TensorId,
+        smoothing: f32,
+    },
+}
+
+impl Op {
+    /// Tensors the op reads (data inputs and parameters).
+    pub fn inputs(&self) -> Vec<TensorId> {
+        match self {
+            Op::Linear { x, w, b, .. } | Op::Conv2d { x, w, b, .. } => {
+                let mut v = vec![*x, *w];
+                v.extend(b);
+                v
+            }
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, .. } => {
+                vec![*x, *gamma, *beta, *running_mean, *running_var]
+            }
+            Op::Relu { x, .. }
+            | Op::Relu6 { x, .. }
+            | Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::GlobalAvgPool { x, .. }
+            | Op::ConcatPool { x, .. }
+            | Op::Flatten { x, .. }
+            | Op::Dropout { x, .. } => vec![*x],
+            Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Concat { xs, .. } => xs.clone(),
+            Op::SoftmaxCrossEntropy { logits, labels, .. } => vec![*logits, *labels],
+        }
+    }
+
+    /// Tensors the op writes (its output first).
+    pub fn outputs(&self) -> Vec<TensorId> {
+        match self {
+            Op::Linear { y, .. }
+            | Op::Conv2d { y, .. }
+            | Op::Relu { y, .. }
+            | Op::Relu6 { y, .. }
+            | Op::Add { y, .. }
+            | Op::AvgPool { y, .. }
+            | Op::Concat { y, .. }
+            | Op::Flatten { y, .. }
+            | Op::Dropout { y, .. } => vec![*y],
+            Op::BatchNorm { y, save_mean, save_var, running_mean, running_var, .. } => {
+                vec![*y, *save_mean, *save_var, *running_mean, *running_var]
+            }
+            Op::MaxPool { y, indices, .. }
+            | Op::ConcatPool { y, indices, .. }
+            | Op::GlobalAvgPool { y, indices, .. } => {
+                vec![*y, *indices]
+            }
+            Op::SoftmaxCrossEntropy { loss, correct, .. } => vec![*loss, *correct],
+        }
+    }
+
+    /// The op's kind, for profiles and error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Linear { .. } => "linear",
+            Op::Conv2d { .. } => "conv2d",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::Relu { .. } => "relu",
+            Op::Relu6 { .. } => "relu6",
+            Op::Add { .. } => "add",
+            Op::MaxPool { .. } => "max_pool",
+            Op::AvgPool { .. } => "avg_pool",
+            Op::GlobalAvgPool { .. } => "global_avg_pool",
+            Op::ConcatPool { .. } => "concat_pool",
+            Op::Concat { .. } => "concat",
+            Op::Flatten { .. } => "flatten",
+            Op::Dropout { .. } => "dropout",
+            Op::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
+        }
+    }
+}
+
+/// A layer: its op and its name (the debug group in a GPU capture, the prefix of its parameter names).
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+}
+
+/// A model under construction, or built: tensors and nodes in topological order (each node only reads tensors
+/// made before it).
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub tensors: Vec<TensorInfo>,
+    pub nodes: Vec<Node>,
+    group: usize,
+    groups: usize,
+    seed: u64,
+}
+
+/// Kaiming-normal initial weights (fan-in, gain sqrt(2)), as PyTorch's `kaiming_normal_` and fastai's heads.
+fn kaiming_normal(rng: &mut SplitMix, n: usize, fan_in: usize) -> Vec<f32> {
+    let std = (2.0 / fan_in.max(1) as f64).sqrt();
+    (0..n)
+        .map(|_| {
+            // Box-Muller
+            let u1 = rng.uniform(f64::MIN_POSITIVE, 1.0);
+            let u2 = rng.uniform(0.0, 1.0);
+            (std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        })
+        .collect()
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Graph { groups: 1, seed: 0x5eed, ..Default::default() }
+    }
+
+    /// Parameters created from now on belong to group `group` (fastai's layer groups: body parts, head).
+    pub fn set_group(&mut self, group: usize) {
+        self.group = group;
+        self.groups = self.groups.max(group + 1);
+    }
+
+    /// Number of parameter groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    pub fn shape(&self, t: TensorId) -> &[usize] {
+        &self.tensors[t.0].shape
+    }
+
+    pub fn info(&self, t: TensorId) -> &TensorInfo {
+        &self.tensors[t.0]
+    }
+
+    /// The tensor called `name`.
+    pub fn find(&self, name: &str) -> Option<TensorId> {
+        self.tensors.iter().position(|t| t.name == name).map(TensorId)
+    }
+
+    /// Every parameter, in creation order.
+    pub fn params(&self) -> Vec<TensorId> {
+        (0..self.tensors.len())
+            .filter(|&i| matches!(self.tensors[i].kind, TensorKind::Param { .. }))
+            .map(TensorId)
+            .collect()
+    }
+
+    fn add_tensor(&mut self, name: String, shape: Vec<usize>, kind: TensorKind, init: Option<Vec<f32>>) -> TensorId {
+        self.tensors.push(TensorInfo { name, shape, kind, init });
+        TensorId(self.tensors.len() - 1)
+    }
+
+    /// A per-step data input (images), f32.
+    pub fn input(&mut self, name: &str, shape: &[usize]) -> TensorId {
+        self.add_tensor(name.into(), shape.to_vec(), TensorKind::Input, None)
+    }
+
+    /// Per-step class labels, u32, one per sample.
+    pub fn labels(&mut self, name: &str, batch: usize) -> TensorId {
+        self.add_tensor(name.into(), vec![batch], TensorKind::Labels, None)
+    }
+
+    /// A parameter of the current group with an initial value.
+    pub fn param(&mut self, name: &str, shape: &[usize], init: Vec<f32>, decay: bool, is_bn: bool) -> TensorId {
+        let kind = TensorKind::Param { group: self.group, decay, is_bn };
+        self.add_tensor(name.into(), shape.to_vec(), kind, Some(init))
+    }
+
+    fn activation(&mut self, name: String, shape: Vec<usize>) -> TensorId {
+        self.add_tensor(name, shape, TensorKind::Activation, None)
+    }
+
+    fn push(&mut self, name: &str, op: Op) -> TensorId {
+        let y = op.outputs()[0];
+        self.nodes.push(Node { name: name.into(), op });
+        y
+    }
+
+    fn next_rng(&mut self) -> SplitMix {
+        self.seed = self.seed.wrapping_add(1);
+        SplitMix(self.seed)
+    }
+
+    fn shape_err(&self, layer: &str, kind: &str, detail: String) -> Error {
+        Error::shape(format!("{kind} '{layer}'"), detail)
+    }
+
+    /// A fully connected layer on (N, in): weight (out, in) kaiming-normal, bias zeros.
+    pub fn linear(&mut self, name: &str, x: TensorId, out: usize, bias: bool) -> Result<TensorId> {
+        let &[n, inp] = self.shape(x) else {
+            return Err(self.shape_err(name, "linear", format!("input {:?} must be (N, features)", self.shape(x))));
+        };
+        let mut rng = self.next_rng();
+        let w =
+            self.param(&format!("{name}.weight"), &[out, inp], kaiming_normal(&mut rng, out * inp, inp), true, false);
+        let b = bias.then(|| self.param(&format!("{name}.bias"), &[out], vec![0.0; out], false, false));
+        let y = self.activation(format!("{name}.out"), vec![n, out]);
+        Ok(self.push(name, Op::Linear { x, w, b, y }))
+    }
+
+    /// A convolution with `out` channels: weight (out, Cin/groups, KH, KW) kaiming-normal, bias zeros.
+    pub fn conv2d(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        out: usize,
+        kernel: (usize, usize),
+        cfg: Conv2dConfig,
+        bias: bool,
+    ) -> Result<TensorId> {
+        let xs = self.shape(x).to_vec();
+        let cin = *xs.get(1).unwrap_or(&0);
+        let w_shape = [out, cin / cfg.groups.max(1), kernel.0, kernel.1];
+        let shape = ConvShape::new(&xs, &w_shape, cfg).map_err(|e| self.shape_err(name, "conv2d", e.to_string()))?;
+        let fan_in = w_shape[1] * kernel.0 * kernel.1;
+        let mut rng = self.next_rng();
+        let w = self.param(
+            &format!("{name}.weight"),
+            &w_shape,
+            kaiming_normal(&mut rng, out * fan_in, fan_in),
+            true,
+            false,
+        );
+        let b = bias.then(|| self.param(&format!("{name}.bias"), &[out], vec![0.0; out], false, false));
+        let y = self.activation(format!("{name}.out"), shape.y_shape().to_vec());
+        Ok(self.push(name, Op::Conv2d { x, w, b, y, shape }))
+    }
+
+    /// Batch norm over the channels of (N, C) or (N, C, H, W): gamma ones, beta zeros, running mean 0, var 1.
+    pub fn batch_norm(&mut self, name: &str, x: TensorId, cfg: BatchNormConfig) -> Result<TensorId> {
+        let xs = self.shape(x).to_vec();
+        if xs.len() != 2 && xs.len() != 4 {
+            return Err(self.shape_err(name, "batch_norm", format!("input {xs:?} must be (N, C) or (N, C, H, W)")));
+        }
+        let c = xs[1];
+        let gamma = self.param(&format!("{name}.weight"), &[c], vec![1.0; c], false, true);
+        let beta = self.param(&format!("{name}.bias"), &[c], vec![0.0; c], false, true);
+        let running_mean =
+            self.add_tensor(format!("{name}.running_mean"), vec![c], TensorKind::State, Some(vec![0.0; c]));
+        let running_var =
+            self.add_tensor(format!("{name}.running_var"), vec![c], TensorKind::State, Some(vec![1.0; c]));
+        let save_mean = self.add_tensor(format!("{name}.save_mean"), vec![c], TensorKind::Saved { int: false }, None);
+        let save_var = self.add_tensor(format!("{name}.save_var"), vec![c], TensorKind::Saved { int: false }, None);
+        let y = self.activation(format!("{name}.out"), xs);
+        Ok(self.push(name, Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg }))
+    }
+
+    pub fn relu(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
+        Ok(self.push(name, Op::Relu { x, y }))
+    }
+
+    pub fn relu6(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
+        Ok(self.push(name, Op::Relu6 { x, y }))
+    }
+
+    pub fn add(&mut self, name: &str, a: TensorId, b: TensorId) -> Result<TensorId> {
+        if self.shape(a) != self.shape(b) {
+            let detail = format!("{:?} + {:?}: shapes differ", self.shape(a), self.shape(b));
+            return Err(self.shape_err(name, "add", detail));
+        }
+        let y = self.activation(format!("{name}.out"), self.shape(a).to_vec());
+        Ok(self.push(name, Op::Add { a, b, y }))
+    }
+
+    pub fn max_pool(&mut self, name: &str, x: TensorId, cfg: PoolConfig) -> Result<TensorId> {
+        let shape = PoolShape::new(self.shape(x), cfg).map_err(|e| self.shape_err(name, "max_pool", e.to_string()))?;
+        let indices =
+            self.add_tensor(format!("{name}.indices"), shape.y_shape().to_vec(), TensorKind::Saved { int: true }, None);
+        let y = self.activation(format!("{name}.out"), shape.y_shape().to_vec());
+        Ok(self.push(name, Op::MaxPool { x, y, indices, shape }))
+    }
+
+    pub fn avg_pool(&mut self, name: &str, x: TensorId, cfg: PoolConfig) -> Result<TensorId> {
+        let shape = PoolShape::new(self.shape(x), cfg).map_err(|e| self.shape_err(name, "avg_pool", e.to_string()))?;
+        let y = self.activation(format!("{name}.out"), shape.y_shape().to_vec());
+        Ok(self.push(name, Op::AvgPool { x, y, shape }))
+    }
+
+    fn nchw(&self, name: &str, kind: &str, x: TensorId) -> Result<[usize; 4]> {
+        match *self.shape(x) {
+            [n, c, h, w] => Ok([n, c, h, w]),
+            ref s => Err(self.shape_err(name, kind, format!("input {s:?} must be (N, C, H, W)"))),
+        }
+    }
+
+    pub fn global_avg_pool(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        let [n, c, _, _] = self.nchw(name, "global_avg_pool", x)?;
+        let indices = self.add_tensor(format!("{name}.indices"), vec![n, c], TensorKind::Saved { int: true }, None);
+        let y = self.activation(format!("{name}.out"), vec![n, c]);
+        Ok(self.push(name, Op::GlobalAvgPool { x, y, indices }))
+    }
+
+    /// fastai's AdaptiveConcatPool2d: global max and global mean side by side, (N, 2C).
+    pub fn concat_pool(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        let [n, c, _, _] = self.nchw(name, "concat_pool", x)?;
+        let indices = self.add_tensor(format!("{name}.indices"), vec![n, c], TensorKind::Saved { int: true }, None);
+        let y = self.activation(format!("{name}.out"), vec![n, 2 * c]);
+        Ok(self.push(name, Op::ConcatPool { x, y, indices }))
+    }
+
+    pub fn concat(&mut self, name: &str, xs: &[TensorId]) -> Result<TensorId> {
+        let first = self.shape(*xs.first().ok_or_else(|| self.shape_err(name, "concat", "no inputs".into()))?).to_vec();
+        let mut channels = 0;
+        for &x in xs {
+            let s = self.shape(x);
+            if s.len() < 2 || s[0] != first[0] || s[2..] != first[2..] {
+                return Err(self.shape_err(
+                    name,
+                    "concat",
+                    format!("{:?} and {s:?} differ outside the channels", first),
+                ));
+            }
+            channels += s[1];
+        }
+        let mut shape = first.clone();
+        shape[1] = channels;
+        let y = self.activation(format!("{name}.out"), shape);
+        Ok(self.push(name, Op::Concat { xs: xs.to_vec(), y }))
+    }
+
+    pub fn flatten(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        let s = self.shape(x).to_vec();
+        let y = self.activation(format!("{name}.out"), vec![s[0], s[1..].iter().product()]);
+        Ok(self.push(name, Op::Flatten { x, y }))
+    }
+
+    pub fn dropout(&mut self, name: &str, x: TensorId, p: f64) -> Result<TensorId> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::Invalid(format!("dropout '{name}': probability {p} must be in [0, 1)")));
+        }
+        let seed = self.next_rng().next_u64() as u32;
+        let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
+        Ok(self.push(name, Op::Dropout { x, y, p, seed }))
+    }
+
+    /// Softmax cross-entropy (mean over the batch) with optional label smoothing; returns the loss (1).
+    pub fn cross_entropy(
+        &mut self,
+        name: &str,
+        logits: TensorId,
+        labels: TensorId,
+        smoothing: f32,
+    ) -> Result<TensorId> {
+        let &[n, _] = self.shape(logits) else {
+            let detail = format!("logits {:?} must be (N, classes)", self.shape(logits));
+            return Err(self.shape_err(name, "softmax_cross_entropy", detail));
+        };
+        if self.shape(labels) != [n] {
+            let detail = format!("labels {:?} must be ({n}) for logits {:?}", self.shape(labels), self.shape(logits));
+            return Err(self.shape_err(name, "softmax_cross_entropy", detail));
+        }
+        let loss = self.activation(format!("{name}.loss"), vec![1]);
+        let correct = self.activation(format!("{name}.correct"), vec![1]);
+        Ok(self.push(name, Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing }))
+    }
+
+    /// The node that produces `t`, if any.
+    pub fn producer(&self, t: TensorId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.op.outputs().first() == Some(&t))
+    }
+}

@@ -1,0 +1,269 @@
+//! The graph executor end to end on the GPU: whole-model gradients against finite differences of the CPU
+//! reference, freezing, learning a synthetic task, one submit and 8 bytes back per step, the memory plan.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use wgtune::gpu::{AdapterRequest, Gpu};
+use wgtune::graph::executor::{Executor, ExecutorConfig};
+use wgtune::graph::{cpu, Graph, TensorId, TensorKind};
+use wgtune::ops::conv::{Conv2dConfig, Padding};
+use wgtune::ops::norm::BatchNormConfig;
+use wgtune::ops::optim::{Hyper, Optimizer};
+use wgtune::ops::pool::PoolConfig;
+use wgtune::reference::{widen, SplitMix};
+
+fn gpu() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new(&AdapterRequest::from_env()) {
+        Ok(g) => Arc::new(g),
+        Err(e) => panic!("executor tests need an adapter and found none: {e}"),
+    })
+    .clone()
+}
+
+fn conv(stride: usize, pad: usize) -> Conv2dConfig {
+    Conv2dConfig { stride: (stride, stride), padding: Padding::symmetric(pad), ..Default::default() }
+}
+
+/// conv-BN-relu, conv-BN, residual add, relu, max pool, global average pool, linear head (group 1).
+fn residual_cnn(batch: usize, size: usize, classes: usize) -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("image", &[batch, 3, size, size]);
+    let labels = g.labels("label", batch);
+    let h = g.conv2d("conv1", x, 4, (3, 3), conv(1, 1), false).unwrap();
+    let h = g.batch_norm("bn1", h, BatchNormConfig::default()).unwrap();
+    let skip = g.relu("relu1", h).unwrap();
+    let h = g.conv2d("conv2", skip, 4, (3, 3), conv(1, 1), true).unwrap();
+    let h = g.batch_norm("bn2", h, BatchNormConfig { eps: 1e-3, momentum: 0.01 }).unwrap();
+    let h = g.add("residual", h, skip).unwrap();
+    let h = g.relu("relu2", h).unwrap();
+    let h = g.max_pool("pool1", h, PoolConfig::square(2, 2, 0)).unwrap();
+    let h = g.global_avg_pool("pool2", h).unwrap();
+    g.set_group(1);
+    let logits = g.linear("fc", h, classes, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    g
+}
+
+/// Strided conv, relu6, avg pool, fastai's concat pool + flatten + BatchNorm1d + linear head.
+fn fastai_head_cnn(batch: usize, size: usize, classes: usize) -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("image", &[batch, 2, size, size]);
+    let labels = g.labels("label", batch);
+    let h = g.conv2d("stem", x, 3, (3, 3), conv(2, 1), true).unwrap();
+    let h = g.relu6("act", h).unwrap();
+    let h = g.avg_pool("avg", h, PoolConfig::square(2, 1, 0)).unwrap();
+    g.set_group(1);
+    let h = g.concat_pool("concat_pool", h).unwrap();
+    let h = g.flatten("flatten", h).unwrap();
+    let h = g.batch_norm("head_bn", h, BatchNormConfig::default()).unwrap();
+    let logits = g.linear("head_fc", h, classes, false).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.1).unwrap();
+    g
+}
+
+fn batch(g: &Graph, seed: u64, classes: u32) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = SplitMix(seed);
+    let input = g.tensors.iter().find(|t| t.kind == TensorKind::Input).unwrap();
+    let n = input.shape[0];
+    (rng.vec_f32(input.numel(), -1.0, 1.0), (0..n).map(|_| rng.below(classes)).collect())
+}
+
+/// Every parameter's GPU gradient against central finite differences of the f64 CPU forward pass.
+fn gradient_check(g: Graph, classes: u32) {
+    let gpu = gpu();
+    let (images, labels) = batch(&g, 11, classes);
+    let mut ex = Executor::new(gpu, g.clone(), ExecutorConfig::default()).unwrap();
+    ex.compute_gradients(&images, &labels).unwrap();
+    let mut values: HashMap<TensorId, Vec<f64>> = HashMap::new();
+    for (i, t) in g.tensors.iter().enumerate() {
+        if matches!(t.kind, TensorKind::Param { .. } | TensorKind::State) {
+            values.insert(TensorId(i), widen(&ex.read_value(&t.name).unwrap()));
+        }
+    }
+    let x = widen(&images);
+    let loss_id = g.find("loss.loss").unwrap();
+    let loss = |values: &HashMap<TensorId, Vec<f64>>| cpu::forward(&g, values, &x, &labels, true)[&loss_id][0];
+    let h = 1e-5;
+    for p in g.params() {
+        let name = &g.tensors[p.0].name;
+        let got = ex.read_grad(name).unwrap();
+        let mut worst = 0.0f64;
+        for (i, &g_i) in got.iter().enumerate() {
+            let mut plus = values.clone();
+            plus.get_mut(&p).unwrap()[i] += h;
+            let mut minus = values.clone();
+            minus.get_mut(&p).unwrap()[i] -= h;
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
+            let diff = (g_i as f64 - fd).abs();
+            worst = worst.max(diff);
+            // f32 forward and backward on the GPU against f64 differences: 2e-4 absolute plus 1% relative.
+            assert!(diff <= 2e-4 + 1e-2 * fd.abs(), "{name}[{i}]: GPU {g_i} vs finite difference {fd}");
+        }
+        eprintln!("{name}: {} gradients, worst |diff| {worst:.2e}", got.len());
+    }
+}
+
+#[test]
+fn residual_cnn_gradients_match_finite_differences() {
+    gradient_check(residual_cnn(2, 6, 3), 3);
+}
+
+#[test]
+fn fastai_head_gradients_match_finite_differences() {
+    gradient_check(fastai_head_cnn(3, 7, 4), 4);
+}
+
+#[test]
+fn frozen_parameters_stay_bit_identical() {
+    let gpu = gpu();
+    for freeze_bn in [false, true] {
+        let g = residual_cnn(4, 8, 3);
+        let mut ex = Executor::new(gpu.clone(), g.clone(), ExecutorConfig { freeze_bn, ..Default::default() }).unwrap();
+        ex.freeze_to(1).unwrap();
+        let before: Vec<(String, Vec<f32>)> = g
+            .params()
+            .iter()
+            .map(|p| g.tensors[p.0].name.clone())
+            .map(|n| (n.clone(), ex.read_value(&n).unwrap()))
+            .collect();
+        for s in 0..3 {
+            let (x, y) = batch(&g, 100 + s, 3);
+            ex.train_step(&x, &y).unwrap();
+        }
+        ex.wait_metrics().unwrap();
+        for (name, old) in before {
+            let new = ex.read_value(&name).unwrap();
+            let is_bn = name.starts_with("bn");
+            let should_train = name.starts_with("fc") || (is_bn && !freeze_bn);
+            if should_train {
+                assert_ne!(new, old, "{name} should have trained (freeze_bn = {freeze_bn})");
+            } else {
+                assert!(new.iter().zip(&old).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} changed while frozen");
+            }
+        }
+        if freeze_bn {
+            // Running statistics of an eval-mode body do not move either.
+            assert_eq!(ex.read_value("bn1.running_mean").unwrap(), vec![0.0; 4]);
+        }
+    }
+}
+
+#[test]
+fn backward_stops_at_the_head_when_the_body_is_fully_frozen() {
+    let g = residual_cnn(2, 6, 3);
+    let mut ex = Executor::new(gpu(), g, ExecutorConfig { freeze_bn: true, ..Default::default() }).unwrap();
+    ex.freeze_to(1).unwrap();
+    let names = ex.train_layer_names().unwrap();
+    assert!(names.contains(&"fc backward".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("conv") && n.ends_with("backward")), "{names:?}");
+    ex.freeze_to(0).unwrap();
+    let names = ex.train_layer_names().unwrap();
+    assert!(names.contains(&"conv1 backward".to_string()), "{names:?}");
+}
+
+/// Four classes, each a bright quadrant of a noisy 8x8 image: a tiny CNN (strided conv, BN, relu, flatten,
+/// dropout, linear) must get the loss under 0.25 within
+/// 60 Adam steps (fixed seeds), and the metrics must come back for every step.
+#[test]
+fn a_tiny_model_learns_a_synthetic_task() {
+    let (n, size) = (16, 8);
+    let mut g = Graph::new();
+    let x = g.input("image", &[n, 1, size, size]);
+    let labels = g.labels("label", n);
+    let h = g.conv2d("conv", x, 4, (3, 3), conv(2, 1), false).unwrap();
+    let h = g.batch_norm("bn", h, BatchNormConfig::default()).unwrap();
+    let h = g.relu("relu", h).unwrap();
+    let h = g.flatten("flatten", h).unwrap();
+    let h = g.dropout("drop", h, 0.1).unwrap();
+    let logits = g.linear("fc", h, 4, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    let mut ex = Executor::new(gpu(), g, ExecutorConfig::default()).unwrap();
+    ex.set_hyper(0, Hyper { lr: 1e-2, ..Hyper::default() }).unwrap();
+    let mut rng = SplitMix(3);
+    let make = |rng: &mut SplitMix| {
+        let mut img = Vec::new();
+        let mut lab = Vec::new();
+        for _ in 0..n {
+            let k = rng.below(4);
+            for r in 0..size {
+                for c in 0..size {
+                    let quadrant = (r / (size / 2)) * 2 + c / (size / 2);
+                    img.push(if quadrant as u32 == k { 1.0 } else { 0.0 } + rng.uniform(-0.3, 0.3) as f32);
+                }
+            }
+            lab.push(k);
+        }
+        (img, lab)
+    };
+    let steps = 60;
+    for _ in 0..steps {
+        let (img, lab) = make(&mut rng);
+        ex.train_step(&img, &lab).unwrap();
+    }
+    let metrics = ex.wait_metrics().unwrap();
+    assert_eq!(metrics.len(), steps, "every step's loss comes back");
+    let last: f32 = metrics[steps - 5..].iter().map(|m| m.loss).sum::<f32>() / 5.0;
+    eprintln!("loss: first {} last-5 mean {last}", metrics[0].loss);
+    assert!(last < 0.25, "mean loss of the last 5 steps {last} (first step {})", metrics[0].loss);
+    let (img, lab) = make(&mut rng);
+    let (_, correct) = ex.evaluate(&img, &lab).unwrap();
+    assert!(correct >= 14.0, "eval accuracy {correct}/16");
+    let probs = ex.predict(&img).unwrap();
+    assert_eq!(probs.len(), n * 4);
+    assert!(probs.chunks(4).all(|p| (p.iter().sum::<f32>() - 1.0).abs() < 1e-5));
+}
+
+#[test]
+fn one_submit_and_eight_bytes_back_per_training_step() {
+    let g = residual_cnn(2, 6, 3);
+    let mut ex =
+        Executor::new(gpu(), g.clone(), ExecutorConfig { optimizer: Optimizer::Sgd, ..Default::default() }).unwrap();
+    ex.planned_bytes().unwrap(); // compile outside the counted steps
+    let before = ex.counters();
+    let steps = 5;
+    for s in 0..steps {
+        let (x, y) = batch(&g, 200 + s, 3);
+        ex.train_step(&x, &y).unwrap();
+    }
+    let metrics = ex.wait_metrics().unwrap();
+    assert_eq!(metrics.len(), steps as usize);
+    let c = ex.counters();
+    assert_eq!(c.submits - before.submits, steps, "one submit per step");
+    assert_eq!(c.bytes_read_back - before.bytes_read_back, 8 * steps, "loss + correct count, 4 bytes each");
+    assert!(metrics.iter().all(|m| m.loss.is_finite() && (0.0..=2.0).contains(&m.correct)));
+}
+
+#[test]
+fn the_memory_plan_reuses_buffers() {
+    let g = residual_cnn(8, 16, 3);
+    let transient: u64 = g
+        .tensors
+        .iter()
+        .filter(|t| !matches!(t.kind, TensorKind::Param { .. } | TensorKind::State))
+        .map(|t| t.numel() as u64 * 4)
+        .sum::<u64>();
+    let mut ex = Executor::new(gpu(), g, ExecutorConfig::default()).unwrap();
+    let planned = ex.planned_bytes().unwrap() - ex.persistent_bytes();
+    // Values and their gradients, without reuse, would need about twice `transient`.
+    eprintln!("planned transient bytes {planned}, values alone {transient}");
+    assert!(planned < 2 * transient, "planned {planned} vs {transient} bytes of values");
+}
+
+#[test]
+fn a_tensor_over_the_binding_limit_names_a_batch_size_that_fits() {
+    let gpu = gpu();
+    let limit = gpu.limits().max_storage_buffer_binding_size as usize;
+    let per_sample = 3 * 64 * 64 * 4;
+    let n = limit / per_sample + 1;
+    let mut g = Graph::new();
+    let x = g.input("image", &[n, 3, 64, 64]);
+    let labels = g.labels("label", n);
+    let h = g.global_avg_pool("pool", x).unwrap();
+    let logits = g.linear("fc", h, 2, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    let mut ex = Executor::new(gpu, g, ExecutorConfig::default()).unwrap();
+    let err = ex.planned_bytes().unwrap_err().to_string();
+    assert!(err.contains("'image'") && err.contains(&format!("at most {}", n - 1)), "{err}");
+}
