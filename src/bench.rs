@@ -1,13 +1,19 @@
 //! Measurements behind `wgtune bench`: each returns records that print as a table or as JSON lines.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::{Clock, DType, Dispatch, Gpu};
+use crate::graph::executor::{Executor, ExecutorConfig};
+use crate::graph::{Graph, TensorKind};
 use crate::ops::conv::{
     conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dConfig, ConvShape, Padding,
 };
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
+use crate::ops::norm::BatchNormConfig;
 use crate::reference::SplitMix;
 
 /// How many timed runs and warm-ups.
@@ -209,4 +215,92 @@ pub fn bench_conv(
         }
     }
     Ok(out)
+}
+
+/// One training-step measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepRecord {
+    pub bench: &'static str,
+    pub model: String,
+    pub batch: usize,
+    pub size: usize,
+    pub steps: usize,
+    pub images_per_s: f64,
+    pub steps_per_s: f64,
+    /// Wall time of the first step, from compiling the program to its loss being read back.
+    pub first_step_s: f64,
+    /// CPU time to encode one step's command buffer (mean), microseconds.
+    pub encode_us: f64,
+    /// Mean time the train_step call took (upload, uniforms, encode, submit): on a saturated adapter the driver
+    /// blocks the submit until earlier steps finish, so this approaches the step time.
+    pub call_us: f64,
+    pub submits_per_step: f64,
+    pub readback_bytes_per_step: f64,
+    pub planned_bytes: u64,
+    pub adapter: String,
+}
+
+/// The small CNN of the executor issue, for side-by-side runs with other frameworks: three conv-BN-ReLU
+/// (3->32->64->128, 3x3, stride 2, pad 1), global average pool, linear to 10 classes, cross-entropy.
+pub fn small_cnn(batch: usize, size: usize) -> Result<Graph> {
+    let mut g = Graph::new();
+    let x = g.input("image", &[batch, 3, size, size]);
+    let labels = g.labels("label", batch);
+    let cfg = Conv2dConfig { stride: (2, 2), padding: Padding::symmetric(1), ..Default::default() };
+    let mut h = x;
+    for (i, c) in [32, 64, 128].into_iter().enumerate() {
+        h = g.conv2d(&format!("conv{}", i + 1), h, c, (3, 3), cfg, false)?;
+        h = g.batch_norm(&format!("bn{}", i + 1), h, BatchNormConfig::default())?;
+        h = g.relu(&format!("relu{}", i + 1), h)?;
+    }
+    let h = g.global_avg_pool("pool", h)?;
+    let logits = g.linear("fc", h, 10, true)?;
+    g.cross_entropy("loss", logits, labels, 0.0)?;
+    Ok(g)
+}
+
+/// Time `steps` training steps (after the first, which is timed on its own) of `graph` with Adam.
+pub fn bench_step(gpu: Arc<Gpu>, model: &str, graph: Graph, steps: usize) -> Result<StepRecord> {
+    let input = graph.tensors.iter().find(|t| t.kind == TensorKind::Input).map(|t| t.shape.clone()).unwrap_or_default();
+    let (batch, size) = (input[0], input[input.len() - 1]);
+    let classes =
+        graph.tensors.iter().rev().find(|t| t.name.ends_with(".out") && t.shape.len() == 2).map_or(2, |t| t.shape[1]);
+    let adapter = gpu.summary().name;
+    let mut rng = SplitMix(1);
+    let images = rng.vec_f32(input.iter().product(), -1.0, 1.0);
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes as u32)).collect();
+    let t0 = Instant::now();
+    let mut ex = Executor::new(gpu, graph, ExecutorConfig::default())?;
+    ex.train_step(&images, &labels)?;
+    ex.wait_metrics()?;
+    let first_step_s = t0.elapsed().as_secs_f64();
+    let before = ex.counters();
+    let mut encode = Vec::with_capacity(steps);
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let e0 = Instant::now();
+        ex.train_step(&images, &labels)?;
+        encode.push(e0.elapsed().as_secs_f64());
+        ex.poll_metrics()?;
+    }
+    ex.wait_metrics()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let c = ex.counters();
+    let n = steps.max(1) as f64;
+    Ok(StepRecord {
+        bench: "step",
+        model: model.to_string(),
+        batch,
+        size,
+        steps,
+        images_per_s: (steps * batch) as f64 / secs,
+        steps_per_s: steps as f64 / secs,
+        first_step_s,
+        encode_us: (c.encode_ns - before.encode_ns) as f64 / n / 1e3,
+        call_us: encode.iter().sum::<f64>() / n * 1e6,
+        submits_per_step: (c.submits - before.submits) as f64 / n,
+        readback_bytes_per_step: (c.bytes_read_back - before.bytes_read_back) as f64 / n,
+        planned_bytes: ex.planned_bytes()?,
+        adapter,
+    })
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use wgtune::bench::{bench_conv, bench_matmul, default_conv_layers, BenchConfig, MatmulRecord};
+use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, small_cnn, BenchConfig, MatmulRecord};
 use wgtune::gpu::{AdapterRequest, Gpu};
 use wgtune::ops::matmul::MatmulKernel;
 
@@ -38,6 +38,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Training steps per second of a small CNN (three conv-BN-ReLU, global pool, linear; Adam).
+    Step {
+        /// Batch size.
+        #[arg(long, default_value_t = 32)]
+        bs: usize,
+        /// Input size (square images, 3 channels).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Timed steps after the first.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// GFLOP/s and GB/s of each convolution pass on a ResNet 3x3 layer and EfficientNet depthwise 5x5 layers,
     /// followed by the tiled matmul in the same run for comparison.
     Conv {
@@ -148,6 +163,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let gpu = open_gpu(cli.adapter)?;
             print_matmul(&gpu, &sizes, &kernels, BenchConfig { runs, ..Default::default() }, json)
+        }
+        Command::Bench { what: BenchCommand::Step { bs, size, steps, json } } => {
+            let gpu = std::sync::Arc::new(open_gpu(cli.adapter)?);
+            let r = bench_step(gpu, "small_cnn", small_cnn(bs, size)?, steps)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("model             {} (batch {}, {}x{})", r.model, r.batch, r.size, r.size);
+                println!("images/s          {:.2}", r.images_per_s);
+                println!("steps/s           {:.3}", r.steps_per_s);
+                println!("first step        {:.2} s (compile, upload, run, read back)", r.first_step_s);
+                println!("encode            {:.0} us per step (CPU)", r.encode_us);
+                println!("train_step call   {:.0} us (includes waiting for the adapter)", r.call_us);
+                println!("submits           {} per step", r.submits_per_step);
+                println!("read back         {} bytes per step", r.readback_bytes_per_step);
+                println!("planned GPU bytes {:.1} MiB", r.planned_bytes as f64 / (1 << 20) as f64);
+            }
+            Ok(())
         }
         Command::Bench { what: BenchCommand::Conv { matmul_sizes, no_matmul, runs, json } } => {
             let gpu = open_gpu(cli.adapter)?;

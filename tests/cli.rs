@@ -58,3 +58,19 @@ fn a_bad_option_is_an_error_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("unknown matmul kernel 'fast'"), "{stderr}");
 }
+
+#[test]
+fn bench_step_json_has_the_promised_fields() {
+    let out = wgtune()
+        .args(["bench", "step", "--bs", "4", "--size", "16", "--steps", "2", "--json"])
+        .output()
+        .expect("run wgtune");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["bench"], "step");
+    for field in ["images_per_s", "first_step_s", "steps_per_s", "encode_us", "planned_bytes"] {
+        assert!(v[field].as_f64().is_some_and(|x| x > 0.0), "{field}: {v}");
+    }
+    assert_eq!(v["submits_per_step"].as_f64(), Some(1.0), "{v}");
+    assert_eq!(v["readback_bytes_per_step"].as_f64(), Some(8.0), "{v}");
+}

@@ -79,6 +79,14 @@ impl Kernels {
     }
 }
 
+/// What [`Gpu::submit_layers`] did: readback tickets, CPU time spent encoding, and time the submit call took.
+#[derive(Debug)]
+pub struct Submitted {
+    pub tickets: Vec<Ticket>,
+    pub encode: std::time::Duration,
+    pub submit: std::time::Duration,
+}
+
 /// A kernel launch compiled once: pipeline, bind group, its own parameter buffer and the grid size.
 /// Encode it any number of times; update its parameters with [`Gpu::write_params`].
 pub struct Dispatch {
@@ -238,7 +246,7 @@ impl Gpu {
         ring: &mut ReadbackRing,
         read: &[&Tensor],
     ) -> Result<Vec<Ticket>> {
-        self.submit_layers(label, &[(label, dispatches)], ring, read)
+        Ok(self.submit_layers(label, &[(label, dispatches)], ring, read)?.tickets)
     }
 
     /// As [`Gpu::submit`], with the dispatches grouped by layer: each layer is a debug group named after it,
@@ -249,7 +257,8 @@ impl Gpu {
         layers: &[(&str, &[&Dispatch])],
         ring: &mut ReadbackRing,
         read: &[&Tensor],
-    ) -> Result<Vec<Ticket>> {
+    ) -> Result<Submitted> {
+        let t0 = std::time::Instant::now();
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         {
             let mut pass =
@@ -263,9 +272,12 @@ impl Gpu {
             }
         }
         let tickets = read.iter().map(|t| ring.copy(&mut encoder, t)).collect::<Result<Vec<_>>>()?;
-        self.scoped(label, || self.queue.submit([encoder.finish()]))?;
+        let commands = encoder.finish();
+        let encode = t0.elapsed();
+        // On a busy adapter the driver may hold the submitting thread here until earlier work drains.
+        self.scoped(label, || self.queue.submit([commands]))?;
         tickets.iter().for_each(|t| ring.map(t));
-        Ok(tickets)
+        Ok(Submitted { tickets, encode, submit: t0.elapsed() - encode })
     }
 
     /// Encode `dispatches` in one compute pass (one debug group per dispatch), submit, and wait.

@@ -11,26 +11,18 @@
 //!   momenta, dropout step), encodes everything in one command encoder and submits ONCE; the loss and the
 //!   correct-prediction count (8 bytes) are copied into a staging ring and read back asynchronously.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, Gpu, ReadbackRing, Storage, Tensor, Ticket};
 use crate::graph::plan::{assign_slots, Lifetime};
 use crate::graph::{Graph, Op, TensorId, TensorKind};
-use crate::ops::concat::{concat_backward, concat_forward};
-use crate::ops::conv::{conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_forward};
-use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutParams};
-use crate::ops::elementwise::{elementwise, Elementwise};
-use crate::ops::loss::{correct_count, softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_forward};
-use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
-use crate::ops::norm::{batch_norm_backward, batch_norm_forward, BatchNormState};
+use crate::ops::dropout::DropoutParams;
 use crate::ops::optim::{optimizer_step, Hyper, Optimizer};
-use crate::ops::pool::{
-    avg_pool_backward, avg_pool_forward, global_pool_backward, global_pool_forward, max_pool_backward,
-    max_pool_forward, GlobalPool,
-};
-use crate::ops::reduce::sum_reduce;
+
+mod backward;
+mod forward;
 
 /// How the executor trains.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,6 +55,10 @@ pub struct Counters {
     pub submits: u64,
     pub bytes_uploaded: u64,
     pub bytes_read_back: u64,
+    /// CPU time spent encoding training steps (building the command buffer), nanoseconds.
+    pub encode_ns: u64,
+    /// Time spent inside the submit call, nanoseconds: the driver may block it while earlier steps run.
+    pub submit_ns: u64,
 }
 
 /// A transient tensor of a program: a value, or the gradient of a value.
@@ -467,169 +463,7 @@ impl Executor {
                 alias.insert(*y, *alias.get(x).unwrap_or(x));
             }
         }
-        let mut layers: Vec<PendingLayer> = Vec::new();
-        let value = |t: TensorId| Key::Value(t);
-        for node in &g.nodes {
-            let name = node.name.clone();
-            let op = node.op.clone();
-            let bn_train = match &op {
-                Op::BatchNorm { gamma, .. } => self.bn_trains(*gamma, training),
-                _ => false,
-            };
-            let mut touches: Vec<Key> = op.inputs().into_iter().chain(op.outputs()).map(value).collect();
-            let mut dropout = Vec::new();
-            let gpu_label = name.clone();
-            let build: Build = match op {
-                Op::Linear { x, w, b, y } => Box::new(move |v| {
-                    // y = x · wᵀ + b
-                    let opts = MatmulOptions { trans_b: true, ..Default::default() };
-                    let bias = match b {
-                        Some(b) => Some(v.v(b)?),
-                        None => None,
-                    };
-                    Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(x)?, v.v(w)?, bias, v.v(y)?, opts, &gpu_label)?])
-                }),
-                Op::Conv2d { x, w, b, y, shape } => Box::new(move |v| {
-                    let bias = match b {
-                        Some(b) => Some(v.v(b)?),
-                        None => None,
-                    };
-                    conv2d_forward(v.gpu, &shape, v.v(x)?, v.v(w)?, bias, v.v(y)?, false, &gpu_label)
-                }),
-                Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
-                    Box::new(move |v| {
-                        let state = BatchNormState {
-                            gamma: v.v(gamma)?,
-                            beta: v.v(beta)?,
-                            running_mean: v.v(running_mean)?,
-                            running_var: v.v(running_var)?,
-                        };
-                        let save = if bn_train { Some((v.v(save_mean)?, v.v(save_var)?)) } else { None };
-                        batch_norm_forward(v.gpu, v.v(x)?, &state, save, v.v(y)?, cfg, &gpu_label)
-                    })
-                }
-                Op::Relu { x, y } => Box::new(move |v| {
-                    Ok(vec![elementwise(
-                        v.gpu,
-                        Elementwise::ReluForward,
-                        v.v(x)?,
-                        None,
-                        v.v(y)?,
-                        1.0,
-                        false,
-                        &gpu_label,
-                    )?])
-                }),
-                Op::Relu6 { x, y } => Box::new(move |v| {
-                    Ok(vec![elementwise(
-                        v.gpu,
-                        Elementwise::Relu6Forward,
-                        v.v(x)?,
-                        None,
-                        v.v(y)?,
-                        1.0,
-                        false,
-                        &gpu_label,
-                    )?])
-                }),
-                Op::Add { a, b, y } => Box::new(move |v| {
-                    Ok(vec![elementwise(
-                        v.gpu,
-                        Elementwise::Add,
-                        v.v(a)?,
-                        Some(v.v(b)?),
-                        v.v(y)?,
-                        1.0,
-                        false,
-                        &gpu_label,
-                    )?])
-                }),
-                Op::MaxPool { x, y, indices, shape } => Box::new(move |v| {
-                    Ok(vec![max_pool_forward(v.gpu, &shape, v.v(x)?, v.v(y)?, v.v(indices)?, &gpu_label)?])
-                }),
-                Op::AvgPool { x, y, shape } => {
-                    Box::new(move |v| Ok(vec![avg_pool_forward(v.gpu, &shape, v.v(x)?, v.v(y)?, &gpu_label)?]))
-                }
-                Op::GlobalAvgPool { x, y, indices } => Box::new(move |v| {
-                    Ok(vec![global_pool_forward(
-                        v.gpu,
-                        GlobalPool::Avg,
-                        v.v(x)?,
-                        v.v(y)?,
-                        0,
-                        v.v(indices)?,
-                        &gpu_label,
-                    )?])
-                }),
-                Op::ConcatPool { x, y, indices } => Box::new(move |v| {
-                    let c = v.v(x)?.shape()[1];
-                    Ok(vec![
-                        global_pool_forward(v.gpu, GlobalPool::Max, v.v(x)?, v.v(y)?, 0, v.v(indices)?, &gpu_label)?,
-                        global_pool_forward(v.gpu, GlobalPool::Avg, v.v(x)?, v.v(y)?, c, v.v(indices)?, &gpu_label)?,
-                    ])
-                }),
-                Op::Concat { xs, y } => Box::new(move |v| {
-                    let mut offset = 0;
-                    let mut out = Vec::new();
-                    for &x in &xs {
-                        out.push(concat_forward(v.gpu, v.v(x)?, v.v(y)?, offset, &gpu_label)?);
-                        offset += v.v(x)?.shape()[1];
-                    }
-                    Ok(out)
-                }),
-                Op::Flatten { .. } => Box::new(|_| Ok(Vec::new())),
-                Op::Dropout { x, y, p, seed } => {
-                    if training {
-                        dropout.push(DropoutSite {
-                            dispatch: 0,
-                            p,
-                            seed,
-                            accumulate: false,
-                            len: g.tensors[x.0].numel(),
-                        });
-                        Box::new(move |v| {
-                            let params = DropoutParams::new(v.v(x)?.numel(), p, seed, 0, false)?;
-                            Ok(vec![dropout_forward(v.gpu, v.v(x)?, v.v(y)?, params, &gpu_label)?])
-                        })
-                    } else {
-                        Box::new(move |v| {
-                            Ok(vec![elementwise(
-                                v.gpu,
-                                Elementwise::Scale,
-                                v.v(x)?,
-                                None,
-                                v.v(y)?,
-                                1.0,
-                                false,
-                                &gpu_label,
-                            )?])
-                        })
-                    }
-                }
-                Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing } => {
-                    let probs = (!training).then_some(Key::Grad(logits));
-                    touches.extend(probs);
-                    Box::new(move |v| {
-                        let mut out = vec![
-                            softmax_cross_entropy_forward(
-                                v.gpu,
-                                v.v(logits)?,
-                                v.v(labels)?,
-                                v.v(loss)?,
-                                smoothing,
-                                &gpu_label,
-                            )?,
-                            correct_count(v.gpu, v.v(logits)?, v.v(labels)?, v.v(correct)?, &gpu_label)?,
-                        ];
-                        if let Some(p) = probs {
-                            out.push(softmax_forward(v.gpu, v.v(logits)?, v.get(p)?, &gpu_label)?);
-                        }
-                        Ok(out)
-                    })
-                }
-            };
-            layers.push(PendingLayer { name: name.clone(), touches, dropout, build });
-        }
+        let mut layers: Vec<PendingLayer> = g.nodes.iter().map(|node| self.forward_layer(node, training)).collect();
 
         if training {
             self.derive_backward(&needs, &mut layers)?;
@@ -781,225 +615,6 @@ impl Executor {
         }
     }
 
-    /// Append the backward layers: reverse order, one arm per op, gradients of tensors used twice accumulate.
-    fn derive_backward(&self, needs: &[bool], layers: &mut Vec<PendingLayer>) -> Result<()> {
-        let g = &self.graph;
-        let mut written: HashSet<TensorId> = HashSet::new();
-        let trains = |t: TensorId| self.group_trains(t, true);
-        for node in g.nodes.iter().rev() {
-            let op = node.op.clone();
-            let out = op.outputs()[0];
-            let out_needed = match &op {
-                Op::SoftmaxCrossEntropy { logits, .. } => needs[logits.0],
-                _ => needs[out.0] && written.contains(&out),
-            };
-            if !out_needed {
-                continue;
-            }
-            let label = format!("{} backward", node.name);
-            let l2 = label.clone();
-            let v = Key::Value;
-            let gk = Key::Grad;
-            let mut touches: Vec<Key> = op.inputs().into_iter().chain(op.outputs()).map(v).collect();
-            let mut dropout = Vec::new();
-            let build: Build = match op {
-                Op::SoftmaxCrossEntropy { logits, labels, smoothing, .. } => {
-                    let a = accumulates(&mut written, logits);
-                    touches.push(gk(logits));
-                    if a {
-                        return Err(Error::Invalid("the logits feed more than the loss".into()));
-                    }
-                    Box::new(move |v| {
-                        Ok(vec![softmax_cross_entropy_backward(
-                            v.gpu,
-                            v.v(logits)?,
-                            v.v(labels)?,
-                            v.g(logits)?,
-                            smoothing,
-                            1.0,
-                            &l2,
-                        )?])
-                    })
-                }
-                Op::Linear { x, w, b, y } => {
-                    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
-                    let ax = need_x && accumulates(&mut written, x);
-                    touches.push(gk(y));
-                    touches.extend(need_x.then_some(gk(x)));
-                    touches.extend([gk(w)].into_iter().filter(|_| train_w));
-                    touches.extend(b.filter(|_| train_b).map(gk));
-                    Box::new(move |v| {
-                        let mut out = Vec::new();
-                        if need_x {
-                            // dx = dy · w
-                            let opts = MatmulOptions { accumulate: ax, ..Default::default() };
-                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(w)?, None, v.g(x)?, opts, &l2)?);
-                        }
-                        if train_w {
-                            // dw = dyᵀ · x
-                            let opts = MatmulOptions { trans_a: true, ..Default::default() };
-                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(x)?, None, v.g(w)?, opts, &l2)?);
-                        }
-                        if let (Some(b), true) = (b, train_b) {
-                            let [n, o] = *v.g(y)?.shape() else { unreachable!("linear output is 2-D") };
-                            out.push(sum_reduce(v.gpu, v.g(y)?, v.g(b)?, (n, o, 1), false, &l2)?);
-                        }
-                        Ok(out)
-                    })
-                }
-                Op::Conv2d { x, w, b, y, shape } => {
-                    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
-                    let ax = need_x && accumulates(&mut written, x);
-                    touches.push(gk(y));
-                    touches.extend(need_x.then_some(gk(x)));
-                    touches.extend([gk(w)].into_iter().filter(|_| train_w));
-                    touches.extend(b.filter(|_| train_b).map(gk));
-                    Box::new(move |v| {
-                        let mut out = Vec::new();
-                        if need_x {
-                            out.extend(conv2d_backward_data(v.gpu, &shape, v.g(y)?, v.v(w)?, v.g(x)?, ax, &l2)?);
-                        }
-                        if train_w {
-                            out.extend(conv2d_backward_weight(v.gpu, &shape, v.g(y)?, v.v(x)?, v.g(w)?, false, &l2)?);
-                        }
-                        if let (Some(b), true) = (b, train_b) {
-                            out.push(conv2d_backward_bias(v.gpu, &shape, v.g(y)?, v.g(b)?, false, &l2)?);
-                        }
-                        Ok(out)
-                    })
-                }
-                Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
-                    let bn_train = self.bn_trains(gamma, true);
-                    let ax = needs[x.0] && accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x), gk(gamma), gk(beta)]);
-                    Box::new(move |v| {
-                        let stats = if bn_train {
-                            (v.v(save_mean)?, v.v(save_var)?)
-                        } else {
-                            (v.v(running_mean)?, v.v(running_var)?)
-                        };
-                        let grads = (v.g(gamma)?, v.g(beta)?, v.g(x)?);
-                        batch_norm_backward(v.gpu, v.g(y)?, v.v(x)?, v.v(gamma)?, stats, !bn_train, grads, cfg, ax, &l2)
-                    })
-                }
-                Op::Relu { x, y } | Op::Relu6 { x, y } => {
-                    let kind = if matches!(op, Op::Relu { .. }) {
-                        Elementwise::ReluBackward
-                    } else {
-                        Elementwise::Relu6Backward
-                    };
-                    let ax = accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x)]);
-                    Box::new(move |v| {
-                        Ok(vec![elementwise(v.gpu, kind, v.v(x)?, Some(v.g(y)?), v.g(x)?, 1.0, ax, &l2)?])
-                    })
-                }
-                Op::Add { a, b, y } => {
-                    let (na, nb) = (needs[a.0], needs[b.0]);
-                    let aa = na && accumulates(&mut written, a);
-                    let ab = nb && accumulates(&mut written, b);
-                    touches.push(gk(y));
-                    touches.extend(na.then_some(gk(a)));
-                    touches.extend(nb.then_some(gk(b)));
-                    Box::new(move |v| {
-                        let mut out = Vec::new();
-                        if na {
-                            out.push(elementwise(v.gpu, Elementwise::Scale, v.g(y)?, None, v.g(a)?, 1.0, aa, &l2)?);
-                        }
-                        if nb {
-                            out.push(elementwise(v.gpu, Elementwise::Scale, v.g(y)?, None, v.g(b)?, 1.0, ab, &l2)?);
-                        }
-                        Ok(out)
-                    })
-                }
-                Op::MaxPool { x, y, indices, shape } => {
-                    let ax = accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x)]);
-                    Box::new(move |v| {
-                        Ok(vec![max_pool_backward(v.gpu, &shape, v.g(y)?, v.v(indices)?, v.g(x)?, ax, &l2)?])
-                    })
-                }
-                Op::AvgPool { x, y, shape } => {
-                    let ax = accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x)]);
-                    Box::new(move |v| Ok(vec![avg_pool_backward(v.gpu, &shape, v.g(y)?, v.g(x)?, ax, &l2)?]))
-                }
-                Op::GlobalAvgPool { x, y, indices } => {
-                    let ax = accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x)]);
-                    Box::new(move |v| {
-                        Ok(vec![global_pool_backward(
-                            v.gpu,
-                            GlobalPool::Avg,
-                            v.g(y)?,
-                            0,
-                            v.v(indices)?,
-                            v.g(x)?,
-                            ax,
-                            &l2,
-                        )?])
-                    })
-                }
-                Op::ConcatPool { x, y, indices } => {
-                    let ax = accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x)]);
-                    Box::new(move |v| {
-                        let c = v.v(x)?.shape()[1];
-                        Ok(vec![
-                            global_pool_backward(v.gpu, GlobalPool::Max, v.g(y)?, 0, v.v(indices)?, v.g(x)?, ax, &l2)?,
-                            global_pool_backward(
-                                v.gpu,
-                                GlobalPool::Avg,
-                                v.g(y)?,
-                                c,
-                                v.v(indices)?,
-                                v.g(x)?,
-                                true,
-                                &l2,
-                            )?,
-                        ])
-                    })
-                }
-                Op::Concat { xs, y } => {
-                    let flags: Vec<(TensorId, bool, bool)> =
-                        xs.iter().map(|&x| (x, needs[x.0], needs[x.0] && accumulates(&mut written, x))).collect();
-                    touches.push(gk(y));
-                    touches.extend(flags.iter().filter(|f| f.1).map(|f| gk(f.0)));
-                    Box::new(move |v| {
-                        let mut offset = 0;
-                        let mut out = Vec::new();
-                        for &(x, need, a) in &flags {
-                            if need {
-                                out.push(concat_backward(v.gpu, v.g(y)?, offset, v.g(x)?, a, &l2)?);
-                            }
-                            offset += v.v(x)?.shape()[1];
-                        }
-                        Ok(out)
-                    })
-                }
-                Op::Flatten { x, y } => {
-                    let ax = accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x)]);
-                    Box::new(move |v| {
-                        let dy = v.g(y)?.reshape(v.g(x)?.shape())?;
-                        Ok(vec![elementwise(v.gpu, Elementwise::Scale, &dy, None, v.g(x)?, 1.0, ax, &l2)?])
-                    })
-                }
-                Op::Dropout { x, y, p, seed } => {
-                    let ax = accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x)]);
-                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: ax, len: g.tensors[x.0].numel() });
-                    Box::new(move |v| {
-                        let params = DropoutParams::new(v.g(x)?.numel(), p, seed, 0, ax)?;
-                        Ok(vec![dropout_backward(v.gpu, v.g(y)?, v.g(x)?, params, &l2)?])
-                    })
-                }
-            };
-            layers.push(PendingLayer { name: label, touches, dropout, build });
-        }
-        Ok(())
-    }
-
     fn check_batch(&self, images: &[f32], labels: Option<&[u32]>) -> Result<()> {
         let want = self.graph.tensors[self.input.0].numel();
         if images.len() != want {
@@ -1084,7 +699,10 @@ impl Executor {
             groups.push(("optimizer", optim));
         }
         let layers: Vec<(&str, &[&Dispatch])> = groups.iter().map(|(n, d)| (*n, d.as_slice())).collect();
-        let tickets = self.gpu.submit_layers("train step", &layers, &mut self.ring, &[&p.loss, &p.correct])?;
+        let submitted = self.gpu.submit_layers("train step", &layers, &mut self.ring, &[&p.loss, &p.correct])?;
+        self.counters.encode_ns += submitted.encode.as_nanos() as u64;
+        self.counters.submit_ns += submitted.submit.as_nanos() as u64;
+        let tickets = submitted.tickets;
         if update {
             for (bucket, _) in &p.optim {
                 self.buckets[*bucket].step += 1;
@@ -1147,7 +765,7 @@ impl Executor {
             p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
         let layers: Vec<(&str, &[&Dispatch])> = layers.iter().map(|(n, d)| (*n, d.as_slice())).collect();
         let mut tickets =
-            self.gpu.submit_layers("eval step", &layers, &mut self.ring, &[&p.loss, &p.correct])?.into_iter();
+            self.gpu.submit_layers("eval step", &layers, &mut self.ring, &[&p.loss, &p.correct])?.tickets.into_iter();
         self.counters.submits += 1;
         let (Some(loss), Some(correct)) = (tickets.next(), tickets.next()) else {
             unreachable!("two tensors read back")
@@ -1168,7 +786,7 @@ impl Executor {
         let layers: Vec<(&str, &[&Dispatch])> = layers.iter().map(|(n, d)| (*n, d.as_slice())).collect();
         let probs = p.probs.as_ref().expect("eval programs compute probabilities");
         let mut ring = ReadbackRing::new(&self.gpu, "probabilities", 1, probs.bytes())?;
-        let mut tickets = self.gpu.submit_layers("predict", &layers, &mut ring, &[probs])?.into_iter();
+        let mut tickets = self.gpu.submit_layers("predict", &layers, &mut ring, &[probs])?.tickets.into_iter();
         self.counters.submits += 1;
         let bytes = ring.read_blocking(&self.gpu, tickets.next().expect("one ticket"))?;
         self.counters.bytes_read_back += bytes.len() as u64;
@@ -1178,11 +796,6 @@ impl Executor {
 
 fn scalar(bytes: &[u8]) -> f32 {
     bytemuck::pod_read_unaligned(&bytes[..4])
-}
-
-/// Whether a gradient contribution to `t` adds to an earlier one (true) or is the first and overwrites (false).
-fn accumulates(written: &mut HashSet<TensorId>, t: TensorId) -> bool {
-    !written.insert(t)
 }
 
 /// The three tensors of the loss node.

@@ -1,0 +1,245 @@
+//! The backward pass, derived from the forward graph: layers in reverse order, one `match` arm per [`Op`]. A
+//! gradient's first contribution overwrites its buffer and later ones add (tensors used twice, residual
+//! connections); a layer whose output gradient nothing produced, or whose inputs need none, is skipped, so with a
+//! frozen body in eval mode backward ends at the head.
+
+use std::collections::HashSet;
+
+use super::{Build, DropoutSite, Executor, Key, PendingLayer};
+use crate::error::{Error, Result};
+use crate::graph::{Op, TensorId};
+use crate::ops::concat::concat_backward;
+use crate::ops::conv::{conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight};
+use crate::ops::dropout::{dropout_backward, DropoutParams};
+use crate::ops::elementwise::{elementwise, Elementwise};
+use crate::ops::loss::softmax_cross_entropy_backward;
+use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
+use crate::ops::norm::batch_norm_backward;
+use crate::ops::pool::{avg_pool_backward, global_pool_backward, max_pool_backward, GlobalPool};
+use crate::ops::reduce::sum_reduce;
+
+/// Whether a gradient contribution to `t` adds to an earlier one (true) or is the first and overwrites (false).
+fn accumulates(written: &mut HashSet<TensorId>, t: TensorId) -> bool {
+    !written.insert(t)
+}
+
+impl Executor {
+    /// Append the backward layers: reverse order, one arm per op, gradients of tensors used twice accumulate.
+    pub(super) fn derive_backward(&self, needs: &[bool], layers: &mut Vec<PendingLayer>) -> Result<()> {
+        let g = &self.graph;
+        let mut written: HashSet<TensorId> = HashSet::new();
+        let trains = |t: TensorId| self.group_trains(t, true);
+        for node in g.nodes.iter().rev() {
+            let op = node.op.clone();
+            let out = op.outputs()[0];
+            let out_needed = match &op {
+                Op::SoftmaxCrossEntropy { logits, .. } => needs[logits.0],
+                _ => needs[out.0] && written.contains(&out),
+            };
+            if !out_needed {
+                continue;
+            }
+            let label = format!("{} backward", node.name);
+            let l2 = label.clone();
+            let v = Key::Value;
+            let gk = Key::Grad;
+            let mut touches: Vec<Key> = op.inputs().into_iter().chain(op.outputs()).map(v).collect();
+            let mut dropout = Vec::new();
+            let build: Build = match op {
+                Op::SoftmaxCrossEntropy { logits, labels, smoothing, .. } => {
+                    let a = accumulates(&mut written, logits);
+                    touches.push(gk(logits));
+                    if a {
+                        return Err(Error::Invalid("the logits feed more than the loss".into()));
+                    }
+                    Box::new(move |v| {
+                        Ok(vec![softmax_cross_entropy_backward(
+                            v.gpu,
+                            v.v(logits)?,
+                            v.v(labels)?,
+                            v.g(logits)?,
+                            smoothing,
+                            1.0,
+                            &l2,
+                        )?])
+                    })
+                }
+                Op::Linear { x, w, b, y } => {
+                    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
+                    let ax = need_x && accumulates(&mut written, x);
+                    touches.push(gk(y));
+                    touches.extend(need_x.then_some(gk(x)));
+                    touches.extend([gk(w)].into_iter().filter(|_| train_w));
+                    touches.extend(b.filter(|_| train_b).map(gk));
+                    Box::new(move |v| {
+                        let mut out = Vec::new();
+                        if need_x {
+                            // dx = dy · w
+                            let opts = MatmulOptions { accumulate: ax, ..Default::default() };
+                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(w)?, None, v.g(x)?, opts, &l2)?);
+                        }
+                        if train_w {
+                            // dw = dyᵀ · x
+                            let opts = MatmulOptions { trans_a: true, ..Default::default() };
+                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(x)?, None, v.g(w)?, opts, &l2)?);
+                        }
+                        if let (Some(b), true) = (b, train_b) {
+                            let [n, o] = *v.g(y)?.shape() else { unreachable!("linear output is 2-D") };
+                            out.push(sum_reduce(v.gpu, v.g(y)?, v.g(b)?, (n, o, 1), false, &l2)?);
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::Conv2d { x, w, b, y, shape } => {
+                    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
+                    let ax = need_x && accumulates(&mut written, x);
+                    touches.push(gk(y));
+                    touches.extend(need_x.then_some(gk(x)));
+                    touches.extend([gk(w)].into_iter().filter(|_| train_w));
+                    touches.extend(b.filter(|_| train_b).map(gk));
+                    Box::new(move |v| {
+                        let mut out = Vec::new();
+                        if need_x {
+                            out.extend(conv2d_backward_data(v.gpu, &shape, v.g(y)?, v.v(w)?, v.g(x)?, ax, &l2)?);
+                        }
+                        if train_w {
+                            out.extend(conv2d_backward_weight(v.gpu, &shape, v.g(y)?, v.v(x)?, v.g(w)?, false, &l2)?);
+                        }
+                        if let (Some(b), true) = (b, train_b) {
+                            out.push(conv2d_backward_bias(v.gpu, &shape, v.g(y)?, v.g(b)?, false, &l2)?);
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
+                    let bn_train = self.bn_trains(gamma, true);
+                    let ax = needs[x.0] && accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x), gk(gamma), gk(beta)]);
+                    Box::new(move |v| {
+                        let stats = if bn_train {
+                            (v.v(save_mean)?, v.v(save_var)?)
+                        } else {
+                            (v.v(running_mean)?, v.v(running_var)?)
+                        };
+                        let grads = (v.g(gamma)?, v.g(beta)?, v.g(x)?);
+                        batch_norm_backward(v.gpu, v.g(y)?, v.v(x)?, v.v(gamma)?, stats, !bn_train, grads, cfg, ax, &l2)
+                    })
+                }
+                Op::Relu { x, y } | Op::Relu6 { x, y } => {
+                    let kind = if matches!(op, Op::Relu { .. }) {
+                        Elementwise::ReluBackward
+                    } else {
+                        Elementwise::Relu6Backward
+                    };
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        Ok(vec![elementwise(v.gpu, kind, v.v(x)?, Some(v.g(y)?), v.g(x)?, 1.0, ax, &l2)?])
+                    })
+                }
+                Op::Add { a, b, y } => {
+                    let (na, nb) = (needs[a.0], needs[b.0]);
+                    let aa = na && accumulates(&mut written, a);
+                    let ab = nb && accumulates(&mut written, b);
+                    touches.push(gk(y));
+                    touches.extend(na.then_some(gk(a)));
+                    touches.extend(nb.then_some(gk(b)));
+                    Box::new(move |v| {
+                        let mut out = Vec::new();
+                        if na {
+                            out.push(elementwise(v.gpu, Elementwise::Scale, v.g(y)?, None, v.g(a)?, 1.0, aa, &l2)?);
+                        }
+                        if nb {
+                            out.push(elementwise(v.gpu, Elementwise::Scale, v.g(y)?, None, v.g(b)?, 1.0, ab, &l2)?);
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::MaxPool { x, y, indices, shape } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        Ok(vec![max_pool_backward(v.gpu, &shape, v.g(y)?, v.v(indices)?, v.g(x)?, ax, &l2)?])
+                    })
+                }
+                Op::AvgPool { x, y, shape } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| Ok(vec![avg_pool_backward(v.gpu, &shape, v.g(y)?, v.g(x)?, ax, &l2)?]))
+                }
+                Op::GlobalAvgPool { x, y, indices } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        Ok(vec![global_pool_backward(
+                            v.gpu,
+                            GlobalPool::Avg,
+                            v.g(y)?,
+                            0,
+                            v.v(indices)?,
+                            v.g(x)?,
+                            ax,
+                            &l2,
+                        )?])
+                    })
+                }
+                Op::ConcatPool { x, y, indices } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        let c = v.v(x)?.shape()[1];
+                        Ok(vec![
+                            global_pool_backward(v.gpu, GlobalPool::Max, v.g(y)?, 0, v.v(indices)?, v.g(x)?, ax, &l2)?,
+                            global_pool_backward(
+                                v.gpu,
+                                GlobalPool::Avg,
+                                v.g(y)?,
+                                c,
+                                v.v(indices)?,
+                                v.g(x)?,
+                                true,
+                                &l2,
+                            )?,
+                        ])
+                    })
+                }
+                Op::Concat { xs, y } => {
+                    let flags: Vec<(TensorId, bool, bool)> =
+                        xs.iter().map(|&x| (x, needs[x.0], needs[x.0] && accumulates(&mut written, x))).collect();
+                    touches.push(gk(y));
+                    touches.extend(flags.iter().filter(|f| f.1).map(|f| gk(f.0)));
+                    Box::new(move |v| {
+                        let mut offset = 0;
+                        let mut out = Vec::new();
+                        for &(x, need, a) in &flags {
+                            if need {
+                                out.push(concat_backward(v.gpu, v.g(y)?, offset, v.g(x)?, a, &l2)?);
+                            }
+                            offset += v.v(x)?.shape()[1];
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::Flatten { x, y } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        let dy = v.g(y)?.reshape(v.g(x)?.shape())?;
+                        Ok(vec![elementwise(v.gpu, Elementwise::Scale, &dy, None, v.g(x)?, 1.0, ax, &l2)?])
+                    })
+                }
+                Op::Dropout { x, y, p, seed } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: ax, len: g.tensors[x.0].numel() });
+                    Box::new(move |v| {
+                        let params = DropoutParams::new(v.g(x)?.numel(), p, seed, 0, ax)?;
+                        Ok(vec![dropout_backward(v.gpu, v.g(y)?, v.g(x)?, params, &l2)?])
+                    })
+                }
+            };
+            layers.push(PendingLayer { name: label, touches, dropout, build });
+        }
+        Ok(())
+    }
+}

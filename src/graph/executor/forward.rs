@@ -1,0 +1,139 @@
+//! The forward pass: one layer per node, one `match` arm per [`Op`]. Training mode normalizes with batch
+//! statistics (updating the running ones) and applies dropout; eval mode uses the running statistics, copies
+//! through dropout and also computes class probabilities.
+
+use super::{Build, DropoutSite, Executor, Key, PendingLayer};
+use crate::graph::{Node, Op, TensorId};
+use crate::ops::concat::concat_forward;
+use crate::ops::conv::conv2d_forward;
+use crate::ops::dropout::{dropout_forward, DropoutParams};
+use crate::ops::elementwise::{elementwise, Elementwise};
+use crate::ops::loss::{correct_count, softmax_cross_entropy_forward, softmax_forward};
+use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
+use crate::ops::norm::{batch_norm_forward, BatchNormState};
+use crate::ops::pool::{avg_pool_forward, global_pool_forward, max_pool_forward, GlobalPool};
+
+impl Executor {
+    pub(super) fn forward_layer(&self, node: &Node, training: bool) -> PendingLayer {
+        let g = &self.graph;
+        let value = |t: TensorId| Key::Value(t);
+        let name = node.name.clone();
+        let op = node.op.clone();
+        let bn_train = match &op {
+            Op::BatchNorm { gamma, .. } => self.bn_trains(*gamma, training),
+            _ => false,
+        };
+        let mut touches: Vec<Key> = op.inputs().into_iter().chain(op.outputs()).map(value).collect();
+        let mut dropout = Vec::new();
+        let gpu_label = name.clone();
+        let build: Build = match op {
+            Op::Linear { x, w, b, y } => Box::new(move |v| {
+                // y = x · wᵀ + b
+                let opts = MatmulOptions { trans_b: true, ..Default::default() };
+                let bias = match b {
+                    Some(b) => Some(v.v(b)?),
+                    None => None,
+                };
+                Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(x)?, v.v(w)?, bias, v.v(y)?, opts, &gpu_label)?])
+            }),
+            Op::Conv2d { x, w, b, y, shape } => Box::new(move |v| {
+                let bias = match b {
+                    Some(b) => Some(v.v(b)?),
+                    None => None,
+                };
+                conv2d_forward(v.gpu, &shape, v.v(x)?, v.v(w)?, bias, v.v(y)?, false, &gpu_label)
+            }),
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
+                Box::new(move |v| {
+                    let state = BatchNormState {
+                        gamma: v.v(gamma)?,
+                        beta: v.v(beta)?,
+                        running_mean: v.v(running_mean)?,
+                        running_var: v.v(running_var)?,
+                    };
+                    let save = if bn_train { Some((v.v(save_mean)?, v.v(save_var)?)) } else { None };
+                    batch_norm_forward(v.gpu, v.v(x)?, &state, save, v.v(y)?, cfg, &gpu_label)
+                })
+            }
+            Op::Relu { x, y } => Box::new(move |v| {
+                Ok(vec![elementwise(v.gpu, Elementwise::ReluForward, v.v(x)?, None, v.v(y)?, 1.0, false, &gpu_label)?])
+            }),
+            Op::Relu6 { x, y } => Box::new(move |v| {
+                Ok(vec![elementwise(v.gpu, Elementwise::Relu6Forward, v.v(x)?, None, v.v(y)?, 1.0, false, &gpu_label)?])
+            }),
+            Op::Add { a, b, y } => Box::new(move |v| {
+                Ok(vec![elementwise(v.gpu, Elementwise::Add, v.v(a)?, Some(v.v(b)?), v.v(y)?, 1.0, false, &gpu_label)?])
+            }),
+            Op::MaxPool { x, y, indices, shape } => Box::new(move |v| {
+                Ok(vec![max_pool_forward(v.gpu, &shape, v.v(x)?, v.v(y)?, v.v(indices)?, &gpu_label)?])
+            }),
+            Op::AvgPool { x, y, shape } => {
+                Box::new(move |v| Ok(vec![avg_pool_forward(v.gpu, &shape, v.v(x)?, v.v(y)?, &gpu_label)?]))
+            }
+            Op::GlobalAvgPool { x, y, indices } => Box::new(move |v| {
+                Ok(vec![global_pool_forward(v.gpu, GlobalPool::Avg, v.v(x)?, v.v(y)?, 0, v.v(indices)?, &gpu_label)?])
+            }),
+            Op::ConcatPool { x, y, indices } => Box::new(move |v| {
+                let c = v.v(x)?.shape()[1];
+                Ok(vec![
+                    global_pool_forward(v.gpu, GlobalPool::Max, v.v(x)?, v.v(y)?, 0, v.v(indices)?, &gpu_label)?,
+                    global_pool_forward(v.gpu, GlobalPool::Avg, v.v(x)?, v.v(y)?, c, v.v(indices)?, &gpu_label)?,
+                ])
+            }),
+            Op::Concat { xs, y } => Box::new(move |v| {
+                let mut offset = 0;
+                let mut out = Vec::new();
+                for &x in &xs {
+                    out.push(concat_forward(v.gpu, v.v(x)?, v.v(y)?, offset, &gpu_label)?);
+                    offset += v.v(x)?.shape()[1];
+                }
+                Ok(out)
+            }),
+            Op::Flatten { .. } => Box::new(|_| Ok(Vec::new())),
+            Op::Dropout { x, y, p, seed } => {
+                if training {
+                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: false, len: g.tensors[x.0].numel() });
+                    Box::new(move |v| {
+                        let params = DropoutParams::new(v.v(x)?.numel(), p, seed, 0, false)?;
+                        Ok(vec![dropout_forward(v.gpu, v.v(x)?, v.v(y)?, params, &gpu_label)?])
+                    })
+                } else {
+                    Box::new(move |v| {
+                        Ok(vec![elementwise(
+                            v.gpu,
+                            Elementwise::Scale,
+                            v.v(x)?,
+                            None,
+                            v.v(y)?,
+                            1.0,
+                            false,
+                            &gpu_label,
+                        )?])
+                    })
+                }
+            }
+            Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing } => {
+                let probs = (!training).then_some(Key::Grad(logits));
+                touches.extend(probs);
+                Box::new(move |v| {
+                    let mut out = vec![
+                        softmax_cross_entropy_forward(
+                            v.gpu,
+                            v.v(logits)?,
+                            v.v(labels)?,
+                            v.v(loss)?,
+                            smoothing,
+                            &gpu_label,
+                        )?,
+                        correct_count(v.gpu, v.v(logits)?, v.v(labels)?, v.v(correct)?, &gpu_label)?,
+                    ];
+                    if let Some(p) = probs {
+                        out.push(softmax_forward(v.gpu, v.v(logits)?, v.get(p)?, &gpu_label)?);
+                    }
+                    Ok(out)
+                })
+            }
+        };
+        PendingLayer { name, touches, dropout, build }
+    }
+}
