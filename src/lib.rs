@@ -2,6 +2,7 @@
 //!
 //! - [`gpu`]: the runtime (adapter, device, tensors, readback, kernel registry) — the only module calling wgpu.
 //! - [`graph`]: models as graphs of ops, the derived backward pass, the executor that trains them on the GPU.
+//! - [`nn`]: EfficientNet-Lite0 and ResNet-18/34/50 built from graph ops, fastai's head, safetensors in and out.
 //! - [`ops`]: one launcher per kernel, checking shapes and building [`gpu::Dispatch`] values.
 //! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
 //! - [`bench`]: the measurements behind `wgtune bench`.
@@ -10,6 +11,7 @@ pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod graph;
+pub mod nn;
 pub mod ops;
 pub mod reference;
 

@@ -106,6 +106,7 @@ struct Program {
     loss: Tensor,
     correct: Tensor,
     probs: Option<Tensor>,
+    logits: Tensor,
     transient_bytes: u64,
     _slots: Vec<Storage>,
 }
@@ -592,6 +593,7 @@ impl Executor {
             loss: get(Key::Value(loss))?,
             correct: get(Key::Value(correct))?,
             probs: if training { None } else { Some(get(Key::Grad(logits))?) },
+            logits: get(Key::Value(logits))?,
             transient_bytes: plan.total_bytes(),
             _slots: slots,
         })
@@ -776,6 +778,15 @@ impl Executor {
 
     /// Class probabilities (batch, classes) of one batch in eval mode.
     pub fn predict(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.infer(images, true)
+    }
+
+    /// Logits (batch, classes) of one batch in eval mode.
+    pub fn predict_logits(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.infer(images, false)
+    }
+
+    fn infer(&mut self, images: &[f32], probabilities: bool) -> Result<Vec<f32>> {
         self.check_batch(images, None)?;
         self.ensure_eval()?;
         let n = self.graph.tensors[self.labels.0].numel();
@@ -784,9 +795,10 @@ impl Executor {
         let layers: Vec<(&str, Vec<&Dispatch>)> =
             p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
         let layers: Vec<(&str, &[&Dispatch])> = layers.iter().map(|(n, d)| (*n, d.as_slice())).collect();
-        let probs = p.probs.as_ref().expect("eval programs compute probabilities");
-        let mut ring = ReadbackRing::new(&self.gpu, "probabilities", 1, probs.bytes())?;
-        let mut tickets = self.gpu.submit_layers("predict", &layers, &mut ring, &[probs])?.tickets.into_iter();
+        let out =
+            if probabilities { p.probs.as_ref().expect("eval programs compute probabilities") } else { &p.logits };
+        let mut ring = ReadbackRing::new(&self.gpu, "predictions", 1, out.bytes())?;
+        let mut tickets = self.gpu.submit_layers("predict", &layers, &mut ring, &[out])?.tickets.into_iter();
         self.counters.submits += 1;
         let bytes = ring.read_blocking(&self.gpu, tickets.next().expect("one ticket"))?;
         self.counters.bytes_read_back += bytes.len() as u64;

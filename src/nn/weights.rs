@@ -1,0 +1,192 @@
+//! safetensors in and out: pretrained weights onto a graph's parameters (f32, f16 and bf16 files, memory-mapped),
+//! and a trained model back to a file with the metadata `predict` needs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::graph::executor::Executor;
+use crate::graph::TensorKind;
+
+/// The bytes of a safetensors file: memory-mapped from disk or embedded in the binary.
+pub enum WeightBytes {
+    Mapped(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+/// An opened safetensors file.
+pub struct Weights {
+    bytes: WeightBytes,
+    origin: String,
+}
+
+impl Weights {
+    /// Memory-map `path`.
+    pub fn open(path: &Path) -> Result<Weights> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::Invalid(format!("cannot open weights '{}': {e}", path.display())))?;
+        // SAFETY: the file is only read; wgtune never writes a weights file in place (saves go to a temporary
+        // file that is renamed over the target), so the mapping does not change under us.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::Invalid(format!("cannot map weights '{}': {e}", path.display())))?;
+        let w = Weights { bytes: WeightBytes::Mapped(map), origin: path.display().to_string() };
+        w.parse()?;
+        Ok(w)
+    }
+
+    /// Weights embedded in the binary (`include_bytes!`).
+    pub fn from_static(bytes: &'static [u8], origin: &str) -> Result<Weights> {
+        let w = Weights { bytes: WeightBytes::Static(bytes), origin: origin.to_string() };
+        w.parse()?;
+        Ok(w)
+    }
+
+    fn data(&self) -> &[u8] {
+        match &self.bytes {
+            WeightBytes::Mapped(m) => m,
+            WeightBytes::Static(s) => s,
+        }
+    }
+
+    fn parse(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(self.data())
+            .map_err(|e| Error::Invalid(format!("'{}' is not a valid safetensors file: {e}", self.origin)))
+    }
+
+    /// Where the weights came from (a path, or the name of the embedded asset).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The file's metadata (wgtune writes architecture, classes, input size, normalization, head layout).
+    pub fn metadata(&self) -> Result<HashMap<String, String>> {
+        let (_, meta) = SafeTensors::read_metadata(self.data())
+            .map_err(|e| Error::Invalid(format!("'{}' is not a valid safetensors file: {e}", self.origin)))?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
+    /// Tensor names and shapes.
+    pub fn shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
+        Ok(self.parse()?.iter().map(|(n, v)| (n.to_string(), v.shape().to_vec())).collect())
+    }
+
+    /// A tensor as f32 (f16 and bf16 are widened), with its shape; None when the file has no such tensor.
+    pub fn get(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        let st = self.parse()?;
+        let Ok(view) = st.tensor(name) else { return Ok(None) };
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "'{}': tensor '{name}' is {other:?}; wgtune reads F32, F16 and BF16",
+                    self.origin
+                )))
+            }
+        };
+        Ok(Some((view.shape().to_vec(), values)))
+    }
+}
+
+/// Which of a file's tensors went where.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub loaded: Vec<String>,
+    /// Graph tensors the file did not have, allowed by the caller (a new head).
+    pub kept_initial: Vec<String>,
+    /// File tensors no graph tensor asked for, allowed by the caller (a cut classifier, counters).
+    pub ignored: Vec<String>,
+}
+
+/// Copy weights onto the executor's parameters and batch-norm statistics, by name (`rename` maps a graph name to
+/// the file's name). A graph tensor missing from the file is an error unless `may_miss` accepts its name; a file
+/// tensor that nothing reads is an error unless `may_ignore` accepts it; a shape mismatch is always an error. Errors
+/// name the tensor with the expected and found shapes.
+pub fn load_into(
+    ex: &Executor,
+    weights: &Weights,
+    rename: impl Fn(&str) -> String,
+    may_miss: impl Fn(&str) -> bool,
+    may_ignore: impl Fn(&str) -> bool,
+) -> Result<LoadReport> {
+    let mut report = LoadReport::default();
+    let mut used = std::collections::HashSet::new();
+    let g = ex.graph();
+    for info in &g.tensors {
+        if !matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
+            continue;
+        }
+        let file_name = rename(&info.name);
+        match weights.get(&file_name)? {
+            Some((shape, values)) => {
+                if shape != info.shape {
+                    return Err(Error::Invalid(format!(
+                        "'{}': tensor '{file_name}' has shape {shape:?}, the model expects {:?} for '{}'",
+                        weights.origin(),
+                        info.shape,
+                        info.name
+                    )));
+                }
+                ex.write_value(&info.name, &values)?;
+                used.insert(file_name);
+                report.loaded.push(info.name.clone());
+            }
+            None if may_miss(&info.name) => report.kept_initial.push(info.name.clone()),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "'{}' has no tensor '{file_name}' (shape {:?}) that the model needs for '{}'",
+                    weights.origin(),
+                    info.shape,
+                    info.name
+                )))
+            }
+        }
+    }
+    for (name, shape) in weights.shapes()? {
+        if used.contains(&name) {
+            continue;
+        }
+        if may_ignore(&name) {
+            report.ignored.push(name);
+        } else {
+            return Err(Error::Invalid(format!(
+                "'{}' has a tensor '{name}' {shape:?} that the model does not use (wrong architecture?)",
+                weights.origin()
+            )));
+        }
+    }
+    Ok(report)
+}
+
+/// Write every parameter and running statistic of the executor to `path` with `metadata`, atomically: a temporary
+/// file in the same directory, then a rename, so a crash never leaves a half-written model behind.
+pub fn save(ex: &Executor, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+    let g = ex.graph();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for info in &g.tensors {
+        if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
+            let values = ex.read_value(&info.name)?;
+            tensors.push((info.name.clone(), info.shape.clone(), bytemuck::cast_slice(&values).to_vec()));
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| Error::Invalid(format!("cannot serialize the model: {e}")))?;
+    let tmp = temp_path(path);
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
