@@ -8,6 +8,7 @@
 //! - [`bench`]: the measurements behind `wgtune bench`.
 
 pub mod bench;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod graph;

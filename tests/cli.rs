@@ -74,3 +74,23 @@ fn bench_step_json_has_the_promised_fields() {
     assert_eq!(v["submits_per_step"].as_f64(), Some(1.0), "{v}");
     assert_eq!(v["readback_bytes_per_step"].as_f64(), Some(8.0), "{v}");
 }
+
+#[test]
+fn predict_json_names_the_cat_and_reports_bad_files_without_stopping() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let cat = format!("{dir}/tests/fixtures/images/chelsea.png");
+    let coffee = format!("{dir}/tests/fixtures/images/coffee.png");
+    let bad = format!("{dir}/Cargo.toml");
+    let out = wgtune().args(["predict", "--json", &cat, &bad, &coffee]).output().expect("run wgtune");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "an unreadable image makes the exit code non-zero");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let by_file = |f: &str| lines.iter().find(|v| v["file"] == f).unwrap_or_else(|| panic!("no line for {f}"));
+    assert!(by_file(&bad)["error"].as_str().is_some_and(|e| e.contains("Cargo.toml")));
+    let top = &by_file(&cat)["top"][0];
+    assert!((281..=285).contains(&top["class_index"].as_u64().unwrap()), "{top}");
+    assert!(top["label"].as_str().unwrap().contains("cat"), "{top}");
+    assert_eq!(by_file(&coffee)["top"][0]["label"], "espresso");
+    assert_eq!(by_file(&coffee)["top"].as_array().unwrap().len(), 5);
+}

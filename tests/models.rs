@@ -87,3 +87,100 @@ fn loading_errors_name_the_tensor_and_both_shapes() {
     let missing = Weights::open(&root().join("no/such/file.safetensors")).err().expect("missing file").to_string();
     assert!(missing.contains("no/such/file.safetensors"), "{missing}");
 }
+
+/// Seeded random weights drawn exactly as tools/resnet_reference.py draws them (same generator, same order).
+fn seeded_resnet_weights(ex: &Executor) {
+    let g = ex.graph();
+    let mut names: Vec<(String, Vec<usize>)> = g
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.kind, wgtune::graph::TensorKind::Param { .. } | wgtune::graph::TensorKind::State))
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    names.sort();
+    let mut rng = wgtune::reference::SplitMix(2024);
+    for (name, shape) in names {
+        let n: usize = shape.iter().product();
+        let values = if shape.len() >= 2 {
+            let a = (6.0 / shape[1..].iter().product::<usize>() as f64).sqrt();
+            rng.vec_f32(n, -a, a)
+        } else if name.ends_with("running_var") || name.ends_with(".weight") {
+            rng.vec_f32(n, 0.5, 1.5)
+        } else {
+            rng.vec_f32(n, -0.1, 0.1)
+        };
+        ex.write_value(&name, &values).unwrap();
+    }
+}
+
+fn check_resnet(arch: Arch) {
+    let g = arch.classifier(1, 64, 1000).unwrap();
+    let mut ex = Executor::new(gpu(), g, ExecutorConfig::default()).unwrap();
+    seeded_resnet_weights(&ex);
+    let input = wgtune::reference::SplitMix(7).vec_f32(3 * 64 * 64, -1.0, 1.0);
+    let got = ex.predict_logits(&input).unwrap();
+    let bytes = std::fs::read(root().join(format!("tests/fixtures/resnet/{}.logits.f32", arch.name()))).unwrap();
+    let want: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{}: max |logit| {scale}, worst |diff| {worst:e}", arch.name());
+    // Random weights make the logits large (up to ~3e4 for ResNet-50); f32 against f64 over 50 layers: 1e-4 of the
+    // largest logit.
+    assert!(worst <= 1e-4 * scale, "{}: worst logit difference {worst} vs scale {scale}", arch.name());
+}
+
+#[test]
+fn resnet18_logits_match_the_numpy_reference() {
+    check_resnet(Arch::Resnet18);
+}
+
+#[test]
+fn resnet34_logits_match_the_numpy_reference() {
+    check_resnet(Arch::Resnet34);
+}
+
+#[test]
+fn resnet50_logits_match_the_numpy_reference() {
+    check_resnet(Arch::Resnet50);
+}
+
+/// A fine-tuned model (fastai head, class names, size, normalization in the metadata) saved, loaded and rebuilt
+/// from its file alone gives identical logits.
+#[test]
+fn save_and_load_round_trip_gives_identical_logits() {
+    use wgtune::nn::model::{load_model, save_model, Head, ModelSpec};
+    let spec = ModelSpec {
+        arch: Arch::Resnet18,
+        head: Head::Fastai,
+        classes: vec!["cat".into(), "dog".into(), "fish".into()],
+        input_size: 32,
+        normalization: Arch::Resnet18.normalization(),
+    };
+    let mut ex = Executor::new(gpu(), spec.graph(2, 0.1).unwrap(), ExecutorConfig::default()).unwrap();
+    seeded_resnet_weights_partial(&ex);
+    let input = wgtune::reference::SplitMix(9).vec_f32(2 * 3 * 32 * 32, -1.0, 1.0);
+    let before = ex.predict_logits(&input).unwrap();
+    let dir = std::env::temp_dir().join(format!("wgtune-roundtrip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    save_model(&ex, &spec, &path).unwrap();
+    let weights = Weights::open(&path).unwrap();
+    let loaded_spec = ModelSpec::of_weights(&weights, None).unwrap();
+    assert_eq!(loaded_spec, spec);
+    let (mut ex2, report) = load_model(gpu(), &loaded_spec, &weights, 2).unwrap();
+    assert!(report.kept_initial.is_empty() && report.ignored.is_empty(), "{report:?}");
+    let after = ex2.predict_logits(&input).unwrap();
+    assert!(before.iter().zip(&after).all(|(a, b)| a.to_bits() == b.to_bits()), "{before:?} vs {after:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Change every parameter and statistic away from its initial value, so the round trip proves they all travel.
+fn seeded_resnet_weights_partial(ex: &Executor) {
+    let mut rng = wgtune::reference::SplitMix(5);
+    for t in &ex.graph().tensors {
+        if matches!(t.kind, wgtune::graph::TensorKind::Param { .. } | wgtune::graph::TensorKind::State) {
+            let lo = if t.name.ends_with("running_var") { 0.5 } else { -0.5 };
+            ex.write_value(&t.name, &rng.vec_f32(t.numel(), lo, lo + 1.0)).unwrap();
+        }
+    }
+}

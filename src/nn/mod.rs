@@ -1,6 +1,7 @@
 //! Models built from graph ops: EfficientNet-Lite0 and torchvision's ResNet-18/34/50 (parameter names as in
 //! their published state dicts, so pretrained files load by name), fastai's head, and safetensors in and out.
 
+pub mod model;
 pub mod weights;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,134 @@
+//! A model as `predict` and `finetune` see it: architecture, head, classes, input size and normalization, built
+//! into a graph and loaded from safetensors (a wgtune file carries all of it in its metadata).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::graph::executor::{Executor, ExecutorConfig};
+use crate::graph::Graph;
+use crate::nn::weights::{load_into, save, LoadReport, Weights};
+use crate::nn::{Arch, Normalization};
+
+/// The embedded ImageNet EfficientNet-Lite0 (assets/efficientnet_lite0.safetensors; see assets/README.md).
+pub static EFFNET_LITE0_IMAGENET: &[u8] = include_bytes!("../../assets/efficientnet_lite0.safetensors");
+/// The 1000 ImageNet class names, in class-index order (assets/imagenet_classes.txt).
+pub static IMAGENET_CLASSES: &str = include_str!("../../assets/imagenet_classes.txt");
+
+/// The ImageNet class names.
+pub fn imagenet_classes() -> Vec<String> {
+    IMAGENET_CLASSES.lines().map(str::to_string).collect()
+}
+
+/// Which head sits on the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// The architecture's own classifier: global average pool + linear (ImageNet models).
+    Classifier,
+    /// fastai's head (concat pool, BN, dropout, linear 512, ReLU, BN, dropout, linear).
+    Fastai,
+}
+
+impl Head {
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::Classifier => "classifier",
+            Head::Fastai => "fastai",
+        }
+    }
+}
+
+/// Everything needed to rebuild a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    pub head: Head,
+    pub classes: Vec<String>,
+    pub input_size: usize,
+    pub normalization: Normalization,
+}
+
+const KEY_ARCH: &str = "wgtune.architecture";
+const KEY_HEAD: &str = "wgtune.head";
+const KEY_CLASSES: &str = "wgtune.classes";
+const KEY_SIZE: &str = "wgtune.input_size";
+const KEY_NORM: &str = "wgtune.normalization";
+
+impl ModelSpec {
+    /// An architecture's ImageNet classifier with its standard preprocessing.
+    pub fn imagenet(arch: Arch) -> ModelSpec {
+        ModelSpec {
+            arch,
+            head: Head::Classifier,
+            classes: imagenet_classes(),
+            input_size: 224,
+            normalization: arch.normalization(),
+        }
+    }
+
+    /// The graph for `batch` images.
+    pub fn graph(&self, batch: usize, bn_momentum: f32) -> Result<Graph> {
+        match self.head {
+            Head::Classifier => self.arch.classifier(batch, self.input_size, self.classes.len()),
+            Head::Fastai => self.arch.with_fastai_head(batch, self.input_size, self.classes.len(), bn_momentum),
+        }
+    }
+
+    /// The metadata a saved model carries.
+    pub fn metadata(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (KEY_ARCH.into(), self.arch.name().into()),
+            (KEY_HEAD.into(), self.head.name().into()),
+            (KEY_CLASSES.into(), serde_json::to_string(&self.classes).unwrap_or_default()),
+            (KEY_SIZE.into(), self.input_size.to_string()),
+            (KEY_NORM.into(), self.normalization.describe()),
+        ])
+    }
+
+    /// The spec of a weights file: from wgtune's metadata, or, for a raw pretrained file, from `arch` (a
+    /// 1000-class classifier means ImageNet labels and the architecture's standard preprocessing).
+    pub fn of_weights(weights: &Weights, arch: Option<Arch>) -> Result<ModelSpec> {
+        let meta = weights.metadata()?;
+        if let Some(a) = meta.get(KEY_ARCH) {
+            let missing = |k: &str| Error::Invalid(format!("'{}': metadata has no '{k}'", weights.origin()));
+            let arch = Arch::parse(a)?;
+            let head = match meta.get(KEY_HEAD).map(String::as_str) {
+                Some("fastai") => Head::Fastai,
+                Some("classifier") => Head::Classifier,
+                _ => return Err(missing(KEY_HEAD)),
+            };
+            let classes: Vec<String> = serde_json::from_str(meta.get(KEY_CLASSES).ok_or_else(|| missing(KEY_CLASSES))?)
+                .map_err(|e| Error::Invalid(format!("'{}': bad class list: {e}", weights.origin())))?;
+            let input_size =
+                meta.get(KEY_SIZE).ok_or_else(|| missing(KEY_SIZE))?.parse().map_err(|_| missing(KEY_SIZE))?;
+            let normalization = Normalization::parse(meta.get(KEY_NORM).ok_or_else(|| missing(KEY_NORM))?)?;
+            return Ok(ModelSpec { arch, head, classes, input_size, normalization });
+        }
+        let arch = match (arch, meta.get("architecture")) {
+            (Some(a), _) => a,
+            (None, Some(a)) => Arch::parse(a)?,
+            (None, None) => {
+                return Err(Error::Invalid(format!(
+                    "'{}' has no wgtune metadata: say which architecture it is with --arch \
+                     (effnet-lite0, resnet18, resnet34, resnet50)",
+                    weights.origin()
+                )))
+            }
+        };
+        Ok(ModelSpec::imagenet(arch))
+    }
+}
+
+/// Build the model for `batch` images on the GPU and load `weights` into it (all tensors must match).
+pub fn load_model(gpu: Arc<Gpu>, spec: &ModelSpec, weights: &Weights, batch: usize) -> Result<(Executor, LoadReport)> {
+    let ex = Executor::new(gpu, spec.graph(batch, 0.1)?, ExecutorConfig::default())?;
+    let report = load_into(&ex, weights, |n| n.to_string(), |_| false, |n| n.ends_with("num_batches_tracked"))?;
+    Ok((ex, report))
+}
+
+/// Save a model with its spec in the metadata (atomically).
+pub fn save_model(ex: &Executor, spec: &ModelSpec, path: &Path) -> Result<()> {
+    save(ex, path, spec.metadata())
+}
