@@ -9,6 +9,8 @@ use crate::error::Result;
 use crate::gpu::{Clock, DType, Dispatch, Gpu};
 use crate::graph::executor::{Executor, ExecutorConfig};
 use crate::graph::{Graph, TensorKind};
+use crate::nn::model::ModelSpec;
+use crate::nn::Arch;
 use crate::ops::conv::{
     conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dConfig, ConvShape, Padding,
 };
@@ -302,5 +304,77 @@ pub fn bench_step(gpu: Arc<Gpu>, model: &str, graph: Graph, steps: usize) -> Res
         readback_bytes_per_step: (c.bytes_read_back - before.bytes_read_back) as f64 / n,
         planned_bytes: ex.planned_bytes()?,
         adapter,
+    })
+}
+
+/// Inference throughput of one architecture.
+#[derive(Clone, Debug, Serialize)]
+pub struct PredictRecord {
+    pub bench: &'static str,
+    pub model: &'static str,
+    pub batch: usize,
+    pub size: usize,
+    pub images_per_s: f64,
+    pub median_ms: f64,
+    pub runs: usize,
+    pub adapter: String,
+}
+
+/// Time `runs` eval-mode batches (probabilities read back) of an ImageNet classifier after one warm-up.
+pub fn bench_predict(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize, runs: usize) -> Result<PredictRecord> {
+    let adapter = gpu.summary().name;
+    let spec = ModelSpec { input_size: size, ..ModelSpec::imagenet(arch) };
+    let mut ex = Executor::new(gpu, spec.graph(batch, 0.1)?, ExecutorConfig::default())?;
+    let images = SplitMix(3).vec_f32(batch * 3 * size * size, -1.0, 1.0);
+    ex.predict(&images)?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t0 = Instant::now();
+        ex.predict(&images)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let secs = median(&times);
+    Ok(PredictRecord {
+        bench: "predict",
+        model: arch.name(),
+        batch,
+        size,
+        images_per_s: batch as f64 / secs,
+        median_ms: secs * 1e3,
+        runs: times.len(),
+        adapter,
+    })
+}
+
+/// Planned GPU memory of one architecture.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryRecord {
+    pub bench: &'static str,
+    pub model: &'static str,
+    pub head: &'static str,
+    pub batch: usize,
+    pub size: usize,
+    /// Parameters, gradients, optimizer moments, running statistics.
+    pub persistent_bytes: u64,
+    /// Persistent plus the training program's memory plan.
+    pub train_bytes: u64,
+    /// Persistent plus the evaluation program's memory plan.
+    pub eval_bytes: u64,
+}
+
+/// The memory plan of an architecture with fastai's head, computed without allocating the activations (so it
+/// also reports sizes that exceed this adapter's limits).
+pub fn bench_memory(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize) -> Result<MemoryRecord> {
+    let g = arch.with_fastai_head(batch, size, 10, 0.1)?;
+    let ex = Executor::new(gpu, g, ExecutorConfig::default())?;
+    Ok(MemoryRecord {
+        bench: "memory",
+        model: arch.name(),
+        head: "fastai",
+        batch,
+        size,
+        persistent_bytes: ex.persistent_bytes(),
+        train_bytes: ex.plan_bytes(true)?,
+        eval_bytes: ex.plan_bytes(false)?,
     })
 }

@@ -57,6 +57,32 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Inference images/s of ImageNet classifiers (eval mode, probabilities read back).
+    Predict {
+        /// Architectures, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["effnet-lite0".to_string(), "resnet50".to_string()])]
+        model: Vec<String>,
+        #[arg(long, default_value_t = 32)]
+        bs: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Timed batches after a warm-up (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned GPU memory (parameters, gradients, optimizer state, activations) of models with fastai's head.
+    Memory {
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["effnet-lite0".to_string(), "resnet50".to_string()])]
+        model: Vec<String>,
+        #[arg(long, default_value_t = 32)]
+        bs: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Training steps per second of a small CNN (three conv-BN-ReLU, global pool, linear; Adam).
     Step {
         /// Batch size.
@@ -263,6 +289,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let gpu = open_gpu(cli.adapter)?;
             print_matmul(&gpu, &sizes, &kernels, BenchConfig { runs, ..Default::default() }, json)
+        }
+        Command::Bench { what: BenchCommand::Predict { model, bs, size, runs, json } } => {
+            let gpu = std::sync::Arc::new(open_gpu(cli.adapter)?);
+            let mut failed = 0;
+            for name in &model {
+                let arch = wgtune::nn::Arch::parse(name)?;
+                match wgtune::bench::bench_predict(gpu.clone(), arch, bs, size, runs) {
+                    Ok(r) if json => println!("{}", serde_json::to_string(&r)?),
+                    Ok(r) => println!(
+                        "{:<14} batch {:>3} at {}px: {:>8.2} images/s ({:.0} ms per batch)",
+                        r.model, r.batch, r.size, r.images_per_s, r.median_ms
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"bench": "predict", "model": name, "error": e.to_string()})
+                            );
+                        } else {
+                            eprintln!("{name}: error: {e}");
+                        }
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} models could not be measured", model.len());
+            }
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Memory { model, bs, size, json } } => {
+            let gpu = std::sync::Arc::new(open_gpu(cli.adapter)?);
+            for name in &model {
+                let r = wgtune::bench::bench_memory(gpu.clone(), wgtune::nn::Arch::parse(name)?, bs, size)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+                    println!(
+                        "{:<14} batch {:>3} at {}px: training {:>8.1} MiB, evaluation {:>8.1} MiB (persistent {:.1} MiB)",
+                        r.model, r.batch, r.size, mib(r.train_bytes), mib(r.eval_bytes), mib(r.persistent_bytes)
+                    );
+                }
+            }
+            Ok(())
         }
         Command::Bench { what: BenchCommand::Step { bs, size, steps, json } } => {
             let gpu = std::sync::Arc::new(open_gpu(cli.adapter)?);

@@ -114,6 +114,16 @@ struct Program {
 /// Builds a layer's dispatches once the program's buffers exist.
 type Build = Box<dyn Fn(&Views) -> Result<Vec<Dispatch>>>;
 
+/// A program's layers and memory plan before its buffers exist.
+struct Layout {
+    layers: Vec<PendingLayer>,
+    keys: Vec<Key>,
+    plan: crate::graph::plan::SlotPlan,
+    alias: HashMap<TensorId, TensorId>,
+    /// Why the plan cannot run on this adapter (a tensor over the binding limit), if it cannot.
+    oversized: Option<String>,
+}
+
 /// A layer before its buffers exist: what it touches, and how to build its dispatches once they do.
 struct PendingLayer {
     name: String,
@@ -378,6 +388,13 @@ impl Executor {
         self.persistent_bytes
     }
 
+    /// Planned GPU bytes of the training (or evaluation) program without allocating its buffers: persistent
+    /// tensors plus the memory plan. Works even where a tensor exceeds this adapter's binding limit (the plan is
+    /// then a figure for a larger GPU).
+    pub fn plan_bytes(&self, training: bool) -> Result<u64> {
+        Ok(self.persistent_bytes + self.layout(training)?.plan.total_bytes())
+    }
+
     /// All planned GPU bytes of the training program: persistent tensors plus the memory plan's buffers.
     pub fn planned_bytes(&mut self) -> Result<u64> {
         self.ensure_train()?;
@@ -439,9 +456,8 @@ impl Executor {
         Ok(())
     }
 
-    /// Compile the training program (forward, backward, optimizer) or the evaluation program (forward in eval
-    /// mode, probabilities).
-    fn compile(&self, training: bool) -> Result<Program> {
+    /// The layers of a program and its memory plan, before any buffer exists.
+    fn layout(&self, training: bool) -> Result<Layout> {
         let g = &self.graph;
         let nt = g.tensors.len();
         // Which tensors need a gradient: trainable parameters, and whatever is computed from one.
@@ -507,24 +523,37 @@ impl Executor {
             Key::Grad(t) => (t.0, 1),
         });
         let limit = self.gpu.limits().max_storage_buffer_binding_size;
+        let mut oversized = None;
         let mut lifetimes = Vec::new();
         for &k in &keys {
             let (Key::Value(t) | Key::Grad(t)) = k;
             let info = &g.tensors[t.0];
             let bytes = info.numel() as u64 * 4;
-            if bytes > limit {
+            if bytes > limit && oversized.is_none() {
                 let batch = info.shape.first().copied().unwrap_or(1).max(1) as u64;
                 let fits = limit / (bytes / batch).max(1);
-                return Err(Error::Invalid(format!(
+                oversized = Some(format!(
                     "tensor '{}' {:?} needs {bytes} bytes, more than this adapter's {limit}-byte storage binding \
                      limit; a batch size of at most {fits} fits",
                     info.name, info.shape
-                )));
+                ));
             }
             let (first, last) = life[&k];
             lifetimes.push(Lifetime { bytes, first, last });
         }
         let plan = assign_slots(&lifetimes);
+        Ok(Layout { layers, keys, plan, alias, oversized })
+    }
+
+    /// Compile the training program (forward, backward, optimizer) or the evaluation program (forward in eval
+    /// mode, probabilities).
+    fn compile(&self, training: bool) -> Result<Program> {
+        let g = &self.graph;
+        let Layout { layers, keys, plan, alias, oversized } = self.layout(training)?;
+        if let Some(msg) = oversized {
+            return Err(Error::Invalid(msg));
+        }
+        let SoftmaxCe { logits, loss, correct } = self.loss_tensors();
         let mode = if training { "train" } else { "eval" };
         let slots = plan
             .slot_bytes
