@@ -184,3 +184,49 @@ fn seeded_resnet_weights_partial(ex: &Executor) {
         }
     }
 }
+
+/// f16 and bf16 files load (widened to f32); a tensor the model does not use is an error naming it, unless the
+/// caller allows it.
+#[test]
+fn half_precision_files_load_and_unexpected_tensors_are_named() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut g = wgtune::graph::Graph::new();
+    let x = g.input("image", &[1, 4]);
+    let labels = g.labels("label", 1);
+    let logits = g.linear("fc", x, 2, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    let ex = Executor::new(gpu(), g, ExecutorConfig::default()).unwrap();
+    let w = [0.5f32, -1.25, 2.0, 0.125, 3.5, -0.75, 1.0, 0.0];
+    let b = [0.25f32, -2.0];
+    let dir = std::env::temp_dir().join(format!("wgtune-half-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    fn f16_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+    }
+    fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
+    }
+    for (dtype, bytes) in [(Dtype::F16, f16_bytes as fn(&[f32]) -> Vec<u8>), (Dtype::BF16, bf16_bytes)] {
+        let (wb, bb, extra) = (bytes(&w), bytes(&b), bytes(&[1.0]));
+        let tensors = vec![
+            ("fc.weight", TensorView::new(dtype, vec![2, 4], &wb).unwrap()),
+            ("fc.bias", TensorView::new(dtype, vec![2], &bb).unwrap()),
+            ("stray.weight", TensorView::new(dtype, vec![1], &extra).unwrap()),
+        ];
+        let path = dir.join(format!("{dtype:?}.safetensors"));
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+        let weights = Weights::open(&path).unwrap();
+        let err = load_into(&ex, &weights, |n| n.to_string(), |_| false, |_| false).unwrap_err().to_string();
+        assert!(err.contains("stray.weight") && err.contains("does not use"), "{err}");
+        let report = load_into(&ex, &weights, |n| n.to_string(), |_| false, |n| n.starts_with("stray")).unwrap();
+        assert_eq!(report.ignored, vec!["stray.weight".to_string()]);
+        assert_eq!(ex.read_value("fc.weight").unwrap(), w, "{dtype:?} (all values exact in half precision)");
+        assert_eq!(ex.read_value("fc.bias").unwrap(), b);
+        // A raw file has no wgtune metadata: the architecture must be named, and then means ImageNet.
+        let err = wgtune::nn::model::ModelSpec::of_weights(&weights, None).unwrap_err().to_string();
+        assert!(err.contains("--arch"), "{err}");
+        let spec = wgtune::nn::model::ModelSpec::of_weights(&weights, Some(Arch::Resnet18)).unwrap();
+        assert_eq!((spec.classes.len(), spec.input_size), (1000, 224));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
