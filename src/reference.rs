@@ -334,6 +334,61 @@ pub fn dropout_keep(seed: u32, step: u32, i: u32, threshold: u32) -> bool {
     pcg(i ^ pcg(step ^ pcg(seed))) >= threshold
 }
 
+/// The augmentation of shaders/augment.wgsl: per output pixel, an affine map into the input square, a bilinear
+/// sample with reflection padding, fastai's lighting in logit space and the model's normalization.
+/// `pixels` (N, P, P, 3), `transforms` (N) of [m0..m5, contrast, brightness_logit]; returns (N, 3, S, S).
+pub fn augment(
+    pixels: &[u8],
+    (n, in_size, out_size): (usize, usize, usize),
+    transforms: &[[f32; 8]],
+    scale: [f32; 3],
+    shift: [f32; 3],
+    lighting: bool,
+) -> Vec<f64> {
+    let reflect = |c: f64| {
+        let last = (in_size - 1) as f64;
+        if last <= 0.0 {
+            return 0.0;
+        }
+        let t = c.abs() % (2.0 * last);
+        if t > last {
+            2.0 * last - t
+        } else {
+            t
+        }
+    };
+    let mut out = vec![0.0; n * 3 * out_size * out_size];
+    for (img, t) in transforms.iter().enumerate().take(n) {
+        let t = t.map(|v| v as f64);
+        for y in 0..out_size {
+            for x in 0..out_size {
+                let u = (x as f64 + 0.5) / out_size as f64 * 2.0 - 1.0;
+                let v = (y as f64 + 0.5) / out_size as f64 * 2.0 - 1.0;
+                let sx = t[0] * u + t[1] * v + t[2];
+                let sy = t[3] * u + t[4] * v + t[5];
+                let px = reflect((sx + 1.0) * 0.5 * in_size as f64 - 0.5);
+                let py = reflect((sy + 1.0) * 0.5 * in_size as f64 - 0.5);
+                let (x0, y0) = (px.floor() as usize, py.floor() as usize);
+                let (x1, y1) = ((x0 + 1).min(in_size - 1), (y0 + 1).min(in_size - 1));
+                let (fx, fy) = (px - x0 as f64, py - y0 as f64);
+                for c in 0..3 {
+                    let at = |yy: usize, xx: usize| pixels[((img * in_size + yy) * in_size + xx) * 3 + c] as f64;
+                    let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+                    let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+                    let mut q = (top * (1.0 - fy) + bottom * fy) / 255.0;
+                    if lighting {
+                        let qc = q.clamp(1e-6, 1.0 - 1e-6);
+                        let l = (qc / (1.0 - qc)).ln() * t[6] + t[7];
+                        q = 1.0 / (1.0 + (-l).exp());
+                    }
+                    out[((img * 3 + c) * out_size + y) * out_size + x] = q * 255.0 * scale[c] as f64 + shift[c] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// out = x + y
 pub fn add(x: &[f64], y: &[f64]) -> Vec<f64> {
     x.iter().zip(y).map(|(a, b)| a + b).collect()

@@ -95,6 +95,7 @@ fn uniform_structs_match_their_rust_twins() {
         ("concat", "ConcatParams", size_of::<concat::ConcatParams>()),
         ("norm", "NormParams", size_of::<norm::NormParams>()),
         ("dropout", "DropoutParams", size_of::<dropout::DropoutParams>()),
+        ("augment", "AugmentParams", size_of::<wgtune::data::augment::AugmentParams>()),
     ];
     for &(family, name, rust_size) in cases {
         let fam = FAMILIES.iter().find(|f| f.name == family).expect("family");

@@ -1,6 +1,10 @@
 //! Image data: decoding and the deterministic preprocessing of evaluation and prediction (resize the short side,
 //! centre crop, normalize to the model's statistics).
 
+pub mod augment;
+pub mod dataset;
+pub mod idx;
+
 use std::path::Path;
 
 use image::imageops::FilterType;

@@ -30,6 +30,7 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "concat", source: include_str!("../../shaders/concat.wgsl") },
     Family { name: "norm", source: include_str!("../../shaders/norm.wgsl") },
     Family { name: "dropout", source: include_str!("../../shaders/dropout.wgsl") },
+    Family { name: "augment", source: include_str!("../../shaders/augment.wgsl") },
     Family { name: "elementwise", source: include_str!("../../shaders/elementwise.wgsl") },
     Family { name: "reduce", source: include_str!("../../shaders/reduce.wgsl") },
     Family { name: "loss", source: include_str!("../../shaders/loss.wgsl") },

@@ -25,7 +25,7 @@ pub fn grid_1d(n: usize, per_group: usize, max_x: u32) -> [u32; 3] {
 }
 
 /// Convert a size to the u32 the kernels take, naming it when it does not fit.
-pub(crate) fn dim(value: usize, what: &str) -> crate::Result<u32> {
+pub fn dim(value: usize, what: &str) -> crate::Result<u32> {
     u32::try_from(value).map_err(|_| crate::Error::Invalid(format!("{what} = {value} does not fit in 32 bits")))
 }
 
@@ -56,6 +56,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         norm::BATCH_NORM_BACKWARD_DATA,
         dropout::DROPOUT_FORWARD,
         dropout::DROPOUT_BACKWARD,
+        crate::data::augment::AUGMENT,
         loss::SOFTMAX_CROSS_ENTROPY_FORWARD,
         loss::SOFTMAX_CROSS_ENTROPY_BACKWARD,
         loss::CORRECT_COUNT,

@@ -1,0 +1,321 @@
+//! Labelled image collections: image folders, a CSV of `file,label`, labels from a filename regex, and IDX files
+//! (MNIST / Fashion-MNIST). Every source ends as a [`Dataset`] of train and valid items with class names, checked
+//! before training starts.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::reference::SplitMix;
+
+/// File extensions the decoder reads.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+
+/// Where an item's pixels come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    /// An image held in memory (IDX files): grey pixels, row-major.
+    Grey {
+        width: u32,
+        height: u32,
+        pixels: Arc<[u8]>,
+    },
+}
+
+/// One labelled image.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub source: Source,
+    pub label: u32,
+}
+
+impl Item {
+    /// A short name for messages.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::File(p) => p.display().to_string(),
+            Source::Grey { .. } => "(in-memory image)".into(),
+        }
+    }
+}
+
+/// Train and valid items with their class names.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub classes: Vec<String>,
+    pub train: Vec<Item>,
+    pub valid: Vec<Item>,
+    /// Files passed over while scanning (not images, empty), with the reason; each was warned about once.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Image files below `dir` (sorted, recursive), with non-images and empty files reported in `skipped`.
+fn image_files(dir: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| Error::Invalid(format!("cannot read folder '{}': {e}", d.display())))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !is_image(&path) {
+                skipped.push((path, "not an image file (by extension)".into()));
+            } else if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+                skipped.push((path, "empty file".into()));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn warn_skipped(skipped: &[(PathBuf, String)]) {
+    for (p, why) in skipped {
+        log::warn!("skipping {}: {why}", p.display());
+    }
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::Invalid(format!("cannot read folder '{}': {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Split items into (train, valid) with a seeded shuffle: `valid_pct` of them (at least one) go to valid.
+pub fn random_split(items: Vec<Item>, valid_pct: f64, seed: u64) -> (Vec<Item>, Vec<Item>) {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    let mut rng = SplitMix(seed);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u32 + 1) as usize);
+    }
+    let n_valid = ((items.len() as f64 * valid_pct).round() as usize).clamp(1.min(items.len()), items.len());
+    let valid_idx: BTreeSet<usize> = order[..n_valid].iter().copied().collect();
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for (i, item) in items.into_iter().enumerate() {
+        if valid_idx.contains(&i) {
+            valid.push(item);
+        } else {
+            train.push(item);
+        }
+    }
+    (train, valid)
+}
+
+impl Dataset {
+    /// `DIR/train/<class>/*` + `DIR/valid/<class>/*`, or `DIR/<class>/*` split with `valid_pct` (seeded).
+    pub fn from_folder(dir: &Path, valid_pct: f64, seed: u64) -> Result<Dataset> {
+        if !dir.is_dir() {
+            return Err(Error::Invalid(format!("data folder '{}' does not exist", dir.display())));
+        }
+        let mut skipped = Vec::new();
+        let (train_dir, valid_dir) = (dir.join("train"), dir.join("valid"));
+        let ds = if train_dir.is_dir() && valid_dir.is_dir() {
+            let classes: Vec<String> = subdirs(&train_dir)?.iter().map(|p| name_of(p)).collect();
+            let valid_classes: Vec<String> = subdirs(&valid_dir)?.iter().map(|p| name_of(p)).collect();
+            if let Some(extra) = valid_classes.iter().find(|c| !classes.contains(c)) {
+                return Err(Error::Invalid(format!(
+                    "class '{extra}' appears in '{}' but not in '{}': the model could never learn it",
+                    valid_dir.display(),
+                    train_dir.display()
+                )));
+            }
+            let collect = |root: &Path, skipped: &mut Vec<(PathBuf, String)>| -> Result<Vec<Item>> {
+                let mut items = Vec::new();
+                for (label, class) in classes.iter().enumerate() {
+                    let d = root.join(class);
+                    if d.is_dir() {
+                        for f in image_files(&d, skipped)? {
+                            items.push(Item { source: Source::File(f), label: label as u32 });
+                        }
+                    }
+                }
+                Ok(items)
+            };
+            let train = collect(&train_dir, &mut skipped)?;
+            let valid = collect(&valid_dir, &mut skipped)?;
+            Dataset { classes, train, valid, skipped }
+        } else {
+            let class_dirs = subdirs(dir)?;
+            let classes: Vec<String> = class_dirs.iter().map(|p| name_of(p)).collect();
+            let mut items = Vec::new();
+            for (label, d) in class_dirs.iter().enumerate() {
+                for f in image_files(d, &mut skipped)? {
+                    items.push(Item { source: Source::File(f), label: label as u32 });
+                }
+            }
+            let (train, valid) = random_split(items, valid_pct, seed);
+            Dataset { classes, train, valid, skipped }
+        };
+        warn_skipped(&ds.skipped);
+        ds.check(&dir.display().to_string())
+    }
+
+    /// A CSV of `file,label` rows (an optional header `file,label` is skipped); files are relative to `root`.
+    /// Missing files are an error listing the first few.
+    pub fn from_csv(csv: &Path, root: &Path, valid_pct: f64, seed: u64) -> Result<Dataset> {
+        let text = std::fs::read_to_string(csv)
+            .map_err(|e| Error::Invalid(format!("cannot read '{}': {e}", csv.display())))?;
+        let mut rows = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let Some((file, label)) = line.rsplit_once(',') else {
+                return Err(Error::Invalid(format!(
+                    "'{}' line {}: expected `file,label`, got {line:?}",
+                    csv.display(),
+                    i + 1
+                )));
+            };
+            let (file, label) = (file.trim().trim_matches('"'), label.trim().trim_matches('"'));
+            if i == 0 && label.eq_ignore_ascii_case("label") {
+                continue;
+            }
+            if file.is_empty() || label.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "'{}' line {}: empty file or label in {line:?}",
+                    csv.display(),
+                    i + 1
+                )));
+            }
+            rows.push((root.join(file), label.to_string()));
+        }
+        let missing: Vec<String> =
+            rows.iter().filter(|(p, _)| !p.is_file()).map(|(p, _)| p.display().to_string()).collect();
+        if !missing.is_empty() {
+            let first: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+            return Err(Error::Invalid(format!(
+                "'{}' names {} files that do not exist, e.g. {}",
+                csv.display(),
+                missing.len(),
+                first.join(", ")
+            )));
+        }
+        Self::from_labelled(rows, valid_pct, seed, &csv.display().to_string())
+    }
+
+    /// Every image below `dir`, labelled by the first capture group of `pattern` applied to its file name
+    /// (fastai's Pets style, e.g. `^([^/]+)_\d+\.jpg$`). A file the pattern does not match is an error.
+    pub fn from_regex(dir: &Path, pattern: &str, valid_pct: f64, seed: u64) -> Result<Dataset> {
+        let re = regex::Regex::new(pattern).map_err(|e| Error::Invalid(format!("--label-regex '{pattern}': {e}")))?;
+        if re.captures_len() < 2 {
+            return Err(Error::Invalid(format!("--label-regex '{pattern}' needs a capture group for the label")));
+        }
+        let mut skipped = Vec::new();
+        let files = image_files(dir, &mut skipped)?;
+        warn_skipped(&skipped);
+        let mut rows = Vec::new();
+        for f in files {
+            let name = name_of(&f);
+            let label = re
+                .captures(&name)
+                .and_then(|c| c.get(1))
+                .ok_or_else(|| Error::Invalid(format!("--label-regex '{pattern}' does not match file '{name}'")))?;
+            rows.push((f.clone(), label.as_str().to_string()));
+        }
+        let mut ds = Self::from_labelled(rows, valid_pct, seed, &dir.display().to_string())?;
+        ds.skipped = skipped;
+        Ok(ds)
+    }
+
+    fn from_labelled(rows: Vec<(PathBuf, String)>, valid_pct: f64, seed: u64, origin: &str) -> Result<Dataset> {
+        let classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let items: Vec<Item> = rows
+            .into_iter()
+            .map(|(p, l)| Item { source: Source::File(p), label: classes.binary_search(&l).unwrap_or(0) as u32 })
+            .collect();
+        let (train, valid) = random_split(items, valid_pct, seed);
+        Dataset { classes, train, valid, skipped: Vec::new() }.check(origin)
+    }
+
+    /// IDX image and label files (MNIST / Fashion-MNIST; gzip or raw), split with `valid_pct`; classes are
+    /// named by `names` or "0".."9".
+    pub fn from_idx(
+        images: &Path,
+        labels: &Path,
+        names: Option<Vec<String>>,
+        valid_pct: f64,
+        seed: u64,
+    ) -> Result<Dataset> {
+        let (dims, pixels) = crate::data::idx::read(images)?;
+        let (ldims, label_bytes) = crate::data::idx::read(labels)?;
+        let (&[n, h, w], &[ln]) = (dims.as_slice(), ldims.as_slice()) else {
+            return Err(Error::Invalid(format!(
+                "IDX shapes {dims:?} ('{}') and {ldims:?} ('{}') are not (N, H, W) images and (N) labels",
+                images.display(),
+                labels.display()
+            )));
+        };
+        if n != ln {
+            return Err(Error::Invalid(format!(
+                "{n} images in '{}' but {ln} labels in '{}'",
+                images.display(),
+                labels.display()
+            )));
+        }
+        let n_classes = label_bytes.iter().copied().max().map_or(0, |m| m as usize + 1);
+        let classes = names.unwrap_or_else(|| (0..n_classes).map(|c| c.to_string()).collect());
+        let items = (0..n)
+            .map(|i| Item {
+                source: Source::Grey {
+                    width: w as u32,
+                    height: h as u32,
+                    pixels: pixels[i * h * w..(i + 1) * h * w].into(),
+                },
+                label: label_bytes[i] as u32,
+            })
+            .collect();
+        let (train, valid) = random_split(items, valid_pct, seed);
+        Dataset { classes, train, valid, skipped: Vec::new() }.check(&images.display().to_string())
+    }
+
+    /// The checks that must pass before training: at least two classes, non-empty train and valid sets, and no
+    /// class that only valid has.
+    pub fn check(self, origin: &str) -> Result<Dataset> {
+        if self.classes.is_empty() {
+            return Err(Error::Invalid(format!("'{origin}' has no classes (expected one folder or label per class)")));
+        }
+        if self.classes.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "'{origin}' has only one class ('{}'): a classifier needs at least two",
+                self.classes[0]
+            )));
+        }
+        if self.train.is_empty() {
+            return Err(Error::Invalid(format!("'{origin}' has no training images")));
+        }
+        if self.valid.is_empty() {
+            return Err(Error::Invalid(format!("'{origin}' has no validation images")));
+        }
+        let in_train: BTreeSet<u32> = self.train.iter().map(|i| i.label).collect();
+        if let Some(only_valid) = self.valid.iter().map(|i| i.label).find(|l| !in_train.contains(l)) {
+            return Err(Error::Invalid(format!(
+                "class '{}' of '{origin}' has validation images but no training images",
+                self.classes[only_valid as usize]
+            )));
+        }
+        if !self.skipped.is_empty() {
+            log::warn!("{}: skipped {} files that are not readable images", origin, self.skipped.len());
+        }
+        Ok(self)
+    }
+}
