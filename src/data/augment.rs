@@ -104,6 +104,7 @@ impl AugmentConfig {
 
 /// Launch the augmentation of a batch: `pixels` (N, P, P, 3) u8 packed in u32 words, `transforms` (N, 8), into
 /// `out` (N, 3, S, S).
+#[allow(clippy::too_many_arguments)] // a kernel launcher: its tensors, sizes and options
 pub fn augment(
     gpu: &Gpu,
     pixels: &Tensor,

@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod idx;
+pub mod loader;
 
 use std::path::Path;
 

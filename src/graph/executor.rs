@@ -107,6 +107,8 @@ struct Program {
     correct: Tensor,
     probs: Option<Tensor>,
     logits: Tensor,
+    /// With a pixel input stage: the u8 batch (packed) and the per-image transforms the augment layer reads.
+    pixels: Option<(Tensor, Tensor)>,
     transient_bytes: u64,
     _slots: Vec<Storage>,
 }
@@ -183,6 +185,15 @@ pub struct Executor {
     input: TensorId,
     labels: TensorId,
     loss_node: usize,
+    pixel_input: Option<PixelInput>,
+}
+
+/// Batches arrive as presized u8 pixels and the GPU augments and normalizes them into the model's input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PixelInput {
+    /// Side of the square u8 images uploaded.
+    pub presize: usize,
+    pub normalization: crate::nn::Normalization,
 }
 
 fn align(n: usize, to: usize) -> usize {
@@ -303,6 +314,7 @@ impl Executor {
             input,
             labels,
             loss_node,
+            pixel_input: None,
         })
     }
 
@@ -614,6 +626,26 @@ impl Executor {
             }
         }
         let get = |k: Key| views.get(k).cloned();
+        let mut pixels = None;
+        if let Some(stage) = self.pixel_input {
+            let input = get(Key::Value(self.input))?;
+            let n = input.shape()[0];
+            let words = (n * stage.presize * stage.presize * 3).div_ceil(4);
+            let px = self.gpu.tensor(&[words], DType::U32, &format!("{mode} pixels"))?;
+            let tf = self.gpu.tensor(&[n, 8], DType::F32, &format!("{mode} transforms"))?;
+            let d = crate::data::augment::augment(
+                &self.gpu,
+                &px,
+                &tf,
+                &input,
+                stage.presize,
+                &stage.normalization,
+                training,
+                "augment",
+            )?;
+            built.insert(0, Layer { name: "augment".into(), dispatches: vec![d], dropout: Vec::new() });
+            pixels = Some((px, tf));
+        }
         Ok(Program {
             layers: built,
             optim,
@@ -623,6 +655,7 @@ impl Executor {
             correct: get(Key::Value(correct))?,
             probs: if training { None } else { Some(get(Key::Grad(logits))?) },
             logits: get(Key::Value(logits))?,
+            pixels,
             transient_bytes: plan.total_bytes(),
             _slots: slots,
         })
@@ -646,7 +679,12 @@ impl Executor {
         }
     }
 
-    fn check_batch(&self, images: &[f32], labels: Option<&[u32]>) -> Result<()> {
+    fn check_images(&self, images: &[f32]) -> Result<()> {
+        if self.pixel_input.is_some() {
+            return Err(Error::Invalid(
+                "this executor takes u8 pixel batches (set_pixel_input): use the *_pixels calls".into(),
+            ));
+        }
         let want = self.graph.tensors[self.input.0].numel();
         if images.len() != want {
             return Err(Error::Invalid(format!(
@@ -655,15 +693,17 @@ impl Executor {
                 images.len()
             )));
         }
-        if let Some(labels) = labels {
-            let n = self.graph.tensors[self.labels.0].numel();
-            let classes = self.graph.shape(self.loss_tensors().logits)[1] as u32;
-            if labels.len() != n {
-                return Err(Error::Invalid(format!("a batch needs {n} labels, got {}", labels.len())));
-            }
-            if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
-                return Err(Error::Invalid(format!("label {bad} is out of range for {classes} classes")));
-            }
+        Ok(())
+    }
+
+    fn check_labels(&self, labels: &[u32]) -> Result<()> {
+        let n = self.graph.tensors[self.labels.0].numel();
+        let classes = self.graph.shape(self.loss_tensors().logits)[1] as u32;
+        if labels.len() != n {
+            return Err(Error::Invalid(format!("a batch needs {n} labels, got {}", labels.len())));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+            return Err(Error::Invalid(format!("label {bad} is out of range for {classes} classes")));
         }
         Ok(())
     }
@@ -674,6 +714,81 @@ impl Executor {
         self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(labels))?;
         self.counters.bytes_uploaded += (images.len() * 4 + labels.len() * 4) as u64;
         Ok(())
+    }
+
+    /// Feed batches as presized u8 pixels from now on: the GPU augments (training) or just normalizes
+    /// (evaluation) them into the model's input, in the same submission as the step.
+    pub fn set_pixel_input(&mut self, stage: PixelInput) -> Result<()> {
+        let shape = &self.graph.tensors[self.input.0].shape;
+        if shape.len() != 4 || shape[1] != 3 {
+            return Err(Error::Invalid(format!(
+                "pixel input needs an (N, 3, H, W) model input, this one is {shape:?}"
+            )));
+        }
+        self.pixel_input = Some(stage);
+        self.train = None;
+        self.eval = None;
+        Ok(())
+    }
+
+    fn upload_pixels(
+        &mut self,
+        training: bool,
+        pixels: &[u8],
+        transforms: &[crate::data::augment::ImageTransform],
+        labels: &[u32],
+    ) -> Result<()> {
+        let n = self.graph.tensors[self.labels.0].numel();
+        let stage =
+            self.pixel_input.ok_or_else(|| Error::Invalid("call set_pixel_input before feeding pixels".into()))?;
+        if pixels.len() != n * stage.presize * stage.presize * 3 || transforms.len() != n || labels.len() != n {
+            return Err(Error::Invalid(format!(
+                "a pixel batch needs {n} images of {0}x{0}x3 bytes, {n} transforms and {n} labels; got {1} bytes, {2}, {3}",
+                stage.presize,
+                pixels.len(),
+                transforms.len(),
+                labels.len()
+            )));
+        }
+        self.check_labels(labels)?;
+        if training {
+            self.ensure_train()?
+        } else {
+            self.ensure_eval()?
+        }
+        let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled");
+        let (px, tf) = p.pixels.as_ref().expect("compiled with a pixel stage");
+        self.gpu.write_bytes(px, bytemuck::cast_slice(&crate::data::augment::pack_pixels(pixels)))?;
+        let params: Vec<f32> = transforms.iter().flat_map(|t| t.to_params()).collect();
+        self.gpu.write_f32(tf, &params)?;
+        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(labels))?;
+        self.counters.bytes_uploaded += px.bytes() + tf.bytes() + labels.len() as u64 * 4;
+        Ok(())
+    }
+
+    /// A training step from u8 pixels (N, P, P, 3) and per-image augmentation transforms.
+    pub fn train_step_pixels(
+        &mut self,
+        pixels: &[u8],
+        transforms: &[crate::data::augment::ImageTransform],
+        labels: &[u32],
+    ) -> Result<()> {
+        self.upload_pixels(true, pixels, transforms, labels)?;
+        self.submit_training(true)
+    }
+
+    /// Loss and correct count of a pixel batch in eval mode (identity transform: the pixels are centre crops).
+    pub fn evaluate_pixels(&mut self, pixels: &[u8], labels: &[u32]) -> Result<(f32, f32)> {
+        let n = labels.len();
+        self.upload_pixels(false, pixels, &vec![crate::data::augment::ImageTransform::IDENTITY; n], labels)?;
+        self.submit_eval()
+    }
+
+    /// Class probabilities of a pixel batch in eval mode.
+    pub fn predict_pixels(&mut self, pixels: &[u8]) -> Result<Vec<f32>> {
+        let n = self.graph.tensors[self.labels.0].numel();
+        self.upload_pixels(false, pixels, &vec![crate::data::augment::ImageTransform::IDENTITY; n], &vec![0; n])?;
+        self.submit_infer(true)
     }
 
     /// Encode and submit one training step (forward, backward, optimizer) without waiting for it. Its loss and
@@ -690,15 +805,21 @@ impl Executor {
     }
 
     fn run_training(&mut self, images: &[f32], labels: &[u32], update: bool) -> Result<()> {
-        self.check_batch(images, Some(labels))?;
+        self.check_images(images)?;
+        self.check_labels(labels)?;
         self.ensure_train()?;
+        self.upload(true, images, labels)?;
+        self.submit_training(update)
+    }
+
+    /// Submit the compiled training program on the batch already uploaded.
+    fn submit_training(&mut self, update: bool) -> Result<()> {
         // Keep the staging ring from running out: wait for the oldest step when it is nearly full.
         if self.pending.len() >= 30 {
             let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
             let m = self.read_metrics(step, loss, correct)?;
             self.finished.push(m);
         }
-        self.upload(true, images, labels)?;
         self.step += 1;
         let step = self.step;
         let p = self.train.as_ref().expect("compiled");
@@ -788,9 +909,14 @@ impl Executor {
     /// Loss and correct count of one batch in eval mode (batch norm on running statistics, no dropout), waiting
     /// for the result.
     pub fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<(f32, f32)> {
-        self.check_batch(images, Some(labels))?;
+        self.check_images(images)?;
+        self.check_labels(labels)?;
         self.ensure_eval()?;
         self.upload(false, images, labels)?;
+        self.submit_eval()
+    }
+
+    fn submit_eval(&mut self) -> Result<(f32, f32)> {
         let p = self.eval.as_ref().expect("compiled");
         let layers: Vec<(&str, Vec<&Dispatch>)> =
             p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
@@ -816,10 +942,14 @@ impl Executor {
     }
 
     fn infer(&mut self, images: &[f32], probabilities: bool) -> Result<Vec<f32>> {
-        self.check_batch(images, None)?;
+        self.check_images(images)?;
         self.ensure_eval()?;
         let n = self.graph.tensors[self.labels.0].numel();
         self.upload(false, images, &vec![0; n])?;
+        self.submit_infer(probabilities)
+    }
+
+    fn submit_infer(&mut self, probabilities: bool) -> Result<Vec<f32>> {
         let p = self.eval.as_ref().expect("compiled");
         let layers: Vec<(&str, Vec<&Dispatch>)> =
             p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();

@@ -1,0 +1,294 @@
+//! The data pipeline: every source format, every bad-input case, the loader's batches, malformed IDX and CSV
+//! input that must never panic, and the executor's pixel input path.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use wgtune::data::dataset::Dataset;
+use wgtune::data::loader::{Loader, LoaderConfig};
+use wgtune::reference::SplitMix;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("wgtune-data-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small RGB PNG whose colour encodes `seed`.
+fn write_png(path: &Path, seed: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let img = image::RgbImage::from_fn(12, 9, |x, y| image::Rgb([seed, (x * 20) as u8, (y * 25) as u8]));
+    img.save(path).unwrap();
+}
+
+fn folder_with_split(root: &Path, classes: &[&str], per_class: usize) {
+    for (c, class) in classes.iter().enumerate() {
+        for i in 0..per_class {
+            write_png(&root.join(class).join(format!("{i}.png")), (c * 10 + i) as u8);
+        }
+    }
+}
+
+#[test]
+fn image_folder_with_train_and_valid() {
+    let d = TempDir::new("tv");
+    folder_with_split(&d.path().join("train"), &["cat", "dog"], 3);
+    folder_with_split(&d.path().join("valid"), &["cat", "dog"], 1);
+    let ds = Dataset::from_folder(d.path(), 0.2, 1).unwrap();
+    assert_eq!(ds.classes, vec!["cat", "dog"]);
+    assert_eq!((ds.train.len(), ds.valid.len()), (6, 2));
+}
+
+#[test]
+fn image_folder_of_classes_splits_20_percent_with_a_seed() {
+    let d = TempDir::new("split");
+    folder_with_split(d.path(), &["a", "b", "c"], 10);
+    let one = Dataset::from_folder(d.path(), 0.2, 7).unwrap();
+    let again = Dataset::from_folder(d.path(), 0.2, 7).unwrap();
+    let other = Dataset::from_folder(d.path(), 0.2, 8).unwrap();
+    assert_eq!((one.train.len(), one.valid.len()), (24, 6));
+    let names = |ds: &Dataset| ds.valid.iter().map(|i| i.describe()).collect::<Vec<_>>();
+    assert_eq!(names(&one), names(&again), "same seed, same split");
+    assert_ne!(names(&one), names(&other), "another seed, another split");
+}
+
+#[test]
+fn csv_of_files_and_labels_with_and_without_header() {
+    let d = TempDir::new("csv");
+    for i in 0..6 {
+        write_png(&d.path().join(format!("img{i}.png")), i as u8);
+    }
+    let rows: Vec<String> = (0..6).map(|i| format!("img{i}.png,{}", if i % 2 == 0 { "even" } else { "odd" })).collect();
+    std::fs::write(d.path().join("labels.csv"), format!("file,label\n{}\n", rows.join("\n"))).unwrap();
+    let ds = Dataset::from_csv(&d.path().join("labels.csv"), d.path(), 0.34, 1).unwrap();
+    assert_eq!(ds.classes, vec!["even", "odd"]);
+    assert_eq!(ds.train.len() + ds.valid.len(), 6);
+    std::fs::write(d.path().join("bare.csv"), rows.join("\n")).unwrap();
+    assert_eq!(Dataset::from_csv(&d.path().join("bare.csv"), d.path(), 0.34, 1).unwrap().classes.len(), 2);
+    let missing: Vec<String> = (0..8).map(|i| format!("gone{i}.png,x")).collect();
+    std::fs::write(d.path().join("missing.csv"), format!("{}\nimg0.png,y\n", missing.join("\n"))).unwrap();
+    let err = Dataset::from_csv(&d.path().join("missing.csv"), d.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(
+        err.contains("8 files that do not exist") && err.contains("gone0.png") && !err.contains("gone7.png"),
+        "{err}"
+    );
+}
+
+#[test]
+fn labels_from_a_filename_regex_pets_style() {
+    let d = TempDir::new("regex");
+    for (i, name) in [
+        "Abyssinian_1.jpg",
+        "Abyssinian_2.jpg",
+        "beagle_10.jpg",
+        "beagle_11.jpg",
+        "great_pyrenees_3.jpg",
+        "great_pyrenees_4.jpg",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = d.path().join(name);
+        image::RgbImage::from_pixel(8, 8, image::Rgb([i as u8, 0, 0])).save(&path).unwrap();
+    }
+    let ds = Dataset::from_regex(d.path(), r"^(.+)_\d+\.jpg$", 0.34, 2).unwrap();
+    assert_eq!(ds.classes, vec!["Abyssinian", "beagle", "great_pyrenees"]);
+    let err = Dataset::from_regex(d.path(), r"^(\d+)\.png$", 0.2, 2).unwrap_err().to_string();
+    assert!(err.contains("does not match"), "{err}");
+}
+
+fn idx_bytes(n: usize, h: usize, w: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut images = vec![0, 0, 8, 3];
+    for d in [n, h, w] {
+        images.extend((d as u32).to_be_bytes());
+    }
+    images.extend((0..n * h * w).map(|i| (i % 251) as u8));
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((n as u32).to_be_bytes());
+    labels.extend((0..n).map(|i| (i % 3) as u8));
+    (images, labels)
+}
+
+#[test]
+fn idx_files_plain_and_gzipped() {
+    let d = TempDir::new("idx");
+    let (images, labels) = idx_bytes(30, 4, 5);
+    std::fs::write(d.path().join("images.idx"), &images).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &labels).unwrap();
+    std::fs::write(d.path().join("labels.idx.gz"), gz.finish().unwrap()).unwrap();
+    let ds = Dataset::from_idx(&d.path().join("images.idx"), &d.path().join("labels.idx.gz"), None, 0.2, 3).unwrap();
+    assert_eq!(ds.classes, vec!["0", "1", "2"]);
+    assert_eq!((ds.train.len(), ds.valid.len()), (24, 6));
+    let loader = Loader::new(
+        ds.train,
+        LoaderConfig { batch: 4, presize: 6, shuffle: true, drop_last: true, seed: 1, workers: 2, prefetch: 2 },
+    )
+    .unwrap();
+    let b = loader.epoch(0).next().unwrap().unwrap();
+    assert_eq!(b.pixels.len(), 4 * 6 * 6 * 3);
+}
+
+/// Truncations and byte flips of a valid IDX file: parse returns Ok or Err, never panics; CSV likewise.
+#[test]
+fn malformed_idx_and_csv_never_panic() {
+    let (images, _) = idx_bytes(5, 3, 3);
+    let mut rng = SplitMix(11);
+    for len in 0..images.len() {
+        let _ = wgtune::data::idx::parse(&images[..len], "truncated");
+    }
+    for _ in 0..2000 {
+        let mut b = images.clone();
+        for _ in 0..1 + rng.below(4) {
+            let i = rng.below(b.len() as u32) as usize;
+            b[i] = rng.below(256) as u8;
+        }
+        let _ = wgtune::data::idx::parse(&b, "mutated");
+    }
+    assert!(wgtune::data::idx::parse(&images, "valid").is_ok());
+    let d = TempDir::new("csvfuzz");
+    for _ in 0..300 {
+        let n = rng.below(60) as usize;
+        let text: String = (0..n).map(|_| *b",\n\"ab.png x".get(rng.below(11) as usize).unwrap() as char).collect();
+        std::fs::write(d.path().join("f.csv"), text).unwrap();
+        let _ = Dataset::from_csv(&d.path().join("f.csv"), d.path(), 0.2, 1);
+    }
+}
+
+#[test]
+fn bad_files_are_skipped_with_warnings_and_batches_stay_full() {
+    let d = TempDir::new("bad");
+    folder_with_split(d.path(), &["x", "y"], 4);
+    std::fs::write(d.path().join("x/empty.png"), b"").unwrap();
+    std::fs::write(d.path().join("x/notes.txt"), b"not an image").unwrap();
+    std::fs::write(d.path().join("y/fake.jpg"), b"this is text, not a JPEG").unwrap();
+    let good = std::fs::read(d.path().join("y/0.png")).unwrap();
+    std::fs::write(d.path().join("y/truncated.png"), &good[..good.len() / 2]).unwrap();
+    // The scan skips the empty file and the text file; decoding later finds the fake JPEG and the truncated PNG.
+    let ds = Dataset::from_folder(d.path(), 0.2, 1).unwrap();
+    assert_eq!(ds.skipped.len(), 2, "{:?}", ds.skipped);
+    let items: Vec<_> = ds.train.iter().chain(&ds.valid).cloned().collect();
+    let total = items.len();
+    let loader = Loader::new(
+        items,
+        LoaderConfig { batch: 5, presize: 8, shuffle: false, drop_last: false, seed: 0, workers: 2, prefetch: 1 },
+    )
+    .unwrap();
+    let batches: Vec<_> = loader.epoch(0).collect::<Result<Vec<_>, _>>().unwrap();
+    assert_eq!(batches.len(), total.div_ceil(5));
+    assert!(batches.iter().all(|b| b.labels.len() == 5 && b.pixels.len() == 5 * 8 * 8 * 3));
+    assert_eq!(loader.bad_items(), 2, "the fake JPEG and the truncated PNG");
+}
+
+#[test]
+fn data_set_errors_before_training() {
+    let d = TempDir::new("errs");
+    let err = Dataset::from_folder(d.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("no classes"), "{err}");
+    folder_with_split(d.path(), &["only"], 3);
+    let err = Dataset::from_folder(d.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("only one class"), "{err}");
+    let e = TempDir::new("errs2");
+    folder_with_split(&e.path().join("train"), &["a", "b"], 2);
+    std::fs::create_dir_all(e.path().join("valid")).unwrap();
+    let err = Dataset::from_folder(e.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("no validation images"), "{err}");
+    folder_with_split(&e.path().join("valid"), &["a", "c"], 1);
+    let err = Dataset::from_folder(e.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("'c'") && err.contains("not in"), "{err}");
+    let err = Dataset::from_folder(&e.path().join("nope"), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn loader_drops_or_pads_the_last_batch_and_shuffles_per_epoch() {
+    let d = TempDir::new("loader");
+    folder_with_split(d.path(), &["a", "b"], 5);
+    let ds = Dataset::from_folder(d.path(), 0.2, 1).unwrap();
+    let train = Loader::new(
+        ds.train.clone(),
+        LoaderConfig { batch: 3, presize: 4, shuffle: true, drop_last: true, seed: 5, workers: 2, prefetch: 2 },
+    )
+    .unwrap();
+    assert_eq!((train.len(), train.batches()), (8, 2));
+    assert_eq!(train.order(0), train.order(0));
+    assert_ne!(train.order(0), train.order(1));
+    let valid = Loader::new(
+        ds.train,
+        LoaderConfig { batch: 3, presize: 4, shuffle: false, drop_last: false, seed: 5, workers: 1, prefetch: 2 },
+    )
+    .unwrap();
+    let batches: Vec<_> = valid.epoch(0).collect::<Result<Vec<_>, _>>().unwrap();
+    assert_eq!(batches.iter().map(|b| b.real).collect::<Vec<_>>(), vec![3, 3, 2]);
+}
+
+#[test]
+fn the_embedded_fashion_mnist_subset_is_balanced() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion_mnist");
+    let ds = Dataset::from_folder(&root, 0.2, 1).unwrap();
+    assert_eq!(ds.classes.len(), 10);
+    assert_eq!((ds.train.len(), ds.valid.len()), (2000, 500));
+    for c in 0..10u32 {
+        assert_eq!(ds.train.iter().filter(|i| i.label == c).count(), 200);
+        assert_eq!(ds.valid.iter().filter(|i| i.label == c).count(), 50);
+    }
+}
+
+fn gpu() -> Arc<wgtune::gpu::Gpu> {
+    static GPU: OnceLock<Arc<wgtune::gpu::Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| match wgtune::gpu::Gpu::new(&wgtune::gpu::AdapterRequest::from_env()) {
+        Ok(g) => Arc::new(g),
+        Err(e) => panic!("data tests need an adapter and found none: {e}"),
+    })
+    .clone()
+}
+
+/// The pixel path (u8 upload, GPU normalization with the identity transform) gives the same predictions as
+/// normalizing on the CPU and uploading f32.
+#[test]
+fn pixel_input_matches_cpu_normalization() {
+    use wgtune::graph::executor::{Executor, ExecutorConfig, PixelInput};
+    use wgtune::nn::Normalization;
+    let build = || {
+        let mut g = wgtune::graph::Graph::new();
+        let x = g.input("image", &[2, 3, 8, 8]);
+        let labels = g.labels("label", 2);
+        let h = g.global_avg_pool("pool", x).unwrap();
+        let logits = g.linear("fc", h, 3, true).unwrap();
+        g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+        g
+    };
+    let norm = Normalization::imagenet();
+    let mut a = Executor::new(gpu(), build(), ExecutorConfig::default()).unwrap();
+    let mut b = Executor::new(gpu(), build(), ExecutorConfig::default()).unwrap();
+    b.set_pixel_input(PixelInput { presize: 8, normalization: norm }).unwrap();
+    let mut rng = SplitMix(4);
+    let pixels: Vec<u8> = (0..2 * 8 * 8 * 3).map(|_| rng.below(256) as u8).collect();
+    let mut f = Vec::new();
+    for img in pixels.chunks(8 * 8 * 3) {
+        wgtune::data::normalize_into(img, &norm, &mut f);
+    }
+    let pa = a.predict(&f).unwrap();
+    let pb = b.predict_pixels(&pixels).unwrap();
+    assert!(pa.iter().zip(&pb).all(|(x, y)| (x - y).abs() < 1e-5), "{pa:?} vs {pb:?}");
+    assert!(b.predict(&f).is_err(), "f32 batches are refused once pixel input is set");
+    let transforms = vec![wgtune::data::augment::ImageTransform::IDENTITY; 2];
+    b.train_step_pixels(&pixels, &transforms, &[0, 2]).unwrap();
+    assert_eq!(b.wait_metrics().unwrap().len(), 1);
+}
