@@ -378,3 +378,88 @@ pub fn bench_memory(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize) -> Res
         eval_bytes: ex.plan_bytes(false)?,
     })
 }
+
+/// Data pipeline throughput.
+#[derive(Clone, Debug, Serialize)]
+pub struct DataRecord {
+    pub bench: &'static str,
+    /// "decode_presize" (CPU worker threads) or "augment" (one GPU dispatch per batch).
+    pub stage: &'static str,
+    pub images_per_s: f64,
+    pub images: usize,
+    pub batch: usize,
+    pub source: String,
+    pub presize: usize,
+    pub size: usize,
+    pub workers: usize,
+    pub adapter: String,
+}
+
+/// Time decoding + presizing `count` synthetic JPEG photos (`width` x `height`) on `workers` threads, then the
+/// GPU augmentation of the presized batches to `size`.
+pub fn bench_data(
+    gpu: &Gpu,
+    count: usize,
+    (width, height): (u32, u32),
+    presize: usize,
+    size: usize,
+    batch: usize,
+    workers: usize,
+) -> Result<Vec<DataRecord>> {
+    use crate::data::augment::{augment, pack_pixels, AugmentConfig};
+    use crate::data::dataset::{Item, Source};
+    use crate::data::loader::{Loader, LoaderConfig};
+    let dir = std::env::temp_dir().join(format!("wgtune-bench-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut rng = SplitMix(5);
+    let mut items = Vec::new();
+    for i in 0..count {
+        // Smooth colour fields plus noise: about the size a camera JPEG of this resolution compresses to.
+        let (a, b) = (rng.below(256) as f32, rng.below(256) as f32);
+        let img = image::RgbImage::from_fn(width, height, |x, y| {
+            let n = ((x * 7 + y * 13 + i as u32) % 17) as f32;
+            image::Rgb([(a + x as f32 * 0.3 + n) as u8, (b + y as f32 * 0.4) as u8, ((x + y) as f32 * 0.2 + n) as u8])
+        });
+        let path = dir.join(format!("{i:04}.jpg"));
+        img.save(&path).map_err(|e| crate::Error::Invalid(format!("cannot write '{}': {e}", path.display())))?;
+        items.push(Item { source: Source::File(path), label: 0 });
+    }
+    let adapter = gpu.summary().name;
+    let source = format!("{count} JPEG {width}x{height}");
+    let loader = Loader::new(
+        items,
+        LoaderConfig { batch, presize, shuffle: true, drop_last: true, seed: 1, workers, prefetch: 2 },
+    )?;
+    let t0 = Instant::now();
+    let batches = loader.epoch(0).collect::<Result<Vec<_>>>()?;
+    let decode_s = t0.elapsed().as_secs_f64();
+    let decoded = batches.len() * batch;
+    let px = gpu.tensor(&[(batch * presize * presize * 3).div_ceil(4)], DType::U32, "bench pixels")?;
+    let tf = gpu.tensor(&[batch, 8], DType::F32, "bench transforms")?;
+    let out = gpu.tensor(&[batch, 3, size, size], DType::F32, "bench augmented")?;
+    let norm = Arch::EffnetLite0.normalization();
+    let d = augment(gpu, &px, &tf, &out, presize, &norm, true, "bench augment")?;
+    let cfg = AugmentConfig::default();
+    let mut times = Vec::new();
+    for b in &batches {
+        gpu.write_bytes(&px, bytemuck::cast_slice(&pack_pixels(&b.pixels)))?;
+        let params: Vec<f32> = (0..batch).flat_map(|_| cfg.sample(&mut rng).to_params()).collect();
+        gpu.write_f32(&tf, &params)?;
+        let (_, t) = gpu.time_dispatches("bench augment", &[&d], 1)?;
+        times.push(t[0]);
+    }
+    std::fs::remove_dir_all(&dir)?;
+    let rec = |stage, images_per_s| DataRecord {
+        bench: "data",
+        stage,
+        images_per_s,
+        images: decoded,
+        batch,
+        source: source.clone(),
+        presize,
+        size,
+        workers,
+        adapter: adapter.clone(),
+    };
+    Ok(vec![rec("decode_presize", decoded as f64 / decode_s), rec("augment", batch as f64 / median(&times))])
+}

@@ -57,6 +57,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Data pipeline images/s: JPEG decode + presize on CPU worker threads, augmentation on the GPU.
+    Data {
+        /// Synthetic JPEG photos to make and decode.
+        #[arg(long, default_value_t = 128)]
+        images: usize,
+        #[arg(long, default_value_t = 256)]
+        presize: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        #[arg(long, default_value_t = 32)]
+        bs: usize,
+        /// Decoding threads (default: the number of CPU cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Inference images/s of ImageNet classifiers (eval mode, probabilities read back).
     Predict {
         /// Architectures, comma-separated.
@@ -289,6 +306,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let gpu = open_gpu(cli.adapter)?;
             print_matmul(&gpu, &sizes, &kernels, BenchConfig { runs, ..Default::default() }, json)
+        }
+        Command::Bench { what: BenchCommand::Data { images, presize, size, bs, workers, json } } => {
+            let gpu = open_gpu(cli.adapter)?;
+            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            for r in wgtune::bench::bench_data(&gpu, images, (500, 375), presize, size, bs, workers)? {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{:<15} {:>9.1} images/s  ({}, presize {}, size {}, {} workers)",
+                        r.stage, r.images_per_s, r.source, r.presize, r.size, r.workers
+                    );
+                }
+            }
+            Ok(())
         }
         Command::Bench { what: BenchCommand::Predict { model, bs, size, runs, json } } => {
             let gpu = std::sync::Arc::new(open_gpu(cli.adapter)?);
