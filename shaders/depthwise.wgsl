@@ -6,10 +6,11 @@
 // amounts are needed here). Depthwise convs do KH*KW multiply-adds per output: memory-bound, so they get these
 // direct kernels instead of the implicit GEMM of conv2d.wgsl, whose 16-row blocks would sit 15/16 idle.
 //
-//   depthwise_conv2d_forward          one invocation per output pixel; workgroup (x, c, n) so c and the weights
-//                                     are workgroup-uniform. Dispatch (ceil(OH*OW / 256), C, N).
-//   depthwise_conv2d_backward_data    one invocation per input pixel, gathering the outputs it fed.
-//                                     Dispatch (ceil(H*W / 256), C, N).
+//   depthwise_conv2d_forward          one invocation per output element over the flat (N, C, OH, OW) tensor
+//                                     (late EfficientNet planes are 2x2: a workgroup per plane would idle).
+//   depthwise_conv2d_backward_data    one invocation per input element, gathering the outputs it fed.
+//                                     Both: 256 per workgroup on a 2-D grid, element =
+//                                     (wg.y * num_workgroups.x + wg.x) * 256 + local index.
 //   depthwise_conv2d_backward_weight  one workgroup per (tap, c): a strided sum over (n, oh, ow) and a tree
 //                                     reduction in workgroup memory. Dispatch (KH*KW, C, 1).
 // flags & 1: add bias (forward). flags & 2: accumulate into the output instead of overwriting.
@@ -57,14 +58,17 @@ fn put(idx: u32, v: f32) {
 }
 
 @compute @workgroup_size(256)
-fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y;
-    let n = wg.z;
-    let pix = wg.x * 256u + lid;
+fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
     let out_hw = p.out_h * p.out_w;
-    if pix >= out_hw {
+    let k = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if k >= p.batch * p.out_c * out_hw {
         return;
     }
+    let plane = k / out_hw;
+    let pix = k - plane * out_hw;
+    let n = plane / p.out_c;
+    let c = plane - n * p.out_c;
     let oh = pix / p.out_w;
     let ow = pix - oh * p.out_w;
     let x_plane = (n * p.in_c + c) * p.in_h * p.in_w;
@@ -91,14 +95,17 @@ fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local
 // dx[n, c, ih, iw] = sum_{kh, kw} w[c, kh, kw] * dy[n, c, oh, ow] over the (oh, ow) with
 // oh * stride_h = ih + pad_top - kh * dilation_h (and the same along W) that exist.
 @compute @workgroup_size(256)
-fn depthwise_conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y;
-    let n = wg.z;
-    let pix = wg.x * 256u + lid;
+fn depthwise_conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                  @builtin(local_invocation_index) lid: u32) {
     let in_hw = p.in_h * p.in_w;
-    if pix >= in_hw {
+    let k = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if k >= p.batch * p.in_c * in_hw {
         return;
     }
+    let plane = k / in_hw;
+    let pix = k - plane * in_hw;
+    let n = plane / p.in_c;
+    let c = plane - n * p.in_c;
     let ih = pix / p.in_w;
     let iw = pix - ih * p.in_w;
     let dy_plane = (n * p.out_c + c) * p.out_h * p.out_w;

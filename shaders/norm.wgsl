@@ -8,12 +8,14 @@
 //                             save_mean / save_var, and the running statistics updated with momentum m:
 //                             running = (1 - m) * running + m * batch   (the variance unbiased: * M / (M - 1)).
 //                             Dispatch (C, 1, 1): one workgroup per channel.
-//   batch_norm_forward        y from x, mean, var, gamma, beta. Dispatch (ceil(HW / 256), C, N).
+//   batch_norm_forward        y from x, mean, var, gamma, beta. One invocation per element over the flat tensor
+//                             (planes can be as small as 1x1, so no grid by plane): 256 per workgroup on a 2-D
+//                             grid, element = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
 //   batch_norm_backward_reduce  dbeta[c] = sum dy, dgamma[c] = sum dy * xhat. Dispatch (C, 1, 1).
 //   batch_norm_backward_data  training: dx = gamma * invstd / M * (M * dy - dbeta - xhat * dgamma)
 //                             (the batch statistics depend on x);
 //                             eval (flags & 2): dx = gamma * invstd * dy (the statistics are constants).
-//                             flags & 1: accumulate into dx. Dispatch (ceil(HW / 256), C, N).
+//                             flags & 1: accumulate into dx. Dispatch as batch_norm_forward.
 
 struct NormParams {
     batch: u32,
@@ -96,14 +98,13 @@ fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
 }
 
 @compute @workgroup_size(256)
-fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y;
-    let n = wg.z;
-    let i = wg.x * 256u + lid;
-    if i >= p.hw {
+fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let k = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if k >= p.batch * p.channels * p.hw {
         return;
     }
-    let k = (n * p.channels + c) * p.hw + i;
+    let c = (k / p.hw) % p.channels;
     let invstd = inverseSqrt(variance[c] + p.eps);
     out[k] = gamma[c] * (x[k] - mean[c]) * invstd + beta[c];
 }
@@ -131,14 +132,13 @@ fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loc
 }
 
 @compute @workgroup_size(256)
-fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y;
-    let n = wg.z;
-    let i = wg.x * 256u + lid;
-    if i >= p.hw {
+fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let k = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if k >= p.batch * p.channels * p.hw {
         return;
     }
-    let k = (n * p.channels + c) * p.hw + i;
+    let c = (k / p.hw) % p.channels;
     let invstd = inverseSqrt(variance[c] + p.eps);
     var g: f32;
     if (p.flags & FLAG_EVAL) != 0u {

@@ -9,6 +9,8 @@
 //   global_pool_forward       y[n, off + c] = max (flags & 4) or mean over H x W of x[n, c]; y is (N, C_total), so
 //                             fastai's concat pool writes max and mean into two halves of one tensor, no copy.
 //                             indices[n, c] = position of the maximum (max only).
+//   global_pool_forward_rows  the same for small planes: one invocation per (n, c) plane, a plain loop (a
+//                             workgroup per plane would leave most of its 256 invocations idle).
 //   global_avg_pool_backward  dx[n,c,h,w] = dy[n, off + c] / (H*W)
 //   global_max_pool_backward  dx[n,c,h,w] = dy[n, off + c] where h*W + w == indices[n, c], else 0
 // flags & 1: accumulate into the output (the two halves of a concat pool add into one dx).
@@ -16,7 +18,8 @@
 // Window geometry: OH = (H + pad_top + pad_bottom - KH) / stride_h + 1 (the host computes it; top/left padding
 // is needed, except for the divisor with count_include_pad). Bindings: src (1) = x or dy, dst (2) = y or dx, indices (3) = argmax positions.
 // Dispatch: window kernels and global backward: (ceil(plane / 256), C, N), one invocation per output (forward) or
-// input (backward) element of a plane; global_pool_forward: (C, N), one workgroup per plane.
+// input (backward) element of a plane; global_pool_forward: (C, N), one workgroup per plane;
+// global_pool_forward_rows: (ceil(N*C / 256), 1, 1).
 
 struct PoolParams {
     batch: u32,
@@ -275,4 +278,34 @@ fn global_max_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local
     }
     let g = select(0.0, src[n * p.out_c_total + p.out_c_offset + c], indices[n * p.channels + c] == pos);
     put((n * p.channels + c) * hw + pos, g);
+}
+
+@compute @workgroup_size(256)
+fn global_pool_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let plane = gid.x;
+    if plane >= p.batch * p.channels {
+        return;
+    }
+    let n = plane / p.channels;
+    let c = plane - n * p.channels;
+    let hw = p.in_h * p.in_w;
+    let is_max = (p.flags & FLAG_MAX) != 0u;
+    var v = src[plane * hw];
+    var pos = 0u;
+    var sum = v;
+    for (var i = 1u; i < hw; i++) {
+        let x = src[plane * hw + i];
+        sum += x;
+        if x > v {
+            v = x;
+            pos = i;
+        }
+    }
+    let out_i = n * p.out_c_total + p.out_c_offset + c;
+    if is_max {
+        put(out_i, v);
+        indices[plane] = pos;
+    } else {
+        put(out_i, sum / f32(hw));
+    }
 }

@@ -102,6 +102,10 @@ enum BenchCommand {
     },
     /// Training steps per second of a small CNN (three conv-BN-ReLU, global pool, linear; Adam).
     Step {
+        /// small_cnn (the executor issue's model), or an architecture with fastai's head (effnet-lite0, resnet18,
+        /// resnet34, resnet50).
+        #[arg(long, default_value = "small_cnn")]
+        model: String,
         /// Batch size.
         #[arg(long, default_value_t = 32)]
         bs: usize,
@@ -367,9 +371,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Step { bs, size, steps, json } } => {
+        Command::Bench { what: BenchCommand::Step { model, bs, size, steps, json } } => {
+            let graph = match model.as_str() {
+                "small_cnn" => small_cnn(bs, size)?,
+                arch => wgtune::nn::Arch::parse(arch)?.with_fastai_head(bs, size, 10, 0.1)?,
+            };
             let gpu = std::sync::Arc::new(open_gpu(cli.adapter)?);
-            let r = bench_step(gpu, "small_cnn", small_cnn(bs, size)?, steps)?;
+            let r = bench_step(gpu, &model, graph, steps)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -931,6 +931,26 @@ impl Executor {
         Ok((m.loss, m.correct))
     }
 
+    /// GPU time of every layer of the evaluation program on one batch (each layer timed on its own, so the total
+    /// exceeds a real step by the submission overheads): (layer, op kind, seconds), in program order.
+    pub fn profile_eval(&mut self, images: &[f32]) -> Result<Vec<(String, f64)>> {
+        self.check_images(images)?;
+        self.ensure_eval()?;
+        let n = self.graph.tensors[self.labels.0].numel();
+        self.upload(false, images, &vec![0; n])?;
+        let p = self.eval.as_ref().expect("compiled");
+        let mut out = Vec::new();
+        for layer in &p.layers {
+            if layer.dispatches.is_empty() {
+                continue;
+            }
+            let refs: Vec<&Dispatch> = layer.dispatches.iter().collect();
+            let (_, t) = self.gpu.time_dispatches(&layer.name, &refs, 1)?;
+            out.push((layer.name.clone(), t[0]));
+        }
+        Ok(out)
+    }
+
     /// Class probabilities (batch, classes) of one batch in eval mode.
     pub fn predict(&mut self, images: &[f32]) -> Result<Vec<f32>> {
         self.infer(images, true)

@@ -168,9 +168,12 @@ impl ConvShape {
     pub fn is_depthwise(&self) -> bool {
         self.cfg.groups == self.in_c && self.in_c == self.out_c && self.in_c > 1
     }
-    /// A 1x1, stride-1, unpadded, ungrouped conv: a batched matmul.
+    /// A 1x1, stride-1, unpadded, ungrouped conv over planes of at least 512 pixels: a batched matmul with full
+    /// 16 x 512 tiles (one matrix per image). Smaller planes would leave most of each tile idle, so those go to
+    /// the implicit GEMM, which folds the batch into the columns.
     pub fn is_pointwise(&self) -> bool {
-        self.kernel_h == 1
+        self.in_h * self.in_w >= 512
+            && self.kernel_h == 1
             && self.kernel_w == 1
             && self.cfg.stride == (1, 1)
             && self.cfg.padding == Padding::default()
@@ -254,7 +257,11 @@ pub fn conv2d_forward(
     let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
     let bias = bias.unwrap_or(w);
     if s.is_depthwise() {
-        let grid = [(p.out_h * p.out_w).div_ceil(256), p.out_c, p.batch];
+        let grid = super::grid_1d(
+            (p.batch * p.out_c * p.out_h * p.out_w) as usize,
+            256,
+            gpu.limits().max_compute_workgroups_per_dimension,
+        );
         return Ok(vec![gpu.dispatch(
             &DEPTHWISE_CONV2D_FORWARD,
             bytemuck::bytes_of(&p),
@@ -298,7 +305,11 @@ pub fn conv2d_backward_data(
     }
     let p = s.params(flags(false, accumulate), s.batch)?;
     if s.is_depthwise() {
-        let grid = [(p.in_h * p.in_w).div_ceil(256), p.in_c, p.batch];
+        let grid = super::grid_1d(
+            (p.batch * p.in_c * p.in_h * p.in_w) as usize,
+            256,
+            gpu.limits().max_compute_workgroups_per_dimension,
+        );
         return Ok(vec![gpu.dispatch(
             &DEPTHWISE_CONV2D_BACKWARD_DATA,
             bytemuck::bytes_of(&p),

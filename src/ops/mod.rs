@@ -46,6 +46,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         pool::AVG_POOL_FORWARD,
         pool::AVG_POOL_BACKWARD,
         pool::GLOBAL_POOL_FORWARD,
+        pool::GLOBAL_POOL_FORWARD_ROWS,
         pool::GLOBAL_AVG_POOL_BACKWARD,
         pool::GLOBAL_MAX_POOL_BACKWARD,
         concat::CONCAT_FORWARD,

@@ -55,6 +55,11 @@ pub struct BatchNormState<'a> {
     pub running_var: &'a Tensor,
 }
 
+/// One invocation per element of the (N, C, HW) tensor.
+fn elements_grid(gpu: &Gpu, p: &NormParams) -> [u32; 3] {
+    super::grid_1d((p.batch * p.channels * p.hw) as usize, 256, gpu.limits().max_compute_workgroups_per_dimension)
+}
+
 /// (N, C, HW) of x, with every per-channel tensor checked to hold C.
 fn geometry(x: &Tensor, per_channel: &[&Tensor]) -> Result<(usize, usize, usize)> {
     let (n, c, hw) = match x.shape() {
@@ -98,7 +103,7 @@ pub fn batch_norm_forward(
     }
     let all = [state.gamma, state.beta, state.running_mean, state.running_var];
     let p = params(x, &all, cfg, 0)?;
-    let grid = [p.hw.div_ceil(256), p.channels, p.batch];
+    let grid = elements_grid(gpu, &p);
     let (mean, var) = save.unwrap_or((state.running_mean, state.running_var));
     let mut steps = Vec::new();
     if save.is_some() {
@@ -156,7 +161,7 @@ pub fn batch_norm_backward(
         &BATCH_NORM_BACKWARD_DATA,
         bytemuck::bytes_of(&p),
         &[x, dy, mean, var, gamma, dgamma, dbeta, dx],
-        [p.hw.div_ceil(256), p.channels, p.batch],
+        elements_grid(gpu, &p),
         label,
     )?;
     Ok(vec![reduce, data])

@@ -42,6 +42,7 @@ pub const MAX_POOL_BACKWARD: KernelSpec = KernelSpec::new("max_pool_backward", "
 pub const AVG_POOL_FORWARD: KernelSpec = KernelSpec::new("avg_pool_forward", "pool", SRC_DST);
 pub const AVG_POOL_BACKWARD: KernelSpec = KernelSpec::new("avg_pool_backward", "pool", SRC_DST);
 pub const GLOBAL_POOL_FORWARD: KernelSpec = KernelSpec::new("global_pool_forward", "pool", SRC_DST_IDX);
+pub const GLOBAL_POOL_FORWARD_ROWS: KernelSpec = KernelSpec::new("global_pool_forward_rows", "pool", SRC_DST_IDX);
 pub const GLOBAL_AVG_POOL_BACKWARD: KernelSpec = KernelSpec::new("global_avg_pool_backward", "pool", SRC_DST);
 pub const GLOBAL_MAX_POOL_BACKWARD: KernelSpec = KernelSpec::new("global_max_pool_backward", "pool", SRC_DST_IDX);
 
@@ -260,6 +261,10 @@ pub fn global_pool_forward(
     let p = global_params(x, y, offset, flags, "global_pool_forward")?;
     if kind == GlobalPool::Max && indices.numel() != (p.batch * p.channels) as usize {
         return Err(Error::shape("global_pool_forward", format!("indices {:?} must hold N * C", indices.shape())));
+    }
+    if p.in_h * p.in_w < 1024 {
+        let grid = [(p.batch * p.channels).div_ceil(256), 1, 1];
+        return gpu.dispatch(&GLOBAL_POOL_FORWARD_ROWS, bytemuck::bytes_of(&p), &[x, y, indices], grid, label);
     }
     gpu.dispatch(&GLOBAL_POOL_FORWARD, bytemuck::bytes_of(&p), &[x, y, indices], [p.channels, p.batch, 1], label)
 }

@@ -81,7 +81,8 @@ conv_tests! {
     dense_3x3_odd_size: [2, 3, 7, 7], [5, 3, 3, 3], cfg(1, 1);
     dense_3x3_stride2_odd_size_two_row_tiles: [2, 4, 9, 11], [17, 4, 3, 3], cfg(2, 1);
     dense_5x5_batch1: [1, 2, 6, 5], [3, 2, 5, 5], cfg(1, 2);
-    pointwise_1x1_takes_the_matmul_path: [3, 5, 5, 3], [7, 5, 1, 1], cfg(1, 0);
+    pointwise_1x1_takes_the_matmul_path: [2, 5, 32, 17], [7, 5, 1, 1], cfg(1, 0);
+    pointwise_1x1_small_plane_takes_the_gemm_path: [3, 5, 5, 3], [7, 5, 1, 1], cfg(1, 0);
     strided_1x1_takes_the_gemm_path: [2, 4, 7, 7], [6, 4, 1, 1], cfg(2, 0);
     grouped_2: [2, 4, 6, 6], [6, 2, 3, 3], Conv2dConfig { groups: 2, ..cfg(1, 1) };
     depthwise_3x3: [2, 5, 7, 7], [5, 1, 3, 3], Conv2dConfig { groups: 5, ..cfg(1, 1) };
@@ -99,7 +100,15 @@ conv_tests! {
 fn every_path_accumulates() {
     check([2, 3, 7, 7], [5, 3, 3, 3], cfg(1, 1), true, 1);
     check([2, 5, 5, 3], [7, 5, 1, 1], cfg(1, 0), true, 2);
+    check([2, 3, 16, 33], [4, 3, 1, 1], cfg(1, 0), true, 4);
     check([2, 5, 7, 7], [5, 1, 3, 3], Conv2dConfig { groups: 5, ..cfg(1, 1) }, true, 3);
+}
+
+#[test]
+fn pointwise_routing_follows_the_plane_size() {
+    let s = |x: [usize; 4]| ConvShape::new(&x, &[7, x[1], 1, 1], Conv2dConfig::default()).unwrap().is_pointwise();
+    assert!(s([2, 5, 32, 17]), "544-pixel planes take the matmul path");
+    assert!(!s([3, 5, 5, 3]), "15-pixel planes take the implicit GEMM");
 }
 
 #[test]

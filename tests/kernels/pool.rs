@@ -122,6 +122,8 @@ fn concat_pool_small_planes() {
 #[test]
 fn concat_pool_planes_larger_than_a_workgroup_and_1x1() {
     check_concat_pool([2, 3, 17, 19], 7);
+    check_concat_pool([2, 2, 33, 35], 10); // 1155 pixels: one workgroup per plane
+    check_concat_pool([2, 300, 2, 2], 11); // 600 planes: more than one workgroup of rows
     check_concat_pool([4, 6, 1, 1], 8);
 }
 

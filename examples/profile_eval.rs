@@ -1,0 +1,33 @@
+fn main() -> wgtune::Result<()> {
+    use std::sync::Arc;
+    let args: Vec<String> = std::env::args().collect();
+    let arch = wgtune::nn::Arch::parse(args.get(1).map(String::as_str).unwrap_or("effnet-lite0"))?;
+    let size: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let bs: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let gpu = Arc::new(wgtune::gpu::Gpu::new(&wgtune::gpu::AdapterRequest::from_env())?);
+    let g = arch.classifier(bs, size, 1000)?;
+    let kinds: std::collections::HashMap<String, &'static str> =
+        g.nodes.iter().map(|n| (n.name.clone(), n.op.kind())).collect();
+    let mut ex = wgtune::graph::executor::Executor::new(gpu, g, Default::default())?;
+    let x = wgtune::reference::SplitMix(1).vec_f32(bs * 3 * size * size, -1.0, 1.0);
+    ex.profile_eval(&x)?;
+    let prof = ex.profile_eval(&x)?;
+    let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
+    for (name, t) in &prof {
+        let k = kinds.get(name).copied().unwrap_or("?");
+        let k = if k == "conv2d" && name.contains("depthwise") {
+            "conv2d depthwise"
+        } else if k == "conv2d" && (name.contains("expand") || name.contains("project") || name.contains("head")) {
+            "conv2d 1x1"
+        } else {
+            k
+        };
+        *by_kind.entry(k.to_string()).or_default() += t;
+    }
+    let total: f64 = prof.iter().map(|p| p.1).sum();
+    println!("total {:.1} ms for {bs} images at {size}px", total * 1e3);
+    for (k, t) in by_kind {
+        println!("{k:<20} {:>8.1} ms {:>5.1}%", t * 1e3, t / total * 100.0);
+    }
+    Ok(())
+}
