@@ -5,24 +5,23 @@ fn main() -> wgtune::Result<()> {
     let size: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
     let bs: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(8);
     let gpu = Arc::new(wgtune::gpu::Gpu::new(&wgtune::gpu::AdapterRequest::from_env())?);
-    let g = arch.classifier(bs, size, 1000)?;
+    let training = args.get(4).is_some_and(|a| a == "train");
+    let g = if training { arch.with_fastai_head(bs, size, 10, 0.1)? } else { arch.classifier(bs, size, 1000)? };
     let kinds: std::collections::HashMap<String, &'static str> =
         g.nodes.iter().map(|n| (n.name.clone(), n.op.kind())).collect();
     let mut ex = wgtune::graph::executor::Executor::new(gpu, g, Default::default())?;
     let x = wgtune::reference::SplitMix(1).vec_f32(bs * 3 * size * size, -1.0, 1.0);
-    ex.profile_eval(&x)?;
-    let prof = ex.profile_eval(&x)?;
+    let labels = vec![0u32; bs];
+    ex.profile(training, &x, &labels)?;
+    let prof = ex.profile(training, &x, &labels)?;
     let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
     for (name, t) in &prof {
-        let k = kinds.get(name).copied().unwrap_or("?");
-        let k = if k == "conv2d" && name.contains("depthwise") {
-            "conv2d depthwise"
-        } else if k == "conv2d" && (name.contains("expand") || name.contains("project") || name.contains("head")) {
-            "conv2d 1x1"
-        } else {
-            k
-        };
-        *by_kind.entry(k.to_string()).or_default() += t;
+        let base = name.trim_end_matches(" backward");
+        let bwd = if name.ends_with(" backward") { " bwd" } else { "" };
+        let k = kinds.get(base).copied().unwrap_or("?");
+        let shape = if name.contains("depthwise") { " depthwise" } else if name.contains("expand") || name.contains("project") || name.contains("conv_head") { " 1x1" } else { "" };
+        let k = format!("{k}{shape}{bwd}");
+        *by_kind.entry(k).or_default() += t;
     }
     let total: f64 = prof.iter().map(|p| p.1).sum();
     println!("total {:.1} ms for {bs} images at {size}px", total * 1e3);

@@ -931,14 +931,15 @@ impl Executor {
         Ok((m.loss, m.correct))
     }
 
-    /// GPU time of every layer of the evaluation program on one batch (each layer timed on its own, so the total
-    /// exceeds a real step by the submission overheads): (layer, op kind, seconds), in program order.
-    pub fn profile_eval(&mut self, images: &[f32]) -> Result<Vec<(String, f64)>> {
+    /// GPU time of every layer of the training (with the optimizer as a last layer) or evaluation program on one
+    /// batch, each layer timed on its own (so the sum exceeds a real step by submission overheads): (layer,
+    /// seconds) in program order. Parameters are updated as in a training step.
+    pub fn profile(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<Vec<(String, f64)>> {
         self.check_images(images)?;
-        self.ensure_eval()?;
-        let n = self.graph.tensors[self.labels.0].numel();
-        self.upload(false, images, &vec![0; n])?;
-        let p = self.eval.as_ref().expect("compiled");
+        self.check_labels(labels)?;
+        if training { self.ensure_train()? } else { self.ensure_eval()? }
+        self.upload(training, images, labels)?;
+        let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled");
         let mut out = Vec::new();
         for layer in &p.layers {
             if layer.dispatches.is_empty() {
@@ -947,6 +948,11 @@ impl Executor {
             let refs: Vec<&Dispatch> = layer.dispatches.iter().collect();
             let (_, t) = self.gpu.time_dispatches(&layer.name, &refs, 1)?;
             out.push((layer.name.clone(), t[0]));
+        }
+        if training && !p.optim.is_empty() {
+            let refs: Vec<&Dispatch> = p.optim.iter().map(|(_, d)| d).collect();
+            let (_, t) = self.gpu.time_dispatches("optimizer", &refs, 1)?;
+            out.push(("optimizer".into(), t[0]));
         }
         Ok(out)
     }
