@@ -19,7 +19,13 @@ fn main() -> wgtune::Result<()> {
         let base = name.trim_end_matches(" backward");
         let bwd = if name.ends_with(" backward") { " bwd" } else { "" };
         let k = kinds.get(base).copied().unwrap_or("?");
-        let shape = if name.contains("depthwise") { " depthwise" } else if name.contains("expand") || name.contains("project") || name.contains("conv_head") { " 1x1" } else { "" };
+        let shape = if name.contains("depthwise") {
+            " depthwise"
+        } else if name.contains("expand") || name.contains("project") || name.contains("conv_head") {
+            " 1x1"
+        } else {
+            ""
+        };
         let k = format!("{k}{shape}{bwd}");
         *by_kind.entry(k).or_default() += t;
     }

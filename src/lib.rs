@@ -4,6 +4,7 @@
 //! - [`graph`]: models as graphs of ops, the derived backward pass, the executor that trains them on the GPU.
 //! - [`nn`]: EfficientNet-Lite0 and ResNet-18/34/50 built from graph ops, fastai's head, safetensors in and out.
 //! - [`ops`]: one launcher per kernel, checking shapes and building [`gpu::Dispatch`] values.
+//! - [`schedule`]: fastai's one-cycle, discriminative learning rates and fine_tune phases.
 //! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
 //! - [`bench`]: the measurements behind `wgtune bench`.
 
@@ -15,5 +16,6 @@ pub mod graph;
 pub mod nn;
 pub mod ops;
 pub mod reference;
+pub mod schedule;
 
 pub use error::{Error, Result};

@@ -937,7 +937,11 @@ impl Executor {
     pub fn profile(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<Vec<(String, f64)>> {
         self.check_images(images)?;
         self.check_labels(labels)?;
-        if training { self.ensure_train()? } else { self.ensure_eval()? }
+        if training {
+            self.ensure_train()?
+        } else {
+            self.ensure_eval()?
+        }
         self.upload(training, images, labels)?;
         let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled");
         let mut out = Vec::new();
