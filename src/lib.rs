@@ -2,6 +2,7 @@
 //!
 //! - [`gpu`]: the runtime (adapter, device, tensors, readback, kernel registry) — the only module calling wgpu.
 //! - [`graph`]: models as graphs of ops, the derived backward pass, the executor that trains them on the GPU.
+//! - [`learner`]: fastai's fine_tune: phases, schedules, epoch records.
 //! - [`nn`]: EfficientNet-Lite0 and ResNet-18/34/50 built from graph ops, fastai's head, safetensors in and out.
 //! - [`ops`]: one launcher per kernel, checking shapes and building [`gpu::Dispatch`] values.
 //! - [`schedule`]: fastai's one-cycle, discriminative learning rates and fine_tune phases.
@@ -13,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod graph;
+pub mod learner;
 pub mod nn;
 pub mod ops;
 pub mod reference;

@@ -50,9 +50,64 @@ enum Command {
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
-    /// Fine-tune a pretrained model (fastai's fine_tune). Not built yet: it arrives with the executor, models
-    /// and data pipeline.
-    Finetune,
+    /// Fine-tune a pretrained model (fastai's fine_tune): train a new head with the body frozen, then everything
+    /// with discriminative learning rates, one-cycle schedules throughout.
+    Finetune(FinetuneArgs),
+}
+
+#[derive(clap::Args)]
+struct FinetuneArgs {
+    /// Image folder (DIR/train/<class>/* + DIR/valid/<class>/*, or DIR/<class>/*). Default: the embedded
+    /// Fashion-MNIST subset.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Pretrained weights (safetensors). Default: the embedded ImageNet EfficientNet-Lite0.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// Architecture: effnet-lite0, resnet18, resnet34, resnet50.
+    #[arg(long, default_value = "effnet-lite0")]
+    arch: String,
+    /// Epochs after unfreezing.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Epochs with the body frozen.
+    #[arg(long, default_value_t = 1)]
+    freeze_epochs: usize,
+    /// Base learning rate (fastai's base_lr).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Ratio of the head's learning rate to the first group's after unfreezing.
+    #[arg(long, default_value_t = 100.0)]
+    lr_mult: f64,
+    #[arg(long, default_value_t = 0.3)]
+    pct_start: f64,
+    #[arg(long, default_value_t = 5.0)]
+    div: f64,
+    /// Decoupled weight decay (not applied to batch norm and biases).
+    #[arg(long, default_value_t = 0.01)]
+    wd: f64,
+    #[arg(long, default_value_t = 32)]
+    bs: usize,
+    /// Input size (square). Default: 224 on a GPU; 64 on a software adapter, where 224 would take hours.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Fraction held out for validation when the folder has no valid/ split.
+    #[arg(long, default_value_t = 0.2)]
+    valid_pct: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Batch norm of the frozen body in eval mode too: nothing of the body trains in phase 1.
+    #[arg(long)]
+    freeze_bn: bool,
+    /// SGD with momentum instead of Adam.
+    #[arg(long)]
+    sgd: bool,
+    /// Where to save the fine-tuned model.
+    #[arg(long, default_value = "wgtune-model.safetensors")]
+    out: std::path::PathBuf,
+    /// One JSON line per epoch.
+    #[arg(long)]
+    json_log: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -296,6 +351,103 @@ fn predict(
     Ok(())
 }
 
+/// The embedded default data set (a folder of the source tree).
+const DEFAULT_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion_mnist");
+
+fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use wgtune::learner::{FineTuneConfig, Learner};
+    use wgtune::nn::model::{save_model, EFFNET_LITE0_IMAGENET};
+    use wgtune::nn::weights::Weights;
+    let arch = wgtune::nn::Arch::parse(&a.arch)?;
+    let weights = match &a.model {
+        Some(p) => Weights::open(p)?,
+        None if arch == wgtune::nn::Arch::EffnetLite0 => {
+            Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0 (ImageNet)")?
+        }
+        None => anyhow::bail!("--arch {} needs pretrained weights: give them with --model FILE", a.arch),
+    };
+    let data_dir = a.data.clone().unwrap_or_else(|| DEFAULT_DATA.into());
+    let data = wgtune::data::dataset::Dataset::from_folder(&data_dir, a.valid_pct, a.seed)?;
+    eprintln!(
+        "data: {} ({} classes, {} train, {} valid images)",
+        data_dir.display(),
+        data.classes.len(),
+        data.train.len(),
+        data.valid.len()
+    );
+    let cfg = FineTuneConfig {
+        arch,
+        epochs: a.epochs,
+        freeze_epochs: a.freeze_epochs,
+        lr: a.lr,
+        lr_mult: a.lr_mult,
+        pct_start: a.pct_start,
+        div: a.div,
+        wd: a.wd,
+        bs: a.bs,
+        seed: a.seed,
+        optimizer: if a.sgd { wgtune::ops::optim::Optimizer::Sgd } else { wgtune::ops::optim::Optimizer::Adam },
+        freeze_bn: a.freeze_bn,
+        ..FineTuneConfig::default()
+    };
+    let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+    let size = a.size.unwrap_or(if gpu.summary().is_software { 64 } else { 224 });
+    if a.size.is_none() {
+        eprintln!(
+            "preset: {size}x{size} inputs for the {} adapter '{}' (--size to change)",
+            if gpu.summary().is_software { "software" } else { "hardware" },
+            gpu.summary().name
+        );
+    }
+    let cfg = FineTuneConfig { size, presize: (size * 8).div_ceil(7), ..cfg };
+    let mut learner = Learner::new(gpu, &data, &weights, cfg)?;
+    let mut log = match &a.json_log {
+        Some(p) => Some(
+            std::fs::File::create(p).map_err(|e| anyhow::anyhow!("cannot create --json-log {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut last_phase = "";
+    let mut progress = |phase: &str, epoch: usize, done: usize, total: usize, loss: f64| {
+        if done.is_multiple_of((total / 10).max(1)) || done == total {
+            eprintln!("  {phase} epoch {epoch}: batch {done}/{total}, smoothed loss {loss:.4}");
+        }
+    };
+    let mut on_epoch = |r: &wgtune::learner::EpochRecord| {
+        if r.phase != last_phase {
+            println!("\n{} phase", r.phase);
+            println!(
+                "{:>5}  {:>10}  {:>10}  {:>10}  {:>8}  {:>6}",
+                "epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "time"
+            );
+            last_phase = r.phase;
+        }
+        let secs = r.seconds as u64;
+        println!(
+            "{:>5}  {:>10.6}  {:>10.6}  {:>10.6}  {:>8.4}  {:02}:{:02}",
+            r.epoch,
+            r.train_loss,
+            r.valid_loss,
+            r.error_rate,
+            r.accuracy,
+            secs / 60,
+            secs % 60
+        );
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
+        }
+    };
+    learner.fit(&mut progress, &mut on_epoch)?;
+    save_model(&learner.ex, &learner.spec, &a.out)?;
+    println!(
+        "\nsaved the fine-tuned model to {} (use it with `wgtune predict --model {}`)",
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info { json } => info(&open_gpu(cli.adapter)?, json),
@@ -421,10 +573,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_matmul(&gpu, &matmul_sizes, &[MatmulKernel::Tiled], cfg, json)
         }
         Command::Predict { model, arch, bs, json, images } => predict(cli.adapter, model, arch, bs, json, &images),
-        Command::Finetune => anyhow::bail!(
-            "`finetune` is not built yet: it needs the graph executor, the pretrained models and the data \
-             pipeline, which are still in progress. `wgtune info` and `wgtune bench matmul|conv` work today."
-        ),
+        Command::Finetune(args) => finetune(cli.adapter, args),
     }
 }
 
