@@ -23,6 +23,25 @@ fn accumulates(written: &mut HashSet<TensorId>, t: TensorId) -> bool {
     !written.insert(t)
 }
 
+/// What the backward pass of a layer with weights (x, w, optional b, output y) computes: whether dx is needed,
+/// whether w and b train, and whether dx adds to an earlier contribution; the gradients it touches are added to
+/// `touches`.
+fn weighted_layer(
+    needs: &[bool],
+    trains: &dyn Fn(TensorId) -> bool,
+    written: &mut HashSet<TensorId>,
+    touches: &mut Vec<Key>,
+    (x, w, b, y): (TensorId, TensorId, Option<TensorId>, TensorId),
+) -> (bool, bool, bool, bool) {
+    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
+    let ax = need_x && accumulates(written, x);
+    touches.push(Key::Grad(y));
+    touches.extend(need_x.then_some(Key::Grad(x)));
+    touches.extend([Key::Grad(w)].into_iter().filter(|_| train_w));
+    touches.extend(b.filter(|_| train_b).map(Key::Grad));
+    (need_x, train_w, train_b, ax)
+}
+
 impl Executor {
     /// Append the backward layers: reverse order, one arm per op, gradients of tensors used twice accumulate.
     pub(super) fn derive_backward(&self, needs: &[bool], layers: &mut Vec<PendingLayer>) -> Result<()> {
@@ -65,12 +84,8 @@ impl Executor {
                     })
                 }
                 Op::Linear { x, w, b, y } => {
-                    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
-                    let ax = need_x && accumulates(&mut written, x);
-                    touches.push(gk(y));
-                    touches.extend(need_x.then_some(gk(x)));
-                    touches.extend([gk(w)].into_iter().filter(|_| train_w));
-                    touches.extend(b.filter(|_| train_b).map(gk));
+                    let (need_x, train_w, train_b, ax) =
+                        weighted_layer(needs, &trains, &mut written, &mut touches, (x, w, b, y));
                     Box::new(move |v| {
                         let mut out = Vec::new();
                         if need_x {
@@ -91,12 +106,8 @@ impl Executor {
                     })
                 }
                 Op::Conv2d { x, w, b, y, shape } => {
-                    let (need_x, train_w, train_b) = (needs[x.0], trains(w), b.is_some_and(trains));
-                    let ax = need_x && accumulates(&mut written, x);
-                    touches.push(gk(y));
-                    touches.extend(need_x.then_some(gk(x)));
-                    touches.extend([gk(w)].into_iter().filter(|_| train_w));
-                    touches.extend(b.filter(|_| train_b).map(gk));
+                    let (need_x, train_w, train_b, ax) =
+                        weighted_layer(needs, &trains, &mut written, &mut touches, (x, w, b, y));
                     Box::new(move |v| {
                         let mut out = Vec::new();
                         if need_x {
