@@ -135,6 +135,9 @@ fn depthwise_conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin
 }
 
 // dw[c, kh, kw] = sum_{n, oh, ow} dy[n, c, oh, ow] * x[n, c, oh*s - pt + kh*d, ow*s - pl + kw*d]
+// Invocation i visits positions t = i, i + 256, ... of the (n, oh, ow) space; its (n, oh, ow) advances by the
+// decomposition of 256 with carries instead of dividing t each time (vector division is slow on lavapipe), and
+// out-of-bounds taps read a clamped address and add zero instead of branching around the load.
 @compute @workgroup_size(256)
 fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
                                     @builtin(local_invocation_index) lid: u32) {
@@ -143,19 +146,32 @@ fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
     let kh = tap / p.kernel_w;
     let kw = tap - kh * p.kernel_w;
     let out_hw = p.out_h * p.out_w;
-    let total = p.batch * out_hw;
+    let dh = i32(kh * p.dilation_h) - i32(p.pad_top);
+    let dw = i32(kw * p.dilation_w) - i32(p.pad_left);
+    let step_n = 256u / out_hw;
+    let step_rest = 256u - step_n * out_hw;
+    let step_oh = step_rest / p.out_w;
+    let step_ow = step_rest - step_oh * p.out_w;
+    var n = lid / out_hw;
+    var oh = (lid - n * out_hw) / p.out_w;
+    var ow = lid - n * out_hw - oh * p.out_w;
     var acc = 0.0;
-    for (var t = lid; t < total; t += 256u) {
-        let n = t / out_hw;
-        let pix = t - n * out_hw;
-        let oh = pix / p.out_w;
-        let ow = pix - oh * p.out_w;
-        let ih = i32(oh * p.stride_h + kh * p.dilation_h) - i32(p.pad_top);
-        let iw = i32(ow * p.stride_w + kw * p.dilation_w) - i32(p.pad_left);
-        if ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w) {
-            let x = src2[((n * p.in_c + c) * p.in_h + u32(ih)) * p.in_w + u32(iw)];
-            acc = fma(src[(n * p.out_c + c) * out_hw + pix], x, acc);
-        }
+    while n < p.batch {
+        let ih = i32(oh * p.stride_h) + dh;
+        let iw = i32(ow * p.stride_w) + dw;
+        let ok = ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w);
+        let ihc = u32(clamp(ih, 0, i32(p.in_h) - 1));
+        let iwc = u32(clamp(iw, 0, i32(p.in_w) - 1));
+        let x = src2[((n * p.in_c + c) * p.in_h + ihc) * p.in_w + iwc];
+        let g = src[(n * p.out_c + c) * out_hw + oh * p.out_w + ow];
+        acc += select(0.0, g * x, ok);
+        ow += step_ow;
+        let carry_w = ow >= p.out_w;
+        ow = select(ow, ow - p.out_w, carry_w);
+        oh += step_oh + select(0u, 1u, carry_w);
+        let carry_h = oh >= p.out_h;
+        oh = select(oh, oh - p.out_h, carry_h);
+        n += step_n + select(0u, 1u, carry_h);
     }
     partial[lid] = acc;
     workgroupBarrier();

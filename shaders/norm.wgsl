@@ -61,10 +61,26 @@ fn workgroup_sums(lid: u32) {
     }
 }
 
-// Element t of channel c, t < M = N * HW.
-fn index_of(c: u32, t: u32) -> u32 {
-    let n = t / p.hw;
-    return (n * p.channels + c) * p.hw + (t - n * p.hw);
+// Invocation lid of a channel's workgroup visits the channel's elements t = lid, lid + 256, ... of the
+// (N, HW) plane stack. Its position is kept as (n, i) and advanced by the decomposition of 256 with carries,
+// so the loops divide nothing (vector division is slow on software drivers).
+fn cursor_start(lid: u32) -> vec2<u32> {
+    return vec2<u32>(lid / p.hw, lid % p.hw);
+}
+
+fn cursor_next(cur: vec2<u32>) -> vec2<u32> {
+    let step_n = 256u / p.hw;
+    var i = cur.y + (256u - step_n * p.hw);
+    var n = cur.x + step_n;
+    if i >= p.hw {
+        i -= p.hw;
+        n += 1u;
+    }
+    return vec2<u32>(n, i);
+}
+
+fn cursor_index(c: u32, cur: vec2<u32>) -> u32 {
+    return (cur.x * p.channels + c) * p.hw + cur.y;
 }
 
 @compute @workgroup_size(256)
@@ -72,8 +88,8 @@ fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     let c = wg.x;
     let m = p.batch * p.hw;
     var s = 0.0;
-    for (var t = lid; t < m; t += 256u) {
-        s += x[index_of(c, t)];
+    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+        s += x[cursor_index(c, cur)];
     }
     partial[lid] = s;
     partial2[lid] = 0.0;
@@ -81,8 +97,8 @@ fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     let mu = partial[0] / f32(m);
     workgroupBarrier();
     var q = 0.0;
-    for (var t = lid; t < m; t += 256u) {
-        let d = x[index_of(c, t)] - mu;
+    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+        let d = x[cursor_index(c, cur)] - mu;
         q += d * d;
     }
     partial[lid] = q;
@@ -112,13 +128,12 @@ fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
 @compute @workgroup_size(256)
 fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wg.x;
-    let m = p.batch * p.hw;
     let mu = mean[c];
     let invstd = inverseSqrt(variance[c] + p.eps);
     var sg = 0.0;
     var sb = 0.0;
-    for (var t = lid; t < m; t += 256u) {
-        let k = index_of(c, t);
+    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+        let k = cursor_index(c, cur);
         sb += dy[k];
         sg += dy[k] * (x[k] - mu) * invstd;
     }
