@@ -30,6 +30,11 @@ fn main() -> wgtune::Result<()> {
         *by_kind.entry(k).or_default() += t;
     }
     let total: f64 = prof.iter().map(|p| p.1).sum();
+    let mut top = prof.clone();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, t) in top.iter().take(12) {
+        println!("  {name:<40} {:>8.1} ms", t * 1e3);
+    }
     println!("total {:.1} ms for {bs} images at {size}px", total * 1e3);
     for (k, t) in by_kind {
         println!("{k:<20} {:>8.1} ms {:>5.1}%", t * 1e3, t / total * 100.0);

@@ -13,6 +13,9 @@
 //                                     (wg.y * num_workgroups.x + wg.x) * 256 + local index.
 //   depthwise_conv2d_backward_weight  one workgroup per (tap, c): a strided sum over (n, oh, ow) and a tree
 //                                     reduction in workgroup memory. Dispatch (KH*KW, C, 1).
+//   depthwise_conv2d_backward_weight_rows  the same for short sums (N*OH*OW < 1024): one invocation per
+//                                     (c, tap) and a plain loop. Dispatch 256 per workgroup over C*KH*KW on a 2-D
+//                                     grid, index = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
 // flags & 1: add bias (forward). flags & 2: accumulate into the output instead of overwriting.
 
 struct ConvParams {
@@ -184,4 +187,37 @@ fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
     if lid == 0u {
         put(c * p.kernel_h * p.kernel_w + tap, partial[0]);
     }
+}
+
+@compute @workgroup_size(256)
+fn depthwise_conv2d_backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                         @builtin(local_invocation_index) lid: u32) {
+    let taps = p.kernel_h * p.kernel_w;
+    let j = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if j >= p.in_c * taps {
+        return;
+    }
+    let c = j / taps;
+    let tap = j - c * taps;
+    let kh = tap / p.kernel_w;
+    let kw = tap - kh * p.kernel_w;
+    let out_hw = p.out_h * p.out_w;
+    var acc = 0.0;
+    for (var n = 0u; n < p.batch; n++) {
+        let x_plane = (n * p.in_c + c) * p.in_h * p.in_w;
+        let dy_plane = (n * p.out_c + c) * out_hw;
+        for (var oh = 0u; oh < p.out_h; oh++) {
+            let ih = i32(oh * p.stride_h + kh * p.dilation_h) - i32(p.pad_top);
+            if ih < 0 || ih >= i32(p.in_h) {
+                continue;
+            }
+            for (var ow = 0u; ow < p.out_w; ow++) {
+                let iw = i32(ow * p.stride_w + kw * p.dilation_w) - i32(p.pad_left);
+                if iw >= 0 && iw < i32(p.in_w) {
+                    acc = fma(src[dy_plane + oh * p.out_w + ow], src2[x_plane + u32(ih) * p.in_w + u32(iw)], acc);
+                }
+            }
+        }
+    }
+    put(j, acc);
 }

@@ -8,6 +8,9 @@
 //                             save_mean / save_var, and the running statistics updated with momentum m:
 //                             running = (1 - m) * running + m * batch   (the variance unbiased: * M / (M - 1)).
 //                             Dispatch (C, 1, 1): one workgroup per channel.
+//   batch_norm_statistics_rows, batch_norm_backward_reduce_rows  the same per-channel sums for short channels
+//                             (N * HW < 1024): one invocation per channel and plain loops (a workgroup and its
+//                             barriers per handful of values costs far more). Dispatch (ceil(C / 256), 1, 1).
 //   batch_norm_forward        y from x, mean, var, gamma, beta. One invocation per element over the flat tensor
 //                             (planes can be as small as 1x1, so no grid by plane): 256 per workgroup on a 2-D
 //                             grid, element = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
@@ -104,12 +107,7 @@ fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     partial[lid] = q;
     workgroup_sums(lid);
     if lid == 0u {
-        let v = partial[0] / f32(m);
-        stat_a[c] = mu;
-        stat_b[c] = v;
-        let unbiased = select(v, v * f32(m) / f32(m - 1u), m > 1u);
-        running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mu;
-        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+        finish_statistics(c, mu, partial[0] / f32(m));
     }
 }
 
@@ -168,4 +166,61 @@ fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
     } else {
         out[k] = g;
     }
+}
+
+// Per-channel mean and biased variance, and the running update, written by one invocation.
+fn finish_statistics(c: u32, mu: f32, v: f32) {
+    let m = p.batch * p.hw;
+    stat_a[c] = mu;
+    stat_b[c] = v;
+    let unbiased = select(v, v * f32(m) / f32(m - 1u), m > 1u);
+    running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mu;
+    running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_statistics_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    var s = 0.0;
+    for (var n = 0u; n < p.batch; n++) {
+        let base = (n * p.channels + c) * p.hw;
+        for (var i = 0u; i < p.hw; i++) {
+            s += x[base + i];
+        }
+    }
+    let mu = s / f32(p.batch * p.hw);
+    var q = 0.0;
+    for (var n = 0u; n < p.batch; n++) {
+        let base = (n * p.channels + c) * p.hw;
+        for (var i = 0u; i < p.hw; i++) {
+            let d = x[base + i] - mu;
+            q += d * d;
+        }
+    }
+    finish_statistics(c, mu, q / f32(p.batch * p.hw));
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    let mu = mean[c];
+    let invstd = inverseSqrt(variance[c] + p.eps);
+    var sg = 0.0;
+    var sb = 0.0;
+    for (var n = 0u; n < p.batch; n++) {
+        let base = (n * p.channels + c) * p.hw;
+        for (var i = 0u; i < p.hw; i++) {
+            let g = dy[base + i];
+            sb += g;
+            sg += g * (x[base + i] - mu) * invstd;
+        }
+    }
+    stat_a[c] = sg;
+    stat_b[c] = sb;
 }

@@ -8,6 +8,9 @@
 // Dispatch: one workgroup of 256 invocations per output element m, on a 2-D grid (x, y) with x <= 65535:
 // m = wg.y * num_workgroups.x + wg.x. Each invocation sums a strided share, then a tree reduction in workgroup
 // memory; the summation order is fixed, so results are deterministic.
+//   sum_reduce_rows  the same sum for short reductions (outer * inner < 1024): one invocation per m and a plain
+//                    loop, 256 per workgroup on the same 2-D grid (m = (wg.y * num_workgroups.x + wg.x) * 256 +
+//                    local index) — a workgroup and its barriers per handful of terms would cost far more.
 
 struct ReduceParams {
     outer: u32,
@@ -53,5 +56,26 @@ fn sum_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         } else {
             out[m] = partial[0];
         }
+    }
+}
+
+@compute @workgroup_size(256)
+fn sum_reduce_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let m = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if m >= p.mid {
+        return;
+    }
+    var acc = 0.0;
+    for (var o = 0u; o < p.outer; o++) {
+        let base = (o * p.mid + m) * p.inner;
+        for (var i = 0u; i < p.inner; i++) {
+            acc += x[base + i];
+        }
+    }
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        out[m] += acc;
+    } else {
+        out[m] = acc;
     }
 }

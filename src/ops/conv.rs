@@ -51,6 +51,8 @@ pub const DEPTHWISE_CONV2D_BACKWARD_DATA: KernelSpec =
     KernelSpec::new("depthwise_conv2d_backward_data", "depthwise", SIG);
 pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT: KernelSpec =
     KernelSpec::new("depthwise_conv2d_backward_weight", "depthwise", SIG);
+pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS: KernelSpec =
+    KernelSpec::new("depthwise_conv2d_backward_weight_rows", "depthwise", SIG);
 
 /// Padding of the four sides, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -348,6 +350,12 @@ pub fn conv2d_backward_weight(
     s.check(dw, s.w_shape(), "weight gradient")?;
     if s.is_depthwise() {
         let p = s.params(flags(false, accumulate), s.batch)?;
+        if s.batch * s.out_h * s.out_w < crate::ops::reduce::ROWS_BELOW {
+            let taps = (p.out_c * p.kernel_h * p.kernel_w) as usize;
+            let grid = super::grid_1d(taps, 256, gpu.limits().max_compute_workgroups_per_dimension);
+            let spec = &DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS;
+            return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid, label)?]);
+        }
         let grid = [p.kernel_h * p.kernel_w, p.out_c, 1];
         return Ok(vec![gpu.dispatch(
             &DEPTHWISE_CONV2D_BACKWARD_WEIGHT,

@@ -24,6 +24,10 @@ pub const FLAG_EVAL: u32 = 2;
 use Access::{Read as R, ReadWrite as W};
 pub const BATCH_NORM_STATISTICS: KernelSpec =
     KernelSpec::new("batch_norm_statistics", "norm", &[(1, R), (10, W), (11, W), (12, W), (13, W)]);
+pub const BATCH_NORM_STATISTICS_ROWS: KernelSpec =
+    KernelSpec::new("batch_norm_statistics_rows", "norm", &[(1, R), (10, W), (11, W), (12, W), (13, W)]);
+pub const BATCH_NORM_BACKWARD_REDUCE_ROWS: KernelSpec =
+    KernelSpec::new("batch_norm_backward_reduce_rows", "norm", &[(1, R), (2, R), (3, R), (4, R), (10, W), (11, W)]);
 pub const BATCH_NORM_FORWARD: KernelSpec =
     KernelSpec::new("batch_norm_forward", "norm", &[(1, R), (3, R), (4, R), (5, R), (6, R), (9, W)]);
 pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec =
@@ -53,6 +57,15 @@ pub struct BatchNormState<'a> {
     pub beta: &'a Tensor,
     pub running_mean: &'a Tensor,
     pub running_var: &'a Tensor,
+}
+
+/// A per-channel reduction: a workgroup per channel for long channels, an invocation per channel for short ones.
+fn per_channel<'a>(p: &NormParams, wide: &'a KernelSpec, rows: &'a KernelSpec) -> (&'a KernelSpec, [u32; 3]) {
+    if ((p.batch * p.hw) as usize) < super::reduce::ROWS_BELOW {
+        (rows, [p.channels.div_ceil(256), 1, 1])
+    } else {
+        (wide, [p.channels, 1, 1])
+    }
 }
 
 /// One invocation per element of the (N, C, HW) tensor.
@@ -108,11 +121,12 @@ pub fn batch_norm_forward(
     let mut steps = Vec::new();
     if save.is_some() {
         geometry(x, &[mean, var])?;
+        let (spec, grid) = per_channel(&p, &BATCH_NORM_STATISTICS, &BATCH_NORM_STATISTICS_ROWS);
         steps.push(gpu.dispatch(
-            &BATCH_NORM_STATISTICS,
+            spec,
             bytemuck::bytes_of(&p),
             &[x, mean, var, state.running_mean, state.running_var],
-            [p.channels, 1, 1],
+            grid,
             format!("{label} statistics"),
         )?);
     }
@@ -150,11 +164,12 @@ pub fn batch_norm_backward(
     let (mean, var) = stats;
     let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
     let p = params(x, &[gamma, mean, var, dgamma, dbeta], cfg, flags)?;
+    let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
     let reduce = gpu.dispatch(
-        &BATCH_NORM_BACKWARD_REDUCE,
+        spec,
         bytemuck::bytes_of(&p),
         &[x, dy, mean, var, dgamma, dbeta],
-        [p.channels, 1, 1],
+        grid,
         format!("{label} reduce"),
     )?;
     let data = gpu.dispatch(

@@ -19,6 +19,11 @@ pub const FLAG_ACCUMULATE: u32 = 1;
 
 pub const SUM_REDUCE: KernelSpec =
     KernelSpec::new("sum_reduce", "reduce", &[(1, Access::Read), (2, Access::ReadWrite)]);
+pub const SUM_REDUCE_ROWS: KernelSpec =
+    KernelSpec::new("sum_reduce_rows", "reduce", &[(1, Access::Read), (2, Access::ReadWrite)]);
+
+/// Reductions shorter than this run one invocation per output instead of one workgroup.
+pub const ROWS_BELOW: usize = 1024;
 
 /// `out[m] (+)= sum_{o, i} x[o, m, i]` with x seen as (outer, mid, inner); out has `mid` elements.
 pub fn sum_reduce(
@@ -45,6 +50,9 @@ pub fn sum_reduce(
         inner: dim(inner, "inner")?,
         flags: if accumulate { FLAG_ACCUMULATE } else { 0 },
     };
-    let grid = grid_1d(mid, 1, gpu.limits().max_compute_workgroups_per_dimension);
-    gpu.dispatch(&SUM_REDUCE, bytemuck::bytes_of(&p), &[x, out], grid, label)
+    let max_x = gpu.limits().max_compute_workgroups_per_dimension;
+    if outer * inner < ROWS_BELOW {
+        return gpu.dispatch(&SUM_REDUCE_ROWS, bytemuck::bytes_of(&p), &[x, out], grid_1d(mid, 256, max_x), label);
+    }
+    gpu.dispatch(&SUM_REDUCE, bytemuck::bytes_of(&p), &[x, out], grid_1d(mid, 1, max_x), label)
 }

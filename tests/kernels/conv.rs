@@ -86,6 +86,7 @@ conv_tests! {
     strided_1x1_takes_the_gemm_path: [2, 4, 7, 7], [6, 4, 1, 1], cfg(2, 0);
     grouped_2: [2, 4, 6, 6], [6, 2, 3, 3], Conv2dConfig { groups: 2, ..cfg(1, 1) };
     depthwise_3x3: [2, 5, 7, 7], [5, 1, 3, 3], Conv2dConfig { groups: 5, ..cfg(1, 1) };
+    depthwise_3x3_long_weight_sum: [2, 3, 30, 31], [3, 1, 3, 3], Conv2dConfig { groups: 3, ..cfg(1, 1) };
     depthwise_5x5_stride2_tf_same: [2, 3, 9, 9], [3, 1, 5, 5],
         Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(9, 9, (5, 5), (2, 2), (1, 1)), ..Default::default() };
     dilated_3x3: [1, 3, 8, 8], [4, 3, 3, 3], Conv2dConfig { dilation: (2, 2), ..cfg(1, 2) };
