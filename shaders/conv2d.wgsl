@@ -22,7 +22,7 @@
 // that the host reduces; with one split it writes dw directly.
 //
 // Dispatch (x, y, z): forward (ceil(N*OH*OW / 512), ceil(Cout_g / 16), groups); backward_data
-// (ceil(N*H*W / 512), ceil(Cin_g / 16), groups); backward_weight (ceil(Cin_g*KH*KW / 512), ceil(Cout_g / 16),
+// (ceil(N*H*W / 512), ceil(Cin_g / 16), groups); backward_weight (ceil(Cin_g*KH*KW / (8 * WG)), ceil(Cout_g / 16),
 // groups * splits).
 
 struct ConvParams {
@@ -52,7 +52,9 @@ const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
 const TM: u32 = 16u; // rows per workgroup (and per invocation)
 const TN: u32 = 8u;  // columns per invocation
-const WG: u32 = 64u; // invocations per workgroup
+// Invocations per workgroup: 64; 8 for the narrow variant of backward_weight (a workgroup then covers 64
+// columns instead of 512, for weight gradients with few columns, such as a 1x1 conv's Cin).
+override WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 @group(0) @binding(1) var<storage, read> gemm_a: array<f32>;     // forward, backward_data: w; backward_weight: dy
@@ -187,7 +189,7 @@ fn bias_at(co: u32) -> f32 {
     return 0.0;
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let g = wg.z;
     let cin_g = p.in_c / p.groups;
@@ -293,7 +295,7 @@ fn conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 
 // dx[n, ci, ih, iw] = sum_{co, kh, kw} w[co, ci, kh, kw] * dy[n, co, oh, ow] over the (oh, ow) with
 // oh * stride_h = ih + pad_top - kh * dilation_h (and the same along W) that exist.
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let g = wg.z;
     let cin_g = p.in_c / p.groups;
@@ -408,7 +410,7 @@ fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
 }
 
 // dw[co, ci, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, ci, oh * stride_h - pad_top + kh * dilation_h, ...]
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let splits = (p.batch + p.split_len - 1u) / p.split_len;
     let g = wg.z / splits;

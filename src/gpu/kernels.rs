@@ -55,11 +55,28 @@ pub struct KernelSpec {
     pub entry: &'static str,
     pub family: &'static str,
     pub storage: &'static [(u32, Access)],
+    /// Values for the WGSL `override` constants of the entry point (e.g. a workgroup size); each distinct set is
+    /// its own pipeline.
+    pub constants: &'static [(&'static str, f64)],
 }
 
 impl KernelSpec {
     pub const fn new(entry: &'static str, family: &'static str, storage: &'static [(u32, Access)]) -> Self {
-        KernelSpec { entry, family, storage }
+        KernelSpec { entry, family, storage, constants: &[] }
+    }
+
+    /// The same kernel with pipeline-overridable constants set.
+    pub const fn with_constants(self, constants: &'static [(&'static str, f64)]) -> Self {
+        KernelSpec { constants, ..self }
+    }
+
+    /// The pipeline cache key: the entry point and its constants.
+    fn key(&self) -> String {
+        let mut k = self.entry.to_string();
+        for (name, value) in self.constants {
+            k.push_str(&format!(" {name}={value}"));
+        }
+        k
     }
 }
 
@@ -71,7 +88,7 @@ struct Compiled {
 /// Cache of shader modules and pipelines, keyed by family / entry point.
 pub(crate) struct Kernels {
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<&'static str, Arc<Compiled>>>,
+    pipelines: Mutex<HashMap<String, Arc<Compiled>>>,
 }
 
 impl Kernels {
@@ -134,7 +151,8 @@ impl Gpu {
     }
 
     fn compiled(&self, spec: &KernelSpec) -> Result<Arc<Compiled>> {
-        if let Some(c) = self.kernels.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(spec.entry) {
+        let key = spec.key();
+        if let Some(c) = self.kernels.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(c.clone());
         }
         let module = self.module(family(spec.family))?;
@@ -171,17 +189,20 @@ impl Gpu {
                 immediate_size: 0,
             });
             let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(spec.entry),
+                label: Some(&key),
                 layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some(spec.entry),
-                compilation_options: wgpu::PipelineCompilationOptions::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: spec.constants,
+                    ..Default::default()
+                },
                 cache: None,
             });
             Compiled { pipeline, layout }
         })?;
         let compiled = Arc::new(compiled);
-        self.kernels.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(spec.entry, compiled.clone());
+        self.kernels.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, compiled.clone());
         Ok(compiled)
     }
 

@@ -45,6 +45,8 @@ const SIG: &[(u32, Access)] = &[(1, Access::Read), (2, Access::Read), (4, Access
 pub const CONV2D_FORWARD: KernelSpec = KernelSpec::new("conv2d_forward", "conv2d", SIG_WITH_BIAS);
 pub const CONV2D_BACKWARD_DATA: KernelSpec = KernelSpec::new("conv2d_backward_data", "conv2d", SIG);
 pub const CONV2D_BACKWARD_WEIGHT: KernelSpec = KernelSpec::new("conv2d_backward_weight", "conv2d", SIG);
+/// 8 invocations per workgroup, 64 columns: for weight gradients with at most 256 columns (Cin_g * KH * KW).
+pub const CONV2D_BACKWARD_WEIGHT_NARROW: KernelSpec = CONV2D_BACKWARD_WEIGHT.with_constants(&[("WG", 8.0)]);
 pub const DEPTHWISE_CONV2D_FORWARD: KernelSpec =
     KernelSpec::new("depthwise_conv2d_forward", "depthwise", SIG_WITH_BIAS);
 pub const DEPTHWISE_CONV2D_BACKWARD_DATA: KernelSpec =
@@ -328,7 +330,9 @@ pub fn conv2d_backward_data(
 /// software adapter, hundreds on a GPU), never more than the batch, and partial sums within `max_scratch` bytes.
 pub fn backward_weight_splits(gpu: &Gpu, s: &ConvShape) -> usize {
     let cin_g = s.in_c / s.cfg.groups;
-    let base = (cin_g * s.kernel_h * s.kernel_w).div_ceil(512) * (s.out_c / s.cfg.groups).div_ceil(16) * s.cfg.groups;
+    let ncols = cin_g * s.kernel_h * s.kernel_w;
+    let tile = if ncols <= 256 { 64 } else { 512 };
+    let base = ncols.div_ceil(tile) * (s.out_c / s.cfg.groups).div_ceil(16) * s.cfg.groups;
     let want: usize = if gpu.summary().is_software { 8 } else { 512 };
     let max_scratch: usize = 64 << 20;
     let per_split = s.out_c * cin_g * s.kernel_h * s.kernel_w * 4;
@@ -369,22 +373,18 @@ pub fn conv2d_backward_weight(
     let split_len = s.batch.div_ceil(splits);
     let splits = s.batch.div_ceil(split_len);
     let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
+    // Few columns (a 1x1 conv's Cin): 64-column workgroups instead of 512, so most lanes have a column.
+    let (spec, tile) = if ncols <= 256 { (&CONV2D_BACKWARD_WEIGHT_NARROW, 64) } else { (&CONV2D_BACKWARD_WEIGHT, 512) };
     let grid =
-        |p: &ConvParams| [(ncols as u32).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32];
+        |p: &ConvParams| [(ncols as u32).div_ceil(tile), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32];
     if splits == 1 {
         let p = s.params(flags(false, accumulate), split_len)?;
-        return Ok(vec![gpu.dispatch(
-            &CONV2D_BACKWARD_WEIGHT,
-            bytemuck::bytes_of(&p),
-            &[dy, x, dw],
-            grid(&p),
-            label,
-        )?]);
+        return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid(&p), label)?]);
     }
     // Each split writes its own partial dw; one sum over the splits finishes (and accumulates, if asked).
     let partial = gpu.tensor(&[splits, s.out_c * ncols], DType::F32, &format!("{label} partial dw"))?;
     let p = s.params(0, split_len)?;
-    let conv = gpu.dispatch(&CONV2D_BACKWARD_WEIGHT, bytemuck::bytes_of(&p), &[dy, x, &partial], grid(&p), label)?;
+    let conv = gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, &partial], grid(&p), label)?;
     let sum = sum_reduce(gpu, &partial, dw, (splits, s.out_c * ncols, 1), accumulate, &format!("{label} split sum"))?;
     Ok(vec![conv, sum])
 }

@@ -37,6 +37,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::CONV2D_FORWARD,
         conv::CONV2D_BACKWARD_DATA,
         conv::CONV2D_BACKWARD_WEIGHT,
+        conv::CONV2D_BACKWARD_WEIGHT_NARROW,
         conv::DEPTHWISE_CONV2D_FORWARD,
         conv::DEPTHWISE_CONV2D_BACKWARD_DATA,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT,

@@ -93,6 +93,8 @@ conv_tests! {
     tf_same_stride2_asymmetric: [2, 3, 8, 8], [4, 3, 3, 3],
         Conv2dConfig { stride: (2, 2), padding: Padding::same(8, 8, (3, 3), (2, 2), (1, 1)), ..Default::default() };
     many_column_tiles: [2, 3, 24, 24], [8, 3, 3, 3], cfg(1, 1);
+    // 33 x 3 x 3 = 297 weight columns: the 512-column backward_weight kernel (up to 256 take the narrow one).
+    wide_weight_gradient: [2, 33, 6, 5], [5, 33, 3, 3], cfg(1, 1);
     rectangular_kernel_and_stride: [1, 2, 9, 6], [3, 2, 3, 1],
         Conv2dConfig { stride: (2, 1), padding: Padding { top: 1, bottom: 0, left: 0, right: 2 }, ..Default::default() };
 }
