@@ -2,6 +2,7 @@
 //! [`schedule::fine_tune`](crate::schedule::fine_tune) on batches from the data pipeline, with one epoch record
 //! (smoothed train loss, valid loss, accuracy, error rate, time) per epoch.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::executor::{Executor, ExecutorConfig, PixelInput};
 use crate::nn::model::{Head, ModelSpec};
-use crate::nn::weights::{load_into, Weights};
+use crate::nn::weights::{load_into, write_atomically, Weights};
 use crate::nn::Arch;
 use crate::ops::optim::{Hyper, Optimizer};
 use crate::reference::SplitMix;
@@ -66,9 +67,9 @@ impl Default for FineTuneConfig {
 }
 
 /// One row of fastai's epoch table.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochRecord {
-    pub phase: &'static str,
+    pub phase: String,
     pub epoch: usize,
     pub train_loss: f64,
     pub valid_loss: f64,
@@ -218,7 +219,7 @@ impl Learner {
         }
         let (valid_loss, accuracy) = self.validate()?;
         Ok(EpochRecord {
-            phase: phase.name,
+            phase: phase.name.to_string(),
             epoch,
             train_loss: smooth.value(),
             valid_loss,
@@ -247,20 +248,103 @@ impl Learner {
         Ok((loss / n.max(1) as f64, right as f64 / n.max(1) as f64))
     }
 
-    /// Run every phase, calling `on_epoch` after each epoch.
-    pub fn fit(&mut self, progress: &mut Progress, on_epoch: &mut dyn FnMut(&EpochRecord)) -> Result<Vec<EpochRecord>> {
-        let mut records = Vec::new();
+    /// Run every phase, calling `on_epoch` after each epoch. With `checkpoint`, the whole training state is
+    /// written there (atomically) after every epoch; with `resume`, training continues from such a file.
+    pub fn fit(
+        &mut self,
+        progress: &mut Progress,
+        on_epoch: &mut dyn FnMut(&EpochRecord),
+        checkpoint: Option<&Path>,
+        resume: Option<&Path>,
+    ) -> Result<Vec<EpochRecord>> {
+        let (mut done, mut records) = match resume {
+            Some(path) => self.load_checkpoint(path)?,
+            None => (0, Vec::new()),
+        };
+        for r in &records {
+            on_epoch(r);
+        }
         let mut global = 0u64;
         for phase in self.phases() {
-            self.ex.freeze_to(phase.frozen_to)?;
             for e in 0..phase.epochs {
+                if global < done {
+                    global += 1;
+                    continue;
+                }
+                if e == 0 || self.ex.is_trainable(0) != (phase.frozen_to == 0) {
+                    self.ex.freeze_to(phase.frozen_to)?;
+                }
                 let r = self.epoch(&phase, e, global, progress)?;
                 global += 1;
+                done = global;
+                records.push(r.clone());
+                if let Some(path) = checkpoint {
+                    self.save_checkpoint(path, done, &records)?;
+                }
                 on_epoch(&r);
-                records.push(r);
             }
         }
         Ok(records)
+    }
+
+    /// The settings that must match for a checkpoint to resume (everything but the worker count).
+    fn fingerprint(&self) -> String {
+        let c = &self.cfg;
+        format!(
+            "{} e{} f{} lr{} m{} p{} d{} wd{} bs{} s{} ps{} seed{} {:?} fbn{} bnm{} aug{} classes{:?}",
+            c.arch.name(),
+            c.epochs,
+            c.freeze_epochs,
+            c.lr,
+            c.lr_mult,
+            c.pct_start,
+            c.div,
+            c.wd,
+            c.bs,
+            c.size,
+            c.presize,
+            c.seed,
+            c.optimizer,
+            c.freeze_bn,
+            c.bn_momentum,
+            c.augment,
+            self.spec.classes
+        )
+    }
+
+    /// Write the training state after `epochs_done` epochs: weights, optimizer moments and steps, the
+    /// augmentation RNG, the records so far.
+    pub fn save_checkpoint(&self, path: &Path, epochs_done: u64, records: &[EpochRecord]) -> Result<()> {
+        let (tensors, counters) = self.ex.training_state()?;
+        let mut meta = self.spec.metadata();
+        meta.insert("wgtune.checkpoint".into(), self.fingerprint());
+        meta.insert("wgtune.counters".into(), counters);
+        meta.insert("wgtune.epochs_done".into(), epochs_done.to_string());
+        meta.insert("wgtune.rng".into(), self.rng.0.to_string());
+        meta.insert("wgtune.records".into(), serde_json::to_string(records).unwrap_or_default());
+        write_atomically(path, &tensors, meta)
+    }
+
+    /// Restore a checkpoint of this same run: returns the epochs already done and their records.
+    pub fn load_checkpoint(&mut self, path: &Path) -> Result<(u64, Vec<EpochRecord>)> {
+        let w = Weights::open(path)?;
+        let meta = w.metadata()?;
+        let bad = |why: &str| Error::Invalid(format!("cannot resume from '{}': {why}", path.display()));
+        let fingerprint = meta.get("wgtune.checkpoint").ok_or_else(|| bad("it is not a wgtune checkpoint"))?;
+        if *fingerprint != self.fingerprint() {
+            return Err(bad(&format!(
+                "it was made with other settings ({fingerprint}); run with the same options, or without --resume"
+            )));
+        }
+        let get = |name: &str| -> Result<Vec<f32>> {
+            w.get(name)?.map(|(_, v)| v).ok_or_else(|| bad(&format!("tensor '{name}' is missing")))
+        };
+        self.ex.restore_training_state(&get, meta.get("wgtune.counters").ok_or_else(|| bad("no counters"))?)?;
+        self.rng = SplitMix(meta.get("wgtune.rng").and_then(|r| r.parse().ok()).ok_or_else(|| bad("no RNG state"))?);
+        let done = meta.get("wgtune.epochs_done").and_then(|d| d.parse().ok()).ok_or_else(|| bad("no epoch count"))?;
+        let records = serde_json::from_str(meta.get("wgtune.records").map_or("[]", String::as_str))
+            .map_err(|e| bad(&e.to_string()))?;
+        Ok((done, records))
     }
 }
 

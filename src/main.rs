@@ -67,9 +67,9 @@ struct FinetuneArgs {
     /// Architecture: effnet-lite0, resnet18, resnet34, resnet50.
     #[arg(long, default_value = "effnet-lite0")]
     arch: String,
-    /// Epochs after unfreezing.
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
+    /// Epochs after unfreezing. Default: 2 on a software adapter, 3 on a GPU.
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Epochs with the body frozen.
     #[arg(long, default_value_t = 1)]
     freeze_epochs: usize,
@@ -108,6 +108,9 @@ struct FinetuneArgs {
     /// One JSON line per epoch.
     #[arg(long)]
     json_log: Option<std::path::PathBuf>,
+    /// Continue an interrupted run from its checkpoint (OUT.checkpoint, written after every epoch).
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Subcommand)]
@@ -378,7 +381,7 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
     );
     let cfg = FineTuneConfig {
         arch,
-        epochs: a.epochs,
+        epochs: a.epochs.unwrap_or(2),
         freeze_epochs: a.freeze_epochs,
         lr: a.lr,
         lr_mult: a.lr_mult,
@@ -392,15 +395,18 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
         ..FineTuneConfig::default()
     };
     let gpu = std::sync::Arc::new(open_gpu(adapter)?);
-    let size = a.size.unwrap_or(if gpu.summary().is_software { 64 } else { 224 });
-    if a.size.is_none() {
+    let software = gpu.summary().is_software;
+    let size = a.size.unwrap_or(if software { 64 } else { 224 });
+    let epochs = a.epochs.unwrap_or(if software { 2 } else { 3 });
+    if a.size.is_none() || a.epochs.is_none() {
         eprintln!(
-            "preset: {size}x{size} inputs for the {} adapter '{}' (--size to change)",
-            if gpu.summary().is_software { "software" } else { "hardware" },
+            "preset: {size}x{size} inputs, {} + {epochs} epochs for the {} adapter '{}' (--size, --epochs to change)",
+            a.freeze_epochs,
+            if software { "software" } else { "hardware" },
             gpu.summary().name
         );
     }
-    let cfg = FineTuneConfig { size, presize: (size * 8).div_ceil(7), ..cfg };
+    let cfg = FineTuneConfig { size, presize: (size * 8).div_ceil(7), epochs, ..cfg };
     let mut learner = Learner::new(gpu, &data, &weights, cfg)?;
     let mut log = match &a.json_log {
         Some(p) => Some(
@@ -408,7 +414,7 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut last_phase = "";
+    let mut last_phase = String::new();
     let mut progress = |phase: &str, epoch: usize, done: usize, total: usize, loss: f64| {
         if done.is_multiple_of((total / 10).max(1)) || done == total {
             eprintln!("  {phase} epoch {epoch}: batch {done}/{total}, smoothed loss {loss:.4}");
@@ -421,7 +427,7 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
                 "{:>5}  {:>10}  {:>10}  {:>10}  {:>8}  {:>6}",
                 "epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "time"
             );
-            last_phase = r.phase;
+            last_phase = r.phase.clone();
         }
         let secs = r.seconds as u64;
         println!(
@@ -438,7 +444,11 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
             let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
         }
     };
-    learner.fit(&mut progress, &mut on_epoch)?;
+    let checkpoint = std::path::PathBuf::from(format!("{}.checkpoint", a.out.display()));
+    if a.resume {
+        eprintln!("resuming from {}", checkpoint.display());
+    }
+    learner.fit(&mut progress, &mut on_epoch, Some(&checkpoint), a.resume.then_some(checkpoint.as_path()))?;
     save_model(&learner.ex, &learner.spec, &a.out)?;
     println!(
         "\nsaved the fine-tuned model to {} (use it with `wgtune predict --model {}`)",

@@ -378,6 +378,69 @@ impl Executor {
         Ok(())
     }
 
+    /// Everything training changes, for a checkpoint: every parameter and running statistic by name, each
+    /// optimizer bucket's moments (`optimizer.<bucket>.grad_avg` / `.sqr_avg`), and the counters (trainable
+    /// flags, bucket step counts, the training step) as text.
+    pub fn training_state(&self) -> Result<(Vec<(String, Vec<usize>, Vec<f32>)>, String)> {
+        let mut tensors = Vec::new();
+        for info in &self.graph.tensors {
+            if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
+                tensors.push((info.name.clone(), info.shape.clone(), self.read_value(&info.name)?));
+            }
+        }
+        for (i, b) in self.buckets.iter().enumerate() {
+            for (what, storage) in [("grad_avg", &b.grad_avg), ("sqr_avg", &b.sqr_avg)] {
+                let v = storage.view(0, &[b.len], DType::F32, what)?;
+                tensors.push((format!("optimizer.{i}.{what}"), vec![b.len], self.gpu.read_f32(&v)?));
+            }
+        }
+        let counters = serde_json::json!({
+            "step": self.step,
+            "trainable": self.trainable,
+            "bucket_steps": self.buckets.iter().map(|b| b.step).collect::<Vec<_>>(),
+        });
+        Ok((tensors, counters.to_string()))
+    }
+
+    /// Restore what [`Executor::training_state`] saved (same model). `get` returns a saved tensor by name.
+    pub fn restore_training_state(&mut self, get: &dyn Fn(&str) -> Result<Vec<f32>>, counters: &str) -> Result<()> {
+        let bad = |why: String| Error::Invalid(format!("checkpoint does not match this model: {why}"));
+        let c: serde_json::Value = serde_json::from_str(counters).map_err(|e| bad(e.to_string()))?;
+        let trainable: Vec<bool> = serde_json::from_value(c["trainable"].clone()).map_err(|e| bad(e.to_string()))?;
+        let bucket_steps: Vec<u64> =
+            serde_json::from_value(c["bucket_steps"].clone()).map_err(|e| bad(e.to_string()))?;
+        if trainable.len() != self.trainable.len() || bucket_steps.len() != self.buckets.len() {
+            return Err(bad(format!("{} groups and {} buckets saved", trainable.len(), bucket_steps.len())));
+        }
+        for (g, &t) in trainable.iter().enumerate() {
+            // Without the optimizer reset that set_trainable does on a change: the moments come next.
+            if self.trainable[g] != t {
+                self.trainable[g] = t;
+                self.train = None;
+                self.eval = None;
+            }
+        }
+        let names: Vec<String> = self
+            .graph
+            .tensors
+            .iter()
+            .filter(|i| matches!(i.kind, TensorKind::Param { .. } | TensorKind::State))
+            .map(|i| i.name.clone())
+            .collect();
+        for name in names {
+            self.write_value(&name, &get(&name)?)?;
+        }
+        for (i, b) in self.buckets.iter_mut().enumerate() {
+            for (what, storage) in [("grad_avg", &b.grad_avg), ("sqr_avg", &b.sqr_avg)] {
+                let v = storage.view(0, &[b.len], DType::F32, what)?;
+                self.gpu.write_f32(&v, &get(&format!("optimizer.{i}.{what}"))?)?;
+            }
+            b.step = bucket_steps[i];
+        }
+        self.step = c["step"].as_u64().ok_or_else(|| bad("no step count".into()))?;
+        Ok(())
+    }
+
     /// Hyper-parameters of a group for the next steps (written into the optimizer's uniform each step).
     pub fn set_hyper(&mut self, group: usize, hyper: Hyper) -> Result<()> {
         let slot = self.hyper.get_mut(group).ok_or_else(|| Error::Invalid(format!("no parameter group {group}")))?;

@@ -167,18 +167,29 @@ pub fn load_into(
 /// file in the same directory, then a rename, so a crash never leaves a half-written model behind.
 pub fn save(ex: &Executor, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
     let g = ex.graph();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors = Vec::new();
     for info in &g.tensors {
         if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
-            let values = ex.read_value(&info.name)?;
-            tensors.push((info.name.clone(), info.shape.clone(), bytemuck::cast_slice(&values).to_vec()));
+            tensors.push((info.name.clone(), info.shape.clone(), ex.read_value(&info.name)?));
         }
     }
+    write_atomically(path, &tensors, metadata)
+}
+
+/// Write f32 tensors (name, shape, values) and metadata to a safetensors file, atomically (temporary file in
+/// the same directory, then rename).
+pub fn write_atomically(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let bytes: Vec<&[u8]> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice(v)).collect();
     let views = tensors
         .iter()
-        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .zip(&bytes)
+        .map(|((n, s, _), b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|e| Error::Invalid(format!("cannot serialize the model: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("cannot serialize '{}': {e}", path.display())))?;
     let tmp = temp_path(path);
     safetensors::serialize_to_file(views, Some(metadata), &tmp)
         .map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", tmp.display())))?;

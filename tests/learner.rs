@@ -1,0 +1,126 @@
+//! fine_tune end to end on a tiny subset of the embedded data: it learns, a resumed run equals an uninterrupted
+//! one, and a NaN stops training without touching the last checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use wgtune::data::dataset::Dataset;
+use wgtune::learner::{FineTuneConfig, Learner};
+use wgtune::nn::model::EFFNET_LITE0_IMAGENET;
+use wgtune::nn::weights::Weights;
+
+fn gpu() -> Arc<wgtune::gpu::Gpu> {
+    static GPU: OnceLock<Arc<wgtune::gpu::Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| match wgtune::gpu::Gpu::new(&wgtune::gpu::AdapterRequest::from_env()) {
+        Ok(g) => Arc::new(g),
+        Err(e) => panic!("learner tests need an adapter and found none: {e}"),
+    })
+    .clone()
+}
+
+/// Two well-separated Fashion-MNIST classes (trousers, bags): `train` + `valid` images each.
+fn tiny_data(train: usize, valid: usize) -> Dataset {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion_mnist");
+    let full = Dataset::from_folder(&root, 0.2, 1).unwrap();
+    let keep = |name: &str| full.classes.iter().position(|c| c == name).unwrap() as u32;
+    let (a, b) = (keep("Trouser"), keep("Bag"));
+    let pick = |items: &[wgtune::data::dataset::Item], n: usize| {
+        let mut out = Vec::new();
+        for (new_label, old) in [(0u32, a), (1u32, b)] {
+            out.extend(items.iter().filter(|i| i.label == old).take(n).cloned().map(|mut i| {
+                i.label = new_label;
+                i
+            }));
+        }
+        out
+    };
+    Dataset {
+        classes: vec!["Trouser".into(), "Bag".into()],
+        train: pick(&full.train, train),
+        valid: pick(&full.valid, valid),
+        skipped: Vec::new(),
+    }
+}
+
+fn cfg() -> FineTuneConfig {
+    FineTuneConfig {
+        size: 32,
+        presize: 37,
+        bs: 16,
+        epochs: 2,
+        freeze_epochs: 1,
+        workers: 2,
+        ..FineTuneConfig::default()
+    }
+}
+
+fn weights() -> Weights {
+    Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0").unwrap()
+}
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Two classes, 96 training images each at 32 px, 1 frozen + 2 unfrozen epochs: validation accuracy must beat
+/// chance (50%) by a clear margin (>= 80%); the resumed run from the checkpoint after the first epoch must end
+/// with bit-identical weights; a NaN weight stops training with a message and leaves the checkpoint as it was.
+#[test]
+fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
+    let dir = Dir(std::env::temp_dir().join(format!("wgtune-learner-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let data = tiny_data(96, 16);
+    let ckpt = dir.0.join("run.checkpoint");
+    let after_first = dir.0.join("after-first-epoch.checkpoint");
+
+    let mut full = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let mut on_epoch = |r: &wgtune::learner::EpochRecord| {
+        eprintln!("{r:?}");
+        if r.phase == "frozen" {
+            std::fs::copy(&ckpt, &after_first).unwrap();
+        }
+    };
+    let records = full.fit(&mut |_, _, _, _, _| {}, &mut on_epoch, Some(&ckpt), None).unwrap();
+    assert_eq!(records.len(), 3);
+    let last = records.last().unwrap();
+    assert!(last.accuracy >= 0.8, "validation accuracy {} after fine-tuning (chance is 0.5)", last.accuracy);
+    let (full_state, _) = full.ex.training_state().unwrap();
+
+    let mut resumed = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let again = resumed.fit(&mut |_, _, _, _, _| {}, &mut |_| {}, None, Some(&after_first)).unwrap();
+    assert_eq!(again.len(), 3, "the restored record plus the two resumed epochs");
+    assert_eq!(again[0], records[0]);
+    let (resumed_state, _) = resumed.ex.training_state().unwrap();
+    for ((name, _, a), (_, _, b)) in full_state.iter().zip(&resumed_state) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after resuming");
+    }
+
+    let mut broken = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let before = std::fs::read(&after_first).unwrap();
+    // Resume, then poison a weight: the next step's loss is NaN.
+    let (_, records) = broken.load_checkpoint(&after_first).unwrap();
+    assert_eq!(records.len(), 1);
+    let n = broken.ex.read_value("head.8.weight").unwrap().len();
+    broken.ex.write_value("head.8.weight", &vec![f32::NAN; n]).unwrap();
+    let phases = broken.phases();
+    broken.ex.freeze_to(0).unwrap();
+    let err = broken.epoch(&phases[1], 0, 1, &mut |_, _, _, _, _| {}).unwrap_err().to_string();
+    assert!(err.contains("NaN") && err.contains("--lr"), "{err}");
+    assert_eq!(std::fs::read(&after_first).unwrap(), before, "the last good checkpoint is untouched");
+}
+
+#[test]
+fn resuming_with_other_settings_is_refused() {
+    let dir = Dir(std::env::temp_dir().join(format!("wgtune-learner-mismatch-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let data = tiny_data(16, 4);
+    let l = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let path = dir.0.join("x.checkpoint");
+    l.save_checkpoint(&path, 1, &[]).unwrap();
+    let mut other = Learner::new(gpu(), &data, &weights(), FineTuneConfig { lr: 1e-3, ..cfg() }).unwrap();
+    let err = other.load_checkpoint(&path).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+}
