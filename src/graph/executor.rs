@@ -40,6 +40,9 @@ impl Default for ExecutorConfig {
     }
 }
 
+/// A tensor copied to the CPU: name, shape, values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Loss and correct predictions of one training step, as read back.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepMetrics {
@@ -381,7 +384,7 @@ impl Executor {
     /// Everything training changes, for a checkpoint: every parameter and running statistic by name, each
     /// optimizer bucket's moments (`optimizer.<bucket>.grad_avg` / `.sqr_avg`), and the counters (trainable
     /// flags, bucket step counts, the training step) as text.
-    pub fn training_state(&self) -> Result<(Vec<(String, Vec<usize>, Vec<f32>)>, String)> {
+    pub fn training_state(&self) -> Result<(Vec<NamedTensor>, String)> {
         let mut tensors = Vec::new();
         for info in &self.graph.tensors {
             if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
