@@ -26,6 +26,9 @@ pub enum Error {
     /// A buffer could not be mapped for reading back.
     #[error("reading back '{label}' failed: {reason}")]
     Readback { label: String, reason: String },
+    /// The user stopped the run (Ctrl-C); the message says where the checkpoint is.
+    #[error("{0}")]
+    Interrupted(String),
     /// Bad user input (an option, a file).
     #[error("{0}")]
     Invalid(String),

@@ -3,6 +3,7 @@
 //! (smoothed train loss, valid loss, accuracy, error rate, time) per epoch.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -79,10 +80,25 @@ pub struct EpochRecord {
 }
 
 /// fastai's smoothed loss: exponential moving average with beta 0.98, debiased.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SmoothLoss {
     avg: f64,
     count: i32,
+}
+
+/// Where an interrupted epoch stopped: batches done, the smoothed loss so far.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Partial {
+    pub batches: usize,
+    pub smooth: SmoothLoss,
+}
+
+/// How an epoch ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EpochEnd {
+    Done(EpochRecord),
+    /// The stop flag was raised: the epoch stopped after `Partial::batches` batches.
+    Stopped(Partial),
 }
 
 impl SmoothLoss {
@@ -179,23 +195,28 @@ impl Learner {
         fine_tune(self.ex.graph().groups(), c.epochs, c.lr, c.freeze_epochs, c.lr_mult, c.pct_start, c.div)
     }
 
-    /// Train one epoch of `phase` (epoch `epoch` of `epochs` in it) and validate.
+    /// Train one epoch of `phase` (epoch `epoch` of `epochs` in it) and validate; or, when `stop` is raised,
+    /// stop after the current step. `from` resumes an epoch that stopped part-way.
     pub fn epoch(
         &mut self,
         phase: &Phase,
         epoch: usize,
         global_epoch: u64,
         progress: &mut Progress,
-    ) -> Result<EpochRecord> {
+        from: Option<Partial>,
+        stop: &AtomicBool,
+    ) -> Result<EpochEnd> {
         let t0 = Instant::now();
         let per_epoch = self.train.batches();
         let total = (per_epoch * phase.epochs) as f64;
-        let mut smooth = SmoothLoss::default();
+        let first = from.map_or(0, |p| p.batches);
+        let mut smooth = from.map_or(SmoothLoss::default(), |p| p.smooth);
         let groups = self.ex.graph().groups();
-        let mut done = 0;
-        for (i, batch) in self.train.epoch(global_epoch).enumerate() {
+        let mut done = first;
+        let mut submitted = first;
+        for (i, batch) in self.train.epoch_from(global_epoch, first).enumerate() {
             let batch = batch?;
-            let pos = (epoch * per_epoch + i) as f64 / total;
+            let pos = (epoch * per_epoch + first + i) as f64 / total;
             for g in 0..groups {
                 let h = Hyper { lr: phase.schedule.lr(g, pos), mom: phase.schedule.mom(pos), ..self.ex.hyper(g) };
                 self.ex.set_hyper(g, h)?;
@@ -204,11 +225,15 @@ impl Learner {
                 .map(|_| if self.cfg.augment { self.aug.sample(&mut self.rng) } else { ImageTransform::IDENTITY })
                 .collect();
             self.ex.train_step_pixels(&batch.pixels, &transforms, &batch.labels)?;
+            submitted += 1;
             for m in self.ex.poll_metrics()? {
                 check_finite(m.loss, m.step)?;
                 smooth.add(m.loss as f64);
                 done += 1;
                 progress(phase.name, epoch, done, per_epoch, smooth.value());
+            }
+            if stop.load(Ordering::SeqCst) && submitted < per_epoch {
+                break;
             }
         }
         for m in self.ex.wait_metrics()? {
@@ -217,8 +242,11 @@ impl Learner {
             done += 1;
             progress(phase.name, epoch, done, per_epoch, smooth.value());
         }
+        if done < per_epoch {
+            return Ok(EpochEnd::Stopped(Partial { batches: done, smooth }));
+        }
         let (valid_loss, accuracy) = self.validate()?;
-        Ok(EpochRecord {
+        Ok(EpochEnd::Done(EpochRecord {
             phase: phase.name.to_string(),
             epoch,
             train_loss: smooth.value(),
@@ -226,7 +254,7 @@ impl Learner {
             accuracy,
             error_rate: 1.0 - accuracy,
             seconds: t0.elapsed().as_secs_f64(),
-        })
+        }))
     }
 
     /// Mean cross-entropy and accuracy over the validation set (padding rows of the last batch excluded).
@@ -249,17 +277,19 @@ impl Learner {
     }
 
     /// Run every phase, calling `on_epoch` after each epoch. With `checkpoint`, the whole training state is
-    /// written there (atomically) after every epoch; with `resume`, training continues from such a file.
+    /// written there (atomically) after every epoch, and where `stop` interrupts the run; with `resume`, training
+    /// continues from such a file, mid-epoch if it was interrupted.
     pub fn fit(
         &mut self,
         progress: &mut Progress,
         on_epoch: &mut dyn FnMut(&EpochRecord),
         checkpoint: Option<&Path>,
         resume: Option<&Path>,
+        stop: &AtomicBool,
     ) -> Result<Vec<EpochRecord>> {
-        let (mut done, mut records) = match resume {
+        let (mut done, mut records, mut partial) = match resume {
             Some(path) => self.load_checkpoint(path)?,
-            None => (0, Vec::new()),
+            None => (0, Vec::new(), None),
         };
         for r in &records {
             on_epoch(r);
@@ -271,17 +301,35 @@ impl Learner {
                     global += 1;
                     continue;
                 }
-                if e == 0 || self.ex.is_trainable(0) != (phase.frozen_to == 0) {
+                if (e == 0 && partial.is_none()) || self.ex.is_trainable(0) != (phase.frozen_to == 0) {
                     self.ex.freeze_to(phase.frozen_to)?;
                 }
-                let r = self.epoch(&phase, e, global, progress)?;
-                global += 1;
-                done = global;
-                records.push(r.clone());
-                if let Some(path) = checkpoint {
-                    self.save_checkpoint(path, done, &records)?;
+                match self.epoch(&phase, e, global, progress, partial.take(), stop)? {
+                    EpochEnd::Done(r) => {
+                        global += 1;
+                        done = global;
+                        records.push(r.clone());
+                        if let Some(path) = checkpoint {
+                            self.save_checkpoint(path, done, &records, None)?;
+                        }
+                        on_epoch(&r);
+                    }
+                    EpochEnd::Stopped(p) => {
+                        let saved = match checkpoint {
+                            Some(path) => {
+                                self.save_checkpoint(path, done, &records, Some(p))?;
+                                format!("the checkpoint is {}; continue with --resume", path.display())
+                            }
+                            None => "no checkpoint was asked for".into(),
+                        };
+                        return Err(Error::Interrupted(format!(
+                            "interrupted in {} epoch {e} after {} of {} batches: {saved}",
+                            phase.name,
+                            p.batches,
+                            self.train.batches()
+                        )));
+                    }
                 }
-                on_epoch(&r);
             }
         }
         Ok(records)
@@ -314,7 +362,13 @@ impl Learner {
 
     /// Write the training state after `epochs_done` epochs: weights, optimizer moments and steps, the
     /// augmentation RNG, the records so far.
-    pub fn save_checkpoint(&self, path: &Path, epochs_done: u64, records: &[EpochRecord]) -> Result<()> {
+    pub fn save_checkpoint(
+        &self,
+        path: &Path,
+        epochs_done: u64,
+        records: &[EpochRecord],
+        partial: Option<Partial>,
+    ) -> Result<()> {
         let (tensors, counters) = self.ex.training_state()?;
         let mut meta = self.spec.metadata();
         meta.insert("wgtune.checkpoint".into(), self.fingerprint());
@@ -322,11 +376,15 @@ impl Learner {
         meta.insert("wgtune.epochs_done".into(), epochs_done.to_string());
         meta.insert("wgtune.rng".into(), self.rng.0.to_string());
         meta.insert("wgtune.records".into(), serde_json::to_string(records).unwrap_or_default());
+        if let Some(p) = partial {
+            meta.insert("wgtune.partial".into(), serde_json::to_string(&p).unwrap_or_default());
+        }
         write_atomically(path, &tensors, meta)
     }
 
-    /// Restore a checkpoint of this same run: returns the epochs already done and their records.
-    pub fn load_checkpoint(&mut self, path: &Path) -> Result<(u64, Vec<EpochRecord>)> {
+    /// Restore a checkpoint of this same run: returns the epochs already done, their records, and where an
+    /// interrupted epoch stopped.
+    pub fn load_checkpoint(&mut self, path: &Path) -> Result<(u64, Vec<EpochRecord>, Option<Partial>)> {
         let w = Weights::open(path)?;
         let meta = w.metadata()?;
         let bad = |why: &str| Error::Invalid(format!("cannot resume from '{}': {why}", path.display()));
@@ -344,7 +402,11 @@ impl Learner {
         let done = meta.get("wgtune.epochs_done").and_then(|d| d.parse().ok()).ok_or_else(|| bad("no epoch count"))?;
         let records = serde_json::from_str(meta.get("wgtune.records").map_or("[]", String::as_str))
             .map_err(|e| bad(&e.to_string()))?;
-        Ok((done, records))
+        let partial = match meta.get("wgtune.partial") {
+            Some(p) => Some(serde_json::from_str(p).map_err(|e| bad(&e.to_string()))?),
+            None => None,
+        };
+        Ok((done, records, partial))
     }
 }
 

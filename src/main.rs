@@ -448,7 +448,15 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
     if a.resume {
         eprintln!("resuming from {}", checkpoint.display());
     }
-    learner.fit(&mut progress, &mut on_epoch, Some(&checkpoint), a.resume.then_some(checkpoint.as_path()))?;
+    // Ctrl-C: finish the current step, write a checkpoint, exit 130. A second Ctrl-C exits at once.
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after the current step (Ctrl-C again to quit at once)...");
+    });
+    learner.fit(&mut progress, &mut on_epoch, Some(&checkpoint), a.resume.then_some(checkpoint.as_path()), &STOP)?;
     save_model(&learner.ex, &learner.spec, &a.out)?;
     println!(
         "\nsaved the fine-tuned model to {} (use it with `wgtune predict --model {}`)",
@@ -591,9 +599,15 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<wgtune::Error>() {
+            Some(wgtune::Error::Interrupted(msg)) => {
+                eprintln!("{msg}");
+                ExitCode::from(130)
+            }
+            _ => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -2,6 +2,7 @@
 //! one, and a NaN stops training without touching the last checkpoint.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use wgtune::data::dataset::Dataset;
@@ -83,14 +84,15 @@ fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
             std::fs::copy(&ckpt, &after_first).unwrap();
         }
     };
-    let records = full.fit(&mut |_, _, _, _, _| {}, &mut on_epoch, Some(&ckpt), None).unwrap();
+    let go = AtomicBool::new(false);
+    let records = full.fit(&mut |_, _, _, _, _| {}, &mut on_epoch, Some(&ckpt), None, &go).unwrap();
     assert_eq!(records.len(), 3);
     let last = records.last().unwrap();
     assert!(last.accuracy >= 0.8, "validation accuracy {} after fine-tuning (chance is 0.5)", last.accuracy);
     let (full_state, _) = full.ex.training_state().unwrap();
 
     let mut resumed = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
-    let again = resumed.fit(&mut |_, _, _, _, _| {}, &mut |_| {}, None, Some(&after_first)).unwrap();
+    let again = resumed.fit(&mut |_, _, _, _, _| {}, &mut |_| {}, None, Some(&after_first), &go).unwrap();
     assert_eq!(again.len(), 3, "the restored record plus the two resumed epochs");
     assert_eq!(again[0], records[0]);
     let (resumed_state, _) = resumed.ex.training_state().unwrap();
@@ -98,16 +100,36 @@ fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
         assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after resuming");
     }
 
+    // Ctrl-C in the middle of the first unfrozen epoch: the run stops after the current step with a checkpoint,
+    // and resuming it mid-epoch ends exactly where the uninterrupted run did.
+    let stop = AtomicBool::new(false);
+    let stopped_ckpt = dir.0.join("stopped.checkpoint");
+    let mut interrupted = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let mut raise = |phase: &str, _: usize, done: usize, _: usize, _: f64| {
+        if phase == "unfrozen" && done == 3 {
+            stop.store(true, Ordering::SeqCst);
+        }
+    };
+    let err = interrupted.fit(&mut raise, &mut |_| {}, Some(&stopped_ckpt), None, &stop).unwrap_err();
+    assert!(matches!(err, wgtune::Error::Interrupted(_)) && err.to_string().contains("--resume"), "{err}");
+    let mut continued = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let finished = continued.fit(&mut |_, _, _, _, _| {}, &mut |_| {}, None, Some(&stopped_ckpt), &go).unwrap();
+    assert_eq!(finished.len(), 3);
+    let (continued_state, _) = continued.ex.training_state().unwrap();
+    for ((name, _, a), (_, _, b)) in full_state.iter().zip(&continued_state) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after a mid-epoch resume");
+    }
+
     let mut broken = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
     let before = std::fs::read(&after_first).unwrap();
     // Resume, then poison a weight: the next step's loss is NaN.
-    let (_, records) = broken.load_checkpoint(&after_first).unwrap();
+    let (_, records, _) = broken.load_checkpoint(&after_first).unwrap();
     assert_eq!(records.len(), 1);
     let n = broken.ex.read_value("head.8.weight").unwrap().len();
     broken.ex.write_value("head.8.weight", &vec![f32::NAN; n]).unwrap();
     let phases = broken.phases();
     broken.ex.freeze_to(0).unwrap();
-    let err = broken.epoch(&phases[1], 0, 1, &mut |_, _, _, _, _| {}).unwrap_err().to_string();
+    let err = broken.epoch(&phases[1], 0, 1, &mut |_, _, _, _, _| {}, None, &go).unwrap_err().to_string();
     assert!(err.contains("NaN") && err.contains("--lr"), "{err}");
     assert_eq!(std::fs::read(&after_first).unwrap(), before, "the last good checkpoint is untouched");
 }
@@ -119,7 +141,7 @@ fn resuming_with_other_settings_is_refused() {
     let data = tiny_data(16, 4);
     let l = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
     let path = dir.0.join("x.checkpoint");
-    l.save_checkpoint(&path, 1, &[]).unwrap();
+    l.save_checkpoint(&path, 1, &[], None).unwrap();
     let mut other = Learner::new(gpu(), &data, &weights(), FineTuneConfig { lr: 1e-3, ..cfg() }).unwrap();
     let err = other.load_checkpoint(&path).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");

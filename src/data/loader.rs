@@ -110,12 +110,18 @@ impl Loader {
     /// Start decoding an epoch; batches arrive in order through the returned iterator. Dropping it stops the
     /// workers.
     pub fn epoch(&self, epoch: u64) -> EpochBatches {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of an epoch from batch `first` on (resuming an interrupted epoch).
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> EpochBatches {
         let order = self.order(epoch);
         let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
         let (items, cfg, bad) = (self.items.clone(), self.cfg, self.bad.clone());
         let batches = self.batches();
+        let first = first.min(batches);
         std::thread::spawn(move || {
-            for b in 0..batches {
+            for b in first..batches {
                 let start = b * cfg.batch;
                 let batch = make_batch(&items, &order, start, cfg, &bad);
                 if tx.send(batch).is_err() {
@@ -123,7 +129,7 @@ impl Loader {
                 }
             }
         });
-        EpochBatches { rx, left: batches }
+        EpochBatches { rx, left: batches - first }
     }
 }
 
