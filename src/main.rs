@@ -415,9 +415,31 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut last_phase = String::new();
+    // One progress bar per epoch on a terminal; plain lines (every tenth of an epoch) otherwise.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar: Option<indicatif::ProgressBar> = None;
     let mut progress = |phase: &str, epoch: usize, done: usize, total: usize, loss: f64| {
-        if done.is_multiple_of((total / 10).max(1)) || done == total {
-            eprintln!("  {phase} epoch {epoch}: batch {done}/{total}, smoothed loss {loss:.4}");
+        if !terminal {
+            if done.is_multiple_of((total / 10).max(1)) || done == total {
+                eprintln!("  {phase} epoch {epoch}: batch {done}/{total}, smoothed loss {loss:.4}");
+            }
+            return;
+        }
+        let b = bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            let style =
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+            b.set_style(style);
+            b.set_prefix(format!("{phase} epoch {epoch}"));
+            b
+        });
+        b.set_position(done as u64);
+        b.set_message(format!("loss {loss:.4}"));
+        if done == total {
+            b.finish_and_clear();
+            bar = None;
         }
     };
     let mut on_epoch = |r: &wgtune::learner::EpochRecord| {
