@@ -35,6 +35,15 @@ fn row_max(base: u32) -> f32 {
     return m;
 }
 
+// sum_c exp(logits[base + c] - m): the softmax denominator, shifted by the row maximum m for stability.
+fn row_sum_exp(base: u32, m: f32) -> f32 {
+    var s = 0.0;
+    for (var c = 0u; c < p.classes; c++) {
+        s += exp(logits[base + c] - m);
+    }
+    return s;
+}
+
 fn label_of(row: u32) -> u32 {
     return min(labels[row], p.classes - 1u);
 }
@@ -83,10 +92,7 @@ fn softmax_cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>)
     }
     let base = row * p.classes;
     let m = row_max(base);
-    var sum_exp = 0.0;
-    for (var c = 0u; c < p.classes; c++) {
-        sum_exp += exp(logits[base + c] - m);
-    }
+    let sum_exp = row_sum_exp(base, m);
     let label = label_of(row);
     let k = p.scale / f32(p.batch);
     let off_target = p.smoothing / f32(p.classes);
@@ -128,10 +134,7 @@ fn softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let base = row * p.classes;
     let m = row_max(base);
-    var sum_exp = 0.0;
-    for (var c = 0u; c < p.classes; c++) {
-        sum_exp += exp(logits[base + c] - m);
-    }
+    let sum_exp = row_sum_exp(base, m);
     for (var c = 0u; c < p.classes; c++) {
         out[base + c] = exp(logits[base + c] - m) / sum_exp;
     }
