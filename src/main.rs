@@ -102,6 +102,9 @@ struct FinetuneArgs {
     /// SGD with momentum instead of Adam.
     #[arg(long)]
     sgd: bool,
+    /// Train without data augmentation (only the resize and normalization).
+    #[arg(long)]
+    no_augment: bool,
     /// Where to save the fine-tuned model.
     #[arg(long, default_value = "wgtune-model.safetensors")]
     out: std::path::PathBuf,
@@ -392,6 +395,7 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
         seed: a.seed,
         optimizer: if a.sgd { wgtune::ops::optim::Optimizer::Sgd } else { wgtune::ops::optim::Optimizer::Adam },
         freeze_bn: a.freeze_bn,
+        augment: !a.no_augment,
         ..FineTuneConfig::default()
     };
     let gpu = std::sync::Arc::new(open_gpu(adapter)?);
