@@ -268,7 +268,7 @@ impl Gpu {
         ring: &mut ReadbackRing,
         read: &[&Tensor],
     ) -> Result<Vec<Ticket>> {
-        Ok(self.submit_layers(label, &[(label, dispatches)], ring, read)?.tickets)
+        Ok(self.submit_layers(label, &[(label, dispatches.to_vec())], ring, read)?.tickets)
     }
 
     /// As [`Gpu::submit`], with the dispatches grouped by layer: each layer is a debug group named after it,
@@ -276,7 +276,7 @@ impl Gpu {
     pub fn submit_layers(
         &self,
         label: &str,
-        layers: &[(&str, &[&Dispatch])],
+        layers: &[(&str, Vec<&Dispatch>)],
         ring: &mut ReadbackRing,
         read: &[&Tensor],
     ) -> Result<Submitted> {
@@ -294,7 +294,8 @@ impl Gpu {
             }
         }
         let tickets = read.iter().map(|t| ring.copy(&mut encoder, t)).collect::<Result<Vec<_>>>()?;
-        let commands = encoder.finish();
+        // Validation errors of the recorded commands surface at finish: inside the scope, so they name `label`.
+        let commands = self.scoped(label, || encoder.finish())?;
         let encode = t0.elapsed();
         // On a busy adapter the driver may hold the submitting thread here until earlier work drains.
         self.scoped(label, || self.queue.submit([commands]))?;
@@ -304,18 +305,8 @@ impl Gpu {
 
     /// Encode `dispatches` in one compute pass (one debug group per dispatch), submit, and wait.
     pub fn run(&self, label: &str, dispatches: &[&Dispatch]) -> Result<()> {
-        self.scoped(label, || {
-            let mut encoder =
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-            {
-                let mut pass = encoder
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-                for d in dispatches {
-                    d.encode(&mut pass);
-                }
-            }
-            self.queue.submit([encoder.finish()]);
-        })?;
+        let mut no_readback = ReadbackRing::new(self, label, 0, 4)?;
+        self.submit(label, dispatches, &mut no_readback, &[])?;
         self.wait_idle()
     }
 }

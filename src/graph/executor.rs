@@ -129,6 +129,13 @@ struct Layout {
     oversized: Option<String>,
 }
 
+impl Program {
+    /// The dispatches grouped by layer, as [`Gpu::submit_layers`] takes them.
+    fn layer_groups(&self) -> Vec<(&str, Vec<&Dispatch>)> {
+        self.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect()
+    }
+}
+
 /// A layer before its buffers exist: what it touches, and how to build its dispatches once they do.
 struct PendingLayer {
     name: String,
@@ -911,13 +918,11 @@ impl Executor {
                 optim.push(d);
             }
         }
-        let mut groups: Vec<(&str, Vec<&Dispatch>)> =
-            p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
+        let mut groups = p.layer_groups();
         if !optim.is_empty() {
             groups.push(("optimizer", optim));
         }
-        let layers: Vec<(&str, &[&Dispatch])> = groups.iter().map(|(n, d)| (*n, d.as_slice())).collect();
-        let submitted = self.gpu.submit_layers("train step", &layers, &mut self.ring, &[&p.loss, &p.correct])?;
+        let submitted = self.gpu.submit_layers("train step", &groups, &mut self.ring, &[&p.loss, &p.correct])?;
         self.counters.encode_ns += submitted.encode.as_nanos() as u64;
         self.counters.submit_ns += submitted.submit.as_nanos() as u64;
         let tickets = submitted.tickets;
@@ -984,9 +989,7 @@ impl Executor {
 
     fn submit_eval(&mut self) -> Result<(f32, f32)> {
         let p = self.eval.as_ref().expect("compiled");
-        let layers: Vec<(&str, Vec<&Dispatch>)> =
-            p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
-        let layers: Vec<(&str, &[&Dispatch])> = layers.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+        let layers = p.layer_groups();
         let mut tickets =
             self.gpu.submit_layers("eval step", &layers, &mut self.ring, &[&p.loss, &p.correct])?.tickets.into_iter();
         self.counters.submits += 1;
@@ -1047,9 +1050,7 @@ impl Executor {
 
     fn submit_infer(&mut self, probabilities: bool) -> Result<Vec<f32>> {
         let p = self.eval.as_ref().expect("compiled");
-        let layers: Vec<(&str, Vec<&Dispatch>)> =
-            p.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect();
-        let layers: Vec<(&str, &[&Dispatch])> = layers.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+        let layers = p.layer_groups();
         let out =
             if probabilities { p.probs.as_ref().expect("eval programs compute probabilities") } else { &p.logits };
         let mut ring = ReadbackRing::new(&self.gpu, "predictions", 1, out.bytes())?;

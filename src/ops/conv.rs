@@ -326,13 +326,23 @@ pub fn conv2d_backward_data(
     Ok(vec![gpu.dispatch(&CONV2D_BACKWARD_DATA, bytemuck::bytes_of(&p), &[w, dy, dx], grid, label)?])
 }
 
+/// The backward_weight kernel for `ncols` = Cin_g * KH * KW weight columns, and the columns one workgroup covers:
+/// few columns (a 1x1 conv's Cin) take 64-column workgroups instead of 512, so most lanes have a column.
+fn backward_weight_kernel(ncols: usize) -> (&'static KernelSpec, u32) {
+    if ncols <= 256 {
+        (&CONV2D_BACKWARD_WEIGHT_NARROW, 64)
+    } else {
+        (&CONV2D_BACKWARD_WEIGHT, 512)
+    }
+}
+
 /// How many batch splits backward_weight uses: enough workgroups to fill the adapter (a few per core on a
 /// software adapter, hundreds on a GPU), never more than the batch, and partial sums within `max_scratch` bytes.
 pub fn backward_weight_splits(gpu: &Gpu, s: &ConvShape) -> usize {
     let cin_g = s.in_c / s.cfg.groups;
     let ncols = cin_g * s.kernel_h * s.kernel_w;
-    let tile = if ncols <= 256 { 64 } else { 512 };
-    let base = ncols.div_ceil(tile) * (s.out_c / s.cfg.groups).div_ceil(16) * s.cfg.groups;
+    let (_, tile) = backward_weight_kernel(ncols);
+    let base = ncols.div_ceil(tile as usize) * (s.out_c / s.cfg.groups).div_ceil(16) * s.cfg.groups;
     let want: usize = if gpu.summary().is_software { 8 } else { 512 };
     let max_scratch: usize = 64 << 20;
     let per_split = s.out_c * cin_g * s.kernel_h * s.kernel_w * 4;
@@ -373,8 +383,7 @@ pub fn conv2d_backward_weight(
     let split_len = s.batch.div_ceil(splits);
     let splits = s.batch.div_ceil(split_len);
     let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
-    // Few columns (a 1x1 conv's Cin): 64-column workgroups instead of 512, so most lanes have a column.
-    let (spec, tile) = if ncols <= 256 { (&CONV2D_BACKWARD_WEIGHT_NARROW, 64) } else { (&CONV2D_BACKWARD_WEIGHT, 512) };
+    let (spec, tile) = backward_weight_kernel(ncols);
     let grid =
         |p: &ConvParams| [(ncols as u32).div_ceil(tile), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32];
     if splits == 1 {
