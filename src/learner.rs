@@ -127,11 +127,24 @@ pub struct Learner {
     valid: Loader,
     aug: AugmentConfig,
     rng: SplitMix,
+    /// The smoothed loss of the current fit (phase): fastai resets it when a fit begins, not every epoch.
+    smooth: SmoothLoss,
+    /// Every training step's loss so far, in order (kept in checkpoints, for the loss curve).
+    pub history: Vec<StepLoss>,
+}
+
+/// One training step's loss, for the loss curve.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepLoss {
+    pub loss: f32,
+    pub smooth: f32,
 }
 
 impl Learner {
-    /// Build the model (pretrained body + new fastai head for the data's classes) and the loaders.
-    pub fn new(gpu: Arc<Gpu>, data: &Dataset, pretrained: &Weights, cfg: FineTuneConfig) -> Result<Learner> {
+    /// Build the model (pretrained body + new fastai head for the data's classes) and the loaders. Without
+    /// `pretrained` the body keeps its random initialization (kaiming-normal convolutions, batch norm 1 and 0):
+    /// the from-scratch baseline transfer learning is measured against.
+    pub fn new(gpu: Arc<Gpu>, data: &Dataset, pretrained: Option<&Weights>, cfg: FineTuneConfig) -> Result<Learner> {
         let spec = ModelSpec {
             arch: cfg.arch,
             head: Head::Fastai,
@@ -143,13 +156,15 @@ impl Learner {
         let groups = graph.groups();
         let mut ex = Executor::new(gpu, graph, ExecutorConfig { optimizer: cfg.optimizer, freeze_bn: cfg.freeze_bn })?;
         let classifier = cfg.arch.classifier_prefix();
-        load_into(
-            &ex,
-            pretrained,
-            |n| n.to_string(),
-            |n| n.starts_with("head."),
-            |n| n.starts_with(classifier) || n.ends_with("num_batches_tracked"),
-        )?;
+        if let Some(pretrained) = pretrained {
+            load_into(
+                &ex,
+                pretrained,
+                |n| n.to_string(),
+                |n| n.starts_with("head."),
+                |n| n.starts_with(classifier) || n.ends_with("num_batches_tracked"),
+            )?;
+        }
         ex.set_pixel_input(PixelInput { presize: cfg.presize, normalization: spec.normalization })?;
         for g in 0..groups {
             ex.set_hyper(g, Hyper { wd: cfg.wd, ..Hyper::default() })?;
@@ -186,7 +201,14 @@ impl Learner {
             valid,
             aug: AugmentConfig::default(),
             rng: SplitMix(cfg.seed ^ 0xa11),
+            smooth: SmoothLoss::default(),
+            history: Vec::new(),
         })
+    }
+
+    /// Training steps per epoch (the last partial batch is dropped).
+    pub fn steps_per_epoch(&self) -> usize {
+        self.train.batches()
     }
 
     /// The phases `fit` will run.
@@ -210,7 +232,7 @@ impl Learner {
         let per_epoch = self.train.batches();
         let total = (per_epoch * phase.epochs) as f64;
         let first = from.map_or(0, |p| p.batches);
-        let mut smooth = from.map_or(SmoothLoss::default(), |p| p.smooth);
+        let mut smooth = from.map_or(if epoch == 0 { SmoothLoss::default() } else { self.smooth }, |p| p.smooth);
         let groups = self.ex.graph().groups();
         let mut done = first;
         let mut submitted = first;
@@ -229,6 +251,7 @@ impl Learner {
             for m in self.ex.poll_metrics()? {
                 check_finite(m.loss, m.step)?;
                 smooth.add(m.loss as f64);
+                self.history.push(StepLoss { loss: m.loss, smooth: smooth.value() as f32 });
                 done += 1;
                 progress(phase.name, epoch, done, per_epoch, smooth.value());
             }
@@ -239,9 +262,11 @@ impl Learner {
         for m in self.ex.wait_metrics()? {
             check_finite(m.loss, m.step)?;
             smooth.add(m.loss as f64);
+            self.history.push(StepLoss { loss: m.loss, smooth: smooth.value() as f32 });
             done += 1;
             progress(phase.name, epoch, done, per_epoch, smooth.value());
         }
+        self.smooth = smooth;
         if done < per_epoch {
             return Ok(EpochEnd::Stopped(Partial { batches: done, smooth }));
         }
@@ -259,8 +284,15 @@ impl Learner {
 
     /// Mean cross-entropy and accuracy over the validation set (padding rows of the last batch excluded).
     pub fn validate(&mut self) -> Result<(f64, f64)> {
+        let (loss, confusion) = self.validate_confusion()?;
+        Ok((loss, confusion.accuracy()))
+    }
+
+    /// Mean cross-entropy over the validation set and its confusion matrix.
+    pub fn validate_confusion(&mut self) -> Result<(f64, Confusion)> {
         let k = self.spec.classes.len();
-        let (mut loss, mut right, mut n) = (0.0, 0usize, 0usize);
+        let mut confusion = Confusion::new(self.spec.classes.clone());
+        let mut loss = 0.0;
         for batch in self.valid.epoch(0) {
             let batch = batch?;
             let probs = self.ex.predict_pixels(&batch.pixels)?;
@@ -269,11 +301,10 @@ impl Learner {
                 let y = batch.labels[r] as usize;
                 loss -= (row[y].max(1e-12) as f64).ln();
                 let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-                right += usize::from(best == y);
-                n += 1;
+                confusion.add(y, best);
             }
         }
-        Ok((loss / n.max(1) as f64, right as f64 / n.max(1) as f64))
+        Ok((loss / confusion.total().max(1) as f64, confusion))
     }
 
     /// Run every phase, calling `on_epoch` after each epoch. With `checkpoint`, the whole training state is
@@ -335,6 +366,80 @@ impl Learner {
         Ok(records)
     }
 
+    /// fastai's lr_find: from the current weights, train with the body frozen (as a fresh learner is) while the
+    /// learning rate of every group grows exponentially from `start` to `end` over `num_it` steps (momentum 0.9),
+    /// recording the smoothed loss; stop early when it exceeds 4x the best so far (or is not finite). The weights,
+    /// optimizer state and counters are restored afterwards.
+    pub fn lr_find(&mut self, start: f64, end: f64, num_it: usize, progress: &mut Progress) -> Result<LrFind> {
+        if !(start > 0.0 && end > start && num_it >= 2) {
+            return Err(Error::Invalid(format!(
+                "lr-find needs 0 < start < end and at least 2 iterations (got {start}, {end}, {num_it})"
+            )));
+        }
+        let (saved, counters) = self.ex.training_state()?;
+        let groups = self.ex.graph().groups();
+        self.ex.freeze_to(groups - 1)?;
+        let lr_at = |i: usize| start * (end / start).powf(i as f64 / num_it as f64);
+        let mut found = LrFind { lrs: Vec::new(), losses: Vec::new(), suggestion: None, stopped_early: false };
+        let mut smooth = SmoothLoss::default();
+        let mut best = f64::INFINITY;
+        let mut submitted = 0usize;
+        let mut epoch = 0u64;
+        let mut record = |found: &mut LrFind, loss: f32| -> bool {
+            smooth.add(loss as f64);
+            let s = smooth.value();
+            found.lrs.push(lr_at(found.lrs.len()));
+            found.losses.push(s);
+            progress("lr-find", 0, found.lrs.len(), num_it, s);
+            best = best.min(s);
+            let diverged = !s.is_finite() || s > 4.0 * best;
+            found.stopped_early |= diverged;
+            diverged || found.lrs.len() >= num_it
+        };
+        let mut finished = false;
+        'outer: while !finished {
+            for batch in self.train.epoch_from(1000 + epoch, 0) {
+                let batch = batch?;
+                for g in 0..groups {
+                    let h = Hyper { lr: lr_at(submitted), mom: 0.9, ..self.ex.hyper(g) };
+                    self.ex.set_hyper(g, h)?;
+                }
+                let transforms: Vec<ImageTransform> = (0..self.cfg.bs)
+                    .map(|_| if self.cfg.augment { self.aug.sample(&mut self.rng) } else { ImageTransform::IDENTITY })
+                    .collect();
+                self.ex.train_step_pixels(&batch.pixels, &transforms, &batch.labels)?;
+                submitted += 1;
+                for m in self.ex.poll_metrics()? {
+                    finished |= !finished && record(&mut found, m.loss);
+                }
+                if finished || submitted >= num_it {
+                    break 'outer;
+                }
+            }
+            epoch += 1;
+        }
+        for m in self.ex.wait_metrics()? {
+            finished |= !finished && record(&mut found, m.loss);
+        }
+        let by_name: std::collections::HashMap<&str, &Vec<f32>> =
+            saved.iter().map(|(name, _, v)| (name.as_str(), v)).collect();
+        self.ex.restore_training_state(
+            &|name| {
+                by_name
+                    .get(name)
+                    .map(|v| v.to_vec())
+                    .ok_or_else(|| Error::Invalid(format!("lr-find lost tensor '{name}'")))
+            },
+            &counters,
+        )?;
+        // fastai drops the first tenth and the last 5 points before looking for the valley.
+        let (lo, hi) = (num_it / 10, found.losses.len().saturating_sub(5));
+        if hi > lo + 1 {
+            found.suggestion = Some(found.lrs[lo + valley(&found.losses[lo..hi])]);
+        }
+        Ok(found)
+    }
+
     /// The settings that must match for a checkpoint to resume (everything but the worker count).
     fn fingerprint(&self) -> String {
         let c = &self.cfg;
@@ -376,6 +481,8 @@ impl Learner {
         meta.insert("wgtune.epochs_done".into(), epochs_done.to_string());
         meta.insert("wgtune.rng".into(), self.rng.0.to_string());
         meta.insert("wgtune.records".into(), serde_json::to_string(records).unwrap_or_default());
+        meta.insert("wgtune.smooth".into(), serde_json::to_string(&self.smooth).unwrap_or_default());
+        meta.insert("wgtune.history".into(), serde_json::to_string(&self.history).unwrap_or_default());
         if let Some(p) = partial {
             meta.insert("wgtune.partial".into(), serde_json::to_string(&p).unwrap_or_default());
         }
@@ -402,6 +509,10 @@ impl Learner {
         let done = meta.get("wgtune.epochs_done").and_then(|d| d.parse().ok()).ok_or_else(|| bad("no epoch count"))?;
         let records = serde_json::from_str(meta.get("wgtune.records").map_or("[]", String::as_str))
             .map_err(|e| bad(&e.to_string()))?;
+        let json = |key: &str, default: &str| meta.get(key).map_or(default, String::as_str).to_string();
+        self.smooth = serde_json::from_str(&json("wgtune.smooth", "{\"avg\":0.0,\"count\":0}"))
+            .map_err(|e| bad(&e.to_string()))?;
+        self.history = serde_json::from_str(&json("wgtune.history", "[]")).map_err(|e| bad(&e.to_string()))?;
         let partial = match meta.get("wgtune.partial") {
             Some(p) => Some(serde_json::from_str(p).map_err(|e| bad(&e.to_string()))?),
             None => None,
@@ -417,5 +528,135 @@ fn check_finite(loss: f32, step: u64) -> Result<()> {
         Err(Error::Invalid(format!(
             "the training loss became {loss} at step {step}: the learning rate is probably too high (try a lower --lr)"
         )))
+    }
+}
+
+/// What lr_find recorded: the learning rate and smoothed loss of every step, and the suggested rate.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LrFind {
+    pub lrs: Vec<f64>,
+    pub losses: Vec<f64>,
+    /// fastai's 'valley': a point inside the longest decreasing run of the curve.
+    pub suggestion: Option<f64>,
+    /// The loss diverged (over 4x the best) before the last iteration.
+    pub stopped_early: bool,
+}
+
+/// fastai's `valley` suggestion: the index of the longest decreasing subsequence of `losses`, taken at about
+/// half of the way through it (start + 1/3 + 1/6 of its span).
+pub fn valley(losses: &[f64]) -> usize {
+    let n = losses.len();
+    let mut lds = vec![1usize; n];
+    let (mut max_start, mut max_end) = (0isize, 0usize);
+    for i in 1..n {
+        for j in 0..i {
+            if losses[i] < losses[j] && lds[i] < lds[j] + 1 {
+                lds[i] = lds[j] + 1;
+            }
+            if lds[max_end] < lds[i] {
+                max_end = i;
+                max_start = max_end as isize - lds[max_end] as isize;
+            }
+        }
+    }
+    let sections = (max_end as isize - max_start) as f64 / 3.0;
+    // fastai's start can be -1 (a run from the first point), where Python's indexing wraps; this clamps instead.
+    (max_start + sections as isize + (sections / 2.0) as isize).clamp(0, n as isize - 1) as usize
+}
+
+/// Counts of (actual class, predicted class) over a validation pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Confusion {
+    pub classes: Vec<String>,
+    /// Row-major: `counts[actual * k + predicted]`.
+    pub counts: Vec<u32>,
+}
+
+impl Confusion {
+    pub fn new(classes: Vec<String>) -> Confusion {
+        let k = classes.len();
+        Confusion { classes, counts: vec![0; k * k] }
+    }
+
+    pub fn add(&mut self, actual: usize, predicted: usize) {
+        let k = self.classes.len();
+        self.counts[actual * k + predicted] += 1;
+    }
+
+    pub fn get(&self, actual: usize, predicted: usize) -> u32 {
+        self.counts[actual * self.classes.len() + predicted]
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts.iter().map(|&c| c as usize).sum()
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        let k = self.classes.len();
+        let right: usize = (0..k).map(|i| self.get(i, i) as usize).sum();
+        right as f64 / self.total().max(1) as f64
+    }
+
+    /// The off-diagonal cells, largest first (fastai's `most_confused`): (actual, predicted, count).
+    pub fn most_confused(&self, min: u32) -> Vec<(&str, &str, u32)> {
+        let k = self.classes.len();
+        let mut out: Vec<_> = (0..k)
+            .flat_map(|a| (0..k).map(move |p| (a, p)))
+            .filter(|&(a, p)| a != p && self.get(a, p) >= min)
+            .map(|(a, p)| (self.classes[a].as_str(), self.classes[p].as_str(), self.get(a, p)))
+            .collect();
+        out.sort_by(|x, y| y.2.cmp(&x.2));
+        out
+    }
+
+    /// The matrix as text: one row per actual class, one column per predicted class.
+    pub fn table(&self) -> String {
+        let k = self.classes.len();
+        let w = self.classes.iter().map(|c| c.len()).max().unwrap_or(1).max(6);
+        let cw = self.counts.iter().max().map_or(1, |m| m.to_string().len()).max(3);
+        let short = |c: &str| c.chars().take(cw).collect::<String>();
+        let mut s = format!("rows: actual class, columns: predicted class\n{:>w$}", "");
+        for c in &self.classes {
+            s += &format!(" {:>cw$}", short(c));
+        }
+        s.push('\n');
+        for a in 0..k {
+            s += &format!("{:>w$}", self.classes[a]);
+            for p in 0..k {
+                s += &format!(" {:>cw$}", self.get(a, p));
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fastai's valley on a curve that falls from index 1 to 11 and then rises: the longest decreasing run is
+    /// 1..=11 (11 points), so max_start = 11 - 11 = 0 and the pick is 0 + 3 + 1 = index 4 (fastai's code gives 4).
+    #[test]
+    fn valley_picks_inside_the_longest_decrease() {
+        let mut losses = vec![3.0, 3.1];
+        losses.extend((0..10).map(|i| 3.0 - 0.2 * i as f64));
+        losses.extend([2.0, 4.0, 9.0]);
+        assert_eq!(valley(&losses), 4);
+        assert_eq!(valley(&[1.0]), 0);
+        assert_eq!(valley(&[2.0, 1.0]), 0);
+    }
+
+    #[test]
+    fn confusion_counts_accuracy_and_most_confused() {
+        let mut c = Confusion::new(vec!["cat".into(), "dog".into(), "fish".into()]);
+        for (a, p) in [(0, 0), (0, 1), (0, 1), (1, 1), (2, 2), (2, 0)] {
+            c.add(a, p);
+        }
+        assert_eq!(c.total(), 6);
+        assert!((c.accuracy() - 0.5).abs() < 1e-12);
+        assert_eq!(c.most_confused(1), vec![("cat", "dog", 2), ("fish", "cat", 1)]);
+        let t = c.table();
+        assert!(t.lines().nth(2).unwrap().ends_with("1   2   0") && t.contains("fish"), "{t}");
     }
 }

@@ -5,6 +5,7 @@
 //! - [`learner`]: fastai's fine_tune: phases, schedules, epoch records.
 //! - [`nn`]: EfficientNet-Lite0 and ResNet-18/34/50 built from graph ops, fastai's head, safetensors in and out.
 //! - [`ops`]: one launcher per kernel, checking shapes and building [`gpu::Dispatch`] values.
+//! - [`plot`]: PNG charts of a run (loss curve, lr_find, confusion matrix).
 //! - [`schedule`]: fastai's one-cycle, discriminative learning rates and fine_tune phases.
 //! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
 //! - [`bench`]: the measurements behind `wgtune bench`.
@@ -17,6 +18,7 @@ pub mod graph;
 pub mod learner;
 pub mod nn;
 pub mod ops;
+pub mod plot;
 pub mod reference;
 pub mod schedule;
 

@@ -53,10 +53,14 @@ enum Command {
     /// Fine-tune a pretrained model (fastai's fine_tune): train a new head with the body frozen, then everything
     /// with discriminative learning rates, one-cycle schedules throughout.
     Finetune(FinetuneArgs),
+    /// fastai's lr_find: train a few steps with the learning rate growing exponentially, plot the loss against
+    /// it, suggest a rate (weights are restored; nothing is saved but the plot).
+    LrFind(LrFindArgs),
 }
 
+/// What a training run is made of: data, model, input and batch size, optimizer.
 #[derive(clap::Args)]
-struct FinetuneArgs {
+struct RunArgs {
     /// Image folder (DIR/train/<class>/* + DIR/valid/<class>/*, or DIR/<class>/*). Default: the embedded
     /// Fashion-MNIST subset.
     #[arg(long)]
@@ -64,9 +68,44 @@ struct FinetuneArgs {
     /// Pretrained weights (safetensors). Default: the embedded ImageNet EfficientNet-Lite0.
     #[arg(long)]
     model: Option<std::path::PathBuf>,
+    /// Start from random weights instead of pretrained ones (the baseline transfer learning is measured against).
+    #[arg(long, conflicts_with = "model")]
+    no_pretrained: bool,
     /// Architecture: effnet-lite0, resnet18, resnet34, resnet50.
     #[arg(long, default_value = "effnet-lite0")]
     arch: String,
+    #[arg(long, default_value_t = 32)]
+    bs: usize,
+    /// Input size (square). Default: 224 on a GPU; 64 on a software adapter, where 224 would take hours.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Fraction held out for validation when the folder has no valid/ split.
+    #[arg(long, default_value_t = 0.2)]
+    valid_pct: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Decoupled weight decay (not applied to batch norm and biases).
+    #[arg(long, default_value_t = 0.01)]
+    wd: f64,
+    /// Batch norm of the frozen body in eval mode too: nothing of the body trains in phase 1.
+    #[arg(long)]
+    freeze_bn: bool,
+    /// SGD with momentum instead of Adam.
+    #[arg(long)]
+    sgd: bool,
+    /// Train without data augmentation (only the resize and normalization).
+    #[arg(long, conflicts_with = "augment")]
+    no_augment: bool,
+    /// Train with data augmentation even where the preset turns it off (the embedded data set on a software
+    /// adapter).
+    #[arg(long)]
+    augment: bool,
+}
+
+#[derive(clap::Args)]
+struct FinetuneArgs {
+    #[command(flatten)]
+    run: RunArgs,
     /// Epochs after unfreezing. Default: 2 on a software adapter, 3 on a GPU.
     #[arg(long)]
     epochs: Option<usize>,
@@ -83,33 +122,8 @@ struct FinetuneArgs {
     pct_start: f64,
     #[arg(long, default_value_t = 5.0)]
     div: f64,
-    /// Decoupled weight decay (not applied to batch norm and biases).
-    #[arg(long, default_value_t = 0.01)]
-    wd: f64,
-    #[arg(long, default_value_t = 32)]
-    bs: usize,
-    /// Input size (square). Default: 224 on a GPU; 64 on a software adapter, where 224 would take hours.
-    #[arg(long)]
-    size: Option<usize>,
-    /// Fraction held out for validation when the folder has no valid/ split.
-    #[arg(long, default_value_t = 0.2)]
-    valid_pct: f64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Batch norm of the frozen body in eval mode too: nothing of the body trains in phase 1.
-    #[arg(long)]
-    freeze_bn: bool,
-    /// SGD with momentum instead of Adam.
-    #[arg(long)]
-    sgd: bool,
-    /// Train without data augmentation (only the resize and normalization).
-    #[arg(long, conflicts_with = "augment")]
-    no_augment: bool,
-    /// Train with data augmentation even where the preset turns it off (the embedded data set on a software
-    /// adapter).
-    #[arg(long)]
-    augment: bool,
-    /// Where to save the fine-tuned model.
+    /// Where to save the fine-tuned model; the loss curve and confusion matrix go next to it (OUT.loss.png,
+    /// OUT.confusion.png without the .safetensors).
     #[arg(long, default_value = "wgtune-model.safetensors")]
     out: std::path::PathBuf,
     /// One JSON line per epoch.
@@ -118,6 +132,22 @@ struct FinetuneArgs {
     /// Continue an interrupted run from its checkpoint (OUT.checkpoint, written after every epoch).
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(clap::Args)]
+struct LrFindArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[arg(long, default_value_t = 1e-7)]
+    start_lr: f64,
+    #[arg(long, default_value_t = 10.0)]
+    end_lr: f64,
+    /// Training steps of the ramp (fewer when the loss diverges first).
+    #[arg(long, default_value_t = 100)]
+    num_it: usize,
+    /// Where to save the loss-vs-learning-rate plot.
+    #[arg(long, default_value = "wgtune-lr-find.png")]
+    plot: std::path::PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -364,21 +394,28 @@ fn predict(
 /// The embedded default data set (a folder of the source tree).
 const DEFAULT_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion_mnist");
 
-fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
-    use std::io::Write;
+/// The pretrained weights, the data and the GPU of a run, and the learner built from them; `epochs` None means
+/// the preset's.
+fn prepare(
+    adapter: Option<String>,
+    r: &RunArgs,
+    epochs: Option<usize>,
+    cfg: wgtune::learner::FineTuneConfig,
+) -> anyhow::Result<wgtune::learner::Learner> {
     use wgtune::learner::{FineTuneConfig, Learner};
-    use wgtune::nn::model::{save_model, EFFNET_LITE0_IMAGENET};
+    use wgtune::nn::model::EFFNET_LITE0_IMAGENET;
     use wgtune::nn::weights::Weights;
-    let arch = wgtune::nn::Arch::parse(&a.arch)?;
-    let weights = match &a.model {
-        Some(p) => Weights::open(p)?,
+    let arch = wgtune::nn::Arch::parse(&r.arch)?;
+    let weights = match &r.model {
+        _ if r.no_pretrained => None,
+        Some(p) => Some(Weights::open(p)?),
         None if arch == wgtune::nn::Arch::EffnetLite0 => {
-            Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0 (ImageNet)")?
+            Some(Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0 (ImageNet)")?)
         }
-        None => anyhow::bail!("--arch {} needs pretrained weights: give them with --model FILE", a.arch),
+        None => anyhow::bail!("--arch {} needs pretrained weights: give them with --model FILE", r.arch),
     };
-    let data_dir = a.data.clone().unwrap_or_else(|| DEFAULT_DATA.into());
-    let data = wgtune::data::dataset::Dataset::from_folder(&data_dir, a.valid_pct, a.seed)?;
+    let data_dir = r.data.clone().unwrap_or_else(|| DEFAULT_DATA.into());
+    let data = wgtune::data::dataset::Dataset::from_folder(&data_dir, r.valid_pct, r.seed)?;
     eprintln!(
         "data: {} ({} classes, {} train, {} valid images)",
         data_dir.display(),
@@ -386,51 +423,66 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
         data.train.len(),
         data.valid.len()
     );
-    let cfg = FineTuneConfig {
-        arch,
-        epochs: a.epochs.unwrap_or(2),
-        freeze_epochs: a.freeze_epochs,
-        lr: a.lr,
-        lr_mult: a.lr_mult,
-        pct_start: a.pct_start,
-        div: a.div,
-        wd: a.wd,
-        bs: a.bs,
-        seed: a.seed,
-        optimizer: if a.sgd { wgtune::ops::optim::Optimizer::Sgd } else { wgtune::ops::optim::Optimizer::Adam },
-        freeze_bn: a.freeze_bn,
-        ..FineTuneConfig::default()
-    };
+    if r.no_pretrained {
+        eprintln!("model: {} from random initial weights (--no-pretrained)", arch.name());
+    }
     let gpu = std::sync::Arc::new(open_gpu(adapter)?);
     let software = gpu.summary().is_software;
-    let size = a.size.unwrap_or(if software { 64 } else { 224 });
-    let epochs = a.epochs.unwrap_or(if software { 2 } else { 3 });
+    let size = r.size.unwrap_or(if software { 64 } else { 224 });
+    let epochs = epochs.unwrap_or(if software { 2 } else { 3 });
     // Measured on the embedded 28x28 Fashion-MNIST images at 64 px, 1 + 2 epochs: 76.2% without augmentation,
     // 73.2% with it (BENCHMARKS.md). Elsewhere fastai's augmentation stays on.
-    let augment = a.augment || !(a.no_augment || (software && a.data.is_none()));
-    if a.size.is_none() || a.epochs.is_none() {
+    let augment = r.augment || !(r.no_augment || (software && r.data.is_none()));
+    if r.size.is_none() {
         eprintln!(
             "preset: {size}x{size} inputs, {} + {epochs} epochs, augmentation {} for the {} adapter '{}' \
              (--size, --epochs, --augment/--no-augment to change)",
-            a.freeze_epochs,
+            cfg.freeze_epochs,
             if augment { "on" } else { "off" },
             if software { "software" } else { "hardware" },
             gpu.summary().name
         );
     }
-    let cfg = FineTuneConfig { size, presize: (size * 8).div_ceil(7), epochs, augment, ..cfg };
-    let mut learner = Learner::new(gpu, &data, &weights, cfg)?;
-    let mut log = match &a.json_log {
-        Some(p) => Some(
-            std::fs::File::create(p).map_err(|e| anyhow::anyhow!("cannot create --json-log {}: {e}", p.display()))?,
-        ),
-        None => None,
+    let cfg = FineTuneConfig {
+        arch,
+        bs: r.bs,
+        seed: r.seed,
+        wd: r.wd,
+        optimizer: if r.sgd { wgtune::ops::optim::Optimizer::Sgd } else { wgtune::ops::optim::Optimizer::Adam },
+        freeze_bn: r.freeze_bn,
+        size,
+        presize: (size * 8).div_ceil(7),
+        epochs,
+        augment,
+        ..cfg
     };
-    let mut last_phase = String::new();
-    // One progress bar per epoch on a terminal; plain lines (every tenth of an epoch) otherwise.
+    let (bs, px) = (cfg.bs, cfg.size);
+    Learner::new(gpu, &data, weights.as_ref(), cfg).map_err(|e| with_memory_advice(e, bs, px))
+}
+
+/// Errors that mean the run did not fit the GPU get advice on what to change; others pass through.
+fn with_memory_advice(e: wgtune::Error, bs: usize, size: usize) -> anyhow::Error {
+    let memory = match &e {
+        wgtune::Error::DeviceLost(_) | wgtune::Error::TooLarge { .. } => true,
+        wgtune::Error::Gpu { message, .. } => message.to_lowercase().contains("memory"),
+        _ => false,
+    };
+    if memory {
+        anyhow::anyhow!(
+            "{e}\nhint: batch size {bs} at {size}x{size} px may not fit this GPU's memory: try --bs {} (or a smaller \
+             --size); `wgtune bench memory --bs {bs} --size {size}` shows what a run needs",
+            (bs / 2).max(1)
+        )
+    } else {
+        e.into()
+    }
+}
+
+/// A progress callback: one indicatif bar per epoch on a terminal, plain lines (every tenth) otherwise.
+fn progress_printer() -> impl FnMut(&str, usize, usize, usize, f64) {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut progress = |phase: &str, epoch: usize, done: usize, total: usize, loss: f64| {
+    move |phase: &str, epoch: usize, done: usize, total: usize, loss: f64| {
         if !terminal {
             if done.is_multiple_of((total / 10).max(1)) || done == total {
                 eprintln!("  {phase} epoch {epoch}: batch {done}/{total}, smoothed loss {loss:.4}");
@@ -453,7 +505,54 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
             b.finish_and_clear();
             bar = None;
         }
+    }
+}
+
+fn lr_find(adapter: Option<String>, a: LrFindArgs) -> anyhow::Result<()> {
+    let cfg = wgtune::learner::FineTuneConfig::default();
+    let (bs, size) = (a.run.bs, a.run.size);
+    let mut learner = prepare(adapter, &a.run, Some(1), cfg)?;
+    let mut progress = progress_printer();
+    let found = learner
+        .lr_find(a.start_lr, a.end_lr, a.num_it, &mut progress)
+        .map_err(|e| with_memory_advice(e, bs, size.unwrap_or(learner.cfg.size)))?;
+    if found.stopped_early {
+        println!(
+            "the loss diverged at lr {:.2e} after {} steps: stopped there (weights restored)",
+            found.lrs.last().copied().unwrap_or(f64::NAN),
+            found.lrs.len()
+        );
+    }
+    match found.suggestion {
+        Some(lr) => println!("suggested learning rate (valley): {lr:.2e}  (finetune --lr {lr:.1e})"),
+        None => println!("too few steps recorded for a suggestion: raise --num-it"),
+    }
+    wgtune::plot::lr_find(&a.plot, &found)?;
+    println!("plot: {}", a.plot.display());
+    Ok(())
+}
+
+fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use wgtune::nn::model::save_model;
+    let cfg = wgtune::learner::FineTuneConfig {
+        freeze_epochs: a.freeze_epochs,
+        lr: a.lr,
+        lr_mult: a.lr_mult,
+        pct_start: a.pct_start,
+        div: a.div,
+        ..Default::default()
     };
+    let mut learner = prepare(adapter, &a.run, a.epochs, cfg)?;
+    let (bs, size) = (learner.cfg.bs, learner.cfg.size);
+    let mut log = match &a.json_log {
+        Some(p) => Some(
+            std::fs::File::create(p).map_err(|e| anyhow::anyhow!("cannot create --json-log {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut last_phase = String::new();
+    let mut progress = progress_printer();
     let mut on_epoch = |r: &wgtune::learner::EpochRecord| {
         if r.phase != last_phase {
             println!("\n{} phase", r.phase);
@@ -490,12 +589,30 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
         }
         eprintln!("\nstopping after the current step (Ctrl-C again to quit at once)...");
     });
-    learner.fit(&mut progress, &mut on_epoch, Some(&checkpoint), a.resume.then_some(checkpoint.as_path()), &STOP)?;
+    let records = learner
+        .fit(&mut progress, &mut on_epoch, Some(&checkpoint), a.resume.then_some(checkpoint.as_path()), &STOP)
+        .map_err(|e| with_memory_advice(e, bs, size))?;
     save_model(&learner.ex, &learner.spec, &a.out)?;
     println!(
-        "\nsaved the fine-tuned model to {} (use it with `wgtune predict --model {}`)",
+        "\nsaved the fine-tuned model to {} (use it with `wgtune predict --model {} IMAGES`)",
         a.out.display(),
         a.out.display()
+    );
+    let (_, confusion) = learner.validate_confusion()?;
+    println!("\nconfusion matrix (validation set, {} images)\n{}", confusion.total(), confusion.table());
+    let worst: Vec<String> =
+        confusion.most_confused(1).iter().take(5).map(|(a, p, n)| format!("{a} -> {p}: {n}")).collect();
+    if !worst.is_empty() {
+        println!("most confused (actual -> predicted): {}", worst.join(", "));
+    }
+    let side = |ext: &str| a.out.with_extension(ext);
+    let steps = learner.steps_per_epoch();
+    wgtune::plot::loss_curve(&side("loss.png"), &learner.history, &records, steps)?;
+    wgtune::plot::confusion(&side("confusion.png"), &confusion)?;
+    println!(
+        "plots: {} (loss curve), {} (confusion matrix)",
+        side("loss.png").display(),
+        side("confusion.png").display()
     );
     Ok(())
 }
@@ -626,6 +743,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Predict { model, arch, bs, json, images } => predict(cli.adapter, model, arch, bs, json, &images),
         Command::Finetune(args) => finetune(cli.adapter, args),
+        Command::LrFind(args) => lr_find(cli.adapter, args),
     }
 }
 
@@ -643,5 +761,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out of memory and device loss name the batch size to try; other errors pass through unchanged.
+    #[test]
+    fn memory_errors_advise_a_smaller_batch() {
+        let lost = with_memory_advice(wgtune::Error::DeviceLost("Out of memory".into()), 32, 224).to_string();
+        assert!(lost.contains("--bs 16") && lost.contains("batch size 32 at 224x224"), "{lost}");
+        let oom = wgtune::Error::Gpu { label: "activations".into(), message: "Out of Memory".into() };
+        assert!(with_memory_advice(oom, 1, 64).to_string().contains("--bs 1"));
+        let other = with_memory_advice(wgtune::Error::Invalid("bad --lr".into()), 32, 224).to_string();
+        assert_eq!(other, "bad --lr");
     }
 }

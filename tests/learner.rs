@@ -77,7 +77,7 @@ fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
     let ckpt = dir.0.join("run.checkpoint");
     let after_first = dir.0.join("after-first-epoch.checkpoint");
 
-    let mut full = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let mut full = Learner::new(gpu(), &data, Some(&weights()), cfg()).unwrap();
     let mut on_epoch = |r: &wgtune::learner::EpochRecord| {
         eprintln!("{r:?}");
         if r.phase == "frozen" {
@@ -91,7 +91,7 @@ fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
     assert!(last.accuracy >= 0.8, "validation accuracy {} after fine-tuning (chance is 0.5)", last.accuracy);
     let (full_state, _) = full.ex.training_state().unwrap();
 
-    let mut resumed = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let mut resumed = Learner::new(gpu(), &data, Some(&weights()), cfg()).unwrap();
     let again = resumed.fit(&mut |_, _, _, _, _| {}, &mut |_| {}, None, Some(&after_first), &go).unwrap();
     assert_eq!(again.len(), 3, "the restored record plus the two resumed epochs");
     assert_eq!(again[0], records[0]);
@@ -104,7 +104,7 @@ fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
     // and resuming it mid-epoch ends exactly where the uninterrupted run did.
     let stop = AtomicBool::new(false);
     let stopped_ckpt = dir.0.join("stopped.checkpoint");
-    let mut interrupted = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let mut interrupted = Learner::new(gpu(), &data, Some(&weights()), cfg()).unwrap();
     let mut raise = |phase: &str, _: usize, done: usize, _: usize, _: f64| {
         if phase == "unfrozen" && done == 3 {
             stop.store(true, Ordering::SeqCst);
@@ -112,7 +112,7 @@ fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
     };
     let err = interrupted.fit(&mut raise, &mut |_| {}, Some(&stopped_ckpt), None, &stop).unwrap_err();
     assert!(matches!(err, wgtune::Error::Interrupted(_)) && err.to_string().contains("--resume"), "{err}");
-    let mut continued = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let mut continued = Learner::new(gpu(), &data, Some(&weights()), cfg()).unwrap();
     let finished = continued.fit(&mut |_, _, _, _, _| {}, &mut |_| {}, None, Some(&stopped_ckpt), &go).unwrap();
     assert_eq!(finished.len(), 3);
     let (continued_state, _) = continued.ex.training_state().unwrap();
@@ -120,7 +120,7 @@ fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
         assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after a mid-epoch resume");
     }
 
-    let mut broken = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let mut broken = Learner::new(gpu(), &data, Some(&weights()), cfg()).unwrap();
     let before = std::fs::read(&after_first).unwrap();
     // Resume, then poison a weight: the next step's loss is NaN.
     let (_, records, _) = broken.load_checkpoint(&after_first).unwrap();
@@ -139,10 +139,39 @@ fn resuming_with_other_settings_is_refused() {
     let dir = Dir(std::env::temp_dir().join(format!("wgtune-learner-mismatch-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let data = tiny_data(16, 4);
-    let l = Learner::new(gpu(), &data, &weights(), cfg()).unwrap();
+    let l = Learner::new(gpu(), &data, Some(&weights()), cfg()).unwrap();
     let path = dir.0.join("x.checkpoint");
     l.save_checkpoint(&path, 1, &[], None).unwrap();
-    let mut other = Learner::new(gpu(), &data, &weights(), FineTuneConfig { lr: 1e-3, ..cfg() }).unwrap();
+    let mut other = Learner::new(gpu(), &data, Some(&weights()), FineTuneConfig { lr: 1e-3, ..cfg() }).unwrap();
     let err = other.load_checkpoint(&path).unwrap_err().to_string();
     assert!(err.contains("other settings"), "{err}");
+}
+
+/// lr_find ramps the learning rate exponentially (constant ratio between steps, from `start`), records a finite
+/// smoothed loss per step, stops when that loss passes 4x its best, and leaves every weight, batch-norm statistic
+/// and optimizer moment bit-identical to before.
+#[test]
+fn lr_find_ramps_exponentially_stops_on_divergence_and_restores_the_weights() {
+    let data = tiny_data(32, 2);
+    let mut l = Learner::new(gpu(), &data, Some(&weights()), cfg()).unwrap();
+    let (before, counters) = l.ex.training_state().unwrap();
+    let found = l.lr_find(1e-5, 1e3, 16, &mut |_, _, _, _, _| {}).unwrap();
+    assert!(found.lrs.len() >= 3 && found.lrs.len() <= 16, "{found:?}");
+    assert!((found.lrs[0] - 1e-5).abs() < 1e-18);
+    let ratio = (1e3f64 / 1e-5).powf(1.0 / 16.0);
+    for w in found.lrs.windows(2) {
+        assert!((w[1] / w[0] - ratio).abs() < 1e-9, "{:?}", found.lrs);
+    }
+    let best = found.losses.iter().copied().filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+    let last = *found.losses.last().unwrap();
+    if found.stopped_early {
+        assert!(!last.is_finite() || last > 4.0 * best, "{found:?}");
+    } else {
+        assert_eq!(found.lrs.len(), 16);
+    }
+    let (after, counters_after) = l.ex.training_state().unwrap();
+    assert_eq!(counters, counters_after);
+    for ((name, _, a), (_, _, b)) in before.iter().zip(&after) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} changed by lr_find");
+    }
 }

@@ -197,7 +197,8 @@ pub fn write_atomically(
     Ok(())
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+/// The hidden temp file next to `path` that atomic writes go through before the rename.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }

@@ -1,0 +1,112 @@
+//! `wgtune finetune` and `wgtune lr-find` as a user runs them, on a tiny two-class folder at 32 px: Ctrl-C writes a
+//! checkpoint and exits 130, `--resume` finishes the run with the table, plots and a model `predict` can use.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn wgtune() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgtune"))
+}
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// DIR/train/{Trouser,Bag}/ with `train` images each and DIR/valid/... with `valid` each, from the embedded data.
+fn tiny_folder(name: &str, train: usize, valid: usize) -> Dir {
+    let dir = Dir(std::env::temp_dir().join(format!("wgtune-cli-{name}-{}", std::process::id())));
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion_mnist");
+    for (split, n) in [("train", train), ("valid", valid)] {
+        for class in ["Trouser", "Bag"] {
+            let to = dir.0.join(split).join(class);
+            std::fs::create_dir_all(&to).unwrap();
+            let mut files: Vec<_> =
+                std::fs::read_dir(assets.join(split).join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            for f in files.iter().take(n) {
+                std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
+    let dir = tiny_folder("ctrlc", 48, 8);
+    let out = dir.0.join("m.safetensors");
+    let args = |resume: bool| {
+        let mut a: Vec<String> =
+            ["finetune", "--size", "32", "--bs", "8", "--epochs", "1", "--freeze-epochs", "1", "--data"]
+                .map(String::from)
+                .to_vec();
+        a.push(dir.0.display().to_string());
+        a.extend(["--out".to_string(), out.display().to_string()]);
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let mut child = wgtune().args(args(false)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id().to_string();
+    let mut stderr = String::new();
+    let mut signalled = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // Progress lines go to stderr when it is not a terminal; interrupt in the middle of the first epoch.
+        if !signalled && line.contains("frozen epoch 0: batch 3/12") {
+            let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+            assert!(status.success());
+            signalled = true;
+        }
+        stderr += &line;
+        stderr.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(signalled, "no progress line to interrupt at:\n{stderr}");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopping after the current step") && stderr.contains("--resume"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let checkpoint = dir.0.join("m.safetensors.checkpoint");
+    assert!(checkpoint.exists() && !out.exists(), "a checkpoint and no model yet:\n{stderr}");
+
+    let done = wgtune().args(args(true)).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    for want in ["frozen phase", "unfrozen phase", "train_loss", "confusion matrix", "saved the fine-tuned model"] {
+        assert!(stdout.contains(want), "'{want}' missing from:\n{stdout}");
+    }
+    for png in ["m.loss.png", "m.confusion.png"] {
+        let img = image::open(dir.0.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
+        assert!(img.width() > 200 && img.height() > 100, "{png}");
+    }
+
+    let image = std::fs::read_dir(dir.0.join("valid/Bag")).unwrap().next().unwrap().unwrap().path();
+    let p = wgtune().args(["predict", "--json", "--model"]).arg(&out).arg(&image).output().unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
+    let label = v["top"][0]["label"].as_str().unwrap_or_default().to_string();
+    assert!(label == "Bag" || label == "Trouser", "{v}");
+}
+
+#[test]
+fn lr_find_prints_a_suggestion_and_saves_the_plot() {
+    let dir = tiny_folder("lrfind", 16, 2);
+    let plot = dir.0.join("lr.png");
+    let out = wgtune()
+        .args(["lr-find", "--size", "32", "--bs", "8", "--num-it", "14", "--data"])
+        .arg(&dir.0)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("suggested learning rate (valley): "), "{stdout}");
+    assert!(image::open(&plot).is_ok(), "{stdout}");
+}

