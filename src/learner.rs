@@ -605,7 +605,7 @@ impl Confusion {
             .filter(|&(a, p)| a != p && self.get(a, p) >= min)
             .map(|(a, p)| (self.classes[a].as_str(), self.classes[p].as_str(), self.get(a, p)))
             .collect();
-        out.sort_by(|x, y| y.2.cmp(&x.2));
+        out.sort_by_key(|x| std::cmp::Reverse(x.2));
         out
     }
 
