@@ -240,6 +240,9 @@ pub struct StepRecord {
     pub readback_bytes_per_step: f64,
     pub planned_bytes: u64,
     pub adapter: String,
+    /// One more step timed dispatch by dispatch (`--profile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::ProfileSummary>,
 }
 
 /// The small CNN of the executor issue, for side-by-side runs with other frameworks: three conv-BN-ReLU
@@ -261,8 +264,15 @@ pub fn small_cnn(batch: usize, size: usize) -> Result<Graph> {
     Ok(g)
 }
 
-/// Time `steps` training steps (after the first, which is timed on its own) of `graph` with Adam.
-pub fn bench_step(gpu: Arc<Gpu>, model: &str, graph: Graph, steps: usize) -> Result<StepRecord> {
+/// Time `steps` training steps (after the first, which is timed on its own) of `graph` with Adam; with `profile`,
+/// one more step is timed dispatch by dispatch and returned too.
+pub fn bench_step(
+    gpu: Arc<Gpu>,
+    model: &str,
+    graph: Graph,
+    steps: usize,
+    profile: bool,
+) -> Result<(StepRecord, Option<crate::graph::executor::StepProfile>)> {
     let input = graph.tensors.iter().find(|t| t.kind == TensorKind::Input).map(|t| t.shape.clone()).unwrap_or_default();
     let (batch, size) = (input[0], input[input.len() - 1]);
     let classes =
@@ -289,8 +299,9 @@ pub fn bench_step(gpu: Arc<Gpu>, model: &str, graph: Graph, steps: usize) -> Res
     let secs = t0.elapsed().as_secs_f64();
     let c = ex.counters();
     let n = steps.max(1) as f64;
-    Ok(StepRecord {
-        bench: "step",
+    let profiled = if profile { Some(ex.profile(true, &images, &labels)?) } else { None };
+    let record = StepRecord {
+        bench: "train",
         model: model.to_string(),
         batch,
         size,
@@ -304,7 +315,9 @@ pub fn bench_step(gpu: Arc<Gpu>, model: &str, graph: Graph, steps: usize) -> Res
         readback_bytes_per_step: (c.bytes_read_back - before.bytes_read_back) as f64 / n,
         planned_bytes: ex.planned_bytes()?,
         adapter,
-    })
+        profile: profiled.as_ref().map(crate::profile::ProfileSummary::new),
+    };
+    Ok((record, profiled))
 }
 
 /// Inference throughput of one architecture.

@@ -41,6 +41,10 @@ pub struct FineTuneConfig {
     pub bn_momentum: f32,
     pub augment: bool,
     pub workers: usize,
+    /// Time the second step of each phase dispatch by dispatch (kept in [`Learner::profiles`]).
+    pub profile: bool,
+    /// Wrap training step N (1-based, counted over the run) in a graphics-debugger capture.
+    pub capture_step: Option<u64>,
 }
 
 impl Default for FineTuneConfig {
@@ -63,6 +67,8 @@ impl Default for FineTuneConfig {
             bn_momentum: 0.1,
             augment: true,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            profile: false,
+            capture_step: None,
         }
     }
 }
@@ -131,6 +137,8 @@ pub struct Learner {
     smooth: SmoothLoss,
     /// Every training step's loss so far, in order (kept in checkpoints, for the loss curve).
     pub history: Vec<StepLoss>,
+    /// Profiled steps (with `profile`): the phase and what its step's dispatches took.
+    pub profiles: Vec<(String, crate::graph::executor::StepProfile)>,
 }
 
 /// One training step's loss, for the loss curve.
@@ -203,6 +211,7 @@ impl Learner {
             rng: SplitMix(cfg.seed ^ 0xa11),
             smooth: SmoothLoss::default(),
             history: Vec::new(),
+            profiles: Vec::new(),
         })
     }
 
@@ -246,7 +255,19 @@ impl Learner {
             let transforms: Vec<ImageTransform> = (0..self.cfg.bs)
                 .map(|_| if self.cfg.augment { self.aug.sample(&mut self.rng) } else { ImageTransform::IDENTITY })
                 .collect();
+            // The second step of a phase: compiled and warm, as every later step.
+            let profile = self.cfg.profile && epoch == 0 && first + i == 1.min(per_epoch - 1);
+            if profile {
+                self.ex.profile_next_step();
+            }
+            let step = self.history.len() as u64 + (submitted - done) as u64 + 1;
+            if self.cfg.capture_step == Some(step) {
+                self.ex.capture_next_step();
+            }
             self.ex.train_step_pixels(&batch.pixels, &transforms, &batch.labels)?;
+            if let Some(p) = profile.then(|| self.ex.take_profile()).flatten() {
+                self.profiles.push((phase.name.to_string(), p));
+            }
             submitted += 1;
             for m in self.ex.poll_metrics()? {
                 check_finite(m.loss, m.step)?;

@@ -6,6 +6,7 @@
 //! - [`nn`]: EfficientNet-Lite0 and ResNet-18/34/50 built from graph ops, fastai's head, safetensors in and out.
 //! - [`ops`]: one launcher per kernel, checking shapes and building [`gpu::Dispatch`] values.
 //! - [`plot`]: PNG charts of a run (loss curve, lr_find, confusion matrix).
+//! - [`profile`]: per-kernel and per-op tables of a profiled training step.
 //! - [`schedule`]: fastai's one-cycle, discriminative learning rates and fine_tune phases.
 //! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
 //! - [`bench`]: the measurements behind `wgtune bench`.
@@ -19,6 +20,7 @@ pub mod learner;
 pub mod nn;
 pub mod ops;
 pub mod plot;
+pub mod profile;
 pub mod reference;
 pub mod schedule;
 

@@ -132,6 +132,13 @@ struct FinetuneArgs {
     /// Continue an interrupted run from its checkpoint (OUT.checkpoint, written after every epoch).
     #[arg(long)]
     resume: bool,
+    /// Time the second step of each phase dispatch by dispatch (GPU timestamps) and print where the time went,
+    /// per op type and per kernel, at the end.
+    #[arg(long)]
+    profile: bool,
+    /// Wrap training step N (1-based) in a RenderDoc capture; run under RenderDoc (see README) to record it.
+    #[arg(long, value_name = "N")]
+    capture_step: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -195,11 +202,12 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Training steps per second of a small CNN (three conv-BN-ReLU, global pool, linear; Adam).
-    Step {
-        /// small_cnn (the executor issue's model), or an architecture with fastai's head (effnet-lite0, resnet18,
-        /// resnet34, resnet50).
-        #[arg(long, default_value = "small_cnn")]
+    /// Training images/s of a model with fastai's head (every parameter trains, Adam, random inputs), planned GPU
+    /// memory and CPU encode time per step.
+    #[command(alias = "step")]
+    Train {
+        /// effnet-lite0, resnet18, resnet34, resnet50, or small_cnn (three conv-BN-ReLU, global pool, linear).
+        #[arg(long, default_value = "effnet-lite0")]
         model: String,
         /// Batch size.
         #[arg(long, default_value_t = 32)]
@@ -208,9 +216,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         size: usize,
         /// Timed steps after the first.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 10)]
         steps: usize,
-        /// One JSON object.
+        /// Time one more step dispatch by dispatch and print where the GPU time goes, per op type and kernel.
+        #[arg(long)]
+        profile: bool,
+        /// One JSON object (with --profile, the tables are in its "profile" field).
         #[arg(long)]
         json: bool,
     },
@@ -541,6 +552,8 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
         lr_mult: a.lr_mult,
         pct_start: a.pct_start,
         div: a.div,
+        profile: a.profile,
+        capture_step: a.capture_step,
         ..Default::default()
     };
     let mut learner = prepare(adapter, &a.run, a.epochs, cfg)?;
@@ -692,25 +705,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Step { model, bs, size, steps, json } } => {
+        Command::Bench { what: BenchCommand::Train { model, bs, size, steps, profile, json } } => {
             let graph = match model.as_str() {
                 "small_cnn" => small_cnn(bs, size)?,
                 arch => wgtune::nn::Arch::parse(arch)?.with_fastai_head(bs, size, 10, 0.1)?,
             };
             let gpu = std::sync::Arc::new(open_gpu(cli.adapter)?);
-            let r = bench_step(gpu, &model, graph, steps)?;
+            let (r, profiled) =
+                bench_step(gpu, &model, graph, steps, profile).map_err(|e| with_memory_advice(e, bs, size))?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!("model             {} (batch {}, {}x{})", r.model, r.batch, r.size, r.size);
-                println!("images/s          {:.2}", r.images_per_s);
-                println!("steps/s           {:.3}", r.steps_per_s);
-                println!("first step        {:.2} s (compile, upload, run, read back)", r.first_step_s);
-                println!("encode            {:.0} us per step (CPU)", r.encode_us);
-                println!("train_step call   {:.0} us (includes waiting for the adapter)", r.call_us);
-                println!("submits           {} per step", r.submits_per_step);
-                println!("read back         {} bytes per step", r.readback_bytes_per_step);
-                println!("planned GPU bytes {:.1} MiB", r.planned_bytes as f64 / (1 << 20) as f64);
+                return Ok(());
+            }
+            println!("model             {} (batch {}, {}x{})", r.model, r.batch, r.size, r.size);
+            println!("images/s          {:.2}", r.images_per_s);
+            println!("steps/s           {:.3}", r.steps_per_s);
+            println!("first step        {:.2} s (compile, upload, run, read back)", r.first_step_s);
+            println!("encode            {:.0} us per step (CPU)", r.encode_us);
+            println!("train_step call   {:.0} us (includes waiting for the adapter)", r.call_us);
+            println!("submits           {} per step", r.submits_per_step);
+            println!("read back         {} bytes per step", r.readback_bytes_per_step);
+            println!("planned GPU bytes {:.1} MiB", r.planned_bytes as f64 / (1 << 20) as f64);
+            if let Some(p) = profiled {
+                println!("\n{}", wgtune::profile::render("profiled training step", &p, 15));
             }
             Ok(())
         }

@@ -59,20 +59,37 @@ fn a_bad_option_is_an_error_not_a_panic() {
     assert!(!out.status.success() && stderr.contains("unknown matmul kernel 'fast'"), "{stderr}");
 }
 
+/// `bench train --profile --json`: throughput fields, one submit and 8 bytes back per step, and the profile tables
+/// (per op type and kernel) whose shares add up to the whole step, with GFLOP/s on the convolutions.
 #[test]
-fn bench_step_json_has_the_promised_fields() {
+fn bench_train_json_has_the_promised_fields_and_a_profile() {
     let out = wgtune()
-        .args(["bench", "step", "--bs", "4", "--size", "16", "--steps", "2", "--json"])
+        .args(["bench", "train", "--model", "small_cnn", "--bs", "4", "--size", "16", "--steps", "2", "--profile"])
+        .arg("--json")
         .output()
         .expect("run wgtune");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    assert_eq!(v["bench"], "step");
+    assert_eq!(v["bench"], "train");
     for field in ["images_per_s", "first_step_s", "steps_per_s", "encode_us", "planned_bytes"] {
         assert!(v[field].as_f64().is_some_and(|x| x > 0.0), "{field}: {v}");
     }
     assert_eq!(v["submits_per_step"].as_f64(), Some(1.0), "{v}");
     assert_eq!(v["readback_bytes_per_step"].as_f64(), Some(8.0), "{v}");
+    let p = &v["profile"];
+    assert_eq!(p["clock"], "gpu_timestamps", "lavapipe has timestamp queries: {p}");
+    let ops = p["by_op"].as_array().expect("by_op rows");
+    let names: Vec<&str> = ops.iter().filter_map(|r| r["name"].as_str()).collect();
+    for want in ["conv2d 3x3", "conv2d 3x3 backward", "batch_norm", "optimizer", "softmax_cross_entropy"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let share: f64 = ops.iter().filter_map(|r| r["share"].as_f64()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "{share}");
+    let conv = ops.iter().find(|r| r["name"] == "conv2d 3x3").unwrap();
+    assert!(conv["gflops"].as_f64().is_some_and(|g| g > 0.0) && conv["calls"].as_u64() == Some(3), "{conv}");
+    let kernels: usize =
+        p["by_kernel"].as_array().unwrap().iter().filter_map(|r| r["calls"].as_u64()).sum::<u64>() as usize;
+    assert_eq!(kernels as u64, p["dispatches"].as_u64().unwrap());
 }
 
 #[test]

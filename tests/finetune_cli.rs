@@ -74,11 +74,19 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     let checkpoint = dir.0.join("m.safetensors.checkpoint");
     assert!(checkpoint.exists() && !out.exists(), "a checkpoint and no model yet:\n{stderr}");
 
-    let done = wgtune().args(args(true)).output().unwrap();
+    let done = wgtune().args(args(true)).arg("--profile").output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
     assert!(done.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("resuming from"), "{stderr}");
-    for want in ["frozen phase", "unfrozen phase", "train_loss", "confusion matrix", "saved the fine-tuned model"] {
+    for want in [
+        "frozen phase",
+        "unfrozen phase",
+        "train_loss",
+        "confusion matrix",
+        "saved the fine-tuned model",
+        "profiled unfrozen-phase training step",
+        "GFLOP/s",
+    ] {
         assert!(stdout.contains(want), "'{want}' missing from:\n{stdout}");
     }
     for png in ["m.loss.png", "m.confusion.png"] {

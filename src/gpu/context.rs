@@ -264,6 +264,19 @@ impl Gpu {
         self.check_pending("wait for the queue")
     }
 
+    /// Run `f` (which submits GPU work) inside a graphics-debugger capture: RenderDoc's StartFrameCapture /
+    /// EndFrameCapture when the process runs under RenderDoc (Xcode's capture manager on Metal), nothing otherwise.
+    /// Waits for the work to finish before ending the capture.
+    pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        // SAFETY: wgtune starts no other capture, and the one started here is always stopped below, after the
+        // captured work has finished, as the debuggers require.
+        unsafe { self.device.start_graphics_debugger_capture() };
+        let out = f().and_then(|v| self.wait_idle().map(|()| v));
+        // SAFETY: the capture started above is still active.
+        unsafe { self.device.stop_graphics_debugger_capture() };
+        out
+    }
+
     /// Process finished work and map callbacks without blocking.
     pub fn poll(&self) -> Result<()> {
         self.device

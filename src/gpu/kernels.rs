@@ -113,11 +113,31 @@ pub struct Dispatch {
     pub(crate) bind_group: wgpu::BindGroup,
     pub(crate) params: wgpu::Buffer,
     pub(crate) workgroups: [u32; 3],
+    kernel: &'static str,
+    bytes: u64,
+    flops: u64,
 }
 
 impl Dispatch {
     pub fn label(&self) -> &str {
         &self.label
+    }
+    /// The kernel's entry point (its WGSL function name).
+    pub fn kernel(&self) -> &'static str {
+        self.kernel
+    }
+    /// Bytes of the tensors the dispatch binds, each counted once: the traffic a GB/s figure is quoted against.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// Floating-point operations (a multiply-add is 2), where the launcher counted them; 0 otherwise.
+    pub fn flops(&self) -> u64 {
+        self.flops
+    }
+    /// Record the useful floating-point work of this launch (for GFLOP/s in profiles).
+    pub fn with_flops(mut self, flops: u64) -> Dispatch {
+        self.flops = flops;
+        self
     }
     pub fn workgroups(&self) -> [u32; 3] {
         self.workgroups
@@ -248,7 +268,24 @@ impl Gpu {
             });
             (params_buf, bind_group)
         })?;
-        Ok(Dispatch { label, compiled, bind_group, params: params_buf, workgroups })
+        // A tensor bound twice (a placeholder binding) is counted once.
+        let mut seen: Vec<&Tensor> = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            if !seen.iter().any(|s| std::ptr::eq(*s, *t)) {
+                seen.push(t);
+            }
+        }
+        let bytes = seen.iter().map(|t| t.bytes()).sum();
+        Ok(Dispatch {
+            label,
+            compiled,
+            bind_group,
+            params: params_buf,
+            workgroups,
+            kernel: spec.entry,
+            bytes,
+            flops: 0,
+        })
     }
 
     /// Overwrite a dispatch's uniform parameters (e.g. this step's learning rate). Takes effect for work

@@ -16,4 +16,4 @@ pub use context::{choose_adapter, AdapterFacts, AdapterRequest, AdapterSummary, 
 pub use kernels::{Access, Dispatch, KernelSpec, Submitted, FAMILIES};
 pub use readback::{ReadbackRing, Ticket};
 pub use tensor::{DType, Storage, Tensor};
-pub use timer::Clock;
+pub use timer::{Clock, DispatchTiming};

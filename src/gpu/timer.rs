@@ -2,10 +2,11 @@
 
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
-use crate::gpu::kernels::Dispatch;
+use crate::gpu::kernels::{Dispatch, Submitted};
 use crate::gpu::readback::ReadbackRing;
+use crate::gpu::tensor::{DType, Tensor};
 
 /// How a duration was measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -73,5 +74,119 @@ impl Gpu {
             times.push(ts[1].saturating_sub(ts[0]) as f64 * period_ns * 1e-9);
         }
         Ok((Clock::GpuTimestamps, times))
+    }
+}
+
+/// GPU time of one dispatch of a profiled submission, with the work it was counted for.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DispatchTiming {
+    /// The debug group (layer) the dispatch belongs to.
+    pub layer: String,
+    /// The op type of the layer ("conv2d 3x3 backward", "batch_norm", ...): filled in by the executor, which knows
+    /// the layers; empty when the GPU layer reports it.
+    pub op: String,
+    pub label: String,
+    /// The kernel's entry point.
+    pub kernel: &'static str,
+    pub seconds: f64,
+    /// Counted floating-point operations (0 where the kernel's work is not counted).
+    pub flops: u64,
+    /// Bytes of the tensors it binds.
+    pub bytes: u64,
+}
+
+/// wgpu allows at most this many queries in one query set.
+const MAX_QUERIES: u32 = 4096;
+
+impl Gpu {
+    /// Like [`Gpu::submit_layers`], but every dispatch runs in a compute pass of its own with GPU timestamps
+    /// written at its start and end; waits for the timestamps and returns each dispatch's time. Needs
+    /// TIMESTAMP_QUERY ([`Gpu::has_timestamps`]).
+    pub fn submit_layers_timed(
+        &self,
+        label: &str,
+        layers: &[(&str, Vec<&Dispatch>)],
+        ring: &mut ReadbackRing,
+        read: &[&Tensor],
+    ) -> Result<(Submitted, Vec<DispatchTiming>)> {
+        if !self.has_timestamps() {
+            return Err(Error::Invalid(format!(
+                "adapter '{}' has no timestamp queries: per-dispatch timing is not available",
+                self.summary().name
+            )));
+        }
+        let t0 = Instant::now();
+        let all: Vec<(&str, &Dispatch)> =
+            layers.iter().flat_map(|(name, ds)| ds.iter().map(move |d| (*name, *d))).collect();
+        let per_set = (MAX_QUERIES / 2) as usize;
+        let sets = all.len().div_ceil(per_set).max(1);
+        // Two queries (start, end) per dispatch; a set is never empty.
+        let counts: Vec<u32> = (0..sets).map(|i| (all.len() - i * per_set).clamp(1, per_set) as u32 * 2).collect();
+        let query_label = format!("{label} timestamps");
+        let (queries, resolves) = self.scoped(&query_label, || {
+            let mut queries = Vec::new();
+            let mut resolves = Vec::new();
+            for (i, &count) in counts.iter().enumerate() {
+                queries.push(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some(&format!("{query_label} {i}")),
+                    ty: wgpu::QueryType::Timestamp,
+                    count,
+                }));
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("{query_label} resolve {i}")),
+                    size: count as u64 * 8,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                resolves.push(Tensor::from_raw(buffer, &[count as usize * 2], DType::U32, &query_label));
+            }
+            (queries, resolves)
+        })?;
+        let mut stamps = ReadbackRing::new(self, &query_label, sets, per_set as u64 * 16)?;
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        for (i, (layer, d)) in all.iter().enumerate() {
+            let (set, slot) = (i / per_set, (i % per_set) as u32);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&d.label),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries[set],
+                    beginning_of_pass_write_index: Some(2 * slot),
+                    end_of_pass_write_index: Some(2 * slot + 1),
+                }),
+            });
+            pass.push_debug_group(layer);
+            d.encode(&mut pass);
+            pass.pop_debug_group();
+        }
+        let mut stamp_tickets = Vec::with_capacity(sets);
+        for ((q, r), &count) in queries.iter().zip(&resolves).zip(&counts) {
+            encoder.resolve_query_set(q, 0..count, &r.buffer, 0);
+            stamp_tickets.push(stamps.copy(&mut encoder, r)?);
+        }
+        let tickets = read.iter().map(|t| ring.copy(&mut encoder, t)).collect::<Result<Vec<_>>>()?;
+        let commands = self.scoped(label, || encoder.finish())?;
+        let encode = t0.elapsed();
+        self.scoped(label, || self.queue.submit([commands]))?;
+        let submit = t0.elapsed() - encode;
+        tickets.iter().for_each(|t| ring.map(t));
+        stamp_tickets.iter().for_each(|t| stamps.map(t));
+        let period_ns = self.queue.get_timestamp_period() as f64;
+        let mut out = Vec::with_capacity(all.len());
+        for (set, ticket) in stamp_tickets.into_iter().enumerate() {
+            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&stamps.read_blocking(self, ticket)?);
+            for (slot, (layer, d)) in all.iter().enumerate().skip(set * per_set).take(per_set) {
+                let j = slot % per_set;
+                out.push(DispatchTiming {
+                    layer: layer.to_string(),
+                    op: String::new(),
+                    label: d.label.clone(),
+                    kernel: d.kernel(),
+                    seconds: ts[2 * j + 1].saturating_sub(ts[2 * j]) as f64 * period_ns * 1e-9,
+                    flops: d.flops(),
+                    bytes: d.bytes(),
+                });
+            }
+        }
+        Ok((Submitted { tickets, encode, submit }, out))
     }
 }

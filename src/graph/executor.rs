@@ -191,6 +191,11 @@ pub struct Executor {
     /// Metrics that arrived while waiting for ring space, not yet handed out.
     finished: Vec<StepMetrics>,
     counters: Counters,
+    /// Time the next training step dispatch by dispatch ([`Executor::profile_next_step`]).
+    profile_next: bool,
+    last_profile: Option<StepProfile>,
+    /// Wrap the next training step in a graphics-debugger capture ([`Executor::capture_next_step`]).
+    capture_next: bool,
     step: u64,
     input: TensorId,
     labels: TensorId,
@@ -319,6 +324,9 @@ impl Executor {
             ring,
             pending: VecDeque::new(),
             finished: Vec::new(),
+            profile_next: false,
+            last_profile: None,
+            capture_next: false,
             counters: Counters::default(),
             step: 0,
             input,
@@ -922,7 +930,20 @@ impl Executor {
         if !optim.is_empty() {
             groups.push(("optimizer", optim));
         }
-        let submitted = self.gpu.submit_layers("train step", &groups, &mut self.ring, &[&p.loss, &p.correct])?;
+        let read = [&p.loss, &p.correct];
+        let (submitted, profile) = if std::mem::take(&mut self.profile_next) {
+            let (submitted, profile) = profiled(&self.gpu, "train step", &groups, &mut self.ring, &read)?;
+            (submitted, Some(profile))
+        } else if std::mem::take(&mut self.capture_next) {
+            let ring = &mut self.ring;
+            let label = format!("train step {step}");
+            (self.gpu.capture(|| self.gpu.submit_layers(&label, &groups, ring, &read))?, None)
+        } else {
+            (self.gpu.submit_layers("train step", &groups, &mut self.ring, &read)?, None)
+        };
+        if let Some(profile) = profile {
+            self.last_profile = Some(self.with_op_types(profile));
+        }
         self.counters.encode_ns += submitted.encode.as_nanos() as u64;
         self.counters.submit_ns += submitted.submit.as_nanos() as u64;
         let tickets = submitted.tickets;
@@ -1000,34 +1021,76 @@ impl Executor {
         Ok((m.loss, m.correct))
     }
 
-    /// GPU time of every layer of the training (with the optimizer as a last layer) or evaluation program on one
-    /// batch, each layer timed on its own (so the sum exceeds a real step by submission overheads): (layer,
-    /// seconds) in program order. Parameters are updated as in a training step.
-    pub fn profile(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<Vec<(String, f64)>> {
+    /// Time the next training step dispatch by dispatch (GPU timestamps around every dispatch, each in a compute
+    /// pass of its own), or as a whole where the adapter has no timestamps; the step waits for its timings and
+    /// otherwise trains as usual. Collect the result with [`Executor::take_profile`].
+    pub fn profile_next_step(&mut self) {
+        self.profile_next = true;
+    }
+
+    /// Wrap the next training step in a graphics-debugger capture (RenderDoc when the process runs under it): the
+    /// capture holds exactly that step's submission, one debug group per layer. The step waits for the GPU.
+    pub fn capture_next_step(&mut self) {
+        self.capture_next = true;
+    }
+
+    /// The profile of the last step profiled with [`Executor::profile_next_step`].
+    pub fn take_profile(&mut self) -> Option<StepProfile> {
+        self.last_profile.take()
+    }
+
+    /// Profile one training step (parameters are updated as in any step) or one evaluation batch.
+    pub fn profile(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<StepProfile> {
         self.check_images(images)?;
         self.check_labels(labels)?;
         if training {
-            self.ensure_train()?
-        } else {
-            self.ensure_eval()?
+            self.profile_next_step();
+            self.run_training(images, labels, true)?;
+            let metrics = self.wait_metrics()?;
+            self.finished.extend(metrics);
+            return self.take_profile().ok_or_else(|| Error::Invalid("the profiled step left no profile".into()));
         }
-        self.upload(training, images, labels)?;
-        let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled");
-        let mut out = Vec::new();
-        for layer in &p.layers {
-            if layer.dispatches.is_empty() {
-                continue;
-            }
-            let refs: Vec<&Dispatch> = layer.dispatches.iter().collect();
-            let (_, t) = self.gpu.time_dispatches(&layer.name, &refs, 1)?;
-            out.push((layer.name.clone(), t[0]));
+        self.ensure_eval()?;
+        self.upload(false, images, labels)?;
+        let p = self.eval.as_ref().expect("compiled");
+        let layers = p.layer_groups();
+        let (submitted, profile) = profiled(&self.gpu, "eval step", &layers, &mut self.ring, &[&p.loss, &p.correct])?;
+        for t in submitted.tickets {
+            self.ring.read_blocking(&self.gpu, t)?;
         }
-        if training && !p.optim.is_empty() {
-            let refs: Vec<&Dispatch> = p.optim.iter().map(|(_, d)| d).collect();
-            let (_, t) = self.gpu.time_dispatches("optimizer", &refs, 1)?;
-            out.push(("optimizer".into(), t[0]));
+        self.counters.submits += 1;
+        Ok(self.with_op_types(profile))
+    }
+
+    /// Name each timed dispatch's op type after its layer: the graph op, convolutions by kernel size (depthwise
+    /// apart), "backward" for the gradient layers.
+    fn with_op_types(&self, mut profile: StepProfile) -> StepProfile {
+        let kinds: HashMap<&str, String> = self
+            .graph
+            .nodes
+            .iter()
+            .map(|n| {
+                let kind = match &n.op {
+                    Op::Conv2d { shape, .. } if shape.is_depthwise() => {
+                        format!("conv2d depthwise {}x{}", shape.kernel_h, shape.kernel_w)
+                    }
+                    Op::Conv2d { shape, .. } => format!("conv2d {}x{}", shape.kernel_h, shape.kernel_w),
+                    op => op.kind().to_string(),
+                };
+                (n.name.as_str(), kind)
+            })
+            .collect();
+        for d in &mut profile.dispatches {
+            let (base, backward) = match d.layer.strip_suffix(" backward") {
+                Some(base) => (base, " backward"),
+                None => (d.layer.as_str(), ""),
+            };
+            d.op = match kinds.get(base) {
+                Some(kind) => format!("{kind}{backward}"),
+                None => d.layer.clone(),
+            };
         }
-        Ok(out)
+        profile
     }
 
     /// Class probabilities (batch, classes) of one batch in eval mode.
@@ -1071,4 +1134,43 @@ struct SoftmaxCe {
     logits: TensorId,
     loss: TensorId,
     correct: TensorId,
+}
+
+/// Where one step's GPU time went.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepProfile {
+    /// GpuTimestamps: `dispatches` holds every dispatch's time; WallClock (no timestamp support): only the
+    /// whole step was timed.
+    pub clock: crate::gpu::Clock,
+    /// Submit to results, measured on the CPU (includes the per-dispatch passes' overhead when profiled).
+    pub wall_seconds: f64,
+    pub dispatches: Vec<crate::gpu::DispatchTiming>,
+}
+
+/// Submit `layers` timed dispatch by dispatch where the adapter can, or as a whole (waiting for it) otherwise.
+fn profiled(
+    gpu: &Gpu,
+    label: &str,
+    layers: &[(&str, Vec<&Dispatch>)],
+    ring: &mut ReadbackRing,
+    read: &[&Tensor],
+) -> Result<(crate::gpu::Submitted, StepProfile)> {
+    let t0 = std::time::Instant::now();
+    if gpu.has_timestamps() {
+        let (submitted, dispatches) = gpu.submit_layers_timed(label, layers, ring, read)?;
+        let profile = StepProfile {
+            clock: crate::gpu::Clock::GpuTimestamps,
+            wall_seconds: t0.elapsed().as_secs_f64(),
+            dispatches,
+        };
+        return Ok((submitted, profile));
+    }
+    let submitted = gpu.submit_layers(label, layers, ring, read)?;
+    gpu.wait_idle()?;
+    let profile = StepProfile {
+        clock: crate::gpu::Clock::WallClock,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        dispatches: vec![],
+    };
+    Ok((submitted, profile))
 }

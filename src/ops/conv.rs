@@ -234,6 +234,19 @@ pub fn conv2d_forward(
     accumulate: bool,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
+    counted(s, conv2d_forward_launches(gpu, s, x, w, bias, y, accumulate, label))
+}
+
+fn conv2d_forward_launches(
+    gpu: &Gpu,
+    s: &ConvShape,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    accumulate: bool,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
     s.check(x, s.x_shape(), "input")?;
     s.check(w, s.w_shape(), "weight")?;
     s.check(y, s.y_shape(), "output")?;
@@ -280,6 +293,18 @@ pub fn conv2d_forward(
 
 /// dx = the gradient of conv2d with respect to its input, from dy.
 pub fn conv2d_backward_data(
+    gpu: &Gpu,
+    s: &ConvShape,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    accumulate: bool,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
+    counted(s, conv2d_backward_data_launches(gpu, s, dy, w, dx, accumulate, label))
+}
+
+fn conv2d_backward_data_launches(
     gpu: &Gpu,
     s: &ConvShape,
     dy: &Tensor,
@@ -359,6 +384,18 @@ pub fn conv2d_backward_weight(
     accumulate: bool,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
+    counted(s, conv2d_backward_weight_launches(gpu, s, dy, x, dw, accumulate, label))
+}
+
+fn conv2d_backward_weight_launches(
+    gpu: &Gpu,
+    s: &ConvShape,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
     s.check(dy, s.y_shape(), "output gradient")?;
     s.check(x, s.x_shape(), "input")?;
     s.check(dw, s.w_shape(), "weight gradient")?;
@@ -399,6 +436,16 @@ pub fn conv2d_backward_weight(
 }
 
 /// dbias[c] = sum over n, oh, ow of dy[n, c, oh, ow].
+/// The first launch of a convolution pass does its multiply-adds (any second one is a split-K reduction).
+fn counted(s: &ConvShape, launches: Result<Vec<Dispatch>>) -> Result<Vec<Dispatch>> {
+    let mut launches = launches?;
+    if !launches.is_empty() {
+        let first = launches.remove(0).with_flops(2 * s.macs() as u64);
+        launches.insert(0, first);
+    }
+    Ok(launches)
+}
+
 pub fn conv2d_backward_bias(
     gpu: &Gpu,
     s: &ConvShape,

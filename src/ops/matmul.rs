@@ -161,5 +161,6 @@ pub fn matmul(
     };
     // Without a bias the binding still needs a buffer: A is bound again (read-only, never read).
     let bias = bias.unwrap_or(a);
-    gpu.dispatch(spec, bytemuck::bytes_of(&p), &[a, b, bias, c], matmul_grid(kernel, &p), label)
+    let flops = 2 * p.m as u64 * p.n as u64 * p.k as u64 * p.batch.max(1) as u64;
+    Ok(gpu.dispatch(spec, bytemuck::bytes_of(&p), &[a, b, bias, c], matmul_grid(kernel, &p), label)?.with_flops(flops))
 }
