@@ -142,7 +142,12 @@ impl Gpu {
     pub async fn new_async(request: &AdapterRequest) -> Result<Gpu> {
         // `WGPU_BACKEND` (read by `from_env`) may restrict backends; otherwise native APIs are searched first and
         // GL only when they found nothing (GL's EGL set-up is slow and noisy when a Vulkan driver exists anyway).
-        let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        // Labels and debug groups reach the driver (and RenderDoc) only with DEBUG, which wgpu sets by default in
+        // debug builds alone; keep it in release builds too unless WGPU_DEBUG=0 asks otherwise.
+        if std::env::var("WGPU_DEBUG").map_or(true, |v| v != "0") {
+            desc.flags |= wgpu::InstanceFlags::DEBUG;
+        }
         let env_backends = std::env::var("WGPU_BACKEND").is_ok();
         let instance = wgpu::Instance::new(desc);
         let mut adapters = if env_backends {
