@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Run wgtune's benchmarks (and the PyTorch reference, where torch is installed) on a Linux machine with a GPU and
+# no network, and collect every result in one folder.
+#
+#   scripts/gpu-bench.sh [--bin PATH] [--debs DIR] [--out DIR] [--size PX] [--bs N] [--steps N]
+#                        [--models LIST] [--quick]
+#
+#   --bin     the wgtune release binary, built elsewhere (default: target/release/wgtune)
+#   --debs    a folder of Debian packages with the Vulkan loader (libvulkan1, ...), unpacked into a private prefix
+#             when the machine has no libvulkan.so.1 (default: .gl when it exists)
+#   --out     results folder (default: bench-results-DATE)
+#   --size, --bs, --steps   training benchmark shape (default: 224, 32, 20)
+#   --models  comma-separated (default: effnet-lite0,resnet18,resnet50)
+#   --quick   a small shape for a software driver: 64 px, batch 8, 2 steps, small matmuls
+#
+# Writes info.json, matmul.jsonl, conv.jsonl, train.jsonl (one line per model, with the profile tables), memory.jsonl,
+# torch.jsonl (when torch imports; on CUDA when it sees a GPU), logs/, and summary.md comparing the two.
+set -uo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$here/target/release/wgtune"
+debs=""
+[ -d "$here/.gl" ] && debs="$here/.gl"
+out="bench-results-$(date -u +%Y%m%dT%H%M%SZ)"
+size=224; bs=32; steps=20; models="effnet-lite0,resnet18,resnet50"; matmul_sizes="1024,2048,4096"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bin) bin="$2"; shift 2 ;;
+        --debs) debs="$2"; shift 2 ;;
+        --out) out="$2"; shift 2 ;;
+        --size) size="$2"; shift 2 ;;
+        --bs) bs="$2"; shift 2 ;;
+        --steps) steps="$2"; shift 2 ;;
+        --models) models="$2"; shift 2 ;;
+        --quick) size=64; bs=8; steps=2; matmul_sizes="256,1024"; shift ;;
+        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+        *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+mkdir -p "$out/logs"
+out="$(cd "$out" && pwd)"
+[ -x "$bin" ] || { echo "no wgtune binary at $bin (build with cargo build --release, or pass --bin)" >&2; exit 2; }
+
+# The Vulkan loader: the system's, or the carried packages unpacked under $out/.vulkan (never into /).
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
+    if [ -n "$debs" ] && ls "$debs"/*.deb >/dev/null 2>&1; then
+        for f in "$debs"/*.deb; do dpkg -x "$f" "$out/.vulkan"; done
+        export LD_LIBRARY_PATH="$(find "$out/.vulkan" -name 'libvulkan.so.1' -printf '%h\n' | head -n 1):${LD_LIBRARY_PATH:-}"
+    else
+        echo "warning: no libvulkan.so.1 on this machine and no --debs folder with libvulkan1" >&2
+    fi
+fi
+# NVIDIA containers often keep the ICD outside the loader's search path.
+nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && ! ls /usr/share/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
+    export VK_DRIVER_FILES="$nvidia_icd"
+fi
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+
+failed=0
+step() {  # step NAME OUTFILE COMMAND...: run, keep stdout in OUTFILE (appended) and stderr in logs/NAME.log
+    local name="$1" file="$2"; shift 2
+    echo "== $name" >&2
+    local t0=$SECONDS
+    if "$@" >>"$out/$file" 2>"$out/logs/$name.log"; then
+        echo "   ok ($((SECONDS - t0)) s)" >&2
+    else
+        echo "   FAILED ($((SECONDS - t0)) s): see logs/$name.log" >&2
+        tail -n 5 "$out/logs/$name.log" >&2
+        failed=$((failed + 1))
+    fi
+}
+
+{ date -u +%Y-%m-%dT%H:%M:%SZ; uname -a; nvidia-smi -L 2>/dev/null; "$bin" --version; } >"$out/machine.txt" 2>&1
+step info info.json "$bin" info --json
+step matmul matmul.jsonl "$bin" bench matmul --sizes "$matmul_sizes" --kernels tiled --json
+step conv conv.jsonl "$bin" bench conv --matmul-sizes 1024 --json
+IFS=, read -r -a model_list <<<"$models"
+for m in "${model_list[@]}"; do
+    step "train-$m" train.jsonl "$bin" bench train --model "$m" --size "$size" --bs "$bs" --steps "$steps" --profile --json
+done
+step memory memory.jsonl "$bin" bench memory --model "$models" --size "$size" --bs "$bs" --json
+
+torch_py="${PYTHON:-python3}"
+if "$torch_py" -c "import torch" 2>/dev/null; then
+    device="$("$torch_py" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")"
+    ref="$here/tools/torch_reference.py"
+    step torch-matmul torch.jsonl "$torch_py" "$ref" matmul --device "$device" --sizes ${matmul_sizes//,/ } --json
+    step torch-conv torch.jsonl "$torch_py" "$ref" conv --device "$device" --json
+    for m in "${model_list[@]}"; do
+        step "torch-train-$m" torch.jsonl "$torch_py" "$ref" bench --device "$device" --model "$m" --size "$size" \
+            --bs "$bs" --steps "$steps" --json
+    done
+else
+    echo "(no torch here: the PyTorch side is skipped)" | tee "$out/torch.skipped" >&2
+fi
+
+if command -v python3 >/dev/null; then
+    python3 "$here/tools/bench_summary.py" "$out" >"$out/summary.md" 2>"$out/logs/summary.log" || failed=$((failed + 1))
+    cat "$out/summary.md"
+fi
+echo "results: $out ($failed failed)" >&2
+[ "$failed" = 0 ]

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Summarize a scripts/gpu-bench.sh results folder as Markdown: wgtune next to PyTorch, with ratios.
+
+    python3 tools/bench_summary.py RESULTS_DIR > RESULTS_DIR/summary.md
+
+Standard library only. Ratios are wgtune / PyTorch (above 1: wgtune is faster or, for memory, uses more).
+"""
+import json
+import os
+import sys
+
+
+def lines(path):
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                out.append(json.loads(line))
+    return out
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    d = sys.argv[1]
+    info = (lines(os.path.join(d, "info.json")) or [{}])[0]
+    torch = lines(os.path.join(d, "torch.jsonl"))
+    machine = open(os.path.join(d, "machine.txt")).read().strip().splitlines() if os.path.exists(
+        os.path.join(d, "machine.txt")) else []
+    adapter = info.get("adapter", {})
+    print(f"# wgtune benchmarks, {machine[0] if machine else 'date unknown'}\n")
+    print(f"- adapter: {adapter.get('name', '?')} ({adapter.get('backend', '?')}, {adapter.get('driver_info', '')})")
+    for m in machine[1:]:
+        print(f"- {m}")
+    tdev = {t.get("device") for t in torch}
+    print(f"- PyTorch: {torch[0]['framework']} on {', '.join(sorted(tdev))}" if torch else "- PyTorch: not run")
+
+    print("\n## matmul (f32, n x n x n)\n\n| n | wgtune GFLOP/s | PyTorch GFLOP/s | ratio |\n|---|---|---|---|")
+    tm = {t["n"]: t for t in torch if t["bench"] == "matmul"}
+    for r in lines(os.path.join(d, "matmul.jsonl")):
+        if r.get("kernel") != "tiled":
+            continue
+        t = tm.get(r["n"], {})
+        print(f"| {r['n']} | {r['gflops']:.1f} | {t.get('gflops', 0):.1f} | {ratio(r['gflops'], t.get('gflops'))} |")
+
+    print("\n## convolution, ResNet 3x3 [8,64,56,56]\n\n| pass | wgtune GFLOP/s | PyTorch GFLOP/s | ratio |\n"
+          "|---|---|---|---|")
+    tc = {t["pass"]: t for t in torch if t["bench"] == "conv"}
+    for r in lines(os.path.join(d, "conv.jsonl")):
+        if r.get("layer") != "resnet_3x3_64":
+            continue
+        t = tc.get(r["pass"], {})
+        print(f"| {r['pass']} | {r['gflops']:.2f} | {t.get('gflops', 0):.1f} | {ratio(r['gflops'], t.get('gflops'))} |")
+
+    print("\n## training step (fastai head, Adam, all parameters)\n")
+    print("| model | batch | size | wgtune images/s | PyTorch images/s | ratio | wgtune planned GPU MiB | "
+          "PyTorch memory MiB | encode us/step |\n|---|---|---|---|---|---|---|---|---|")
+    tt = {(t["model"], t["batch"], t["size"]): t for t in torch if t["bench"] == "train"}
+    trains = lines(os.path.join(d, "train.jsonl"))
+    for r in trains:
+        t = tt.get((r["model"], r["batch"], r["size"]), {})
+        mem = t.get("peak_memory_bytes", 0) / 2**20
+        kind = f" ({t['memory_kind']})" if t else ""
+        print(f"| {r['model']} | {r['batch']} | {r['size']} | {r['images_per_s']:.2f} | "
+              f"{t.get('images_per_s', 0):.2f} | {ratio(r['images_per_s'], t.get('images_per_s'))} | "
+              f"{r['planned_bytes'] / 2**20:.0f} | {mem:.0f}{kind} | {r['encode_us']:.0f} |")
+
+    for r in trains:
+        p = r.get("profile")
+        if not p:
+            continue
+        print(f"\n### where the GPU time goes: {r['model']} (batch {r['batch']}, {r['size']} px)\n")
+        if p["clock"] != "gpu_timestamps":
+            print(f"whole step {p['wall_ms']:.1f} ms (no timestamp queries on this adapter)")
+            continue
+        print(f"{p['dispatches']} dispatches, {p['gpu_ms']:.1f} ms of GPU time\n")
+        print("| op type | calls | ms | share | GFLOP/s | GB/s |\n|---|---|---|---|---|---|")
+        for row in p["by_op"][:10]:
+            g = f"{row['gflops']:.1f}" if row.get("gflops") is not None else "-"
+            print(f"| {row['name']} | {row['calls']} | {row['ms']:.2f} | {row['share'] * 100:.1f}% | {g} | "
+                  f"{row['gbps']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
