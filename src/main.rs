@@ -440,15 +440,17 @@ fn prepare(
     let gpu = std::sync::Arc::new(open_gpu(adapter)?);
     let software = gpu.summary().is_software;
     let size = r.size.unwrap_or(if software { 64 } else { 224 });
+    let epochs_known = epochs.is_some();
     let epochs = epochs.unwrap_or(if software { 2 } else { 3 });
     // Measured on the embedded 28x28 Fashion-MNIST images at 64 px, 1 + 2 epochs: 76.2% without augmentation,
     // 73.2% with it (BENCHMARKS.md). Elsewhere fastai's augmentation stays on.
     let augment = r.augment || !(r.no_augment || (software && r.data.is_none()));
     if r.size.is_none() {
+        // lr-find runs no epochs: its preset is the input size and augmentation alone.
+        let schedule = if epochs_known { String::new() } else { format!(", {} + {epochs} epochs", cfg.freeze_epochs) };
         eprintln!(
-            "preset: {size}x{size} inputs, {} + {epochs} epochs, augmentation {} for the {} adapter '{}' \
+            "preset: {size}x{size} inputs{schedule}, augmentation {} for the {} adapter '{}' \
              (--size, --epochs, --augment/--no-augment to change)",
-            cfg.freeze_epochs,
             if augment { "on" } else { "off" },
             if software { "software" } else { "hardware" },
             gpu.summary().name
