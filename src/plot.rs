@@ -47,6 +47,13 @@ fn render(
     Ok(())
 }
 
+/// The series labels in a framed box.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+) -> std::result::Result<(), DrawError> {
+    chart.configure_series_labels().label_font((SANS, 14)).background_style(WHITE.mix(0.9)).border_style(BLACK).draw()
+}
+
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) =
         values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
@@ -85,13 +92,7 @@ pub fn loss_curve(path: &Path, history: &[StepLoss], records: &[EpochRecord], st
             .label("valid")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(2)));
         chart.draw_series(valid.iter().map(|&p| Circle::new(p, 4, orange.filled())))?;
-        chart
-            .configure_series_labels()
-            .label_font((SANS, 14))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 
@@ -130,12 +131,7 @@ pub fn lr_find(path: &Path, found: &LrFind) -> Result<()> {
                     .draw_series([Circle::new((x, y), 6, red.filled())])?
                     .label(format!("valley: {s:.2e}"))
                     .legend(move |(x, y)| Circle::new((x + 10, y), 5, red.filled()));
-                chart
-                    .configure_series_labels()
-                    .label_font((SANS, 14))
-                    .background_style(WHITE.mix(0.9))
-                    .border_style(BLACK)
-                    .draw()?;
+                legend(&mut chart)?;
             }
         }
         Ok(())

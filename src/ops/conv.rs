@@ -234,61 +234,57 @@ pub fn conv2d_forward(
     accumulate: bool,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
-    counted(s, conv2d_forward_launches(gpu, s, x, w, bias, y, accumulate, label))
-}
-
-fn conv2d_forward_launches(
-    gpu: &Gpu,
-    s: &ConvShape,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    accumulate: bool,
-    label: &str,
-) -> Result<Vec<Dispatch>> {
-    s.check(x, s.x_shape(), "input")?;
-    s.check(w, s.w_shape(), "weight")?;
-    s.check(y, s.y_shape(), "output")?;
-    if let Some(b) = bias {
-        if b.numel() != s.out_c {
-            return Err(Error::shape("conv2d bias", format!("bias {:?} must have Cout = {}", b.shape(), s.out_c)));
-        }
-    }
-    if s.is_pointwise() {
-        // y[n] (Cout, HW) = w (Cout, Cin) · x[n] (Cin, HW) + bias per row
-        let hw = s.in_h * s.in_w;
-        let opts = MatmulOptions { accumulate, bias_per_row: true, ..Default::default() };
-        let d = matmul(
-            gpu,
-            MatmulKernel::Tiled,
-            &w.reshape(&[s.out_c, s.in_c])?,
-            &x.reshape(&[s.batch, s.in_c, hw])?,
-            bias,
-            &y.reshape(&[s.batch, s.out_c, hw])?,
-            opts,
-            label,
-        )?;
-        return Ok(vec![d]);
-    }
-    let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
-    let bias = bias.unwrap_or(w);
-    if s.is_depthwise() {
-        let grid = super::grid_1d(
-            (p.batch * p.out_c * p.out_h * p.out_w) as usize,
-            256,
-            gpu.limits().max_compute_workgroups_per_dimension,
-        );
-        return Ok(vec![gpu.dispatch(
-            &DEPTHWISE_CONV2D_FORWARD,
-            bytemuck::bytes_of(&p),
-            &[x, w, bias, y],
-            grid,
-            label,
-        )?]);
-    }
-    let grid = [(p.batch * p.out_h * p.out_w).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups];
-    Ok(vec![gpu.dispatch(&CONV2D_FORWARD, bytemuck::bytes_of(&p), &[w, x, bias, y], grid, label)?])
+    // The first launch does the multiply-adds (any second one is a split-K reduction).
+    counted(
+        s,
+        (|| {
+            s.check(x, s.x_shape(), "input")?;
+            s.check(w, s.w_shape(), "weight")?;
+            s.check(y, s.y_shape(), "output")?;
+            if let Some(b) = bias {
+                if b.numel() != s.out_c {
+                    return Err(Error::shape(
+                        "conv2d bias",
+                        format!("bias {:?} must have Cout = {}", b.shape(), s.out_c),
+                    ));
+                }
+            }
+            if s.is_pointwise() {
+                // y[n] (Cout, HW) = w (Cout, Cin) · x[n] (Cin, HW) + bias per row
+                let hw = s.in_h * s.in_w;
+                let opts = MatmulOptions { accumulate, bias_per_row: true, ..Default::default() };
+                let d = matmul(
+                    gpu,
+                    MatmulKernel::Tiled,
+                    &w.reshape(&[s.out_c, s.in_c])?,
+                    &x.reshape(&[s.batch, s.in_c, hw])?,
+                    bias,
+                    &y.reshape(&[s.batch, s.out_c, hw])?,
+                    opts,
+                    label,
+                )?;
+                return Ok(vec![d]);
+            }
+            let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
+            let bias = bias.unwrap_or(w);
+            if s.is_depthwise() {
+                let grid = super::grid_1d(
+                    (p.batch * p.out_c * p.out_h * p.out_w) as usize,
+                    256,
+                    gpu.limits().max_compute_workgroups_per_dimension,
+                );
+                return Ok(vec![gpu.dispatch(
+                    &DEPTHWISE_CONV2D_FORWARD,
+                    bytemuck::bytes_of(&p),
+                    &[x, w, bias, y],
+                    grid,
+                    label,
+                )?]);
+            }
+            let grid = [(p.batch * p.out_h * p.out_w).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups];
+            Ok(vec![gpu.dispatch(&CONV2D_FORWARD, bytemuck::bytes_of(&p), &[w, x, bias, y], grid, label)?])
+        })(),
+    )
 }
 
 /// dx = the gradient of conv2d with respect to its input, from dy.
@@ -301,54 +297,48 @@ pub fn conv2d_backward_data(
     accumulate: bool,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
-    counted(s, conv2d_backward_data_launches(gpu, s, dy, w, dx, accumulate, label))
-}
-
-fn conv2d_backward_data_launches(
-    gpu: &Gpu,
-    s: &ConvShape,
-    dy: &Tensor,
-    w: &Tensor,
-    dx: &Tensor,
-    accumulate: bool,
-    label: &str,
-) -> Result<Vec<Dispatch>> {
-    s.check(dy, s.y_shape(), "output gradient")?;
-    s.check(w, s.w_shape(), "weight")?;
-    s.check(dx, s.x_shape(), "input gradient")?;
-    if s.is_pointwise() {
-        // dx[n] (Cin, HW) = wᵀ (Cin, Cout) · dy[n] (Cout, HW)
-        let hw = s.in_h * s.in_w;
-        let opts = MatmulOptions { trans_a: true, accumulate, ..Default::default() };
-        let d = matmul(
-            gpu,
-            MatmulKernel::Tiled,
-            &w.reshape(&[s.out_c, s.in_c])?,
-            &dy.reshape(&[s.batch, s.out_c, hw])?,
-            None,
-            &dx.reshape(&[s.batch, s.in_c, hw])?,
-            opts,
-            label,
-        )?;
-        return Ok(vec![d]);
-    }
-    let p = s.params(flags(false, accumulate), s.batch)?;
-    if s.is_depthwise() {
-        let grid = super::grid_1d(
-            (p.batch * p.in_c * p.in_h * p.in_w) as usize,
-            256,
-            gpu.limits().max_compute_workgroups_per_dimension,
-        );
-        return Ok(vec![gpu.dispatch(
-            &DEPTHWISE_CONV2D_BACKWARD_DATA,
-            bytemuck::bytes_of(&p),
-            &[dy, w, dx],
-            grid,
-            label,
-        )?]);
-    }
-    let grid = [(p.batch * p.in_h * p.in_w).div_ceil(512), (p.in_c / p.groups).div_ceil(16), p.groups];
-    Ok(vec![gpu.dispatch(&CONV2D_BACKWARD_DATA, bytemuck::bytes_of(&p), &[w, dy, dx], grid, label)?])
+    // The first launch does the multiply-adds (any second one is a split-K reduction).
+    counted(
+        s,
+        (|| {
+            s.check(dy, s.y_shape(), "output gradient")?;
+            s.check(w, s.w_shape(), "weight")?;
+            s.check(dx, s.x_shape(), "input gradient")?;
+            if s.is_pointwise() {
+                // dx[n] (Cin, HW) = wᵀ (Cin, Cout) · dy[n] (Cout, HW)
+                let hw = s.in_h * s.in_w;
+                let opts = MatmulOptions { trans_a: true, accumulate, ..Default::default() };
+                let d = matmul(
+                    gpu,
+                    MatmulKernel::Tiled,
+                    &w.reshape(&[s.out_c, s.in_c])?,
+                    &dy.reshape(&[s.batch, s.out_c, hw])?,
+                    None,
+                    &dx.reshape(&[s.batch, s.in_c, hw])?,
+                    opts,
+                    label,
+                )?;
+                return Ok(vec![d]);
+            }
+            let p = s.params(flags(false, accumulate), s.batch)?;
+            if s.is_depthwise() {
+                let grid = super::grid_1d(
+                    (p.batch * p.in_c * p.in_h * p.in_w) as usize,
+                    256,
+                    gpu.limits().max_compute_workgroups_per_dimension,
+                );
+                return Ok(vec![gpu.dispatch(
+                    &DEPTHWISE_CONV2D_BACKWARD_DATA,
+                    bytemuck::bytes_of(&p),
+                    &[dy, w, dx],
+                    grid,
+                    label,
+                )?]);
+            }
+            let grid = [(p.batch * p.in_h * p.in_w).div_ceil(512), (p.in_c / p.groups).div_ceil(16), p.groups];
+            Ok(vec![gpu.dispatch(&CONV2D_BACKWARD_DATA, bytemuck::bytes_of(&p), &[w, dy, dx], grid, label)?])
+        })(),
+    )
 }
 
 /// The backward_weight kernel for `ncols` = Cin_g * KH * KW weight columns, and the columns one workgroup covers:
@@ -384,59 +374,55 @@ pub fn conv2d_backward_weight(
     accumulate: bool,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
-    counted(s, conv2d_backward_weight_launches(gpu, s, dy, x, dw, accumulate, label))
-}
-
-fn conv2d_backward_weight_launches(
-    gpu: &Gpu,
-    s: &ConvShape,
-    dy: &Tensor,
-    x: &Tensor,
-    dw: &Tensor,
-    accumulate: bool,
-    label: &str,
-) -> Result<Vec<Dispatch>> {
-    s.check(dy, s.y_shape(), "output gradient")?;
-    s.check(x, s.x_shape(), "input")?;
-    s.check(dw, s.w_shape(), "weight gradient")?;
-    if s.is_depthwise() {
-        let p = s.params(flags(false, accumulate), s.batch)?;
-        if s.batch * s.out_h * s.out_w < crate::ops::reduce::ROWS_BELOW {
-            let taps = (p.out_c * p.kernel_h * p.kernel_w) as usize;
-            let grid = super::grid_1d(taps, 256, gpu.limits().max_compute_workgroups_per_dimension);
-            let spec = &DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS;
-            return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid, label)?]);
-        }
-        let grid = [p.kernel_h * p.kernel_w, p.out_c, 1];
-        return Ok(vec![gpu.dispatch(
-            &DEPTHWISE_CONV2D_BACKWARD_WEIGHT,
-            bytemuck::bytes_of(&p),
-            &[dy, x, dw],
-            grid,
-            label,
-        )?]);
-    }
-    let splits = backward_weight_splits(gpu, s);
-    let split_len = s.batch.div_ceil(splits);
-    let splits = s.batch.div_ceil(split_len);
-    let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
-    let (spec, tile) = backward_weight_kernel(ncols);
-    let grid =
-        |p: &ConvParams| [(ncols as u32).div_ceil(tile), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32];
-    if splits == 1 {
-        let p = s.params(flags(false, accumulate), split_len)?;
-        return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid(&p), label)?]);
-    }
-    // Each split writes its own partial dw; one sum over the splits finishes (and accumulates, if asked).
-    let partial = gpu.tensor(&[splits, s.out_c * ncols], DType::F32, &format!("{label} partial dw"))?;
-    let p = s.params(0, split_len)?;
-    let conv = gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, &partial], grid(&p), label)?;
-    let sum = sum_reduce(gpu, &partial, dw, (splits, s.out_c * ncols, 1), accumulate, &format!("{label} split sum"))?;
-    Ok(vec![conv, sum])
+    // The first launch does the multiply-adds (any second one is a split-K reduction).
+    counted(
+        s,
+        (|| {
+            s.check(dy, s.y_shape(), "output gradient")?;
+            s.check(x, s.x_shape(), "input")?;
+            s.check(dw, s.w_shape(), "weight gradient")?;
+            if s.is_depthwise() {
+                let p = s.params(flags(false, accumulate), s.batch)?;
+                if s.batch * s.out_h * s.out_w < crate::ops::reduce::ROWS_BELOW {
+                    let taps = (p.out_c * p.kernel_h * p.kernel_w) as usize;
+                    let grid = super::grid_1d(taps, 256, gpu.limits().max_compute_workgroups_per_dimension);
+                    let spec = &DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS;
+                    return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid, label)?]);
+                }
+                let grid = [p.kernel_h * p.kernel_w, p.out_c, 1];
+                return Ok(vec![gpu.dispatch(
+                    &DEPTHWISE_CONV2D_BACKWARD_WEIGHT,
+                    bytemuck::bytes_of(&p),
+                    &[dy, x, dw],
+                    grid,
+                    label,
+                )?]);
+            }
+            let splits = backward_weight_splits(gpu, s);
+            let split_len = s.batch.div_ceil(splits);
+            let splits = s.batch.div_ceil(split_len);
+            let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
+            let (spec, tile) = backward_weight_kernel(ncols);
+            let grid = |p: &ConvParams| {
+                [(ncols as u32).div_ceil(tile), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32]
+            };
+            if splits == 1 {
+                let p = s.params(flags(false, accumulate), split_len)?;
+                return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid(&p), label)?]);
+            }
+            // Each split writes its own partial dw; one sum over the splits finishes (and accumulates, if asked).
+            let partial = gpu.tensor(&[splits, s.out_c * ncols], DType::F32, &format!("{label} partial dw"))?;
+            let p = s.params(0, split_len)?;
+            let conv = gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, &partial], grid(&p), label)?;
+            let sum =
+                sum_reduce(gpu, &partial, dw, (splits, s.out_c * ncols, 1), accumulate, &format!("{label} split sum"))?;
+            Ok(vec![conv, sum])
+        })(),
+    )
 }
 
 /// dbias[c] = sum over n, oh, ow of dy[n, c, oh, ow].
-/// The first launch of a convolution pass does its multiply-adds (any second one is a split-K reduction).
+/// Record a convolution pass's multiply-adds on its first launch (for GFLOP/s in profiles).
 fn counted(s: &ConvShape, launches: Result<Vec<Dispatch>>) -> Result<Vec<Dispatch>> {
     let mut launches = launches?;
     if !launches.is_empty() {
