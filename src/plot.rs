@@ -81,7 +81,13 @@ pub fn loss_curve(path: &Path, history: &[StepLoss], records: &[EpochRecord], st
             .x_label_area_size(40)
             .y_label_area_size(56)
             .build_cartesian_2d(0.0..steps, lo.max(0.0)..hi)?;
-        chart.configure_mesh().x_desc("training step").y_desc("loss").label_style((SANS, 13)).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("training step")
+            .y_desc("loss")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((SANS, 13))
+            .draw()?;
         chart
             .draw_series(LineSeries::new(train, BLUE.stroke_width(2)))?
             .label("train (smoothed)")
