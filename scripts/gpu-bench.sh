@@ -11,6 +11,7 @@
 #   --out     results folder (default: bench-results-DATE)
 #   --size, --bs, --steps   training benchmark shape (default: 224, 32, 20)
 #   --models  comma-separated (default: effnet-lite0,resnet18,resnet50)
+#   --matmul-sizes  comma-separated square sizes (default: 1024,2048,4096)
 #   --quick   a small shape for a software driver: 64 px, batch 8, 2 steps, small matmuls
 #
 # Writes info.json, matmul.jsonl, conv.jsonl, train.jsonl (one line per model, with the profile tables), memory.jsonl,
@@ -31,8 +32,9 @@ while [ $# -gt 0 ]; do
         --bs) bs="$2"; shift 2 ;;
         --steps) steps="$2"; shift 2 ;;
         --models) models="$2"; shift 2 ;;
+        --matmul-sizes) matmul_sizes="$2"; shift 2 ;;
         --quick) size=64; bs=8; steps=2; matmul_sizes="256,1024"; shift ;;
-        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,19p "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done

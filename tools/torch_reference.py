@@ -286,6 +286,7 @@ def finetune(a):
         set_trainable(frozen_to)
         n = len(yt) // a.bs
         total, it = n * epochs, 0
+        avg, count = 0.0, 0  # fastai smooths the loss over the whole fit, not per epoch
         print(f"\n{name} phase\n{'epoch':>5}  {'train_loss':>10}  {'valid_loss':>10}  {'error_rate':>10}  "
               f"{'accuracy':>8}  {'time':>6}", flush=True)
         for e in range(epochs):
@@ -293,7 +294,6 @@ def finetune(a):
             model.train()
             g = torch.Generator().manual_seed(a.seed * 1000 + it)
             order = torch.randperm(len(yt), generator=g)
-            avg, count = 0.0, 0
             for b in range(n):
                 pos = it / total
                 lrs = [combined_cos(pct, m / div, m, m / div_final, pos) for m in lr_max]
