@@ -629,6 +629,15 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
         side("loss.png").display(),
         side("confusion.png").display()
     );
+    for (phase, p) in &learner.profiles {
+        println!("\n{}", wgtune::profile::render(&format!("profiled {phase}-phase training step"), p, 15));
+    }
+    if let Some(n) = a.capture_step {
+        let steps = learner.history.len() as u64;
+        if n == 0 || n > steps {
+            eprintln!("warning: --capture-step {n} is outside the run's {steps} steps: nothing was captured");
+        }
+    }
     Ok(())
 }
 

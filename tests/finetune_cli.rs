@@ -52,15 +52,15 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
         a
     };
     let mut child = wgtune().args(args(false)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id().to_string();
+    let pid = child.id() as libc::pid_t;
     let mut stderr = String::new();
     let mut signalled = false;
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         let line = line.unwrap();
         // Progress lines go to stderr when it is not a terminal; interrupt in the middle of the first epoch.
         if !signalled && line.contains("frozen epoch 0: batch 3/12") {
-            let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-            assert!(status.success());
+            // SAFETY: kill(2) on the child we spawned and have not yet waited for.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0, "SIGINT could not be sent");
             signalled = true;
         }
         stderr += &line;
