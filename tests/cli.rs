@@ -111,3 +111,21 @@ fn predict_json_names_the_cat_and_reports_bad_files_without_stopping() {
     assert_eq!(by_file(&coffee)["top"][0]["label"], "espresso");
     assert_eq!(by_file(&coffee)["top"].as_array().unwrap().len(), 5);
 }
+
+/// An adapter without timestamp queries (simulated with WGTUNE_NO_TIMESTAMPS): `--profile` says so and falls back to
+/// timing the whole step.
+#[test]
+fn profile_without_timestamps_falls_back_to_the_whole_step() {
+    let out = wgtune()
+        .args(["bench", "train", "--model", "small_cnn", "--bs", "2", "--size", "16", "--steps", "1", "--profile"])
+        .env("WGTUNE_NO_TIMESTAMPS", "1")
+        .output()
+        .expect("run wgtune");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("for the whole step (wall clock)") && stdout.contains("no GPU timestamp queries"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("GFLOP/s"), "{stdout}");
+}

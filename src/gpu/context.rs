@@ -173,7 +173,16 @@ impl Gpu {
                 info.name
             );
         }
-        let features = adapter.features() & WANTED_FEATURES;
+        let mut features = adapter.features() & WANTED_FEATURES;
+        // WGTUNE_NO_TIMESTAMPS=1: run as on an adapter without timestamp queries (drivers whose timestamps are
+        // wrong; the tests of the wall-clock fallbacks).
+        if std::env::var("WGTUNE_NO_TIMESTAMPS").is_ok_and(|v| v != "0") {
+            features.remove(
+                wgpu::Features::TIMESTAMP_QUERY
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            );
+        }
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
