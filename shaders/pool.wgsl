@@ -17,8 +17,9 @@
 //
 // Window geometry: OH = (H + pad_top + pad_bottom - KH) / stride_h + 1 (the host computes it; top/left padding
 // is needed, except for the divisor with count_include_pad). Bindings: src (1) = x or dy, dst (2) = y or dx, indices (3) = argmax positions.
-// Dispatch: window kernels and global backward: (ceil(plane / 256), C, N), one invocation per output (forward) or
-// input (backward) element of a plane; global_pool_forward: (C, N), one workgroup per plane;
+// Dispatch: window kernels: (ceil(plane / 256), C, N), one invocation per output (forward) or input (backward)
+// element of a plane; global backward: ceil(N*C*H*W / 256) workgroups on a 2-D grid, one invocation per element of
+// dx; global_pool_forward: (C, N), one workgroup per plane;
 // global_pool_forward_rows: (ceil(N*C / 256), 1, 1).
 
 struct PoolParams {
@@ -255,29 +256,41 @@ fn global_pool_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invo
     }
 }
 
-@compute @workgroup_size(256)
-fn global_avg_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y;
-    let n = wg.z;
+// One invocation per dx element, flat over N*C*H*W on a 2-D grid (no idle invocations on tiny planes such as
+// EfficientNet's 2x2 at 64 px, where a workgroup per plane left 252 of 256 idle).
+fn global_backward_position(wg: vec3<u32>, groups: vec3<u32>, lid: u32) -> vec4<u32> {
     let hw = p.in_h * p.in_w;
-    let pos = wg.x * 256u + lid;
-    if pos >= hw {
-        return;
-    }
-    put((n * p.channels + c) * hw + pos, src[n * p.out_c_total + p.out_c_offset + c] / f32(hw));
+    let i = (wg.y * groups.x + wg.x) * 256u + lid;
+    let plane = i / hw;
+    let n = plane / p.channels;
+    return vec4<u32>(i, n, plane - n * p.channels, i - plane * hw);
 }
 
 @compute @workgroup_size(256)
-fn global_max_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y;
-    let n = wg.z;
-    let hw = p.in_h * p.in_w;
-    let pos = wg.x * 256u + lid;
-    if pos >= hw {
+fn global_avg_pool_backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let at = global_backward_position(wg, groups, lid);
+    if at.y >= p.batch {
         return;
     }
-    let g = select(0.0, src[n * p.out_c_total + p.out_c_offset + c], indices[n * p.channels + c] == pos);
-    put((n * p.channels + c) * hw + pos, g);
+    put(at.x, src[at.y * p.out_c_total + p.out_c_offset + at.z] / f32(p.in_h * p.in_w));
+}
+
+@compute @workgroup_size(256)
+fn global_max_pool_backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let at = global_backward_position(wg, groups, lid);
+    if at.y >= p.batch {
+        return;
+    }
+    let plane = at.y * p.channels + at.z;
+    put(at.x, select(0.0, src[at.y * p.out_c_total + p.out_c_offset + at.z], indices[plane] == at.w));
 }
 
 @compute @workgroup_size(256)

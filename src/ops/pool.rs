@@ -281,7 +281,8 @@ pub fn global_pool_backward(
     label: &str,
 ) -> Result<Dispatch> {
     let p = global_params(dx, dy, offset, acc_flag(accumulate), "global_pool_backward")?;
-    let grid = [(p.in_h * p.in_w).div_ceil(256), p.channels, p.batch];
+    let elements = dx.numel();
+    let grid = crate::ops::grid_1d(elements, 256, gpu.limits().max_compute_workgroups_per_dimension);
     match kind {
         GlobalPool::Avg => gpu.dispatch(&GLOBAL_AVG_POOL_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx], grid, label),
         GlobalPool::Max => {
