@@ -560,6 +560,12 @@ fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
     };
     let mut learner = prepare(adapter, &a.run, a.epochs, cfg)?;
     let (bs, size) = (learner.cfg.bs, learner.cfg.size);
+    if let Some(n) = a.capture_step {
+        eprintln!(
+            "--capture-step {n}: step {n} is wrapped in a RenderDoc capture, which records only when wgtune runs \
+             under RenderDoc (renderdoccmd capture -w -c CAPTURE_PATH wgtune finetune ...; see README)"
+        );
+    }
     let mut log = match &a.json_log {
         Some(p) => Some(
             std::fs::File::create(p).map_err(|e| anyhow::anyhow!("cannot create --json-log {}: {e}", p.display()))?,
