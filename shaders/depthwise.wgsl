@@ -77,6 +77,27 @@ fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
     let x_plane = (n * p.in_c + c) * p.in_h * p.in_w;
     let w_base = c * p.kernel_h * p.kernel_w;
     var acc = 0.0;
+    if p.dilation_h == 1u && p.dilation_w == 1u {
+        // Undilated: the taps inside the image form one rectangle, walked without per-tap bounds checks.
+        let top = i32(oh * p.stride_h) - i32(p.pad_top);
+        let left = i32(ow * p.stride_w) - i32(p.pad_left);
+        let kh_lo = max(0, -top);
+        let kh_hi = min(i32(p.kernel_h), i32(p.in_h) - top);
+        let kw_lo = max(0, -left);
+        let kw_hi = min(i32(p.kernel_w), i32(p.in_w) - left);
+        for (var kh = kh_lo; kh < kh_hi; kh++) {
+            let x_row = x_plane + u32(top + kh) * p.in_w;
+            let w_row = w_base + u32(kh) * p.kernel_w;
+            for (var kw = kw_lo; kw < kw_hi; kw++) {
+                acc = fma(src2[w_row + u32(kw)], src[x_row + u32(left + kw)], acc);
+            }
+        }
+        if (p.flags & FLAG_BIAS) != 0u {
+            acc += bias[c];
+        }
+        put((n * p.out_c + c) * out_hw + pix, acc);
+        return;
+    }
     for (var kh = 0u; kh < p.kernel_h; kh++) {
         let ih = i32(oh * p.stride_h + kh * p.dilation_h) - i32(p.pad_top);
         if ih < 0 || ih >= i32(p.in_h) {
@@ -93,6 +114,16 @@ fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
         acc += bias[c];
     }
     put((n * p.out_c + c) * out_hw + pix, acc);
+}
+
+// The first tap index k >= 0 with k = t (mod s) whose output o = (t - k) / s is below `out` (k >= t - s*(out-1)).
+fn first_tap(t: i32, s: i32, out: i32) -> i32 {
+    var k = t % s;
+    let lo = t - s * (out - 1);
+    if k < lo {
+        k += ((lo - k + s - 1) / s) * s;
+    }
+    return k;
 }
 
 // dx[n, c, ih, iw] = sum_{kh, kw} w[c, kh, kw] * dy[n, c, oh, ow] over the (oh, ow) with
@@ -114,6 +145,32 @@ fn depthwise_conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     let dy_plane = (n * p.out_c + c) * p.out_h * p.out_w;
     let w_base = c * p.kernel_h * p.kernel_w;
     var acc = 0.0;
+    if p.dilation_h == 1u && p.dilation_w == 1u {
+        // Undilated (every EfficientNet layer): the taps that fed this input are kh = th - s*oh for the oh in range,
+        // i.e. kh = first, first + s, ... with oh stepping down by one: one division per axis per invocation
+        // instead of a modulo and a division per tap.
+        let th = i32(ih + p.pad_top);
+        let sh = i32(p.stride_h);
+        let kh_first = first_tap(th, sh, i32(p.out_h));
+        let kh_last = min(i32(p.kernel_h) - 1, th);
+        let tw = i32(iw + p.pad_left);
+        let sw = i32(p.stride_w);
+        let kw_first = first_tap(tw, sw, i32(p.out_w));
+        let kw_last = min(i32(p.kernel_w) - 1, tw);
+        var oh = (th - kh_first) / sh;
+        for (var kh = kh_first; kh <= kh_last; kh += sh) {
+            let w_row = w_base + u32(kh) * p.kernel_w;
+            let dy_row = dy_plane + u32(oh) * p.out_w;
+            var ow = (tw - kw_first) / sw;
+            for (var kw = kw_first; kw <= kw_last; kw += sw) {
+                acc = fma(src2[w_row + u32(kw)], src[dy_row + u32(ow)], acc);
+                ow -= 1;
+            }
+            oh -= 1;
+        }
+        put((n * p.in_c + c) * in_hw + pix, acc);
+        return;
+    }
     for (var kh = 0u; kh < p.kernel_h; kh++) {
         let nh = i32(ih + p.pad_top) - i32(kh * p.dilation_h);
         if nh < 0 || nh % i32(p.stride_h) != 0 {

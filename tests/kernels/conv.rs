@@ -90,6 +90,17 @@ conv_tests! {
     depthwise_5x5_stride2_tf_same: [2, 3, 9, 9], [3, 1, 5, 5],
         Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(9, 9, (5, 5), (2, 2), (1, 1)), ..Default::default() };
     dilated_3x3: [1, 3, 8, 8], [4, 3, 3, 3], Conv2dConfig { dilation: (2, 2), ..cfg(1, 2) };
+    // Depthwise backward_data's undilated path walks only the taps in range: planes smaller than the kernel, even
+    // sizes with asymmetric SAME padding, no padding with unequal strides; the dilated case takes the general path.
+    depthwise_5x5_planes_smaller_than_the_kernel: [2, 4, 2, 2], [4, 1, 5, 5],
+        Conv2dConfig { groups: 4, padding: Padding::same(2, 2, (5, 5), (1, 1), (1, 1)), ..Default::default() };
+    depthwise_3x3_on_1x1: [3, 2, 1, 1], [2, 1, 3, 3], Conv2dConfig { groups: 2, ..cfg(1, 1) };
+    depthwise_3x3_stride2_even_tf_same: [1, 3, 8, 10], [3, 1, 3, 3],
+        Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(8, 10, (3, 3), (2, 2), (1, 1)), ..Default::default() };
+    depthwise_3x3_unpadded_stride_2_by_1: [2, 3, 7, 9], [3, 1, 3, 3],
+        Conv2dConfig { groups: 3, stride: (2, 1), ..Default::default() };
+    depthwise_5x5_stride3_padded: [1, 2, 11, 13], [2, 1, 5, 5], Conv2dConfig { groups: 2, ..cfg(3, 2) };
+    depthwise_3x3_dilated: [1, 2, 9, 9], [2, 1, 3, 3], Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
     tf_same_stride2_asymmetric: [2, 3, 8, 8], [4, 3, 3, 3],
         Conv2dConfig { stride: (2, 2), padding: Padding::same(8, 8, (3, 3), (2, 2), (1, 1)), ..Default::default() };
     many_column_tiles: [2, 3, 24, 24], [8, 3, 3, 3], cfg(1, 1);
