@@ -13,6 +13,8 @@
 //                                     (wg.y * num_workgroups.x + wg.x) * 256 + local index.
 //   depthwise_conv2d_backward_weight  one workgroup per (tap, c): a strided sum over (n, oh, ow) and a tree
 //                                     reduction in workgroup memory. Dispatch (KH*KW, C, 1).
+//   depthwise_conv2d_backward_weight_taps  undilated 3x3 and 5x5: one workgroup per channel summing every tap at
+//                                     once (kernel size as pipeline constants KH, KW). Dispatch (C, 1, 1).
 //   depthwise_conv2d_backward_weight_rows  the same for short sums (N*OH*OW < 1024): one invocation per
 //                                     (c, tap) and a plain loop. Dispatch 256 per workgroup over C*KH*KW on a 2-D
 //                                     grid, index = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
@@ -243,6 +245,67 @@ fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
     }
     if lid == 0u {
         put(c * p.kernel_h * p.kernel_w + tap, partial[0]);
+    }
+}
+
+// Kernel size of depthwise_conv2d_backward_weight_taps, fixed per pipeline so the tap loops unroll and the
+// per-tap sums stay in registers (at most 25 taps).
+override KH: u32 = 3u;
+override KW: u32 = 3u;
+
+// The same sums for every tap of channel c = workgroup x at once (undilated kernels of up to 25 taps): each visit
+// of (n, oh, ow) reads dy once and the KH x KW window of x, instead of one workgroup per tap re-reading dy per tap.
+// Then one tree reduction per tap. Dispatch (C, 1, 1).
+@compute @workgroup_size(256)
+fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>,
+                                         @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let out_hw = p.out_h * p.out_w;
+    let step_n = 256u / out_hw;
+    let step_rest = 256u - step_n * out_hw;
+    let step_oh = step_rest / p.out_w;
+    let step_ow = step_rest - step_oh * p.out_w;
+    var n = lid / out_hw;
+    var oh = (lid - n * out_hw) / p.out_w;
+    var ow = lid - n * out_hw - oh * p.out_w;
+    var acc: array<f32, 25>;
+    while n < p.batch {
+        let g = src[(n * p.out_c + c) * out_hw + oh * p.out_w + ow];
+        let x_plane = (n * p.in_c + c) * p.in_h * p.in_w;
+        let top = i32(oh * p.stride_h) - i32(p.pad_top);
+        let left = i32(ow * p.stride_w) - i32(p.pad_left);
+        for (var kh = 0u; kh < KH; kh++) {
+            let ih = top + i32(kh);
+            let row_ok = ih >= 0 && ih < i32(p.in_h);
+            let x_row = x_plane + u32(clamp(ih, 0, i32(p.in_h) - 1)) * p.in_w;
+            for (var kw = 0u; kw < KW; kw++) {
+                let iw = left + i32(kw);
+                let ok = row_ok && iw >= 0 && iw < i32(p.in_w);
+                let x = src2[x_row + u32(clamp(iw, 0, i32(p.in_w) - 1))];
+                acc[kh * KW + kw] += select(0.0, g * x, ok);
+            }
+        }
+        ow += step_ow;
+        let carry_w = ow >= p.out_w;
+        ow = select(ow, ow - p.out_w, carry_w);
+        oh += step_oh + select(0u, 1u, carry_w);
+        let carry_h = oh >= p.out_h;
+        oh = select(oh, oh - p.out_h, carry_h);
+        n += step_n + select(0u, 1u, carry_h);
+    }
+    for (var tap = 0u; tap < KH * KW; tap++) {
+        partial[lid] = acc[tap];
+        workgroupBarrier();
+        for (var stride = 128u; stride > 0u; stride >>= 1u) {
+            if lid < stride {
+                partial[lid] += partial[lid + stride];
+            }
+            workgroupBarrier();
+        }
+        if lid == 0u {
+            put(c * KH * KW + tap, partial[0]);
+        }
+        workgroupBarrier();
     }
 }
 

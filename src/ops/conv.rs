@@ -55,6 +55,13 @@ pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT: KernelSpec =
     KernelSpec::new("depthwise_conv2d_backward_weight", "depthwise", SIG);
 pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS: KernelSpec =
     KernelSpec::new("depthwise_conv2d_backward_weight_rows", "depthwise", SIG);
+/// All taps of a channel per workgroup, for the undilated 3x3 and 5x5 kernels (the sizes as pipeline constants).
+pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3: KernelSpec =
+    KernelSpec::new("depthwise_conv2d_backward_weight_taps", "depthwise", SIG)
+        .with_constants(&[("KH", 3.0), ("KW", 3.0)]);
+pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5: KernelSpec =
+    KernelSpec::new("depthwise_conv2d_backward_weight_taps", "depthwise", SIG)
+        .with_constants(&[("KH", 5.0), ("KW", 5.0)]);
 
 /// Padding of the four sides, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -387,6 +394,15 @@ pub fn conv2d_backward_weight(
                     let taps = (p.out_c * p.kernel_h * p.kernel_w) as usize;
                     let grid = super::grid_1d(taps, 256, gpu.limits().max_compute_workgroups_per_dimension);
                     let spec = &DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS;
+                    return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid, label)?]);
+                }
+                let taps_spec = match (s.kernel_h, s.kernel_w, s.cfg.dilation) {
+                    (3, 3, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3),
+                    (5, 5, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5),
+                    _ => None,
+                };
+                if let Some(spec) = taps_spec {
+                    let grid = [p.out_c, 1, 1];
                     return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid, label)?]);
                 }
                 let grid = [p.kernel_h * p.kernel_w, p.out_c, 1];

@@ -42,6 +42,8 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::DEPTHWISE_CONV2D_BACKWARD_DATA,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS,
+        conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3,
+        conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5,
         reduce::SUM_REDUCE,
         reduce::SUM_REDUCE_ROWS,
         pool::MAX_POOL_FORWARD,

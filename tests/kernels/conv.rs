@@ -101,6 +101,12 @@ conv_tests! {
         Conv2dConfig { groups: 3, stride: (2, 1), ..Default::default() };
     depthwise_5x5_stride3_padded: [1, 2, 11, 13], [2, 1, 5, 5], Conv2dConfig { groups: 2, ..cfg(3, 2) };
     depthwise_3x3_dilated: [1, 2, 9, 9], [2, 1, 3, 3], Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
+    // backward_weight over at least 1024 positions: the all-taps kernel (3x3 above, 5x5 here) and, for a dilated
+    // kernel, the one-workgroup-per-tap kernel.
+    depthwise_5x5_long_weight_sum_stride2_tf_same: [2, 3, 48, 45], [3, 1, 5, 5],
+        Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(48, 45, (5, 5), (2, 2), (1, 1)), ..Default::default() };
+    depthwise_3x3_dilated_long_weight_sum: [2, 2, 30, 30], [2, 1, 3, 3],
+        Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
     tf_same_stride2_asymmetric: [2, 3, 8, 8], [4, 3, 3, 3],
         Conv2dConfig { stride: (2, 2), padding: Padding::same(8, 8, (3, 3), (2, 2), (1, 1)), ..Default::default() };
     many_column_tiles: [2, 3, 24, 24], [8, 3, 3, 3], cfg(1, 1);
