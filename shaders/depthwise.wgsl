@@ -94,21 +94,17 @@ fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
                 acc = fma(src2[w_row + u32(kw)], src[x_row + u32(left + kw)], acc);
             }
         }
-        if (p.flags & FLAG_BIAS) != 0u {
-            acc += bias[c];
-        }
-        put((n * p.out_c + c) * out_hw + pix, acc);
-        return;
-    }
-    for (var kh = 0u; kh < p.kernel_h; kh++) {
-        let ih = i32(oh * p.stride_h + kh * p.dilation_h) - i32(p.pad_top);
-        if ih < 0 || ih >= i32(p.in_h) {
-            continue;
-        }
-        for (var kw = 0u; kw < p.kernel_w; kw++) {
-            let iw = i32(ow * p.stride_w + kw * p.dilation_w) - i32(p.pad_left);
-            if iw >= 0 && iw < i32(p.in_w) {
-                acc = fma(src2[w_base + kh * p.kernel_w + kw], src[x_plane + u32(ih) * p.in_w + u32(iw)], acc);
+    } else {
+        for (var kh = 0u; kh < p.kernel_h; kh++) {
+            let ih = i32(oh * p.stride_h + kh * p.dilation_h) - i32(p.pad_top);
+            if ih < 0 || ih >= i32(p.in_h) {
+                continue;
+            }
+            for (var kw = 0u; kw < p.kernel_w; kw++) {
+                let iw = i32(ow * p.stride_w + kw * p.dilation_w) - i32(p.pad_left);
+                if iw >= 0 && iw < i32(p.in_w) {
+                    acc = fma(src2[w_base + kh * p.kernel_w + kw], src[x_plane + u32(ih) * p.in_w + u32(iw)], acc);
+                }
             }
         }
     }
@@ -170,26 +166,25 @@ fn depthwise_conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin
             }
             oh -= 1;
         }
-        put((n * p.in_c + c) * in_hw + pix, acc);
-        return;
-    }
-    for (var kh = 0u; kh < p.kernel_h; kh++) {
-        let nh = i32(ih + p.pad_top) - i32(kh * p.dilation_h);
-        if nh < 0 || nh % i32(p.stride_h) != 0 {
-            continue;
-        }
-        let oh = u32(nh) / p.stride_h;
-        if oh >= p.out_h {
-            continue;
-        }
-        for (var kw = 0u; kw < p.kernel_w; kw++) {
-            let nw = i32(iw + p.pad_left) - i32(kw * p.dilation_w);
-            if nw < 0 || nw % i32(p.stride_w) != 0 {
+    } else {
+        for (var kh = 0u; kh < p.kernel_h; kh++) {
+            let nh = i32(ih + p.pad_top) - i32(kh * p.dilation_h);
+            if nh < 0 || nh % i32(p.stride_h) != 0 {
                 continue;
             }
-            let ow = u32(nw) / p.stride_w;
-            if ow < p.out_w {
-                acc = fma(src2[w_base + kh * p.kernel_w + kw], src[dy_plane + oh * p.out_w + ow], acc);
+            let oh = u32(nh) / p.stride_h;
+            if oh >= p.out_h {
+                continue;
+            }
+            for (var kw = 0u; kw < p.kernel_w; kw++) {
+                let nw = i32(iw + p.pad_left) - i32(kw * p.dilation_w);
+                if nw < 0 || nw % i32(p.stride_w) != 0 {
+                    continue;
+                }
+                let ow = u32(nw) / p.stride_w;
+                if ow < p.out_w {
+                    acc = fma(src2[w_base + kh * p.kernel_w + kw], src[dy_plane + oh * p.out_w + ow], acc);
+                }
             }
         }
     }
