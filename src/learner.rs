@@ -12,7 +12,7 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::graph::executor::{Executor, ExecutorConfig, PixelInput};
+use crate::graph::executor::{Executor, ExecutorConfig, PixelInput, StepMetrics};
 use crate::nn::model::{Head, ModelSpec};
 use crate::nn::weights::{load_into, write_atomically, Weights};
 use crate::nn::Arch;
@@ -220,6 +220,13 @@ impl Learner {
         self.train.batches()
     }
 
+    /// The augmentation of each image of the next training batch (identity without augmentation).
+    fn transforms(&mut self) -> Vec<ImageTransform> {
+        (0..self.cfg.bs)
+            .map(|_| if self.cfg.augment { self.aug.sample(&mut self.rng) } else { ImageTransform::IDENTITY })
+            .collect()
+    }
+
     /// The phases `fit` will run.
     pub fn phases(&self) -> Vec<Phase> {
         let c = &self.cfg;
@@ -245,6 +252,21 @@ impl Learner {
         let groups = self.ex.graph().groups();
         let mut done = first;
         let mut submitted = first;
+        // Arrived step losses: checked, smoothed, kept for the loss curve, reported.
+        let mut record = |metrics: Vec<StepMetrics>,
+                          done: &mut usize,
+                          smooth: &mut SmoothLoss,
+                          history: &mut Vec<StepLoss>|
+         -> Result<()> {
+            for m in metrics {
+                check_finite(m.loss, m.step)?;
+                smooth.add(m.loss as f64);
+                history.push(StepLoss { loss: m.loss, smooth: smooth.value() as f32 });
+                *done += 1;
+                progress(phase.name, epoch, *done, per_epoch, smooth.value());
+            }
+            Ok(())
+        };
         for (i, batch) in self.train.epoch_from(global_epoch, first).enumerate() {
             let batch = batch?;
             let pos = (epoch * per_epoch + first + i) as f64 / total;
@@ -252,9 +274,7 @@ impl Learner {
                 let h = Hyper { lr: phase.schedule.lr(g, pos), mom: phase.schedule.mom(pos), ..self.ex.hyper(g) };
                 self.ex.set_hyper(g, h)?;
             }
-            let transforms: Vec<ImageTransform> = (0..self.cfg.bs)
-                .map(|_| if self.cfg.augment { self.aug.sample(&mut self.rng) } else { ImageTransform::IDENTITY })
-                .collect();
+            let transforms = self.transforms();
             // The second step of a phase: compiled and warm, as every later step.
             let profile = self.cfg.profile && epoch == 0 && first + i == 1.min(per_epoch - 1);
             if profile {
@@ -269,24 +289,12 @@ impl Learner {
                 self.profiles.push((phase.name.to_string(), p));
             }
             submitted += 1;
-            for m in self.ex.poll_metrics()? {
-                check_finite(m.loss, m.step)?;
-                smooth.add(m.loss as f64);
-                self.history.push(StepLoss { loss: m.loss, smooth: smooth.value() as f32 });
-                done += 1;
-                progress(phase.name, epoch, done, per_epoch, smooth.value());
-            }
+            record(self.ex.poll_metrics()?, &mut done, &mut smooth, &mut self.history)?;
             if stop.load(Ordering::SeqCst) && submitted < per_epoch {
                 break;
             }
         }
-        for m in self.ex.wait_metrics()? {
-            check_finite(m.loss, m.step)?;
-            smooth.add(m.loss as f64);
-            self.history.push(StepLoss { loss: m.loss, smooth: smooth.value() as f32 });
-            done += 1;
-            progress(phase.name, epoch, done, per_epoch, smooth.value());
-        }
+        record(self.ex.wait_metrics()?, &mut done, &mut smooth, &mut self.history)?;
         self.smooth = smooth;
         if done < per_epoch {
             return Ok(EpochEnd::Stopped(Partial { batches: done, smooth }));
@@ -425,9 +433,7 @@ impl Learner {
                     let h = Hyper { lr: lr_at(submitted), mom: 0.9, ..self.ex.hyper(g) };
                     self.ex.set_hyper(g, h)?;
                 }
-                let transforms: Vec<ImageTransform> = (0..self.cfg.bs)
-                    .map(|_| if self.cfg.augment { self.aug.sample(&mut self.rng) } else { ImageTransform::IDENTITY })
-                    .collect();
+                let transforms = self.transforms();
                 self.ex.train_step_pixels(&batch.pixels, &transforms, &batch.labels)?;
                 submitted += 1;
                 for m in self.ex.poll_metrics()? {

@@ -523,12 +523,11 @@ fn progress_printer() -> impl FnMut(&str, usize, usize, usize, f64) {
 
 fn lr_find(adapter: Option<String>, a: LrFindArgs) -> anyhow::Result<()> {
     let cfg = wgtune::learner::FineTuneConfig::default();
-    let (bs, size) = (a.run.bs, a.run.size);
     let mut learner = prepare(adapter, &a.run, Some(1), cfg)?;
+    let (bs, size) = (learner.cfg.bs, learner.cfg.size);
     let mut progress = progress_printer();
-    let found = learner
-        .lr_find(a.start_lr, a.end_lr, a.num_it, &mut progress)
-        .map_err(|e| with_memory_advice(e, bs, size.unwrap_or(learner.cfg.size)))?;
+    let found =
+        learner.lr_find(a.start_lr, a.end_lr, a.num_it, &mut progress).map_err(|e| with_memory_advice(e, bs, size))?;
     if found.stopped_early {
         println!(
             "the loss diverged at lr {:.2e} after {} steps: stopped there (weights restored)",

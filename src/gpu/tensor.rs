@@ -81,6 +81,11 @@ impl Gpu {
         if bytes > binding {
             return Err(Error::TooLarge { label: label.into(), bytes, limit: binding, what: "storage binding" });
         }
+        self.check_buffer_size(label, bytes)
+    }
+
+    /// Check a buffer size (not bound whole, e.g. a [`Storage`] of many views) against this adapter's limit.
+    fn check_buffer_size(&self, label: &str, bytes: u64) -> Result<()> {
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
                 label: label.into(),
@@ -194,14 +199,7 @@ impl Gpu {
 
     /// A zero-filled storage buffer of `bytes` bytes.
     pub fn storage(&self, bytes: u64, label: &str) -> Result<Storage> {
-        if bytes > self.limits.max_buffer_size {
-            return Err(Error::TooLarge {
-                label: label.into(),
-                bytes,
-                limit: self.limits.max_buffer_size,
-                what: "buffer",
-            });
-        }
+        self.check_buffer_size(label, bytes)?;
         let size = bytes.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
         let buffer = self.scoped(label, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
