@@ -196,13 +196,13 @@ class Model(nn.Module):
         return self.head(self.body(x))
 
     def groups(self):
-        """[(name, param, group, is_bn_or_bias)] with fastai's 3 groups."""
+        """[(name, param, group, is_bn, is_bn_or_bias)] with fastai's 3 groups."""
         out = []
         for name, p in self.named_parameters():
             module = self.get_submodule(name.rsplit(".", 1)[0])
-            bn_or_bias = isinstance(module, nn.modules.batchnorm._BatchNorm) or name.endswith("bias")
+            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
             group = 2 if name.startswith("head.") else self.body.group(name[len("body."):])
-            out.append((name, p, group, bn_or_bias))
+            out.append((name, p, group, is_bn, is_bn or name.endswith("bias")))
         return out
 
 
@@ -218,7 +218,7 @@ class FastaiAdam:
 
     @torch.no_grad()
     def step(self, lrs, mom, wd):
-        for _, p, group, bn_or_bias in self.params:
+        for _, p, group, _, bn_or_bias in self.params:
             if p.grad is None or not p.requires_grad:
                 continue
             lr = lrs[group]
@@ -274,9 +274,7 @@ def finetune(a):
     log = open(a.json_log, "w") if a.json_log else None
 
     def set_trainable(frozen_to):
-        for name, p, group, _ in params:
-            module = model.get_submodule(name.rsplit(".", 1)[0])
-            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for _, p, group, is_bn, _ in params:
             p.requires_grad_(group >= frozen_to or is_bn)
             if not p.requires_grad:
                 p.grad = None
