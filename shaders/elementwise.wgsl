@@ -1,4 +1,5 @@
-// elementwise.wgsl — element-wise ops over flat f32 tensors of p.len elements, forward and backward.
+// elementwise.wgsl — element-wise ops over flat f32 tensors of p.len elements, forward and backward. Each entry
+// point is one row of the table in src/ops/elementwise.rs (with its CPU reference in src/reference/).
 //
 //   add             out = x + y                      (residual connections; backward: dx = dy, dy = dy)
 //   scale           out = alpha * x                  (its own backward with the same alpha)
@@ -6,6 +7,8 @@
 //   relu_backward   out = dy * (x > 0)               x is the forward INPUT
 //   relu6_forward   out = min(max(x, 0), 6)
 //   relu6_backward  out = dy * (0 < x < 6)           x is the forward INPUT
+//   leaky_relu_forward   out = x > 0 ? x : alpha * x       (alpha: the negative slope)
+//   leaky_relu_backward  out = dy * (x > 0 ? 1 : alpha)    x is the forward INPUT
 // flags & 1: accumulate (out += result) instead of overwrite, for gradients that sum over several uses.
 //
 // Layout: every binding is a flat array of p.len elements (any shape, row-major).
@@ -92,5 +95,24 @@ fn relu6_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if i < p.len {
         let v = x[i];
         store(i, select(0.0, y[i], v > 0.0 && v < 6.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn leaky_relu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        let v = x[i];
+        store(i, select(p.alpha * v, v, v > 0.0));
+    }
+}
+
+@compute @workgroup_size(256)
+fn leaky_relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        store(i, select(p.alpha * y[i], y[i], x[i] > 0.0));
     }
 }

@@ -12,7 +12,8 @@ use crate::graph::{Graph, TensorKind};
 use crate::nn::model::ModelSpec;
 use crate::nn::Arch;
 use crate::ops::conv::{
-    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dConfig, ConvShape, Padding,
+    conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward, Conv2dConfig,
+    ConvShape, Padding,
 };
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::norm::BatchNormConfig;
@@ -188,11 +189,19 @@ pub fn bench_conv(
         let dy = gpu.upload_f32(&s.y_shape(), &rng.vec_f32(numel(s.y_shape()), -1.0, 1.0), "bench dy")?;
         let dx = gpu.tensor(&s.x_shape(), DType::F32, "bench dx")?;
         let dw = gpu.tensor(&s.w_shape(), DType::F32, "bench dw")?;
+        let partial = match conv2d_backward_weight_scratch(gpu, &s) {
+            Some(shape) => Some(gpu.tensor(&shape, DType::F32, "bench partial dw")?),
+            None => None,
+        };
         let (xb, wb, yb) = (x.bytes() as f64, w.bytes() as f64, y.bytes() as f64);
         let passes: [(&'static str, Vec<Dispatch>, f64); 3] = [
             ("forward", conv2d_forward(gpu, &s, &x, &w, None, &y, false, layer.name)?, xb + wb + yb),
             ("backward_data", conv2d_backward_data(gpu, &s, &dy, &w, &dx, false, layer.name)?, yb + wb + xb),
-            ("backward_weight", conv2d_backward_weight(gpu, &s, &dy, &x, &dw, false, layer.name)?, yb + xb + wb),
+            (
+                "backward_weight",
+                conv2d_backward_weight(gpu, &s, &dy, &x, &dw, partial.as_ref(), false, layer.name)?,
+                yb + xb + wb,
+            ),
         ];
         for (pass, steps, bytes) in passes {
             let label = format!("conv {} {pass}", layer.name);

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
+use crate::clock::Instant;
 use crate::data::augment::{AugmentConfig, ImageTransform};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig};
@@ -20,8 +20,10 @@ use crate::ops::optim::{Hyper, Optimizer};
 use crate::reference::SplitMix;
 use crate::schedule::{fine_tune, Phase};
 
-/// Everything `finetune` can be told; defaults are fastai's.
-#[derive(Clone, Debug, PartialEq)]
+/// Everything `finetune` can be told; defaults are fastai's. Serialized, it is the fingerprint a checkpoint must
+/// match to resume: the fields that do not change the training (`workers`, `profile`, `capture_step`) are left
+/// out.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct FineTuneConfig {
     pub arch: Arch,
     pub epochs: usize,
@@ -40,10 +42,13 @@ pub struct FineTuneConfig {
     pub freeze_bn: bool,
     pub bn_momentum: f32,
     pub augment: bool,
+    #[serde(skip)]
     pub workers: usize,
     /// Time the second step of each phase dispatch by dispatch (kept in [`Learner::profiles`]).
+    #[serde(skip)]
     pub profile: bool,
     /// Wrap training step N (1-based, counted over the run) in a graphics-debugger capture.
+    #[serde(skip)]
     pub capture_step: Option<u64>,
 }
 
@@ -233,14 +238,26 @@ impl Learner {
         fine_tune(self.ex.graph().groups(), c.epochs, c.lr, c.freeze_epochs, c.lr_mult, c.pct_start, c.div)
     }
 
-    /// Train one epoch of `phase` (epoch `epoch` of `epochs` in it) and validate; or, when `stop` is raised,
-    /// stop after the current step. `from` resumes an epoch that stopped part-way.
-    pub fn epoch(
+    blocking! {
+        /// Train one epoch of `phase` (epoch `epoch` of `epochs` in it) and validate; or, when `stop` is raised,
+        /// stop after the current step. `from` resumes an epoch that stopped part-way.
+        pub fn epoch(
+            &mut self,
+            phase: &Phase,
+            epoch: usize,
+            global_epoch: u64,
+            progress: &mut Progress<'_>,
+            from: Option<Partial>,
+            stop: &AtomicBool
+        ) -> Result<EpochEnd> => epoch_async
+    }
+
+    pub async fn epoch_async(
         &mut self,
         phase: &Phase,
         epoch: usize,
         global_epoch: u64,
-        progress: &mut Progress,
+        progress: &mut Progress<'_>,
         from: Option<Partial>,
         stop: &AtomicBool,
     ) -> Result<EpochEnd> {
@@ -284,7 +301,7 @@ impl Learner {
             if self.cfg.capture_step == Some(step) {
                 self.ex.capture_next_step();
             }
-            self.ex.train_step_pixels(&batch.pixels, &transforms, &batch.labels)?;
+            self.ex.train_step_pixels_async(&batch.pixels, &transforms, &batch.labels).await?;
             if let Some(p) = profile.then(|| self.ex.take_profile()).flatten() {
                 self.profiles.push((phase.name.to_string(), p));
             }
@@ -294,12 +311,12 @@ impl Learner {
                 break;
             }
         }
-        record(self.ex.wait_metrics()?, &mut done, &mut smooth, &mut self.history)?;
+        record(self.ex.wait_metrics_async().await?, &mut done, &mut smooth, &mut self.history)?;
         self.smooth = smooth;
         if done < per_epoch {
             return Ok(EpochEnd::Stopped(Partial { batches: done, smooth }));
         }
-        let (valid_loss, accuracy) = self.validate()?;
+        let (valid_loss, accuracy) = self.validate_async().await?;
         Ok(EpochEnd::Done(EpochRecord {
             phase: phase.name.to_string(),
             epoch,
@@ -311,20 +328,28 @@ impl Learner {
         }))
     }
 
-    /// Mean cross-entropy and accuracy over the validation set (padding rows of the last batch excluded).
-    pub fn validate(&mut self) -> Result<(f64, f64)> {
-        let (loss, confusion) = self.validate_confusion()?;
+    blocking! {
+        /// Mean cross-entropy and accuracy over the validation set (padding rows of the last batch excluded).
+        pub fn validate(&mut self) -> Result<(f64, f64)> => validate_async
+    }
+
+    pub async fn validate_async(&mut self) -> Result<(f64, f64)> {
+        let (loss, confusion) = self.validate_confusion_async().await?;
         Ok((loss, confusion.accuracy()))
     }
 
-    /// Mean cross-entropy over the validation set and its confusion matrix.
-    pub fn validate_confusion(&mut self) -> Result<(f64, Confusion)> {
+    blocking! {
+        /// Mean cross-entropy over the validation set and its confusion matrix.
+        pub fn validate_confusion(&mut self) -> Result<(f64, Confusion)> => validate_confusion_async
+    }
+
+    pub async fn validate_confusion_async(&mut self) -> Result<(f64, Confusion)> {
         let k = self.spec.classes.len();
         let mut confusion = Confusion::new(self.spec.classes.clone());
         let mut loss = 0.0;
         for batch in self.valid.epoch(0) {
             let batch = batch?;
-            let probs = self.ex.predict_pixels(&batch.pixels)?;
+            let probs = self.ex.predict_pixels_async(&batch.pixels).await?;
             for r in 0..batch.real {
                 let row = &probs[r * k..(r + 1) * k];
                 let y = batch.labels[r] as usize;
@@ -338,10 +363,23 @@ impl Learner {
 
     /// Run every phase, calling `on_epoch` after each epoch. With `checkpoint`, the whole training state is
     /// written there (atomically) after every epoch, and where `stop` interrupts the run; with `resume`, training
-    /// continues from such a file, mid-epoch if it was interrupted.
+    /// continues from such a file, mid-epoch if it was interrupted. Native only: the web awaits
+    /// [`Learner::fit_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn fit(
         &mut self,
-        progress: &mut Progress,
+        progress: &mut Progress<'_>,
+        on_epoch: &mut dyn FnMut(&EpochRecord),
+        checkpoint: Option<&Path>,
+        resume: Option<&Path>,
+        stop: &AtomicBool,
+    ) -> Result<Vec<EpochRecord>> {
+        pollster::block_on(self.fit_async(progress, on_epoch, checkpoint, resume, stop))
+    }
+
+    pub async fn fit_async(
+        &mut self,
+        progress: &mut Progress<'_>,
         on_epoch: &mut dyn FnMut(&EpochRecord),
         checkpoint: Option<&Path>,
         resume: Option<&Path>,
@@ -364,20 +402,20 @@ impl Learner {
                 if (e == 0 && partial.is_none()) || self.ex.is_trainable(0) != (phase.frozen_to == 0) {
                     self.ex.freeze_to(phase.frozen_to)?;
                 }
-                match self.epoch(&phase, e, global, progress, partial.take(), stop)? {
+                match self.epoch_async(&phase, e, global, progress, partial.take(), stop).await? {
                     EpochEnd::Done(r) => {
                         global += 1;
                         done = global;
                         records.push(r.clone());
                         if let Some(path) = checkpoint {
-                            self.save_checkpoint(path, done, &records, None)?;
+                            self.save_checkpoint_async(path, done, &records, None).await?;
                         }
                         on_epoch(&r);
                     }
                     EpochEnd::Stopped(p) => {
                         let saved = match checkpoint {
                             Some(path) => {
-                                self.save_checkpoint(path, done, &records, Some(p))?;
+                                self.save_checkpoint_async(path, done, &records, Some(p)).await?;
                                 format!("the checkpoint is {}; continue with --resume", path.display())
                             }
                             None => "no checkpoint was asked for".into(),
@@ -398,14 +436,25 @@ impl Learner {
     /// fastai's lr_find: from the current weights, train with the body frozen (as a fresh learner is) while the
     /// learning rate of every group grows exponentially from `start` to `end` over `num_it` steps (momentum 0.9),
     /// recording the smoothed loss; stop early when it exceeds 4x the best so far (or is not finite). The weights,
-    /// optimizer state and counters are restored afterwards.
+    /// optimizer state and counters are restored afterwards. Native only: the web awaits [`Learner::lr_find_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn lr_find(&mut self, start: f64, end: f64, num_it: usize, progress: &mut Progress) -> Result<LrFind> {
+        pollster::block_on(self.lr_find_async(start, end, num_it, progress))
+    }
+
+    pub async fn lr_find_async(
+        &mut self,
+        start: f64,
+        end: f64,
+        num_it: usize,
+        progress: &mut Progress<'_>,
+    ) -> Result<LrFind> {
         if !(start > 0.0 && end > start && num_it >= 2) {
             return Err(Error::Invalid(format!(
                 "lr-find needs 0 < start < end and at least 2 iterations (got {start}, {end}, {num_it})"
             )));
         }
-        let (saved, counters) = self.ex.training_state()?;
+        let (saved, counters) = self.ex.training_state_async().await?;
         let groups = self.ex.graph().groups();
         self.ex.freeze_to(groups - 1)?;
         let lr_at = |i: usize| start * (end / start).powf(i as f64 / num_it as f64);
@@ -434,7 +483,7 @@ impl Learner {
                     self.ex.set_hyper(g, h)?;
                 }
                 let transforms = self.transforms();
-                self.ex.train_step_pixels(&batch.pixels, &transforms, &batch.labels)?;
+                self.ex.train_step_pixels_async(&batch.pixels, &transforms, &batch.labels).await?;
                 submitted += 1;
                 for m in self.ex.poll_metrics()? {
                     finished |= !finished && record(&mut found, m.loss);
@@ -445,7 +494,7 @@ impl Learner {
             }
             epoch += 1;
         }
-        for m in self.ex.wait_metrics()? {
+        for m in self.ex.wait_metrics_async().await? {
             finished |= !finished && record(&mut found, m.loss);
         }
         let by_name: std::collections::HashMap<&str, &Vec<f32>> =
@@ -467,33 +516,15 @@ impl Learner {
         Ok(found)
     }
 
-    /// The settings that must match for a checkpoint to resume (everything but the worker count).
+    /// The settings that must match for a checkpoint to resume: the configuration (less what does not change the
+    /// training) and the classes.
     fn fingerprint(&self) -> String {
-        let c = &self.cfg;
-        format!(
-            "{} e{} f{} lr{} m{} p{} d{} wd{} bs{} s{} ps{} seed{} {:?} fbn{} bnm{} aug{} classes{:?}",
-            c.arch.name(),
-            c.epochs,
-            c.freeze_epochs,
-            c.lr,
-            c.lr_mult,
-            c.pct_start,
-            c.div,
-            c.wd,
-            c.bs,
-            c.size,
-            c.presize,
-            c.seed,
-            c.optimizer,
-            c.freeze_bn,
-            c.bn_momentum,
-            c.augment,
-            self.spec.classes
-        )
+        serde_json::json!({ "config": self.cfg, "classes": self.spec.classes }).to_string()
     }
 
     /// Write the training state after `epochs_done` epochs: weights, optimizer moments and steps, the
     /// augmentation RNG, the records so far.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save_checkpoint(
         &self,
         path: &Path,
@@ -501,7 +532,17 @@ impl Learner {
         records: &[EpochRecord],
         partial: Option<Partial>,
     ) -> Result<()> {
-        let (tensors, counters) = self.ex.training_state()?;
+        pollster::block_on(self.save_checkpoint_async(path, epochs_done, records, partial))
+    }
+
+    pub async fn save_checkpoint_async(
+        &self,
+        path: &Path,
+        epochs_done: u64,
+        records: &[EpochRecord],
+        partial: Option<Partial>,
+    ) -> Result<()> {
+        let (tensors, counters) = self.ex.training_state_async().await?;
         let mut meta = self.spec.metadata();
         meta.insert("wgtune.checkpoint".into(), self.fingerprint());
         meta.insert("wgtune.counters".into(), counters);

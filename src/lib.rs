@@ -5,13 +5,34 @@
 //! - [`learner`]: fastai's fine_tune: phases, schedules, epoch records.
 //! - [`nn`]: EfficientNet-Lite0 and ResNet-18/34/50 built from graph ops, fastai's head, safetensors in and out.
 //! - [`ops`]: one launcher per kernel, checking shapes and building [`gpu::Dispatch`] values.
-//! - [`plot`]: PNG charts of a run (loss curve, lr_find, confusion matrix).
 //! - [`profile`]: per-kernel and per-op tables of a profiled training step.
 //! - [`schedule`]: fastai's one-cycle, discriminative learning rates and fine_tune phases.
 //! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
 //! - [`bench`]: the measurements behind `wgtune bench`.
 
+/// A native-only blocking twin of an `async fn` method: `fn name(&mut self, args) -> T => name_async` makes
+/// `name` run `name_async` to completion with pollster. The library's GPU waits are all `async fn`s (a browser
+/// cannot block); these wrappers are what native callers (the CLI, tests, embedding apps) use.
+macro_rules! blocking {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident(&mut self $(, $arg:ident: $ty:ty)*) -> $ret:ty => $async_name:ident) => {
+        $(#[$doc])*
+        #[cfg(not(target_arch = "wasm32"))]
+        $vis fn $name(&mut self $(, $arg: $ty)*) -> $ret {
+            pollster::block_on(self.$async_name($($arg),*))
+        }
+    };
+    ($(#[$doc:meta])* $vis:vis fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty => $async_name:ident) => {
+        $(#[$doc])*
+        #[cfg(not(target_arch = "wasm32"))]
+        $vis fn $name(&self $(, $arg: $ty)*) -> $ret {
+            pollster::block_on(self.$async_name($($arg),*))
+        }
+    };
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+pub mod clock;
 pub mod data;
 pub mod error;
 pub mod gpu;
@@ -19,7 +40,6 @@ pub mod graph;
 pub mod learner;
 pub mod nn;
 pub mod ops;
-pub mod plot;
 pub mod profile;
 pub mod reference;
 pub mod schedule;

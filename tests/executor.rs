@@ -1,12 +1,13 @@
 //! The graph executor end to end on the GPU: whole-model gradients against finite differences of the CPU
 //! reference, freezing, learning a synthetic task, one submit and 8 bytes back per step, the memory plan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use wgtune::gpu::{AdapterRequest, Gpu};
-use wgtune::graph::executor::{Executor, ExecutorConfig};
-use wgtune::graph::{cpu, Graph, TensorId, TensorKind};
+use wgtune::graph::executor::{Executor, ExecutorConfig, PixelInput};
+use wgtune::graph::{cpu, Graph, OpKind, TensorId, TensorKind};
+use wgtune::nn::Arch;
 use wgtune::ops::conv::{Conv2dConfig, Padding};
 use wgtune::ops::norm::BatchNormConfig;
 use wgtune::ops::optim::{Hyper, Optimizer};
@@ -63,6 +64,29 @@ fn fastai_head_cnn(batch: usize, size: usize, classes: usize) -> Graph {
     g
 }
 
+/// Branches joined by a channel concat, leaky relu, dropout on a feature map, global average pool, linear head.
+fn branchy_cnn(batch: usize, size: usize, classes: usize) -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("image", &[batch, 2, size, size]);
+    let labels = g.labels("label", batch);
+    let stem = g.conv2d("stem", x, 3, (3, 3), conv(1, 1), true).unwrap();
+    let stem = g.leaky_relu("leaky", stem, 0.1).unwrap();
+    let a = g.conv2d("branch_a", stem, 2, (1, 1), conv(1, 0), false).unwrap();
+    let b = g.conv2d("branch_b", stem, 3, (3, 3), conv(1, 1), false).unwrap();
+    let h = g.concat("concat", &[a, stem, b]).unwrap();
+    let h = g.dropout("drop", h, 0.3).unwrap();
+    let h = g.global_avg_pool("pool", h).unwrap();
+    g.set_group(1);
+    let logits = g.linear("fc", h, classes, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    g
+}
+
+/// The graphs whose gradients are checked against finite differences, with their class counts.
+fn gradient_checked() -> Vec<(Graph, u32)> {
+    vec![(residual_cnn(2, 6, 3), 3), (fastai_head_cnn(3, 7, 4), 4), (branchy_cnn(2, 5, 3), 3)]
+}
+
 fn batch(g: &Graph, seed: u64, classes: u32) -> (Vec<f32>, Vec<u32>) {
     let mut rng = SplitMix(seed);
     let input = g.tensors.iter().find(|t| t.kind == TensorKind::Input).unwrap();
@@ -84,7 +108,8 @@ fn gradient_check(g: Graph, classes: u32) {
     }
     let x = widen(&images);
     let loss_id = g.find("loss.loss").unwrap();
-    let loss = |values: &HashMap<TensorId, Vec<f64>>| cpu::forward(&g, values, &x, &labels, true)[&loss_id][0];
+    // The executor's first step is step 1: dropout masks are drawn for it.
+    let loss = |values: &HashMap<TensorId, Vec<f64>>| cpu::forward(&g, values, &x, &labels, true, 1)[&loss_id][0];
     let h = 1e-5;
     for p in g.params() {
         let name = &g.tensors[p.0].name;
@@ -107,12 +132,71 @@ fn gradient_check(g: Graph, classes: u32) {
 
 #[test]
 fn residual_cnn_gradients_match_finite_differences() {
-    gradient_check(residual_cnn(2, 6, 3), 3);
+    let (g, classes) = gradient_checked().swap_remove(0);
+    gradient_check(g, classes);
 }
 
 #[test]
 fn fastai_head_gradients_match_finite_differences() {
-    gradient_check(fastai_head_cnn(3, 7, 4), 4);
+    let (g, classes) = gradient_checked().swap_remove(1);
+    gradient_check(g, classes);
+}
+
+#[test]
+fn concat_dropout_leaky_relu_gradients_match_finite_differences() {
+    let (g, classes) = gradient_checked().swap_remove(2);
+    gradient_check(g, classes);
+}
+
+/// Adding an op without putting it in a gradient-checked graph fails here.
+#[test]
+fn every_op_kind_is_in_a_gradient_check() {
+    let checked: HashSet<OpKind> =
+        gradient_checked().iter().flat_map(|(g, _)| g.nodes.iter().map(|n| n.op.kind())).collect();
+    let missing: Vec<&str> = OpKind::ALL.iter().filter(|k| !checked.contains(k)).map(|k| k.name()).collect();
+    assert!(missing.is_empty(), "op kinds in no whole-graph gradient check: {missing:?}");
+}
+
+/// Every storage byte the executor allocates for a training program is in its plan: parameters, gradients,
+/// optimizer state, running statistics, activations, launchers' scratch, the pixel stage. On a device of its own,
+/// so no other test's buffers are counted.
+#[test]
+fn allocated_bytes_equal_planned_bytes() {
+    let gpu = Arc::new(Gpu::new(&AdapterRequest::from_env()).unwrap());
+    for (arch, optimizer, pixels) in [
+        (Arch::EffnetLite0, Optimizer::Adam, true),
+        (Arch::Resnet50, Optimizer::Adam, false),
+        (Arch::Resnet18, Optimizer::Sgd, false),
+    ] {
+        let g = arch.with_fastai_head(4, 32, 5, 0.1).unwrap();
+        let before = gpu.storage_bytes_created();
+        let mut ex = Executor::new(gpu.clone(), g, ExecutorConfig { optimizer, ..Default::default() }).unwrap();
+        if pixels {
+            let normalization = arch.normalization();
+            ex.set_pixel_input(PixelInput { presize: 37, normalization }).unwrap();
+        }
+        let planned = ex.planned_bytes().unwrap();
+        assert_eq!(ex.plan_bytes(true).unwrap(), planned, "{arch}: plan without compiling");
+        let allocated = gpu.storage_bytes_created() - before;
+        eprintln!("{arch}: planned {planned} bytes, allocated {allocated}");
+        assert_eq!(allocated, planned, "{arch} ({optimizer:?}, pixel stage {pixels})");
+    }
+}
+
+/// SGD keeps one state buffer per bucket (its momentum), Adam two: persistent bytes are params + grads + state
+/// (+ running statistics), so Adam's exceed SGD's by exactly one copy of the parameters.
+#[test]
+fn optimizer_state_is_sized_by_the_optimizer() {
+    let g = residual_cnn(2, 6, 3);
+    let param_bytes: u64 = g.params().iter().map(|p| g.tensors[p.0].numel() as u64 * 4).sum();
+    let bytes = |optimizer| {
+        Executor::new(gpu(), g.clone(), ExecutorConfig { optimizer, ..Default::default() }).unwrap().persistent_bytes()
+    };
+    let (sgd, adam) = (bytes(Optimizer::Sgd), bytes(Optimizer::Adam));
+    let one_copy = adam - sgd;
+    // Each parameter starts on a binding-aligned offset (at most 256 bytes of padding each).
+    assert!(one_copy >= param_bytes && one_copy < param_bytes + 256 * g.params().len() as u64, "{sgd} {adam}");
+    assert!(sgd > 3 * one_copy, "SGD: params, grads, momentum and the running statistics");
 }
 
 #[test]

@@ -118,7 +118,7 @@ pub fn augment(
     let &[n, c, s, s2] = out.shape() else {
         return Err(Error::shape("augment", format!("out {:?} must be (N, 3, S, S)", out.shape())));
     };
-    if c != 3 || s != s2 || transforms.numel() != n * 8 || pixels.numel() * 4 < n * in_size * in_size * 3 {
+    if c != 3 || s != s2 || transforms.numel() != n * 8 || (pixels.bytes() as usize) < n * in_size * in_size * 3 {
         return Err(Error::shape(
             "augment",
             format!(

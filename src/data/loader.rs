@@ -5,8 +5,11 @@
 //! An epoch's order is shuffled with (seed, epoch); training drops the last partial batch, validation pads it by
 //! repeating its last image and says how many rows are real. An image that fails to decode is reported once and
 //! replaced by the next one in the epoch's order, so batches stay full and nothing crashes.
+//!
+//! In a browser (wasm32) there are no threads: batches are decoded in turn as the iterator asks for them.
 
 use std::collections::HashSet;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 
@@ -116,20 +119,41 @@ impl Loader {
     /// The batches of an epoch from batch `first` on (resuming an interrupted epoch).
     pub fn epoch_from(&self, epoch: u64, first: usize) -> EpochBatches {
         let order = self.order(epoch);
-        let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
-        let (items, cfg, bad) = (self.items.clone(), self.cfg, self.bad.clone());
         let batches = self.batches();
         let first = first.min(batches);
-        std::thread::spawn(move || {
-            for b in first..batches {
-                let start = b * cfg.batch;
-                let batch = make_batch(&items, &order, start, cfg, &bad);
-                if tx.send(batch).is_err() {
-                    return;
+        let job = EpochJob { items: self.items.clone(), order, cfg: self.cfg, bad: self.bad.clone(), next: first };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
+            let mut job = job;
+            std::thread::spawn(move || {
+                for _ in first..batches {
+                    if tx.send(job.next_batch()).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
-        EpochBatches { rx, left: batches - first }
+            });
+            EpochBatches { rx, left: batches - first }
+        }
+        #[cfg(target_arch = "wasm32")]
+        EpochBatches { job, left: batches - first }
+    }
+}
+
+/// What decoding an epoch needs, and the next batch to make.
+struct EpochJob {
+    items: Arc<Vec<Item>>,
+    order: Vec<usize>,
+    cfg: LoaderConfig,
+    bad: Arc<Mutex<HashSet<usize>>>,
+    next: usize,
+}
+
+impl EpochJob {
+    fn next_batch(&mut self) -> Result<Batch> {
+        let start = self.next * self.cfg.batch;
+        self.next += 1;
+        make_batch(&self.items, &self.order, start, self.cfg, &self.bad)
     }
 }
 
@@ -148,46 +172,51 @@ fn make_batch(
     let workers = cfg.workers.clamp(1, real.max(1));
     let chunk = real.div_ceil(workers);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for (w, (pix_chunk, lab_chunk)) in
-            pixels[..real * px].chunks_mut(chunk * px).zip(labels[..real].chunks_mut(chunk)).enumerate()
-        {
-            let failure = &failure;
-            scope.spawn(move || {
-                for (i, (dst, label)) in pix_chunk.chunks_mut(px).zip(lab_chunk.iter_mut()).enumerate() {
-                    // Position in the epoch; on a decode failure, the next items in the order stand in.
-                    let mut pos = start + w * chunk + i;
-                    let mut tries = 0;
-                    loop {
-                        let idx = order[pos % order.len()];
-                        let known_bad = bad.lock().map(|b| b.contains(&idx)).unwrap_or(false);
-                        if !known_bad {
-                            match decode_presized(&items[idx], cfg.presize) {
-                                Ok(bytes) => {
-                                    dst.copy_from_slice(&bytes);
-                                    *label = items[idx].label;
-                                    break;
-                                }
-                                Err(e) => {
-                                    if bad.lock().map(|mut b| b.insert(idx)).unwrap_or(false) {
-                                        log::warn!("skipping {}: {e}", items[idx].describe());
-                                    }
-                                }
-                            }
+    let chunks = pixels[..real * px].chunks_mut(chunk * px).zip(labels[..real].chunks_mut(chunk)).enumerate();
+    let fill = |w: usize, pix_chunk: &mut [u8], lab_chunk: &mut [u32]| {
+        for (i, (dst, label)) in pix_chunk.chunks_mut(px).zip(lab_chunk.iter_mut()).enumerate() {
+            // Position in the epoch; on a decode failure, the next items in the order stand in.
+            let mut pos = start + w * chunk + i;
+            let mut tries = 0;
+            loop {
+                let idx = order[pos % order.len()];
+                let known_bad = bad.lock().map(|b| b.contains(&idx)).unwrap_or(false);
+                if !known_bad {
+                    match decode_presized(&items[idx], cfg.presize) {
+                        Ok(bytes) => {
+                            dst.copy_from_slice(&bytes);
+                            *label = items[idx].label;
+                            break;
                         }
-                        pos += 1;
-                        tries += 1;
-                        if tries > order.len() {
-                            if let Ok(mut f) = failure.lock() {
-                                *f = Some(Error::Invalid("no image of the data set can be decoded".into()));
+                        Err(e) => {
+                            if bad.lock().map(|mut b| b.insert(idx)).unwrap_or(false) {
+                                log::warn!("skipping {}: {e}", items[idx].describe());
                             }
-                            return;
                         }
                     }
                 }
-            });
+                pos += 1;
+                tries += 1;
+                if tries > order.len() {
+                    if let Ok(mut f) = failure.lock() {
+                        *f = Some(Error::Invalid("no image of the data set can be decoded".into()));
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    std::thread::scope(|scope| {
+        for (w, (pix_chunk, lab_chunk)) in chunks {
+            let fill = &fill;
+            scope.spawn(move || fill(w, pix_chunk, lab_chunk));
         }
     });
+    #[cfg(target_arch = "wasm32")]
+    for (w, (pix_chunk, lab_chunk)) in chunks {
+        fill(w, pix_chunk, lab_chunk);
+    }
     if let Some(e) = failure.into_inner().ok().flatten() {
         return Err(e);
     }
@@ -200,9 +229,12 @@ fn make_batch(
     Ok(Batch { pixels, labels, real })
 }
 
-/// The batches of one epoch, decoded ahead on worker threads.
+/// The batches of one epoch, decoded ahead on worker threads (in a browser: in turn, as they are asked for).
 pub struct EpochBatches {
+    #[cfg(not(target_arch = "wasm32"))]
     rx: Receiver<Result<Batch>>,
+    #[cfg(target_arch = "wasm32")]
+    job: EpochJob,
     left: usize,
 }
 
@@ -213,7 +245,12 @@ impl Iterator for EpochBatches {
             return None;
         }
         self.left -= 1;
-        Some(self.rx.recv().unwrap_or_else(|_| Err(Error::Invalid("the data loader stopped unexpectedly".into()))))
+        #[cfg(not(target_arch = "wasm32"))]
+        return Some(
+            self.rx.recv().unwrap_or_else(|_| Err(Error::Invalid("the data loader stopped unexpectedly".into()))),
+        );
+        #[cfg(target_arch = "wasm32")]
+        Some(self.job.next_batch())
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.left, Some(self.left))

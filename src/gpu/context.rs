@@ -65,6 +65,8 @@ pub struct Gpu {
     pub(crate) features: wgpu::Features,
     pub(crate) kernels: Kernels,
     pub(crate) pending: Arc<Mutex<PendingErrors>>,
+    /// Bytes of every storage buffer created so far (tensors and storages): what plans are checked against.
+    pub(crate) storage_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn type_rank(t: wgpu::DeviceType) -> u32 {
@@ -133,7 +135,9 @@ pub fn choose_adapter(infos: &[AdapterFacts], request: &AdapterRequest) -> Resul
 }
 
 impl Gpu {
-    /// Find an adapter and open a device on it. Blocks (adapter and device requests are quick).
+    /// Find an adapter and open a device on it. Blocks (adapter and device requests are quick); native only,
+    /// the web awaits [`Gpu::new_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(request: &AdapterRequest) -> Result<Gpu> {
         pollster::block_on(Self::new_async(request))
     }
@@ -212,7 +216,16 @@ impl Gpu {
                 }
             });
         }
-        Ok(Gpu { device, queue, adapter_info: info, limits, features, kernels: Kernels::new(), pending })
+        Ok(Gpu {
+            device,
+            queue,
+            adapter_info: info,
+            limits,
+            features,
+            kernels: Kernels::new(),
+            pending,
+            storage_bytes: Default::default(),
+        })
     }
 
     /// Name, backend, type and driver of the adapter.
@@ -244,14 +257,31 @@ impl Gpu {
     }
 
     /// Run `f` inside validation and out-of-memory error scopes; a captured error names `label`.
+    ///
+    /// Natively the scopes' results are ready at once and come back here. In a browser they arrive later (the
+    /// page cannot block): they are collected in the background and surface as a `Result` from the next checked
+    /// call, still naming `label`.
     pub(crate) fn scoped<T>(&self, label: &str, f: impl FnOnce() -> T) -> Result<T> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
-        let v = pollster::block_on(validation.pop());
-        let o = pollster::block_on(oom.pop());
-        if let Some(e) = v.or(o) {
-            return Err(Error::Gpu { label: label.to_string(), message: e.to_string() });
+        let (v, o) = (validation.pop(), oom.pop());
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let (v, o) = (pollster::block_on(v), pollster::block_on(o));
+            if let Some(e) = v.or(o) {
+                return Err(Error::Gpu { label: label.to_string(), message: e.to_string() });
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (pending, label) = (self.pending.clone(), label.to_string());
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(e) = v.await.or(o.await) {
+                    let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                    p.uncaptured.push(format!("{label}: {e}"));
+                }
+            });
         }
         self.check_pending(label)?;
         Ok(value)
@@ -270,7 +300,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// Block until all submitted work is done.
+    /// Block until all submitted work is done. Native only: the web awaits [`Gpu::idle`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait_idle(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -278,9 +309,23 @@ impl Gpu {
         self.check_pending("wait for the queue")
     }
 
+    /// Wait until all work submitted so far is done, without blocking the thread where that is impossible (in a
+    /// browser the queue's completion callback wakes the future).
+    pub async fn idle(&self) -> Result<()> {
+        let (done, finished) = futures::channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = done.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait_idle()?;
+        let _ = finished.await;
+        self.check_pending("wait for the queue")
+    }
+
     /// Run `f` (which submits GPU work) inside a graphics-debugger capture: RenderDoc's StartFrameCapture /
     /// EndFrameCapture when the process runs under RenderDoc (Xcode's capture manager on Metal), nothing otherwise.
-    /// Waits for the work to finish before ending the capture.
+    /// Waits for the work to finish before ending the capture. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         // SAFETY: wgtune starts no other capture, and the one started here is always stopped below, after the
         // captured work has finished, as the debuggers require.

@@ -317,7 +317,7 @@ impl Gpu {
         ring: &mut ReadbackRing,
         read: &[&Tensor],
     ) -> Result<Submitted> {
-        let t0 = std::time::Instant::now();
+        let t0 = crate::clock::Instant::now();
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         {
             let mut pass =
@@ -340,7 +340,8 @@ impl Gpu {
         Ok(Submitted { tickets, encode, submit: t0.elapsed() - encode })
     }
 
-    /// Encode `dispatches` in one compute pass (one debug group per dispatch), submit, and wait.
+    /// Encode `dispatches` in one compute pass (one debug group per dispatch), submit, and wait. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run(&self, label: &str, dispatches: &[&Dispatch]) -> Result<()> {
         let mut no_readback = ReadbackRing::new(self, label, 0, 4)?;
         self.submit(label, dispatches, &mut no_readback, &[])?;

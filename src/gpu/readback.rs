@@ -2,7 +2,8 @@
 //!
 //! copy (into a free staging slot, recorded in the caller's encoder) -> submit -> `map_async` -> non-blocking
 //! `poll` until the callback fired -> read -> unmap, slot free again. A training loop reads last step's loss
-//! while this step runs; tests and tools use the blocking form.
+//! while this step runs. Waiting for a ticket is an `async fn` ([`ReadbackRing::read`]: the map callback wakes
+//! it, so it works in a browser); natively, tests and tools use the blocking form.
 
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,8 @@ enum SlotState {
 struct Slot {
     buffer: wgpu::Buffer,
     state: Arc<Mutex<SlotState>>,
+    /// Fires when the map callback has run (set by `map`).
+    mapped: Option<futures::channel::oneshot::Receiver<()>>,
     len: u64,
     source: String,
 }
@@ -60,7 +63,13 @@ impl ReadbackRing {
                     mapped_at_creation: false,
                 })
             })?;
-            v.push(Slot { buffer, state: Arc::new(Mutex::new(SlotState::Free)), len: 0, source: String::new() });
+            v.push(Slot {
+                buffer,
+                state: Arc::new(Mutex::new(SlotState::Free)),
+                mapped: None,
+                len: 0,
+                source: String::new(),
+            });
         }
         Ok(ReadbackRing { slots: v, slot_bytes })
     }
@@ -89,13 +98,21 @@ impl ReadbackRing {
     }
 
     /// Start mapping a ticket's slot. Call after the encoder holding its copy was submitted.
-    pub fn map(&self, ticket: &Ticket) {
-        let s = &self.slots[ticket.slot];
+    pub fn map(&mut self, ticket: &Ticket) {
+        let s = &mut self.slots[ticket.slot];
         *lock(&s.state) = SlotState::Mapping;
         let state = s.state.clone();
+        let (done, mapped) = futures::channel::oneshot::channel();
+        s.mapped = Some(mapped);
         s.buffer.slice(0..s.len).map_async(wgpu::MapMode::Read, move |r| {
             *lock(&state) = SlotState::Mapped(r.map_err(|e| e.to_string()));
+            let _ = done.send(());
         });
+    }
+
+    /// Whether the ticket's bytes have arrived (after a [`Gpu::poll`]), without taking them.
+    pub fn is_ready(&self, ticket: &Ticket) -> bool {
+        matches!(*lock(&self.slots[ticket.slot].state), SlotState::Mapped(_))
     }
 
     /// The ticket's bytes if they have arrived; `Ok(None)` while the GPU is still busy. Never blocks.
@@ -104,14 +121,25 @@ impl ReadbackRing {
         self.take(ticket)
     }
 
-    /// Wait for the ticket's bytes.
-    pub fn read_blocking(&mut self, gpu: &Gpu, ticket: Ticket) -> Result<Vec<u8>> {
-        loop {
+    /// Wait for the ticket's bytes (the map callback wakes the future).
+    pub async fn read(&mut self, gpu: &Gpu, ticket: Ticket) -> Result<Vec<u8>> {
+        if let Some(mapped) = self.slots[ticket.slot].mapped.take() {
+            // Natively callbacks run inside a device poll; in a browser the event loop runs them.
+            #[cfg(not(target_arch = "wasm32"))]
             gpu.wait_idle()?;
-            if let Some(bytes) = self.take(&ticket)? {
-                return Ok(bytes);
-            }
+            let _ = mapped.await;
         }
+        gpu.check_pending("readback")?;
+        self.take(&ticket)?.ok_or_else(|| Error::Readback {
+            label: self.slots[ticket.slot].source.clone(),
+            reason: "the staging buffer was not mapped after the GPU finished".into(),
+        })
+    }
+
+    /// Wait for the ticket's bytes, blocking the thread. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_blocking(&mut self, gpu: &Gpu, ticket: Ticket) -> Result<Vec<u8>> {
+        pollster::block_on(self.read(gpu, ticket))
     }
 
     fn take(&mut self, ticket: &Ticket) -> Result<Option<Vec<u8>>> {
@@ -145,9 +173,16 @@ impl ReadbackRing {
 }
 
 impl Gpu {
-    /// Copy tensors back to the CPU, waiting for the GPU. For tests, tools and end-of-run results; a training
-    /// step uses a long-lived [`ReadbackRing`] instead.
+    /// Copy tensors back to the CPU, blocking until the GPU is done. For tests, tools and end-of-run results; a
+    /// training step uses a long-lived [`ReadbackRing`] instead. Native only: the web awaits
+    /// [`Gpu::read_bytes_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_bytes(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<u8>>> {
+        pollster::block_on(self.read_bytes_async(tensors))
+    }
+
+    /// Copy tensors back to the CPU once the GPU is done with them.
+    pub async fn read_bytes_async(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<u8>>> {
         let largest = tensors.iter().map(|t| t.bytes()).max().unwrap_or(4);
         let mut ring = ReadbackRing::new(self, "read_bytes", tensors.len(), largest)?;
         let mut encoder =
@@ -155,16 +190,27 @@ impl Gpu {
         let tickets = tensors.iter().map(|t| ring.copy(&mut encoder, t)).collect::<Result<Vec<_>>>()?;
         self.scoped("read_bytes", || self.queue.submit([encoder.finish()]))?;
         tickets.iter().for_each(|t| ring.map(t));
-        tickets.into_iter().map(|t| ring.read_blocking(self, t)).collect()
+        let mut out = Vec::with_capacity(tickets.len());
+        for t in tickets {
+            out.push(ring.read(self, t).await?);
+        }
+        Ok(out)
     }
 
-    /// Read an f32 tensor back (blocking).
-    pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
-        let bytes = self.read_bytes(&[t])?.pop().unwrap_or_default();
+    /// Read an f32 tensor back.
+    pub async fn read_f32_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes_async(&[t]).await?.pop().unwrap_or_default();
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// Read a u32 tensor back (blocking).
+    /// Read an f32 tensor back, blocking. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_f32_async(t))
+    }
+
+    /// Read a u32 tensor back, blocking. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
         let bytes = self.read_bytes(&[t])?.pop().unwrap_or_default();
         Ok(bytemuck::pod_collect_to_vec(&bytes))

@@ -12,12 +12,18 @@ use crate::gpu::context::Gpu;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
+    /// IEEE half precision (kernels declare `alias T = f16;`, needs SHADER_F16).
+    F16,
     U32,
 }
 
 impl DType {
+    /// Bytes of one element.
     pub fn size(self) -> u64 {
-        4
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 => 2,
+        }
     }
 }
 
@@ -105,10 +111,12 @@ impl Gpu {
         }
         let bytes = numel as u64 * dtype.size();
         self.check_size(label, bytes)?;
+        let size = bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         let buffer = self.scoped(label, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT),
+                size,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
@@ -192,6 +200,12 @@ impl Storage {
 }
 
 impl Gpu {
+    /// Bytes of all storage buffers this device has created so far ([`Gpu::tensor`], [`Gpu::storage`]); staging
+    /// and uniform buffers apart. Memory plans are tested against it.
+    pub fn storage_bytes_created(&self) -> u64 {
+        self.storage_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Byte alignment of a tensor view's offset inside a [`Storage`].
     pub fn binding_alignment(&self) -> u64 {
         self.limits.min_storage_buffer_offset_alignment as u64
@@ -201,6 +215,7 @@ impl Gpu {
     pub fn storage(&self, bytes: u64, label: &str) -> Result<Storage> {
         self.check_buffer_size(label, bytes)?;
         let size = bytes.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         let buffer = self.scoped(label, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),

@@ -1,6 +1,6 @@
 //! Timing of dispatches with GPU timestamp queries (wall clock when the adapter has none).
 
-use std::time::Instant;
+use crate::clock::Instant;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
@@ -19,7 +19,9 @@ pub enum Clock {
 }
 
 impl Gpu {
-    /// Run `dispatches` (in one compute pass) `runs` times and return each run's duration in seconds.
+    /// Run `dispatches` (in one compute pass) `runs` times and return each run's duration in seconds. Native only
+    /// (it blocks between runs).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn time_dispatches(&self, label: &str, dispatches: &[&Dispatch], runs: usize) -> Result<(Clock, Vec<f64>)> {
         if !self.has_timestamps() {
             let mut times = Vec::with_capacity(runs);
@@ -102,7 +104,7 @@ impl Gpu {
     /// Like [`Gpu::submit_layers`], but every dispatch runs in a compute pass of its own with GPU timestamps
     /// written at its start and end; waits for the timestamps and returns each dispatch's time. Needs
     /// TIMESTAMP_QUERY ([`Gpu::has_timestamps`]).
-    pub fn submit_layers_timed(
+    pub async fn submit_layers_timed(
         &self,
         label: &str,
         layers: &[(&str, Vec<&Dispatch>)],
@@ -173,7 +175,7 @@ impl Gpu {
         let period_ns = self.queue.get_timestamp_period() as f64;
         let mut out = Vec::with_capacity(all.len());
         for (set, ticket) in stamp_tickets.into_iter().enumerate() {
-            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&stamps.read_blocking(self, ticket)?);
+            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&stamps.read(self, ticket).await?);
             for (slot, (layer, d)) in all.iter().enumerate().skip(set * per_set).take(per_set) {
                 let j = slot % per_set;
                 out.push(DispatchTiming {

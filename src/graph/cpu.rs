@@ -4,17 +4,21 @@
 use std::collections::HashMap;
 
 use crate::graph::{Graph, Op, TensorId, TensorKind};
+use crate::ops::dropout::DropoutParams;
+use crate::ops::elementwise::Elementwise;
 use crate::reference as r;
 
 /// Run the forward pass. `values` holds every parameter and state tensor; returns every tensor computed (the loss
 /// node's `loss` holds the mean cross-entropy). Training mode normalizes with batch statistics, eval mode with the
-/// running ones; dropout is the identity in eval mode and not supported in training mode (its mask is the GPU's).
+/// running ones; dropout is the identity in eval mode and in training mode drops with the GPU's mask of training
+/// step `step` (the executor's 1-based step count).
 pub fn forward(
     graph: &Graph,
     values: &HashMap<TensorId, Vec<f64>>,
     input: &[f64],
     labels: &[u32],
     training: bool,
+    step: u64,
 ) -> HashMap<TensorId, Vec<f64>> {
     let mut t: HashMap<TensorId, Vec<f64>> = values.clone();
     for (i, info) in graph.tensors.iter().enumerate() {
@@ -48,15 +52,19 @@ pub fn forward(
                 t.insert(*y, out);
             }
             Op::Relu { x, y } => {
-                let out = r::relu_forward(&t[x]);
+                let out = Elementwise::ReluForward.apply_reference(&t[x], None, 0.0);
                 t.insert(*y, out);
             }
             Op::Relu6 { x, y } => {
-                let out = r::relu6_forward(&t[x]);
+                let out = Elementwise::Relu6Forward.apply_reference(&t[x], None, 0.0);
+                t.insert(*y, out);
+            }
+            Op::LeakyRelu { x, y, slope } => {
+                let out = Elementwise::LeakyReluForward.apply_reference(&t[x], None, *slope as f64);
                 t.insert(*y, out);
             }
             Op::Add { a, b, y } => {
-                let out = r::add(&t[a], &t[b]);
+                let out = Elementwise::Add.apply_reference(&t[a], Some(&t[b]), 0.0);
                 t.insert(*y, out);
             }
             Op::MaxPool { x, y, shape, .. } => {
@@ -99,9 +107,24 @@ pub fn forward(
                 let out = t[x].clone();
                 t.insert(*y, out);
             }
-            Op::Dropout { x, y, .. } => {
-                assert!(!training, "the CPU forward has no dropout mask in training mode");
-                let out = t[x].clone();
+            Op::Dropout { x, y, p, seed } => {
+                // Training: the GPU's mask of (seed, step, element), kept values scaled by 1 / (1 - p).
+                let params = DropoutParams::new(t[x].len(), *p, *seed, step as u32, false)
+                    .expect("the graph builder checked the probability");
+                let out = if training {
+                    (0..t[x].len())
+                        .map(|i| {
+                            let keep = r::dropout_keep(*seed, step as u32, i as u32, params.threshold);
+                            if keep {
+                                t[x][i] / (1.0 - p)
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect()
+                } else {
+                    t[x].clone()
+                };
                 t.insert(*y, out);
             }
             Op::SoftmaxCrossEntropy { logits, loss, correct, smoothing, .. } => {

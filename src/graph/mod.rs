@@ -108,6 +108,12 @@ pub enum Op {
         x: TensorId,
         y: TensorId,
     },
+    /// y = x for x > 0, slope * x otherwise.
+    LeakyRelu {
+        x: TensorId,
+        y: TensorId,
+        slope: f32,
+    },
     /// y = a + b (residual connections).
     Add {
         a: TensorId,
@@ -179,6 +185,7 @@ impl Op {
             }
             Op::Relu { x, .. }
             | Op::Relu6 { x, .. }
+            | Op::LeakyRelu { x, .. }
             | Op::MaxPool { x, .. }
             | Op::AvgPool { x, .. }
             | Op::GlobalAvgPool { x, .. }
@@ -191,6 +198,31 @@ impl Op {
         }
     }
 
+    /// The inputs a gradient flows back to: data inputs and parameters, not running statistics or labels. The
+    /// executor derives which tensors need a gradient from this; every op states its own (no catch-all arm).
+    pub fn grad_inputs(&self) -> Vec<TensorId> {
+        match self {
+            Op::Linear { x, w, b, .. } | Op::Conv2d { x, w, b, .. } => {
+                let mut v = vec![*x, *w];
+                v.extend(b);
+                v
+            }
+            Op::BatchNorm { x, gamma, beta, .. } => vec![*x, *gamma, *beta],
+            Op::Relu { x, .. }
+            | Op::Relu6 { x, .. }
+            | Op::LeakyRelu { x, .. }
+            | Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::GlobalAvgPool { x, .. }
+            | Op::ConcatPool { x, .. }
+            | Op::Flatten { x, .. }
+            | Op::Dropout { x, .. } => vec![*x],
+            Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Concat { xs, .. } => xs.clone(),
+            Op::SoftmaxCrossEntropy { logits, .. } => vec![*logits],
+        }
+    }
+
     /// Tensors the op writes (its output first).
     pub fn outputs(&self) -> Vec<TensorId> {
         match self {
@@ -198,6 +230,7 @@ impl Op {
             | Op::Conv2d { y, .. }
             | Op::Relu { y, .. }
             | Op::Relu6 { y, .. }
+            | Op::LeakyRelu { y, .. }
             | Op::Add { y, .. }
             | Op::AvgPool { y, .. }
             | Op::Concat { y, .. }
@@ -215,25 +248,66 @@ impl Op {
         }
     }
 
-    /// The op's kind, for profiles and error messages.
-    pub fn kind(&self) -> &'static str {
+    /// The op's kind, for profiles, error messages and the test that every kind is gradient-checked.
+    pub fn kind(&self) -> OpKind {
         match self {
-            Op::Linear { .. } => "linear",
-            Op::Conv2d { .. } => "conv2d",
-            Op::BatchNorm { .. } => "batch_norm",
-            Op::Relu { .. } => "relu",
-            Op::Relu6 { .. } => "relu6",
-            Op::Add { .. } => "add",
-            Op::MaxPool { .. } => "max_pool",
-            Op::AvgPool { .. } => "avg_pool",
-            Op::GlobalAvgPool { .. } => "global_avg_pool",
-            Op::ConcatPool { .. } => "concat_pool",
-            Op::Concat { .. } => "concat",
-            Op::Flatten { .. } => "flatten",
-            Op::Dropout { .. } => "dropout",
-            Op::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
+            Op::Linear { .. } => OpKind::Linear,
+            Op::Conv2d { .. } => OpKind::Conv2d,
+            Op::BatchNorm { .. } => OpKind::BatchNorm,
+            Op::Relu { .. } => OpKind::Relu,
+            Op::Relu6 { .. } => OpKind::Relu6,
+            Op::LeakyRelu { .. } => OpKind::LeakyRelu,
+            Op::Add { .. } => OpKind::Add,
+            Op::MaxPool { .. } => OpKind::MaxPool,
+            Op::AvgPool { .. } => OpKind::AvgPool,
+            Op::GlobalAvgPool { .. } => OpKind::GlobalAvgPool,
+            Op::ConcatPool { .. } => OpKind::ConcatPool,
+            Op::Concat { .. } => OpKind::Concat,
+            Op::Flatten { .. } => OpKind::Flatten,
+            Op::Dropout { .. } => OpKind::Dropout,
+            Op::SoftmaxCrossEntropy { .. } => OpKind::SoftmaxCrossEntropy,
         }
     }
+}
+
+/// Declares [`OpKind`] and its list of every kind from one table, so the two cannot disagree.
+macro_rules! op_kinds {
+    ($($kind:ident => $name:literal,)*) => {
+        /// What an [`Op`] is, without its tensors. [`Op::kind`] is an exhaustive match, so a new op needs a kind.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum OpKind {
+            $($kind,)*
+        }
+
+        impl OpKind {
+            /// Every kind.
+            pub const ALL: &'static [OpKind] = &[$(OpKind::$kind),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(OpKind::$kind => $name,)*
+                }
+            }
+        }
+    };
+}
+
+op_kinds! {
+    Linear => "linear",
+    Conv2d => "conv2d",
+    BatchNorm => "batch_norm",
+    Relu => "relu",
+    Relu6 => "relu6",
+    LeakyRelu => "leaky_relu",
+    Add => "add",
+    MaxPool => "max_pool",
+    AvgPool => "avg_pool",
+    GlobalAvgPool => "global_avg_pool",
+    ConcatPool => "concat_pool",
+    Concat => "concat",
+    Flatten => "flatten",
+    Dropout => "dropout",
+    SoftmaxCrossEntropy => "softmax_cross_entropy",
 }
 
 /// A layer: its op and its name (the debug group in a GPU capture, the prefix of its parameter names).
@@ -412,6 +486,15 @@ impl Graph {
     pub fn relu6(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
         let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
         Ok(self.push(name, Op::Relu6 { x, y }))
+    }
+
+    /// LeakyReLU with negative slope `slope` (PyTorch's default is 0.01).
+    pub fn leaky_relu(&mut self, name: &str, x: TensorId, slope: f32) -> Result<TensorId> {
+        if !slope.is_finite() {
+            return Err(Error::Invalid(format!("leaky_relu '{name}': slope {slope} must be finite")));
+        }
+        let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
+        Ok(self.push(name, Op::LeakyRelu { x, y, slope }))
     }
 
     pub fn add(&mut self, name: &str, a: TensorId, b: TensorId) -> Result<TensorId> {

@@ -51,6 +51,30 @@ impl Normalization {
     }
 }
 
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Serialized by [`Arch::name`] (run fingerprints, records).
+impl serde::Serialize for Arch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// The command line takes architectures by [`Arch::name`]: one list of names for options, files and messages.
+#[cfg(feature = "cli")]
+impl clap::ValueEnum for Arch {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Arch::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
 impl Arch {
     pub const ALL: [Arch; 4] = [Arch::EffnetLite0, Arch::Resnet18, Arch::Resnet34, Arch::Resnet50];
 

@@ -2,14 +2,13 @@
 //! into a graph and loaded from safetensors (a wgtune file carries all of it in its metadata).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::executor::{Executor, ExecutorConfig};
 use crate::graph::Graph;
-use crate::nn::weights::{load_into, save, LoadReport, Weights};
+use crate::nn::weights::{load_into, LoadReport, Weights};
 use crate::nn::{Arch, Normalization};
 
 /// The embedded ImageNet EfficientNet-Lite0 (assets/efficientnet_lite0.safetensors; see assets/README.md).
@@ -129,6 +128,7 @@ pub fn load_model(gpu: Arc<Gpu>, spec: &ModelSpec, weights: &Weights, batch: usi
 }
 
 /// Save a model with its spec in the metadata (atomically).
-pub fn save_model(ex: &Executor, spec: &ModelSpec, path: &Path) -> Result<()> {
-    save(ex, path, spec.metadata())
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_model(ex: &Executor, spec: &ModelSpec, path: &std::path::Path) -> Result<()> {
+    crate::nn::weights::save(ex, path, spec.metadata())
 }

@@ -8,13 +8,16 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
-use crate::graph::executor::Executor;
+use crate::graph::executor::{Executor, NamedTensor};
 use crate::graph::TensorKind;
 
-/// The bytes of a safetensors file: memory-mapped from disk or embedded in the binary.
+/// The bytes of a safetensors file: memory-mapped from disk, embedded in the binary, or handed over in memory
+/// (in a browser: the bytes of a fetched or chosen file).
 pub enum WeightBytes {
+    #[cfg(not(target_arch = "wasm32"))]
     Mapped(memmap2::Mmap),
     Static(&'static [u8]),
+    Owned(Vec<u8>),
 }
 
 /// An opened safetensors file.
@@ -25,6 +28,7 @@ pub struct Weights {
 
 impl Weights {
     /// Memory-map `path`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: &Path) -> Result<Weights> {
         let file = std::fs::File::open(path)
             .map_err(|e| Error::Invalid(format!("cannot open weights '{}': {e}", path.display())))?;
@@ -33,6 +37,22 @@ impl Weights {
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::Invalid(format!("cannot map weights '{}': {e}", path.display())))?;
         let w = Weights { bytes: WeightBytes::Mapped(map), origin: path.display().to_string() };
+        w.parse()?;
+        Ok(w)
+    }
+
+    /// In a browser there is no file system: the page hands the bytes over with [`Weights::from_bytes`].
+    #[cfg(target_arch = "wasm32")]
+    pub fn open(path: &Path) -> Result<Weights> {
+        Err(Error::Invalid(format!(
+            "cannot open weights '{}': a web page has no file system; pass the file's bytes to Weights::from_bytes",
+            path.display()
+        )))
+    }
+
+    /// Weights from bytes in memory (e.g. a file fetched by a web page).
+    pub fn from_bytes(bytes: Vec<u8>, origin: &str) -> Result<Weights> {
+        let w = Weights { bytes: WeightBytes::Owned(bytes), origin: origin.to_string() };
         w.parse()?;
         Ok(w)
     }
@@ -46,8 +66,10 @@ impl Weights {
 
     fn data(&self) -> &[u8] {
         match &self.bytes {
+            #[cfg(not(target_arch = "wasm32"))]
             WeightBytes::Mapped(m) => m,
             WeightBytes::Static(s) => s,
+            WeightBytes::Owned(v) => v,
         }
     }
 
@@ -165,15 +187,20 @@ pub fn load_into(
 
 /// Write every parameter and running statistic of the executor to `path` with `metadata`, atomically: a temporary
 /// file in the same directory, then a rename, so a crash never leaves a half-written model behind.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn save(ex: &Executor, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
-    let g = ex.graph();
+    write_atomically(path, &pollster::block_on(model_tensors(ex))?, metadata)
+}
+
+/// Every parameter and running statistic of the executor: (name, shape, values).
+pub async fn model_tensors(ex: &Executor) -> Result<Vec<NamedTensor>> {
     let mut tensors = Vec::new();
-    for info in &g.tensors {
+    for info in &ex.graph().tensors {
         if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
-            tensors.push((info.name.clone(), info.shape.clone(), ex.read_value(&info.name)?));
+            tensors.push((info.name.clone(), info.shape.clone(), ex.read_value_async(&info.name).await?));
         }
     }
-    write_atomically(path, &tensors, metadata)
+    Ok(tensors)
 }
 
 /// Write f32 tensors (name, shape, values) and metadata to a safetensors file, atomically (temporary file in
@@ -198,7 +225,7 @@ pub fn write_atomically(
 }
 
 /// The hidden temp file next to `path` that atomic writes go through before the rename.
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
+pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }

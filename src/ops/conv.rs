@@ -4,7 +4,7 @@
 //! shaders/conv2d.wgsl for everything else.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Access, DType, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::reduce::sum_reduce;
 
@@ -367,17 +367,33 @@ pub fn backward_weight_splits(gpu: &Gpu, s: &ConvShape) -> usize {
     let base = ncols.div_ceil(tile as usize) * (s.out_c / s.cfg.groups).div_ceil(16) * s.cfg.groups;
     let want: usize = if gpu.summary().is_software { 8 } else { 512 };
     let max_scratch: usize = 64 << 20;
-    let per_split = s.out_c * cin_g * s.kernel_h * s.kernel_w * 4;
+    let per_split = s.out_c * cin_g * s.kernel_h * s.kernel_w * crate::gpu::DType::F32.size() as usize;
     want.div_ceil(base).clamp(1, s.batch).min((max_scratch / per_split).max(1))
 }
 
-/// dw = the gradient of conv2d with respect to its weight, from dy and the forward input x.
+/// The scratch tensor [`conv2d_backward_weight`] needs on this adapter (shape, f32): the per-split partial
+/// weight gradients when the batch is split for parallelism; `None` when it needs none. The caller places it
+/// (the executor's memory plan does), so every byte a step uses is planned.
+pub fn conv2d_backward_weight_scratch(gpu: &Gpu, s: &ConvShape) -> Option<Vec<usize>> {
+    if s.is_depthwise() {
+        return None;
+    }
+    let splits = backward_weight_splits(gpu, s);
+    let split_len = s.batch.div_ceil(splits);
+    let splits = s.batch.div_ceil(split_len);
+    let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
+    (splits > 1).then(|| vec![splits, s.out_c * ncols])
+}
+
+/// dw = the gradient of conv2d with respect to its weight, from dy and the forward input x. `scratch` has the
+/// shape [`conv2d_backward_weight_scratch`] asks for (or is `None` when it asks for none).
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
     s: &ConvShape,
     dy: &Tensor,
     x: &Tensor,
     dw: &Tensor,
+    scratch: Option<&Tensor>,
     accumulate: bool,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
@@ -419,6 +435,13 @@ pub fn conv2d_backward_weight(
             let splits = s.batch.div_ceil(split_len);
             let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
             let (spec, tile) = backward_weight_kernel(ncols);
+            let want = conv2d_backward_weight_scratch(gpu, s);
+            if want.as_deref() != scratch.map(|t| t.shape()) {
+                return Err(Error::shape(
+                    format!("conv2d_backward_weight '{label}'"),
+                    format!("scratch {:?} given, {want:?} needed", scratch.map(|t| t.shape())),
+                ));
+            }
             let grid = |p: &ConvParams| {
                 [(ncols as u32).div_ceil(tile), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32]
             };
@@ -427,11 +450,11 @@ pub fn conv2d_backward_weight(
                 return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid(&p), label)?]);
             }
             // Each split writes its own partial dw; one sum over the splits finishes (and accumulates, if asked).
-            let partial = gpu.tensor(&[splits, s.out_c * ncols], DType::F32, &format!("{label} partial dw"))?;
+            let partial = scratch.expect("checked against the wanted scratch above");
             let p = s.params(0, split_len)?;
-            let conv = gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, &partial], grid(&p), label)?;
+            let conv = gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, partial], grid(&p), label)?;
             let sum =
-                sum_reduce(gpu, &partial, dw, (splits, s.out_c * ncols, 1), accumulate, &format!("{label} split sum"))?;
+                sum_reduce(gpu, partial, dw, (splits, s.out_c * ncols, 1), accumulate, &format!("{label} split sum"))?;
             Ok(vec![conv, sum])
         })(),
     )

@@ -1,7 +1,8 @@
-//! Element-wise kernels: add, scale, relu and relu6 forward/backward. See shaders/elementwise.wgsl.
+//! Element-wise kernels: add, scale, relu, relu6 and leaky relu forward/backward. See shaders/elementwise.wgsl.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::reference;
 
 use super::{dim, grid_1d};
 
@@ -20,48 +21,90 @@ pub const FLAG_ACCUMULATE: u32 = 1;
 const BINARY: &[(u32, Access)] = &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite)];
 const UNARY: &[(u32, Access)] = &[(1, Access::Read), (3, Access::ReadWrite)];
 
-/// The element-wise kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Elementwise {
+/// The element-wise family from one table: each row is a kernel (variant = "WGSL entry point"(operands) =>
+/// CPU reference of one element, and for a backward rule the forward rule it differentiates). The enum, the list
+/// of every kernel (tests iterate it), the kernel signatures and the references all come from the rows, so a new
+/// row is tested everywhere by construction (the pattern of candle's `unary_op!`).
+macro_rules! elementwise_family {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident = $entry:literal ($($operand:ident),+) => $reference:path $(, grad of $forward:ident)?;
+    )*) => {
+        /// The element-wise kernels.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Elementwise {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Elementwise {
+            /// Every kernel of the family.
+            pub const ALL: &'static [Elementwise] = &[$(Elementwise::$variant),*];
+
+            /// The WGSL entry point in shaders/elementwise.wgsl.
+            pub fn entry(self) -> &'static str {
+                match self {
+                    $(Elementwise::$variant => $entry,)*
+                }
+            }
+
+            /// Number of tensor operands: 1 (x) or 2 (x and y, or x and dy).
+            pub fn operands(self) -> usize {
+                match self {
+                    $(Elementwise::$variant => [$(stringify!($operand)),+].len(),)*
+                }
+            }
+
+            /// The CPU reference of one element: f(x, y or dy (0 for one operand), alpha).
+            pub fn reference(self) -> fn(f64, f64, f64) -> f64 {
+                match self {
+                    $(Elementwise::$variant => $reference,)*
+                }
+            }
+
+            /// For a backward rule, the forward rule it is the derivative of (dx = dy * f'(x)).
+            pub fn gradient_of(self) -> Option<Elementwise> {
+                match self {
+                    $(Elementwise::$variant => elementwise_family!(@forward $($forward)?),)*
+                }
+            }
+        }
+    };
+    (@forward) => { None };
+    (@forward $forward:ident) => { Some(Elementwise::$forward) };
+}
+
+elementwise_family! {
     /// out = x + y
-    Add,
+    Add = "add"(x, y) => reference::add;
     /// out = alpha * x
-    Scale,
+    Scale = "scale"(x) => reference::scale;
     /// out = max(x, 0)
-    ReluForward,
+    ReluForward = "relu_forward"(x) => reference::relu_forward;
     /// out = dy * (x > 0), x the forward input
-    ReluBackward,
+    ReluBackward = "relu_backward"(x, dy) => reference::relu_backward, grad of ReluForward;
     /// out = clamp(x, 0, 6)
-    Relu6Forward,
+    Relu6Forward = "relu6_forward"(x) => reference::relu6_forward;
     /// out = dy * (0 < x < 6), x the forward input
-    Relu6Backward,
+    Relu6Backward = "relu6_backward"(x, dy) => reference::relu6_backward, grad of Relu6Forward;
+    /// out = x > 0 ? x : alpha * x
+    LeakyReluForward = "leaky_relu_forward"(x) => reference::leaky_relu_forward;
+    /// out = dy * (x > 0 ? 1 : alpha), x the forward input
+    LeakyReluBackward = "leaky_relu_backward"(x, dy) => reference::leaky_relu_backward, grad of LeakyReluForward;
 }
 
 impl Elementwise {
-    pub const ALL: [Elementwise; 6] = [
-        Elementwise::Add,
-        Elementwise::Scale,
-        Elementwise::ReluForward,
-        Elementwise::ReluBackward,
-        Elementwise::Relu6Forward,
-        Elementwise::Relu6Backward,
-    ];
-
     pub fn spec(self) -> KernelSpec {
-        let (entry, sig) = match self {
-            Elementwise::Add => ("add", BINARY),
-            Elementwise::Scale => ("scale", UNARY),
-            Elementwise::ReluForward => ("relu_forward", UNARY),
-            Elementwise::ReluBackward => ("relu_backward", BINARY),
-            Elementwise::Relu6Forward => ("relu6_forward", UNARY),
-            Elementwise::Relu6Backward => ("relu6_backward", BINARY),
-        };
-        KernelSpec::new(entry, "elementwise", sig)
+        KernelSpec::new(self.entry(), "elementwise", if self.is_binary() { BINARY } else { UNARY })
     }
 
     /// Whether the kernel takes a second input (y or dy).
     pub fn is_binary(self) -> bool {
-        self.spec().storage.len() == 3
+        self.operands() == 2
+    }
+
+    /// The CPU reference over whole tensors (`y` for binary kernels).
+    pub fn apply_reference(self, x: &[f64], y: Option<&[f64]>, alpha: f64) -> Vec<f64> {
+        reference::elementwise(self.reference(), x, y, alpha)
     }
 }
 

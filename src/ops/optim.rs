@@ -71,37 +71,55 @@ impl Hyper {
 }
 
 /// Which update rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Optimizer {
     Sgd,
     Adam,
 }
 
-/// One in-place optimizer step over `param` with gradient `grad` and state (`grad_avg`, plus `sqr_avg` for
-/// Adam), all the same size. Rewrite the hyper-parameters each step with `gpu.write_params(&d, ...)`.
+impl Optimizer {
+    /// The state the rule keeps per parameter element, one buffer each, in kernel binding order.
+    pub fn state_names(self) -> &'static [&'static str] {
+        match self {
+            Optimizer::Sgd => &["grad_avg"],
+            Optimizer::Adam => &["grad_avg", "sqr_avg"],
+        }
+    }
+
+    fn spec(self) -> &'static KernelSpec {
+        match self {
+            Optimizer::Sgd => &SGD_STEP,
+            Optimizer::Adam => &ADAM_STEP,
+        }
+    }
+}
+
+/// One in-place optimizer step over `param` with gradient `grad` and `state` (one tensor per
+/// [`Optimizer::state_names`] entry: `grad_avg`, plus `sqr_avg` for Adam), all the same size. Rewrite the
+/// hyper-parameters each step with `gpu.write_params(&d, ...)`.
 pub fn optimizer_step(
     gpu: &Gpu,
     opt: Optimizer,
     param: &Tensor,
     grad: &Tensor,
-    grad_avg: &Tensor,
-    sqr_avg: Option<&Tensor>,
+    state: &[&Tensor],
     hyper: &Hyper,
     step: u64,
     label: &str,
 ) -> Result<Dispatch> {
     let n = param.numel();
-    let mut tensors = vec![param, grad, grad_avg];
-    let spec = match (opt, sqr_avg) {
-        (Optimizer::Sgd, _) => &SGD_STEP,
-        (Optimizer::Adam, Some(v)) => {
-            tensors.push(v);
-            &ADAM_STEP
-        }
-        (Optimizer::Adam, None) => {
-            return Err(Error::Invalid(format!("adam_step '{label}' needs the second-moment buffer")))
-        }
-    };
+    let spec = opt.spec();
+    if state.len() != opt.state_names().len() {
+        return Err(Error::Invalid(format!(
+            "{} '{label}' needs {} state tensors ({}), got {}",
+            spec.entry,
+            opt.state_names().len(),
+            opt.state_names().join(", "),
+            state.len()
+        )));
+    }
+    let mut tensors = vec![param, grad];
+    tensors.extend(state);
     if let Some(bad) = tensors.iter().find(|t| t.numel() != n) {
         return Err(Error::shape(
             format!("{} '{label}'", spec.entry),

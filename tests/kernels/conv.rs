@@ -3,8 +3,8 @@
 //! rtol 1e-5, as for matmul.
 
 use wgtune::ops::conv::{
-    conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_forward, Conv2dConfig, ConvShape,
-    Padding,
+    conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward,
+    Conv2dConfig, ConvShape, Padding,
 };
 use wgtune::reference::{self, widen, SplitMix};
 
@@ -43,7 +43,12 @@ fn check(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumulate
 
     let mut steps = conv2d_forward(g, &s, &x, &w, Some(&b), &y, accumulate, "conv fwd").expect("forward");
     steps.extend(conv2d_backward_data(g, &s, &dy, &w, &dx, accumulate, "conv bwd data").expect("backward_data"));
-    steps.extend(conv2d_backward_weight(g, &s, &dy, &x, &dw, accumulate, "conv bwd weight").expect("backward_weight"));
+    // The split-batch partial sums, poisoned like every output.
+    let partial = conv2d_backward_weight_scratch(g, &s).map(|shape| poisoned(&shape, "partial dw"));
+    steps.extend(
+        conv2d_backward_weight(g, &s, &dy, &x, &dw, partial.as_ref(), accumulate, "conv bwd weight")
+            .expect("backward_weight"),
+    );
     let db = db.reshape(&[s.out_c]).expect("reshape");
     steps.push(conv2d_backward_bias(g, &s, &dy, &db, accumulate, "conv bwd bias").expect("backward_bias"));
     g.run("conv test", &steps.iter().collect::<Vec<_>>()).expect("run");

@@ -1,21 +1,10 @@
-//! add, scale, relu/relu6 forward and backward against the reference. These are exact in f32 (one rounding at
-//! most), so the tolerance is atol 1e-6, rtol 1e-6.
+//! Every kernel of the element-wise table (add, scale, relu, relu6, leaky relu, forward and backward) against its
+//! reference. These are exact in f32 (one rounding at most), so the tolerance is atol 1e-6, rtol 1e-6.
 
 use wgtune::ops::elementwise::{elementwise, Elementwise};
-use wgtune::reference::{self, widen, SplitMix};
+use wgtune::reference::{widen, SplitMix};
 
 use crate::common::*;
-
-fn reference_of(op: Elementwise, x: &[f64], y: &[f64], alpha: f64) -> Vec<f64> {
-    match op {
-        Elementwise::Add => reference::add(x, y),
-        Elementwise::Scale => reference::scale(x, alpha),
-        Elementwise::ReluForward => reference::relu_forward(x),
-        Elementwise::ReluBackward => reference::relu_backward(x, y),
-        Elementwise::Relu6Forward => reference::relu6_forward(x),
-        Elementwise::Relu6Backward => reference::relu6_backward(x, y),
-    }
-}
 
 /// Inputs in [-3, 9] so both relu6 edges are crossed, with the kinks 0 and 6 themselves planted.
 fn inputs(n: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -41,34 +30,25 @@ fn check(op: Elementwise, n: usize, accumulate: bool, seed: u64) {
     let d = elementwise(g, op, &x, op.is_binary().then_some(&y), &out, alpha, accumulate, "elementwise test")
         .expect("dispatch");
     g.run("elementwise test", &[&d]).expect("run");
-    let mut want = reference_of(op, &widen(&x_data), &widen(&y_data), alpha as f64);
+    let y_ref = widen(&y_data);
+    let mut want = op.apply_reference(&widen(&x_data), op.is_binary().then_some(y_ref.as_slice()), alpha as f64);
     if accumulate {
         want.iter_mut().zip(&out0).for_each(|(w, &o)| *w += o as f64);
     }
     assert_close(&read(&out), &want, 1e-6, 1e-6, &format!("{op:?} n={n} accumulate={accumulate}"));
 }
 
-/// One test per kernel: lengths 1, a prime, one workgroup exactly, one past it, many workgroups; then the
-/// accumulate mode.
-macro_rules! kernel_tests {
-    ($($name:ident: $op:expr,)*) => {$(
-        #[test]
-        fn $name() {
-            for (i, n) in [1, 7, 256, 257, 65537].into_iter().enumerate() {
-                check($op, n, false, 10 + i as u64);
-            }
-            check($op, 1031, true, 20);
+/// Every kernel of the table: lengths 1, a prime, one workgroup exactly, one past it, many workgroups; then the
+/// accumulate mode. A kernel added to the table is tested here without another line.
+#[test]
+fn every_elementwise_kernel_matches_its_reference() {
+    assert!(Elementwise::ALL.len() >= 8);
+    for (k, &op) in Elementwise::ALL.iter().enumerate() {
+        for (i, n) in [1, 7, 256, 257, 65537].into_iter().enumerate() {
+            check(op, n, false, 10 + 10 * k as u64 + i as u64);
         }
-    )*};
-}
-
-kernel_tests! {
-    add: Elementwise::Add,
-    scale: Elementwise::Scale,
-    relu_forward: Elementwise::ReluForward,
-    relu_backward: Elementwise::ReluBackward,
-    relu6_forward: Elementwise::Relu6Forward,
-    relu6_backward: Elementwise::Relu6Backward,
+        check(op, 1031, true, 20 + 10 * k as u64);
+    }
 }
 
 /// More than 65535 workgroups of 256: the grid spills into y and every element is still written once.

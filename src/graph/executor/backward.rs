@@ -5,11 +5,15 @@
 
 use std::collections::HashSet;
 
-use super::{Build, DropoutSite, Executor, Key, PendingLayer};
+use super::program::{Build, DropoutSite, PendingLayer};
+use super::{Executor, Key};
 use crate::error::{Error, Result};
+use crate::gpu::DType;
 use crate::graph::{Op, TensorId};
 use crate::ops::concat::concat_backward;
-use crate::ops::conv::{conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight};
+use crate::ops::conv::{
+    conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch,
+};
 use crate::ops::dropout::{dropout_backward, DropoutParams};
 use crate::ops::elementwise::{elementwise, Elementwise};
 use crate::ops::loss::softmax_cross_entropy_backward;
@@ -48,7 +52,7 @@ impl Executor {
         let g = &self.graph;
         let mut written: HashSet<TensorId> = HashSet::new();
         let trains = |t: TensorId| self.group_trains(t, true);
-        for node in g.nodes.iter().rev() {
+        for (index, node) in g.nodes.iter().enumerate().rev() {
             let op = node.op.clone();
             let out = op.outputs()[0];
             let out_needed = match &op {
@@ -64,6 +68,7 @@ impl Executor {
             let gk = Key::Grad;
             let mut touches: Vec<Key> = op.inputs().into_iter().chain(op.outputs()).map(v).collect();
             let mut dropout = Vec::new();
+            let mut scratch = Vec::new();
             let build: Build = match op {
                 Op::SoftmaxCrossEntropy { logits, labels, smoothing, .. } => {
                     let a = accumulates(&mut written, logits);
@@ -108,13 +113,30 @@ impl Executor {
                 Op::Conv2d { x, w, b, y, shape } => {
                     let (need_x, train_w, train_b, ax) =
                         weighted_layer(needs, &trains, &mut written, &mut touches, (x, w, b, y));
+                    let partial = train_w.then(|| conv2d_backward_weight_scratch(&self.gpu, &shape)).flatten();
+                    let partial_key = Key::Scratch(index);
+                    if let Some(s) = partial {
+                        touches.push(partial_key);
+                        scratch.push((partial_key, s, DType::F32));
+                    }
+                    let has_partial = !scratch.is_empty();
                     Box::new(move |v| {
                         let mut out = Vec::new();
                         if need_x {
                             out.extend(conv2d_backward_data(v.gpu, &shape, v.g(y)?, v.v(w)?, v.g(x)?, ax, &l2)?);
                         }
                         if train_w {
-                            out.extend(conv2d_backward_weight(v.gpu, &shape, v.g(y)?, v.v(x)?, v.g(w)?, false, &l2)?);
+                            let partial = if has_partial { Some(v.get(partial_key)?) } else { None };
+                            out.extend(conv2d_backward_weight(
+                                v.gpu,
+                                &shape,
+                                v.g(y)?,
+                                v.v(x)?,
+                                v.g(w)?,
+                                partial,
+                                false,
+                                &l2,
+                            )?);
                         }
                         if let (Some(b), true) = (b, train_b) {
                             out.push(conv2d_backward_bias(v.gpu, &shape, v.g(y)?, v.g(b)?, false, &l2)?);
@@ -136,16 +158,18 @@ impl Executor {
                         batch_norm_backward(v.gpu, v.g(y)?, v.v(x)?, v.v(gamma)?, stats, !bn_train, grads, cfg, ax, &l2)
                     })
                 }
-                Op::Relu { x, y } | Op::Relu6 { x, y } => {
-                    let kind = if matches!(op, Op::Relu { .. }) {
-                        Elementwise::ReluBackward
-                    } else {
-                        Elementwise::Relu6Backward
+                Op::Relu { x, y } | Op::Relu6 { x, y } | Op::LeakyRelu { x, y, .. } => {
+                    // dx = dy * f'(x), x the forward input; alpha is leaky relu's slope.
+                    let (kind, alpha) = match op {
+                        Op::Relu { .. } => (Elementwise::ReluBackward, 1.0),
+                        Op::Relu6 { .. } => (Elementwise::Relu6Backward, 1.0),
+                        Op::LeakyRelu { slope, .. } => (Elementwise::LeakyReluBackward, slope),
+                        _ => unreachable!("matched above"),
                     };
                     let ax = accumulates(&mut written, x);
                     touches.extend([gk(y), gk(x)]);
                     Box::new(move |v| {
-                        Ok(vec![elementwise(v.gpu, kind, v.v(x)?, Some(v.g(y)?), v.g(x)?, 1.0, ax, &l2)?])
+                        Ok(vec![elementwise(v.gpu, kind, v.v(x)?, Some(v.g(y)?), v.g(x)?, alpha, ax, &l2)?])
                     })
                 }
                 Op::Add { a, b, y } => {
@@ -249,7 +273,7 @@ impl Executor {
                     })
                 }
             };
-            layers.push(PendingLayer { name: label, touches, dropout, build });
+            layers.push(PendingLayer { name: label, touches, dropout, scratch, build });
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! statistics (updating the running ones) and applies dropout; eval mode uses the running statistics, copies
 //! through dropout and also computes class probabilities.
 
-use super::{Build, DropoutSite, Executor, Key, PendingLayer};
+use super::program::{Build, DropoutSite, PendingLayer};
+use super::{Executor, Key};
 use crate::graph::{Node, Op, TensorId};
 use crate::ops::concat::concat_forward;
 use crate::ops::conv::conv2d_forward;
@@ -60,6 +61,10 @@ impl Executor {
             }),
             Op::Relu6 { x, y } => Box::new(move |v| {
                 Ok(vec![elementwise(v.gpu, Elementwise::Relu6Forward, v.v(x)?, None, v.v(y)?, 1.0, false, &gpu_label)?])
+            }),
+            Op::LeakyRelu { x, y, slope } => Box::new(move |v| {
+                let kind = Elementwise::LeakyReluForward;
+                Ok(vec![elementwise(v.gpu, kind, v.v(x)?, None, v.v(y)?, slope, false, &gpu_label)?])
             }),
             Op::Add { a, b, y } => Box::new(move |v| {
                 Ok(vec![elementwise(v.gpu, Elementwise::Add, v.v(a)?, Some(v.v(b)?), v.v(y)?, 1.0, false, &gpu_label)?])
@@ -134,6 +139,6 @@ impl Executor {
                 })
             }
         };
-        PendingLayer { name, touches, dropout, build }
+        PendingLayer { name, touches, dropout, scratch: Vec::new(), build }
     }
 }

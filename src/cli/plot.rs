@@ -8,10 +8,10 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::register_font;
 
-use crate::error::{Error, Result};
-use crate::learner::{Confusion, EpochRecord, LrFind, StepLoss};
+use wgtune::error::{Error, Result};
+use wgtune::learner::{Confusion, EpochRecord, LrFind, StepLoss};
 
-const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const SANS: &str = "sans-serif";
 
 type DrawError = DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>;
@@ -41,7 +41,7 @@ fn render(
         root.present().map_err(|e| bad(format!("{e:?}")))?;
     }
     let img = image::RgbImage::from_raw(width, height, buf).ok_or_else(|| bad("canvas size".into()))?;
-    let tmp = crate::nn::weights::temp_path(path);
+    let tmp = wgtune::nn::weights::temp_path(path);
     img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| bad(e.to_string()))?;
     std::fs::rename(&tmp, path)?;
     Ok(())

@@ -389,32 +389,69 @@ pub fn augment(
     out
 }
 
+// The element-wise family, one element at a time: f(x, y, alpha) with y the second operand (or dy for a
+// backward rule) and alpha the kernel's scalar. `crate::ops::elementwise` lists them beside their WGSL entry points.
+
 /// out = x + y
-pub fn add(x: &[f64], y: &[f64]) -> Vec<f64> {
-    x.iter().zip(y).map(|(a, b)| a + b).collect()
+pub fn add(x: f64, y: f64, _alpha: f64) -> f64 {
+    x + y
 }
 
 /// out = alpha * x (also its own backward: dx = alpha * dy)
-pub fn scale(x: &[f64], alpha: f64) -> Vec<f64> {
-    x.iter().map(|v| alpha * v).collect()
+pub fn scale(x: f64, _y: f64, alpha: f64) -> f64 {
+    alpha * x
 }
 
-pub fn relu_forward(x: &[f64]) -> Vec<f64> {
-    x.iter().map(|&v| v.max(0.0)).collect()
+pub fn relu_forward(x: f64, _y: f64, _alpha: f64) -> f64 {
+    x.max(0.0)
 }
 
 /// dx = dy where x > 0 (x the forward input; the gradient at exactly 0 is 0, as in PyTorch)
-pub fn relu_backward(x: &[f64], dy: &[f64]) -> Vec<f64> {
-    x.iter().zip(dy).map(|(&v, &g)| if v > 0.0 { g } else { 0.0 }).collect()
+pub fn relu_backward(x: f64, dy: f64, _alpha: f64) -> f64 {
+    if x > 0.0 {
+        dy
+    } else {
+        0.0
+    }
 }
 
-pub fn relu6_forward(x: &[f64]) -> Vec<f64> {
-    x.iter().map(|&v| v.clamp(0.0, 6.0)).collect()
+pub fn relu6_forward(x: f64, _y: f64, _alpha: f64) -> f64 {
+    x.clamp(0.0, 6.0)
 }
 
 /// dx = dy where 0 < x < 6 (PyTorch's hardtanh backward)
-pub fn relu6_backward(x: &[f64], dy: &[f64]) -> Vec<f64> {
-    x.iter().zip(dy).map(|(&v, &g)| if v > 0.0 && v < 6.0 { g } else { 0.0 }).collect()
+pub fn relu6_backward(x: f64, dy: f64, _alpha: f64) -> f64 {
+    if x > 0.0 && x < 6.0 {
+        dy
+    } else {
+        0.0
+    }
+}
+
+/// out = x for x > 0, slope * x otherwise (slope = alpha; PyTorch's LeakyReLU)
+pub fn leaky_relu_forward(x: f64, _y: f64, slope: f64) -> f64 {
+    if x > 0.0 {
+        x
+    } else {
+        slope * x
+    }
+}
+
+/// dx = dy for x > 0, slope * dy otherwise (x the forward input; at exactly 0 the slope side, as in PyTorch)
+pub fn leaky_relu_backward(x: f64, dy: f64, slope: f64) -> f64 {
+    if x > 0.0 {
+        dy
+    } else {
+        slope * dy
+    }
+}
+
+/// An element rule over whole tensors: out[i] = f(x[i], y[i] or 0, alpha).
+pub fn elementwise(f: fn(f64, f64, f64) -> f64, x: &[f64], y: Option<&[f64]>, alpha: f64) -> Vec<f64> {
+    match y {
+        Some(y) => x.iter().zip(y).map(|(&a, &b)| f(a, b, alpha)).collect(),
+        None => x.iter().map(|&a| f(a, 0.0, alpha)).collect(),
+    }
 }
 
 /// out[m] = sum over o, i of x[(o * mid + m) * inner + i]
@@ -578,254 +615,4 @@ pub fn widen(v: &[f32]) -> Vec<f64> {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The oracle's own proof: every backward against central finite differences of its forward.
-    #![allow(clippy::needless_range_loop)] // index loops read like the math here
-    use super::*;
-
-    const H: f64 = 1e-6;
-
-    fn assert_fd(analytic: f64, numeric: f64, what: &str) {
-        let tol = 1e-6 + 1e-6 * numeric.abs();
-        assert!((analytic - numeric).abs() <= tol, "{what}: analytic {analytic} vs finite difference {numeric}");
-    }
-
-    /// L = sum(C ⊙ G) for C = A·B: dL/dA = G·Bᵀ, dL/dB = Aᵀ·G, dL/dbias = column sums of G.
-    #[test]
-    fn matmul_backward_matches_finite_differences() {
-        let mut rng = SplitMix(1);
-        let s = MatmulShape::new(2, 3, 5, 4);
-        let a = widen(&rng.vec_f32(2 * 3 * 4, -1.0, 1.0));
-        let b = widen(&rng.vec_f32(2 * 4 * 5, -1.0, 1.0));
-        let bias = widen(&rng.vec_f32(5, -1.0, 1.0));
-        let g = widen(&rng.vec_f32(2 * 3 * 5, -1.0, 1.0));
-        let loss = |a: &[f64], b: &[f64], bias: &[f64]| {
-            matmul(&s, a, b, Some(bias), None).iter().zip(&g).map(|(c, g)| c * g).sum::<f64>()
-        };
-        let (da, db, dbias) = matmul_backward(&s, &a, &b, &g);
-        for i in 0..a.len() {
-            assert_fd(da[i], finite_difference(&a, i, H, |x| loss(x, &b, &bias)), "dA");
-        }
-        for i in 0..b.len() {
-            assert_fd(db[i], finite_difference(&b, i, H, |x| loss(&a, x, &bias)), "dB");
-        }
-        for i in 0..bias.len() {
-            assert_fd(dbias[i], finite_difference(&bias, i, H, |x| loss(&a, &b, x)), "dbias");
-        }
-        // The transposed forms the GPU uses for backward give the same gradients.
-        let da_t = matmul(&MatmulShape { n: 4, k: 5, trans_b: true, ..s }, &g, &b, None, None);
-        let db_t = matmul(&MatmulShape { m: 4, k: 3, trans_a: true, ..s }, &a, &g, None, None);
-        assert!(da.iter().zip(&da_t).all(|(x, y)| (x - y).abs() < 1e-12));
-        assert!(db.iter().zip(&db_t).all(|(x, y)| (x - y).abs() < 1e-12));
-    }
-
-    /// Elementwise backward rules against L = sum(f(x) ⊙ g), away from the kinks of relu/relu6.
-    #[test]
-    fn elementwise_backward_matches_finite_differences() {
-        let mut rng = SplitMix(2);
-        let x: Vec<f64> = widen(&rng.vec_f32(64, -2.0, 8.0))
-            .into_iter()
-            .filter(|v| v.abs() > 1e-3 && (v - 6.0).abs() > 1e-3)
-            .collect();
-        let g = widen(&rng.vec_f32(x.len(), -1.0, 1.0));
-        let dot = |v: Vec<f64>| v.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
-        let relu_dx = relu_backward(&x, &g);
-        let relu6_dx = relu6_backward(&x, &g);
-        let scale_dx = scale(&g, 0.75);
-        let y = widen(&rng.vec_f32(x.len(), -1.0, 1.0));
-        for i in 0..x.len() {
-            assert_fd(relu_dx[i], finite_difference(&x, i, H, |v| dot(relu_forward(v))), "relu");
-            assert_fd(relu6_dx[i], finite_difference(&x, i, H, |v| dot(relu6_forward(v))), "relu6");
-            assert_fd(scale_dx[i], finite_difference(&x, i, H, |v| dot(scale(v, 0.75))), "scale");
-            // add: dL/dx = dL/dy = g
-            assert_fd(g[i], finite_difference(&x, i, H, |v| dot(add(v, &y))), "add");
-        }
-    }
-
-    /// L = sum(conv2d(x, w) + bias) ⊙ G) over strided, dilated, asymmetrically padded and grouped geometries.
-    #[test]
-    fn conv2d_backward_matches_finite_differences() {
-        use crate::ops::conv::{Conv2dConfig, Padding};
-        let cases = [
-            (
-                [2, 4, 5, 6],
-                [6, 2, 3, 2],
-                Conv2dConfig {
-                    stride: (2, 1),
-                    padding: Padding { top: 0, bottom: 1, left: 1, right: 0 },
-                    dilation: (1, 2),
-                    groups: 2,
-                },
-            ),
-            (
-                [1, 3, 5, 5],
-                [3, 1, 3, 3],
-                Conv2dConfig {
-                    stride: (2, 2),
-                    padding: Padding::same(5, 5, (3, 3), (2, 2), (1, 1)),
-                    groups: 3,
-                    ..Default::default()
-                },
-            ),
-        ];
-        let mut rng = SplitMix(4);
-        for (xs, ws, cfg) in cases {
-            let s = ConvShape::new(&xs, &ws, cfg).unwrap();
-            let x = widen(&rng.vec_f32(xs.iter().product(), -1.0, 1.0));
-            let w = widen(&rng.vec_f32(ws.iter().product(), -1.0, 1.0));
-            let b = widen(&rng.vec_f32(s.out_c, -1.0, 1.0));
-            let g = widen(&rng.vec_f32(s.y_shape().iter().product(), -1.0, 1.0));
-            let loss = |x: &[f64], w: &[f64], b: &[f64]| {
-                conv2d_forward(&s, x, w, Some(b)).iter().zip(&g).map(|(y, g)| y * g).sum::<f64>()
-            };
-            let dx = conv2d_backward_data(&s, &g, &w);
-            let dw = conv2d_backward_weight(&s, &g, &x);
-            for i in 0..x.len() {
-                assert_fd(dx[i], finite_difference(&x, i, H, |v| loss(v, &w, &b)), "conv dx");
-            }
-            for i in 0..w.len() {
-                assert_fd(dw[i], finite_difference(&w, i, H, |v| loss(&x, v, &b)), "conv dw");
-            }
-            let db = sum_reduce(&g, s.batch, s.out_c, s.out_h * s.out_w);
-            for i in 0..b.len() {
-                assert_fd(db[i], finite_difference(&b, i, H, |v| loss(&x, &w, v)), "conv dbias");
-            }
-        }
-    }
-
-    /// TensorFlow "SAME": 224 -> 112 with a 3x3 stride-2 kernel pads 0 on top/left and 1 on bottom/right.
-    #[test]
-    fn same_padding_puts_the_extra_pixel_bottom_right() {
-        use crate::ops::conv::Padding;
-        assert_eq!(Padding::same(224, 224, (3, 3), (2, 2), (1, 1)), Padding { top: 0, bottom: 1, left: 0, right: 1 });
-        assert_eq!(Padding::same(28, 28, (5, 5), (1, 1), (1, 1)), Padding::symmetric(2));
-        assert_eq!(Padding::same(7, 7, (5, 5), (2, 2), (1, 1)), Padding { top: 2, bottom: 2, left: 2, right: 2 });
-    }
-
-    #[test]
-    fn pooling_backward_matches_finite_differences() {
-        use crate::ops::conv::Padding;
-        use crate::ops::pool::PoolConfig;
-        let mut rng = SplitMix(5);
-        let configs = [
-            PoolConfig::square(3, 2, 1),
-            PoolConfig { count_include_pad: false, ..PoolConfig::square(3, 2, 1) },
-            PoolConfig {
-                kernel: (2, 3),
-                stride: (1, 2),
-                padding: Padding { top: 1, bottom: 0, left: 0, right: 1 },
-                count_include_pad: true,
-            },
-        ];
-        for cfg in configs {
-            let s = PoolShape::new(&[2, 2, 5, 6], cfg).unwrap();
-            let x = widen(&rng.vec_f32(2 * 2 * 5 * 6, -1.0, 1.0));
-            let g = widen(&rng.vec_f32(s.y_shape().iter().product(), -1.0, 1.0));
-            let dot = |v: Vec<f64>| v.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
-            let (_, idx) = max_pool_forward(&s, &x);
-            let dmax = max_pool_backward(&s, &g, &idx);
-            let davg = avg_pool_backward(&s, &g);
-            for i in 0..x.len() {
-                assert_fd(dmax[i], finite_difference(&x, i, H, |v| dot(max_pool_forward(&s, v).0)), "max pool");
-                assert_fd(davg[i], finite_difference(&x, i, H, |v| dot(avg_pool_forward(&s, v))), "avg pool");
-            }
-        }
-        // Global pools: d mean / dx = 1/hw; d max / dx = 1 at the maximum.
-        let x = widen(&rng.vec_f32(3 * 7, -1.0, 1.0));
-        let g = widen(&rng.vec_f32(3, -1.0, 1.0));
-        let dot = |v: Vec<f64>| v.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
-        let (_, idx) = global_max_pool_forward(&x, 7);
-        for i in 0..x.len() {
-            let want_avg = g[i / 7] / 7.0;
-            let want_max = if idx[i / 7] as usize == i % 7 { g[i / 7] } else { 0.0 };
-            assert_fd(want_avg, finite_difference(&x, i, H, |v| dot(global_avg_pool_forward(v, 7))), "global avg");
-            assert_fd(want_max, finite_difference(&x, i, H, |v| dot(global_max_pool_forward(v, 7).0)), "global max");
-        }
-    }
-
-    /// Training mode: y depends on x also through the batch statistics; eval mode: statistics are constants.
-    #[test]
-    fn batch_norm_backward_matches_finite_differences() {
-        let mut rng = SplitMix(6);
-        let (n, c, hw, eps) = (3, 2, 4, 1e-3);
-        let x = widen(&rng.vec_f32(n * c * hw, -1.0, 2.0));
-        let gamma = widen(&rng.vec_f32(c, 0.5, 1.5));
-        let beta = widen(&rng.vec_f32(c, -0.5, 0.5));
-        let g = widen(&rng.vec_f32(n * c * hw, -1.0, 1.0));
-        let dot = |v: Vec<f64>| v.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
-        let train = |x: &[f64], gamma: &[f64], beta: &[f64]| {
-            let (m, v) = batch_norm_statistics(x, n, c, hw);
-            dot(batch_norm_forward(x, c, hw, (&m, &v), gamma, beta, eps))
-        };
-        let (m, v) = batch_norm_statistics(&x, n, c, hw);
-        let (dx, dgamma, dbeta) = batch_norm_backward(&g, &x, (n, c, hw), &gamma, (&m, &v), eps, false);
-        for i in 0..x.len() {
-            assert_fd(dx[i], finite_difference(&x, i, H, |v| train(v, &gamma, &beta)), "bn train dx");
-        }
-        for i in 0..c {
-            assert_fd(dgamma[i], finite_difference(&gamma, i, H, |v| train(&x, v, &beta)), "bn dgamma");
-            assert_fd(dbeta[i], finite_difference(&beta, i, H, |v| train(&x, &gamma, v)), "bn dbeta");
-        }
-        let (rm, rv) = (widen(&rng.vec_f32(c, -0.5, 0.5)), widen(&rng.vec_f32(c, 0.5, 2.0)));
-        let eval = |x: &[f64]| dot(batch_norm_forward(x, c, hw, (&rm, &rv), &gamma, &beta, eps));
-        let (dx, _, _) = batch_norm_backward(&g, &x, (n, c, hw), &gamma, (&rm, &rv), eps, true);
-        for i in 0..x.len() {
-            assert_fd(dx[i], finite_difference(&x, i, H, eval), "bn eval dx");
-        }
-    }
-
-    /// The mask keeps a fraction 1 - p (within 4 standard deviations over 100k draws) and changes with the step.
-    #[test]
-    fn dropout_mask_keeps_one_minus_p_and_changes_per_step() {
-        let n = 100_000u32;
-        for p in [0.1f64, 0.25, 0.5] {
-            let threshold = (p * 4294967296.0).round() as u32;
-            let kept = (0..n).filter(|&i| dropout_keep(7, 3, i, threshold)).count() as f64 / n as f64;
-            let sd = (p * (1.0 - p) / n as f64).sqrt();
-            assert!((kept - (1.0 - p)).abs() < 4.0 * sd, "p={p}: kept {kept}");
-        }
-        let same = (0..n).filter(|&i| dropout_keep(7, 3, i, 1 << 31) == dropout_keep(7, 4, i, 1 << 31)).count();
-        assert!((same as f64 / n as f64 - 0.5).abs() < 0.02, "steps 3 and 4 agree on {same} of {n}");
-    }
-
-    #[test]
-    fn softmax_cross_entropy_backward_matches_finite_differences() {
-        let mut rng = SplitMix(3);
-        let (batch, classes) = (3, 7);
-        let logits = widen(&rng.vec_f32(batch * classes, -3.0, 3.0));
-        let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes as u32)).collect();
-        for smoothing in [0.0, 0.1] {
-            let d = softmax_cross_entropy_backward(&logits, &labels, classes, smoothing, 2.0);
-            for i in 0..logits.len() {
-                let fd = finite_difference(&logits, i, H, |x| {
-                    2.0 * softmax_cross_entropy_forward(x, &labels, classes, smoothing)
-                });
-                assert_fd(d[i], fd, "dlogits");
-            }
-        }
-    }
-
-    /// The forward loss itself against a hand computation: uniform logits give log(C).
-    #[test]
-    fn softmax_cross_entropy_of_uniform_logits_is_log_classes() {
-        let loss = softmax_cross_entropy_forward(&[0.5; 10], &[3, 4], 5, 0.1);
-        assert!((loss - 5f64.ln()).abs() < 1e-12);
-    }
-
-    /// Adam's first step moves each weight by lr * sign(g) (up to eps), whatever |g| is.
-    #[test]
-    fn adam_first_step_is_lr_times_sign() {
-        let mut p = vec![1.0, -2.0, 3.0];
-        let g = [0.5, -1e-2, 3.0];
-        let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
-        adam_step(&mut p, &g, &mut m, &mut v, 1, 0.1, 0.9, 0.99, 1e-12, 0.0, true);
-        assert!((p[0] - 0.9).abs() < 1e-9 && (p[1] + 1.9).abs() < 1e-9 && (p[2] - 2.9).abs() < 1e-9, "{p:?}");
-    }
-
-    #[test]
-    fn sum_reduce_keeps_the_middle_axis() {
-        let x: Vec<f64> = (0..24).map(|v| v as f64).collect();
-        // (2, 3, 4): out[m] = sum_o sum_i x[o, m, i]
-        assert_eq!(sum_reduce(&x, 2, 3, 4), vec![6.0 + 54.0, 22.0 + 70.0, 38.0 + 86.0]);
-    }
-}
+mod tests;

@@ -1,0 +1,243 @@
+//! The command line's arguments: subcommands and their options, with clap's derive.
+
+use clap::Subcommand;
+use wgtune::nn::Arch;
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Print the adapter, its limits and features.
+    Info {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure kernels.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Classify images with a model: top-5 classes and probabilities per image.
+    Predict {
+        /// A model saved by wgtune, or a raw pretrained safetensors file (then give --arch). Default: the embedded
+        /// ImageNet EfficientNet-Lite0.
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Architecture of a raw pretrained file.
+        #[arg(long)]
+        arch: Option<Arch>,
+        /// Images per GPU batch.
+        #[arg(long, default_value_t = 8)]
+        bs: usize,
+        /// One JSON object per image.
+        #[arg(long)]
+        json: bool,
+        /// Image files (JPEG, PNG, WebP, BMP, GIF).
+        #[arg(required = true)]
+        images: Vec<std::path::PathBuf>,
+    },
+    /// Fine-tune a pretrained model (fastai's fine_tune): train a new head with the body frozen, then everything
+    /// with discriminative learning rates, one-cycle schedules throughout.
+    Finetune(FinetuneArgs),
+    /// fastai's lr_find: train a few steps with the learning rate growing exponentially, plot the loss against
+    /// it, suggest a rate (weights are restored; nothing is saved but the plot).
+    LrFind(LrFindArgs),
+}
+
+/// What a training run is made of: data, model, input and batch size, optimizer.
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Image folder (DIR/train/<class>/* + DIR/valid/<class>/*, or DIR/<class>/*). Default: the embedded
+    /// Fashion-MNIST subset.
+    #[arg(long)]
+    pub(crate) data: Option<std::path::PathBuf>,
+    /// Pretrained weights (safetensors). Default: the embedded ImageNet EfficientNet-Lite0.
+    #[arg(long)]
+    pub(crate) model: Option<std::path::PathBuf>,
+    /// Start from random weights instead of pretrained ones (the baseline transfer learning is measured against).
+    #[arg(long, conflicts_with = "model")]
+    pub(crate) no_pretrained: bool,
+    #[arg(long, default_value_t = Arch::EffnetLite0)]
+    pub(crate) arch: Arch,
+    #[arg(long, default_value_t = 32)]
+    pub(crate) bs: usize,
+    /// Input size (square). Default: 224 on a GPU; 64 on a software adapter, where 224 would take hours.
+    #[arg(long)]
+    pub(crate) size: Option<usize>,
+    /// Fraction held out for validation when the folder has no valid/ split.
+    #[arg(long, default_value_t = 0.2)]
+    pub(crate) valid_pct: f64,
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Decoupled weight decay (not applied to batch norm and biases).
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) wd: f64,
+    /// Batch norm of the frozen body in eval mode too: nothing of the body trains in phase 1.
+    #[arg(long)]
+    pub(crate) freeze_bn: bool,
+    /// SGD with momentum instead of Adam.
+    #[arg(long)]
+    pub(crate) sgd: bool,
+    /// Train without data augmentation (only the resize and normalization).
+    #[arg(long, conflicts_with = "augment")]
+    pub(crate) no_augment: bool,
+    /// Train with data augmentation even where the preset turns it off (the embedded data set on a software
+    /// adapter).
+    #[arg(long)]
+    pub(crate) augment: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct FinetuneArgs {
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+    /// Epochs after unfreezing. Default: 2 on a software adapter, 3 on a GPU.
+    #[arg(long)]
+    pub(crate) epochs: Option<usize>,
+    /// Epochs with the body frozen.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) freeze_epochs: usize,
+    /// Base learning rate (fastai's base_lr).
+    #[arg(long, default_value_t = 2e-3)]
+    pub(crate) lr: f64,
+    /// Ratio of the head's learning rate to the first group's after unfreezing.
+    #[arg(long, default_value_t = 100.0)]
+    pub(crate) lr_mult: f64,
+    #[arg(long, default_value_t = 0.3)]
+    pub(crate) pct_start: f64,
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) div: f64,
+    /// Where to save the fine-tuned model; the loss curve and confusion matrix go next to it (OUT.loss.png,
+    /// OUT.confusion.png without the .safetensors).
+    #[arg(long, default_value = "wgtune-model.safetensors")]
+    pub(crate) out: std::path::PathBuf,
+    /// One JSON line per epoch.
+    #[arg(long)]
+    pub(crate) json_log: Option<std::path::PathBuf>,
+    /// Continue an interrupted run from its checkpoint (OUT.checkpoint, written after every epoch).
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Time the second step of each phase dispatch by dispatch (GPU timestamps) and print where the time went,
+    /// per op type and per kernel, at the end.
+    #[arg(long)]
+    pub(crate) profile: bool,
+    /// Wrap training step N (1-based) in a RenderDoc capture; run under RenderDoc (see README) to record it.
+    #[arg(long, value_name = "N")]
+    pub(crate) capture_step: Option<u64>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct LrFindArgs {
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+    #[arg(long, default_value_t = 1e-7)]
+    pub(crate) start_lr: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) end_lr: f64,
+    /// Training steps of the ramp (fewer when the loss diverges first).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) num_it: usize,
+    /// Where to save the loss-vs-learning-rate plot.
+    #[arg(long, default_value = "wgtune-lr-find.png")]
+    pub(crate) plot: std::path::PathBuf,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Data pipeline images/s: JPEG decode + presize on CPU worker threads, augmentation on the GPU.
+    Data {
+        /// Synthetic JPEG photos to make and decode.
+        #[arg(long, default_value_t = 128)]
+        images: usize,
+        #[arg(long, default_value_t = 256)]
+        presize: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        #[arg(long, default_value_t = 32)]
+        bs: usize,
+        /// Decoding threads (default: the number of CPU cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inference images/s of ImageNet classifiers (eval mode, probabilities read back).
+    Predict {
+        /// Architectures, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![Arch::EffnetLite0, Arch::Resnet50])]
+        model: Vec<Arch>,
+        #[arg(long, default_value_t = 32)]
+        bs: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Timed batches after a warm-up (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned GPU memory (parameters, gradients, optimizer state, activations) of models with fastai's head.
+    Memory {
+        #[arg(long, value_delimiter = ',', default_values_t = vec![Arch::EffnetLite0, Arch::Resnet50])]
+        model: Vec<Arch>,
+        #[arg(long, default_value_t = 32)]
+        bs: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Training images/s of a model with fastai's head (every parameter trains, Adam, random inputs), planned GPU
+    /// memory and CPU encode time per step.
+    #[command(alias = "step")]
+    Train {
+        /// effnet-lite0, resnet18, resnet34, resnet50, or small_cnn (three conv-BN-ReLU, global pool, linear).
+        #[arg(long, default_value = "effnet-lite0")]
+        model: String,
+        /// Batch size.
+        #[arg(long, default_value_t = 32)]
+        bs: usize,
+        /// Input size (square images, 3 channels).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Timed steps after the first.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Time one more step dispatch by dispatch and print where the GPU time goes, per op type and kernel.
+        #[arg(long)]
+        profile: bool,
+        /// One JSON object (with --profile, the tables are in its "profile" field).
+        #[arg(long)]
+        json: bool,
+    },
+    /// GFLOP/s and GB/s of each convolution pass on a ResNet 3x3 layer and EfficientNet depthwise 5x5 layers,
+    /// followed by the tiled matmul in the same run for comparison.
+    Conv {
+        /// Square matmul sizes timed after the convolutions (the yardstick for implicit GEMM).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1024])]
+        matmul_sizes: Vec<usize>,
+        /// Time only the convolutions.
+        #[arg(long)]
+        no_matmul: bool,
+        /// Timed runs per case (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// GFLOP/s of every matmul kernel on square problems.
+    Matmul {
+        /// Matrix sizes n (C = A·B, all n x n).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![256, 512, 1024])]
+        sizes: Vec<usize>,
+        /// Kernels to time (naive, tiled).
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["naive".to_string(), "tiled".to_string()])]
+        kernels: Vec<String>,
+        /// Timed runs per case (median reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,201 @@
+//! `wgtune info` and `wgtune bench ...`: print what the library's benchmarks measured.
+
+use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, small_cnn, BenchConfig, MatmulRecord};
+use wgtune::gpu::{AdapterRequest, Gpu};
+use wgtune::ops::matmul::MatmulKernel;
+
+use super::args::BenchCommand;
+use super::train::with_memory_advice;
+
+pub(crate) fn open_gpu(adapter: Option<String>) -> anyhow::Result<Gpu> {
+    Ok(Gpu::new(&AdapterRequest { name: adapter })?)
+}
+
+pub(crate) fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
+    let s = gpu.summary();
+    let l = gpu.limits();
+    let limits = serde_json::json!({
+        "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+        "max_buffer_size": l.max_buffer_size,
+        "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+        "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+        "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+        "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+    });
+    let features: Vec<String> = gpu.features().iter_names().map(|(n, _)| n.to_string()).collect();
+    if json {
+        println!("{}", serde_json::json!({ "adapter": s, "limits": limits, "features": features }));
+        return Ok(());
+    }
+    println!("adapter      {}", s.name);
+    println!("backend      {}", s.backend);
+    println!("device type  {}{}", s.device_type, if s.is_software { " (software: correct but slow)" } else { "" });
+    println!("driver       {} {}", s.driver, s.driver_info);
+    println!("limits");
+    if let Some(map) = limits.as_object() {
+        for (k, v) in map {
+            println!("  {k:<40} {v}");
+        }
+    }
+    println!(
+        "features     {}",
+        if features.is_empty() { "(none of the optional ones)".into() } else { features.join(", ") }
+    );
+    Ok(())
+}
+
+pub(crate) fn print_matmul(
+    gpu: &Gpu,
+    sizes: &[usize],
+    kernels: &[MatmulKernel],
+    cfg: BenchConfig,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !json {
+        println!(
+            "{:<8} {:>6} {:>6} {:>6} {:>10} {:>12} {:>5}",
+            "kernel", "m", "n", "k", "GFLOP/s", "median ms", "runs"
+        );
+    }
+    bench_matmul(gpu, sizes, kernels, cfg, |r: &MatmulRecord| {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            println!(
+                "{:<8} {:>6} {:>6} {:>6} {:>10.3} {:>12.2} {:>5}",
+                r.kernel, r.m, r.n, r.k, r.gflops, r.median_ms, r.runs
+            );
+        }
+    })?;
+    Ok(())
+}
+
+/// Run one `wgtune bench` subcommand.
+pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Result<()> {
+    match what {
+        BenchCommand::Matmul { sizes, kernels, runs, json } => {
+            let kernels = kernels
+                .iter()
+                .map(|k| {
+                    MatmulKernel::ALL.into_iter().find(|m| m.name() == k).ok_or_else(|| {
+                        anyhow::anyhow!("--kernels: unknown matmul kernel '{k}' (expected naive or tiled)")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let gpu = open_gpu(adapter)?;
+            print_matmul(&gpu, &sizes, &kernels, BenchConfig { runs, ..Default::default() }, json)
+        }
+        BenchCommand::Data { images, presize, size, bs, workers, json } => {
+            let gpu = open_gpu(adapter)?;
+            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            for r in wgtune::bench::bench_data(&gpu, images, (500, 375), presize, size, bs, workers)? {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{:<15} {:>9.1} images/s  ({}, presize {}, size {}, {} workers)",
+                        r.stage, r.images_per_s, r.source, r.presize, r.size, r.workers
+                    );
+                }
+            }
+            Ok(())
+        }
+        BenchCommand::Predict { model, bs, size, runs, json } => {
+            let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+            let mut failed = 0;
+            for name in &model {
+                match wgtune::bench::bench_predict(gpu.clone(), *name, bs, size, runs) {
+                    Ok(r) if json => println!("{}", serde_json::to_string(&r)?),
+                    Ok(r) => println!(
+                        "{:<14} batch {:>3} at {}px: {:>8.2} images/s ({:.0} ms per batch)",
+                        r.model, r.batch, r.size, r.images_per_s, r.median_ms
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"bench": "predict", "model": name.name(), "error": e.to_string()})
+                            );
+                        } else {
+                            eprintln!("{name}: error: {e}");
+                        }
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} models could not be measured", model.len());
+            }
+            Ok(())
+        }
+        BenchCommand::Memory { model, bs, size, json } => {
+            let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+            for name in &model {
+                let r = wgtune::bench::bench_memory(gpu.clone(), *name, bs, size)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+                    println!(
+                        "{:<14} batch {:>3} at {}px: training {:>8.1} MiB, evaluation {:>8.1} MiB (persistent {:.1} MiB)",
+                        r.model, r.batch, r.size, mib(r.train_bytes), mib(r.eval_bytes), mib(r.persistent_bytes)
+                    );
+                }
+            }
+            Ok(())
+        }
+        BenchCommand::Train { model, bs, size, steps, profile, json } => {
+            let graph = match model.as_str() {
+                "small_cnn" => small_cnn(bs, size)?,
+                arch => wgtune::nn::Arch::parse(arch)?.with_fastai_head(bs, size, 10, 0.1)?,
+            };
+            let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+            let (r, profiled) =
+                bench_step(gpu, &model, graph, steps, profile).map_err(|e| with_memory_advice(e, bs, size))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            println!("model             {} (batch {}, {}x{})", r.model, r.batch, r.size, r.size);
+            println!("images/s          {:.2}", r.images_per_s);
+            println!("steps/s           {:.3}", r.steps_per_s);
+            println!("first step        {:.2} s (compile, upload, run, read back)", r.first_step_s);
+            println!("encode            {:.0} us per step (CPU)", r.encode_us);
+            println!("train_step call   {:.0} us (includes waiting for the adapter)", r.call_us);
+            println!("submits           {} per step", r.submits_per_step);
+            println!("read back         {} bytes per step", r.readback_bytes_per_step);
+            println!("planned GPU bytes {:.1} MiB", r.planned_bytes as f64 / (1 << 20) as f64);
+            if let Some(p) = profiled {
+                println!("\n{}", wgtune::profile::render("profiled training step", &p, 15));
+            }
+            Ok(())
+        }
+        BenchCommand::Conv { matmul_sizes, no_matmul, runs, json } => {
+            let gpu = open_gpu(adapter)?;
+            let cfg = BenchConfig { runs, ..Default::default() };
+            if !json {
+                println!(
+                    "{:<16} {:<16} {:>6} {:>9} {:>9} {:>11} {:>5}",
+                    "layer", "pass", "groups", "GFLOP/s", "GB/s", "median ms", "runs"
+                );
+            }
+            bench_conv(&gpu, &default_conv_layers(), cfg, |r| {
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:<16} {:<16} {:>6} {:>9.3} {:>9.3} {:>11.2} {:>5}",
+                        r.layer, r.pass, r.groups, r.gflops, r.gbps, r.median_ms, r.runs
+                    );
+                }
+            })?;
+            if no_matmul {
+                return Ok(());
+            }
+            if !json {
+                println!();
+            }
+            print_matmul(&gpu, &matmul_sizes, &[MatmulKernel::Tiled], cfg, json)
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! `wgtune finetune` and `wgtune lr-find`: the learner driven from the command line, with progress bars, the
+//! epoch table, Ctrl-C handling and the charts.
+
+use super::args::{FinetuneArgs, LrFindArgs, RunArgs};
+use super::bench::open_gpu;
+
+/// The embedded default data set (a folder of the source tree).
+const DEFAULT_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion_mnist");
+
+/// The pretrained weights, the data and the GPU of a run, and the learner built from them; `epochs` None means
+/// the preset's.
+pub(crate) fn prepare(
+    adapter: Option<String>,
+    r: &RunArgs,
+    epochs: Option<usize>,
+    cfg: wgtune::learner::FineTuneConfig,
+) -> anyhow::Result<wgtune::learner::Learner> {
+    use wgtune::learner::{FineTuneConfig, Learner};
+    use wgtune::nn::model::EFFNET_LITE0_IMAGENET;
+    use wgtune::nn::weights::Weights;
+    let arch = r.arch;
+    let weights = match &r.model {
+        _ if r.no_pretrained => None,
+        Some(p) => Some(Weights::open(p)?),
+        None if arch == wgtune::nn::Arch::EffnetLite0 => {
+            Some(Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0 (ImageNet)")?)
+        }
+        None => anyhow::bail!("--arch {} needs pretrained weights: give them with --model FILE", r.arch),
+    };
+    let data_dir = r.data.clone().unwrap_or_else(|| DEFAULT_DATA.into());
+    let data = wgtune::data::dataset::Dataset::from_folder(&data_dir, r.valid_pct, r.seed)?;
+    eprintln!(
+        "data: {} ({} classes, {} train, {} valid images)",
+        data_dir.display(),
+        data.classes.len(),
+        data.train.len(),
+        data.valid.len()
+    );
+    if r.no_pretrained {
+        eprintln!("model: {} from random initial weights (--no-pretrained)", arch.name());
+    }
+    let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+    let software = gpu.summary().is_software;
+    let size = r.size.unwrap_or(if software { 64 } else { 224 });
+    let epochs_known = epochs.is_some();
+    let epochs = epochs.unwrap_or(if software { 2 } else { 3 });
+    // Measured on the embedded 28x28 Fashion-MNIST images at 64 px, 1 + 2 epochs: 76.2% without augmentation,
+    // 73.2% with it (BENCHMARKS.md). Elsewhere fastai's augmentation stays on.
+    let augment = r.augment || !(r.no_augment || (software && r.data.is_none()));
+    if r.size.is_none() {
+        // lr-find runs no epochs: its preset is the input size and augmentation alone.
+        let schedule = if epochs_known { String::new() } else { format!(", {} + {epochs} epochs", cfg.freeze_epochs) };
+        eprintln!(
+            "preset: {size}x{size} inputs{schedule}, augmentation {} for the {} adapter '{}' \
+             (--size, --epochs, --augment/--no-augment to change)",
+            if augment { "on" } else { "off" },
+            if software { "software" } else { "hardware" },
+            gpu.summary().name
+        );
+    }
+    let cfg = FineTuneConfig {
+        arch,
+        bs: r.bs,
+        seed: r.seed,
+        wd: r.wd,
+        optimizer: if r.sgd { wgtune::ops::optim::Optimizer::Sgd } else { wgtune::ops::optim::Optimizer::Adam },
+        freeze_bn: r.freeze_bn,
+        size,
+        presize: (size * 8).div_ceil(7),
+        epochs,
+        augment,
+        ..cfg
+    };
+    let (bs, px) = (cfg.bs, cfg.size);
+    Learner::new(gpu, &data, weights.as_ref(), cfg).map_err(|e| with_memory_advice(e, bs, px))
+}
+
+/// Errors that mean the run did not fit the GPU get advice on what to change; others pass through.
+pub(crate) fn with_memory_advice(e: wgtune::Error, bs: usize, size: usize) -> anyhow::Error {
+    let memory = match &e {
+        wgtune::Error::DeviceLost(_) | wgtune::Error::TooLarge { .. } => true,
+        wgtune::Error::Gpu { message, .. } => message.to_lowercase().contains("memory"),
+        _ => false,
+    };
+    if memory {
+        anyhow::anyhow!(
+            "{e}\nhint: batch size {bs} at {size}x{size} px may not fit this GPU's memory: try --bs {} (or a smaller \
+             --size); `wgtune bench memory --bs {bs} --size {size}` shows what a run needs",
+            (bs / 2).max(1)
+        )
+    } else {
+        e.into()
+    }
+}
+
+/// A progress callback: one indicatif bar per epoch on a terminal, plain lines (every tenth) otherwise.
+pub(crate) fn progress_printer() -> impl FnMut(&str, usize, usize, usize, f64) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    move |phase: &str, epoch: usize, done: usize, total: usize, loss: f64| {
+        if !terminal {
+            if done.is_multiple_of((total / 10).max(1)) || done == total {
+                eprintln!("  {phase} epoch {epoch}: batch {done}/{total}, smoothed loss {loss:.4}");
+            }
+            return;
+        }
+        let b = bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            let style =
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+            b.set_style(style);
+            b.set_prefix(format!("{phase} epoch {epoch}"));
+            b
+        });
+        b.set_position(done as u64);
+        b.set_message(format!("loss {loss:.4}"));
+        if done == total {
+            b.finish_and_clear();
+            bar = None;
+        }
+    }
+}
+
+pub(crate) fn lr_find(adapter: Option<String>, a: LrFindArgs) -> anyhow::Result<()> {
+    let cfg = wgtune::learner::FineTuneConfig::default();
+    let mut learner = prepare(adapter, &a.run, Some(1), cfg)?;
+    let (bs, size) = (learner.cfg.bs, learner.cfg.size);
+    let mut progress = progress_printer();
+    let found =
+        learner.lr_find(a.start_lr, a.end_lr, a.num_it, &mut progress).map_err(|e| with_memory_advice(e, bs, size))?;
+    if found.stopped_early {
+        println!(
+            "the loss diverged at lr {:.2e} after {} steps: stopped there (weights restored)",
+            found.lrs.last().copied().unwrap_or(f64::NAN),
+            found.lrs.len()
+        );
+    }
+    match found.suggestion {
+        Some(lr) => println!("suggested learning rate (valley): {lr:.2e}  (finetune --lr {lr:.1e})"),
+        None => println!("too few steps recorded for a suggestion: raise --num-it"),
+    }
+    super::plot::lr_find(&a.plot, &found)?;
+    println!("plot: {}", a.plot.display());
+    Ok(())
+}
+
+pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use wgtune::nn::model::save_model;
+    let cfg = wgtune::learner::FineTuneConfig {
+        freeze_epochs: a.freeze_epochs,
+        lr: a.lr,
+        lr_mult: a.lr_mult,
+        pct_start: a.pct_start,
+        div: a.div,
+        profile: a.profile,
+        capture_step: a.capture_step,
+        ..Default::default()
+    };
+    let mut learner = prepare(adapter, &a.run, a.epochs, cfg)?;
+    let (bs, size) = (learner.cfg.bs, learner.cfg.size);
+    if let Some(n) = a.capture_step {
+        eprintln!(
+            "--capture-step {n}: step {n} is wrapped in a RenderDoc capture, which records only when wgtune runs \
+             under RenderDoc (renderdoccmd capture -w -c CAPTURE_PATH wgtune finetune ...; see README)"
+        );
+    }
+    let mut log = match &a.json_log {
+        Some(p) => Some(
+            std::fs::File::create(p).map_err(|e| anyhow::anyhow!("cannot create --json-log {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut last_phase = String::new();
+    let mut progress = progress_printer();
+    let mut on_epoch = |r: &wgtune::learner::EpochRecord| {
+        if r.phase != last_phase {
+            println!("\n{} phase", r.phase);
+            println!(
+                "{:>5}  {:>10}  {:>10}  {:>10}  {:>8}  {:>6}",
+                "epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "time"
+            );
+            last_phase = r.phase.clone();
+        }
+        let secs = r.seconds as u64;
+        println!(
+            "{:>5}  {:>10.6}  {:>10.6}  {:>10.6}  {:>8.4}  {:02}:{:02}",
+            r.epoch,
+            r.train_loss,
+            r.valid_loss,
+            r.error_rate,
+            r.accuracy,
+            secs / 60,
+            secs % 60
+        );
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
+        }
+    };
+    let checkpoint = std::path::PathBuf::from(format!("{}.checkpoint", a.out.display()));
+    if a.resume {
+        eprintln!("resuming from {}", checkpoint.display());
+    }
+    // Ctrl-C: finish the current step, write a checkpoint, exit 130. A second Ctrl-C exits at once.
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after the current step (Ctrl-C again to quit at once)...");
+    });
+    let records = learner
+        .fit(&mut progress, &mut on_epoch, Some(&checkpoint), a.resume.then_some(checkpoint.as_path()), &STOP)
+        .map_err(|e| with_memory_advice(e, bs, size))?;
+    save_model(&learner.ex, &learner.spec, &a.out)?;
+    println!(
+        "\nsaved the fine-tuned model to {} (use it with `wgtune predict --model {} IMAGES`)",
+        a.out.display(),
+        a.out.display()
+    );
+    let (_, confusion) = learner.validate_confusion()?;
+    println!("\nconfusion matrix (validation set, {} images)\n{}", confusion.total(), confusion.table());
+    let worst: Vec<String> =
+        confusion.most_confused(1).iter().take(5).map(|(a, p, n)| format!("{a} -> {p}: {n}")).collect();
+    if !worst.is_empty() {
+        println!("most confused (actual -> predicted): {}", worst.join(", "));
+    }
+    let side = |ext: &str| a.out.with_extension(ext);
+    let steps = learner.steps_per_epoch();
+    super::plot::loss_curve(&side("loss.png"), &learner.history, &records, steps)?;
+    super::plot::confusion(&side("confusion.png"), &confusion)?;
+    println!(
+        "plots: {} (loss curve), {} (confusion matrix)",
+        side("loss.png").display(),
+        side("confusion.png").display()
+    );
+    for (phase, p) in &learner.profiles {
+        println!("\n{}", wgtune::profile::render(&format!("profiled {phase}-phase training step"), p, 15));
+    }
+    if let Some(n) = a.capture_step {
+        let steps = learner.history.len() as u64;
+        if n == 0 || n > steps {
+            eprintln!("warning: --capture-step {n} is outside the run's {steps} steps: nothing was captured");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out of memory and device loss name the batch size to try; other errors pass through unchanged.
+    #[test]
+    fn memory_errors_advise_a_smaller_batch() {
+        let lost = with_memory_advice(wgtune::Error::DeviceLost("Out of memory".into()), 32, 224).to_string();
+        assert!(lost.contains("--bs 16") && lost.contains("batch size 32 at 224x224"), "{lost}");
+        let oom = wgtune::Error::Gpu { label: "activations".into(), message: "Out of Memory".into() };
+        assert!(with_memory_advice(oom, 1, 64).to_string().contains("--bs 1"));
+        let other = with_memory_advice(wgtune::Error::Invalid("bad --lr".into()), 32, 224).to_string();
+        assert_eq!(other, "bad --lr");
+    }
+}

@@ -1,0 +1,247 @@
+//! The executor: compiles a [`Graph`] once into GPU work and runs training steps.
+//!
+//! - Parameters live in one storage buffer per (group, weight-decay) bucket, with their gradients and optimizer
+//!   state in matching buffers: one optimizer dispatch per bucket updates all of them, and freezing a group skips
+//!   its buckets. Batch-norm running statistics live in their own buffer. All of these stay on the GPU.
+//! - A program (training or evaluation) is a list of layers, each a list of [`Dispatch`]es built once: the forward
+//!   pass, then (training) the backward pass derived in reverse order — one `match` arm per [`Op`] — then the
+//!   optimizer. Transient tensors (activations, their gradients, saved statistics) get buffers from the memory
+//!   plan ([`plan`](super::plan)).
+//! - A training step uploads the batch and labels, rewrites the few uniforms that change per step (learning rates,
+//!   momenta, dropout step), encodes everything in one command encoder and submits ONCE; the loss and the
+//!   correct-prediction count (8 bytes) are copied into a staging ring and read back asynchronously.
+//!
+//! In parts: [`params`] (persistent buffers, checkpoints), [`program`] (layout, memory plan, compile),
+//! [`forward`] and [`backward`] (one arm per op each), [`step`] (train / evaluate / predict / metrics / profile).
+//! Every wait for the GPU is an `async fn`; the blocking forms are thin native-only wrappers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, ReadbackRing, Ticket};
+use crate::graph::{Graph, Op, TensorId, TensorKind};
+use crate::ops::optim::{Hyper, Optimizer};
+
+mod backward;
+mod forward;
+mod params;
+mod program;
+mod step;
+
+use params::Params;
+use program::Program;
+pub use step::StepProfile;
+
+/// How the executor trains.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExecutorConfig {
+    pub optimizer: Optimizer,
+    /// Batch norm of frozen groups runs in eval mode with its parameters frozen too (nothing of a frozen body
+    /// trains, and backward stops at the first trainable layer). Off: fastai's default, batch-norm parameters keep
+    /// training and use batch statistics while their group is frozen.
+    pub freeze_bn: bool,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig { optimizer: Optimizer::Adam, freeze_bn: false }
+    }
+}
+
+/// A tensor copied to the CPU: name, shape, values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Loss and correct predictions of one training step, as read back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f32,
+    pub correct: f32,
+}
+
+/// What crossed between CPU and GPU, and how often work was submitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub steps: u64,
+    pub submits: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_read_back: u64,
+    /// CPU time spent encoding training steps (building the command buffer), nanoseconds.
+    pub encode_ns: u64,
+    /// Time spent inside the submit call, nanoseconds: the driver may block it while earlier steps run.
+    pub submit_ns: u64,
+}
+
+/// A transient tensor of a program: a value, the gradient of a value, or the scratch buffer of a node's
+/// backward launch (placed by the memory plan like any other tensor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Value(TensorId),
+    Grad(TensorId),
+    Scratch(usize),
+}
+
+pub struct Executor {
+    gpu: Arc<Gpu>,
+    graph: Graph,
+    cfg: ExecutorConfig,
+    trainable: Vec<bool>,
+    hyper: Vec<Hyper>,
+    params: Params,
+    train: Option<Program>,
+    eval: Option<Program>,
+    ring: ReadbackRing,
+    pending: VecDeque<(u64, Ticket, Ticket)>,
+    /// Metrics that arrived while waiting for ring space, not yet handed out.
+    finished: Vec<StepMetrics>,
+    counters: Counters,
+    /// Time the next training step dispatch by dispatch ([`Executor::profile_next_step`]).
+    profile_next: bool,
+    last_profile: Option<StepProfile>,
+    /// Wrap the next training step in a graphics-debugger capture ([`Executor::capture_next_step`]).
+    capture_next: bool,
+    step: u64,
+    input: TensorId,
+    labels: TensorId,
+    loss_node: usize,
+    pixel_input: Option<PixelInput>,
+}
+
+/// Batches arrive as presized u8 pixels and the GPU augments and normalizes them into the model's input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PixelInput {
+    /// Side of the square u8 images uploaded.
+    pub presize: usize,
+    pub normalization: crate::nn::Normalization,
+}
+
+impl Executor {
+    /// Allocate parameters, gradients, optimizer state and running statistics, and upload their initial values.
+    pub fn new(gpu: Arc<Gpu>, graph: Graph, cfg: ExecutorConfig) -> Result<Self> {
+        let find = |kind: &str, pred: &dyn Fn(&TensorKind) -> bool| {
+            let ids: Vec<usize> = (0..graph.tensors.len()).filter(|&i| pred(&graph.tensors[i].kind)).collect();
+            match ids.as_slice() {
+                [one] => Ok(TensorId(*one)),
+                _ => Err(Error::Invalid(format!("the graph needs exactly one {kind} tensor, it has {}", ids.len()))),
+            }
+        };
+        let input = find("input", &|k| *k == TensorKind::Input)?;
+        let labels = find("labels", &|k| *k == TensorKind::Labels)?;
+        let losses: Vec<usize> =
+            (0..graph.nodes.len()).filter(|&i| matches!(graph.nodes[i].op, Op::SoftmaxCrossEntropy { .. })).collect();
+        let &[loss_node] = losses.as_slice() else {
+            return Err(Error::Invalid(format!("the graph needs exactly one loss, it has {}", losses.len())));
+        };
+        if loss_node != graph.nodes.len() - 1 {
+            return Err(Error::Invalid("the loss must be the last node of the graph".into()));
+        }
+
+        let params = Params::new(&gpu, &graph, cfg.optimizer)?;
+        let groups = graph.groups();
+        let ring = ReadbackRing::new(&gpu, "step metrics", 64, crate::gpu::DType::F32.size())?;
+        Ok(Executor {
+            gpu,
+            graph,
+            cfg,
+            trainable: vec![true; groups],
+            hyper: vec![Hyper::default(); groups],
+            params,
+            train: None,
+            eval: None,
+            ring,
+            pending: VecDeque::new(),
+            finished: Vec::new(),
+            profile_next: false,
+            last_profile: None,
+            capture_next: false,
+            counters: Counters::default(),
+            step: 0,
+            input,
+            labels,
+            loss_node,
+            pixel_input: None,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Training steps run so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Whether parameter group `group` trains.
+    pub fn is_trainable(&self, group: usize) -> bool {
+        self.trainable[group]
+    }
+
+    /// Freeze or unfreeze a parameter group. A change recompiles the backward pass (so no gradient work is done
+    /// for frozen layers) and resets the optimizer state, as fastai's freeze_to does.
+    pub fn set_trainable(&mut self, group: usize, trainable: bool) -> Result<()> {
+        if group >= self.trainable.len() {
+            return Err(Error::Invalid(format!(
+                "parameter group {group} does not exist ({} groups)",
+                self.trainable.len()
+            )));
+        }
+        if self.trainable[group] != trainable {
+            self.trainable[group] = trainable;
+            self.train = None;
+            if self.cfg.freeze_bn {
+                self.eval = None;
+            }
+            self.reset_optimizer()?;
+        }
+        Ok(())
+    }
+
+    /// Freeze groups [0, n) and unfreeze the rest (fastai's freeze_to).
+    pub fn freeze_to(&mut self, n: usize) -> Result<()> {
+        for g in 0..self.trainable.len() {
+            self.set_trainable(g, g >= n)?;
+        }
+        Ok(())
+    }
+
+    /// Hyper-parameters of a group for the next steps (written into the optimizer's uniform each step).
+    pub fn set_hyper(&mut self, group: usize, hyper: Hyper) -> Result<()> {
+        let slot = self.hyper.get_mut(group).ok_or_else(|| Error::Invalid(format!("no parameter group {group}")))?;
+        *slot = hyper;
+        Ok(())
+    }
+
+    pub fn hyper(&self, group: usize) -> Hyper {
+        self.hyper[group]
+    }
+
+    fn tensor_id(&self, name: &str) -> Result<TensorId> {
+        self.graph.find(name).ok_or_else(|| Error::Invalid(format!("the model has no tensor named '{name}'")))
+    }
+
+    fn group_trains(&self, t: TensorId, training: bool) -> bool {
+        match self.graph.tensors[t.0].kind {
+            TensorKind::Param { group, is_bn, .. } => {
+                training && (self.trainable[group] || (is_bn && !self.cfg.freeze_bn))
+            }
+            _ => false,
+        }
+    }
+
+    fn bn_trains(&self, gamma: TensorId, training: bool) -> bool {
+        match self.graph.tensors[gamma.0].kind {
+            TensorKind::Param { group, .. } => training && (self.trainable[group] || !self.cfg.freeze_bn),
+            _ => training,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Parameters, gradients, optimizer state and running statistics: allocated once, resident on the GPU.
+//!
+//! Parameters live in one storage buffer per (group, weight-decay) bucket, their gradients in a matching buffer,
+//! and the optimizer's state in as many matching buffers as its update rule needs (SGD: the momentum average;
+//! Adam: both moments). One optimizer dispatch per bucket updates every member; freezing a group skips its
+//! buckets. Each member's byte offset inside its bucket is kept, so one member can be read or written alone.
+//! Batch-norm running statistics live in one more buffer.
+
+use std::collections::HashMap;
+
+use super::{Executor, NamedTensor};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Storage, Tensor};
+use crate::graph::{Graph, TensorId, TensorKind};
+use crate::ops::optim::Optimizer;
+
+/// The element type of parameters, gradients, optimizer state and running statistics.
+pub(super) const PARAM_DTYPE: DType = DType::F32;
+
+/// The parameters of one (group, decay) pair, with their gradients and optimizer state.
+pub(super) struct Bucket {
+    pub group: usize,
+    pub decay: bool,
+    /// Elements, members' alignment padding included.
+    pub len: usize,
+    /// Each member and its byte offset in `params` (and in `grads` and every state buffer).
+    pub members: Vec<(TensorId, u64)>,
+    pub params: Storage,
+    pub grads: Storage,
+    /// One buffer per [`Optimizer::state_names`] entry, in that order.
+    pub state: Vec<Storage>,
+    /// Optimizer steps taken (Adam's debiasing).
+    pub step: u64,
+}
+
+impl Bucket {
+    /// The whole of one of the bucket's buffers as a flat tensor.
+    pub fn whole(&self, storage: &Storage, what: &str) -> Result<Tensor> {
+        storage.view(0, &[self.len], PARAM_DTYPE, &format!("group {} {what}", self.group))
+    }
+}
+
+/// Everything persistent of an executor.
+pub(super) struct Params {
+    pub buckets: Vec<Bucket>,
+    /// Parameters (views into bucket storage) and state (running statistics).
+    pub values: HashMap<TensorId, Tensor>,
+    /// Parameter gradients (views into bucket gradient storage).
+    pub grads: HashMap<TensorId, Tensor>,
+    pub bytes: u64,
+    _running: Option<Storage>,
+}
+
+impl Params {
+    /// Allocate every persistent buffer of `graph` for `optimizer` and upload the initial values.
+    pub fn new(gpu: &Gpu, graph: &Graph, optimizer: Optimizer) -> Result<Params> {
+        let elem = PARAM_DTYPE.size();
+        // Each view starts on a binding-aligned offset.
+        let align = gpu.binding_alignment().max(elem);
+        let mut layout: Vec<((usize, bool), Vec<(TensorId, u64)>, u64)> = Vec::new();
+        for t in graph.params() {
+            let TensorKind::Param { group, decay, .. } = graph.tensors[t.0].kind else { continue };
+            let i = match layout.iter().position(|(k, _, _)| *k == (group, decay)) {
+                Some(i) => i,
+                None => {
+                    layout.push(((group, decay), Vec::new(), 0));
+                    layout.len() - 1
+                }
+            };
+            let (_, members, bytes) = &mut layout[i];
+            members.push((t, *bytes));
+            *bytes = (*bytes + graph.tensors[t.0].numel() as u64 * elem).next_multiple_of(align);
+        }
+        let mut values = HashMap::new();
+        let mut grads = HashMap::new();
+        let mut buckets = Vec::new();
+        let mut total = 0;
+        for ((group, decay), members, bytes) in layout {
+            let name = format!("group {group}{}", if decay { "" } else { " no-decay" });
+            let storage = |what: &str| gpu.storage(bytes, &format!("{name} {what}"));
+            let state = optimizer.state_names().iter().map(|what| storage(what)).collect::<Result<Vec<_>>>()?;
+            let bucket = Bucket {
+                group,
+                decay,
+                len: (bytes / elem) as usize,
+                members,
+                params: storage("params")?,
+                grads: storage("grads")?,
+                state,
+                step: 0,
+            };
+            total += bytes * (2 + bucket.state.len() as u64);
+            for &(t, offset) in &bucket.members {
+                let info = &graph.tensors[t.0];
+                let v = bucket.params.view(offset, &info.shape, PARAM_DTYPE, &info.name)?;
+                if let Some(init) = &info.init {
+                    gpu.write_f32(&v, init)?;
+                }
+                values.insert(t, v);
+                let grad = format!("{}.grad", info.name);
+                grads.insert(t, bucket.grads.view(offset, &info.shape, PARAM_DTYPE, &grad)?);
+            }
+            buckets.push(bucket);
+        }
+        // Running statistics: one buffer.
+        let mut offsets = Vec::new();
+        let mut bytes = 0;
+        for (i, info) in graph.tensors.iter().enumerate() {
+            if info.kind == TensorKind::State {
+                offsets.push((TensorId(i), bytes));
+                bytes = (bytes + info.numel() as u64 * elem).next_multiple_of(align);
+            }
+        }
+        let running = if offsets.is_empty() { None } else { Some(gpu.storage(bytes, "running statistics")?) };
+        if let Some(storage) = &running {
+            total += storage.bytes();
+            for &(t, offset) in &offsets {
+                let info = &graph.tensors[t.0];
+                let v = storage.view(offset, &info.shape, PARAM_DTYPE, &info.name)?;
+                if let Some(init) = &info.init {
+                    gpu.write_f32(&v, init)?;
+                }
+                values.insert(t, v);
+            }
+        }
+        Ok(Params { buckets, values, grads, bytes: total, _running: running })
+    }
+}
+
+impl Executor {
+    /// Zero the optimizer's state and step counts.
+    pub fn reset_optimizer(&mut self) -> Result<()> {
+        for b in &mut self.params.buckets {
+            for s in &b.state {
+                self.gpu.clear_storage(s)?;
+            }
+            b.step = 0;
+        }
+        Ok(())
+    }
+
+    blocking! {
+        /// [`Executor::training_state_async`], blocking.
+        pub fn training_state(&self) -> Result<(Vec<NamedTensor>, String)> => training_state_async
+    }
+
+    /// Everything training changes, for a checkpoint: every parameter and running statistic by name, each
+    /// optimizer bucket's state (`optimizer.<bucket>.grad_avg`, and `.sqr_avg` for Adam), and the counters
+    /// (trainable flags, bucket step counts, the training step) as text.
+    pub async fn training_state_async(&self) -> Result<(Vec<NamedTensor>, String)> {
+        let mut tensors = Vec::new();
+        for info in &self.graph.tensors {
+            if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
+                tensors.push((info.name.clone(), info.shape.clone(), self.read_value_async(&info.name).await?));
+            }
+        }
+        for (i, b) in self.params.buckets.iter().enumerate() {
+            for (what, storage) in self.cfg.optimizer.state_names().iter().zip(&b.state) {
+                let v = b.whole(storage, what)?;
+                tensors.push((format!("optimizer.{i}.{what}"), vec![b.len], self.gpu.read_f32_async(&v).await?));
+            }
+        }
+        let counters = serde_json::json!({
+            "step": self.step,
+            "trainable": self.trainable,
+            "bucket_steps": self.params.buckets.iter().map(|b| b.step).collect::<Vec<_>>(),
+        });
+        Ok((tensors, counters.to_string()))
+    }
+
+    /// Restore what [`Executor::training_state`] saved (same model). `get` returns a saved tensor by name.
+    pub fn restore_training_state(&mut self, get: &dyn Fn(&str) -> Result<Vec<f32>>, counters: &str) -> Result<()> {
+        let bad = |why: String| Error::Invalid(format!("checkpoint does not match this model: {why}"));
+        let c: serde_json::Value = serde_json::from_str(counters).map_err(|e| bad(e.to_string()))?;
+        let trainable: Vec<bool> = serde_json::from_value(c["trainable"].clone()).map_err(|e| bad(e.to_string()))?;
+        let bucket_steps: Vec<u64> =
+            serde_json::from_value(c["bucket_steps"].clone()).map_err(|e| bad(e.to_string()))?;
+        if trainable.len() != self.trainable.len() || bucket_steps.len() != self.params.buckets.len() {
+            return Err(bad(format!("{} groups and {} buckets saved", trainable.len(), bucket_steps.len())));
+        }
+        for (g, &t) in trainable.iter().enumerate() {
+            // Without the optimizer reset that set_trainable does on a change: the moments come next.
+            if self.trainable[g] != t {
+                self.trainable[g] = t;
+                self.train = None;
+                self.eval = None;
+            }
+        }
+        let names: Vec<String> = self
+            .graph
+            .tensors
+            .iter()
+            .filter(|i| matches!(i.kind, TensorKind::Param { .. } | TensorKind::State))
+            .map(|i| i.name.clone())
+            .collect();
+        for name in names {
+            self.write_value(&name, &get(&name)?)?;
+        }
+        for (i, b) in self.params.buckets.iter_mut().enumerate() {
+            for (what, storage) in self.cfg.optimizer.state_names().iter().zip(&b.state) {
+                self.gpu.write_f32(&b.whole(storage, what)?, &get(&format!("optimizer.{i}.{what}"))?)?;
+            }
+            b.step = bucket_steps[i];
+        }
+        self.step = c["step"].as_u64().ok_or_else(|| bad("no step count".into()))?;
+        Ok(())
+    }
+
+    /// GPU bytes of parameters, gradients, optimizer state and running statistics.
+    pub fn persistent_bytes(&self) -> u64 {
+        self.params.bytes
+    }
+
+    fn value(&self, name: &str) -> Result<&Tensor> {
+        let t = self.tensor_id(name)?;
+        self.params.values.get(&t).ok_or_else(|| Error::Invalid(format!("'{name}' is not a parameter or state")))
+    }
+
+    blocking! {
+        /// Read a parameter or running statistic by name.
+        pub fn read_value(&self, name: &str) -> Result<Vec<f32>> => read_value_async
+    }
+
+    pub async fn read_value_async(&self, name: &str) -> Result<Vec<f32>> {
+        self.gpu.read_f32_async(self.value(name)?).await
+    }
+
+    /// Overwrite a parameter or running statistic (e.g. with pretrained weights).
+    pub fn write_value(&self, name: &str, data: &[f32]) -> Result<()> {
+        self.gpu.write_f32(self.value(name)?, data)
+    }
+
+    blocking! {
+        /// Read the gradient of a parameter from the last step that computed it.
+        pub fn read_grad(&self, name: &str) -> Result<Vec<f32>> => read_grad_async
+    }
+
+    pub async fn read_grad_async(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.tensor_id(name)?;
+        let g = self.params.grads.get(&t).ok_or_else(|| Error::Invalid(format!("'{name}' is not a parameter")))?;
+        self.gpu.read_f32_async(g).await
+    }
+
+    /// Whether any member of bucket `b` trains.
+    pub(super) fn bucket_trains(&self, b: &Bucket) -> bool {
+        b.members.iter().any(|&(t, _)| self.group_trains(t, true))
+    }
+}

@@ -1,0 +1,369 @@
+//! Compiling a program: the layers of the forward pass (and, for training, the derived backward pass and the
+//! optimizer), the memory plan that places every transient buffer they touch (activations, gradients, saved
+//! statistics, launchers' scratch), and the dispatches built once those buffers exist.
+
+use std::collections::HashMap;
+
+use super::params::PARAM_DTYPE;
+use super::{Executor, Key};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Dispatch, Gpu, Storage, Tensor};
+use crate::graph::plan::{assign_slots, Lifetime, SlotPlan};
+use crate::graph::{Op, TensorId, TensorKind};
+use crate::ops::optim::optimizer_step;
+
+/// Dispatches of one layer, with the dropout dispatches whose per-step uniform must be rewritten.
+pub(super) struct Layer {
+    pub name: String,
+    pub dispatches: Vec<Dispatch>,
+    pub dropout: Vec<DropoutSite>,
+}
+
+/// A dropout dispatch whose uniform gets this step's number before each submit.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DropoutSite {
+    pub dispatch: usize,
+    pub p: f64,
+    pub seed: u32,
+    pub accumulate: bool,
+    pub len: usize,
+}
+
+/// A compiled program.
+pub(super) struct Program {
+    pub layers: Vec<Layer>,
+    /// (bucket, dispatch)
+    pub optim: Vec<(usize, Dispatch)>,
+    pub input: Tensor,
+    pub labels: Tensor,
+    pub loss: Tensor,
+    pub correct: Tensor,
+    pub probs: Option<Tensor>,
+    pub logits: Tensor,
+    /// With a pixel input stage: the u8 batch (packed) and the per-image transforms the augment layer reads.
+    pub pixels: Option<(Tensor, Tensor)>,
+    pub transient_bytes: u64,
+    _slots: Vec<Storage>,
+}
+
+/// Builds a layer's dispatches once the program's buffers exist.
+pub(super) type Build = Box<dyn Fn(&Views) -> Result<Vec<Dispatch>>>;
+
+/// A program's layers and memory plan before its buffers exist.
+pub(super) struct Layout {
+    layers: Vec<PendingLayer>,
+    /// Every planned tensor: key, name, shape, element type.
+    keys: Vec<(Key, String, Vec<usize>, DType)>,
+    plan: SlotPlan,
+    alias: HashMap<TensorId, TensorId>,
+    /// Why the plan cannot run on this adapter (a tensor over the binding limit), if it cannot.
+    oversized: Option<String>,
+}
+
+impl Layout {
+    /// Bytes of the plan's buffers and of the pixel stage's upload buffers, if any.
+    fn total_bytes(&self, pixel: Option<(usize, usize)>) -> u64 {
+        self.plan.total_bytes() + pixel.map_or(0, |(n, presize)| pixel_stage_bytes(n, presize))
+    }
+}
+
+/// Shapes of the pixel stage's buffers for `n` images of `presize`^2 pixels: the packed u8 batch (u32 words)
+/// and eight transform parameters per image.
+fn pixel_stage_shapes(n: usize, presize: usize) -> ([usize; 1], [usize; 2]) {
+    ([(n * presize * presize * 3).div_ceil(4)], [n, 8])
+}
+
+fn pixel_stage_bytes(n: usize, presize: usize) -> u64 {
+    let (px, tf) = pixel_stage_shapes(n, presize);
+    px[0] as u64 * DType::U32.size() + (tf[0] * tf[1]) as u64 * DType::F32.size()
+}
+
+impl Program {
+    /// The dispatches grouped by layer, as [`Gpu::submit_layers`] takes them.
+    pub fn layer_groups(&self) -> Vec<(&str, Vec<&Dispatch>)> {
+        self.layers.iter().map(|l| (l.name.as_str(), l.dispatches.iter().collect())).collect()
+    }
+}
+
+/// A layer before its buffers exist: what it touches, and how to build its dispatches once they do.
+pub(super) struct PendingLayer {
+    pub name: String,
+    pub touches: Vec<Key>,
+    pub dropout: Vec<DropoutSite>,
+    /// Scratch buffers the layer's launches need (shape, element type); `touches` holds their keys too.
+    pub scratch: Vec<(Key, Vec<usize>, DType)>,
+    pub build: Build,
+}
+
+/// Tensors by key while a program's dispatches are built.
+pub(super) struct Views<'a> {
+    pub gpu: &'a Gpu,
+    transient: HashMap<Key, Tensor>,
+    values: &'a HashMap<TensorId, Tensor>,
+    grads: &'a HashMap<TensorId, Tensor>,
+}
+
+impl Views<'_> {
+    pub fn get(&self, key: Key) -> Result<&Tensor> {
+        self.transient
+            .get(&key)
+            .or_else(|| match key {
+                Key::Value(t) => self.values.get(&t),
+                Key::Grad(t) => self.grads.get(&t),
+                Key::Scratch(_) => None,
+            })
+            .ok_or_else(|| Error::Invalid(format!("executor: no buffer for {key:?}")))
+    }
+    pub fn v(&self, t: TensorId) -> Result<&Tensor> {
+        self.get(Key::Value(t))
+    }
+    pub fn g(&self, t: TensorId) -> Result<&Tensor> {
+        self.get(Key::Grad(t))
+    }
+}
+
+impl Executor {
+    /// The layer names of the training program in execution order (forward, then backward).
+    pub fn train_layer_names(&mut self) -> Result<Vec<String>> {
+        self.ensure_train()?;
+        Ok(self.train.as_ref().map(|p| p.layers.iter().map(|l| l.name.clone()).collect()).unwrap_or_default())
+    }
+
+    /// Planned GPU bytes of the training (or evaluation) program without allocating its buffers: persistent
+    /// tensors plus the memory plan. Works even where a tensor exceeds this adapter's binding limit (the plan is
+    /// then a figure for a larger GPU).
+    pub fn plan_bytes(&self, training: bool) -> Result<u64> {
+        Ok(self.persistent_bytes() + self.layout(training)?.total_bytes(self.pixel_stage()))
+    }
+
+    /// All planned GPU bytes of the training program: persistent tensors plus the memory plan's buffers. These are
+    /// exactly the storage bytes the executor allocates (readback staging and uniforms apart).
+    pub fn planned_bytes(&mut self) -> Result<u64> {
+        self.ensure_train()?;
+        Ok(self.persistent_bytes() + self.train.as_ref().map_or(0, |p| p.transient_bytes))
+    }
+
+    pub(super) fn ensure_train(&mut self) -> Result<()> {
+        if self.train.is_none() {
+            self.train = Some(self.compile(true)?);
+        }
+        Ok(())
+    }
+
+    pub(super) fn ensure_eval(&mut self) -> Result<()> {
+        if self.eval.is_none() {
+            self.eval = Some(self.compile(false)?);
+        }
+        Ok(())
+    }
+
+    /// (batch, presize) of the pixel input stage, if batches arrive as pixels.
+    fn pixel_stage(&self) -> Option<(usize, usize)> {
+        self.pixel_input.map(|s| (self.graph.tensors[self.labels.0].numel(), s.presize))
+    }
+
+    /// The layers of a program and its memory plan, before any buffer exists.
+    fn layout(&self, training: bool) -> Result<Layout> {
+        let g = &self.graph;
+        // Which tensors need a gradient: trainable parameters, and whatever is computed from one.
+        let mut needs = vec![false; g.tensors.len()];
+        for t in g.params() {
+            needs[t.0] = self.group_trains(t, training);
+        }
+        // Flatten outputs are views of their inputs.
+        let mut alias: HashMap<TensorId, TensorId> = HashMap::new();
+        for node in &g.nodes {
+            let y = node.op.outputs()[0];
+            needs[y.0] = node.op.grad_inputs().iter().any(|t| needs[t.0]);
+            if let Op::Flatten { x, y } = &node.op {
+                alias.insert(*y, *alias.get(x).unwrap_or(x));
+            }
+        }
+        let mut layers: Vec<PendingLayer> = g.nodes.iter().map(|node| self.forward_layer(node, training)).collect();
+        if training {
+            self.derive_backward(&needs, &mut layers)?;
+        }
+
+        // Memory plan over the transient keys.
+        let root = |k: Key| match k {
+            Key::Value(t) => Key::Value(*alias.get(&t).unwrap_or(&t)),
+            other => other,
+        };
+        let is_transient = |k: Key| match k {
+            Key::Value(t) => !matches!(g.tensors[t.0].kind, TensorKind::Param { .. } | TensorKind::State),
+            Key::Grad(t) => {
+                !(matches!(g.tensors[t.0].kind, TensorKind::Param { .. }) && self.group_trains(t, training))
+            }
+            Key::Scratch(_) => true,
+        };
+        let scratch: HashMap<Key, (String, Vec<usize>, DType)> = layers
+            .iter()
+            .flat_map(|l| {
+                l.scratch.iter().map(|(k, shape, dtype)| (*k, (format!("{} scratch", l.name), shape.clone(), *dtype)))
+            })
+            .collect();
+        let end = layers.len();
+        let mut life: HashMap<Key, (usize, usize)> = HashMap::new();
+        for (i, layer) in layers.iter().enumerate() {
+            for &k in &layer.touches {
+                if is_transient(k) {
+                    let e = life.entry(root(k)).or_insert((i, i));
+                    e.0 = e.0.min(i);
+                    e.1 = e.1.max(i);
+                }
+            }
+        }
+        let SoftmaxCe { logits, loss, correct } = self.loss_tensors();
+        for k in [Key::Value(self.input), Key::Value(self.labels)] {
+            life.entry(k).or_insert((0, 0)).0 = 0;
+        }
+        for k in [Key::Value(loss), Key::Value(correct), Key::Grad(logits)] {
+            if let Some(e) = life.get_mut(&k) {
+                e.1 = end;
+            }
+        }
+        let mut order: Vec<Key> = life.keys().copied().collect();
+        order.sort_by_key(|k| match k {
+            Key::Value(t) => (t.0, 0),
+            Key::Grad(t) => (t.0, 1),
+            Key::Scratch(node) => (*node, 2),
+        });
+        let limit = self.gpu.limits().max_storage_buffer_binding_size;
+        let mut oversized = None;
+        let mut lifetimes = Vec::new();
+        let mut keys = Vec::new();
+        for k in order {
+            let (name, shape, dtype) = match k {
+                Key::Value(t) | Key::Grad(t) => {
+                    let info = &g.tensors[t.0];
+                    let int = matches!(info.kind, TensorKind::Labels | TensorKind::Saved { int: true })
+                        && matches!(k, Key::Value(_));
+                    let dtype = if int { DType::U32 } else { PARAM_DTYPE };
+                    let name =
+                        if matches!(k, Key::Grad(_)) { format!("{}.grad", info.name) } else { info.name.clone() };
+                    (name, info.shape.clone(), dtype)
+                }
+                Key::Scratch(_) => scratch[&k].clone(),
+            };
+            let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
+            if bytes > limit && oversized.is_none() {
+                let batch = shape.first().copied().unwrap_or(1).max(1) as u64;
+                let fits = limit / (bytes / batch).max(1);
+                oversized = Some(format!(
+                    "tensor '{name}' {shape:?} needs {bytes} bytes, more than this adapter's {limit}-byte storage \
+                     binding limit; a batch size of at most {fits} fits"
+                ));
+            }
+            let (first, last) = life[&k];
+            lifetimes.push(Lifetime { bytes, first, last });
+            keys.push((k, name, shape, dtype));
+        }
+        let plan = assign_slots(&lifetimes);
+        Ok(Layout { layers, keys, plan, alias, oversized })
+    }
+
+    /// Compile the training program (forward, backward, optimizer) or the evaluation program (forward in eval
+    /// mode, probabilities).
+    pub(super) fn compile(&self, training: bool) -> Result<Program> {
+        let g = &self.graph;
+        let layout = self.layout(training)?;
+        if let Some(msg) = &layout.oversized {
+            return Err(Error::Invalid(msg.clone()));
+        }
+        let transient_bytes = layout.total_bytes(self.pixel_stage());
+        let Layout { layers, keys, plan, alias, .. } = layout;
+        let SoftmaxCe { logits, loss, correct } = self.loss_tensors();
+        let mode = if training { "train" } else { "eval" };
+        let slots = plan
+            .slot_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| self.gpu.storage(b, &format!("{mode} slot {i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut transient = HashMap::new();
+        for (i, (k, name, shape, dtype)) in keys.iter().enumerate() {
+            transient.insert(*k, slots[plan.slot_of[i]].view(0, shape, *dtype, name)?);
+        }
+        for (&y, &x) in &alias {
+            if let Some(base) = transient.get(&Key::Value(x)).cloned() {
+                transient.insert(Key::Value(y), base.reshape(&g.tensors[y.0].shape)?);
+            }
+        }
+        let views = Views { gpu: &self.gpu, transient, values: &self.params.values, grads: &self.params.grads };
+        let mut built = Vec::new();
+        for layer in &layers {
+            let dispatches = (layer.build)(&views)?;
+            built.push(Layer { name: layer.name.clone(), dispatches, dropout: layer.dropout.clone() });
+        }
+        let mut optim = Vec::new();
+        if training {
+            for (i, b) in self.params.buckets.iter().enumerate() {
+                if !self.bucket_trains(b) {
+                    continue;
+                }
+                let state = b.state.iter().zip(self.cfg.optimizer.state_names()).map(|(s, what)| b.whole(s, what));
+                let state = state.collect::<Result<Vec<_>>>()?;
+                let d = optimizer_step(
+                    &self.gpu,
+                    self.cfg.optimizer,
+                    &b.whole(&b.params, "params")?,
+                    &b.whole(&b.grads, "grads")?,
+                    &state.iter().collect::<Vec<_>>(),
+                    &self.hyper[b.group],
+                    1,
+                    &format!("optimizer group {}", b.group),
+                )?;
+                optim.push((i, d));
+            }
+        }
+        let get = |k: Key| views.get(k).cloned();
+        let mut pixels = None;
+        if let (Some(stage), Some((n, presize))) = (self.pixel_input, self.pixel_stage()) {
+            let input = get(Key::Value(self.input))?;
+            let (px_shape, tf_shape) = pixel_stage_shapes(n, presize);
+            let px = self.gpu.tensor(&px_shape, DType::U32, &format!("{mode} pixels"))?;
+            let tf = self.gpu.tensor(&tf_shape, DType::F32, &format!("{mode} transforms"))?;
+            let d = crate::data::augment::augment(
+                &self.gpu,
+                &px,
+                &tf,
+                &input,
+                stage.presize,
+                &stage.normalization,
+                training,
+                "augment",
+            )?;
+            built.insert(0, Layer { name: "augment".into(), dispatches: vec![d], dropout: Vec::new() });
+            pixels = Some((px, tf));
+        }
+        Ok(Program {
+            layers: built,
+            optim,
+            input: get(Key::Value(self.input))?,
+            labels: get(Key::Value(self.labels))?,
+            loss: get(Key::Value(loss))?,
+            correct: get(Key::Value(correct))?,
+            probs: if training { None } else { Some(get(Key::Grad(logits))?) },
+            logits: get(Key::Value(logits))?,
+            pixels,
+            transient_bytes,
+            _slots: slots,
+        })
+    }
+
+    pub(super) fn loss_tensors(&self) -> SoftmaxCe {
+        match &self.graph.nodes[self.loss_node].op {
+            Op::SoftmaxCrossEntropy { logits, loss, correct, .. } => {
+                SoftmaxCe { logits: *logits, loss: *loss, correct: *correct }
+            }
+            _ => unreachable!("loss_node is checked in Executor::new"),
+        }
+    }
+}
+
+/// The three tensors of the loss node.
+pub(super) struct SoftmaxCe {
+    pub logits: TensorId,
+    pub loss: TensorId,
+    pub correct: TensorId,
+}

@@ -1,0 +1,474 @@
+//! Running compiled programs: training steps (one submission each, loss and correct count read back
+//! asynchronously), evaluation, prediction and profiling.
+//!
+//! Every call that waits for the GPU is an `async fn` (`*_async`); the plain names are native-only blocking
+//! wrappers around them (pollster), the way wgpu's own examples split native and web.
+
+use std::collections::HashMap;
+
+use super::{Executor, PixelInput, StepMetrics};
+use crate::data::augment::ImageTransform;
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu, ReadbackRing, Tensor, Ticket};
+use crate::graph::Op;
+use crate::ops::dropout::DropoutParams;
+
+/// Steps whose metrics may be in flight before a new step waits for the oldest (the ring has 64 slots, two per
+/// step).
+const MAX_IN_FLIGHT: usize = 30;
+
+impl Executor {
+    fn check_images(&self, images: &[f32]) -> Result<()> {
+        if self.pixel_input.is_some() {
+            return Err(Error::Invalid(
+                "this executor takes u8 pixel batches (set_pixel_input): use the *_pixels calls".into(),
+            ));
+        }
+        let want = self.graph.tensors[self.input.0].numel();
+        if images.len() != want {
+            return Err(Error::Invalid(format!(
+                "a batch must hold {want} values ({:?}), got {}",
+                self.graph.tensors[self.input.0].shape,
+                images.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_labels(&self, labels: &[u32]) -> Result<()> {
+        let n = self.graph.tensors[self.labels.0].numel();
+        let classes = self.graph.shape(self.loss_tensors().logits)[1] as u32;
+        if labels.len() != n {
+            return Err(Error::Invalid(format!("a batch needs {n} labels, got {}", labels.len())));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+            return Err(Error::Invalid(format!("label {bad} is out of range for {classes} classes")));
+        }
+        Ok(())
+    }
+
+    fn upload(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<()> {
+        let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled before upload");
+        self.gpu.write_f32(&p.input, images)?;
+        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(labels))?;
+        self.counters.bytes_uploaded += p.input.bytes() + p.labels.bytes();
+        Ok(())
+    }
+
+    /// Feed batches as presized u8 pixels from now on: the GPU augments (training) or just normalizes
+    /// (evaluation) them into the model's input, in the same submission as the step.
+    pub fn set_pixel_input(&mut self, stage: PixelInput) -> Result<()> {
+        let shape = &self.graph.tensors[self.input.0].shape;
+        if shape.len() != 4 || shape[1] != 3 {
+            return Err(Error::Invalid(format!(
+                "pixel input needs an (N, 3, H, W) model input, this one is {shape:?}"
+            )));
+        }
+        self.pixel_input = Some(stage);
+        self.train = None;
+        self.eval = None;
+        Ok(())
+    }
+
+    fn upload_pixels(
+        &mut self,
+        training: bool,
+        pixels: &[u8],
+        transforms: &[ImageTransform],
+        labels: &[u32],
+    ) -> Result<()> {
+        let n = self.graph.tensors[self.labels.0].numel();
+        let stage =
+            self.pixel_input.ok_or_else(|| Error::Invalid("call set_pixel_input before feeding pixels".into()))?;
+        if pixels.len() != n * stage.presize * stage.presize * 3 || transforms.len() != n || labels.len() != n {
+            return Err(Error::Invalid(format!(
+                "a pixel batch needs {n} images of {0}x{0}x3 bytes, {n} transforms and {n} labels; got {1} bytes, {2}, {3}",
+                stage.presize,
+                pixels.len(),
+                transforms.len(),
+                labels.len()
+            )));
+        }
+        self.check_labels(labels)?;
+        if training {
+            self.ensure_train()?
+        } else {
+            self.ensure_eval()?
+        }
+        let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled");
+        let (px, tf) = p.pixels.as_ref().expect("compiled with a pixel stage");
+        self.gpu.write_bytes(px, bytemuck::cast_slice(&crate::data::augment::pack_pixels(pixels)))?;
+        let params: Vec<f32> = transforms.iter().flat_map(|t| t.to_params()).collect();
+        self.gpu.write_f32(tf, &params)?;
+        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(labels))?;
+        self.counters.bytes_uploaded += px.bytes() + tf.bytes() + p.labels.bytes();
+        Ok(())
+    }
+
+    blocking! {
+        /// A training step from u8 pixels (N, P, P, 3) and per-image augmentation transforms.
+        pub fn train_step_pixels(&mut self, pixels: &[u8], transforms: &[ImageTransform], labels: &[u32]) -> Result<()> => train_step_pixels_async
+    }
+
+    pub async fn train_step_pixels_async(
+        &mut self,
+        pixels: &[u8],
+        transforms: &[ImageTransform],
+        labels: &[u32],
+    ) -> Result<()> {
+        self.upload_pixels(true, pixels, transforms, labels)?;
+        self.submit_training(true).await
+    }
+
+    blocking! {
+        /// Loss and correct count of a pixel batch in eval mode (identity transform: the pixels are centre crops).
+        pub fn evaluate_pixels(&mut self, pixels: &[u8], labels: &[u32]) -> Result<(f32, f32)> => evaluate_pixels_async
+    }
+
+    pub async fn evaluate_pixels_async(&mut self, pixels: &[u8], labels: &[u32]) -> Result<(f32, f32)> {
+        let n = labels.len();
+        self.upload_pixels(false, pixels, &vec![ImageTransform::IDENTITY; n], labels)?;
+        self.submit_eval().await
+    }
+
+    blocking! {
+        /// Class probabilities of a pixel batch in eval mode.
+        pub fn predict_pixels(&mut self, pixels: &[u8]) -> Result<Vec<f32>> => predict_pixels_async
+    }
+
+    pub async fn predict_pixels_async(&mut self, pixels: &[u8]) -> Result<Vec<f32>> {
+        let n = self.graph.tensors[self.labels.0].numel();
+        self.upload_pixels(false, pixels, &vec![ImageTransform::IDENTITY; n], &vec![0; n])?;
+        self.submit_infer(true).await
+    }
+
+    blocking! {
+        /// Encode and submit one training step (forward, backward, optimizer) without waiting for it. Its loss and
+        /// correct count arrive later through [`Executor::poll_metrics`] / [`Executor::wait_metrics`]; only when
+        /// 30 steps are in flight does it wait for the oldest.
+        pub fn train_step(&mut self, images: &[f32], labels: &[u32]) -> Result<()> => train_step_async
+    }
+
+    pub async fn train_step_async(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
+        self.run_training(images, labels, true).await
+    }
+
+    blocking! {
+        /// Forward and backward without the optimizer update, waiting for the result: gradients are then readable
+        /// with [`Executor::read_grad`].
+        pub fn compute_gradients(&mut self, images: &[f32], labels: &[u32]) -> Result<StepMetrics> => compute_gradients_async
+    }
+
+    pub async fn compute_gradients_async(&mut self, images: &[f32], labels: &[u32]) -> Result<StepMetrics> {
+        self.run_training(images, labels, false).await?;
+        self.wait_metrics_async().await?.pop().ok_or_else(|| Error::Invalid("no metrics came back".into()))
+    }
+
+    async fn run_training(&mut self, images: &[f32], labels: &[u32], update: bool) -> Result<()> {
+        self.check_images(images)?;
+        self.check_labels(labels)?;
+        self.ensure_train()?;
+        self.upload(true, images, labels)?;
+        self.submit_training(update).await
+    }
+
+    /// Submit the compiled training program on the batch already uploaded.
+    async fn submit_training(&mut self, update: bool) -> Result<()> {
+        // Keep the staging ring from running out: wait for the oldest step when it is nearly full.
+        if self.pending.len() >= MAX_IN_FLIGHT {
+            let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
+            let m = self.read_metrics(step, loss, correct).await?;
+            self.finished.push(m);
+        }
+        self.step += 1;
+        let step = self.step;
+        let p = self.train.as_ref().expect("compiled");
+        let mut uniform_bytes = 0u64;
+        for layer in &p.layers {
+            for site in &layer.dropout {
+                let params = DropoutParams::new(site.len, site.p, site.seed, step as u32, site.accumulate)?;
+                self.gpu.write_params(&layer.dispatches[site.dispatch], bytemuck::bytes_of(&params));
+                uniform_bytes += size_of::<DropoutParams>() as u64;
+            }
+        }
+        let mut optim: Vec<&Dispatch> = Vec::new();
+        if update {
+            for (bucket, d) in &p.optim {
+                let b = &self.params.buckets[*bucket];
+                let mut h = self.hyper[b.group];
+                if !b.decay {
+                    h.wd = 0.0;
+                }
+                let params = h.params(b.len as u32, b.step + 1);
+                self.gpu.write_params(d, bytemuck::bytes_of(&params));
+                uniform_bytes += size_of_val(&params) as u64;
+                optim.push(d);
+            }
+        }
+        let mut groups = p.layer_groups();
+        if !optim.is_empty() {
+            groups.push(("optimizer", optim));
+        }
+        let read = [&p.loss, &p.correct];
+        let capture = std::mem::take(&mut self.capture_next);
+        let (submitted, profile) = if std::mem::take(&mut self.profile_next) {
+            let (submitted, profile) = profiled(&self.gpu, "train step", &groups, &mut self.ring, &read).await?;
+            (submitted, Some(profile))
+        } else if capture && cfg!(not(target_arch = "wasm32")) {
+            let label = format!("train step {step}");
+            #[cfg(not(target_arch = "wasm32"))]
+            let submitted = {
+                let ring = &mut self.ring;
+                self.gpu.capture(|| self.gpu.submit_layers(&label, &groups, ring, &read))?
+            };
+            #[cfg(target_arch = "wasm32")]
+            let submitted = self.gpu.submit_layers(&label, &groups, &mut self.ring, &read)?;
+            (submitted, None)
+        } else {
+            (self.gpu.submit_layers("train step", &groups, &mut self.ring, &read)?, None)
+        };
+        if let Some(profile) = profile {
+            self.last_profile = Some(self.with_op_types(profile));
+        }
+        self.counters.encode_ns += submitted.encode.as_nanos() as u64;
+        self.counters.submit_ns += submitted.submit.as_nanos() as u64;
+        if update {
+            for (bucket, _) in &p.optim {
+                self.params.buckets[*bucket].step += 1;
+            }
+        }
+        let mut it = submitted.tickets.into_iter();
+        let (Some(loss), Some(correct)) = (it.next(), it.next()) else { unreachable!("two tensors read back") };
+        self.pending.push_back((step, loss, correct));
+        self.counters.steps += 1;
+        self.counters.submits += 1;
+        self.counters.bytes_uploaded += uniform_bytes;
+        Ok(())
+    }
+
+    async fn read_metrics(&mut self, step: u64, loss: Ticket, correct: Ticket) -> Result<StepMetrics> {
+        let l = self.ring.read(&self.gpu, loss).await?;
+        let c = self.ring.read(&self.gpu, correct).await?;
+        self.counters.bytes_read_back += (l.len() + c.len()) as u64;
+        Ok(StepMetrics { step, loss: scalar(&l), correct: scalar(&c) })
+    }
+
+    /// Metrics of the steps whose results have arrived, oldest first. Never blocks.
+    pub fn poll_metrics(&mut self) -> Result<Vec<StepMetrics>> {
+        let mut out = std::mem::take(&mut self.finished);
+        self.gpu.poll()?;
+        // A step's two tickets were copied in one submission: both are mapped once the step is done.
+        while let Some((step, loss, correct)) = self.pending.front() {
+            if !(self.ring.is_ready(loss) && self.ring.is_ready(correct)) {
+                break;
+            }
+            let (step, loss, correct) =
+                (*step, self.ring.try_read(&self.gpu, loss)?, self.ring.try_read(&self.gpu, correct)?);
+            let (Some(l), Some(c)) = (loss, correct) else { unreachable!("both tickets were ready") };
+            self.pending.pop_front();
+            self.counters.bytes_read_back += (l.len() + c.len()) as u64;
+            out.push(StepMetrics { step, loss: scalar(&l), correct: scalar(&c) });
+        }
+        Ok(out)
+    }
+
+    blocking! {
+        /// Wait for every submitted step and return the metrics not handed out yet, oldest first.
+        pub fn wait_metrics(&mut self) -> Result<Vec<StepMetrics>> => wait_metrics_async
+    }
+
+    pub async fn wait_metrics_async(&mut self) -> Result<Vec<StepMetrics>> {
+        let mut out = std::mem::take(&mut self.finished);
+        while let Some((step, loss, correct)) = self.pending.pop_front() {
+            out.push(self.read_metrics(step, loss, correct).await?);
+        }
+        Ok(out)
+    }
+
+    blocking! {
+        /// Loss and correct count of one batch in eval mode (batch norm on running statistics, no dropout),
+        /// waiting for the result.
+        pub fn evaluate(&mut self, images: &[f32], labels: &[u32]) -> Result<(f32, f32)> => evaluate_async
+    }
+
+    pub async fn evaluate_async(&mut self, images: &[f32], labels: &[u32]) -> Result<(f32, f32)> {
+        self.check_images(images)?;
+        self.check_labels(labels)?;
+        self.ensure_eval()?;
+        self.upload(false, images, labels)?;
+        self.submit_eval().await
+    }
+
+    async fn submit_eval(&mut self) -> Result<(f32, f32)> {
+        let p = self.eval.as_ref().expect("compiled");
+        let layers = p.layer_groups();
+        let mut tickets =
+            self.gpu.submit_layers("eval step", &layers, &mut self.ring, &[&p.loss, &p.correct])?.tickets.into_iter();
+        self.counters.submits += 1;
+        let (Some(loss), Some(correct)) = (tickets.next(), tickets.next()) else {
+            unreachable!("two tensors read back")
+        };
+        let m = self.read_metrics(0, loss, correct).await?;
+        Ok((m.loss, m.correct))
+    }
+
+    /// Time the next training step dispatch by dispatch (GPU timestamps around every dispatch, each in a compute
+    /// pass of its own), or as a whole where the adapter has no timestamps; the step waits for its timings and
+    /// otherwise trains as usual. Collect the result with [`Executor::take_profile`].
+    pub fn profile_next_step(&mut self) {
+        self.profile_next = true;
+    }
+
+    /// Wrap the next training step in a graphics-debugger capture (RenderDoc when the process runs under it): the
+    /// capture holds exactly that step's submission, one debug group per layer. The step waits for the GPU.
+    /// Native only (ignored in a browser).
+    pub fn capture_next_step(&mut self) {
+        self.capture_next = true;
+    }
+
+    /// The profile of the last step profiled with [`Executor::profile_next_step`].
+    pub fn take_profile(&mut self) -> Option<StepProfile> {
+        self.last_profile.take()
+    }
+
+    blocking! {
+        /// Profile one training step (parameters are updated as in any step) or one evaluation batch.
+        pub fn profile(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<StepProfile> => profile_async
+    }
+
+    pub async fn profile_async(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<StepProfile> {
+        self.check_images(images)?;
+        self.check_labels(labels)?;
+        if training {
+            self.profile_next_step();
+            self.run_training(images, labels, true).await?;
+            let metrics = self.wait_metrics_async().await?;
+            self.finished.extend(metrics);
+            return self.take_profile().ok_or_else(|| Error::Invalid("the profiled step left no profile".into()));
+        }
+        self.ensure_eval()?;
+        self.upload(false, images, labels)?;
+        let p = self.eval.as_ref().expect("compiled");
+        let layers = p.layer_groups();
+        let (submitted, profile) =
+            profiled(&self.gpu, "eval step", &layers, &mut self.ring, &[&p.loss, &p.correct]).await?;
+        for t in submitted.tickets {
+            self.ring.read(&self.gpu, t).await?;
+        }
+        self.counters.submits += 1;
+        Ok(self.with_op_types(profile))
+    }
+
+    /// Name each timed dispatch's op type after its layer: the graph op, convolutions by kernel size (depthwise
+    /// apart), "backward" for the gradient layers.
+    fn with_op_types(&self, mut profile: StepProfile) -> StepProfile {
+        let kinds: HashMap<&str, String> = self
+            .graph
+            .nodes
+            .iter()
+            .map(|n| {
+                let kind = match &n.op {
+                    Op::Conv2d { shape, .. } if shape.is_depthwise() => {
+                        format!("conv2d depthwise {}x{}", shape.kernel_h, shape.kernel_w)
+                    }
+                    Op::Conv2d { shape, .. } => format!("conv2d {}x{}", shape.kernel_h, shape.kernel_w),
+                    op => op.kind().name().to_string(),
+                };
+                (n.name.as_str(), kind)
+            })
+            .collect();
+        for d in &mut profile.dispatches {
+            let (base, backward) = match d.layer.strip_suffix(" backward") {
+                Some(base) => (base, " backward"),
+                None => (d.layer.as_str(), ""),
+            };
+            d.op = match kinds.get(base) {
+                Some(kind) => format!("{kind}{backward}"),
+                None => d.layer.clone(),
+            };
+        }
+        profile
+    }
+
+    blocking! {
+        /// Class probabilities (batch, classes) of one batch in eval mode.
+        pub fn predict(&mut self, images: &[f32]) -> Result<Vec<f32>> => predict_async
+    }
+
+    pub async fn predict_async(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.infer(images, true).await
+    }
+
+    blocking! {
+        /// Logits (batch, classes) of one batch in eval mode.
+        pub fn predict_logits(&mut self, images: &[f32]) -> Result<Vec<f32>> => predict_logits_async
+    }
+
+    pub async fn predict_logits_async(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.infer(images, false).await
+    }
+
+    async fn infer(&mut self, images: &[f32], probabilities: bool) -> Result<Vec<f32>> {
+        self.check_images(images)?;
+        self.ensure_eval()?;
+        let n = self.graph.tensors[self.labels.0].numel();
+        self.upload(false, images, &vec![0; n])?;
+        self.submit_infer(probabilities).await
+    }
+
+    async fn submit_infer(&mut self, probabilities: bool) -> Result<Vec<f32>> {
+        let p = self.eval.as_ref().expect("compiled");
+        let layers = p.layer_groups();
+        let out =
+            if probabilities { p.probs.as_ref().expect("eval programs compute probabilities") } else { &p.logits };
+        let mut ring = ReadbackRing::new(&self.gpu, "predictions", 1, out.bytes())?;
+        let mut tickets = self.gpu.submit_layers("predict", &layers, &mut ring, &[out])?.tickets.into_iter();
+        self.counters.submits += 1;
+        let bytes = ring.read(&self.gpu, tickets.next().expect("one ticket")).await?;
+        self.counters.bytes_read_back += bytes.len() as u64;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+fn scalar(bytes: &[u8]) -> f32 {
+    bytemuck::pod_read_unaligned(&bytes[..4])
+}
+
+/// Where one step's GPU time went.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepProfile {
+    /// GpuTimestamps: `dispatches` holds every dispatch's time; WallClock (no timestamp support): only the
+    /// whole step was timed.
+    pub clock: crate::gpu::Clock,
+    /// Submit to results, measured on the CPU (includes the per-dispatch passes' overhead when profiled).
+    pub wall_seconds: f64,
+    pub dispatches: Vec<crate::gpu::DispatchTiming>,
+}
+
+/// Submit `layers` timed dispatch by dispatch where the adapter can, or as a whole (waiting for it) otherwise.
+async fn profiled(
+    gpu: &Gpu,
+    label: &str,
+    layers: &[(&str, Vec<&Dispatch>)],
+    ring: &mut ReadbackRing,
+    read: &[&Tensor],
+) -> Result<(crate::gpu::Submitted, StepProfile)> {
+    let t0 = crate::clock::Instant::now();
+    if gpu.has_timestamps() {
+        let (submitted, dispatches) = gpu.submit_layers_timed(label, layers, ring, read).await?;
+        let profile = StepProfile {
+            clock: crate::gpu::Clock::GpuTimestamps,
+            wall_seconds: t0.elapsed().as_secs_f64(),
+            dispatches,
+        };
+        return Ok((submitted, profile));
+    }
+    let submitted = gpu.submit_layers(label, layers, ring, read)?;
+    gpu.idle().await?;
+    let profile = StepProfile {
+        clock: crate::gpu::Clock::WallClock,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        dispatches: vec![],
+    };
+    Ok((submitted, profile))
+}
