@@ -31,8 +31,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    // Warnings and errors, less the Vulkan loader's own messages while wgpu looks for drivers: with none installed
+    // wgtune falls back to OpenGL (or says how to get a driver), and "Found no drivers!" would only alarm. RUST_LOG
+    // overrides all of it.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,wgpu_hal::vulkan::instance=off"))
+        .init();
+    // A bad option is an error like any other (exit 1), with clap's message naming the option; --help and
+    // --version print and succeed.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<wgtune::Error>() {
             Some(wgtune::Error::Interrupted(msg)) => {

@@ -292,3 +292,133 @@ fn pixel_input_matches_cpu_normalization() {
     b.train_step_pixels(&pixels, &transforms, &[0, 2]).unwrap();
     assert_eq!(b.wait_metrics().unwrap().len(), 1);
 }
+
+/// Links back up the tree (`up -> ..`, `again -> .`) are not followed: the scan ends, counts each image once and
+/// never puts one file in both splits.
+#[cfg(unix)]
+#[test]
+fn symbolic_link_loops_are_not_followed() {
+    let d = TempDir::new("loops");
+    folder_with_split(d.path(), &["a", "b"], 5);
+    std::os::unix::fs::symlink("..", d.path().join("a/up")).unwrap();
+    std::os::unix::fs::symlink("..", d.path().join("b/up")).unwrap();
+    std::os::unix::fs::symlink(".", d.path().join("a/again")).unwrap();
+    let ds = Dataset::from_folder(d.path(), 0.2, 1).unwrap();
+    assert_eq!(ds.train.len() + ds.valid.len(), 10, "each image once");
+    let files = |items: &[wgtune::data::dataset::Item]| -> std::collections::HashSet<String> {
+        items.iter().map(|i| i.describe()).collect()
+    };
+    assert!(files(&ds.train).is_disjoint(&files(&ds.valid)), "no file in both splits");
+    assert!(ds.skipped.iter().any(|(p, why)| p.ends_with("up") && why.contains("not followed")), "{:?}", ds.skipped);
+}
+
+#[test]
+fn a_class_folder_without_images_is_an_error_naming_it() {
+    let d = TempDir::new("emptyclass");
+    folder_with_split(d.path(), &["a", "b"], 5);
+    std::fs::create_dir_all(d.path().join("ghost")).unwrap();
+    let err = Dataset::from_folder(d.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("'ghost'") && err.contains("no images"), "{err}");
+    let e = TempDir::new("emptyclass2");
+    folder_with_split(&e.path().join("train"), &["a", "b"], 2);
+    folder_with_split(&e.path().join("valid"), &["a", "b"], 1);
+    std::fs::create_dir_all(e.path().join("train/ghost")).unwrap();
+    let err = Dataset::from_folder(e.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("'ghost'") && err.contains("no images"), "{err}");
+}
+
+/// Class names are text: a folder whose name is not UTF-8 is refused with its (lossy) name, in both layouts,
+/// instead of silently losing its images or merging classes.
+#[cfg(unix)]
+#[test]
+fn class_folders_with_non_utf8_names_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"cls\xff");
+    let d = TempDir::new("utf8");
+    folder_with_split(d.path(), &["ok"], 3);
+    write_png(&d.path().join(bad).join("0.png"), 1);
+    let err = Dataset::from_folder(d.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("cls") && err.contains("not valid UTF-8"), "{err}");
+    let e = TempDir::new("utf8tv");
+    for split in ["train", "valid"] {
+        folder_with_split(&e.path().join(split), &["ok"], 2);
+        write_png(&e.path().join(split).join(bad).join("0.png"), 1);
+    }
+    let err = Dataset::from_folder(e.path(), 0.2, 1).unwrap_err().to_string();
+    assert!(err.contains("not valid UTF-8"), "{err}");
+}
+
+/// A JPEG cut short is refused like a truncated PNG (the loader then skips it with a warning), not decoded
+/// half grey.
+#[test]
+fn a_truncated_jpeg_is_an_error() {
+    let d = TempDir::new("jpeg");
+    let path = d.path().join("photo.jpg");
+    let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+    img.save(&path).unwrap();
+    assert!(wgtune::data::load_rgb(&path).is_ok());
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = wgtune::data::load_rgb(&path).unwrap_err().to_string();
+    assert!(err.contains("photo.jpg") && err.contains("truncated"), "{err}");
+}
+
+/// A PNG whose header claims 100000 x 100000 pixels is refused by the decoder's memory limit, before allocating.
+#[test]
+fn an_image_header_claiming_gigapixels_is_refused_before_allocating() {
+    let d = TempDir::new("giga");
+    let path = d.path().join("huge.png");
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend(kind);
+        c.extend(data);
+        c.extend(crc.sum().to_be_bytes());
+        c
+    };
+    let mut ihdr = 100_000u32.to_be_bytes().to_vec();
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    // A little compressed image data, as a bomb carries (zeros compress a thousandfold).
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut z, &[0u8; 100_000]).unwrap();
+    png.extend(chunk(b"IDAT", &z.finish().unwrap()));
+    png.extend(chunk(b"IEND", &[]));
+    std::fs::write(&path, png).unwrap();
+    let err = wgtune::data::load_rgb(&path).unwrap_err().to_string();
+    assert!(err.contains("huge.png") && err.contains("100000x100000"), "{err}");
+}
+
+/// Resizing a 1 x 30000 strip to 64 px crops the centre square first: the result is the right size and the
+/// intermediate stays small (the old path made a 64 x 1.9M image).
+#[test]
+fn extreme_aspect_ratios_resize_within_bounded_memory() {
+    let strip = image::RgbImage::from_fn(1, 30_000, |_, y| image::Rgb([(y % 256) as u8, 0, 0]));
+    let out = wgtune::data::resize_center_crop(&strip, 64);
+    assert_eq!(out.len(), 64 * 64 * 3);
+    let wide = image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    assert_eq!(wgtune::data::resize_center_crop(&wide, 32).len(), 32 * 32 * 3);
+}
+
+#[test]
+fn a_data_set_where_nothing_decodes_names_an_image() {
+    let d = TempDir::new("nodecode");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(d.path().join(class)).unwrap();
+        for i in 0..3 {
+            std::fs::write(d.path().join(class).join(format!("{i}.png")), b"not a png").unwrap();
+        }
+    }
+    let ds = Dataset::from_folder(d.path(), 0.2, 1).unwrap();
+    let loader = Loader::new(
+        ds.train.clone(),
+        LoaderConfig { batch: 2, presize: 8, shuffle: false, drop_last: true, seed: 0, workers: 1, prefetch: 1 },
+    )
+    .unwrap();
+    let err = loader.epoch(0).next().unwrap().unwrap_err().to_string();
+    assert!(err.contains("no image of the data set can be decoded") && err.contains(".png"), "{err}");
+}

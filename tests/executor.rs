@@ -296,7 +296,12 @@ fn a_tiny_model_learns_a_synthetic_task() {
     assert!(correct >= 14.0, "eval accuracy {correct}/16");
     let probs = ex.predict(&img).unwrap();
     assert_eq!(probs.len(), n * 4);
-    assert!(probs.chunks(4).all(|p| (p.iter().sum::<f32>() - 1.0).abs() < 1e-5));
+    // The probabilities are the softmax of the logits, row by row.
+    let logits = ex.predict_logits(&img).unwrap();
+    let want = wgtune::reference::softmax_forward(&widen(&logits), 4);
+    for (i, (&p, &w)) in probs.iter().zip(&want).enumerate() {
+        assert!((p as f64 - w).abs() < 1e-5, "probability {i}: {p} vs softmax of the logits {w}");
+    }
 }
 
 #[test]
@@ -350,4 +355,24 @@ fn a_tensor_over_the_binding_limit_names_a_batch_size_that_fits() {
     let mut ex = Executor::new(gpu, g, ExecutorConfig::default()).unwrap();
     let err = ex.planned_bytes().unwrap_err().to_string();
     assert!(err.contains("'image'") && err.contains(&format!("at most {}", n - 1)), "{err}");
+}
+
+/// When even one image does not fit the binding limit, the message says so and names an input size that fits,
+/// instead of "a batch size of at most 0".
+#[test]
+fn an_input_too_large_for_one_image_names_a_size_that_fits() {
+    let gpu = gpu();
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    // A 4-channel image of side s takes 16 s^2 bytes: pick s just over the limit.
+    let side = ((limit / 16) as f64).sqrt() as usize + 8;
+    let mut g = Graph::new();
+    let x = g.input("image", &[1, 4, side, side]);
+    let labels = g.labels("label", 1);
+    let h = g.global_avg_pool("pool", x).unwrap();
+    let logits = g.linear("fc", h, 2, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    let mut ex = Executor::new(gpu, g, ExecutorConfig::default()).unwrap();
+    let err = ex.planned_bytes().unwrap_err().to_string();
+    assert!(err.contains("even one image") && err.contains("smaller input size"), "{err}");
+    assert!(!err.contains("at most 0"), "{err}");
 }

@@ -1,42 +1,23 @@
-//! `wgtune finetune` and `wgtune lr-find` as a user runs them, on a tiny two-class folder at 32 px: Ctrl-C writes a
-//! checkpoint and exits 130, `--resume` finishes the run with the table, plots and a model `predict` can use.
+//! `wgtune finetune` and `wgtune lr-find` as a user runs them, on a tiny two-class folder at 32 px: SIGTERM and
+//! Ctrl-C write a checkpoint and exit 130, `--resume` finishes the run with the table, plots and a model `predict`
+//! can use.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn wgtune() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgtune"))
-}
+mod support;
 
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::{fashion_folder, temp_dir, wgtune, Dir};
 
-/// DIR/train/{Trouser,Bag}/ with `train` images each and DIR/valid/... with `valid` each, from the embedded data.
+/// A temporary two-class folder with `train` + `valid` images per class.
 fn tiny_folder(name: &str, train: usize, valid: usize) -> Dir {
-    let dir = Dir(std::env::temp_dir().join(format!("wgtune-cli-{name}-{}", std::process::id())));
-    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion_mnist");
-    for (split, n) in [("train", train), ("valid", valid)] {
-        for class in ["Trouser", "Bag"] {
-            let to = dir.0.join(split).join(class);
-            std::fs::create_dir_all(&to).unwrap();
-            let mut files: Vec<_> =
-                std::fs::read_dir(assets.join(split).join(class)).unwrap().map(|e| e.unwrap().path()).collect();
-            files.sort();
-            for f in files.iter().take(n) {
-                std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
-            }
-        }
-    }
+    let dir = temp_dir(name);
+    fashion_folder(&dir.0, train, valid);
     dir
 }
 
 #[test]
-fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
+fn sigterm_and_ctrl_c_write_a_checkpoint_and_resume_finishes_the_run() {
     let dir = tiny_folder("ctrlc", 48, 8);
     let out = dir.0.join("m.safetensors");
     let args = |resume: bool| {
@@ -51,28 +32,33 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
         }
         a
     };
-    let mut child = wgtune().args(args(false)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = String::new();
-    let mut signalled = false;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        // Progress lines go to stderr when it is not a terminal; interrupt in the middle of the first epoch.
-        if !signalled && line.contains("frozen epoch 0: batch 3/12") {
-            // SAFETY: kill(2) on the child we spawned and have not yet waited for.
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0, "SIGINT could not be sent");
-            signalled = true;
+    // SIGTERM (what kill, systemd, docker stop and schedulers send) in the first epoch, then SIGINT (Ctrl-C) in the
+    // resumed run: each finishes its step, writes the checkpoint and exits 130.
+    for (resume, signal, at) in [(false, libc::SIGTERM, "batch 3/12"), (true, libc::SIGINT, "batch 6/12")] {
+        let mut child = wgtune().args(args(resume)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let pid = child.id() as libc::pid_t;
+        let mut stderr = String::new();
+        let mut signalled = false;
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            // Progress lines go to stderr when it is not a terminal; interrupt in the middle of the first epoch.
+            if !signalled && line.contains(&format!("frozen epoch 0: {at}")) {
+                // SAFETY: kill(2) on the child we spawned and have not yet waited for.
+                assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal} could not be sent");
+                signalled = true;
+            }
+            stderr += &line;
+            stderr.push('\n');
         }
-        stderr += &line;
-        stderr.push('\n');
+        let status = child.wait().unwrap();
+        assert!(signalled, "no progress line to interrupt at:\n{stderr}");
+        assert_eq!(status.code(), Some(130), "signal {signal}: {stderr}");
+        assert!(stderr.contains("stopping after the current step") && stderr.contains("--resume"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let checkpoint = dir.0.join("m.safetensors.checkpoint");
+        assert!(checkpoint.exists() && !out.exists(), "a checkpoint and no model yet:\n{stderr}");
+        assert!(!dir.0.join("m.safetensors.lock").exists(), "the lock is released on an interrupt");
     }
-    let status = child.wait().unwrap();
-    assert!(signalled, "no progress line to interrupt at:\n{stderr}");
-    assert_eq!(status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("stopping after the current step") && stderr.contains("--resume"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let checkpoint = dir.0.join("m.safetensors.checkpoint");
-    assert!(checkpoint.exists() && !out.exists(), "a checkpoint and no model yet:\n{stderr}");
 
     let done = wgtune().args(args(true)).arg("--profile").output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));

@@ -68,39 +68,182 @@ fn kernel_signatures_match_their_entry_points() {
     }
 }
 
-fn struct_size(module: &naga::Module, name: &str) -> u32 {
+/// A WGSL struct's size and members (name, byte offset), as naga's layouter placed them.
+fn wgsl_struct(module: &naga::Module, name: &str) -> (u32, Vec<(String, u32)>) {
     module
         .types
         .iter()
         .find(|(_, t)| t.name.as_deref() == Some(name))
         .map(|(_, t)| match &t.inner {
-            naga::TypeInner::Struct { span, .. } => *span,
+            naga::TypeInner::Struct { span, members } => {
+                (*span, members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset)).collect())
+            }
             other => panic!("{name} is not a struct: {other:?}"),
         })
         .unwrap_or_else(|| panic!("no struct {name}"))
 }
 
+/// (WGSL family, WGSL struct, Rust size, Rust fields with their offsets) of a uniform struct and its twin.
+macro_rules! twin {
+    ($family:literal, $wgsl:literal, $ty:ty { $($field:ident),* $(,)? }) => {
+        ($family, $wgsl, size_of::<$ty>(), vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*])
+    };
+}
+
+/// Every uniform struct has the size and the member offsets of its WGSL twin: each named field at the same byte
+/// offset (naga's layout vs `offset_of!`), padding members inside the Rust padding. Fields must be listed in full:
+/// a field missing here or in the WGSL fails.
 #[test]
 fn uniform_structs_match_their_rust_twins() {
+    use wgtune::data::augment::AugmentParams;
     use wgtune::ops::*;
-    let cases: &[(&str, &str, usize)] = &[
-        ("matmul", "MatmulParams", size_of::<matmul::MatmulParams>()),
-        ("elementwise", "EltParams", size_of::<elementwise::EltParams>()),
-        ("reduce", "ReduceParams", size_of::<reduce::ReduceParams>()),
-        ("loss", "LossParams", size_of::<loss::LossParams>()),
-        ("optim", "OptimParams", size_of::<optim::OptimParams>()),
-        ("conv2d", "ConvParams", size_of::<conv::ConvParams>()),
-        ("depthwise", "ConvParams", size_of::<conv::ConvParams>()),
-        ("pool", "PoolParams", size_of::<pool::PoolParams>()),
-        ("concat", "ConcatParams", size_of::<concat::ConcatParams>()),
-        ("norm", "NormParams", size_of::<norm::NormParams>()),
-        ("dropout", "DropoutParams", size_of::<dropout::DropoutParams>()),
-        ("augment", "AugmentParams", size_of::<wgtune::data::augment::AugmentParams>()),
+    let cases = [
+        twin!(
+            "matmul",
+            "MatmulParams",
+            matmul::MatmulParams { m, n, k, batch, a_batch, a_row, a_col, b_batch, b_row, b_col, flags, _pad }
+        ),
+        twin!("elementwise", "EltParams", elementwise::EltParams { len, flags, alpha, _pad }),
+        twin!("reduce", "ReduceParams", reduce::ReduceParams { outer, mid, inner, flags }),
+        twin!("loss", "LossParams", loss::LossParams { batch, classes, smoothing, scale }),
+        twin!(
+            "optim",
+            "OptimParams",
+            optim::OptimParams { len, flags, lr, mom, sqr_mom, eps, wd, debias1, debias2, _pad }
+        ),
+        twin!(
+            "conv2d",
+            "ConvParams",
+            conv::ConvParams {
+                batch,
+                in_c,
+                in_h,
+                in_w,
+                out_c,
+                out_h,
+                out_w,
+                groups,
+                kernel_h,
+                kernel_w,
+                stride_h,
+                stride_w,
+                pad_top,
+                pad_left,
+                dilation_h,
+                dilation_w,
+                flags,
+                split_len,
+                _pad
+            }
+        ),
+        twin!(
+            "depthwise",
+            "ConvParams",
+            conv::ConvParams {
+                batch,
+                in_c,
+                in_h,
+                in_w,
+                out_c,
+                out_h,
+                out_w,
+                groups,
+                kernel_h,
+                kernel_w,
+                stride_h,
+                stride_w,
+                pad_top,
+                pad_left,
+                dilation_h,
+                dilation_w,
+                flags,
+                split_len,
+                _pad
+            }
+        ),
+        twin!(
+            "pool",
+            "PoolParams",
+            pool::PoolParams {
+                batch,
+                channels,
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+                kernel_h,
+                kernel_w,
+                stride_h,
+                stride_w,
+                pad_top,
+                pad_left,
+                pad_bottom,
+                pad_right,
+                flags,
+                out_c_total,
+                out_c_offset,
+                _pad
+            }
+        ),
+        twin!(
+            "concat",
+            "ConcatParams",
+            concat::ConcatParams { batch, channels, hw, flags, src_c_total, src_c_offset, dst_c_total, dst_c_offset }
+        ),
+        twin!("norm", "NormParams", norm::NormParams { batch, channels, hw, flags, eps, momentum, _pad }),
+        twin!("dropout", "DropoutParams", dropout::DropoutParams { len, seed, step, threshold, scale, flags, _pad }),
+        twin!("augment", "AugmentParams", AugmentParams { batch, in_size, out_size, flags, scale, shift }),
     ];
-    for &(family, name, rust_size) in cases {
+    for (family, name, rust_size, fields) in cases {
         let fam = FAMILIES.iter().find(|f| f.name == family).expect("family");
         let (module, _) = parse(family, fam.source);
-        assert_eq!(struct_size(&module, name) as usize, rust_size, "{family}: {name}");
+        let (size, members) = wgsl_struct(&module, name);
+        assert_eq!(size as usize, rust_size, "{family}: {name} size");
         assert_eq!(rust_size % 16, 0, "{name}: uniform structs are padded to 16 bytes");
+        let pad = fields.iter().find(|(f, _)| *f == "_pad").map(|&(_, at)| at);
+        for (member, offset) in &members {
+            let offset = *offset as usize;
+            match fields.iter().find(|(f, _)| f == member) {
+                Some(&(_, at)) => assert_eq!(offset, at, "{family}: {name}.{member} offset"),
+                None if member.starts_with("_pad") => {
+                    let at = pad.unwrap_or_else(|| panic!("{family}: {name}.{member} has no Rust padding"));
+                    assert!(offset >= at && offset < rust_size, "{family}: {name}.{member} outside the padding");
+                }
+                None => panic!("{family}: {name}.{member} has no Rust field"),
+            }
+        }
+        for (field, _) in &fields {
+            let named = members.iter().any(|(m, _)| m == field);
+            assert!(named || *field == "_pad", "{family}: Rust field {name}.{field} is not in the WGSL struct");
+        }
+    }
+}
+
+/// The text of a top-level WGSL item (`struct NAME` or `fn NAME`) up to its closing brace, or of a one-line
+/// `const` up to its semicolon; comments before it excluded.
+fn item(source: &str, head: &str) -> String {
+    let start = source.lines().position(|l| l.starts_with(head)).unwrap_or_else(|| panic!("no `{head}`"));
+    let first = source.lines().nth(start).unwrap_or_default();
+    if let Some(declaration) = first.split_once(';') {
+        return declaration.0.to_string(); // a one-line `const`
+    }
+    let body: Vec<&str> = source.lines().skip(start).take_while(|l| *l != "}").collect();
+    body.join("\n")
+}
+
+/// Blocks duplicated on purpose (WGSL has no includes): the 16x8 register block of matmul and the implicit-GEMM
+/// convolution, the convolution parameters of the dense and depthwise kernels. They must stay identical.
+#[test]
+fn wgsl_blocks_shared_between_families_stay_identical() {
+    let source = |name: &str| FAMILIES.iter().find(|f| f.name == name).expect("family").source;
+    for (head, families) in [
+        ("struct Block", ["matmul", "conv2d"]),
+        ("fn rank1_update(", ["matmul", "conv2d"]),
+        ("const TM:", ["matmul", "conv2d"]),
+        ("const TN:", ["matmul", "conv2d"]),
+        ("struct ConvParams", ["conv2d", "depthwise"]),
+    ] {
+        let [a, b] = families.map(|f| item(source(f), head));
+        assert_eq!(a, b, "`{head}` differs between {} and {}", families[0], families[1]);
     }
 }

@@ -1,7 +1,69 @@
 //! The command line's arguments: subcommands and their options, with clap's derive.
 
 use clap::Subcommand;
+use wgtune::nn::model::{MAX_INPUT_SIZE, MIN_INPUT_SIZE};
 use wgtune::nn::Arch;
+
+// Every numeric option is range-checked where it is parsed, here: a bad value stops the command before any work
+// with a message naming the option and the range (clap adds the option's name).
+
+/// A count of at least 1 (batch sizes, runs, steps, images).
+fn count(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    if n > 1 << 20 {
+        return Err(format!("{n} is far more than any run needs (at most {})", 1 << 20));
+    }
+    Ok(n)
+}
+
+/// A side of square input images.
+fn image_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    if !(MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(&n) {
+        return Err(format!("{n} is outside {MIN_INPUT_SIZE}..={MAX_INPUT_SIZE} pixels"));
+    }
+    Ok(n)
+}
+
+/// A finite number in [lo, hi] (`open` excludes lo).
+fn number_in(s: &str, lo: f64, hi: f64, open: bool) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    let above = if open { v > lo } else { v >= lo };
+    if !v.is_finite() || !above || v > hi {
+        let bracket = if open { "(" } else { "[" };
+        return Err(format!("{v} is outside {bracket}{lo}, {hi}]"));
+    }
+    Ok(v)
+}
+
+fn learning_rate(s: &str) -> Result<f64, String> {
+    number_in(s, 0.0, 10.0, true)
+}
+
+/// A fraction of the data held out: above 0, below 1.
+fn valid_fraction(s: &str) -> Result<f64, String> {
+    let v = number_in(s, 0.0, 1.0, true)?;
+    if v >= 1.0 {
+        return Err("1 would leave no training images".into());
+    }
+    Ok(v)
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    number_in(s, 0.0, 1.0, false)
+}
+
+/// A ratio of at least 1 (one-cycle's div, the head's LR multiplier).
+fn ratio(s: &str) -> Result<f64, String> {
+    number_in(s, 1.0, 1e6, false)
+}
+
+fn weight_decay(s: &str) -> Result<f64, String> {
+    number_in(s, 0.0, 1.0, false)
+}
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
@@ -26,7 +88,7 @@ pub(crate) enum Command {
         #[arg(long)]
         arch: Option<Arch>,
         /// Images per GPU batch.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = count)]
         bs: usize,
         /// One JSON object per image.
         #[arg(long)]
@@ -58,18 +120,18 @@ pub(crate) struct RunArgs {
     pub(crate) no_pretrained: bool,
     #[arg(long, default_value_t = Arch::EffnetLite0)]
     pub(crate) arch: Arch,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = count)]
     pub(crate) bs: usize,
     /// Input size (square). Default: 224 on a GPU; 64 on a software adapter, where 224 would take hours.
-    #[arg(long)]
+    #[arg(long, value_parser = image_size)]
     pub(crate) size: Option<usize>,
-    /// Fraction held out for validation when the folder has no valid/ split.
-    #[arg(long, default_value_t = 0.2)]
-    pub(crate) valid_pct: f64,
+    /// Fraction held out for validation when the folder has no valid/ split [default: 0.2].
+    #[arg(long, value_parser = valid_fraction)]
+    pub(crate) valid_pct: Option<f64>,
     #[arg(long, default_value_t = 42)]
     pub(crate) seed: u64,
     /// Decoupled weight decay (not applied to batch norm and biases).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = weight_decay)]
     pub(crate) wd: f64,
     /// Batch norm of the frozen body in eval mode too: nothing of the body trains in phase 1.
     #[arg(long)]
@@ -97,14 +159,14 @@ pub(crate) struct FinetuneArgs {
     #[arg(long, default_value_t = 1)]
     pub(crate) freeze_epochs: usize,
     /// Base learning rate (fastai's base_lr).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 2e-3, value_parser = learning_rate)]
     pub(crate) lr: f64,
     /// Ratio of the head's learning rate to the first group's after unfreezing.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 100.0, value_parser = ratio)]
     pub(crate) lr_mult: f64,
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = fraction)]
     pub(crate) pct_start: f64,
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = ratio)]
     pub(crate) div: f64,
     /// Where to save the fine-tuned model; the loss curve and confusion matrix go next to it (OUT.loss.png,
     /// OUT.confusion.png without the .safetensors).
@@ -114,8 +176,11 @@ pub(crate) struct FinetuneArgs {
     #[arg(long)]
     pub(crate) json_log: Option<std::path::PathBuf>,
     /// Continue an interrupted run from its checkpoint (OUT.checkpoint, written after every epoch).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub(crate) resume: bool,
+    /// Start over although an interrupted run with this --out left a checkpoint (it is replaced).
+    #[arg(long)]
+    pub(crate) overwrite: bool,
     /// Time the second step of each phase dispatch by dispatch (GPU timestamps) and print where the time went,
     /// per op type and per kernel, at the end.
     #[arg(long)]
@@ -129,16 +194,28 @@ pub(crate) struct FinetuneArgs {
 pub(crate) struct LrFindArgs {
     #[command(flatten)]
     pub(crate) run: RunArgs,
-    #[arg(long, default_value_t = 1e-7)]
+    #[arg(long, default_value_t = 1e-7, value_parser = learning_rate)]
     pub(crate) start_lr: f64,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = learning_rate)]
     pub(crate) end_lr: f64,
     /// Training steps of the ramp (fewer when the loss diverges first).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = count)]
     pub(crate) num_it: usize,
     /// Where to save the loss-vs-learning-rate plot.
     #[arg(long, default_value = "wgtune-lr-find.png")]
     pub(crate) plot: std::path::PathBuf,
+}
+
+/// Which ImageNet models a benchmark runs, at which batch size and input size.
+#[derive(clap::Args)]
+pub(crate) struct ModelsArgs {
+    /// Architectures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Arch::EffnetLite0, Arch::Resnet50])]
+    pub(crate) model: Vec<Arch>,
+    #[arg(long, default_value_t = 32, value_parser = count)]
+    pub(crate) bs: usize,
+    #[arg(long, default_value_t = 224, value_parser = image_size)]
+    pub(crate) size: usize,
 }
 
 #[derive(Subcommand)]
@@ -146,43 +223,34 @@ pub(crate) enum BenchCommand {
     /// Data pipeline images/s: JPEG decode + presize on CPU worker threads, augmentation on the GPU.
     Data {
         /// Synthetic JPEG photos to make and decode.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = count)]
         images: usize,
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = image_size)]
         presize: usize,
-        #[arg(long, default_value_t = 224)]
+        #[arg(long, default_value_t = 224, value_parser = image_size)]
         size: usize,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = count)]
         bs: usize,
         /// Decoding threads (default: the number of CPU cores).
-        #[arg(long)]
+        #[arg(long, value_parser = count)]
         workers: Option<usize>,
         #[arg(long)]
         json: bool,
     },
     /// Inference images/s of ImageNet classifiers (eval mode, probabilities read back).
     Predict {
-        /// Architectures, comma-separated.
-        #[arg(long, value_delimiter = ',', default_values_t = vec![Arch::EffnetLite0, Arch::Resnet50])]
-        model: Vec<Arch>,
-        #[arg(long, default_value_t = 32)]
-        bs: usize,
-        #[arg(long, default_value_t = 224)]
-        size: usize,
+        #[command(flatten)]
+        models: ModelsArgs,
         /// Timed batches after a warm-up (median reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = count)]
         runs: usize,
         #[arg(long)]
         json: bool,
     },
     /// Planned GPU memory (parameters, gradients, optimizer state, activations) of models with fastai's head.
     Memory {
-        #[arg(long, value_delimiter = ',', default_values_t = vec![Arch::EffnetLite0, Arch::Resnet50])]
-        model: Vec<Arch>,
-        #[arg(long, default_value_t = 32)]
-        bs: usize,
-        #[arg(long, default_value_t = 224)]
-        size: usize,
+        #[command(flatten)]
+        models: ModelsArgs,
         #[arg(long)]
         json: bool,
     },
@@ -194,13 +262,13 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value = "effnet-lite0")]
         model: String,
         /// Batch size.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = count)]
         bs: usize,
         /// Input size (square images, 3 channels).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = image_size)]
         size: usize,
         /// Timed steps after the first.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = count)]
         steps: usize,
         /// Time one more step dispatch by dispatch and print where the GPU time goes, per op type and kernel.
         #[arg(long)]
@@ -219,7 +287,7 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         no_matmul: bool,
         /// Timed runs per case (median reported).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = count)]
         runs: usize,
         /// One JSON object per line.
         #[arg(long)]
@@ -234,7 +302,7 @@ pub(crate) enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_values_t = vec!["naive".to_string(), "tiled".to_string()])]
         kernels: Vec<String>,
         /// Timed runs per case (median reported).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = count)]
         runs: usize,
         /// One JSON object per line.
         #[arg(long)]

@@ -4,7 +4,7 @@ use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, s
 use wgtune::gpu::{AdapterRequest, Gpu};
 use wgtune::ops::matmul::MatmulKernel;
 
-use super::args::BenchCommand;
+use super::args::{BenchCommand, ModelsArgs};
 use super::train::with_memory_advice;
 
 pub(crate) fn open_gpu(adapter: Option<String>) -> anyhow::Result<Gpu> {
@@ -100,7 +100,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             }
             Ok(())
         }
-        BenchCommand::Predict { model, bs, size, runs, json } => {
+        BenchCommand::Predict { models: ModelsArgs { model, bs, size }, runs, json } => {
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
             let mut failed = 0;
             for name in &model {
@@ -128,7 +128,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             }
             Ok(())
         }
-        BenchCommand::Memory { model, bs, size, json } => {
+        BenchCommand::Memory { models: ModelsArgs { model, bs, size }, json } => {
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
             for name in &model {
                 let r = wgtune::bench::bench_memory(gpu.clone(), *name, bs, size)?;

@@ -4,6 +4,105 @@
 use super::args::{FinetuneArgs, LrFindArgs, RunArgs};
 use super::bench::open_gpu;
 
+/// A run's claim on its `--out`: checked before any training (so a bad path fails in seconds, not after an
+/// epoch), and locked so that a second run with the same `--out` is refused instead of overwriting the first's
+/// checkpoints. The lock file (OUT.lock, holding the process id) goes away when the run ends.
+pub(crate) struct OutLock {
+    path: std::path::PathBuf,
+}
+
+impl OutLock {
+    pub(crate) fn acquire(out: &std::path::Path, resume: bool, overwrite: bool) -> anyhow::Result<OutLock> {
+        if out.is_dir() {
+            anyhow::bail!(
+                "--out '{}' is a folder: give the model's file name, e.g. --out {}",
+                out.display(),
+                out.join("model.safetensors").display()
+            );
+        }
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            anyhow::bail!("--out '{}': the folder '{}' does not exist", out.display(), parent.display());
+        }
+        let path = std::path::PathBuf::from(format!("{}.lock", out.display()));
+        let mut file = match std::fs::File::create_new(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let pid: Option<u32> = holder.trim().parse().ok();
+                if pid.is_some_and(process_is_running) {
+                    anyhow::bail!(
+                        "another wgtune run (process {}) is writing to --out '{}'; give this run another --out (if no \
+                         such run exists, delete {})",
+                        holder.trim(),
+                        out.display(),
+                        path.display()
+                    );
+                }
+                // Left by a run that was killed: take it over.
+                std::fs::File::create(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot write next to --out '{}': {e}", out.display()))?
+            }
+            Err(e) => anyhow::bail!("cannot write next to --out '{}': {e}", out.display()),
+        };
+        use std::io::Write;
+        let lock = OutLock { path };
+        write!(file, "{}", std::process::id())
+            .map_err(|e| anyhow::anyhow!("cannot write next to --out '{}': {e}", out.display()))?;
+        let checkpoint = checkpoint_path(out);
+        if checkpoint.exists() && !resume && !overwrite {
+            anyhow::bail!(
+                "an interrupted run left its checkpoint {}: continue it with --resume, or start over with --overwrite",
+                checkpoint.display()
+            );
+        }
+        Ok(lock)
+    }
+}
+
+impl Drop for OutLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether a process with this id runs (Linux: /proc; elsewhere assumed, and the message says how to clear it).
+fn process_is_running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return false;
+    }
+    let proc = std::path::Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
+/// The most classes a confusion matrix is printed and drawn for.
+const MAX_CONFUSION_CLASSES: usize = 50;
+
+/// What the end of a run prints about the validation set's confusion, and whether to draw the chart: the matrix
+/// up to a few dozen classes; beyond, a line with the accuracy (the most confused pairs follow either way).
+fn confusion_report(confusion: &wgtune::learner::Confusion) -> (String, bool) {
+    if confusion.classes.len() <= MAX_CONFUSION_CLASSES {
+        let table = confusion.table();
+        return (format!("confusion matrix (validation set, {} images)\n{table}", confusion.total()), true);
+    }
+    let line = format!(
+        "{} classes: too many for a readable confusion matrix (at most {MAX_CONFUSION_CLASSES}); validation accuracy \
+         {:.4} over {} images",
+        confusion.classes.len(),
+        confusion.accuracy(),
+        confusion.total()
+    );
+    (line, false)
+}
+
+/// Where a run with `--out OUT` keeps its checkpoint.
+pub(crate) fn checkpoint_path(out: &std::path::Path) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}.checkpoint", out.display()))
+}
+
 /// The embedded default data set (a folder of the source tree).
 const DEFAULT_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion_mnist");
 
@@ -28,7 +127,11 @@ pub(crate) fn prepare(
         None => anyhow::bail!("--arch {} needs pretrained weights: give them with --model FILE", r.arch),
     };
     let data_dir = r.data.clone().unwrap_or_else(|| DEFAULT_DATA.into());
-    let data = wgtune::data::dataset::Dataset::from_folder(&data_dir, r.valid_pct, r.seed)?;
+    let split = data_dir.join("train").is_dir() && data_dir.join("valid").is_dir();
+    if split && r.valid_pct.is_some() {
+        eprintln!("warning: --valid-pct is ignored: '{}' has its own train/ and valid/ folders", data_dir.display());
+    }
+    let data = wgtune::data::dataset::Dataset::from_folder(&data_dir, r.valid_pct.unwrap_or(0.2), r.seed)?;
     eprintln!(
         "data: {} ({} classes, {} train, {} valid images)",
         data_dir.display(),
@@ -149,6 +252,10 @@ pub(crate) fn lr_find(adapter: Option<String>, a: LrFindArgs) -> anyhow::Result<
 pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Result<()> {
     use std::io::Write;
     use wgtune::nn::model::save_model;
+    if a.epochs == Some(0) && a.freeze_epochs == 0 {
+        anyhow::bail!("--epochs 0 with --freeze-epochs 0 trains nothing: give at least one epoch");
+    }
+    let _lock = OutLock::acquire(&a.out, a.resume, a.overwrite)?;
     let cfg = wgtune::learner::FineTuneConfig {
         freeze_epochs: a.freeze_epochs,
         lr: a.lr,
@@ -199,11 +306,12 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
             let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
         }
     };
-    let checkpoint = std::path::PathBuf::from(format!("{}.checkpoint", a.out.display()));
+    let checkpoint = checkpoint_path(&a.out);
     if a.resume {
         eprintln!("resuming from {}", checkpoint.display());
     }
-    // Ctrl-C: finish the current step, write a checkpoint, exit 130. A second Ctrl-C exits at once.
+    // Ctrl-C and SIGTERM (kill, systemd, docker stop, schedulers): finish the current step, write a checkpoint,
+    // exit 130. A second one exits at once.
     static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let _ = ctrlc::set_handler(|| {
         if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -221,7 +329,8 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         a.out.display()
     );
     let (_, confusion) = learner.validate_confusion()?;
-    println!("\nconfusion matrix (validation set, {} images)\n{}", confusion.total(), confusion.table());
+    let (report, readable) = confusion_report(&confusion);
+    println!("\n{report}");
     let worst: Vec<String> =
         confusion.most_confused(1).iter().take(5).map(|(a, p, n)| format!("{a} -> {p}: {n}")).collect();
     if !worst.is_empty() {
@@ -230,12 +339,16 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
     let side = |ext: &str| a.out.with_extension(ext);
     let steps = learner.steps_per_epoch();
     super::plot::loss_curve(&side("loss.png"), &learner.history, &records, steps)?;
-    super::plot::confusion(&side("confusion.png"), &confusion)?;
-    println!(
-        "plots: {} (loss curve), {} (confusion matrix)",
-        side("loss.png").display(),
-        side("confusion.png").display()
-    );
+    if readable {
+        super::plot::confusion(&side("confusion.png"), &confusion)?;
+        println!(
+            "plots: {} (loss curve), {} (confusion matrix)",
+            side("loss.png").display(),
+            side("confusion.png").display()
+        );
+    } else {
+        println!("plot: {} (loss curve; no confusion-matrix chart for this many classes)", side("loss.png").display());
+    }
     for (phase, p) in &learner.profiles {
         println!("\n{}", wgtune::profile::render(&format!("profiled {phase}-phase training step"), p, 15));
     }
@@ -253,6 +366,22 @@ mod tests {
     use super::*;
 
     /// Out of memory and device loss name the batch size to try; other errors pass through unchanged.
+    /// 1,600 classes: no matrix printed and no chart drawn (it overflowed the PNG size and took GBs), a line
+    /// with the accuracy instead; ten classes still get both.
+    #[test]
+    fn many_classes_get_a_summary_instead_of_a_matrix() {
+        let classes: Vec<String> = (0..1600).map(|i| format!("class{i}")).collect();
+        let mut c = wgtune::learner::Confusion::new(classes);
+        c.add(3, 3);
+        c.add(5, 7);
+        let (text, chart) = confusion_report(&c);
+        assert!(!chart && text.contains("1600 classes") && text.contains("0.5000") && text.len() < 200, "{text}");
+        let mut small = wgtune::learner::Confusion::new((0..10).map(|i| i.to_string()).collect());
+        small.add(1, 1);
+        let (text, chart) = confusion_report(&small);
+        assert!(chart && text.contains("confusion matrix"), "{text}");
+    }
+
     #[test]
     fn memory_errors_advise_a_smaller_batch() {
         let lost = with_memory_advice(wgtune::Error::DeviceLost("Out of memory".into()), 32, 224).to_string();

@@ -55,7 +55,9 @@ fn is_image(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Image files below `dir` (sorted, recursive), with non-images and empty files reported in `skipped`.
+/// Image files below `dir` (sorted, recursive), with non-images and empty files reported in `skipped`. As
+/// fastai's get_image_files (os.walk), symbolic links to folders below `dir` are not followed: a link back up the
+/// tree would otherwise loop, or list the same images many times.
 fn image_files(dir: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -63,9 +65,17 @@ fn image_files(dir: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<P
         let entries =
             std::fs::read_dir(&d).map_err(|e| Error::Invalid(format!("cannot read folder '{}': {e}", d.display())))?;
         for entry in entries {
-            let path = entry?.path();
+            let entry = entry?;
+            let path = entry.path();
+            let link = entry.file_type().is_ok_and(|t| t.is_symlink());
             if path.is_dir() {
-                stack.push(path);
+                if link {
+                    skipped.push((path, "a symbolic link to a folder (not followed)".into()));
+                } else {
+                    stack.push(path);
+                }
+            } else if link && !path.exists() {
+                skipped.push((path, "a broken symbolic link".into()));
             } else if !is_image(&path) {
                 skipped.push((path, "not an image file (by extension)".into()));
             } else if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
@@ -85,12 +95,19 @@ fn warn_skipped(skipped: &[(PathBuf, String)]) {
     }
 }
 
+/// The folders in `dir` (class folders), sorted. Their names become class names, so each must be valid UTF-8.
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::Invalid(format!("cannot read folder '{}': {e}", dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
+    if let Some(bad) = v.iter().find(|p| p.file_name().and_then(|n| n.to_str()).is_none()) {
+        return Err(Error::Invalid(format!(
+            "class folder '{}' has a name that is not valid UTF-8: class names must be text; rename the folder",
+            bad.display()
+        )));
+    }
     v.sort();
     Ok(v)
 }
@@ -123,7 +140,14 @@ impl Dataset {
     /// `DIR/train/<class>/*` + `DIR/valid/<class>/*`, or `DIR/<class>/*` split with `valid_pct` (seeded).
     pub fn from_folder(dir: &Path, valid_pct: f64, seed: u64) -> Result<Dataset> {
         if !dir.is_dir() {
-            return Err(Error::Invalid(format!("data folder '{}' does not exist", dir.display())));
+            let why = if dir.is_file() {
+                "is a file, not a folder (a CSV of file,label rows goes to --csv)"
+            } else if dir.symlink_metadata().is_ok() {
+                "is a broken symbolic link"
+            } else {
+                "does not exist"
+            };
+            return Err(Error::Invalid(format!("data folder '{}' {why}", dir.display())));
         }
         let mut skipped = Vec::new();
         let (train_dir, valid_dir) = (dir.join("train"), dir.join("valid"));
@@ -161,6 +185,12 @@ impl Dataset {
                     items.push(Item { source: Source::File(f), label: label as u32 });
                 }
             }
+            // One file reached twice (a class folder linked to another) must not land in both splits.
+            let mut seen = std::collections::HashSet::new();
+            items.retain(|item| match &item.source {
+                Source::File(f) => seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())),
+                Source::Grey { .. } => true,
+            });
             let (train, valid) = random_split(items, valid_pct, seed);
             Dataset { classes, train, valid, skipped }
         };
@@ -307,6 +337,14 @@ impl Dataset {
             return Err(Error::Invalid(format!("'{origin}' has no validation images")));
         }
         let in_train: BTreeSet<u32> = self.train.iter().map(|i| i.label).collect();
+        let in_valid: BTreeSet<u32> = self.valid.iter().map(|i| i.label).collect();
+        if let Some(empty) = (0..self.classes.len() as u32).find(|c| !in_train.contains(c) && !in_valid.contains(c)) {
+            return Err(Error::Invalid(format!(
+                "class '{}' of '{origin}' has no images: remove its folder or add images to it (a class the model \
+                 never sees would still be predicted)",
+                self.classes[empty as usize]
+            )));
+        }
         if let Some(only_valid) = self.valid.iter().map(|i| i.label).find(|l| !in_train.contains(l)) {
             return Err(Error::Invalid(format!(
                 "class '{}' of '{origin}' has validation images but no training images",

@@ -66,6 +66,13 @@ impl Loader {
         if cfg.batch == 0 || cfg.presize == 0 {
             return Err(Error::Invalid("batch size and image size must be at least 1".into()));
         }
+        if cfg.presize > crate::data::MAX_IMAGE_SIDE {
+            return Err(Error::Invalid(format!(
+                "images are presized to {} pixels, more than the {} wgtune resizes to",
+                cfg.presize,
+                crate::data::MAX_IMAGE_SIDE
+            )));
+        }
         if items.is_empty() {
             return Err(Error::Invalid("no images to load".into()));
         }
@@ -199,7 +206,11 @@ fn make_batch(
                 tries += 1;
                 if tries > order.len() {
                     if let Ok(mut f) = failure.lock() {
-                        *f = Some(Error::Invalid("no image of the data set can be decoded".into()));
+                        *f = Some(Error::Invalid(format!(
+                            "no image of the data set can be decoded (the first is {}; run with RUST_LOG=warn to \
+                             see why each was skipped)",
+                            items[order[0]].describe()
+                        )));
                     }
                     return;
                 }

@@ -14,24 +14,77 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::nn::Normalization;
 
-/// Decode an image file as RGB (grey and RGBA are converted; GIF gives its first frame).
+/// The most memory one decoded image may take (the decoder refuses larger ones before allocating).
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+/// Above this many pixels an image is decoded with a warning: it costs seconds and hundreds of MB each time.
+pub const LARGE_IMAGE_PIXELS: u64 = 40_000_000;
+/// The largest side wgtune resizes images to (inputs and presizes are checked against it where they enter).
+pub const MAX_IMAGE_SIDE: usize = 4096;
+
+/// Decode an image file as RGB (grey and RGBA are converted; GIF gives its first frame), within the decoder's
+/// memory limit. A JPEG cut short (no end-of-image marker after its last scan) is an error, as a truncated PNG
+/// is, instead of a partly grey picture.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::Invalid(format!("cannot open image '{}': {e}", path.display())))?
-        .with_guessed_format()
-        .map_err(|e| Error::Invalid(format!("cannot read image '{}': {e}", path.display())))?
-        .decode()
-        .map_err(|e| Error::Invalid(format!("cannot decode image '{}': {e}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::Invalid(format!("cannot open image '{}': {e}", path.display())))?;
+    let cannot = |why: String| Error::Invalid(format!("cannot decode image '{}': {why}", path.display()));
+    let reader = || -> Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
+            .with_guessed_format()
+            .map_err(|e| cannot(e.to_string()))?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(MAX_DECODE_BYTES);
+        reader.limits(limits);
+        Ok(reader)
+    };
+    if reader()?.format() == Some(image::ImageFormat::Jpeg) && jpeg_is_truncated(&bytes) {
+        return Err(cannot("the JPEG file is truncated (it ends inside its image data)".into()));
+    }
+    let (w, h) = reader()?.into_dimensions().map_err(|e| cannot(e.to_string()))?;
+    let pixels = w as u64 * h as u64;
+    if pixels > LARGE_IMAGE_PIXELS {
+        log::warn!(
+            "'{}' is {w}x{h} pixels: decoding it takes about {} MB and seconds every time it is used; smaller copies \
+             of large photos train as well and much faster",
+            path.display(),
+            pixels * 4 / 1_000_000
+        );
+    }
+    let img = reader()?.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => cannot(format!(
+            "it is {w}x{h} pixels, more than the {} MB one decoded image may take",
+            MAX_DECODE_BYTES >> 20
+        )),
+        e => cannot(e.to_string()),
+    })?;
     Ok(img.to_rgb8())
+}
+
+/// Whether a JPEG stream lacks the end-of-image marker (FF D9) after its last start-of-scan (FF DA): then the file
+/// was cut short. (Entropy-coded data never holds FF D9: every FF in it is stuffed with 00; an embedded thumbnail's
+/// markers come before the main image's scan.)
+fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let Some(last_scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else { return true };
+    !bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Resize so the short side is `size` (bilinear, antialiased when shrinking), then cut the centre `size` x `size`
 /// square: the evaluation transform of torchvision and fastai. Returns HWC bytes.
+///
+/// An image far from square (a 1 x 30000 strip) would resize to an enormous intermediate; beyond 16x the output's
+/// pixels, the centre square of the short side is cut out first and only it is resized, which bounds memory and
+/// gives the same picture up to the filter's edge pixels.
 pub fn resize_center_crop(img: &RgbImage, size: usize) -> Vec<u8> {
     let (w, h) = (img.width() as f64, img.height() as f64);
     let scale = size as f64 / w.min(h);
     let nw = ((w * scale).round() as u32).max(size as u32);
     let nh = ((h * scale).round() as u32).max(size as u32);
+    if nw as u64 * nh as u64 > 16 * (size * size) as u64 {
+        let side = img.width().min(img.height());
+        let (left, top) = ((img.width() - side) / 2, (img.height() - side) / 2);
+        let square = image::imageops::crop_imm(img, left, top, side, side).to_image();
+        return image::imageops::resize(&square, size as u32, size as u32, FilterType::Triangle).into_raw();
+    }
     let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
     let (left, top) = ((nw - size as u32) / 2, (nh - size as u32) / 2);
     let crop = image::imageops::crop_imm(&resized, left, top, size as u32, size as u32).to_image();

@@ -172,42 +172,31 @@ pub enum Op {
 }
 
 impl Op {
-    /// Tensors the op reads (data inputs and parameters).
+    /// Tensors the op reads: those a gradient flows back to, then the others (running statistics, labels).
     pub fn inputs(&self) -> Vec<TensorId> {
-        match self {
-            Op::Linear { x, w, b, .. } | Op::Conv2d { x, w, b, .. } => {
-                let mut v = vec![*x, *w];
-                v.extend(b);
-                v
-            }
-            Op::BatchNorm { x, gamma, beta, running_mean, running_var, .. } => {
-                vec![*x, *gamma, *beta, *running_mean, *running_var]
-            }
-            Op::Relu { x, .. }
-            | Op::Relu6 { x, .. }
-            | Op::LeakyRelu { x, .. }
-            | Op::MaxPool { x, .. }
-            | Op::AvgPool { x, .. }
-            | Op::GlobalAvgPool { x, .. }
-            | Op::ConcatPool { x, .. }
-            | Op::Flatten { x, .. }
-            | Op::Dropout { x, .. } => vec![*x],
-            Op::Add { a, b, .. } => vec![*a, *b],
-            Op::Concat { xs, .. } => xs.clone(),
-            Op::SoftmaxCrossEntropy { logits, labels, .. } => vec![*logits, *labels],
-        }
+        let (mut grad, other) = self.operands();
+        grad.extend(other);
+        grad
     }
 
     /// The inputs a gradient flows back to: data inputs and parameters, not running statistics or labels. The
-    /// executor derives which tensors need a gradient from this; every op states its own (no catch-all arm).
+    /// executor derives which tensors need a gradient from this.
     pub fn grad_inputs(&self) -> Vec<TensorId> {
+        self.operands().0
+    }
+
+    /// (inputs a gradient flows back to, inputs that carry none). Every op states both here, in one exhaustive
+    /// match: no catch-all arm can silently give a new op's running statistics a gradient.
+    fn operands(&self) -> (Vec<TensorId>, Vec<TensorId>) {
         match self {
             Op::Linear { x, w, b, .. } | Op::Conv2d { x, w, b, .. } => {
                 let mut v = vec![*x, *w];
                 v.extend(b);
-                v
+                (v, vec![])
             }
-            Op::BatchNorm { x, gamma, beta, .. } => vec![*x, *gamma, *beta],
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, .. } => {
+                (vec![*x, *gamma, *beta], vec![*running_mean, *running_var])
+            }
             Op::Relu { x, .. }
             | Op::Relu6 { x, .. }
             | Op::LeakyRelu { x, .. }
@@ -216,10 +205,10 @@ impl Op {
             | Op::GlobalAvgPool { x, .. }
             | Op::ConcatPool { x, .. }
             | Op::Flatten { x, .. }
-            | Op::Dropout { x, .. } => vec![*x],
-            Op::Add { a, b, .. } => vec![*a, *b],
-            Op::Concat { xs, .. } => xs.clone(),
-            Op::SoftmaxCrossEntropy { logits, .. } => vec![*logits],
+            | Op::Dropout { x, .. } => (vec![*x], vec![]),
+            Op::Add { a, b, .. } => (vec![*a, *b], vec![]),
+            Op::Concat { xs, .. } => (xs.clone(), vec![]),
+            Op::SoftmaxCrossEntropy { logits, labels, .. } => (vec![*logits], vec![*labels]),
         }
     }
 

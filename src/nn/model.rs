@@ -49,6 +49,10 @@ pub struct ModelSpec {
     pub normalization: Normalization,
 }
 
+/// The input sizes wgtune builds models for (square images).
+pub const MIN_INPUT_SIZE: usize = 16;
+pub const MAX_INPUT_SIZE: usize = 2048;
+
 const KEY_ARCH: &str = "wgtune.architecture";
 const KEY_HEAD: &str = "wgtune.head";
 const KEY_CLASSES: &str = "wgtune.classes";
@@ -90,19 +94,41 @@ impl ModelSpec {
     /// 1000-class classifier means ImageNet labels and the architecture's standard preprocessing).
     pub fn of_weights(weights: &Weights, arch: Option<Arch>) -> Result<ModelSpec> {
         let meta = weights.metadata()?;
+        let origin = weights.origin();
+        if meta.contains_key("wgtune.checkpoint") {
+            return Err(Error::Invalid(format!(
+                "'{origin}' is a training checkpoint, not a saved model: continue its run with `wgtune finetune \
+                 --resume --out {}` (the model is saved when the run finishes)",
+                origin.strip_suffix(".checkpoint").unwrap_or(origin)
+            )));
+        }
         if let Some(a) = meta.get(KEY_ARCH) {
-            let missing = |k: &str| Error::Invalid(format!("'{}': metadata has no '{k}'", weights.origin()));
-            let arch = Arch::parse(a)?;
-            let head = match meta.get(KEY_HEAD).map(String::as_str) {
-                Some("fastai") => Head::Fastai,
-                Some("classifier") => Head::Classifier,
-                _ => return Err(missing(KEY_HEAD)),
+            let bad = |k: &str, why: &str| Error::Invalid(format!("'{origin}': metadata '{k}' {why}"));
+            let get = |k: &str| meta.get(k).ok_or_else(|| bad(k, "is missing"));
+            let arch = Arch::parse(a).map_err(|e| bad(KEY_ARCH, &format!("is invalid: {e}")))?;
+            let head = match get(KEY_HEAD)?.as_str() {
+                "fastai" => Head::Fastai,
+                "classifier" => Head::Classifier,
+                other => return Err(bad(KEY_HEAD, &format!("is '{other}', expected 'fastai' or 'classifier'"))),
             };
-            let classes: Vec<String> = serde_json::from_str(meta.get(KEY_CLASSES).ok_or_else(|| missing(KEY_CLASSES))?)
-                .map_err(|e| Error::Invalid(format!("'{}': bad class list: {e}", weights.origin())))?;
-            let input_size =
-                meta.get(KEY_SIZE).ok_or_else(|| missing(KEY_SIZE))?.parse().map_err(|_| missing(KEY_SIZE))?;
-            let normalization = Normalization::parse(meta.get(KEY_NORM).ok_or_else(|| missing(KEY_NORM))?)?;
+            let classes: Vec<String> = serde_json::from_str(get(KEY_CLASSES)?)
+                .map_err(|e| bad(KEY_CLASSES, &format!("is not a JSON list of names: {e}")))?;
+            if classes.len() < 2 {
+                return Err(bad(
+                    KEY_CLASSES,
+                    &format!("lists {} classes, a classifier needs at least two", classes.len()),
+                ));
+            }
+            let size = get(KEY_SIZE)?;
+            let input_size = size
+                .parse::<usize>()
+                .ok()
+                .filter(|s| (MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(s))
+                .ok_or_else(|| {
+                    bad(KEY_SIZE, &format!("is '{size}', expected a size from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}"))
+                })?;
+            let normalization =
+                Normalization::parse(get(KEY_NORM)?).map_err(|e| bad(KEY_NORM, &format!("is invalid: {e}")))?;
             return Ok(ModelSpec { arch, head, classes, input_size, normalization });
         }
         let arch = match (arch, meta.get("architecture")) {

@@ -154,6 +154,14 @@ pub fn load_into(
                         info.name
                     )));
                 }
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Invalid(format!(
+                        "'{}': tensor '{file_name}' holds a non-finite value ({} at index {i}): the weights are \
+                         broken (a diverged run saved, or a damaged file)",
+                        weights.origin(),
+                        values[i]
+                    )));
+                }
                 ex.write_value(&info.name, &values)?;
                 used.insert(file_name);
                 report.loaded.push(info.name.clone());
@@ -218,10 +226,16 @@ pub fn write_atomically(
         .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| Error::Invalid(format!("cannot serialize '{}': {e}", path.display())))?;
     let tmp = temp_path(path);
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    // Whatever fails, the temporary file does not stay behind.
+    let written = safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", tmp.display())))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", path.display())))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The hidden temp file next to `path` that atomic writes go through before the rename.

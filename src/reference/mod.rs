@@ -530,15 +530,21 @@ pub fn correct_count(logits: &[f64], labels: &[u32], classes: usize) -> usize {
         .count()
 }
 
+/// Weight decay of one parameter, fastai's way: decoupled (p *= 1 - lr * wd, the gradient unchanged) or L2 (the
+/// gradient gains wd * p). Returns the gradient the update uses.
+fn weight_decay(p: &mut f64, grad: f64, lr: f64, wd: f64, decoupled: bool) -> f64 {
+    if decoupled {
+        *p *= 1.0 - lr * wd;
+        grad
+    } else {
+        grad + wd * *p
+    }
+}
+
 /// fastai's SGD step, in place: weight decay (decoupled or L2), buf = mom * buf + g, p -= lr * buf.
 pub fn sgd_step(p: &mut [f64], g: &[f64], buf: &mut [f64], lr: f64, mom: f64, wd: f64, decoupled: bool) {
     for i in 0..p.len() {
-        let mut grad = g[i];
-        if decoupled {
-            p[i] *= 1.0 - lr * wd;
-        } else {
-            grad += wd * p[i];
-        }
+        let grad = weight_decay(&mut p[i], g[i], lr, wd, decoupled);
         buf[i] = mom * buf[i] + grad;
         p[i] -= lr * buf[i];
     }
@@ -562,12 +568,7 @@ pub fn adam_step(
     let debias1 = 1.0 - mom.powi(step);
     let debias2 = 1.0 - sqr_mom.powi(step);
     for i in 0..p.len() {
-        let mut grad = g[i];
-        if decoupled {
-            p[i] *= 1.0 - lr * wd;
-        } else {
-            grad += wd * p[i];
-        }
+        let grad = weight_decay(&mut p[i], g[i], lr, wd, decoupled);
         grad_avg[i] = mom * grad_avg[i] + (1.0 - mom) * grad;
         sqr_avg[i] = sqr_mom * sqr_avg[i] + (1.0 - sqr_mom) * grad * grad;
         p[i] -= lr / debias1 * grad_avg[i] / ((sqr_avg[i] / debias2).sqrt() + eps);

@@ -57,7 +57,9 @@ impl Params {
         let elem = PARAM_DTYPE.size();
         // Each view starts on a binding-aligned offset.
         let align = gpu.binding_alignment().max(elem);
-        let mut layout: Vec<((usize, bool), Vec<(TensorId, u64)>, u64)> = Vec::new();
+        // ((group, decay), [(parameter, byte offset)], bytes)
+        type BucketLayout = ((usize, bool), Vec<(TensorId, u64)>, u64);
+        let mut layout: Vec<BucketLayout> = Vec::new();
         for t in graph.params() {
             let TensorKind::Param { group, decay, .. } = graph.tensors[t.0].kind else { continue };
             let i = match layout.iter().position(|(k, _, _)| *k == (group, decay)) {

@@ -248,10 +248,22 @@ impl Executor {
             let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
             if bytes > limit && oversized.is_none() {
                 let batch = shape.first().copied().unwrap_or(1).max(1) as u64;
-                let fits = limit / (bytes / batch).max(1);
+                let per_image = (bytes / batch).max(1);
+                let fits = limit / per_image;
+                let advice = if fits > 0 {
+                    format!("a batch size of at most {fits} fits")
+                } else {
+                    // Activations grow with the square of the input side.
+                    let side = g.tensors[self.input.0].shape.last().copied().unwrap_or(0) as f64;
+                    let largest = (side * (limit as f64 / per_image as f64).sqrt()).floor() as u64;
+                    format!(
+                        "even one image of this input size does not fit: use a smaller input size (about {largest} \
+                         pixels at most)"
+                    )
+                };
                 oversized = Some(format!(
                     "tensor '{name}' {shape:?} needs {bytes} bytes, more than this adapter's {limit}-byte storage \
-                     binding limit; a batch size of at most {fits} fits"
+                     binding limit; {advice}"
                 ));
             }
             let (first, last) = life[&k];

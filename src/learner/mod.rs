@@ -14,11 +14,16 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::executor::{Executor, ExecutorConfig, PixelInput, StepMetrics};
 use crate::nn::model::{Head, ModelSpec};
-use crate::nn::weights::{load_into, write_atomically, Weights};
+use crate::nn::weights::{load_into, Weights};
 use crate::nn::Arch;
 use crate::ops::optim::{Hyper, Optimizer};
 use crate::reference::SplitMix;
+
+mod checkpoint;
+mod metrics;
+
 use crate::schedule::{fine_tune, Phase};
+pub use metrics::{valley, Confusion, LrFind};
 
 /// Everything `finetune` can be told; defaults are fastai's. Serialized, it is the fingerprint a checkpoint must
 /// match to resume: the fields that do not change the training (`workers`, `profile`, `capture_step`) are left
@@ -361,20 +366,18 @@ impl Learner {
         Ok((loss / confusion.total().max(1) as f64, confusion))
     }
 
-    /// Run every phase, calling `on_epoch` after each epoch. With `checkpoint`, the whole training state is
-    /// written there (atomically) after every epoch, and where `stop` interrupts the run; with `resume`, training
-    /// continues from such a file, mid-epoch if it was interrupted. Native only: the web awaits
-    /// [`Learner::fit_async`].
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn fit(
-        &mut self,
-        progress: &mut Progress<'_>,
-        on_epoch: &mut dyn FnMut(&EpochRecord),
-        checkpoint: Option<&Path>,
-        resume: Option<&Path>,
-        stop: &AtomicBool,
-    ) -> Result<Vec<EpochRecord>> {
-        pollster::block_on(self.fit_async(progress, on_epoch, checkpoint, resume, stop))
+    blocking! {
+        /// Run every phase, calling `on_epoch` after each epoch. With `checkpoint`, the whole training state is
+        /// written there (atomically) after every epoch, and where `stop` interrupts the run; with `resume`,
+        /// training continues from such a file, mid-epoch if it was interrupted.
+        pub fn fit(
+            &mut self,
+            progress: &mut Progress<'_>,
+            on_epoch: &mut dyn FnMut(&EpochRecord),
+            checkpoint: Option<&Path>,
+            resume: Option<&Path>,
+            stop: &AtomicBool
+        ) -> Result<Vec<EpochRecord>> => fit_async
     }
 
     pub async fn fit_async(
@@ -433,13 +436,13 @@ impl Learner {
         Ok(records)
     }
 
-    /// fastai's lr_find: from the current weights, train with the body frozen (as a fresh learner is) while the
-    /// learning rate of every group grows exponentially from `start` to `end` over `num_it` steps (momentum 0.9),
-    /// recording the smoothed loss; stop early when it exceeds 4x the best so far (or is not finite). The weights,
-    /// optimizer state and counters are restored afterwards. Native only: the web awaits [`Learner::lr_find_async`].
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn lr_find(&mut self, start: f64, end: f64, num_it: usize, progress: &mut Progress) -> Result<LrFind> {
-        pollster::block_on(self.lr_find_async(start, end, num_it, progress))
+    blocking! {
+        /// fastai's lr_find: from the current weights, train with the body frozen (as a fresh learner is) while the
+        /// learning rate of every group grows exponentially from `start` to `end` over `num_it` steps (momentum 0.9),
+        /// recording the smoothed loss; stop early when it exceeds 4x the best so far (or is not finite). The weights,
+        /// optimizer state and counters are restored afterwards.
+        pub fn lr_find(&mut self, start: f64, end: f64, num_it: usize, progress: &mut Progress<'_>) -> Result<LrFind>
+            => lr_find_async
     }
 
     pub async fn lr_find_async(
@@ -515,78 +518,6 @@ impl Learner {
         }
         Ok(found)
     }
-
-    /// The settings that must match for a checkpoint to resume: the configuration (less what does not change the
-    /// training) and the classes.
-    fn fingerprint(&self) -> String {
-        serde_json::json!({ "config": self.cfg, "classes": self.spec.classes }).to_string()
-    }
-
-    /// Write the training state after `epochs_done` epochs: weights, optimizer moments and steps, the
-    /// augmentation RNG, the records so far.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn save_checkpoint(
-        &self,
-        path: &Path,
-        epochs_done: u64,
-        records: &[EpochRecord],
-        partial: Option<Partial>,
-    ) -> Result<()> {
-        pollster::block_on(self.save_checkpoint_async(path, epochs_done, records, partial))
-    }
-
-    pub async fn save_checkpoint_async(
-        &self,
-        path: &Path,
-        epochs_done: u64,
-        records: &[EpochRecord],
-        partial: Option<Partial>,
-    ) -> Result<()> {
-        let (tensors, counters) = self.ex.training_state_async().await?;
-        let mut meta = self.spec.metadata();
-        meta.insert("wgtune.checkpoint".into(), self.fingerprint());
-        meta.insert("wgtune.counters".into(), counters);
-        meta.insert("wgtune.epochs_done".into(), epochs_done.to_string());
-        meta.insert("wgtune.rng".into(), self.rng.0.to_string());
-        meta.insert("wgtune.records".into(), serde_json::to_string(records).unwrap_or_default());
-        meta.insert("wgtune.smooth".into(), serde_json::to_string(&self.smooth).unwrap_or_default());
-        meta.insert("wgtune.history".into(), serde_json::to_string(&self.history).unwrap_or_default());
-        if let Some(p) = partial {
-            meta.insert("wgtune.partial".into(), serde_json::to_string(&p).unwrap_or_default());
-        }
-        write_atomically(path, &tensors, meta)
-    }
-
-    /// Restore a checkpoint of this same run: returns the epochs already done, their records, and where an
-    /// interrupted epoch stopped.
-    pub fn load_checkpoint(&mut self, path: &Path) -> Result<(u64, Vec<EpochRecord>, Option<Partial>)> {
-        let w = Weights::open(path)?;
-        let meta = w.metadata()?;
-        let bad = |why: &str| Error::Invalid(format!("cannot resume from '{}': {why}", path.display()));
-        let fingerprint = meta.get("wgtune.checkpoint").ok_or_else(|| bad("it is not a wgtune checkpoint"))?;
-        if *fingerprint != self.fingerprint() {
-            return Err(bad(&format!(
-                "it was made with other settings ({fingerprint}); run with the same options, or without --resume"
-            )));
-        }
-        let get = |name: &str| -> Result<Vec<f32>> {
-            w.get(name)?.map(|(_, v)| v).ok_or_else(|| bad(&format!("tensor '{name}' is missing")))
-        };
-        self.ex.restore_training_state(&get, meta.get("wgtune.counters").ok_or_else(|| bad("no counters"))?)?;
-        self.rng = SplitMix(meta.get("wgtune.rng").and_then(|r| r.parse().ok()).ok_or_else(|| bad("no RNG state"))?);
-        let done = meta.get("wgtune.epochs_done").and_then(|d| d.parse().ok()).ok_or_else(|| bad("no epoch count"))?;
-        let records = serde_json::from_str(meta.get("wgtune.records").map_or("[]", String::as_str))
-            .map_err(|e| bad(&e.to_string()))?;
-        let json = |key: &str, default: &str| meta.get(key).map_or(default, String::as_str).to_string();
-        self.smooth = serde_json::from_str(&json("wgtune.smooth", "{\"avg\":0.0,\"count\":0}"))
-            .map_err(|e| bad(&e.to_string()))?;
-        self.history = serde_json::from_str(&json("wgtune.history", "[]")).map_err(|e| bad(&e.to_string()))?;
-        let partial = match meta.get("wgtune.partial") {
-            Some(p) => Some(serde_json::from_str(p).map_err(|e| bad(&e.to_string()))?),
-            None => None,
-        };
-        Ok((done, records, partial))
-    }
 }
 
 fn check_finite(loss: f32, step: u64) -> Result<()> {
@@ -596,135 +527,5 @@ fn check_finite(loss: f32, step: u64) -> Result<()> {
         Err(Error::Invalid(format!(
             "the training loss became {loss} at step {step}: the learning rate is probably too high (try a lower --lr)"
         )))
-    }
-}
-
-/// What lr_find recorded: the learning rate and smoothed loss of every step, and the suggested rate.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct LrFind {
-    pub lrs: Vec<f64>,
-    pub losses: Vec<f64>,
-    /// fastai's 'valley': a point inside the longest decreasing run of the curve.
-    pub suggestion: Option<f64>,
-    /// The loss diverged (over 4x the best) before the last iteration.
-    pub stopped_early: bool,
-}
-
-/// fastai's `valley` suggestion: the index of the longest decreasing subsequence of `losses`, taken at about
-/// half of the way through it (start + 1/3 + 1/6 of its span).
-pub fn valley(losses: &[f64]) -> usize {
-    let n = losses.len();
-    let mut lds = vec![1usize; n];
-    let (mut max_start, mut max_end) = (0isize, 0usize);
-    for i in 1..n {
-        for j in 0..i {
-            if losses[i] < losses[j] && lds[i] < lds[j] + 1 {
-                lds[i] = lds[j] + 1;
-            }
-            if lds[max_end] < lds[i] {
-                max_end = i;
-                max_start = max_end as isize - lds[max_end] as isize;
-            }
-        }
-    }
-    let sections = (max_end as isize - max_start) as f64 / 3.0;
-    // fastai's start can be -1 (a run from the first point), where Python's indexing wraps; this clamps instead.
-    (max_start + sections as isize + (sections / 2.0) as isize).clamp(0, n as isize - 1) as usize
-}
-
-/// Counts of (actual class, predicted class) over a validation pass.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Confusion {
-    pub classes: Vec<String>,
-    /// Row-major: `counts[actual * k + predicted]`.
-    pub counts: Vec<u32>,
-}
-
-impl Confusion {
-    pub fn new(classes: Vec<String>) -> Confusion {
-        let k = classes.len();
-        Confusion { classes, counts: vec![0; k * k] }
-    }
-
-    pub fn add(&mut self, actual: usize, predicted: usize) {
-        let k = self.classes.len();
-        self.counts[actual * k + predicted] += 1;
-    }
-
-    pub fn get(&self, actual: usize, predicted: usize) -> u32 {
-        self.counts[actual * self.classes.len() + predicted]
-    }
-
-    pub fn total(&self) -> usize {
-        self.counts.iter().map(|&c| c as usize).sum()
-    }
-
-    pub fn accuracy(&self) -> f64 {
-        let k = self.classes.len();
-        let right: usize = (0..k).map(|i| self.get(i, i) as usize).sum();
-        right as f64 / self.total().max(1) as f64
-    }
-
-    /// The off-diagonal cells, largest first (fastai's `most_confused`): (actual, predicted, count).
-    pub fn most_confused(&self, min: u32) -> Vec<(&str, &str, u32)> {
-        let k = self.classes.len();
-        let mut out: Vec<_> = (0..k)
-            .flat_map(|a| (0..k).map(move |p| (a, p)))
-            .filter(|&(a, p)| a != p && self.get(a, p) >= min)
-            .map(|(a, p)| (self.classes[a].as_str(), self.classes[p].as_str(), self.get(a, p)))
-            .collect();
-        out.sort_by_key(|x| std::cmp::Reverse(x.2));
-        out
-    }
-
-    /// The matrix as text: one row per actual class, one column per predicted class.
-    pub fn table(&self) -> String {
-        let k = self.classes.len();
-        let w = self.classes.iter().map(|c| c.len()).max().unwrap_or(1).max(6);
-        let cw = self.counts.iter().max().map_or(1, |m| m.to_string().len()).max(3);
-        let short = |c: &str| c.chars().take(cw).collect::<String>();
-        let mut s = format!("rows: actual class, columns: predicted class\n{:>w$}", "");
-        for c in &self.classes {
-            s += &format!(" {:>cw$}", short(c));
-        }
-        s.push('\n');
-        for a in 0..k {
-            s += &format!("{:>w$}", self.classes[a]);
-            for p in 0..k {
-                s += &format!(" {:>cw$}", self.get(a, p));
-            }
-            s.push('\n');
-        }
-        s
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// fastai's valley on a curve that falls from index 1 to 11 and then rises: the longest decreasing run is
-    /// 1..=11 (11 points), so max_start = 11 - 11 = 0 and the pick is 0 + 3 + 1 = index 4 (fastai's code gives 4).
-    #[test]
-    fn valley_picks_inside_the_longest_decrease() {
-        let mut losses = vec![3.0, 3.1];
-        losses.extend((0..10).map(|i| 3.0 - 0.2 * i as f64));
-        losses.extend([2.0, 4.0, 9.0]);
-        assert_eq!(valley(&losses), 4);
-        assert_eq!(valley(&[1.0]), 0);
-        assert_eq!(valley(&[2.0, 1.0]), 0);
-    }
-
-    #[test]
-    fn confusion_counts_accuracy_and_most_confused() {
-        let mut c = Confusion::new(vec!["cat".into(), "dog".into(), "fish".into()]);
-        for (a, p) in [(0, 0), (0, 1), (0, 1), (1, 1), (2, 2), (2, 0)] {
-            c.add(a, p);
-        }
-        assert_eq!(c.total(), 6);
-        assert!((c.accuracy() - 0.5).abs() < 1e-12);
-        assert_eq!(c.most_confused(1), vec![("cat", "dog", 2), ("fish", "cat", 1)]);
-        let t = c.table();
-        assert!(t.lines().nth(2).unwrap().ends_with("1   2   0") && t.contains("fish"), "{t}");
     }
 }
