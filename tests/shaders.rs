@@ -85,7 +85,7 @@ fn wgsl_struct(module: &naga::Module, name: &str) -> (u32, Vec<(String, u32)>) {
 
 /// (WGSL family, WGSL struct, Rust size, Rust fields with their offsets) of a uniform struct and its twin.
 macro_rules! twin {
-    ($family:literal, $wgsl:literal, $ty:ty { $($field:ident),* $(,)? }) => {
+    ($family:expr, $wgsl:literal, $ty:ty { $($field:ident),* $(,)? }) => {
         ($family, $wgsl, size_of::<$ty>(), vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*])
     };
 }
@@ -97,102 +97,35 @@ macro_rules! twin {
 fn uniform_structs_match_their_rust_twins() {
     use wgtune::data::augment::AugmentParams;
     use wgtune::ops::*;
+    // The dense and the depthwise convolutions share one parameter struct.
+    let conv_params = |family: &'static str| {
+        twin! { family, "ConvParams", conv::ConvParams {
+            batch, in_c, in_h, in_w, out_c, out_h, out_w, groups, kernel_h, kernel_w, stride_h, stride_w, pad_top,
+            pad_left, dilation_h, dilation_w, flags, split_len, _pad
+        } }
+    };
     let cases = [
-        twin!(
-            "matmul",
-            "MatmulParams",
-            matmul::MatmulParams { m, n, k, batch, a_batch, a_row, a_col, b_batch, b_row, b_col, flags, _pad }
-        ),
-        twin!("elementwise", "EltParams", elementwise::EltParams { len, flags, alpha, _pad }),
-        twin!("reduce", "ReduceParams", reduce::ReduceParams { outer, mid, inner, flags }),
-        twin!("loss", "LossParams", loss::LossParams { batch, classes, smoothing, scale }),
-        twin!(
-            "optim",
-            "OptimParams",
-            optim::OptimParams { len, flags, lr, mom, sqr_mom, eps, wd, debias1, debias2, _pad }
-        ),
-        twin!(
-            "conv2d",
-            "ConvParams",
-            conv::ConvParams {
-                batch,
-                in_c,
-                in_h,
-                in_w,
-                out_c,
-                out_h,
-                out_w,
-                groups,
-                kernel_h,
-                kernel_w,
-                stride_h,
-                stride_w,
-                pad_top,
-                pad_left,
-                dilation_h,
-                dilation_w,
-                flags,
-                split_len,
-                _pad
-            }
-        ),
-        twin!(
-            "depthwise",
-            "ConvParams",
-            conv::ConvParams {
-                batch,
-                in_c,
-                in_h,
-                in_w,
-                out_c,
-                out_h,
-                out_w,
-                groups,
-                kernel_h,
-                kernel_w,
-                stride_h,
-                stride_w,
-                pad_top,
-                pad_left,
-                dilation_h,
-                dilation_w,
-                flags,
-                split_len,
-                _pad
-            }
-        ),
-        twin!(
-            "pool",
-            "PoolParams",
-            pool::PoolParams {
-                batch,
-                channels,
-                in_h,
-                in_w,
-                out_h,
-                out_w,
-                kernel_h,
-                kernel_w,
-                stride_h,
-                stride_w,
-                pad_top,
-                pad_left,
-                pad_bottom,
-                pad_right,
-                flags,
-                out_c_total,
-                out_c_offset,
-                _pad
-            }
-        ),
-        twin!(
-            "concat",
-            "ConcatParams",
-            concat::ConcatParams { batch, channels, hw, flags, src_c_total, src_c_offset, dst_c_total, dst_c_offset }
-        ),
-        twin!("norm", "NormParams", norm::NormParams { batch, channels, hw, flags, eps, momentum, _pad }),
-        twin!("dropout", "DropoutParams", dropout::DropoutParams { len, seed, step, threshold, scale, flags, _pad }),
-        twin!("augment", "AugmentParams", AugmentParams { batch, in_size, out_size, flags, scale, shift }),
+        twin! { "matmul", "MatmulParams", matmul::MatmulParams {
+            m, n, k, batch, a_batch, a_row, a_col, b_batch, b_row, b_col, flags, _pad
+        } },
+        twin! { "elementwise", "EltParams", elementwise::EltParams { len, flags, alpha, _pad } },
+        twin! { "reduce", "ReduceParams", reduce::ReduceParams { outer, mid, inner, flags } },
+        twin! { "loss", "LossParams", loss::LossParams { batch, classes, smoothing, scale } },
+        twin! { "optim", "OptimParams", optim::OptimParams {
+            len, flags, lr, mom, sqr_mom, eps, wd, debias1, debias2, _pad
+        } },
+        conv_params("conv2d"),
+        conv_params("depthwise"),
+        twin! { "pool", "PoolParams", pool::PoolParams {
+            batch, channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left,
+            pad_bottom, pad_right, flags, out_c_total, out_c_offset, _pad
+        } },
+        twin! { "concat", "ConcatParams", concat::ConcatParams {
+            batch, channels, hw, flags, src_c_total, src_c_offset, dst_c_total, dst_c_offset
+        } },
+        twin! { "norm", "NormParams", norm::NormParams { batch, channels, hw, flags, eps, momentum, _pad } },
+        twin! { "dropout", "DropoutParams", dropout::DropoutParams { len, seed, step, threshold, scale, flags, _pad } },
+        twin! { "augment", "AugmentParams", AugmentParams { batch, in_size, out_size, flags, scale, shift } },
     ];
     for (family, name, rust_size, fields) in cases {
         let fam = FAMILIES.iter().find(|f| f.name == family).expect("family");
