@@ -14,14 +14,20 @@
 /// `name` run `name_async` to completion with pollster. The library's GPU waits are all `async fn`s (a browser
 /// cannot block); these wrappers are what native callers (the CLI, tests, embedding apps) use.
 macro_rules! blocking {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident(&mut self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty => $async_name:ident) => {
+    (
+        $(#[$doc:meta])*
+        $vis:vis fn $name:ident(&mut self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty => $async_name:ident
+    ) => {
         $(#[$doc])*
         #[cfg(not(target_arch = "wasm32"))]
         $vis fn $name(&mut self $(, $arg: $ty)*) -> $ret {
             pollster::block_on(self.$async_name($($arg),*))
         }
     };
-    ($(#[$doc:meta])* $vis:vis fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty => $async_name:ident) => {
+    (
+        $(#[$doc:meta])*
+        $vis:vis fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty => $async_name:ident
+    ) => {
         $(#[$doc])*
         #[cfg(not(target_arch = "wasm32"))]
         $vis fn $name(&self $(, $arg: $ty)*) -> $ret {

@@ -25,22 +25,28 @@ pub const MAX_IMAGE_SIDE: usize = 4096;
 /// memory limit. A JPEG cut short (no end-of-image marker after its last scan) is an error, as a truncated PNG
 /// is, instead of a partly grey picture.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    use image::ImageDecoder;
     let bytes =
         std::fs::read(path).map_err(|e| Error::Invalid(format!("cannot open image '{}': {e}", path.display())))?;
     let cannot = |why: String| Error::Invalid(format!("cannot decode image '{}': {why}", path.display()));
-    let reader = || -> Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
-        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
-            .with_guessed_format()
-            .map_err(|e| cannot(e.to_string()))?;
-        let mut limits = image::Limits::default();
-        limits.max_alloc = Some(MAX_DECODE_BYTES);
-        reader.limits(limits);
-        Ok(reader)
-    };
-    if reader()?.format() == Some(image::ImageFormat::Jpeg) && jpeg_is_truncated(&bytes) {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| cannot(e.to_string()))?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_is_truncated(&bytes) {
         return Err(cannot("the JPEG file is truncated (it ends inside its image data)".into()));
     }
-    let (w, h) = reader()?.into_dimensions().map_err(|e| cannot(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits.clone());
+    // One header parse: the decoder knows the size before it allocates anything.
+    let decoder = reader.into_decoder().map_err(|e| cannot(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if limits.reserve(decoder.total_bytes()).is_err() {
+        return Err(cannot(format!(
+            "it is {w}x{h} pixels, more than the {} MB one decoded image may take",
+            MAX_DECODE_BYTES >> 20
+        )));
+    }
     let pixels = w as u64 * h as u64;
     if pixels > LARGE_IMAGE_PIXELS {
         log::warn!(
@@ -50,13 +56,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
             pixels * 4 / 1_000_000
         );
     }
-    let img = reader()?.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => cannot(format!(
-            "it is {w}x{h} pixels, more than the {} MB one decoded image may take",
-            MAX_DECODE_BYTES >> 20
-        )),
-        e => cannot(e.to_string()),
-    })?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| cannot(e.to_string()))?;
     Ok(img.to_rgb8())
 }
 

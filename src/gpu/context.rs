@@ -322,9 +322,16 @@ impl Gpu {
         self.check_pending("wait for the queue")
     }
 
+    /// Run `f` (which submits GPU work) inside a graphics-debugger capture where there is one. In a browser there is no graphics debugger (and no
+    /// waiting): `f` just runs.
+    #[cfg(target_arch = "wasm32")]
+    pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        f()
+    }
+
     /// Run `f` (which submits GPU work) inside a graphics-debugger capture: RenderDoc's StartFrameCapture /
     /// EndFrameCapture when the process runs under RenderDoc (Xcode's capture manager on Metal), nothing otherwise.
-    /// Waits for the work to finish before ending the capture. Native only.
+    /// Waits for the work to finish before ending the capture.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         // SAFETY: wgtune starts no other capture, and the one started here is always stopped below, after the

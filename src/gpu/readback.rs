@@ -197,22 +197,26 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Read an f32 tensor back.
-    pub async fn read_f32_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+    /// Read a tensor back as elements of `T` (f32, u32).
+    async fn read_elements<T: bytemuck::Pod>(&self, t: &Tensor) -> Result<Vec<T>> {
         let bytes = self.read_bytes_async(&[t]).await?.pop().unwrap_or_default();
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Read an f32 tensor back.
+    pub async fn read_f32_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.read_elements(t).await
     }
 
     /// Read an f32 tensor back, blocking. Native only.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
-        pollster::block_on(self.read_f32_async(t))
+        pollster::block_on(self.read_elements(t))
     }
 
     /// Read a u32 tensor back, blocking. Native only.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
-        let bytes = self.read_bytes(&[t])?.pop().unwrap_or_default();
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        pollster::block_on(self.read_elements(t))
     }
 }

@@ -111,16 +111,7 @@ impl Gpu {
         }
         let bytes = numel as u64 * dtype.size();
         self.check_size(label, bytes)?;
-        let size = bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
-        self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-        let buffer = self.scoped(label, || {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
+        let buffer = self.storage_buffer(bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT), label)?;
         Ok(Tensor { buffer: Arc::new(buffer), offset: 0, shape: shape.to_vec(), dtype, label: label.into() })
     }
 
@@ -200,6 +191,20 @@ impl Storage {
 }
 
 impl Gpu {
+    /// A storage buffer of `size` bytes (already aligned), counted in [`Gpu::storage_bytes_created`]: the one place
+    /// tensors and storages get their memory.
+    fn storage_buffer(&self, size: u64, label: &str) -> Result<wgpu::Buffer> {
+        self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        self.scoped(label, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
     /// Bytes of all storage buffers this device has created so far ([`Gpu::tensor`], [`Gpu::storage`]); staging
     /// and uniform buffers apart. Memory plans are tested against it.
     pub fn storage_bytes_created(&self) -> u64 {
@@ -215,15 +220,7 @@ impl Gpu {
     pub fn storage(&self, bytes: u64, label: &str) -> Result<Storage> {
         self.check_buffer_size(label, bytes)?;
         let size = bytes.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
-        self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-        let buffer = self.scoped(label, || {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
+        let buffer = self.storage_buffer(size, label)?;
         Ok(Storage { buffer: Arc::new(buffer), bytes: size, label: label.into() })
     }
 

@@ -109,19 +109,12 @@ pub fn forward(
             }
             Op::Dropout { x, y, p, seed } => {
                 // Training: the GPU's mask of (seed, step, element), kept values scaled by 1 / (1 - p).
-                let params = DropoutParams::new(t[x].len(), *p, *seed, step as u32, false)
-                    .expect("the graph builder checked the probability");
                 let out = if training {
-                    (0..t[x].len())
-                        .map(|i| {
-                            let keep = r::dropout_keep(*seed, step as u32, i as u32, params.threshold);
-                            if keep {
-                                t[x][i] / (1.0 - p)
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect()
+                    let threshold = DropoutParams::new(t[x].len(), *p, *seed, step as u32, false)
+                        .expect("the graph builder checked the probability")
+                        .threshold;
+                    let keep = |i: usize| r::dropout_keep(*seed, step as u32, i as u32, threshold);
+                    t[x].iter().enumerate().map(|(i, &v)| if keep(i) { v / (1.0 - p) } else { 0.0 }).collect()
                 } else {
                     t[x].clone()
                 };

@@ -8,7 +8,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
-use crate::graph::executor::{Executor, NamedTensor};
+use crate::graph::executor::Executor;
 use crate::graph::TensorKind;
 
 /// The bytes of a safetensors file: memory-mapped from disk, embedded in the binary, or handed over in memory
@@ -111,6 +111,14 @@ impl Weights {
                 )))
             }
         };
+        // No training or prediction can use NaN or infinite weights: refuse them here, for every reader.
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "'{}': tensor '{name}' holds a non-finite value ({} at index {i}): the weights are broken (a \
+                 diverged run saved, or a damaged file)",
+                self.origin, values[i]
+            )));
+        }
         Ok(Some((view.shape().to_vec(), values)))
     }
 }
@@ -154,14 +162,6 @@ pub fn load_into(
                         info.name
                     )));
                 }
-                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::Invalid(format!(
-                        "'{}': tensor '{file_name}' holds a non-finite value ({} at index {i}): the weights are \
-                         broken (a diverged run saved, or a damaged file)",
-                        weights.origin(),
-                        values[i]
-                    )));
-                }
                 ex.write_value(&info.name, &values)?;
                 used.insert(file_name);
                 report.loaded.push(info.name.clone());
@@ -197,18 +197,7 @@ pub fn load_into(
 /// file in the same directory, then a rename, so a crash never leaves a half-written model behind.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn save(ex: &Executor, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
-    write_atomically(path, &pollster::block_on(model_tensors(ex))?, metadata)
-}
-
-/// Every parameter and running statistic of the executor: (name, shape, values).
-pub async fn model_tensors(ex: &Executor) -> Result<Vec<NamedTensor>> {
-    let mut tensors = Vec::new();
-    for info in &ex.graph().tensors {
-        if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
-            tensors.push((info.name.clone(), info.shape.clone(), ex.read_value_async(&info.name).await?));
-        }
-    }
-    Ok(tensors)
+    write_atomically(path, &ex.model_tensors()?, metadata)
 }
 
 /// Write f32 tensors (name, shape, values) and metadata to a safetensors file, atomically (temporary file in

@@ -378,11 +378,28 @@ pub fn conv2d_backward_weight_scratch(gpu: &Gpu, s: &ConvShape) -> Option<Vec<us
     if s.is_depthwise() {
         return None;
     }
-    let splits = backward_weight_splits(gpu, s);
-    let split_len = s.batch.div_ceil(splits);
-    let splits = s.batch.div_ceil(split_len);
-    let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
-    (splits > 1).then(|| vec![splits, s.out_c * ncols])
+    WeightSplit::of(gpu, s).scratch_shape(s)
+}
+
+/// How the dense backward_weight splits the batch on this adapter: `splits` groups of `split_len` images, each
+/// summing into its own partial dw of `ncols` columns per output channel.
+struct WeightSplit {
+    splits: usize,
+    split_len: usize,
+    ncols: usize,
+}
+
+impl WeightSplit {
+    fn of(gpu: &Gpu, s: &ConvShape) -> WeightSplit {
+        let split_len = s.batch.div_ceil(backward_weight_splits(gpu, s));
+        let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
+        WeightSplit { splits: s.batch.div_ceil(split_len), split_len, ncols }
+    }
+
+    /// The partial sums' shape, when there is more than one split.
+    fn scratch_shape(&self, s: &ConvShape) -> Option<Vec<usize>> {
+        (self.splits > 1).then(|| vec![self.splits, s.out_c * self.ncols])
+    }
 }
 
 /// dw = the gradient of conv2d with respect to its weight, from dy and the forward input x. `scratch` has the
@@ -430,12 +447,10 @@ pub fn conv2d_backward_weight(
                     label,
                 )?]);
             }
-            let splits = backward_weight_splits(gpu, s);
-            let split_len = s.batch.div_ceil(splits);
-            let splits = s.batch.div_ceil(split_len);
-            let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
+            let split = WeightSplit::of(gpu, s);
+            let WeightSplit { splits, split_len, ncols } = split;
             let (spec, tile) = backward_weight_kernel(ncols);
-            let want = conv2d_backward_weight_scratch(gpu, s);
+            let want = split.scratch_shape(s);
             if want.as_deref() != scratch.map(|t| t.shape()) {
                 return Err(Error::shape(
                     format!("conv2d_backward_weight '{label}'"),
@@ -445,12 +460,12 @@ pub fn conv2d_backward_weight(
             let grid = |p: &ConvParams| {
                 [(ncols as u32).div_ceil(tile), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32]
             };
-            if splits == 1 {
+            // A scratch tensor was given exactly when the batch is split (checked above).
+            let Some(partial) = scratch else {
                 let p = s.params(flags(false, accumulate), split_len)?;
                 return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid(&p), label)?]);
-            }
+            };
             // Each split writes its own partial dw; one sum over the splits finishes (and accumulates, if asked).
-            let partial = scratch.expect("checked against the wanted scratch above");
             let p = s.params(0, split_len)?;
             let conv = gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, partial], grid(&p), label)?;
             let sum =

@@ -113,20 +113,17 @@ impl Executor {
                 Op::Conv2d { x, w, b, y, shape } => {
                     let (need_x, train_w, train_b, ax) =
                         weighted_layer(needs, &trains, &mut written, &mut touches, (x, w, b, y));
+                    // The split-batch partial sums of dw, where this adapter splits the batch.
                     let partial = train_w.then(|| conv2d_backward_weight_scratch(&self.gpu, &shape)).flatten();
-                    let partial_key = Key::Scratch(index);
-                    if let Some(s) = partial {
-                        touches.push(partial_key);
-                        scratch.push((partial_key, s, DType::F32));
-                    }
-                    let has_partial = !scratch.is_empty();
+                    let partial_key = partial.is_some().then_some(Key::Scratch(index));
+                    scratch.extend(partial.map(|s| (Key::Scratch(index), s, DType::F32)));
                     Box::new(move |v| {
                         let mut out = Vec::new();
                         if need_x {
                             out.extend(conv2d_backward_data(v.gpu, &shape, v.g(y)?, v.v(w)?, v.g(x)?, ax, &l2)?);
                         }
                         if train_w {
-                            let partial = if has_partial { Some(v.get(partial_key)?) } else { None };
+                            let partial = partial_key.map(|k| v.get(k)).transpose()?;
                             out.extend(conv2d_backward_weight(
                                 v.gpu,
                                 &shape,

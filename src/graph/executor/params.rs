@@ -142,6 +142,21 @@ impl Executor {
     }
 
     blocking! {
+        /// Every parameter and running statistic: (name, shape, values), in graph order. What a saved model holds.
+        pub fn model_tensors(&self) -> Result<Vec<NamedTensor>> => model_tensors_async
+    }
+
+    pub async fn model_tensors_async(&self) -> Result<Vec<NamedTensor>> {
+        let mut tensors = Vec::new();
+        for info in &self.graph.tensors {
+            if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
+                tensors.push((info.name.clone(), info.shape.clone(), self.read_value_async(&info.name).await?));
+            }
+        }
+        Ok(tensors)
+    }
+
+    blocking! {
         /// [`Executor::training_state_async`], blocking.
         pub fn training_state(&self) -> Result<(Vec<NamedTensor>, String)> => training_state_async
     }
@@ -150,12 +165,7 @@ impl Executor {
     /// optimizer bucket's state (`optimizer.<bucket>.grad_avg`, and `.sqr_avg` for Adam), and the counters
     /// (trainable flags, bucket step counts, the training step) as text.
     pub async fn training_state_async(&self) -> Result<(Vec<NamedTensor>, String)> {
-        let mut tensors = Vec::new();
-        for info in &self.graph.tensors {
-            if matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
-                tensors.push((info.name.clone(), info.shape.clone(), self.read_value_async(&info.name).await?));
-            }
-        }
+        let mut tensors = self.model_tensors_async().await?;
         for (i, b) in self.params.buckets.iter().enumerate() {
             for (what, storage) in self.cfg.optimizer.state_names().iter().zip(&b.state) {
                 let v = b.whole(storage, what)?;
@@ -188,15 +198,9 @@ impl Executor {
                 self.eval = None;
             }
         }
-        let names: Vec<String> = self
-            .graph
-            .tensors
-            .iter()
-            .filter(|i| matches!(i.kind, TensorKind::Param { .. } | TensorKind::State))
-            .map(|i| i.name.clone())
-            .collect();
-        for name in names {
-            self.write_value(&name, &get(&name)?)?;
+        // Every parameter and running statistic has a view in `values`.
+        for (t, view) in &self.params.values {
+            self.gpu.write_f32(view, &get(&self.graph.tensors[t.0].name)?)?;
         }
         for (i, b) in self.params.buckets.iter_mut().enumerate() {
             for (what, storage) in self.cfg.optimizer.state_names().iter().zip(&b.state) {

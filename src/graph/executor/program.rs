@@ -90,7 +90,7 @@ pub(super) struct PendingLayer {
     pub name: String,
     pub touches: Vec<Key>,
     pub dropout: Vec<DropoutSite>,
-    /// Scratch buffers the layer's launches need (shape, element type); `touches` holds their keys too.
+    /// Scratch buffers the layer's launches need (key, shape, element type), planned like the tensors it touches.
     pub scratch: Vec<(Key, Vec<usize>, DType)>,
     pub build: Build,
 }
@@ -205,7 +205,7 @@ impl Executor {
         let end = layers.len();
         let mut life: HashMap<Key, (usize, usize)> = HashMap::new();
         for (i, layer) in layers.iter().enumerate() {
-            for &k in &layer.touches {
+            for k in layer.touches.iter().copied().chain(layer.scratch.iter().map(|(k, _, _)| *k)) {
                 if is_transient(k) {
                     let e = life.entry(root(k)).or_insert((i, i));
                     e.0 = e.0.min(i);

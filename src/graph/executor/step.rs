@@ -107,7 +107,8 @@ impl Executor {
 
     blocking! {
         /// A training step from u8 pixels (N, P, P, 3) and per-image augmentation transforms.
-        pub fn train_step_pixels(&mut self, pixels: &[u8], transforms: &[ImageTransform], labels: &[u32]) -> Result<()> => train_step_pixels_async
+        pub fn train_step_pixels(&mut self, pixels: &[u8], transforms: &[ImageTransform], labels: &[u32]) -> Result<()>
+            => train_step_pixels_async
     }
 
     pub async fn train_step_pixels_async(
@@ -156,7 +157,8 @@ impl Executor {
     blocking! {
         /// Forward and backward without the optimizer update, waiting for the result: gradients are then readable
         /// with [`Executor::read_grad`].
-        pub fn compute_gradients(&mut self, images: &[f32], labels: &[u32]) -> Result<StepMetrics> => compute_gradients_async
+        pub fn compute_gradients(&mut self, images: &[f32], labels: &[u32]) -> Result<StepMetrics>
+            => compute_gradients_async
     }
 
     pub async fn compute_gradients_async(&mut self, images: &[f32], labels: &[u32]) -> Result<StepMetrics> {
@@ -214,16 +216,9 @@ impl Executor {
         let (submitted, profile) = if std::mem::take(&mut self.profile_next) {
             let (submitted, profile) = profiled(&self.gpu, "train step", &groups, &mut self.ring, &read).await?;
             (submitted, Some(profile))
-        } else if capture && cfg!(not(target_arch = "wasm32")) {
-            let label = format!("train step {step}");
-            #[cfg(not(target_arch = "wasm32"))]
-            let submitted = {
-                let ring = &mut self.ring;
-                self.gpu.capture(|| self.gpu.submit_layers(&label, &groups, ring, &read))?
-            };
-            #[cfg(target_arch = "wasm32")]
-            let submitted = self.gpu.submit_layers(&label, &groups, &mut self.ring, &read)?;
-            (submitted, None)
+        } else if capture {
+            let (label, ring) = (format!("train step {step}"), &mut self.ring);
+            (self.gpu.capture(|| self.gpu.submit_layers(&label, &groups, ring, &read))?, None)
         } else {
             (self.gpu.submit_layers("train step", &groups, &mut self.ring, &read)?, None)
         };
@@ -320,8 +315,8 @@ impl Executor {
     }
 
     /// Wrap the next training step in a graphics-debugger capture (RenderDoc when the process runs under it): the
-    /// capture holds exactly that step's submission, one debug group per layer. The step waits for the GPU.
-    /// Native only (ignored in a browser).
+    /// capture holds exactly that step's submission, one debug group per layer. The step waits for the GPU (in a
+    /// browser, which has no graphics debugger, the step runs as any other).
     pub fn capture_next_step(&mut self) {
         self.capture_next = true;
     }
@@ -333,7 +328,8 @@ impl Executor {
 
     blocking! {
         /// Profile one training step (parameters are updated as in any step) or one evaluation batch.
-        pub fn profile(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<StepProfile> => profile_async
+        pub fn profile(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<StepProfile>
+            => profile_async
     }
 
     pub async fn profile_async(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<StepProfile> {
