@@ -297,8 +297,9 @@ impl Learner {
                 self.ex.set_hyper(g, h)?;
             }
             let transforms = self.transforms();
-            // The second step of a phase: compiled and warm, as every later step.
-            let profile = self.cfg.profile && epoch == 0 && first + i == 1.min(per_epoch - 1);
+            // The second step this process runs in the phase's first epoch: compiled and warm, as every later step
+            // (after a resume too, wherever in the epoch it resumed).
+            let profile = self.cfg.profile && epoch == 0 && i == 1.min(per_epoch.saturating_sub(first + 1));
             if profile {
                 self.ex.profile_next_step();
             }
