@@ -387,7 +387,7 @@ pub struct MemoryRecord {
 /// The memory plan of an architecture with fastai's head, computed without allocating the activations (so it
 /// also reports sizes that exceed this adapter's limits).
 pub fn bench_memory(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize) -> Result<MemoryRecord> {
-    let g = arch.with_fastai_head(batch, size, 10, 0.1)?;
+    let g = arch.with_fastai_head(batch, size, 10, 0.1, crate::nn::FASTAI_PS)?;
     let ex = Executor::new(gpu, g, ExecutorConfig::default())?;
     Ok(MemoryRecord {
         bench: "memory",

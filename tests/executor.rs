@@ -168,7 +168,7 @@ fn allocated_bytes_equal_planned_bytes() {
         (Arch::Resnet50, Optimizer::Adam, false),
         (Arch::Resnet18, Optimizer::Sgd, false),
     ] {
-        let g = arch.with_fastai_head(4, 32, 5, 0.1).unwrap();
+        let g = arch.with_fastai_head(4, 32, 5, 0.1, wgtune::nn::FASTAI_PS).unwrap();
         let before = gpu.storage_bytes_created();
         let mut ex = Executor::new(gpu.clone(), g, ExecutorConfig { optimizer, ..Default::default() }).unwrap();
         if pixels {

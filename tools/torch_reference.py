@@ -21,6 +21,7 @@ partial training batch dropped. Written from ../shared/FASTAI.md, not from fasta
 peak; CPU: the process's peak resident set, which includes the framework itself). `--device cuda` where available.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -170,13 +171,15 @@ def make_body(arch, momentum=0.1):
 
 class ConcatPool(nn.Module):
     def forward(self, x):
-        return torch.cat([F.adaptive_max_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)], 1).flatten(1)
+        return torch.cat([F.adaptive_max_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)], 1)
 
 
-def fastai_head(nf, classes, momentum=0.1):
-    head = nn.Sequential(ConcatPool(), nn.BatchNorm1d(2 * nf, momentum=momentum), nn.Dropout(0.25),
+def fastai_head(nf, classes, momentum=0.1, ps=0.5):
+    """fastai's create_head, module for module (so the state-dict names are fastai's and wgtune's: head.2 is the
+    first batch norm, head.4 the first linear, head.8 the last)."""
+    head = nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(2 * nf, momentum=momentum), nn.Dropout(ps / 2),
                          nn.Linear(2 * nf, 512, bias=False), nn.ReLU(), nn.BatchNorm1d(512, momentum=momentum),
-                         nn.Dropout(0.5), nn.Linear(512, classes, bias=False))
+                         nn.Dropout(ps), nn.Linear(512, classes, bias=False))
     for m in head:
         if isinstance(m, nn.Linear):
             nn.init.kaiming_normal_(m.weight)
@@ -187,10 +190,10 @@ def fastai_head(nf, classes, momentum=0.1):
 
 
 class Model(nn.Module):
-    def __init__(self, arch, classes, momentum=0.1):
+    def __init__(self, arch, classes, momentum=0.1, ps=0.5):
         super().__init__()
         self.body = make_body(arch, momentum)
-        self.head = fastai_head(self.body.features, classes, momentum)
+        self.head = fastai_head(self.body.features, classes, momentum, ps)
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -240,8 +243,11 @@ def combined_cos(pct, a, b, c, pos):
     return sched_cos(a, b, pos / pct) if pos < pct else sched_cos(b, c, (pos - pct) / (1 - pct))
 
 
-def load_images(split, size, presize):
-    root = os.path.join(ROOT, "assets", "fashion_mnist", split)
+DEFAULT_DATA = os.path.join(ROOT, "assets", "fashion_mnist")
+
+
+def load_images(data, split, size, presize):
+    root = os.path.join(data, split)
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     xs, ys = [], []
     for label, c in enumerate(classes):
@@ -258,9 +264,9 @@ def finetune(a):
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     presize = (a.size * 8 + 6) // 7
-    classes, xt, yt = load_images("train", a.size, presize)
-    _, xv, yv = load_images("valid", a.size, presize)
-    print(f"data: {len(classes)} classes, {len(yt)} train, {len(yv)} valid images at {a.size} px "
+    classes, xt, yt = load_images(a.data, "train", a.size, presize)
+    _, xv, yv = load_images(a.data, "valid", a.size, presize)
+    print(f"data: {a.data}: {len(classes)} classes, {len(yt)} train, {len(yv)} valid images at {a.size} px "
           f"(presize {presize}), torch {torch.__version__}, {a.threads} threads", flush=True)
     from safetensors.torch import load_file
     model = Model("effnet-lite0", len(classes))
@@ -272,6 +278,11 @@ def finetune(a):
     params = model.groups()
     opt = FastaiAdam(params)
     log = open(a.json_log, "w") if a.json_log else None
+    # One shuffling generator for the whole job: every epoch of both phases sees a new order, as fastai's
+    # DataLoader (its RNG advances every epoch, across fits). Seeding it per phase would repeat the frozen epoch's
+    # batches, in the same order and the same groups of 32, in the first unfrozen epoch, which lowers that epoch's
+    # train loss from about 1.2 to 0.74 (BENCHMARKS.md, "the train-loss discrepancy").
+    shuffle = torch.Generator().manual_seed(a.seed)
 
     def set_trainable(frozen_to):
         for _, p, group, is_bn, _ in params:
@@ -290,8 +301,7 @@ def finetune(a):
         for e in range(epochs):
             t0 = time.time()
             model.train()
-            g = torch.Generator().manual_seed(a.seed * 1000 + it)
-            order = torch.randperm(len(yt), generator=g)
+            order = torch.randperm(len(yt), generator=shuffle)
             for b in range(n):
                 pos = it / total
                 lrs = [combined_cos(pct, m / div, m, m / div_final, pos) for m in lr_max]
@@ -328,6 +338,200 @@ def finetune(a):
     lo = lr / a.lr_mult
     acc = run_phase("unfrozen", 0, a.epochs, [lo * (lr / lo) ** (i / 2) for i in range(3)], a.pct_start, a.div)
     print(f"\nfinal accuracy {acc:.4f} in {time.time() - t0:.0f} s")
+
+
+def wgtune_name(torch_name):
+    """wgtune's name of a twin's tensor: the body's names are the weight file's, the head's are fastai's."""
+    return torch_name[len("body."):] if torch_name.startswith("body.") else torch_name
+
+
+class _Stop(Exception):
+    pass
+
+
+def clear_shift(v, margin, kinks=(0.0, 6.0)):
+    """The shift s nearest 0 that keeps every value of v + s at least `margin` from each kink."""
+    lo = np.sort(np.concatenate([k - v - margin for k in kinks]))
+    hi = lo + 2 * margin
+    reach = np.maximum.accumulate(hi)
+    starts = np.nonzero(np.r_[True, lo[1:] >= reach[:-1]])[0]
+    block_lo, block_hi = lo[starts], np.maximum.reduceat(hi, starts)
+    inside = np.nonzero((block_lo < 0) & (block_hi > 0))[0]
+    if len(inside) == 0:
+        return 0.0
+    i = inside[0]
+    return block_lo[i] if -block_lo[i] < block_hi[i] else block_hi[i]
+
+
+@torch.no_grad()
+def clear_of_kinks(body, x, margin):
+    """Nudge the body's batch-norm biases, per channel and in forward order, until a float64 training-mode pass keeps
+    `margin` between every pre-activation and the kinks of the ReLU6 it enters (0 and 6): then float32 rounding
+    cannot put a value on the other side of a kink than float64 does (which would switch that element's gradient on
+    or off and change every gradient upstream of it). Returns (channels nudged, largest nudge, the body's output)."""
+    momenta = {m: m.momentum for m in body.modules() if isinstance(m, nn.BatchNorm2d)}
+    for m in momenta:
+        m.momentum = 0.0  # the search must not move the running statistics
+    nudged, largest = 0, 0.0
+    for name, bn in body.named_modules():
+        if not isinstance(bn, nn.BatchNorm2d) or name.endswith("_bn2"):
+            continue  # a block's last batch norm enters no activation
+        seen = {}
+
+        def grab(_m, _i, out):
+            seen["y"] = out
+            raise _Stop()
+
+        handle = bn.register_forward_hook(grab)
+        try:
+            body(x)
+        except _Stop:
+            pass
+        handle.remove()
+        y = seen["y"].transpose(0, 1).reshape(seen["y"].shape[1], -1).numpy()
+        for c in range(y.shape[0]):
+            shift = clear_shift(y[c], margin)
+            if shift:
+                bn.bias[c] += shift
+                nudged, largest = nudged + 1, max(largest, abs(shift))
+    features = body(x)
+    for m, momentum in momenta.items():
+        m.momentum = momentum
+    return nudged, largest, features
+
+
+@torch.no_grad()
+def head_gaps(head, features):
+    """(smallest |input| of the head's ReLU, smallest lead of a max-pool winner inside (0, 6) over the runner-up)."""
+    momenta = {m: m.momentum for m in head.modules() if isinstance(m, nn.BatchNorm1d)}
+    for m in momenta:
+        m.momentum = 0.0
+    relu_in = head[:5](features)
+    for m, momentum in momenta.items():
+        m.momentum = momentum
+    top = features.flatten(2).sort(dim=2, descending=True).values
+    free = (top[..., 0] > 0) & (top[..., 0] < 6)
+    pool_gap = float((top[..., 0] - top[..., 1])[free].min()) if free.any() else float("inf")
+    return float(relu_in.abs().min()), pool_gap
+
+def step_check(a):
+    """One training step of the default job's model (EfficientNet-Lite0, fastai's head, batch-norm statistics of the
+    batch) in wgtune and in PyTorch on the same batch and weights, dropout off. Compared per tensor, relative to
+    PyTorch in float64: the loss, every parameter's gradient and every running statistic after the forward pass must
+    be within --tolerance, or no further from float64 than twice PyTorch's own float32 result is (this model at batch
+    8 is ill-conditioned: PyTorch float32 itself misses 1e-4 on many tensors); every parameter after one fastai-Adam
+    step (fresh state, per-group learning rates, decoupled weight decay) must be within --tolerance of that step
+    taken in float64 from wgtune's own gradients. Exits 1 on a mismatch."""
+    import subprocess
+    import tempfile
+    from safetensors.numpy import load_file, save_file
+
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    presize = (a.size * 8 + 6) // 7
+    classes, xs, ys = load_images(DEFAULT_DATA, "train", a.size, presize)
+    pick = torch.randperm(len(ys), generator=torch.Generator().manual_seed(a.seed))[:a.bs]
+    x, y = xs[pick].contiguous(), ys[pick].contiguous()
+    state = {f"body.{k}": torch.from_numpy(v).double()
+             for k, v in load_file(os.path.join(ROOT, "assets", "efficientnet_lite0.safetensors")).items()
+             if not k.startswith("_fc")}
+    # Weights whose float64 pass stays clear of every kink by --margin: the pretrained body with batch-norm biases
+    # nudged where needed, and the first head draw whose ReLU input is clear too.
+    model = Model("effnet-lite0", len(classes), ps=0.0).double().train()
+    model.load_state_dict(state, strict=False)
+    nudged, largest, features = clear_of_kinks(model.body, x.double(), a.margin)
+    for draw in range(200):
+        torch.manual_seed(a.seed + draw)
+        model.head = fastai_head(model.body.features, len(classes), ps=0.0).double().train()
+        relu_gap, pool_gap = head_gaps(model.head, features)
+        if relu_gap >= a.margin:
+            break
+    else:
+        sys.exit(f"no head draw kept the head's ReLU input clear of 0 by {a.margin} (lower --margin)")
+    if pool_gap < a.margin / 10:
+        sys.exit(f"a max-pool winner leads its runner-up by only {pool_gap:.1e}: try another --seed")
+    print(f"clear of kinks by {a.margin}: {nudged} batch-norm channels nudged (at most {largest:.2e}), head draw "
+          f"{draw + 1}, head ReLU input at least {relu_gap:.2e} from 0, max-pool winners lead by {pool_gap:.2e}")
+    model = model.float()
+    initial = {wgtune_name(k): v.detach().numpy().copy() for k, v in model.state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    lrs = [float(v) for v in a.lrs]
+    work = a.work or tempfile.mkdtemp(prefix="wgtune-step-")
+    os.makedirs(work, exist_ok=True)
+    case, out = os.path.join(work, "case.safetensors"), os.path.join(work, "wgtune.safetensors")
+    save_file({**initial, "image": x.numpy(), "label": y.numpy().astype(np.float32)}, case,
+              metadata={"lrs": json.dumps(lrs), "mom": repr(a.mom), "wd": repr(a.wd)})
+    command = [a.example, case, out] if a.example else \
+        ["cargo", "run", "--release", "--quiet", "--example", "torch_step", "--", case, out]
+    print(f"batch of {a.bs} training images at {a.size} px, dropout off; running: {' '.join(command)}", flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+    ours = load_file(out)
+
+    # PyTorch in float64 (the reference) and in float32 (the yardstick): training mode, the same forward and
+    # backward on the same weights.
+    def torch_pass(dtype):
+        m = copy.deepcopy(model).to(dtype).train()
+        loss = F.cross_entropy(m(x.to(dtype)), y)
+        loss.backward()
+        got = {"loss": np.array([loss.item()])}
+        got.update({f"grad.{wgtune_name(n)}": p.grad.double().numpy() for n, p in m.named_parameters()})
+        got.update({f"running.{wgtune_name(n)}": t.double().numpy() for n, t in m.state_dict().items()
+                    if "running_" in n})
+        return got
+
+    exact, single = torch_pass(torch.float64), torch_pass(torch.float32)
+    # The optimizer on its own: fastai's Adam (float64, fresh state) applied to wgtune's own gradients, so that the
+    # step is compared free of gradient rounding (Adam's first step is lr * g / (|g| + eps): it turns the rounding
+    # noise of a near-zero gradient into a step of up to lr).
+    stepped = copy.deepcopy(model).double()
+    for n, p in stepped.named_parameters():
+        p.grad = torch.from_numpy(ours[f"grad.{wgtune_name(n)}"]).double()
+    FastaiAdam(stepped.groups()).step(lrs, a.mom, a.wd)
+    moves = {f"step.{wgtune_name(n)}": (ours[f"step.{wgtune_name(n)}"].astype(np.float64), p.detach().numpy(),
+                                        initial[wgtune_name(n)]) for n, p in stepped.named_parameters()}
+
+    # A gradient that is zero in exact arithmetic (a block's last batch-norm bias: a convolution and a batch norm
+    # follow it) is measured against a thousandth of the largest gradient instead of its own rounding noise; a
+    # running mean against the running standard deviation (a batch mean near zero is a cancellation of values of
+    # that size); a step against the largest step of its tensor.
+    largest_grad = max(float(np.abs(v).max()) for k, v in exact.items() if k.startswith("grad."))
+    kinds = {"loss": "loss", "grad": "gradient", "running": "running statistic", "step": "Adam step"}
+    checks = []
+    for key, ref in exact.items():
+        kind = key.split(".")[0]
+        scale = float(np.abs(ref).max())
+        if kind == "grad":
+            scale = max(scale, 1e-3 * largest_grad)
+        if key.endswith("running_mean"):
+            scale = max(scale, float(np.sqrt(exact[key.replace("running_mean", "running_var")]).max()))
+        err = float(np.abs(ours[key].astype(np.float64) - ref).max()) / scale
+        yardstick = float(np.abs(single[key] - ref).max()) / scale
+        between = float(np.abs(ours[key].astype(np.float64) - single[key]).max()) / scale
+        checks.append((kinds[kind], key.split(".", 1)[-1], err, yardstick, between))
+    for key, (after, ref_after, before) in moves.items():
+        # Against the largest move in the tensor, less the float32 rounding of the stored parameter (a small step
+        # on a large value is stored to 2^-24 of the value).
+        excess = np.maximum(np.abs(after - ref_after) - 2.0 ** -24 * np.abs(ref_after), 0.0).max()
+        moved = float(np.abs(ref_after - before).max())
+        checks.append((kinds["step"], key.split(".", 1)[-1], float(excess / moved), float("nan"), float("nan")))
+    failed = [c for c in checks if not c[2] <= (a.tolerance if c[0] == kinds["step"] else max(a.tolerance, 2 * c[3]))]
+    print("worst relative error of each kind (wgtune and PyTorch float32 against PyTorch float64; wgtune against "
+          "PyTorch float32):")
+    print(f"{'':>17}  {'tensors':>7}  {'wgtune':>8}  {'torch f32':>9}  {'between':>8}  worst wgtune tensor")
+    for kind in kinds.values():
+        of_kind = [c for c in checks if c[0] == kind]
+        worst = max(of_kind, key=lambda c: c[2])
+        yard, between = (max(c[i] for c in of_kind) for i in (3, 4))
+        print(f"{kind:>17}  {len(of_kind):>7}  {worst[2]:>8.1e}  {yard:>9.1e}  {between:>8.1e}  {worst[1]}")
+    print(f"loss: wgtune {float(ours['loss'][0]):.7f}, PyTorch float64 {exact['loss'][0]:.7f}, "
+          f"float32 {single['loss'][0]:.7f}")
+    if failed:
+        for kind, name, err, yardstick, _ in failed:
+            print(f"MISMATCH {kind} {name}: {err:.2e} relative (PyTorch float32: {yardstick:.2e})", file=sys.stderr)
+        sys.exit(1)
+    within = sum(c[2] <= a.tolerance for c in checks)
+    print(f"agree: {within} of {len(checks)} tensors within {a.tolerance:.0e} of float64, the rest within twice "
+          f"PyTorch float32's own error")
 
 
 def peak_memory(device):
@@ -431,6 +635,19 @@ def main():
     f.add_argument("--seed", type=int, default=42)
     f.add_argument("--threads", type=int, default=os.cpu_count())
     f.add_argument("--json-log")
+    f.add_argument("--data", default=DEFAULT_DATA, help="an image folder with train/ and valid/ class folders")
+    c = sub.add_parser("step-check")
+    c.add_argument("--size", type=int, default=64)
+    c.add_argument("--bs", type=int, default=8)
+    c.add_argument("--seed", type=int, default=42)
+    c.add_argument("--threads", type=int, default=os.cpu_count())
+    c.add_argument("--lrs", type=float, nargs=3, default=[1e-2, 3e-2, 1e-1], help="one per parameter group")
+    c.add_argument("--mom", type=float, default=0.9)
+    c.add_argument("--wd", type=float, default=0.01)
+    c.add_argument("--tolerance", type=float, default=1e-4)
+    c.add_argument("--margin", type=float, default=1e-3, help="least distance of a pre-activation from a kink")
+    c.add_argument("--work", help="folder for the case and wgtune's answer (default: a new temporary folder)")
+    c.add_argument("--example", help="a built torch_step example to run instead of `cargo run --example torch_step`")
     for name in ("bench", "matmul", "conv"):
         s = sub.add_parser(name)
         s.add_argument("--device", default="cpu")
@@ -445,7 +662,7 @@ def main():
         if name == "matmul":
             s.add_argument("--sizes", type=int, nargs="+", default=[1024])
     a = p.parse_args()
-    {"finetune": finetune, "bench": bench, "matmul": matmul, "conv": conv}[a.cmd](a)
+    {"finetune": finetune, "step-check": step_check, "bench": bench, "matmul": matmul, "conv": conv}[a.cmd](a)
 
 
 if __name__ == "__main__":

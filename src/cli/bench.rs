@@ -147,7 +147,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
         BenchCommand::Train { model, bs, size, steps, profile, json } => {
             let graph = match model.as_str() {
                 "small_cnn" => small_cnn(bs, size)?,
-                arch => wgtune::nn::Arch::parse(arch)?.with_fastai_head(bs, size, 10, 0.1)?,
+                arch => wgtune::nn::Arch::parse(arch)?.with_fastai_head(bs, size, 10, 0.1, wgtune::nn::FASTAI_PS)?,
             };
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
             let (r, profiled) =

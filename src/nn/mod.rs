@@ -148,33 +148,44 @@ impl Arch {
         Ok(g)
     }
 
-    /// The body plus fastai's head (see [`fastai_head`]): what `finetune` trains.
-    pub fn with_fastai_head(self, batch: usize, size: usize, classes: usize, bn_momentum: f32) -> Result<Graph> {
+    /// The body plus fastai's head (see [`fastai_head`]; `ps` its dropout, [`FASTAI_PS`] by default): what
+    /// `finetune` trains.
+    pub fn with_fastai_head(
+        self,
+        batch: usize,
+        size: usize,
+        classes: usize,
+        bn_momentum: f32,
+        ps: f64,
+    ) -> Result<Graph> {
         let mut g = Graph::new();
         let x = g.input("image", &[batch, 3, size, size]);
         let labels = g.labels("label", batch);
         let features = self.body(&mut g, x, bn_momentum)?;
         g.set_group(2);
-        let logits = fastai_head(&mut g, features, classes, bn_momentum)?;
+        let logits = fastai_head(&mut g, features, classes, bn_momentum, ps)?;
         g.cross_entropy("loss", logits, labels, 0.0)?;
         Ok(g)
     }
 }
 
-/// fastai's create_head(concat_pool=True, first_bn=True, ps=0.5, lin_ftrs=[512]): AdaptiveConcatPool2d, Flatten,
-/// BatchNorm1d(2nf), Dropout(0.25), Linear(2nf, 512, bias=False), ReLU, BatchNorm1d(512), Dropout(0.5),
+/// fastai's create_head's dropout: `ps`, of which the first dropout gets half.
+pub const FASTAI_PS: f64 = 0.5;
+
+/// fastai's create_head(concat_pool=True, first_bn=True, ps, lin_ftrs=[512]): AdaptiveConcatPool2d, Flatten,
+/// BatchNorm1d(2nf), Dropout(ps/2), Linear(2nf, 512, bias=False), ReLU, BatchNorm1d(512), Dropout(ps),
 /// Linear(512, classes, bias=False). BatchNorm weights start at 1 and biases at 1e-3; linear weights
-/// kaiming-normal.
-pub fn fastai_head(g: &mut Graph, features: TensorId, classes: usize, bn_momentum: f32) -> Result<TensorId> {
+/// kaiming-normal. `ps` 0 turns dropout off (a step then depends on nothing random).
+pub fn fastai_head(g: &mut Graph, features: TensorId, classes: usize, bn_momentum: f32, ps: f64) -> Result<TensorId> {
     let bn = BatchNormConfig { eps: 1e-5, momentum: bn_momentum };
     let h = g.concat_pool("head.0", features)?;
     let h = g.flatten("head.1", h)?;
     let h = g.batch_norm("head.2", h, bn)?;
-    let h = g.dropout("head.3", h, 0.25)?;
+    let h = g.dropout("head.3", h, ps / 2.0)?;
     let h = g.linear("head.4", h, 512, false)?;
     let h = g.relu("head.5", h)?;
     let h = g.batch_norm("head.6", h, bn)?;
-    let h = g.dropout("head.7", h, 0.5)?;
+    let h = g.dropout("head.7", h, ps)?;
     let logits = g.linear("head.8", h, classes, false)?;
     for name in ["head.2.bias", "head.6.bias"] {
         let t = g.find(name).expect("created above");

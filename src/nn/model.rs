@@ -9,7 +9,7 @@ use crate::gpu::Gpu;
 use crate::graph::executor::{Executor, ExecutorConfig};
 use crate::graph::Graph;
 use crate::nn::weights::{load_into, LoadReport, Weights};
-use crate::nn::{Arch, Normalization};
+use crate::nn::{Arch, Normalization, FASTAI_PS};
 
 /// The embedded ImageNet EfficientNet-Lite0 (assets/efficientnet_lite0.safetensors; see assets/README.md).
 pub static EFFNET_LITE0_IMAGENET: &[u8] = include_bytes!("../../assets/efficientnet_lite0.safetensors");
@@ -75,7 +75,9 @@ impl ModelSpec {
     pub fn graph(&self, batch: usize, bn_momentum: f32) -> Result<Graph> {
         match self.head {
             Head::Classifier => self.arch.classifier(batch, self.input_size, self.classes.len()),
-            Head::Fastai => self.arch.with_fastai_head(batch, self.input_size, self.classes.len(), bn_momentum),
+            Head::Fastai => {
+                self.arch.with_fastai_head(batch, self.input_size, self.classes.len(), bn_momentum, FASTAI_PS)
+            }
         }
     }
 

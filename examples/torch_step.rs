@@ -1,0 +1,103 @@
+//! wgtune's half of the step-level comparison with PyTorch (`python3 tools/torch_reference.py step-check`, which
+//! runs this and compares): one training step of EfficientNet-Lite0 with fastai's head, dropout off, on a batch
+//! and weights PyTorch wrote.
+//!
+//!     cargo run --release --example torch_step -- CASE.safetensors OUT.safetensors
+//!
+//! CASE holds `image` (B, 3, S, S) already normalized, `label` (B) as float class indices, and every parameter and
+//! running statistic under wgtune's names; its metadata holds `lrs` (one per parameter group, JSON), `mom` and
+//! `wd`. OUT gets `loss` (1), `grad.NAME` for every parameter (forward and backward in training mode, before any
+//! update), `running.NAME` for every running statistic after that forward pass, and `step.NAME` for every
+//! parameter after one optimizer step (fastai's Adam, from fresh state) taken from the case's weights.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wgtune::gpu::{AdapterRequest, Gpu};
+use wgtune::graph::executor::{Executor, ExecutorConfig, NamedTensor};
+use wgtune::graph::TensorKind;
+use wgtune::nn::weights::{load_into, write_atomically, Weights};
+use wgtune::nn::Arch;
+use wgtune::ops::optim::Hyper;
+use wgtune::{Error, Result};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let [case, out] = args.as_slice() else {
+        return Err(Error::Invalid("usage: torch_step CASE.safetensors OUT.safetensors".into()));
+    };
+    let weights = Weights::open(case)?;
+    let need = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+        weights.get(name)?.ok_or_else(|| Error::Invalid(format!("'{}' has no tensor '{name}'", case.display())))
+    };
+    let meta = weights.metadata()?;
+    let number = |key: &str| -> Result<f64> {
+        meta.get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::Invalid(format!("'{}': metadata '{key}' is missing or not a number", case.display())))
+    };
+    let lrs: Vec<f64> = meta.get("lrs").and_then(|v| serde_json::from_str(v).ok()).ok_or_else(|| {
+        Error::Invalid(format!("'{}': metadata 'lrs' is missing or not a JSON list of numbers", case.display()))
+    })?;
+    let (mom, wd) = (number("mom")?, number("wd")?);
+    let (image_shape, image) = need("image")?;
+    let (_, label) = need("label")?;
+    let labels: Vec<u32> = label.iter().map(|&l| l as u32).collect();
+    let &[batch, 3, size, width] = image_shape.as_slice() else {
+        return Err(Error::Invalid(format!("'image' has shape {image_shape:?}, expected (batch, 3, size, size)")));
+    };
+    if size != width || labels.len() != batch {
+        return Err(Error::Invalid(format!("'image' {image_shape:?} and 'label' ({}) disagree", labels.len())));
+    }
+    let classes = need("head.8.weight")?.0[0];
+
+    let gpu = Arc::new(Gpu::new(&AdapterRequest::from_env())?);
+    eprintln!("adapter: {}", gpu.summary().name);
+    let graph = Arch::EffnetLite0.with_fastai_head(batch, size, classes, 0.1, 0.0)?;
+    if lrs.len() != graph.groups() {
+        return Err(Error::Invalid(format!("{} learning rates for {} parameter groups", lrs.len(), graph.groups())));
+    }
+    let mut ex = Executor::new(gpu, graph, ExecutorConfig::default())?;
+    let ignore = |n: &str| n == "image" || n == "label";
+    load_into(&ex, &weights, |n| n.to_string(), |_| false, ignore)?;
+
+    let (params, running): (Vec<_>, Vec<_>) = ex
+        .graph()
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.kind, TensorKind::Param { .. } | TensorKind::State))
+        .map(|t| (t.name.clone(), t.shape.clone(), matches!(t.kind, TensorKind::State)))
+        .partition(|(_, _, state)| !state);
+    let mut tensors: Vec<NamedTensor> = Vec::new();
+    let metrics = ex.compute_gradients(&image, &labels)?;
+    tensors.push(("loss".into(), vec![1], vec![metrics.loss]));
+    for (name, shape, _) in &params {
+        tensors.push((format!("grad.{name}"), shape.clone(), ex.read_grad(name)?));
+    }
+    for (name, shape, _) in &running {
+        tensors.push((format!("running.{name}"), shape.clone(), ex.read_value(name)?));
+    }
+
+    // One optimizer step from the case's weights and running statistics, with fresh optimizer state.
+    load_into(&ex, &weights, |n| n.to_string(), |_| false, ignore)?;
+    ex.reset_optimizer()?;
+    for (g, &lr) in lrs.iter().enumerate() {
+        ex.set_hyper(g, Hyper { lr, mom, wd, ..Hyper::default() })?;
+    }
+    ex.train_step(&image, &labels)?;
+    ex.wait_metrics()?;
+    for (name, shape, _) in &params {
+        tensors.push((format!("step.{name}"), shape.clone(), ex.read_value(name)?));
+    }
+    write_atomically(out, &tensors, HashMap::new())?;
+    eprintln!("loss {:.6}; wrote {} tensors to {}", metrics.loss, tensors.len(), out.display());
+    Ok(())
+}
