@@ -64,6 +64,10 @@ fn sigterm_and_ctrl_c_write_a_checkpoint_and_resume_finishes_the_run() {
     let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
     assert!(done.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("resuming from"), "{stderr}");
+    assert!(
+        out.exists() && !dir.0.join("m.safetensors.checkpoint").exists(),
+        "the finished run removes its checkpoint"
+    );
     for want in [
         "frozen phase",
         "unfrozen phase",

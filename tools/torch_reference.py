@@ -530,8 +530,9 @@ def step_check(a):
             print(f"MISMATCH {kind} {name}: {err:.2e} relative (PyTorch float32: {yardstick:.2e})", file=sys.stderr)
         sys.exit(1)
     within = sum(c[2] <= a.tolerance for c in checks)
+    ratio = max((c[2] / c[3] for c in checks if c[2] > a.tolerance), default=0.0)
     print(f"agree: {within} of {len(checks)} tensors within {a.tolerance:.0e} of float64, the rest within twice "
-          f"PyTorch float32's own error")
+          f"PyTorch float32's own error (at most {ratio:.2f} times it)")
 
 
 def peak_memory(device):

@@ -323,6 +323,13 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         .fit(&mut progress, &mut on_epoch, Some(&checkpoint), a.resume.then_some(checkpoint.as_path()), &STOP)
         .map_err(|e| with_memory_advice(e, bs, size))?;
     save_model(&learner.ex, &learner.spec, &a.out)?;
+    // The model is saved: the checkpoint has nothing left to resume, and left behind it would make the next run
+    // with this --out refuse to start as if this one had been interrupted.
+    if let Err(e) = std::fs::remove_file(&checkpoint) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("warning: cannot remove the finished run's checkpoint {}: {e}", checkpoint.display());
+        }
+    }
     println!(
         "\nsaved the fine-tuned model to {} (use it with `wgtune predict --model {} IMAGES`)",
         a.out.display(),
