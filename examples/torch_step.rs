@@ -57,7 +57,10 @@ fn run() -> Result<()> {
     if size != width || labels.len() != batch {
         return Err(Error::Invalid(format!("'image' {image_shape:?} and 'label' ({}) disagree", labels.len())));
     }
-    let classes = need("head.8.weight")?.0[0];
+    let classes = match weights.shapes()?.get("head.8.weight").map(Vec::as_slice) {
+        Some(&[classes, _]) => classes,
+        _ => return Err(Error::Invalid(format!("'{}' has no 2-d tensor 'head.8.weight'", case.display()))),
+    };
 
     let gpu = Arc::new(Gpu::new(&AdapterRequest::from_env())?);
     eprintln!("adapter: {}", gpu.summary().name);
@@ -69,20 +72,26 @@ fn run() -> Result<()> {
     let ignore = |n: &str| n == "image" || n == "label";
     load_into(&ex, &weights, |n| n.to_string(), |_| false, ignore)?;
 
-    let (params, running): (Vec<_>, Vec<_>) = ex
-        .graph()
-        .tensors
-        .iter()
-        .filter(|t| matches!(t.kind, TensorKind::Param { .. } | TensorKind::State))
-        .map(|t| (t.name.clone(), t.shape.clone(), matches!(t.kind, TensorKind::State)))
-        .partition(|(_, _, state)| !state);
+    let g = ex.graph();
+    let of_kind = |state: bool| -> Vec<(String, Vec<usize>)> {
+        g.tensors
+            .iter()
+            .filter(|t| match t.kind {
+                TensorKind::Param { .. } => !state,
+                TensorKind::State => state,
+                _ => false,
+            })
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect()
+    };
+    let (params, running) = (of_kind(false), of_kind(true));
     let mut tensors: Vec<NamedTensor> = Vec::new();
     let metrics = ex.compute_gradients(&image, &labels)?;
     tensors.push(("loss".into(), vec![1], vec![metrics.loss]));
-    for (name, shape, _) in &params {
+    for (name, shape) in &params {
         tensors.push((format!("grad.{name}"), shape.clone(), ex.read_grad(name)?));
     }
-    for (name, shape, _) in &running {
+    for (name, shape) in &running {
         tensors.push((format!("running.{name}"), shape.clone(), ex.read_value(name)?));
     }
 
@@ -94,7 +103,7 @@ fn run() -> Result<()> {
     }
     ex.train_step(&image, &labels)?;
     ex.wait_metrics()?;
-    for (name, shape, _) in &params {
+    for (name, shape) in &params {
         tensors.push((format!("step.{name}"), shape.clone(), ex.read_value(name)?));
     }
     write_atomically(out, &tensors, HashMap::new())?;

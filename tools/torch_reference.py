@@ -21,6 +21,7 @@ partial training batch dropped. Written from ../shared/FASTAI.md, not from fasta
 peak; CPU: the process's peak resident set, which includes the framework itself). `--device cuda` where available.
 """
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -260,21 +261,32 @@ def load_images(data, split, size, presize):
     return classes, (x - 127.0) / 128.0, torch.tensor(ys)
 
 
-def finetune(a):
-    torch.manual_seed(a.seed)
-    torch.set_num_threads(a.threads)
-    presize = (a.size * 8 + 6) // 7
-    classes, xt, yt = load_images(a.data, "train", a.size, presize)
-    _, xv, yv = load_images(a.data, "valid", a.size, presize)
-    print(f"data: {a.data}: {len(classes)} classes, {len(yt)} train, {len(yv)} valid images at {a.size} px "
-          f"(presize {presize}), torch {torch.__version__}, {a.threads} threads", flush=True)
+def presize_for(size):
+    """wgtune's presize for an input size: a seventh larger, rounded up."""
+    return (size * 8 + 6) // 7
+
+
+def load_pretrained_body(model):
+    """The embedded ImageNet EfficientNet-Lite0 into `model.body` (its classifier left out; the head keeps its own
+    initialization), converted to the model's float type."""
     from safetensors.torch import load_file
-    model = Model("effnet-lite0", len(classes))
     state = {f"body.{k}": v for k, v in load_file(os.path.join(ROOT, "assets", "efficientnet_lite0.safetensors")).items()
              if not k.startswith("_fc")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert all(m.startswith("head.") or m.endswith("num_batches_tracked") for m in missing), missing
     assert not unexpected, unexpected
+
+
+def finetune(a):
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    presize = presize_for(a.size)
+    classes, xt, yt = load_images(a.data, "train", a.size, presize)
+    _, xv, yv = load_images(a.data, "valid", a.size, presize)
+    print(f"data: {a.data}: {len(classes)} classes, {len(yt)} train, {len(yv)} valid images at {a.size} px "
+          f"(presize {presize}), torch {torch.__version__}, {a.threads} threads", flush=True)
+    model = Model("effnet-lite0", len(classes))
+    load_pretrained_body(model)
     params = model.groups()
     opt = FastaiAdam(params)
     log = open(a.json_log, "w") if a.json_log else None
@@ -363,15 +375,26 @@ def clear_shift(v, margin, kinks=(0.0, 6.0)):
     return block_lo[i] if -block_lo[i] < block_hi[i] else block_hi[i]
 
 
+@contextlib.contextmanager
+def running_stats_held(module):
+    """Inside, the batch norms of `module` still normalize with batch statistics (training mode) but leave their
+    running statistics where they are (momentum 0)."""
+    momenta = {m: m.momentum for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    for m in momenta:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+
+
 @torch.no_grad()
 def clear_of_kinks(body, x, margin):
     """Nudge the body's batch-norm biases, per channel and in forward order, until a float64 training-mode pass keeps
     `margin` between every pre-activation and the kinks of the ReLU6 it enters (0 and 6): then float32 rounding
     cannot put a value on the other side of a kink than float64 does (which would switch that element's gradient on
     or off and change every gradient upstream of it). Returns (channels nudged, largest nudge, the body's output)."""
-    momenta = {m: m.momentum for m in body.modules() if isinstance(m, nn.BatchNorm2d)}
-    for m in momenta:
-        m.momentum = 0.0  # the search must not move the running statistics
     nudged, largest = 0, 0.0
     for name, bn in body.named_modules():
         if not isinstance(bn, nn.BatchNorm2d) or name.endswith("_bn2"):
@@ -384,7 +407,8 @@ def clear_of_kinks(body, x, margin):
 
         handle = bn.register_forward_hook(grab)
         try:
-            body(x)
+            with running_stats_held(body):  # the search must not move the running statistics
+                body(x)
         except _Stop:
             pass
         handle.remove()
@@ -394,25 +418,25 @@ def clear_of_kinks(body, x, margin):
             if shift:
                 bn.bias[c] += shift
                 nudged, largest = nudged + 1, max(largest, abs(shift))
-    features = body(x)
-    for m, momentum in momenta.items():
-        m.momentum = momentum
+    with running_stats_held(body):
+        features = body(x)
     return nudged, largest, features
 
 
 @torch.no_grad()
-def head_gaps(head, features):
-    """(smallest |input| of the head's ReLU, smallest lead of a max-pool winner inside (0, 6) over the runner-up)."""
-    momenta = {m: m.momentum for m in head.modules() if isinstance(m, nn.BatchNorm1d)}
-    for m in momenta:
-        m.momentum = 0.0
-    relu_in = head[:5](features)
-    for m, momentum in momenta.items():
-        m.momentum = momentum
+def pool_lead(features):
+    """The smallest lead of a max-pool winner inside (0, 6) over its runner-up (a clamped winner has no gradient
+    whichever position wins)."""
     top = features.flatten(2).sort(dim=2, descending=True).values
     free = (top[..., 0] > 0) & (top[..., 0] < 6)
-    pool_gap = float((top[..., 0] - top[..., 1])[free].min()) if free.any() else float("inf")
-    return float(relu_in.abs().min()), pool_gap
+    return float((top[..., 0] - top[..., 1])[free].min()) if free.any() else float("inf")
+
+
+@torch.no_grad()
+def head_relu_gap(head, features):
+    """The smallest |input| of the head's ReLU (head.5) in a training-mode pass."""
+    with running_stats_held(head):
+        return float(head[:5](features).abs().min())
 
 def step_check(a):
     """One training step of the default job's model (EfficientNet-Lite0, fastai's head, batch-norm statistics of the
@@ -428,22 +452,19 @@ def step_check(a):
 
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
-    presize = (a.size * 8 + 6) // 7
-    classes, xs, ys = load_images(DEFAULT_DATA, "train", a.size, presize)
+    classes, xs, ys = load_images(DEFAULT_DATA, "train", a.size, presize_for(a.size))
     pick = torch.randperm(len(ys), generator=torch.Generator().manual_seed(a.seed))[:a.bs]
     x, y = xs[pick].contiguous(), ys[pick].contiguous()
-    state = {f"body.{k}": torch.from_numpy(v).double()
-             for k, v in load_file(os.path.join(ROOT, "assets", "efficientnet_lite0.safetensors")).items()
-             if not k.startswith("_fc")}
     # Weights whose float64 pass stays clear of every kink by --margin: the pretrained body with batch-norm biases
     # nudged where needed, and the first head draw whose ReLU input is clear too.
     model = Model("effnet-lite0", len(classes), ps=0.0).double().train()
-    model.load_state_dict(state, strict=False)
+    load_pretrained_body(model)
     nudged, largest, features = clear_of_kinks(model.body, x.double(), a.margin)
+    pool_gap = pool_lead(features)
     for draw in range(200):
         torch.manual_seed(a.seed + draw)
         model.head = fastai_head(model.body.features, len(classes), ps=0.0).double().train()
-        relu_gap, pool_gap = head_gaps(model.head, features)
+        relu_gap = head_relu_gap(model.head, features)
         if relu_gap >= a.margin:
             break
     else:
