@@ -9,6 +9,7 @@
 //! - [`schedule`]: fastai's one-cycle, discriminative learning rates and fine_tune phases.
 //! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
 //! - [`bench`]: the measurements behind `wgtune bench`.
+//! - [`export`]: models as ONNX files (feature `onnx`, on with the CLI).
 
 /// A native-only blocking twin of an `async fn` method: `fn name(&mut self, args) -> T => name_async` makes
 /// `name` run `name_async` to completion with pollster. The library's GPU waits are all `async fn`s (a browser
@@ -41,6 +42,8 @@ pub mod bench;
 pub mod clock;
 pub mod data;
 pub mod error;
+#[cfg(feature = "onnx")]
+pub mod export;
 pub mod gpu;
 pub mod graph;
 pub mod learner;

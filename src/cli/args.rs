@@ -93,16 +93,70 @@ pub(crate) enum Command {
         /// One JSON object per image.
         #[arg(long)]
         json: bool,
+        /// Also print every class's logit (the scores before softmax; in JSON a "logits" list).
+        #[arg(long)]
+        logits: bool,
         /// Image files (JPEG, PNG, WebP, BMP, GIF).
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
+    /// Write a model as an ONNX file (eval mode: batch norm with running statistics, no dropout), with its
+    /// classes, input size and normalization in the file's metadata.
+    Export(ExportArgs),
     /// Fine-tune a pretrained model (fastai's fine_tune): train a new head with the body frozen, then everything
     /// with discriminative learning rates, one-cycle schedules throughout.
     Finetune(FinetuneArgs),
     /// fastai's lr_find: train a few steps with the learning rate growing exponentially, plot the loss against
     /// it, suggest a rate (weights are restored; nothing is saved but the plot).
     LrFind(LrFindArgs),
+}
+
+/// The options of `wgtune export`.
+#[derive(clap::Args)]
+pub(crate) struct ExportArgs {
+    /// A model saved by wgtune, or a raw pretrained safetensors file (then give --arch). Default: the embedded
+    /// ImageNet EfficientNet-Lite0.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Architecture of a raw pretrained file.
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// The ONNX file to write (replaced atomically if it exists).
+    #[arg(long, value_name = "OUT.onnx")]
+    pub onnx: std::path::PathBuf,
+    /// ONNX opset.
+    #[arg(long, default_value_t = wgtune::export::DEFAULT_OPSET, value_parser = opset)]
+    pub opset: i64,
+    /// Batch size of the exported input: `dynamic` (any batch) or a number.
+    #[arg(long, default_value = "dynamic", value_parser = export_batch)]
+    pub batch: ExportBatch,
+    /// Add a `probabilities` output (softmax) after `logits`.
+    #[arg(long)]
+    pub probabilities: bool,
+    /// Put the normalization inside the graph: the input is `pixels`, RGB 0-255 as float32, instead of the
+    /// normalized `image`.
+    #[arg(long)]
+    pub normalize: bool,
+}
+
+/// `--batch`: dynamic or fixed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ExportBatch(pub Option<usize>);
+
+fn export_batch(s: &str) -> Result<ExportBatch, String> {
+    if s == "dynamic" {
+        return Ok(ExportBatch(None));
+    }
+    count(s).map(|n| ExportBatch(Some(n))).map_err(|e| format!("{e} (or 'dynamic')"))
+}
+
+fn opset(s: &str) -> Result<i64, String> {
+    let range = wgtune::export::OPSETS;
+    let v: i64 = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+    if !range.contains(&v) {
+        return Err(format!("{v} is outside {}..={}: wgtune writes those opsets", range.start(), range.end()));
+    }
+    Ok(v)
 }
 
 /// What a training run is made of: data, model, input and batch size, optimizer.

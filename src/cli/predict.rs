@@ -1,6 +1,72 @@
-//! `wgtune predict`: a saved model as a plain function from image files to top-5 classes.
+//! `wgtune predict`: a saved model as a plain function from image files to top-5 classes; `wgtune export`: the
+//! same model as an ONNX file.
 
+use wgtune::nn::model::{ModelSpec, EFFNET_LITE0_IMAGENET};
+use wgtune::nn::weights::Weights;
+use wgtune::nn::Arch;
+
+use super::args::ExportArgs;
 use super::bench::open_gpu;
+
+/// The weights of `--model` (the embedded ImageNet EfficientNet-Lite0 without one) and their spec.
+fn open_model(model: Option<&std::path::Path>, arch: Option<Arch>) -> anyhow::Result<(Weights, ModelSpec)> {
+    let weights = match model {
+        Some(path) => Weights::open(path)?,
+        None => Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0 (ImageNet)")?,
+    };
+    let spec = ModelSpec::of_weights(&weights, arch)?;
+    Ok((weights, spec))
+}
+
+/// `wgtune export`: write the model as ONNX, atomically, and say what the file expects and gives.
+pub(crate) fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use wgtune::export::{onnx, OnnxOptions};
+    let (weights, spec) = open_model(args.model.as_deref(), args.arch)?;
+    if args.model.as_deref().is_some_and(|m| same_file(m, &args.onnx)) {
+        anyhow::bail!("--onnx '{}' is the model file itself; choose another path", args.onnx.display());
+    }
+    let opts = OnnxOptions {
+        opset: args.opset,
+        batch: args.batch.0,
+        probabilities: args.probabilities,
+        normalize: args.normalize,
+    };
+    let bytes = onnx(&spec, &weights, &opts)?;
+    wgtune::nn::weights::write_bytes_atomically(&args.onnx, &bytes)?;
+    let s = spec.input_size;
+    let batch = opts.batch.map_or("batch".to_string(), |n| n.to_string());
+    println!(
+        "wrote {} ({:.1} MB, opset {}): {} with the {} head, {} classes",
+        args.onnx.display(),
+        bytes.len() as f64 / 1e6,
+        opts.opset,
+        spec.arch,
+        spec.head.name(),
+        spec.classes.len()
+    );
+    if opts.normalize {
+        println!("  input   pixels   float32 ({batch}, 3, {s}, {s}): RGB values 0-255 (normalized inside the graph)");
+    } else {
+        println!(
+            "  input   image    float32 ({batch}, 3, {s}, {s}): RGB normalized as {} on values 0-255",
+            spec.normalization.describe()
+        );
+    }
+    println!("  output  logits   float32 ({batch}, {})", spec.classes.len());
+    if opts.probabilities {
+        println!("  output  probabilities float32 ({batch}, {})", spec.classes.len());
+    }
+    println!("  metadata: wgtune.classes, wgtune.input_size, wgtune.normalization, wgtune.architecture, wgtune.input");
+    Ok(())
+}
+
+/// Whether two paths name one existing file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
 
 /// One prediction: the five most probable classes.
 pub(crate) fn top5(probs: &[f32], classes: &[String]) -> Vec<serde_json::Value> {
@@ -19,16 +85,12 @@ pub(crate) fn predict(
     arch: Option<wgtune::nn::Arch>,
     bs: usize,
     json: bool,
+    with_logits: bool,
     images: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
     use wgtune::data::{load_rgb, normalize_into, resize_center_crop};
-    use wgtune::nn::model::{load_model, ModelSpec, EFFNET_LITE0_IMAGENET};
-    use wgtune::nn::weights::Weights;
-    let weights = match &model {
-        Some(path) => Weights::open(path)?,
-        None => Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0 (ImageNet)")?,
-    };
-    let spec = ModelSpec::of_weights(&weights, arch)?;
+    use wgtune::nn::model::load_model;
+    let (weights, spec) = open_model(model.as_deref(), arch)?;
     // Decode and preprocess every image first; a bad file is reported and skipped.
     let mut failures = 0;
     let mut ready: Vec<(&std::path::PathBuf, Vec<u8>)> = Vec::new();
@@ -57,10 +119,16 @@ pub(crate) fn predict(
                 normalize_into(&chunk[i.min(chunk.len() - 1)].1, &spec.normalization, &mut input);
             }
             let probs = ex.predict(&input)?;
+            let logits = if with_logits { ex.predict_logits(&input)? } else { vec![] };
             for (i, (path, _)) in chunk.iter().enumerate() {
                 let top = top5(&probs[i * k..(i + 1) * k], &spec.classes);
+                let row = logits.get(i * k..(i + 1) * k);
                 if json {
-                    println!("{}", serde_json::json!({"file": path.display().to_string(), "top": top}));
+                    let mut line = serde_json::json!({"file": path.display().to_string(), "top": top});
+                    if let Some(row) = row {
+                        line["logits"] = serde_json::json!(row);
+                    }
+                    println!("{line}");
                 } else {
                     println!("{}", path.display());
                     for (rank, t) in top.iter().enumerate() {
@@ -71,6 +139,10 @@ pub(crate) fn predict(
                             t["label"].as_str().unwrap_or(""),
                             t["class_index"]
                         );
+                    }
+                    if let Some(row) = row {
+                        let text: Vec<String> = row.iter().map(|v| format!("{v:.4}")).collect();
+                        println!("  logits: {}", text.join(" "));
                     }
                 }
             }

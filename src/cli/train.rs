@@ -331,9 +331,10 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         }
     }
     println!(
-        "\nsaved the fine-tuned model to {} (use it with `wgtune predict --model {} IMAGES`)",
-        a.out.display(),
-        a.out.display()
+        "\nsaved the fine-tuned model to {out} (use it with `wgtune predict --model {out} IMAGES`; for onnxruntime and \
+         others: `wgtune export --model {out} --onnx {}`)",
+        a.out.with_extension("onnx").display(),
+        out = a.out.display(),
     );
     let (_, confusion) = learner.validate_confusion()?;
     let (report, readable) = confusion_report(&confusion);

@@ -9,7 +9,7 @@ use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 use crate::graph::executor::Executor;
-use crate::graph::TensorKind;
+use crate::graph::{Graph, TensorInfo, TensorKind};
 
 /// The bytes of a safetensors file: memory-mapped from disk, embedded in the binary, or handed over in memory
 /// (in a browser: the bytes of a fetched or chosen file).
@@ -144,9 +144,45 @@ pub fn load_into(
     may_miss: impl Fn(&str) -> bool,
     may_ignore: impl Fn(&str) -> bool,
 ) -> Result<LoadReport> {
+    for_each_match(ex.graph(), weights, rename, may_miss, may_ignore, |info, values| {
+        ex.write_value(&info.name, &values)
+    })
+}
+
+/// The file's value of every parameter and running statistic of `graph`, by graph name, with the checks of
+/// [`load_into`] (nothing may be missing; `may_ignore` names the file tensors nothing reads that are allowed).
+pub fn read_for(
+    graph: &Graph,
+    weights: &Weights,
+    may_ignore: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, Vec<f32>>> {
+    let mut values = HashMap::new();
+    for_each_match(
+        graph,
+        weights,
+        |n| n.to_string(),
+        |_| false,
+        may_ignore,
+        |info, v| {
+            values.insert(info.name.clone(), v);
+            Ok(())
+        },
+    )?;
+    Ok(values)
+}
+
+/// Match the file's tensors to the graph's parameters and statistics (see [`load_into`]) and hand each matched
+/// value to `each`.
+fn for_each_match(
+    g: &Graph,
+    weights: &Weights,
+    rename: impl Fn(&str) -> String,
+    may_miss: impl Fn(&str) -> bool,
+    may_ignore: impl Fn(&str) -> bool,
+    mut each: impl FnMut(&TensorInfo, Vec<f32>) -> Result<()>,
+) -> Result<LoadReport> {
     let mut report = LoadReport::default();
     let mut used = std::collections::HashSet::new();
-    let g = ex.graph();
     for info in &g.tensors {
         if !matches!(info.kind, TensorKind::Param { .. } | TensorKind::State) {
             continue;
@@ -162,7 +198,7 @@ pub fn load_into(
                         info.name
                     )));
                 }
-                ex.write_value(&info.name, &values)?;
+                each(info, values)?;
                 used.insert(file_name);
                 report.loaded.push(info.name.clone());
             }
@@ -214,13 +250,26 @@ pub fn write_atomically(
         .map(|((n, s, _), b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| Error::Invalid(format!("cannot serialize '{}': {e}", path.display())))?;
+    replace_atomically(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(metadata), tmp)
+            .map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", tmp.display())))
+    })
+}
+
+/// Write `bytes` to `path` atomically (temporary file in the same directory, then rename).
+pub fn write_bytes_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_atomically(path, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", path.display())))
+    })
+}
+
+/// `write` fills a temporary file next to `path`, which is then renamed over it; whatever fails, the temporary
+/// file does not stay behind.
+fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_path(path);
-    // Whatever fails, the temporary file does not stay behind.
-    let written = safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", tmp.display())))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", path.display())))
-        });
+    let written = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", path.display())))
+    });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
