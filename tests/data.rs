@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use wgtune::data::dataset::Dataset;
+use wgtune::data::dataset::{Column, CsvOptions, Dataset};
 use wgtune::data::loader::{Loader, LoaderConfig};
 use wgtune::reference::SplitMix;
 
@@ -76,18 +76,81 @@ fn csv_of_files_and_labels_with_and_without_header() {
     }
     let rows: Vec<String> = (0..6).map(|i| format!("img{i}.png,{}", if i % 2 == 0 { "even" } else { "odd" })).collect();
     std::fs::write(d.path().join("labels.csv"), format!("file,label\n{}\n", rows.join("\n"))).unwrap();
-    let ds = Dataset::from_csv(&d.path().join("labels.csv"), d.path(), 0.34, 1).unwrap();
+    let ds = Dataset::from_csv(&d.path().join("labels.csv"), d.path(), &CsvOptions::default(), 0.34, 1).unwrap();
     assert_eq!(ds.classes, vec!["even", "odd"]);
     assert_eq!(ds.train.len() + ds.valid.len(), 6);
     std::fs::write(d.path().join("bare.csv"), rows.join("\n")).unwrap();
-    assert_eq!(Dataset::from_csv(&d.path().join("bare.csv"), d.path(), 0.34, 1).unwrap().classes.len(), 2);
+    assert_eq!(
+        Dataset::from_csv(&d.path().join("bare.csv"), d.path(), &CsvOptions::default(), 0.34, 1).unwrap().classes.len(),
+        2
+    );
     let missing: Vec<String> = (0..8).map(|i| format!("gone{i}.png,x")).collect();
     std::fs::write(d.path().join("missing.csv"), format!("{}\nimg0.png,y\n", missing.join("\n"))).unwrap();
-    let err = Dataset::from_csv(&d.path().join("missing.csv"), d.path(), 0.2, 1).unwrap_err().to_string();
+    let err = Dataset::from_csv(&d.path().join("missing.csv"), d.path(), &CsvOptions::default(), 0.2, 1)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("8 files that do not exist") && err.contains("gone0.png") && !err.contains("gone7.png"),
         "{err}"
     );
+}
+
+/// fastai's from_csv options: columns by name or position, a boolean split column, a folder prefix, quoted
+/// fields; bad rows name the line and the column.
+#[test]
+fn csv_columns_split_column_folder_and_bad_rows() {
+    let d = TempDir::new("csv-options");
+    std::fs::create_dir_all(d.path().join("imgs")).unwrap();
+    for i in 0..6 {
+        write_png(&d.path().join(format!("imgs/img {i}.png")), i as u8);
+    }
+    let rows: Vec<String> = (0..6)
+        .map(|i| {
+            format!("{i},\"img {i}.png\",{},{}", ["\"cat, big\"", "dog"][i % 2], if i >= 4 { "True" } else { "False" })
+        })
+        .collect();
+    let csv = d.path().join("labels.csv");
+    std::fs::write(&csv, format!("id,fname,kind,is_valid\n{}\n\n", rows.join("\n"))).unwrap();
+    let name = |s: &str| Column::Name(s.into());
+    let opts = CsvOptions {
+        image_col: name("fname"),
+        label_col: name("kind"),
+        valid_col: Some(name("is_valid")),
+        folder: Some("imgs".into()),
+    };
+    let ds = Dataset::from_csv(&csv, d.path(), &opts, 0.5, 1).unwrap();
+    assert_eq!(ds.classes, ["cat, big", "dog"]);
+    assert_eq!((ds.train.len(), ds.valid.len()), (4, 2), "the split column decides, not valid_pct");
+    assert!(ds.valid.iter().all(|i| i.describe().ends_with("img 4.png") || i.describe().ends_with("img 5.png")));
+    // The same columns by position.
+    let by_index = CsvOptions {
+        image_col: Column::parse("1"),
+        label_col: Column::parse("2"),
+        valid_col: Some(Column::parse("3")),
+        folder: Some("imgs".into()),
+    };
+    let again = Dataset::from_csv(&csv, d.path(), &by_index, 0.5, 1).unwrap();
+    assert_eq!((again.classes.clone(), again.valid.len()), (ds.classes.clone(), 2));
+
+    let err = |text: &str, opts: &CsvOptions| {
+        std::fs::write(&csv, text).unwrap();
+        Dataset::from_csv(&csv, d.path(), opts, 0.5, 1).unwrap_err().to_string()
+    };
+    let head = "id,fname,kind,is_valid\n0,img 0.png,cat,False\n";
+    let e = err(head, &CsvOptions { label_col: name("label"), ..opts.clone() });
+    assert!(e.contains("--csv-label-col 'label'") && e.contains("id, fname, kind, is_valid"), "{e}");
+    let e = err(head, &CsvOptions { image_col: Column::Index(7), ..by_index.clone() });
+    assert!(e.contains("--csv-image-col 7") && e.contains("4 columns"), "{e}");
+    let e = err(&format!("{head}1,img 1.png,,False\n"), &opts);
+    assert!(e.contains("line 3") && e.contains("column 'kind'") && e.contains("empty label"), "{e}");
+    let e = err(&format!("{head}1,img 1.png,dog\n"), &opts);
+    assert!(e.contains("line 3") && e.contains("'is_valid'") && e.contains("3 fields"), "{e}");
+    let e = err(&format!("{head}1,img 1.png,dog,maybe\n"), &opts);
+    assert!(e.contains("line 3") && e.contains("'maybe' is not true/false"), "{e}");
+    let e = err(&format!("{head}1,img 9.png,dog,False\n"), &opts);
+    assert!(e.contains("1 files that do not exist") && e.contains("img 9.png (line 3)"), "{e}");
+    let e = err("\n\n", &opts);
+    assert!(e.contains("has no rows"), "{e}");
 }
 
 #[test]
@@ -167,7 +230,7 @@ fn malformed_idx_and_csv_never_panic() {
         let n = rng.below(60) as usize;
         let text: String = (0..n).map(|_| *b",\n\"ab.png x".get(rng.below(11) as usize).unwrap() as char).collect();
         std::fs::write(d.path().join("f.csv"), text).unwrap();
-        let _ = Dataset::from_csv(&d.path().join("f.csv"), d.path(), 0.2, 1);
+        let _ = Dataset::from_csv(&d.path().join("f.csv"), d.path(), &CsvOptions::default(), 0.2, 1);
     }
 }
 

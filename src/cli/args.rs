@@ -162,10 +162,39 @@ fn opset(s: &str) -> Result<i64, String> {
 /// What a training run is made of: data, model, input and batch size, optimizer.
 #[derive(clap::Args)]
 pub(crate) struct RunArgs {
-    /// Image folder (DIR/train/<class>/* + DIR/valid/<class>/*, or DIR/<class>/*). Default: the embedded
-    /// Fashion-MNIST subset.
-    #[arg(long)]
+    /// Image folder (DIR/train/<class>/* + DIR/valid/<class>/*, or DIR/<class>/*; with --label-regex, every
+    /// image below DIR). Default: the embedded Fashion-MNIST subset.
+    #[arg(long, help_heading = "Data")]
     pub(crate) data: Option<std::path::PathBuf>,
+    /// Label the images of --data by the first capture group of this regex on their file names (fastai's
+    /// from_name_re), e.g. '^(.+)_\d+\.jpg$'.
+    #[arg(long, requires = "data", value_name = "RE", help_heading = "Data")]
+    pub(crate) label_regex: Option<String>,
+    /// A CSV with one row per image: file name and label (fastai's from_csv). File names are relative to the CSV's
+    /// folder (and --folder).
+    #[arg(long, conflicts_with_all = ["data", "idx_images"], help_heading = "Data")]
+    pub(crate) csv: Option<std::path::PathBuf>,
+    /// The CSV's file-name column: a header name, or a position from 0 [default: 0].
+    #[arg(long, requires = "csv", value_name = "COLUMN", help_heading = "Data")]
+    pub(crate) csv_image_col: Option<String>,
+    /// The CSV's label column: a header name, or a position from 0 [default: 1].
+    #[arg(long, requires = "csv", value_name = "COLUMN", help_heading = "Data")]
+    pub(crate) csv_label_col: Option<String>,
+    /// A true/false CSV column: its true rows are the validation set (instead of a random --valid-pct split).
+    #[arg(long, requires = "csv", value_name = "COLUMN", help_heading = "Data")]
+    pub(crate) valid_col: Option<String>,
+    /// The folder the CSV's file names are relative to, itself relative to the CSV's folder (fastai's folder=).
+    #[arg(long, requires = "csv", help_heading = "Data")]
+    pub(crate) folder: Option<std::path::PathBuf>,
+    /// IDX image file (MNIST's format, raw or gzip), with --idx-labels.
+    #[arg(long, requires = "idx_labels", conflicts_with = "data", value_name = "FILE", help_heading = "Data")]
+    pub(crate) idx_images: Option<std::path::PathBuf>,
+    /// IDX label file, one byte per image of --idx-images.
+    #[arg(long, requires = "idx_images", value_name = "FILE", help_heading = "Data")]
+    pub(crate) idx_labels: Option<std::path::PathBuf>,
+    /// Class names of the IDX labels 0, 1, ..., comma-separated [default: the numbers].
+    #[arg(long, requires = "idx_images", value_delimiter = ',', value_name = "NAMES", help_heading = "Data")]
+    pub(crate) idx_classes: Vec<String>,
     /// Pretrained weights (safetensors). Default: the embedded ImageNet EfficientNet-Lite0.
     #[arg(long)]
     pub(crate) model: Option<std::path::PathBuf>,

@@ -106,6 +106,46 @@ pub(crate) fn checkpoint_path(out: &std::path::Path) -> std::path::PathBuf {
 /// The embedded default data set (a folder of the source tree).
 const DEFAULT_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion_mnist");
 
+/// The run's data set, from --csv, --idx-images/--idx-labels, --data with --label-regex, or a folder (the
+/// embedded one by default), and a description of where it came from.
+fn load_data(r: &RunArgs) -> anyhow::Result<(wgtune::data::dataset::Dataset, String)> {
+    use wgtune::data::dataset::{Column, CsvOptions, Dataset};
+    let valid_pct = r.valid_pct.unwrap_or(0.2);
+    let ignored = |why: &str| {
+        if r.valid_pct.is_some() {
+            eprintln!("warning: --valid-pct is ignored: {why}");
+        }
+    };
+    if let Some(csv) = &r.csv {
+        let column = |c: &Option<String>, default: usize| c.as_deref().map_or(Column::Index(default), Column::parse);
+        let opts = CsvOptions {
+            image_col: column(&r.csv_image_col, 0),
+            label_col: column(&r.csv_label_col, 1),
+            valid_col: r.valid_col.as_deref().map(Column::parse),
+            folder: r.folder.clone(),
+        };
+        if let Some(v) = &r.valid_col {
+            ignored(&format!("the CSV's column '{v}' splits the data"));
+        }
+        let root = csv.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        return Ok((Dataset::from_csv(csv, root, &opts, valid_pct, r.seed)?, csv.display().to_string()));
+    }
+    if let (Some(images), Some(labels)) = (&r.idx_images, &r.idx_labels) {
+        let names = (!r.idx_classes.is_empty()).then(|| r.idx_classes.clone());
+        let data = Dataset::from_idx(images, labels, names, valid_pct, r.seed)?;
+        return Ok((data, format!("{} + {}", images.display(), labels.display())));
+    }
+    let dir = r.data.clone().unwrap_or_else(|| DEFAULT_DATA.into());
+    if let Some(re) = &r.label_regex {
+        let data = Dataset::from_regex(&dir, re, valid_pct, r.seed)?;
+        return Ok((data, format!("{} (labels from --label-regex)", dir.display())));
+    }
+    if dir.join("train").is_dir() && dir.join("valid").is_dir() {
+        ignored(&format!("'{}' has its own train/ and valid/ folders", dir.display()));
+    }
+    Ok((Dataset::from_folder(&dir, valid_pct, r.seed)?, dir.display().to_string()))
+}
+
 /// The pretrained weights, the data and the GPU of a run, and the learner built from them; `epochs` None means
 /// the preset's.
 pub(crate) fn prepare(
@@ -126,15 +166,9 @@ pub(crate) fn prepare(
         }
         None => anyhow::bail!("--arch {} needs pretrained weights: give them with --model FILE", r.arch),
     };
-    let data_dir = r.data.clone().unwrap_or_else(|| DEFAULT_DATA.into());
-    let split = data_dir.join("train").is_dir() && data_dir.join("valid").is_dir();
-    if split && r.valid_pct.is_some() {
-        eprintln!("warning: --valid-pct is ignored: '{}' has its own train/ and valid/ folders", data_dir.display());
-    }
-    let data = wgtune::data::dataset::Dataset::from_folder(&data_dir, r.valid_pct.unwrap_or(0.2), r.seed)?;
+    let (data, origin) = load_data(r)?;
     eprintln!(
-        "data: {} ({} classes, {} train, {} valid images)",
-        data_dir.display(),
+        "data: {origin} ({} classes, {} train, {} valid images)",
         data.classes.len(),
         data.train.len(),
         data.valid.len()
@@ -149,7 +183,8 @@ pub(crate) fn prepare(
     let epochs = epochs.unwrap_or(if software { 2 } else { 3 });
     // Measured on the embedded 28x28 Fashion-MNIST images at 64 px, 1 + 2 epochs: 76.2% without augmentation,
     // 73.2% with it (BENCHMARKS.md). Elsewhere fastai's augmentation stays on.
-    let augment = r.augment || !(r.no_augment || (software && r.data.is_none()));
+    let embedded = r.data.is_none() && r.csv.is_none() && r.idx_images.is_none();
+    let augment = r.augment || !(r.no_augment || (software && embedded));
     if r.size.is_none() {
         // lr-find runs no epochs: its preset is the input size and augmentation alone.
         let schedule = if epochs_known { String::new() } else { format!(", {} + {epochs} epochs", cfg.freeze_epochs) };

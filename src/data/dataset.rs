@@ -41,6 +41,37 @@ impl Item {
     }
 }
 
+/// A CSV column: by header name, or by position from 0 (fastai's `fn_col=0`, `label_col=1`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Column {
+    Index(usize),
+    Name(String),
+}
+
+impl Column {
+    /// A number is a position, anything else a header name.
+    pub fn parse(s: &str) -> Column {
+        s.parse().map_or_else(|_| Column::Name(s.to_string()), Column::Index)
+    }
+}
+
+/// How [`Dataset::from_csv`] reads a CSV: fastai's `fn_col`, `label_col`, `valid_col` and `folder`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub image_col: Column,
+    pub label_col: Column,
+    /// A true/false column that puts the row in the validation set; None: a random split.
+    pub valid_col: Option<Column>,
+    /// A folder the file names are relative to, itself relative to the CSV's root.
+    pub folder: Option<PathBuf>,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions { image_col: Column::Index(0), label_col: Column::Index(1), valid_col: None, folder: None }
+    }
+}
+
 /// Train and valid items with their class names.
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -198,49 +229,122 @@ impl Dataset {
         ds.check(&dir.display().to_string())
     }
 
-    /// A CSV of `file,label` rows (an optional header `file,label` is skipped); files are relative to `root`.
-    /// Missing files are an error listing the first few.
-    pub fn from_csv(csv: &Path, root: &Path, valid_pct: f64, seed: u64) -> Result<Dataset> {
-        let text = std::fs::read_to_string(csv)
-            .map_err(|e| Error::Invalid(format!("cannot read '{}': {e}", csv.display())))?;
-        let mut rows = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
+    /// fastai's `ImageDataLoaders.from_csv`: one row per image, the file name in `opts.image_col` (relative to
+    /// `root`, joined with `opts.folder`), the label in `opts.label_col`, and the split from `opts.valid_col`
+    /// (true/false, 1/0, yes/no) or, without one, a seeded random `valid_pct`. The first row is a header when a
+    /// column is chosen by name or when its file cell has no image extension (`file`, `fname`). Errors name the CSV, the line and the
+    /// column: an unknown column, a short row, an empty file name or label, a bad split value, files that do not
+    /// exist (the first five).
+    pub fn from_csv(csv: &Path, root: &Path, opts: &CsvOptions, valid_pct: f64, seed: u64) -> Result<Dataset> {
+        let origin = csv.display().to_string();
+        let bytes = std::fs::read(csv).map_err(|e| Error::Invalid(format!("cannot read '{origin}': {e}")))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(bytes.as_slice());
+        let mut records = Vec::new();
+        for r in reader.records() {
+            let r = r.map_err(|e| Error::Invalid(format!("'{origin}': {e}")))?;
+            // Blank lines are no rows.
+            if !(r.len() == 1 && r[0].is_empty()) {
+                records.push(r);
             }
-            let Some((file, label)) = line.rsplit_once(',') else {
-                return Err(Error::Invalid(format!(
-                    "'{}' line {}: expected `file,label`, got {line:?}",
-                    csv.display(),
-                    i + 1
-                )));
-            };
-            let (file, label) = (file.trim().trim_matches('"'), label.trim().trim_matches('"'));
-            if i == 0 && label.eq_ignore_ascii_case("label") {
-                continue;
-            }
-            if file.is_empty() || label.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "'{}' line {}: empty file or label in {line:?}",
-                    csv.display(),
-                    i + 1
-                )));
-            }
-            rows.push((root.join(file), label.to_string()));
         }
-        let missing: Vec<String> =
-            rows.iter().filter(|(p, _)| !p.is_file()).map(|(p, _)| p.display().to_string()).collect();
+        let Some(first) = records.first() else {
+            return Err(Error::Invalid(format!("'{origin}' has no rows")));
+        };
+        let dir = opts.folder.as_ref().map_or_else(|| root.to_path_buf(), |f| root.join(f));
+        let by_name = [Some(&opts.image_col), Some(&opts.label_col), opts.valid_col.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|c| matches!(c, Column::Name(_)));
+        let header = by_name
+            || match &opts.image_col {
+                Column::Index(i) => first.get(*i).is_none_or(|f| !is_image(Path::new(f))),
+                Column::Name(_) => true,
+            };
+        let names: Vec<String> = if header { first.iter().map(str::to_string).collect() } else { vec![] };
+        let width = first.len();
+        let resolve = |c: &Column, option: &str| -> Result<(usize, String)> {
+            match c {
+                Column::Index(i) if *i < width => {
+                    Ok((*i, names.get(*i).map_or_else(|| format!("#{i}"), |n| format!("'{n}'"))))
+                }
+                Column::Index(i) => {
+                    Err(Error::Invalid(format!("{option} {i}: '{origin}' has {width} columns (numbered from 0)")))
+                }
+                Column::Name(n) => names.iter().position(|h| h == n).map(|i| (i, format!("'{n}'"))).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{option} '{n}': '{origin}' has no such column (its header: {})",
+                        names.join(", ")
+                    ))
+                }),
+            }
+        };
+        let (image_col, image_name) = resolve(&opts.image_col, "--csv-image-col")?;
+        let (label_col, label_name) = resolve(&opts.label_col, "--csv-label-col")?;
+        let valid_col = opts.valid_col.as_ref().map(|c| resolve(c, "--valid-col")).transpose()?;
+        let mut rows = Vec::new();
+        let mut missing = Vec::new();
+        for r in records.iter().skip(header as usize) {
+            let line = r.position().map_or(0, |p| p.line());
+            let cell = |col: usize, name: &str, what: &str| -> Result<String> {
+                match r.get(col) {
+                    Some("") => Err(Error::Invalid(format!("'{origin}' line {line}, column {name}: empty {what}"))),
+                    Some(v) => Ok(v.to_string()),
+                    None => Err(Error::Invalid(format!(
+                        "'{origin}' line {line} has {} fields: no column {name} ({what})",
+                        r.len()
+                    ))),
+                }
+            };
+            let file = dir.join(cell(image_col, &image_name, "file name")?);
+            let label = cell(label_col, &label_name, "label")?;
+            let valid = match &valid_col {
+                None => false,
+                Some((col, name)) => {
+                    let v = cell(*col, name, "split value")?;
+                    match v.to_ascii_lowercase().as_str() {
+                        "true" | "1" | "yes" | "t" | "y" => true,
+                        "false" | "0" | "no" | "f" | "n" => false,
+                        _ => {
+                            return Err(Error::Invalid(format!(
+                                "'{origin}' line {line}, column {name}: '{v}' is not true/false (or 1/0, yes/no)"
+                            )))
+                        }
+                    }
+                }
+            };
+            if !file.is_file() {
+                missing.push(format!("{} (line {line})", file.display()));
+            }
+            rows.push((file, label, valid));
+        }
         if !missing.is_empty() {
             let first: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
             return Err(Error::Invalid(format!(
-                "'{}' names {} files that do not exist, e.g. {}",
-                csv.display(),
+                "'{origin}' names {} files that do not exist (column {image_name}, relative to '{}'), e.g. {}",
                 missing.len(),
+                dir.display(),
                 first.join(", ")
             )));
         }
-        Self::from_labelled(rows, valid_pct, seed, &csv.display().to_string())
+        if valid_col.is_none() {
+            let rows = rows.into_iter().map(|(f, l, _)| (f, l)).collect();
+            return Self::from_labelled(rows, valid_pct, seed, &origin);
+        }
+        let classes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let (mut train, mut valid) = (Vec::new(), Vec::new());
+        for (file, label, is_valid) in rows {
+            let item = Item { source: Source::File(file), label: classes.binary_search(&label).unwrap_or(0) as u32 };
+            if is_valid {
+                valid.push(item)
+            } else {
+                train.push(item)
+            }
+        }
+        Dataset { classes, train, valid, skipped: Vec::new() }.check(&origin)
     }
 
     /// Every image below `dir`, labelled by the first capture group of `pattern` applied to its file name
@@ -303,6 +407,15 @@ impl Dataset {
             )));
         }
         let n_classes = label_bytes.iter().copied().max().map_or(0, |m| m as usize + 1);
+        if let Some(names) = names.as_ref().filter(|names| names.len() < n_classes) {
+            return Err(Error::Invalid(format!(
+                "'{}' has labels up to {} but {} class names were given ({}): name every label from 0",
+                labels.display(),
+                n_classes - 1,
+                names.len(),
+                names.join(", ")
+            )));
+        }
         let classes = names.unwrap_or_else(|| (0..n_classes).map(|c| c.to_string()).collect());
         let items = (0..n)
             .map(|i| Item {
