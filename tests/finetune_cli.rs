@@ -108,3 +108,38 @@ fn lr_find_prints_a_suggestion_and_saves_the_plot() {
     assert!(stdout.contains("suggested learning rate (valley): "), "{stdout}");
     assert!(image::open(&plot).is_ok(), "{stdout}");
 }
+
+/// --save-best and --early-stop from the command line: fastai's messages, the JSON log's flags, and the options'
+/// checks.
+#[test]
+fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
+    let dir = tiny_folder("savebest", 8, 4);
+    let (out, log) = (dir.0.join("m.safetensors"), dir.0.join("log.jsonl"));
+    let run = wgtune()
+        .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "2", "--freeze-epochs", "1"])
+        .args(["--save-best", "accuracy", "--early-stop", "5", "--data"])
+        .arg(&dir.0)
+        .arg("--out")
+        .arg(&out)
+        .arg("--json-log")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("better model found at epoch 0 with accuracy value: "), "{stdout}");
+    assert!(stdout.contains("kept the weights of frozen epoch 0, the best by accuracy"), "{stdout}");
+    assert!(stdout.contains("kept the weights of unfrozen epoch "), "{stdout}");
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|r| r["improved"].is_boolean()), "{records:?}");
+    assert_eq!(records[0]["kept_epoch"], 0);
+    assert!(records[1]["kept_epoch"].is_null() && records[2]["kept_epoch"].is_u64(), "{records:?}");
+
+    for (opt, val, says) in [("--save-best", "loss", "valid_loss or accuracy"), ("--early-stop", "0", "at least 1")] {
+        let bad = wgtune().args(["finetune", opt, val]).output().unwrap();
+        let e = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && e.contains(opt) && e.contains(says), "{opt} {val}: {e}");
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use wgtune::data::dataset::Dataset;
-use wgtune::learner::{FineTuneConfig, Learner};
+use wgtune::learner::{FineTuneConfig, Learner, Monitor};
 use wgtune::nn::model::EFFNET_LITE0_IMAGENET;
 use wgtune::nn::weights::Weights;
 
@@ -132,6 +132,77 @@ fn fine_tune_learns_resumes_exactly_and_stops_on_nan() {
     let err = broken.epoch(&phases[1], 0, 1, &mut |_, _, _, _, _| {}, None, &go).unwrap_err().to_string();
     assert!(err.contains("NaN") && err.contains("--lr"), "{err}");
     assert_eq!(std::fs::read(&after_first).unwrap(), before, "the last good checkpoint is untouched");
+}
+
+/// --save-best and --early-stop (fastai's SaveModelCallback and EarlyStoppingCallback, reset every phase): each
+/// record's flags follow the rule computed here from the valid losses, a phase that stops early skips its other
+/// epochs, the model ends with the weights of the unfrozen phase's best epoch (its valid loss again), and a run
+/// resumed from the checkpoint after the first epoch ends bit-identical.
+#[test]
+fn save_best_and_early_stop_follow_the_valid_loss_and_survive_a_resume() {
+    let dir = Dir(std::env::temp_dir().join(format!("wgtune-learner-best-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let data = tiny_data(16, 8);
+    // A high learning rate on few images makes the valid loss go up and down.
+    let cfg = FineTuneConfig {
+        bs: 8,
+        freeze_epochs: 3,
+        epochs: 4,
+        lr: 3e-2,
+        save_best: Some(Monitor::ValidLoss),
+        early_stop: Some(1),
+        ..cfg()
+    };
+    let (ckpt, after_first) = (dir.0.join("run.checkpoint"), dir.0.join("first.checkpoint"));
+    let mut full = Learner::new(gpu(), &data, Some(&weights()), cfg.clone()).unwrap();
+    let mut first = true;
+    let mut on_epoch = |r: &wgtune::learner::EpochRecord| {
+        eprintln!("{r:?}");
+        if std::mem::take(&mut first) {
+            std::fs::copy(&ckpt, &after_first).unwrap();
+        }
+    };
+    let go = AtomicBool::new(false);
+    let records = full.fit(&mut |_, _, _, _, _| {}, &mut on_epoch, Some(&ckpt), None, &go).unwrap();
+    let mut best_unfrozen = f64::NAN;
+    for (phase, epochs) in [("frozen", cfg.freeze_epochs), ("unfrozen", cfg.epochs)] {
+        let rs: Vec<_> = records.iter().filter(|r| r.phase == phase).collect();
+        let (mut best, mut best_epoch, mut since) = (f64::INFINITY, 0, 0);
+        for (i, r) in rs.iter().enumerate() {
+            assert_eq!(r.epoch, i);
+            let improved = r.valid_loss < best;
+            assert_eq!(r.improved, Some(improved), "{r:?}");
+            if improved {
+                (best, best_epoch, since) = (r.valid_loss, r.epoch, 0);
+            } else {
+                since += 1;
+            }
+            let stops = since >= 1 && i + 1 < epochs;
+            assert_eq!(r.early_stop, stops, "{r:?}");
+            let last = i + 1 == rs.len();
+            assert_eq!(last, stops || i + 1 == epochs, "a phase ends at its last epoch or an early stop");
+            assert_eq!(r.kept_epoch, last.then_some(best_epoch), "{r:?}");
+        }
+        best_unfrozen = best;
+    }
+    assert!(records.iter().any(|r| r.early_stop), "this run (seeded) stops early: the skip is tested");
+    let (valid_loss, _) = full.validate().unwrap();
+    assert!(
+        (valid_loss - best_unfrozen).abs() <= 1e-6 * best_unfrozen,
+        "the model's valid loss {valid_loss} is not the best epoch's {best_unfrozen}"
+    );
+    let (full_state, _) = full.ex.training_state().unwrap();
+
+    let mut resumed = Learner::new(gpu(), &data, Some(&weights()), cfg).unwrap();
+    let again = resumed.fit(&mut |_, _, _, _, _| {}, &mut |_| {}, None, Some(&after_first), &go).unwrap();
+    let untimed = |rs: &[wgtune::learner::EpochRecord]| {
+        rs.iter().map(|r| wgtune::learner::EpochRecord { seconds: 0.0, ..r.clone() }).collect::<Vec<_>>()
+    };
+    assert_eq!(untimed(&again), untimed(&records), "the resumed run's records");
+    let (resumed_state, _) = resumed.ex.training_state().unwrap();
+    for ((name, _, a), (_, _, b)) in full_state.iter().zip(&resumed_state) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after resuming");
+    }
 }
 
 #[test]

@@ -271,6 +271,18 @@ pub(crate) struct FinetuneArgs {
     /// Wrap training step N (1-based) in a RenderDoc capture; run under RenderDoc (see README) to record it.
     #[arg(long, value_name = "N")]
     pub(crate) capture_step: Option<u64>,
+    /// Keep the best epoch (fastai's SaveModelCallback): at the end of each phase, go back to the weights of its
+    /// best epoch by this metric; the saved model is the unfrozen phase's best.
+    #[arg(long, value_name = "METRIC", value_parser = monitor)]
+    pub(crate) save_best: Option<wgtune::learner::Monitor>,
+    /// Stop a phase after N epochs without improvement (fastai's EarlyStoppingCallback), of --save-best's metric
+    /// or else of valid_loss.
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub(crate) early_stop: Option<usize>,
+}
+
+fn monitor(s: &str) -> Result<wgtune::learner::Monitor, String> {
+    wgtune::learner::Monitor::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(clap::Args)]

@@ -211,6 +211,9 @@ mod tests {
             accuracy: 0.5,
             error_rate: 0.5,
             seconds: 1.0,
+            improved: None,
+            early_stop: false,
+            kept_epoch: None,
         };
         loss_curve(&dir.join("loss.png"), &history, &[rec(0, 1.0), rec(1, 0.5)], 20).unwrap();
         let found = LrFind {

@@ -297,6 +297,8 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         lr_mult: a.lr_mult,
         pct_start: a.pct_start,
         div: a.div,
+        save_best: a.save_best,
+        early_stop: a.early_stop,
         profile: a.profile,
         capture_step: a.capture_step,
         ..Default::default()
@@ -337,6 +339,23 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
             secs / 60,
             secs % 60
         );
+        // fastai's callbacks' messages.
+        let metric = a.save_best.unwrap_or(wgtune::learner::Monitor::ValidLoss);
+        if a.save_best.is_some() && r.improved == Some(true) {
+            println!("better model found at epoch {} with {} value: {:.6}", r.epoch, metric.name(), metric.of(r));
+        }
+        if r.early_stop {
+            let n = a.early_stop.unwrap_or(0);
+            let epochs = if n == 1 { "epoch" } else { "epochs" };
+            println!(
+                "no improvement of {} in the last {n} {epochs}: early stopping ({} phase)",
+                metric.name(),
+                r.phase
+            );
+        }
+        if let Some(k) = r.kept_epoch {
+            println!("kept the weights of {} epoch {k}, the best by {}", r.phase, metric.name());
+        }
         if let Some(f) = log.as_mut() {
             let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
         }

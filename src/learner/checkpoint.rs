@@ -5,8 +5,12 @@ use std::path::Path;
 
 use super::{EpochRecord, Learner, Partial};
 use crate::error::{Error, Result};
+use crate::graph::TensorKind;
 use crate::nn::weights::{write_atomically, Weights};
 use crate::reference::SplitMix;
+
+/// The prefix of the best epoch's weights in a checkpoint.
+const BEST: &str = "best:";
 
 impl Learner {
     /// The settings that must match for a checkpoint to resume: the configuration (less what does not change the
@@ -34,7 +38,9 @@ impl Learner {
         records: &[EpochRecord],
         partial: Option<Partial>,
     ) -> Result<()> {
-        let (tensors, counters) = self.ex.training_state_async().await?;
+        let (mut tensors, counters) = self.ex.training_state_async().await?;
+        // The save-best watch and the best epoch's weights, so a resumed run keeps what it would have kept.
+        tensors.extend(self.best_weights.iter().map(|(n, s, v)| (format!("{BEST}{n}"), s.clone(), v.clone())));
         let mut meta = self.spec.metadata();
         meta.insert("wgtune.checkpoint".into(), self.fingerprint());
         meta.insert("wgtune.counters".into(), counters);
@@ -43,6 +49,7 @@ impl Learner {
         meta.insert("wgtune.records".into(), serde_json::to_string(records).unwrap_or_default());
         meta.insert("wgtune.smooth".into(), serde_json::to_string(&self.smooth).unwrap_or_default());
         meta.insert("wgtune.history".into(), serde_json::to_string(&self.history).unwrap_or_default());
+        meta.insert("wgtune.watch".into(), serde_json::to_string(&self.watch).unwrap_or_default());
         if let Some(p) = partial {
             meta.insert("wgtune.partial".into(), serde_json::to_string(&p).unwrap_or_default());
         }
@@ -84,6 +91,18 @@ impl Learner {
         self.smooth = serde_json::from_str(&json("wgtune.smooth", "{\"avg\":0.0,\"count\":0}"))
             .map_err(|e| bad(&e.to_string()))?;
         self.history = serde_json::from_str(&json("wgtune.history", "[]")).map_err(|e| bad(&e.to_string()))?;
+        self.watch = serde_json::from_str(&json("wgtune.watch", "{}")).map_err(|e| bad(&e.to_string()))?;
+        self.best_weights.clear();
+        let model =
+            self.ex.graph().tensors.iter().filter(|t| matches!(t.kind, TensorKind::Param { .. } | TensorKind::State));
+        for info in model.clone() {
+            if let Some((shape, values)) = w.get(&format!("{BEST}{}", info.name))? {
+                self.best_weights.push((info.name.clone(), shape, values));
+            }
+        }
+        if !self.best_weights.is_empty() && self.best_weights.len() != model.count() {
+            return Err(bad("it holds only some of the best epoch's weights"));
+        }
         let partial = match meta.get("wgtune.partial") {
             Some(p) => Some(serde_json::from_str(p).map_err(|e| bad(&e.to_string()))?),
             None => None,

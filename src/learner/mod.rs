@@ -21,9 +21,11 @@ use crate::reference::SplitMix;
 
 mod checkpoint;
 mod metrics;
+mod watch;
 
 use crate::schedule::{fine_tune, Phase};
 pub use metrics::{valley, Confusion, LrFind};
+pub use watch::{Monitor, Verdict, Watch};
 
 /// Everything `finetune` can be told; defaults are fastai's. Serialized, it is the fingerprint a checkpoint must
 /// match to resume: the fields that do not change the training (`workers`, `profile`, `capture_step`) are left
@@ -47,6 +49,11 @@ pub struct FineTuneConfig {
     pub freeze_bn: bool,
     pub bn_momentum: f32,
     pub augment: bool,
+    /// fastai's SaveModelCallback: at the end of every phase, load the weights of its best epoch by this metric.
+    pub save_best: Option<Monitor>,
+    /// fastai's EarlyStoppingCallback: end a phase after this many epochs without improvement of `save_best`'s
+    /// metric (valid loss without it).
+    pub early_stop: Option<usize>,
     #[serde(skip)]
     pub workers: usize,
     /// Time the second step of each phase dispatch by dispatch (kept in [`Learner::profiles`]).
@@ -76,6 +83,8 @@ impl Default for FineTuneConfig {
             freeze_bn: false,
             bn_momentum: 0.1,
             augment: true,
+            save_best: None,
+            early_stop: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             profile: false,
             capture_step: None,
@@ -93,6 +102,15 @@ pub struct EpochRecord {
     pub accuracy: f64,
     pub error_rate: f64,
     pub seconds: f64,
+    /// With `save_best` or `early_stop`: the epoch is its phase's best so far by the watched metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub improved: Option<bool>,
+    /// Early stopping ended the phase after this epoch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub early_stop: bool,
+    /// With `save_best`, on the phase's last epoch: the epoch (of this phase) whose weights the model now holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_epoch: Option<usize>,
 }
 
 /// fastai's smoothed loss: exponential moving average with beta 0.98, debiased.
@@ -149,6 +167,10 @@ pub struct Learner {
     pub history: Vec<StepLoss>,
     /// Profiled steps (with `profile`): the phase and what its step's dispatches took.
     pub profiles: Vec<(String, crate::graph::executor::StepProfile)>,
+    /// The best-epoch and early-stopping watch over the current phase.
+    watch: Watch,
+    /// With `save_best`: the weights of the current phase's best epoch.
+    best_weights: Vec<crate::graph::executor::NamedTensor>,
 }
 
 /// One training step's loss, for the loss curve.
@@ -222,6 +244,8 @@ impl Learner {
             smooth: SmoothLoss::default(),
             history: Vec::new(),
             profiles: Vec::new(),
+            watch: Watch::default(),
+            best_weights: Vec::new(),
         })
     }
 
@@ -331,6 +355,9 @@ impl Learner {
             accuracy,
             error_rate: 1.0 - accuracy,
             seconds: t0.elapsed().as_secs_f64(),
+            improved: None,
+            early_stop: false,
+            kept_epoch: None,
         }))
     }
 
@@ -407,14 +434,19 @@ impl Learner {
                     self.ex.freeze_to(phase.frozen_to)?;
                 }
                 match self.epoch_async(&phase, e, global, progress, partial.take(), stop).await? {
-                    EpochEnd::Done(r) => {
-                        global += 1;
+                    EpochEnd::Done(mut r) => {
+                        let phase_over = self.watch_epoch_async(&mut r, e + 1 == phase.epochs).await?;
+                        // An early stop counts the phase's remaining epochs as done (a resume skips them too).
+                        global += if phase_over { (phase.epochs - e) as u64 } else { 1 };
                         done = global;
                         records.push(r.clone());
                         if let Some(path) = checkpoint {
                             self.save_checkpoint_async(path, done, &records, None).await?;
                         }
                         on_epoch(&r);
+                        if phase_over {
+                            break;
+                        }
                     }
                     EpochEnd::Stopped(p) => {
                         let saved = match checkpoint {
@@ -435,6 +467,34 @@ impl Learner {
             }
         }
         Ok(records)
+    }
+
+    /// The save-best and early-stopping watch after an epoch: marks the record, keeps the weights of a best
+    /// epoch, and at the phase's end (`last`, or an early stop) loads the best epoch's weights back. Returns
+    /// whether the phase ends early.
+    async fn watch_epoch_async(&mut self, r: &mut EpochRecord, last: bool) -> Result<bool> {
+        let (save_best, patience) = (self.cfg.save_best, self.cfg.early_stop);
+        if save_best.is_none() && patience.is_none() {
+            return Ok(false);
+        }
+        if self.watch.phase != r.phase {
+            self.best_weights.clear();
+        }
+        let v = self.watch.observe(save_best.unwrap_or(Monitor::ValidLoss), patience, r);
+        r.improved = Some(v.improved);
+        r.early_stop = v.stop && !last;
+        if save_best.is_some() {
+            if v.improved {
+                self.best_weights = self.ex.model_tensors_async().await?;
+            }
+            if (v.stop || last) && !self.best_weights.is_empty() {
+                for (name, _, values) in &self.best_weights {
+                    self.ex.write_value(name, values)?;
+                }
+                r.kept_epoch = Some(self.watch.best_epoch);
+            }
+        }
+        Ok(r.early_stop)
     }
 
     blocking! {
