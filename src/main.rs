@@ -22,9 +22,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info { json } => cli::bench::info(&cli::bench::open_gpu(cli.adapter)?, json),
         Command::Bench { what } => cli::bench::bench(cli.adapter, what),
-        Command::Predict { model, arch, bs, json, logits, images } => {
-            cli::predict::predict(cli.adapter, model, arch, bs, json, logits, &images)
-        }
+        Command::Predict(args) => cli::predict::predict(cli.adapter, args),
         Command::Export(args) => cli::predict::export(args),
         Command::Finetune(args) => cli::train::finetune(cli.adapter, args),
         Command::LrFind(args) => cli::train::lr_find(cli.adapter, args),

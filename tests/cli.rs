@@ -112,6 +112,25 @@ fn predict_json_names_the_cat_and_reports_bad_files_without_stopping() {
     assert_eq!(by_file(&coffee)["top"].as_array().unwrap().len(), 5);
 }
 
+/// `predict --tta` blends augmented views in: other probabilities, the same photos' classes, repeatable.
+#[test]
+fn predict_with_tta_keeps_the_classes_and_changes_the_probabilities() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let images =
+        [format!("{dir}/tests/fixtures/images/chelsea.png"), format!("{dir}/tests/fixtures/images/coffee.png")];
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = wgtune().args(["predict", "--json"]).args(extra).args(&images).output().expect("run wgtune");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (plain, tta) = (run(&[]), run(&["--tta"]));
+    assert_eq!(run(&["--tta"]), tta, "seeded views");
+    assert!(tta[0]["top"][0]["label"].as_str().unwrap().contains("cat"), "{}", tta[0]);
+    assert_eq!(tta[1]["top"][0]["label"], "espresso");
+    let p = |v: &serde_json::Value| v["top"][0]["prob"].as_f64().unwrap();
+    assert!((p(&plain[0]) - p(&tta[0])).abs() > 1e-4, "{} vs {}", plain[0], tta[0]);
+}
+
 /// An adapter without timestamp queries (simulated with WGTUNE_NO_TIMESTAMPS): `--profile` says so and falls back to
 /// timing the whole step.
 #[test]

@@ -117,7 +117,7 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
     let (out, log) = (dir.0.join("m.safetensors"), dir.0.join("log.jsonl"));
     let run = wgtune()
         .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "2", "--freeze-epochs", "1"])
-        .args(["--save-best", "accuracy", "--early-stop", "5", "--data"])
+        .args(["--save-best", "accuracy", "--early-stop", "5", "--tta", "--data"])
         .arg(&dir.0)
         .arg("--out")
         .arg(&out)
@@ -130,8 +130,11 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
     assert!(stdout.contains("better model found at epoch 0 with accuracy value: "), "{stdout}");
     assert!(stdout.contains("kept the weights of frozen epoch 0, the best by accuracy"), "{stdout}");
     assert!(stdout.contains("kept the weights of unfrozen epoch "), "{stdout}");
-    let records: Vec<serde_json::Value> =
+    assert!(stdout.contains("test-time augmentation (4 augmented views + the plain one, beta 0.25): accuracy "));
+    let mut records: Vec<serde_json::Value> =
         std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let tta = records.pop().unwrap();
+    assert!(tta["tta"]["accuracy"].is_f64() && tta["tta"]["plain_accuracy"].is_f64(), "{tta}");
     assert_eq!(records.len(), 3);
     assert!(records.iter().all(|r| r["improved"].is_boolean()), "{records:?}");
     assert_eq!(records[0]["kept_epoch"], 0);

@@ -205,6 +205,21 @@ fn save_best_and_early_stop_follow_the_valid_loss_and_survive_a_resume() {
     }
 }
 
+/// Test-time augmentation: beta 1 is the plain validation, other betas blend in augmented views (a different
+/// loss), repeatably.
+#[test]
+fn tta_blends_augmented_views_with_the_plain_view() {
+    let data = tiny_data(16, 8);
+    let mut l = Learner::new(gpu(), &data, Some(&weights()), FineTuneConfig { bs: 8, ..cfg() }).unwrap();
+    let (loss, accuracy) = l.validate().unwrap();
+    let plain = l.tta(4, 1.0).unwrap();
+    assert_eq!((plain.accuracy, plain.plain_accuracy), (accuracy, accuracy));
+    assert!((plain.valid_loss - loss).abs() <= 1e-6 * loss && (plain.plain_valid_loss - loss).abs() <= 1e-6 * loss);
+    let t = l.tta(4, 0.25).unwrap();
+    assert!(t.valid_loss.is_finite() && (t.valid_loss - loss).abs() > 1e-4 * loss, "{t:?} vs plain {loss}");
+    assert_eq!(l.tta(4, 0.25).unwrap(), t, "the views come from a seeded generator");
+}
+
 #[test]
 fn resuming_with_other_settings_is_refused() {
     let dir = Dir(std::env::temp_dir().join(format!("wgtune-learner-mismatch-{}", std::process::id())));

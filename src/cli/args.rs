@@ -79,27 +79,7 @@ pub(crate) enum Command {
         what: BenchCommand,
     },
     /// Classify images with a model: top-5 classes and probabilities per image.
-    Predict {
-        /// A model saved by wgtune, or a raw pretrained safetensors file (then give --arch). Default: the embedded
-        /// ImageNet EfficientNet-Lite0.
-        #[arg(long)]
-        model: Option<std::path::PathBuf>,
-        /// Architecture of a raw pretrained file.
-        #[arg(long)]
-        arch: Option<Arch>,
-        /// Images per GPU batch.
-        #[arg(long, default_value_t = 8, value_parser = count)]
-        bs: usize,
-        /// One JSON object per image.
-        #[arg(long)]
-        json: bool,
-        /// Also print every class's logit (the scores before softmax; in JSON a "logits" list).
-        #[arg(long)]
-        logits: bool,
-        /// Image files (JPEG, PNG, WebP, BMP, GIF).
-        #[arg(required = true)]
-        images: Vec<std::path::PathBuf>,
-    },
+    Predict(PredictArgs),
     /// Write a model as an ONNX file (eval mode: batch norm with running statistics, no dropout), with its
     /// classes, input size and normalization in the file's metadata.
     Export(ExportArgs),
@@ -109,6 +89,34 @@ pub(crate) enum Command {
     /// fastai's lr_find: train a few steps with the learning rate growing exponentially, plot the loss against
     /// it, suggest a rate (weights are restored; nothing is saved but the plot).
     LrFind(LrFindArgs),
+}
+
+/// The options of `wgtune predict`.
+#[derive(clap::Args)]
+pub(crate) struct PredictArgs {
+    /// A model saved by wgtune, or a raw pretrained safetensors file (then give --arch). Default: the embedded
+    /// ImageNet EfficientNet-Lite0.
+    #[arg(long)]
+    pub(crate) model: Option<std::path::PathBuf>,
+    /// Architecture of a raw pretrained file.
+    #[arg(long)]
+    pub(crate) arch: Option<Arch>,
+    /// Images per GPU batch.
+    #[arg(long, default_value_t = 8, value_parser = count)]
+    pub(crate) bs: usize,
+    /// One JSON object per image.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Also print every class's logit (the scores before softmax; in JSON a "logits" list).
+    #[arg(long, conflicts_with = "tta")]
+    pub(crate) logits: bool,
+    /// Test-time augmentation (fastai's tta): the probabilities of 4 augmented views blended with the plain
+    /// view's (beta 0.25).
+    #[arg(long)]
+    pub(crate) tta: bool,
+    /// Image files (JPEG, PNG, WebP, BMP, GIF).
+    #[arg(required = true)]
+    pub(crate) images: Vec<std::path::PathBuf>,
 }
 
 /// The options of `wgtune export`.
@@ -275,6 +283,10 @@ pub(crate) struct FinetuneArgs {
     /// best epoch by this metric; the saved model is the unfrozen phase's best.
     #[arg(long, value_name = "METRIC", value_parser = monitor)]
     pub(crate) save_best: Option<wgtune::learner::Monitor>,
+    /// Validate once more at the end with test-time augmentation (fastai's learn.tta: 4 augmented views blended
+    /// with the plain one, beta 0.25) and print both accuracies.
+    #[arg(long)]
+    pub(crate) tta: bool,
     /// Stop a phase after N epochs without improvement (fastai's EarlyStoppingCallback), of --save-best's metric
     /// or else of valid_loss.
     #[arg(long, value_name = "N", value_parser = count)]

@@ -5,7 +5,7 @@ use wgtune::nn::model::{ModelSpec, EFFNET_LITE0_IMAGENET};
 use wgtune::nn::weights::Weights;
 use wgtune::nn::Arch;
 
-use super::args::ExportArgs;
+use super::args::{ExportArgs, PredictArgs};
 use super::bench::open_gpu;
 
 /// The weights of `--model` (the embedded ImageNet EfficientNet-Lite0 without one) and their spec.
@@ -79,22 +79,15 @@ pub(crate) fn top5(probs: &[f32], classes: &[String]) -> Vec<serde_json::Value> 
         .collect()
 }
 
-pub(crate) fn predict(
-    adapter: Option<String>,
-    model: Option<std::path::PathBuf>,
-    arch: Option<wgtune::nn::Arch>,
-    bs: usize,
-    json: bool,
-    with_logits: bool,
-    images: &[std::path::PathBuf],
-) -> anyhow::Result<()> {
+pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Result<()> {
     use wgtune::data::{load_rgb, normalize_into, resize_center_crop};
     use wgtune::nn::model::load_model;
+    let PredictArgs { model, arch, bs, json, logits: with_logits, tta, images } = args;
     let (weights, spec) = open_model(model.as_deref(), arch)?;
     // Decode and preprocess every image first; a bad file is reported and skipped.
     let mut failures = 0;
     let mut ready: Vec<(&std::path::PathBuf, Vec<u8>)> = Vec::new();
-    for path in images {
+    for path in &images {
         match load_rgb(path) {
             Ok(img) => ready.push((path, resize_center_crop(&img, spec.input_size))),
             Err(e) => {
@@ -112,14 +105,36 @@ pub(crate) fn predict(
         let gpu = std::sync::Arc::new(open_gpu(adapter)?);
         let (mut ex, _) = load_model(gpu, &spec, &weights, batch)?;
         let k = spec.classes.len();
+        // Test-time augmentation: the training augmentation on the GPU, from a fixed seed (repeatable output).
+        let mut rng = wgtune::reference::SplitMix(0x77a);
+        if tta {
+            let stage =
+                wgtune::graph::executor::PixelInput { presize: spec.input_size, normalization: spec.normalization };
+            ex.set_pixel_input(stage)?;
+        }
         for chunk in ready.chunks(batch) {
-            let mut input = Vec::with_capacity(batch * 3 * spec.input_size * spec.input_size);
-            for i in 0..batch {
-                // A short last batch repeats its last image; those rows are not reported.
-                normalize_into(&chunk[i.min(chunk.len() - 1)].1, &spec.normalization, &mut input);
-            }
-            let probs = ex.predict(&input)?;
-            let logits = if with_logits { ex.predict_logits(&input)? } else { vec![] };
+            // A short last batch repeats its last image; those rows are not reported.
+            let image = |i: usize| &chunk[i.min(chunk.len() - 1)].1;
+            let normalized = || {
+                let mut input = Vec::with_capacity(batch * 3 * spec.input_size * spec.input_size);
+                for i in 0..batch {
+                    normalize_into(image(i), &spec.normalization, &mut input);
+                }
+                input
+            };
+            let probs = if tta {
+                use wgtune::learner::{tta_blend, tta_transforms, TTA_BETA, TTA_VIEWS};
+                let pixels: Vec<u8> = (0..batch).flat_map(|i| image(i).iter().copied()).collect();
+                let plain = ex.predict_pixels(&pixels)?;
+                let aug = wgtune::data::augment::AugmentConfig::default();
+                let views = (0..TTA_VIEWS)
+                    .map(|_| ex.predict_pixels_with(&pixels, &tta_transforms(&aug, &mut rng, batch)))
+                    .collect::<wgtune::Result<Vec<_>>>()?;
+                tta_blend(&plain, &views, TTA_BETA)
+            } else {
+                ex.predict(&normalized())?
+            };
+            let logits = if with_logits { ex.predict_logits(&normalized())? } else { vec![] };
             for (i, (path, _)) in chunk.iter().enumerate() {
                 let top = top5(&probs[i * k..(i + 1) * k], &spec.classes);
                 let row = logits.get(i * k..(i + 1) * k);

@@ -411,6 +411,23 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
     } else {
         println!("plot: {} (loss curve; no confusion-matrix chart for this many classes)", side("loss.png").display());
     }
+    if a.tta {
+        use wgtune::learner::{TTA_BETA, TTA_VIEWS};
+        let t0 = std::time::Instant::now();
+        let t = learner.tta(TTA_VIEWS, TTA_BETA).map_err(|e| with_memory_advice(e, bs, size))?;
+        println!(
+            "\ntest-time augmentation ({TTA_VIEWS} augmented views + the plain one, beta {TTA_BETA}): accuracy {:.4} \
+             (plain {:.4}), valid_loss {:.6} (plain {:.6}), {:.0} s",
+            t.accuracy,
+            t.plain_accuracy,
+            t.valid_loss,
+            t.plain_valid_loss,
+            t0.elapsed().as_secs_f64()
+        );
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "{}", serde_json::json!({ "tta": t }));
+        }
+    }
     for (phase, p) in &learner.profiles {
         println!("\n{}", wgtune::profile::render(&format!("profiled {phase}-phase training step"), p, 15));
     }

@@ -21,10 +21,12 @@ use crate::reference::SplitMix;
 
 mod checkpoint;
 mod metrics;
+mod tta;
 mod watch;
 
 use crate::schedule::{fine_tune, Phase};
 pub use metrics::{valley, Confusion, LrFind};
+pub use tta::{tta_blend, tta_transforms, Tta, TTA_BETA, TTA_VIEWS};
 pub use watch::{Monitor, Verdict, Watch};
 
 /// Everything `finetune` can be told; defaults are fastai's. Serialized, it is the fingerprint a checkpoint must

@@ -139,7 +139,23 @@ impl Executor {
 
     pub async fn predict_pixels_async(&mut self, pixels: &[u8]) -> Result<Vec<f32>> {
         let n = self.graph.tensors[self.labels.0].numel();
-        self.upload_pixels(false, pixels, &vec![ImageTransform::IDENTITY; n], &vec![0; n])?;
+        self.predict_pixels_with_async(pixels, &vec![ImageTransform::IDENTITY; n]).await
+    }
+
+    blocking! {
+        /// Class probabilities of a pixel batch in eval mode, each image seen through its own transform (test-time
+        /// augmentation).
+        pub fn predict_pixels_with(&mut self, pixels: &[u8], transforms: &[ImageTransform]) -> Result<Vec<f32>>
+            => predict_pixels_with_async
+    }
+
+    pub async fn predict_pixels_with_async(
+        &mut self,
+        pixels: &[u8],
+        transforms: &[ImageTransform],
+    ) -> Result<Vec<f32>> {
+        let n = self.graph.tensors[self.labels.0].numel();
+        self.upload_pixels(false, pixels, transforms, &vec![0; n])?;
         self.submit_infer(true).await
     }
 
