@@ -238,6 +238,8 @@ pub struct StepRecord {
     pub steps: usize,
     pub images_per_s: f64,
     pub steps_per_s: f64,
+    /// Micro-batches per optimizer step (1: none; more when the batch was split to fit the adapter).
+    pub accum: usize,
     /// Wall time of the first step, from compiling the program to its loss being read back.
     pub first_step_s: f64,
     /// CPU time to encode one step's command buffer (mean), microseconds.
@@ -282,6 +284,19 @@ pub fn bench_step(
     steps: usize,
     profile: bool,
 ) -> Result<(StepRecord, Option<crate::graph::executor::StepProfile>)> {
+    bench_step_accumulated(gpu, model, graph, 1, steps, profile)
+}
+
+/// [`bench_step`] with gradient accumulation: `graph` takes one micro-batch, `accum` of them make an optimizer
+/// step; `steps` optimizer steps are timed (the record's batch is the whole `accum` x micro-batch).
+pub fn bench_step_accumulated(
+    gpu: Arc<Gpu>,
+    model: &str,
+    graph: Graph,
+    accum: usize,
+    steps: usize,
+    profile: bool,
+) -> Result<(StepRecord, Option<crate::graph::executor::StepProfile>)> {
     let input = graph.tensors.iter().find(|t| t.kind == TensorKind::Input).map(|t| t.shape.clone()).unwrap_or_default();
     let (batch, size) = (input[0], input[input.len() - 1]);
     let classes =
@@ -291,14 +306,17 @@ pub fn bench_step(
     let images = rng.vec_f32(input.iter().product(), -1.0, 1.0);
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes as u32)).collect();
     let t0 = Instant::now();
-    let mut ex = Executor::new(gpu, graph, ExecutorConfig::default())?;
-    ex.train_step(&images, &labels)?;
+    let mut ex = Executor::new(gpu, graph, ExecutorConfig { accum, ..Default::default() })?;
+    for _ in 0..accum {
+        ex.train_step(&images, &labels)?;
+    }
     ex.wait_metrics()?;
     let first_step_s = t0.elapsed().as_secs_f64();
     let before = ex.counters();
     let mut encode = Vec::with_capacity(steps);
     let t0 = Instant::now();
-    for _ in 0..steps {
+    let (steps, micro_steps) = (steps, steps * accum);
+    for _ in 0..micro_steps {
         let e0 = Instant::now();
         ex.train_step(&images, &labels)?;
         encode.push(e0.elapsed().as_secs_f64());
@@ -307,15 +325,16 @@ pub fn bench_step(
     ex.wait_metrics()?;
     let secs = t0.elapsed().as_secs_f64();
     let c = ex.counters();
-    let n = steps.max(1) as f64;
+    let n = micro_steps.max(1) as f64;
     let profiled = if profile { Some(ex.profile(true, &images, &labels)?) } else { None };
     let record = StepRecord {
         bench: "train",
         model: model.to_string(),
-        batch,
+        batch: batch * accum,
         size,
         steps,
-        images_per_s: (steps * batch) as f64 / secs,
+        accum,
+        images_per_s: (micro_steps * batch) as f64 / secs,
         steps_per_s: steps as f64 / secs,
         first_step_s,
         encode_us: (c.encode_ns - before.encode_ns) as f64 / n / 1e3,

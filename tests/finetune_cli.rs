@@ -109,15 +109,15 @@ fn lr_find_prints_a_suggestion_and_saves_the_plot() {
     assert!(image::open(&plot).is_ok(), "{stdout}");
 }
 
-/// --save-best and --early-stop from the command line: fastai's messages, the JSON log's flags, and the options'
-/// checks.
+/// --save-best, --early-stop, --tta and --accum from the command line: fastai's messages, the JSON log's flags,
+/// and the options' checks.
 #[test]
 fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
     let dir = tiny_folder("savebest", 8, 4);
     let (out, log) = (dir.0.join("m.safetensors"), dir.0.join("log.jsonl"));
     let run = wgtune()
         .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "2", "--freeze-epochs", "1"])
-        .args(["--save-best", "accuracy", "--early-stop", "5", "--tta", "--data"])
+        .args(["--save-best", "accuracy", "--early-stop", "5", "--tta", "--accum", "2", "--data"])
         .arg(&dir.0)
         .arg("--out")
         .arg(&out)
@@ -127,6 +127,7 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("gradient accumulation: 2 batches of 8 per optimizer step (16 images)"), "{stderr}");
     assert!(stdout.contains("better model found at epoch 0 with accuracy value: "), "{stdout}");
     assert!(stdout.contains("kept the weights of frozen epoch 0, the best by accuracy"), "{stdout}");
     assert!(stdout.contains("kept the weights of unfrozen epoch "), "{stdout}");

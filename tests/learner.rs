@@ -220,6 +220,40 @@ fn tta_blends_augmented_views_with_the_plain_view() {
     assert_eq!(l.tta(4, 0.25).unwrap(), t, "the views come from a seeded generator");
 }
 
+/// A batch over the adapter's storage-binding limit (EfficientNet-Lite0 at 224 px: lavapipe's 128 MiB holds 27
+/// images of the largest activation) is split into the fewest equal micro-batches that fit, trained with gradient
+/// accumulation: exactly when the plan says the batch does not fit, and not one image before.
+#[test]
+fn a_batch_too_large_for_the_adapter_is_split_into_accumulated_micro_batches() {
+    use wgtune::graph::executor::{Executor, ExecutorConfig, PixelInput};
+    let arch = wgtune::nn::Arch::EffnetLite0;
+    // 1,024 images at 224 px exceed any adapter's binding limit (a 96 x 112 x 112 activation is 4.9 GB).
+    let mut probe =
+        Executor::new(gpu(), arch.with_fastai_head(1024, 224, 2, 0.1, 0.5).unwrap(), ExecutorConfig::default())
+            .unwrap();
+    probe.set_pixel_input(PixelInput { presize: 256, normalization: arch.normalization() }).unwrap();
+    let fits = probe.batch_that_fits(true).unwrap().expect("1,024 images at 224 px fit no adapter");
+    drop(probe);
+    assert!(fits >= 2, "{fits}");
+    let mut data = tiny_data(8, 2);
+    let more: Vec<_> = data.train.iter().cycle().take(fits + 1).cloned().collect();
+    data.train = more;
+    let at = |bs: usize| {
+        let cfg = FineTuneConfig { bs, size: 224, presize: 256, accum: 1, ..cfg() };
+        Learner::new(gpu(), &data, Some(&weights()), cfg).unwrap()
+    };
+    let fitting = at(fits);
+    assert_eq!((fitting.split, fitting.cfg.bs, fitting.cfg.accum), (None, fits, 1));
+    drop(fitting);
+    let split = at(fits + 1);
+    let s = split.split.expect("one image more than fits is split");
+    assert_eq!(s.batch, fits + 1);
+    assert!(s.parts >= 2 && s.micro * s.parts == fits + 1 && s.micro <= fits, "{s:?}");
+    assert!((2..s.parts).all(|p| !(fits + 1).is_multiple_of(p) || (fits + 1) / p > fits), "{s:?} is not the fewest parts");
+    assert_eq!((split.cfg.bs, split.cfg.accum), (s.micro, s.parts));
+    assert_eq!(split.ex.batch_that_fits(true).unwrap(), None, "the micro-batch plan fits");
+}
+
 #[test]
 fn resuming_with_other_settings_is_refused() {
     let dir = Dir(std::env::temp_dir().join(format!("wgtune-learner-mismatch-{}", std::process::id())));

@@ -114,6 +114,7 @@ fn uniform_structs_match_their_rust_twins() {
         twin! { "optim", "OptimParams", optim::OptimParams {
             len, flags, lr, mom, sqr_mom, eps, wd, debias1, debias2, _pad
         } },
+        twin! { "accumulate", "AccumulateParams", accumulate::AccumulateParams { len, mode, scale, _pad } },
         conv_params("conv2d"),
         conv_params("depthwise"),
         twin! { "pool", "PoolParams", pool::PoolParams {

@@ -213,6 +213,11 @@ pub(crate) struct RunArgs {
     pub(crate) arch: Arch,
     #[arg(long, default_value_t = 32, value_parser = count)]
     pub(crate) bs: usize,
+    /// Gradient accumulation (fastai's GradientAccumulation): N batches of --bs per optimizer step, which then
+    /// sees the mean gradient of N x bs images; batch norm sees each batch of --bs. (A batch too large for the
+    /// adapter is split this way by itself.)
+    #[arg(long, default_value_t = 1, value_parser = count, value_name = "N")]
+    pub(crate) accum: usize,
     /// Input size (square). Default: 224 on a GPU; 64 on a software adapter, where 224 would take hours.
     #[arg(long, value_parser = image_size)]
     pub(crate) size: Option<usize>,

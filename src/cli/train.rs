@@ -207,10 +207,28 @@ pub(crate) fn prepare(
         presize: (size * 8).div_ceil(7),
         epochs,
         augment,
+        accum: r.accum,
         ..cfg
     };
     let (bs, px) = (cfg.bs, cfg.size);
-    Learner::new(gpu, &data, weights.as_ref(), cfg).map_err(|e| with_memory_advice(e, bs, px))
+    let learner = Learner::new(gpu, &data, weights.as_ref(), cfg).map_err(|e| with_memory_advice(e, bs, px))?;
+    if let Some(s) = learner.split {
+        eprintln!(
+            "a batch of {} at {px}x{px} does not fit this adapter's storage-binding limit: training it as {} \
+             accumulated micro-batches of {} (one optimizer step per {} images; batch norm sees {} at a time)",
+            s.batch, s.parts, s.micro, s.batch, s.micro
+        );
+    }
+    if r.accum > 1 {
+        let l = &learner.cfg;
+        eprintln!(
+            "gradient accumulation: {} batches of {} per optimizer step ({} images)",
+            l.accum,
+            l.bs,
+            l.accum * l.bs
+        );
+    }
+    Ok(learner)
 }
 
 /// Errors that mean the run did not fit the GPU get advice on what to change; others pass through.

@@ -35,6 +35,7 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "reduce", source: include_str!("../../shaders/reduce.wgsl") },
     Family { name: "loss", source: include_str!("../../shaders/loss.wgsl") },
     Family { name: "optim", source: include_str!("../../shaders/optim.wgsl") },
+    Family { name: "accumulate", source: include_str!("../../shaders/accumulate.wgsl") },
 ];
 
 fn family(name: &str) -> Family {

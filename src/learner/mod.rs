@@ -12,6 +12,7 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+pub use crate::graph::executor::Split;
 use crate::graph::executor::{Executor, ExecutorConfig, PixelInput, StepMetrics};
 use crate::nn::model::{Head, ModelSpec};
 use crate::nn::weights::{load_into, Weights};
@@ -51,6 +52,8 @@ pub struct FineTuneConfig {
     pub freeze_bn: bool,
     pub bn_momentum: f32,
     pub augment: bool,
+    /// Micro-batches of `bs` per optimizer step (gradient accumulation; 1: none).
+    pub accum: usize,
     /// fastai's SaveModelCallback: at the end of every phase, load the weights of its best epoch by this metric.
     pub save_best: Option<Monitor>,
     /// fastai's EarlyStoppingCallback: end a phase after this many epochs without improvement of `save_best`'s
@@ -85,6 +88,7 @@ impl Default for FineTuneConfig {
             freeze_bn: false,
             bn_momentum: 0.1,
             augment: true,
+            accum: 1,
             save_best: None,
             early_stop: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -173,6 +177,8 @@ pub struct Learner {
     watch: Watch,
     /// With `save_best`: the weights of the current phase's best epoch.
     best_weights: Vec<crate::graph::executor::NamedTensor>,
+    /// The batch was split into micro-batches because it did not fit the adapter.
+    pub split: Option<Split>,
 }
 
 /// One training step's loss, for the loss curve.
@@ -186,7 +192,12 @@ impl Learner {
     /// Build the model (pretrained body + new fastai head for the data's classes) and the loaders. Without
     /// `pretrained` the body keeps its random initialization (kaiming-normal convolutions, batch norm 1 and 0):
     /// the from-scratch baseline transfer learning is measured against.
+    ///
+    /// When a batch of `cfg.bs` would not fit the adapter's storage-binding limit, the batch is split into the
+    /// fewest equal micro-batches that fit, trained with gradient accumulation (`cfg.bs` becomes the micro-batch,
+    /// `cfg.accum` is multiplied by the parts; [`Learner::split`] says so).
     pub fn new(gpu: Arc<Gpu>, data: &Dataset, pretrained: Option<&Weights>, cfg: FineTuneConfig) -> Result<Learner> {
+        let mut cfg = cfg;
         let spec = ModelSpec {
             arch: cfg.arch,
             head: Head::Fastai,
@@ -194,9 +205,22 @@ impl Learner {
             input_size: cfg.size,
             normalization: cfg.arch.normalization(),
         };
-        let graph = spec.graph(cfg.bs, cfg.bn_momentum)?;
-        let groups = graph.groups();
-        let mut ex = Executor::new(gpu, graph, ExecutorConfig { optimizer: cfg.optimizer, freeze_bn: cfg.freeze_bn })?;
+        let build = |cfg: &FineTuneConfig| -> Result<Executor> {
+            let ex_cfg = ExecutorConfig { optimizer: cfg.optimizer, freeze_bn: cfg.freeze_bn, accum: cfg.accum };
+            let mut ex = Executor::new(gpu.clone(), spec.graph(cfg.bs, cfg.bn_momentum)?, ex_cfg)?;
+            ex.set_pixel_input(PixelInput { presize: cfg.presize, normalization: spec.normalization })?;
+            Ok(ex)
+        };
+        let mut ex = build(&cfg)?;
+        let mut split = None;
+        if let Some(s) = ex.batch_that_fits(true)?.and_then(|fits| Split::of(cfg.bs, fits)) {
+            split = Some(s);
+            cfg.bs = s.micro;
+            cfg.accum *= s.parts;
+            drop(ex);
+            ex = build(&cfg)?;
+        }
+        let groups = ex.graph().groups();
         let classifier = cfg.arch.classifier_prefix();
         if let Some(pretrained) = pretrained {
             load_into(
@@ -207,7 +231,6 @@ impl Learner {
                 |n| n.starts_with(classifier) || n.ends_with("num_batches_tracked"),
             )?;
         }
-        ex.set_pixel_input(PixelInput { presize: cfg.presize, normalization: spec.normalization })?;
         for g in 0..groups {
             ex.set_hyper(g, Hyper { wd: cfg.wd, ..Hyper::default() })?;
         }
@@ -248,6 +271,7 @@ impl Learner {
             profiles: Vec::new(),
             watch: Watch::default(),
             best_weights: Vec::new(),
+            split,
         })
     }
 

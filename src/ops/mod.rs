@@ -5,6 +5,7 @@
 // Launchers take the tensors of a kernel's signature one by one, in binding order, plus its options: wide by nature.
 #![allow(clippy::too_many_arguments)]
 
+pub mod accumulate;
 pub mod concat;
 pub mod conv;
 pub mod dropout;
@@ -71,6 +72,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         loss::SOFTMAX_FORWARD,
         optim::SGD_STEP,
         optim::ADAM_STEP,
+        accumulate::ACCUMULATE_GRADIENTS,
     ];
     v.extend(elementwise::Elementwise::ALL.iter().map(|e| e.spec()));
     v

@@ -541,6 +541,18 @@ fn weight_decay(p: &mut f64, grad: f64, lr: f64, wd: f64, decoupled: bool) -> f6
     }
 }
 
+/// Gradient accumulation, `mode` as shaders/accumulate.wgsl: 0 `sum = g * scale`, 1 `sum += g * scale`, 2
+/// `g = sum + g * scale`.
+pub fn accumulate_gradients(grad: &mut [f64], sum: &mut [f64], mode: u32, scale: f64) {
+    for (g, s) in grad.iter_mut().zip(sum.iter_mut()) {
+        match mode {
+            0 => *s = *g * scale,
+            1 => *s += *g * scale,
+            _ => *g = *s + *g * scale,
+        }
+    }
+}
+
 /// fastai's SGD step, in place: weight decay (decoupled or L2), buf = mom * buf + g, p -= lr * buf.
 pub fn sgd_step(p: &mut [f64], g: &[f64], buf: &mut [f64], lr: f64, mom: f64, wd: f64, decoupled: bool) {
     for i in 0..p.len() {

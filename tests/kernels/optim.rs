@@ -77,3 +77,37 @@ fn adam_matches_reference() {
         check(Optimizer::Adam, n, Hyper { decoupled_wd: false, ..base }, 115 + i as u64);
     }
 }
+
+/// Gradient accumulation over a cycle of `k` micro-batches against the reference: the sum after each middle step
+/// and the gradient the optimizer reads after the last, with poisoned sums at the start (mode 0 overwrites them).
+fn check_accumulation(n: usize, k: usize, seed: u64) {
+    use wgtune::ops::accumulate::{accumulate_gradients, AccumulateMode};
+    let g = gpu();
+    let mut rng = SplitMix(seed);
+    let scale = 1.0 / k as f32;
+    let grad = upload(&[n], &vec![0.0; n], "grad");
+    let sum = upload(&[n], &vec![f32::NAN; n], "sum");
+    let d = accumulate_gradients(g, &grad, &sum, AccumulateMode::Start, scale, "acc test").expect("dispatch");
+    let mut s = vec![f64::NAN; n];
+    let mut last = vec![];
+    for micro in 0..k {
+        let gr = rng.vec_f32(n, -1.0, 1.0);
+        g.write_f32(&grad, &gr).expect("write grad");
+        let mode = AccumulateMode::of(micro, k);
+        g.write_params(&d, bytemuck::bytes_of(&mode.params(n, scale)));
+        g.run("acc test", &[&d]).expect("run");
+        last = widen(&gr);
+        reference::accumulate_gradients(&mut last, &mut s, mode as u32, scale as f64);
+        if mode != AccumulateMode::Finish {
+            assert_close(&read(&sum), &s, 1e-6, 1e-6, &format!("n={n} k={k} micro {micro}: sum"));
+        }
+    }
+    assert_close(&read(&grad), &last, 1e-6, 1e-6, &format!("n={n} k={k}: the gradient the optimizer reads"));
+}
+
+#[test]
+fn gradient_accumulation_matches_the_reference() {
+    for (n, k, seed) in [(1, 2, 1), (257, 3, 2), (1031, 4, 3), (65_537, 5, 4)] {
+        check_accumulation(n, k, seed);
+    }
+}

@@ -41,16 +41,37 @@ pub struct ExecutorConfig {
     /// trains, and backward stops at the first trainable layer). Off: fastai's default, batch-norm parameters keep
     /// training and use batch statistics while their group is frozen.
     pub freeze_bn: bool,
+    /// Micro-batches per optimizer step (fastai's GradientAccumulation): each training step computes its batch's
+    /// gradients and adds them, scaled by 1 / `accum`, into a sum; every `accum`-th step the optimizer applies the
+    /// sum, the mean gradient over `accum` batches. 1: every step updates. Batch norm sees each micro-batch.
+    pub accum: usize,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        ExecutorConfig { optimizer: Optimizer::Adam, freeze_bn: false }
+        ExecutorConfig { optimizer: Optimizer::Adam, freeze_bn: false, accum: 1 }
     }
 }
 
 /// A tensor copied to the CPU: name, shape, values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// A batch too large for the adapter, trained as `parts` accumulated micro-batches of `micro` images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub batch: usize,
+    pub parts: usize,
+    pub micro: usize,
+}
+
+impl Split {
+    /// The fewest equal micro-batches of at most `fits` images that make up `batch` (None when `fits` is 0: not
+    /// even one image fits).
+    pub fn of(batch: usize, fits: usize) -> Option<Split> {
+        let parts = (1..=batch).find(|&p| batch.is_multiple_of(p) && batch / p <= fits)?;
+        Some(Split { batch, parts, micro: batch / parts })
+    }
+}
 
 /// Loss and correct predictions of one training step, as read back.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -102,6 +123,8 @@ pub struct Executor {
     /// Wrap the next training step in a graphics-debugger capture ([`Executor::capture_next_step`]).
     capture_next: bool,
     step: u64,
+    /// With gradient accumulation: the next training step's place in its cycle (0..accum).
+    micro: usize,
     input: TensorId,
     labels: TensorId,
     loss_node: usize,
@@ -137,7 +160,10 @@ impl Executor {
             return Err(Error::Invalid("the loss must be the last node of the graph".into()));
         }
 
-        let params = Params::new(&gpu, &graph, cfg.optimizer)?;
+        if cfg.accum == 0 {
+            return Err(Error::Invalid("gradient accumulation needs at least 1 micro-batch per step".into()));
+        }
+        let params = Params::new(&gpu, &graph, cfg.optimizer, cfg.accum > 1)?;
         let groups = graph.groups();
         let ring = ReadbackRing::new(&gpu, "step metrics", 64, crate::gpu::DType::F32.size())?;
         Ok(Executor {
@@ -157,6 +183,7 @@ impl Executor {
             capture_next: false,
             counters: Counters::default(),
             step: 0,
+            micro: 0,
             input,
             labels,
             loss_node,
@@ -187,7 +214,8 @@ impl Executor {
     }
 
     /// Freeze or unfreeze a parameter group. A change recompiles the backward pass (so no gradient work is done
-    /// for frozen layers) and resets the optimizer state, as fastai's freeze_to does.
+    /// for frozen layers) and resets the optimizer state, as fastai's freeze_to does, and starts a new gradient
+    /// accumulation cycle (a partial one is dropped, as fastai's GradientAccumulation does at a new fit).
     pub fn set_trainable(&mut self, group: usize, trainable: bool) -> Result<()> {
         if group >= self.trainable.len() {
             return Err(Error::Invalid(format!(
@@ -202,6 +230,7 @@ impl Executor {
                 self.eval = None;
             }
             self.reset_optimizer()?;
+            self.micro = 0;
         }
         Ok(())
     }

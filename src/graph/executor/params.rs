@@ -14,6 +14,9 @@ use crate::gpu::{DType, Gpu, Storage, Tensor};
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::ops::optim::Optimizer;
 
+/// The checkpoint name of a bucket's gradient sum (gradient accumulation).
+const SUM: &str = "grad_sum";
+
 /// The element type of parameters, gradients, optimizer state and running statistics.
 pub(super) const PARAM_DTYPE: DType = DType::F32;
 
@@ -29,6 +32,8 @@ pub(super) struct Bucket {
     pub grads: Storage,
     /// One buffer per [`Optimizer::state_names`] entry, in that order.
     pub state: Vec<Storage>,
+    /// With gradient accumulation: the running sum of the cycle's scaled gradients.
+    pub sum: Option<Storage>,
     /// Optimizer steps taken (Adam's debiasing).
     pub step: u64,
 }
@@ -53,7 +58,7 @@ pub(super) struct Params {
 
 impl Params {
     /// Allocate every persistent buffer of `graph` for `optimizer` and upload the initial values.
-    pub fn new(gpu: &Gpu, graph: &Graph, optimizer: Optimizer) -> Result<Params> {
+    pub fn new(gpu: &Gpu, graph: &Graph, optimizer: Optimizer, accumulate: bool) -> Result<Params> {
         let elem = PARAM_DTYPE.size();
         // Each view starts on a binding-aligned offset.
         let align = gpu.binding_alignment().max(elem);
@@ -89,9 +94,10 @@ impl Params {
                 params: storage("params")?,
                 grads: storage("grads")?,
                 state,
+                sum: if accumulate { Some(storage("gradient sum")?) } else { None },
                 step: 0,
             };
-            total += bytes * (2 + bucket.state.len() as u64);
+            total += bytes * (2 + bucket.state.len() as u64 + bucket.sum.is_some() as u64);
             for &(t, offset) in &bucket.members {
                 let info = &graph.tensors[t.0];
                 let v = bucket.params.view(offset, &info.shape, PARAM_DTYPE, &info.name)?;
@@ -167,13 +173,16 @@ impl Executor {
     pub async fn training_state_async(&self) -> Result<(Vec<NamedTensor>, String)> {
         let mut tensors = self.model_tensors_async().await?;
         for (i, b) in self.params.buckets.iter().enumerate() {
-            for (what, storage) in self.cfg.optimizer.state_names().iter().zip(&b.state) {
+            for (what, storage) in
+                self.cfg.optimizer.state_names().iter().zip(&b.state).chain(b.sum.iter().map(|s| (&SUM, s)))
+            {
                 let v = b.whole(storage, what)?;
                 tensors.push((format!("optimizer.{i}.{what}"), vec![b.len], self.gpu.read_f32_async(&v).await?));
             }
         }
         let counters = serde_json::json!({
             "step": self.step,
+            "micro": self.micro,
             "trainable": self.trainable,
             "bucket_steps": self.params.buckets.iter().map(|b| b.step).collect::<Vec<_>>(),
         });
@@ -203,12 +212,15 @@ impl Executor {
             self.gpu.write_f32(view, &get(&self.graph.tensors[t.0].name)?)?;
         }
         for (i, b) in self.params.buckets.iter_mut().enumerate() {
-            for (what, storage) in self.cfg.optimizer.state_names().iter().zip(&b.state) {
+            for (what, storage) in
+                self.cfg.optimizer.state_names().iter().zip(&b.state).chain(b.sum.iter().map(|s| (&SUM, s)))
+            {
                 self.gpu.write_f32(&b.whole(storage, what)?, &get(&format!("optimizer.{i}.{what}"))?)?;
             }
             b.step = bucket_steps[i];
         }
         self.step = c["step"].as_u64().ok_or_else(|| bad("no step count".into()))?;
+        self.micro = c["micro"].as_u64().unwrap_or(0) as usize % self.cfg.accum;
         Ok(())
     }
 

@@ -34,6 +34,8 @@ pub(super) struct Program {
     pub layers: Vec<Layer>,
     /// (bucket, dispatch)
     pub optim: Vec<(usize, Dispatch)>,
+    /// With gradient accumulation: (bucket, dispatch adding its gradients into its sum).
+    pub accumulate: Vec<(usize, Dispatch)>,
     pub input: Tensor,
     pub labels: Tensor,
     pub loss: Tensor,
@@ -56,8 +58,9 @@ pub(super) struct Layout {
     keys: Vec<(Key, String, Vec<usize>, DType)>,
     plan: SlotPlan,
     alias: HashMap<TensorId, TensorId>,
-    /// Why the plan cannot run on this adapter (a tensor over the binding limit), if it cannot.
-    oversized: Option<String>,
+    /// Why the plan cannot run on this adapter (a tensor over the binding limit), if it cannot, and the largest
+    /// batch that would fit (0: not even one image).
+    oversized: Option<(String, usize)>,
 }
 
 impl Layout {
@@ -134,6 +137,12 @@ impl Executor {
     /// then a figure for a larger GPU).
     pub fn plan_bytes(&self, training: bool) -> Result<u64> {
         Ok(self.persistent_bytes() + self.layout(training)?.total_bytes(self.pixel_stage()))
+    }
+
+    /// When a tensor of the program would exceed the adapter's storage-binding limit: the largest batch size that
+    /// fits (0 when not even one image does). None: the program fits.
+    pub fn batch_that_fits(&self, training: bool) -> Result<Option<usize>> {
+        Ok(self.layout(training)?.oversized.map(|(_, fits)| fits))
     }
 
     /// All planned GPU bytes of the training program: persistent tensors plus the memory plan's buffers. These are
@@ -246,10 +255,11 @@ impl Executor {
                 Key::Scratch(_) => scratch[&k].clone(),
             };
             let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
-            if bytes > limit && oversized.is_none() {
-                let batch = shape.first().copied().unwrap_or(1).max(1) as u64;
-                let per_image = (bytes / batch).max(1);
-                let fits = limit / per_image;
+            // Of the tensors over the limit, the one that allows the smallest batch speaks.
+            let batch = shape.first().copied().unwrap_or(1).max(1) as u64;
+            let per_image = (bytes / batch).max(1);
+            let fits = limit / per_image;
+            if bytes > limit && oversized.as_ref().is_none_or(|(_, f)| fits < *f as u64) {
                 let advice = if fits > 0 {
                     format!("a batch size of at most {fits} fits")
                 } else {
@@ -261,9 +271,12 @@ impl Executor {
                          pixels at most)"
                     )
                 };
-                oversized = Some(format!(
-                    "tensor '{name}' {shape:?} needs {bytes} bytes, more than this adapter's {limit}-byte storage \
-                     binding limit; {advice}"
+                oversized = Some((
+                    format!(
+                        "tensor '{name}' {shape:?} needs {bytes} bytes, more than this adapter's {limit}-byte \
+                         storage binding limit; {advice}"
+                    ),
+                    fits as usize,
                 ));
             }
             let (first, last) = life[&k];
@@ -279,7 +292,7 @@ impl Executor {
     pub(super) fn compile(&self, training: bool) -> Result<Program> {
         let g = &self.graph;
         let layout = self.layout(training)?;
-        if let Some(msg) = &layout.oversized {
+        if let Some((msg, _)) = &layout.oversized {
             return Err(Error::Invalid(msg.clone()));
         }
         let transient_bytes = layout.total_bytes(self.pixel_stage());
@@ -308,6 +321,7 @@ impl Executor {
             built.push(Layer { name: layer.name.clone(), dispatches, dropout: layer.dropout.clone() });
         }
         let mut optim = Vec::new();
+        let mut accumulate = Vec::new();
         if training {
             for (i, b) in self.params.buckets.iter().enumerate() {
                 if !self.bucket_trains(b) {
@@ -326,6 +340,17 @@ impl Executor {
                     &format!("optimizer group {}", b.group),
                 )?;
                 optim.push((i, d));
+                if let Some(sum) = &b.sum {
+                    let d = crate::ops::accumulate::accumulate_gradients(
+                        &self.gpu,
+                        &b.whole(&b.grads, "grads")?,
+                        &b.whole(sum, "gradient sum")?,
+                        crate::ops::accumulate::AccumulateMode::Start,
+                        1.0,
+                        &format!("accumulate group {}", b.group),
+                    )?;
+                    accumulate.push((i, d));
+                }
             }
         }
         let get = |k: Key| views.get(k).cloned();
@@ -351,6 +376,7 @@ impl Executor {
         Ok(Program {
             layers: built,
             optim,
+            accumulate,
             input: get(Key::Value(self.input))?,
             labels: get(Key::Value(self.labels))?,
             loss: get(Key::Value(loss))?,

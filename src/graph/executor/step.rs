@@ -209,8 +209,23 @@ impl Executor {
                 uniform_bytes += size_of::<DropoutParams>() as u64;
             }
         }
+        // Gradient accumulation: every step adds its gradients into the sums; the cycle's last hands the total to
+        // the optimizer.
+        let k = self.cfg.accum;
+        let accumulating = update && k > 1;
+        let apply = update && (!accumulating || self.micro + 1 == k);
+        let mut accumulate: Vec<&Dispatch> = Vec::new();
+        if accumulating {
+            let mode = crate::ops::accumulate::AccumulateMode::of(self.micro, k);
+            for (bucket, d) in &p.accumulate {
+                let params = mode.params(self.params.buckets[*bucket].len, 1.0 / k as f32);
+                self.gpu.write_params(d, bytemuck::bytes_of(&params));
+                uniform_bytes += size_of_val(&params) as u64;
+                accumulate.push(d);
+            }
+        }
         let mut optim: Vec<&Dispatch> = Vec::new();
-        if update {
+        if apply {
             for (bucket, d) in &p.optim {
                 let b = &self.params.buckets[*bucket];
                 let mut h = self.hyper[b.group];
@@ -224,6 +239,9 @@ impl Executor {
             }
         }
         let mut groups = p.layer_groups();
+        if !accumulate.is_empty() {
+            groups.push(("accumulate gradients", accumulate));
+        }
         if !optim.is_empty() {
             groups.push(("optimizer", optim));
         }
@@ -243,10 +261,13 @@ impl Executor {
         }
         self.counters.encode_ns += submitted.encode.as_nanos() as u64;
         self.counters.submit_ns += submitted.submit.as_nanos() as u64;
-        if update {
+        if apply {
             for (bucket, _) in &p.optim {
                 self.params.buckets[*bucket].step += 1;
             }
+        }
+        if accumulating {
+            self.micro = (self.micro + 1) % k;
         }
         let mut it = submitted.tickets.into_iter();
         let (Some(loss), Some(correct)) = (it.next(), it.next()) else { unreachable!("two tensors read back") };
