@@ -242,7 +242,7 @@ pub struct StepRecord {
     pub accum: usize,
     /// Wall time of the first step, from compiling the program to its loss being read back.
     pub first_step_s: f64,
-    /// CPU time to encode one step's command buffer (mean), microseconds.
+    /// CPU time to encode one submission's command buffer (mean; a micro-batch with accumulation), microseconds.
     pub encode_us: f64,
     /// Mean time the train_step call took (upload, uniforms, encode, submit): on a saturated adapter the driver
     /// blocks the submit until earlier steps finish, so this approaches the step time.
@@ -339,8 +339,9 @@ pub fn bench_step_accumulated(
         first_step_s,
         encode_us: (c.encode_ns - before.encode_ns) as f64 / n / 1e3,
         call_us: encode.iter().sum::<f64>() / n * 1e6,
-        submits_per_step: (c.submits - before.submits) as f64 / n,
-        readback_bytes_per_step: (c.bytes_read_back - before.bytes_read_back) as f64 / n,
+        // Per optimizer step: with accumulation, one submit and one loss per micro-batch.
+        submits_per_step: (c.submits - before.submits) as f64 / steps.max(1) as f64,
+        readback_bytes_per_step: (c.bytes_read_back - before.bytes_read_back) as f64 / steps.max(1) as f64,
         planned_bytes: ex.planned_bytes()?,
         adapter,
         profile: profiled.as_ref().map(crate::profile::ProfileSummary::new),

@@ -249,7 +249,10 @@ fn a_batch_too_large_for_the_adapter_is_split_into_accumulated_micro_batches() {
     let s = split.split.expect("one image more than fits is split");
     assert_eq!(s.batch, fits + 1);
     assert!(s.parts >= 2 && s.micro * s.parts == fits + 1 && s.micro <= fits, "{s:?}");
-    assert!((2..s.parts).all(|p| !(fits + 1).is_multiple_of(p) || (fits + 1) / p > fits), "{s:?} is not the fewest parts");
+    assert!(
+        (2..s.parts).all(|p| !(fits + 1).is_multiple_of(p) || (fits + 1) / p > fits),
+        "{s:?} is not the fewest parts"
+    );
     assert_eq!((split.cfg.bs, split.cfg.accum), (s.micro, s.parts));
     assert_eq!(split.ex.batch_that_fits(true).unwrap(), None, "the micro-batch plan fits");
 }
