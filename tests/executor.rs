@@ -428,3 +428,34 @@ fn accumulating_four_batches_of_8_equals_one_batch_of_32() {
         assert_ne!(read(&four), start, "the weights moved");
     }
 }
+
+/// A checkpoint taken in the middle of an accumulation cycle (two of three micro-batches summed) restores the
+/// sums and the cycle position: the resumed executor's update equals the uninterrupted one's, bit for bit.
+#[test]
+fn a_resume_inside_an_accumulation_cycle_continues_it() {
+    let g = plain_cnn(4);
+    let cfg = ExecutorConfig { accum: 3, ..Default::default() };
+    let batches: Vec<_> = (0..3).map(|i| batch(&g, 400 + i, 3)).collect();
+    let mut whole = Executor::new(gpu(), g.clone(), cfg).unwrap();
+    for (x, y) in &batches[..2] {
+        whole.train_step(x, y).unwrap();
+    }
+    whole.wait_metrics().unwrap();
+    let (tensors, counters) = whole.training_state().unwrap();
+    let mut resumed = Executor::new(gpu(), g.clone(), cfg).unwrap();
+    let get = |name: &str| {
+        tensors.iter().find(|t| t.0 == name).map(|t| t.2.clone()).ok_or_else(|| wgtune::Error::Invalid(name.into()))
+    };
+    resumed.restore_training_state(&get, &counters).unwrap();
+    let (x, y) = &batches[2];
+    for ex in [&mut whole, &mut resumed] {
+        ex.train_step(x, y).unwrap();
+        ex.wait_metrics().unwrap();
+    }
+    let (a, _) = whole.training_state().unwrap();
+    let (b, _) = resumed.training_state().unwrap();
+    assert!(a.iter().any(|t| t.0.ends_with("grad_sum")), "the sums are part of the state");
+    for ((name, _, u), (_, _, v)) in a.iter().zip(&b) {
+        assert!(u.iter().zip(v).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after the resume");
+    }
+}
