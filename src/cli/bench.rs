@@ -46,6 +46,15 @@ pub(crate) fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One measurement: a JSON line with `--json`, else the text row `row` makes.
+fn emit<T: serde::Serialize>(json: bool, record: &T, row: impl FnOnce(&T) -> String) {
+    if json {
+        println!("{}", serde_json::to_string(record).unwrap_or_default());
+    } else {
+        println!("{}", row(record));
+    }
+}
+
 pub(crate) fn print_matmul(
     gpu: &Gpu,
     sizes: &[usize],
@@ -60,14 +69,12 @@ pub(crate) fn print_matmul(
         );
     }
     bench_matmul(gpu, sizes, kernels, cfg, |r: &MatmulRecord| {
-        if json {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
-        } else {
-            println!(
+        emit(json, r, |r| {
+            format!(
                 "{:<8} {:>6} {:>6} {:>6} {:>10.3} {:>12.2} {:>5}",
                 r.kernel, r.m, r.n, r.k, r.gflops, r.median_ms, r.runs
-            );
-        }
+            )
+        })
     })?;
     Ok(())
 }
@@ -91,14 +98,12 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             let gpu = open_gpu(adapter)?;
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             for r in wgtune::bench::bench_data(&gpu, images, (500, 375), presize, size, bs, workers)? {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
+                emit(json, &r, |r| {
+                    format!(
                         "{:<15} {:>9.1} images/s  ({}, presize {}, size {}, {} workers)",
                         r.stage, r.images_per_s, r.source, r.presize, r.size, r.workers
-                    );
-                }
+                    )
+                });
             }
             Ok(())
         }
@@ -107,11 +112,12 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             let mut failed = 0;
             for name in &model {
                 match wgtune::bench::bench_predict(gpu.clone(), *name, bs, size, runs) {
-                    Ok(r) if json => println!("{}", serde_json::to_string(&r)?),
-                    Ok(r) => println!(
-                        "{:<14} batch {:>3} at {}px: {:>8.2} images/s ({:.0} ms per batch)",
-                        r.model, r.batch, r.size, r.images_per_s, r.median_ms
-                    ),
+                    Ok(r) => emit(json, &r, |r| {
+                        format!(
+                            "{:<14} batch {:>3} at {}px: {:>8.2} images/s ({:.0} ms per batch)",
+                            r.model, r.batch, r.size, r.images_per_s, r.median_ms
+                        )
+                    }),
                     Err(e) => {
                         failed += 1;
                         if json {
@@ -134,15 +140,13 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
             for name in &model {
                 let r = wgtune::bench::bench_memory(gpu.clone(), *name, bs, size)?;
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    let mib = |b: u64| b as f64 / (1 << 20) as f64;
-                    println!(
+                let mib = |b: u64| b as f64 / (1 << 20) as f64;
+                emit(json, &r, |r| {
+                    format!(
                         "{:<14} batch {:>3} at {}px: training {:>8.1} MiB, evaluation {:>8.1} MiB (persistent {:.1} MiB)",
                         r.model, r.batch, r.size, mib(r.train_bytes), mib(r.eval_bytes), mib(r.persistent_bytes)
-                    );
-                }
+                    )
+                });
             }
             Ok(())
         }
@@ -190,14 +194,12 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
                 );
             }
             bench_conv(&gpu, &default_conv_layers(), cfg, |r| {
-                if json {
-                    println!("{}", serde_json::to_string(r).unwrap_or_default());
-                } else {
-                    println!(
+                emit(json, r, |r| {
+                    format!(
                         "{:<16} {:<16} {:>6} {:>9.3} {:>9.3} {:>11.2} {:>5}",
                         r.layer, r.pass, r.groups, r.gflops, r.gbps, r.median_ms, r.runs
-                    );
-                }
+                    )
+                })
             })?;
             if no_matmul {
                 return Ok(());
