@@ -144,7 +144,7 @@ fn encode(spec: &ModelSpec, graph: &Graph, values: &HashMap<String, Vec<f32>>, o
         domain: None,
         model_version: Some(1),
         doc_string: Some(format!(
-            "{} with the {} head, {} classes, fine-tuned with wgtune; eval mode (batch norm with running \
+            "{} with the {} head, {} classes, exported by wgtune; eval mode (batch norm with running \
              statistics, no dropout)",
             spec.arch.name(),
             spec.head.name(),
