@@ -275,28 +275,27 @@ pub fn small_cnn(batch: usize, size: usize) -> Result<Graph> {
     Ok(g)
 }
 
-/// Time `steps` training steps (after the first, which is timed on its own) of `graph` with Adam; with `profile`,
-/// one more step is timed dispatch by dispatch and returned too.
+/// Time `steps` optimizer steps (after the first, which is timed on its own, executor building included) of the
+/// model `graph` builds for a batch of `batch`, with Adam; with `profile`, one more step is timed dispatch by
+/// dispatch and returned too. A batch over the adapter's binding limit is split into accumulated micro-batches
+/// (as `finetune` does; the split is returned): each optimizer step then runs `parts` of them.
 pub fn bench_step(
     gpu: Arc<Gpu>,
     model: &str,
-    graph: Graph,
+    graph: impl Fn(usize) -> Result<Graph>,
+    batch: usize,
     steps: usize,
     profile: bool,
-) -> Result<(StepRecord, Option<crate::graph::executor::StepProfile>)> {
-    bench_step_accumulated(gpu, model, graph, 1, steps, profile)
-}
-
-/// [`bench_step`] with gradient accumulation: `graph` takes one micro-batch, `accum` of them make an optimizer
-/// step; `steps` optimizer steps are timed (the record's batch is the whole `accum` x micro-batch).
-pub fn bench_step_accumulated(
-    gpu: Arc<Gpu>,
-    model: &str,
-    graph: Graph,
-    accum: usize,
-    steps: usize,
-    profile: bool,
-) -> Result<(StepRecord, Option<crate::graph::executor::StepProfile>)> {
+) -> Result<(StepRecord, Option<crate::graph::executor::Split>, Option<crate::graph::executor::StepProfile>)> {
+    let t0 = Instant::now();
+    let mut ex = Executor::new(gpu.clone(), graph(batch)?, ExecutorConfig::default())?;
+    let split = ex.split_to_fit()?;
+    let accum = split.map_or(1, |s| s.parts);
+    if let Some(s) = split {
+        drop(ex);
+        ex = Executor::new(gpu.clone(), graph(s.micro)?, ExecutorConfig { accum, ..Default::default() })?;
+    }
+    let graph = ex.graph();
     let input = graph.tensors.iter().find(|t| t.kind == TensorKind::Input).map(|t| t.shape.clone()).unwrap_or_default();
     let (batch, size) = (input[0], input[input.len() - 1]);
     let classes =
@@ -305,8 +304,6 @@ pub fn bench_step_accumulated(
     let mut rng = SplitMix(1);
     let images = rng.vec_f32(input.iter().product(), -1.0, 1.0);
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes as u32)).collect();
-    let t0 = Instant::now();
-    let mut ex = Executor::new(gpu, graph, ExecutorConfig { accum, ..Default::default() })?;
     for _ in 0..accum {
         ex.train_step(&images, &labels)?;
     }
@@ -346,7 +343,7 @@ pub fn bench_step_accumulated(
         adapter,
         profile: profiled.as_ref().map(crate::profile::ProfileSummary::new),
     };
-    Ok((record, profiled))
+    Ok((record, split, profiled))
 }
 
 /// Inference throughput of one architecture.

@@ -1,8 +1,6 @@
 //! `wgtune info` and `wgtune bench ...`: print what the library's benchmarks measured.
 
-use wgtune::bench::{
-    bench_conv, bench_matmul, bench_step_accumulated, default_conv_layers, small_cnn, BenchConfig, MatmulRecord,
-};
+use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, small_cnn, BenchConfig, MatmulRecord};
 use wgtune::gpu::{AdapterRequest, Gpu};
 use wgtune::ops::matmul::MatmulKernel;
 
@@ -156,16 +154,14 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
                 arch => wgtune::nn::Arch::parse(arch)?.with_fastai_head(bs, size, 10, 0.1, wgtune::nn::FASTAI_PS),
             };
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
-            // A batch over the adapter's binding limit trains as accumulated micro-batches, as finetune does.
-            let probe = wgtune::graph::executor::Executor::new(gpu.clone(), graph(bs)?, Default::default())?;
-            let split = probe.batch_that_fits(true)?.and_then(|fits| wgtune::graph::executor::Split::of(bs, fits));
-            drop(probe);
-            let (micro, accum) = split.map_or((bs, 1), |s| (s.micro, s.parts));
-            if split.is_some() && !json {
-                println!("batch {bs} does not fit this adapter's storage-binding limit: {accum} accumulated micro-batches of {micro}");
+            let (r, split, profiled) =
+                bench_step(gpu, &model, graph, bs, steps, profile).map_err(|e| with_memory_advice(e, bs, size))?;
+            if let Some(s) = split.filter(|_| !json) {
+                println!(
+                    "batch {bs} does not fit this adapter's storage-binding limit: {} accumulated micro-batches of {}",
+                    s.parts, s.micro
+                );
             }
-            let (r, profiled) = bench_step_accumulated(gpu, &model, graph(micro)?, accum, steps, profile)
-                .map_err(|e| with_memory_advice(e, bs, size))?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());

@@ -115,14 +115,9 @@ pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Res
         for chunk in ready.chunks(batch) {
             // A short last batch repeats its last image; those rows are not reported.
             let image = |i: usize| &chunk[i.min(chunk.len() - 1)].1;
-            let normalized = || {
-                let mut input = Vec::with_capacity(batch * 3 * spec.input_size * spec.input_size);
-                for i in 0..batch {
-                    normalize_into(image(i), &spec.normalization, &mut input);
-                }
-                input
-            };
-            let probs = if tta {
+            // TTA reads the pixels (--logits and --tta exclude each other); otherwise the batch is normalized once
+            // for the probabilities and the logits.
+            let (probs, logits) = if tta {
                 use wgtune::learner::{tta_blend, tta_transforms, TTA_BETA, TTA_VIEWS};
                 let pixels: Vec<u8> = (0..batch).flat_map(|i| image(i).iter().copied()).collect();
                 let plain = ex.predict_pixels(&pixels)?;
@@ -130,11 +125,15 @@ pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Res
                 let views = (0..TTA_VIEWS)
                     .map(|_| ex.predict_pixels_with(&pixels, &tta_transforms(&aug, &mut rng, batch)))
                     .collect::<wgtune::Result<Vec<_>>>()?;
-                tta_blend(&plain, &views, TTA_BETA)
+                (tta_blend(&plain, &views, TTA_BETA), vec![])
             } else {
-                ex.predict(&normalized())?
+                let mut input = Vec::with_capacity(batch * 3 * spec.input_size * spec.input_size);
+                for i in 0..batch {
+                    normalize_into(image(i), &spec.normalization, &mut input);
+                }
+                let logits = if with_logits { ex.predict_logits(&input)? } else { vec![] };
+                (ex.predict(&input)?, logits)
             };
-            let logits = if with_logits { ex.predict_logits(&normalized())? } else { vec![] };
             for (i, (path, _)) in chunk.iter().enumerate() {
                 let top = top5(&probs[i * k..(i + 1) * k], &spec.classes);
                 let row = logits.get(i * k..(i + 1) * k);

@@ -72,6 +72,14 @@ impl Default for CsvOptions {
     }
 }
 
+/// How labelled rows are split into train and valid.
+enum SplitBy {
+    /// A seeded random fraction (valid_pct, seed) goes to valid.
+    Random(f64, u64),
+    /// Each row says (a CSV's split column).
+    Flagged,
+}
+
 /// Train and valid items with their class names.
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -232,9 +240,9 @@ impl Dataset {
     /// fastai's `ImageDataLoaders.from_csv`: one row per image, the file name in `opts.image_col` (relative to
     /// `root`, joined with `opts.folder`), the label in `opts.label_col`, and the split from `opts.valid_col`
     /// (true/false, 1/0, yes/no) or, without one, a seeded random `valid_pct`. The first row is a header when a
-    /// column is chosen by name or when its file cell has no image extension (`file`, `fname`). Errors name the CSV, the line and the
-    /// column: an unknown column, a short row, an empty file name or label, a bad split value, files that do not
-    /// exist (the first five).
+    /// column is chosen by name or when its file cell has no image extension (`file`, `fname`). Errors name the
+    /// CSV, the line and the column: an unknown column, a short row, an empty file name or label, a bad split
+    /// value, files that do not exist (the first five).
     pub fn from_csv(csv: &Path, root: &Path, opts: &CsvOptions, valid_pct: f64, seed: u64) -> Result<Dataset> {
         let origin = csv.display().to_string();
         let bytes = std::fs::read(csv).map_err(|e| Error::Invalid(format!("cannot read '{origin}': {e}")))?;
@@ -330,21 +338,8 @@ impl Dataset {
                 first.join(", ")
             )));
         }
-        if valid_col.is_none() {
-            let rows = rows.into_iter().map(|(f, l, _)| (f, l)).collect();
-            return Self::from_labelled(rows, valid_pct, seed, &origin);
-        }
-        let classes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        let (mut train, mut valid) = (Vec::new(), Vec::new());
-        for (file, label, is_valid) in rows {
-            let item = Item { source: Source::File(file), label: classes.binary_search(&label).unwrap_or(0) as u32 };
-            if is_valid {
-                valid.push(item)
-            } else {
-                train.push(item)
-            }
-        }
-        Dataset { classes, train, valid, skipped: Vec::new() }.check(&origin)
+        let split = if valid_col.is_some() { SplitBy::Flagged } else { SplitBy::Random(valid_pct, seed) };
+        Self::from_labelled(rows, split, &origin)
     }
 
     /// Every image below `dir`, labelled by the first capture group of `pattern` applied to its file name
@@ -364,20 +359,27 @@ impl Dataset {
                 .captures(&name)
                 .and_then(|c| c.get(1))
                 .ok_or_else(|| Error::Invalid(format!("--label-regex '{pattern}' does not match file '{name}'")))?;
-            rows.push((f.clone(), label.as_str().to_string()));
+            rows.push((f.clone(), label.as_str().to_string(), false));
         }
-        let mut ds = Self::from_labelled(rows, valid_pct, seed, &dir.display().to_string())?;
+        let mut ds = Self::from_labelled(rows, SplitBy::Random(valid_pct, seed), &dir.display().to_string())?;
         ds.skipped = skipped;
         Ok(ds)
     }
 
-    fn from_labelled(rows: Vec<(PathBuf, String)>, valid_pct: f64, seed: u64, origin: &str) -> Result<Dataset> {
-        let classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        let items: Vec<Item> = rows
-            .into_iter()
-            .map(|(p, l)| Item { source: Source::File(p), label: classes.binary_search(&l).unwrap_or(0) as u32 })
-            .collect();
-        let (train, valid) = random_split(items, valid_pct, seed);
+    /// Rows of (file, label, in the validation set): classes are the sorted labels; the split is the rows' flags
+    /// or a seeded random one.
+    fn from_labelled(rows: Vec<(PathBuf, String, bool)>, split: SplitBy, origin: &str) -> Result<Dataset> {
+        let classes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let items = rows.into_iter().map(|(p, l, valid)| {
+            (Item { source: Source::File(p), label: classes.binary_search(&l).unwrap_or(0) as u32 }, valid)
+        });
+        let (train, valid) = match split {
+            SplitBy::Random(valid_pct, seed) => random_split(items.map(|(item, _)| item).collect(), valid_pct, seed),
+            SplitBy::Flagged => {
+                let (valid, train): (Vec<_>, Vec<_>) = items.partition(|(_, valid)| *valid);
+                (train.into_iter().map(|(i, _)| i).collect(), valid.into_iter().map(|(i, _)| i).collect())
+            }
+        };
         Dataset { classes, train, valid, skipped: Vec::new() }.check(origin)
     }
 

@@ -56,6 +56,19 @@ impl Confusion {
         self.counts[actual * self.classes.len() + predicted]
     }
 
+    /// Tally the first `real` rows of `probs` (rows of class probabilities) against `labels`; returns the rows'
+    /// summed cross-entropy of the true class (probabilities floored at 1e-12).
+    pub fn add_rows(&mut self, probs: &[f32], labels: &[u32], real: usize) -> f64 {
+        let k = self.classes.len();
+        let mut loss = 0.0;
+        for (row, &y) in probs.chunks_exact(k).zip(labels).take(real) {
+            let y = y as usize;
+            loss -= (row[y].max(1e-12) as f64).ln();
+            self.add(y, row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i));
+        }
+        loss
+    }
+
     pub fn total(&self) -> usize {
         self.counts.iter().map(|&c| c as usize).sum()
     }

@@ -213,7 +213,7 @@ impl Learner {
         };
         let mut ex = build(&cfg)?;
         let mut split = None;
-        if let Some(s) = ex.batch_that_fits(true)?.and_then(|fits| Split::of(cfg.bs, fits)) {
+        if let Some(s) = ex.split_to_fit()? {
             split = Some(s);
             cfg.bs = s.micro;
             cfg.accum *= s.parts;
@@ -403,19 +403,12 @@ impl Learner {
     }
 
     pub async fn validate_confusion_async(&mut self) -> Result<(f64, Confusion)> {
-        let k = self.spec.classes.len();
         let mut confusion = Confusion::new(self.spec.classes.clone());
         let mut loss = 0.0;
         for batch in self.valid.epoch(0) {
             let batch = batch?;
             let probs = self.ex.predict_pixels_async(&batch.pixels).await?;
-            for r in 0..batch.real {
-                let row = &probs[r * k..(r + 1) * k];
-                let y = batch.labels[r] as usize;
-                loss -= (row[y].max(1e-12) as f64).ln();
-                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-                confusion.add(y, best);
-            }
+            loss += confusion.add_rows(&probs, &batch.labels, batch.real);
         }
         Ok((loss / confusion.total().max(1) as f64, confusion))
     }

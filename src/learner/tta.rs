@@ -47,7 +47,6 @@ impl Learner {
     }
 
     pub async fn tta_async(&mut self, views: usize, beta: f64) -> Result<Tta> {
-        let k = self.spec.classes.len();
         let mut rng = SplitMix(self.cfg.seed ^ 0x77a);
         let (mut plain_c, mut tta_c) =
             (Confusion::new(self.spec.classes.clone()), Confusion::new(self.spec.classes.clone()));
@@ -61,16 +60,8 @@ impl Learner {
                 augmented.push(self.ex.predict_pixels_with_async(&batch.pixels, &transforms).await?);
             }
             let blended = tta_blend(&plain, &augmented, beta);
-            for r in 0..batch.real {
-                let y = batch.labels[r] as usize;
-                for (probs, loss, confusion) in
-                    [(&plain, &mut plain_loss, &mut plain_c), (&blended, &mut tta_loss, &mut tta_c)]
-                {
-                    let row = &probs[r * k..(r + 1) * k];
-                    *loss -= (row[y].max(1e-12) as f64).ln();
-                    confusion.add(y, row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i));
-                }
-            }
+            plain_loss += plain_c.add_rows(&plain, &batch.labels, batch.real);
+            tta_loss += tta_c.add_rows(&blended, &batch.labels, batch.real);
         }
         let n = plain_c.total().max(1) as f64;
         Ok(Tta {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::params::PARAM_DTYPE;
-use super::{Executor, Key};
+use super::{Executor, Key, Split};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, Gpu, Storage, Tensor};
 use crate::graph::plan::{assign_slots, Lifetime, SlotPlan};
@@ -143,6 +143,13 @@ impl Executor {
     /// fits (0 when not even one image does). None: the program fits.
     pub fn batch_that_fits(&self, training: bool) -> Result<Option<usize>> {
         Ok(self.layout(training)?.oversized.map(|(_, fits)| fits))
+    }
+
+    /// When the training program's batch does not fit the adapter: the fewest equal micro-batches that do (see
+    /// [`Split::of`]). None: it fits, or not even one image does (compiling then says so).
+    pub fn split_to_fit(&self) -> Result<Option<Split>> {
+        let batch = self.graph.tensors[self.input.0].shape[0];
+        Ok(self.batch_that_fits(true)?.and_then(|fits| Split::of(batch, fits)))
     }
 
     /// All planned GPU bytes of the training program: persistent tensors plus the memory plan's buffers. These are
