@@ -1,29 +1,44 @@
-// loss.wgsl — softmax cross-entropy with optional label smoothing, and the accuracy count.
+// loss.wgsl — the classification losses and their counts: softmax cross-entropy (one label per row, optional label
+// smoothing) and sigmoid binary cross-entropy with logits (several labels per row), both on mixed targets.
 //
-// With target distribution q = (1 - eps) * onehot(label) + eps / C and p = softmax(logits):
-//   loss_row = -sum_c q_c log p_c = (1 - eps) * (lse - x_label) + eps * (lse - mean_c x_c),  lse = logsumexp(x)
-//   loss     = mean over rows                          (softmax_cross_entropy_forward, one scalar)
-//   dlogits  = scale * (p - q) / batch                 (softmax_cross_entropy_backward; scale = dL/dloss)
-//   correct  = number of rows whose argmax (first maximum) equals the label   (correct_count, one scalar)
-//   probs    = softmax(logits), row by row                                   (softmax_forward, inference)
-// Labels >= C are a caller error (checked on the CPU); here they are clamped so nothing reads out of bounds.
+// Targets. Row r holds two label sets and a weight: its own labels a, its MixUp/CutMix partner's labels b, and lam
+// (f32 bits). A label set is one class index (softmax) or a bitmask of `words` u32 (sigmoid; bit c of word c / 32 is
+// class c). Without mixing b = a and lam = 1. Every loss is linear in its target, so the mixed loss
+// lam * L(x, a) + (1 - lam) * L(x, b) (fastai's MixUp/CutMix loss) is L against the target t = lam * a + (1 - lam) * b.
 //
-// Layout: logits (batch, C) row-major, labels (batch) u32.
-// Dispatch: forward and correct_count: ONE workgroup of 256 (rows strided over invocations, then a tree
-// reduction, so the sum order is fixed); backward and softmax_forward: one invocation per row,
-// (ceil(batch / 64), 1, 1).
+// Softmax cross-entropy, p = softmax(x), q = (1 - eps) * t + eps / C:
+//   loss_row = -sum_c q_c log p_c = (1 - eps) * (lse - sum_c t_c x_c) + eps * (lse - mean_c x_c),  lse = logsumexp(x)
+//   loss     = mean over rows                                   (softmax_cross_entropy_forward, one scalar)
+//   dlogits  = scale * (p - q) / batch                          (softmax_cross_entropy_backward; scale = dL/dloss)
+//   correct  = rows whose argmax (first maximum) is label a     (correct_count, one scalar)
+//   probs    = softmax(x), row by row                           (softmax_forward, inference)
+// Sigmoid binary cross-entropy with logits, s = sigmoid(x), over every (row, class):
+//   loss_e   = max(x, 0) - x * t + log(1 + exp(-|x|))          (PyTorch's stable form)
+//   loss     = mean over batch * C elements                     (sigmoid_bce_forward)
+//   dlogits  = scale * (s - t) / (batch * C)                    (sigmoid_bce_backward)
+//   correct  = elements with (s > threshold) == a_c             (multi_label_correct: fastai's accuracy_multi * N * C)
+//   probs    = s                                                (sigmoid_forward)
+// Class indices >= C are a caller error (checked on the CPU); here they are clamped so nothing reads out of bounds.
+//
+// Layout: logits (batch, C) row-major; targets (batch, 2 * words + 1) u32.
+// Dispatch: the forwards and counts: ONE workgroup of 256 (rows strided over invocations, then a tree reduction, so
+// the sum order is fixed); backwards and probabilities: one invocation per row, (ceil(batch / 64), 1, 1).
 
 struct LossParams {
     batch: u32,
     classes: u32,
     smoothing: f32,
     scale: f32,
+    words: u32,
+    threshold: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: LossParams;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;     // (batch, C)
-@group(0) @binding(2) var<storage, read> labels: array<u32>;     // (batch)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // forward/count: (1); backward: (batch, C)
+@group(0) @binding(2) var<storage, read> targets: array<u32>;    // (batch, 2 * words + 1)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // forward/count: (1); backward/probs: (batch, C)
 
 var<workgroup> partial: array<f32, 256>;
 
@@ -44,8 +59,36 @@ fn row_sum_exp(base: u32, m: f32) -> f32 {
     return s;
 }
 
-fn label_of(row: u32) -> u32 {
-    return min(labels[row], p.classes - 1u);
+fn target_base(row: u32) -> u32 {
+    return row * (2u * p.words + 1u);
+}
+
+// The softmax loss's own label (set 0) or partner label (set 1) of a row.
+fn class_of(row: u32, which: u32) -> u32 {
+    return min(targets[target_base(row) + which * p.words], p.classes - 1u);
+}
+
+fn lam_of(row: u32) -> f32 {
+    return bitcast<f32>(targets[target_base(row) + 2u * p.words]);
+}
+
+// Bit c of a row's label set (sigmoid loss), as 0 or 1.
+fn bit_of(row: u32, which: u32, c: u32) -> f32 {
+    let word = targets[target_base(row) + which * p.words + c / 32u];
+    return f32((word >> (c % 32u)) & 1u);
+}
+
+// The sigmoid loss's mixed target of (row, c).
+fn multi_target(row: u32, c: u32, lam: f32) -> f32 {
+    return lam * bit_of(row, 0u, c) + (1.0 - lam) * bit_of(row, 1u, c);
+}
+
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
 }
 
 // Sum `partial` over the workgroup into partial[0]. Every invocation must call it.
@@ -73,7 +116,8 @@ fn softmax_cross_entropy_forward(@builtin(local_invocation_index) lid: u32) {
             sum_x += v;
         }
         let lse = m + log(sum_exp);
-        let nll = lse - logits[base + label_of(row)];
+        let lam = lam_of(row);
+        let nll = lse - (lam * logits[base + class_of(row, 0u)] + (1.0 - lam) * logits[base + class_of(row, 1u)]);
         let uniform_nll = lse - sum_x / f32(p.classes);
         acc += (1.0 - p.smoothing) * nll + p.smoothing * uniform_nll;
     }
@@ -93,13 +137,15 @@ fn softmax_cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>)
     let base = row * p.classes;
     let m = row_max(base);
     let sum_exp = row_sum_exp(base, m);
-    let label = label_of(row);
+    let a = class_of(row, 0u);
+    let b = class_of(row, 1u);
+    let lam = lam_of(row);
     let k = p.scale / f32(p.batch);
     let off_target = p.smoothing / f32(p.classes);
     for (var c = 0u; c < p.classes; c++) {
         let prob = exp(logits[base + c] - m) / sum_exp;
-        let wanted = select(off_target, 1.0 - p.smoothing + off_target, c == label);
-        out[base + c] = k * (prob - wanted);
+        let t = select(0.0, lam, c == a) + select(0.0, 1.0 - lam, c == b);
+        out[base + c] = k * (prob - ((1.0 - p.smoothing) * t + off_target));
     }
 }
 
@@ -117,7 +163,7 @@ fn correct_count(@builtin(local_invocation_index) lid: u32) {
                 best = c;
             }
         }
-        acc += select(0.0, 1.0, best == labels[row]);
+        acc += select(0.0, 1.0, best == targets[target_base(row)]);
     }
     partial[lid] = acc;
     workgroup_sum(lid);
@@ -137,5 +183,66 @@ fn softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let sum_exp = row_sum_exp(base, m);
     for (var c = 0u; c < p.classes; c++) {
         out[base + c] = exp(logits[base + c] - m) / sum_exp;
+    }
+}
+
+@compute @workgroup_size(256)
+fn sigmoid_bce_forward(@builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    for (var row = lid; row < p.batch; row += 256u) {
+        let base = row * p.classes;
+        let lam = lam_of(row);
+        for (var c = 0u; c < p.classes; c++) {
+            let x = logits[base + c];
+            acc += max(x, 0.0) - x * multi_target(row, c, lam) + log(1.0 + exp(-abs(x)));
+        }
+    }
+    partial[lid] = acc;
+    workgroup_sum(lid);
+    if lid == 0u {
+        out[0] = partial[0] / (f32(p.batch) * f32(p.classes));
+    }
+}
+
+@compute @workgroup_size(64)
+fn sigmoid_bce_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if row >= p.batch {
+        return;
+    }
+    let base = row * p.classes;
+    let lam = lam_of(row);
+    let k = p.scale / (f32(p.batch) * f32(p.classes));
+    for (var c = 0u; c < p.classes; c++) {
+        out[base + c] = k * (sigmoid(logits[base + c]) - multi_target(row, c, lam));
+    }
+}
+
+@compute @workgroup_size(256)
+fn multi_label_correct(@builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    for (var row = lid; row < p.batch; row += 256u) {
+        let base = row * p.classes;
+        for (var c = 0u; c < p.classes; c++) {
+            let predicted = sigmoid(logits[base + c]) > p.threshold;
+            acc += select(0.0, 1.0, predicted == (bit_of(row, 0u, c) > 0.5));
+        }
+    }
+    partial[lid] = acc;
+    workgroup_sum(lid);
+    if lid == 0u {
+        out[0] = partial[0];
+    }
+}
+
+@compute @workgroup_size(64)
+fn sigmoid_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if row >= p.batch {
+        return;
+    }
+    let base = row * p.classes;
+    for (var c = 0u; c < p.classes; c++) {
+        out[base + c] = sigmoid(logits[base + c]);
     }
 }

@@ -474,7 +474,7 @@ pub fn bench_data(
     let decode_s = t0.elapsed().as_secs_f64();
     let decoded = batches.len() * batch;
     let px = gpu.tensor(&[(batch * presize * presize * 3).div_ceil(4)], DType::U32, "bench pixels")?;
-    let tf = gpu.tensor(&[batch, 8], DType::F32, "bench transforms")?;
+    let tf = gpu.tensor(&[batch, crate::data::augment::PARAMS_PER_IMAGE], DType::F32, "bench transforms")?;
     let out = gpu.tensor(&[batch, 3, size, size], DType::F32, "bench augmented")?;
     let norm = Arch::EffnetLite0.normalization();
     let d = augment(gpu, &px, &tf, &out, presize, &norm, true, "bench augment")?;
@@ -482,7 +482,8 @@ pub fn bench_data(
     let mut times = Vec::new();
     for b in &batches {
         gpu.write_bytes(&px, bytemuck::cast_slice(&pack_pixels(&b.pixels)))?;
-        let params: Vec<f32> = (0..batch).flat_map(|_| cfg.sample(&mut rng).to_params()).collect();
+        let drawn: Vec<_> = (0..batch).map(|_| cfg.sample(&mut rng)).collect();
+        let params = crate::data::augment::batch_params(&drawn);
         gpu.write_f32(&tf, &params)?;
         let (_, t) = gpu.time_dispatches("bench augment", &[&d], 1)?;
         times.push(t[0]);

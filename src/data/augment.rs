@@ -23,22 +23,103 @@ pub const FLAG_LIGHTING: u32 = 1;
 pub const AUGMENT: KernelSpec =
     KernelSpec::new("augment", "augment", &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite)]);
 
-/// Per-image transform: affine matrix (output -> input, normalized coordinates), contrast, brightness logit.
+/// f32 per image in the kernel's transform buffer.
+pub const PARAMS_PER_IMAGE: usize = 16;
+
+/// Per-image transform: affine matrix (output -> input, normalized coordinates), contrast, brightness logit, and
+/// the MixUp/CutMix partner, if any.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ImageTransform {
     pub m: [f32; 6],
     pub contrast: f32,
     pub brightness_logit: f32,
+    pub mix: Option<Mix>,
+}
+
+/// An image mixed with another of its batch (fastai's MixUp and CutMix callbacks). The partner is seen through its
+/// own transform.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mix {
+    /// The batch row whose image and labels are mixed in.
+    pub partner: u32,
+    /// Weight of this image's pixels outside `cut` (MixUp: lam; CutMix: 1).
+    pub pixel_lam: f32,
+    /// Output pixels [x0, y0, x1, y1) that are the partner's alone (CutMix's box; empty for MixUp).
+    pub cut: [f32; 4],
+    /// Weight of this image's labels in the loss (MixUp: lam; CutMix: the fraction of pixels still its own).
+    pub label_lam: f32,
 }
 
 impl ImageTransform {
     /// Sample the centre of the input, unchanged: validation.
     pub const IDENTITY: ImageTransform =
-        ImageTransform { m: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], contrast: 1.0, brightness_logit: 0.0 };
+        ImageTransform { m: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], contrast: 1.0, brightness_logit: 0.0, mix: None };
 
-    pub fn to_params(self) -> [f32; 8] {
+    /// The kernel's parameters of the image in batch row `row`: m0..m5, contrast, brightness logit, partner row,
+    /// pixel weight, cut box x0 y0 x1 y1, 2 unused. Without a partner the image is its own, at weight 1.
+    pub fn to_params(self, row: usize) -> [f32; PARAMS_PER_IMAGE] {
         let [a, b, c, d, e, f] = self.m;
-        [a, b, c, d, e, f, self.contrast, self.brightness_logit]
+        let mix = self.mix.unwrap_or(Mix { partner: row as u32, pixel_lam: 1.0, cut: [0.0; 4], label_lam: 1.0 });
+        let [x0, y0, x1, y1] = mix.cut;
+        let partner = mix.partner as f32;
+        [a, b, c, d, e, f, self.contrast, self.brightness_logit, partner, mix.pixel_lam, x0, y0, x1, y1, 0.0, 0.0]
+    }
+}
+
+/// Transform parameters of a whole batch, row after row.
+pub fn batch_params(transforms: &[ImageTransform]) -> Vec<f32> {
+    transforms.iter().enumerate().flat_map(|(row, t)| t.to_params(row)).collect()
+}
+
+/// Which batch-mixing augmentation a run uses (fastai's MixUp / CutMix callbacks; off by default).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mixing {
+    /// Each image blended with a shuffled partner at weight lam ~ Beta(alpha, alpha), lam = max(lam, 1 - lam)
+    /// (drawn per image); the loss blended with the same weight.
+    MixUp { alpha: f64 },
+    /// One box per batch of area fraction about 1 - lam, lam ~ Beta(alpha, alpha), pasted from a shuffled partner;
+    /// the loss weighted by the fraction of pixels each image keeps.
+    CutMix { alpha: f64 },
+}
+
+impl Mixing {
+    fn beta(alpha: f64, rng: &mut SplitMix) -> Result<f64> {
+        use rand_distr::Distribution;
+        let d = rand_distr::Beta::new(alpha, alpha)
+            .map_err(|e| Error::Invalid(format!("mixing alpha {alpha} must be positive and finite ({e})")))?;
+        Ok(d.sample(rng))
+    }
+
+    /// Give each of `transforms` (a batch of `real` images, then padding rows, each `size` pixels square) its
+    /// partner as fastai draws them: a random permutation of the real rows; padding rows are not mixed.
+    pub fn apply(self, transforms: &mut [ImageTransform], real: usize, size: usize, rng: &mut SplitMix) -> Result<()> {
+        // Fisher-Yates over the real rows.
+        let mut shuffle: Vec<u32> = (0..real as u32).collect();
+        for i in (1..real).rev() {
+            shuffle.swap(i, rng.below(i as u32 + 1) as usize);
+        }
+        match self {
+            Mixing::MixUp { alpha } => {
+                for (t, &partner) in transforms.iter_mut().zip(&shuffle) {
+                    let lam = Self::beta(alpha, rng)?;
+                    let lam = lam.max(1.0 - lam) as f32;
+                    t.mix = Some(Mix { partner, pixel_lam: lam, cut: [0.0; 4], label_lam: lam });
+                }
+            }
+            Mixing::CutMix { alpha } => {
+                // fastai's rand_bbox: a box of sides int(size * sqrt(1 - lam)) around a uniform centre, clipped.
+                let lam = Self::beta(alpha, rng)?;
+                let side = (size as f64 * (1.0 - lam).sqrt()) as i64;
+                let (cx, cy) = (rng.below(size as u32) as i64, rng.below(size as u32) as i64);
+                let clip = |v: i64| v.clamp(0, size as i64) as f32;
+                let cut = [clip(cx - side / 2), clip(cy - side / 2), clip(cx + side / 2), clip(cy + side / 2)];
+                let kept = 1.0 - (cut[2] - cut[0]) * (cut[3] - cut[1]) / (size * size) as f32;
+                for (t, &partner) in transforms.iter_mut().zip(&shuffle) {
+                    t.mix = Some(Mix { partner, pixel_lam: 1.0, cut, label_lam: kept });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -98,12 +179,12 @@ impl AugmentConfig {
             brightness_logit = (b / (1.0 - b)).ln();
             contrast = rng.uniform((1.0 - l).ln(), -(1.0 - l).ln()).exp();
         }
-        ImageTransform { m, contrast: contrast as f32, brightness_logit: brightness_logit as f32 }
+        ImageTransform { m, contrast: contrast as f32, brightness_logit: brightness_logit as f32, mix: None }
     }
 }
 
-/// Launch the augmentation of a batch: `pixels` (N, P, P, 3) u8 packed in u32 words, `transforms` (N, 8), into
-/// `out` (N, 3, S, S).
+/// Launch the augmentation of a batch: `pixels` (N, P, P, 3) u8 packed in u32 words, `transforms` (N, 16) (see
+/// [`ImageTransform::to_params`]), into `out` (N, 3, S, S).
 #[allow(clippy::too_many_arguments)] // a kernel launcher: its tensors, sizes and options
 pub fn augment(
     gpu: &Gpu,
@@ -118,7 +199,7 @@ pub fn augment(
     let &[n, c, s, s2] = out.shape() else {
         return Err(Error::shape("augment", format!("out {:?} must be (N, 3, S, S)", out.shape())));
     };
-    if c != 3 || s != s2 || transforms.numel() != n * 8 || (pixels.bytes() as usize) < n * in_size * in_size * 3 {
+    if c != 3 || s != s2 || transforms.numel() != n * PARAMS_PER_IMAGE || (pixels.bytes() as usize) < n * in_size * in_size * 3 {
         return Err(Error::shape(
             "augment",
             format!(

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Op, TensorId, TensorKind};
 use crate::nn::model::ModelSpec;
 use crate::nn::weights::{read_for, Weights};
+use crate::ops::loss::Loss;
 use proto::attribute_proto::AttributeType;
 use proto::tensor_proto::DataType;
 use proto::tensor_shape_proto::{dimension, Dimension};
@@ -100,17 +101,22 @@ fn check(opts: &OnnxOptions) -> Result<()> {
 /// `graph` (built for `spec`) with the parameter and statistic `values` as ONNX bytes.
 fn encode(spec: &ModelSpec, graph: &Graph, values: &HashMap<String, Vec<f32>>, opts: &OnnxOptions) -> Result<Vec<u8>> {
     let mut b = Builder::new(graph);
-    let (input, logits) = b.model(spec, opts)?;
+    let (input, logits, loss) = b.model(spec, opts)?;
     let batch_dim = match opts.batch {
         Some(n) => dimension::Value::DimValue(n as i64),
         None => dimension::Value::DimParam("batch".into()),
     };
     let s = spec.input_size as i64;
     let classes = spec.classes.len() as i64;
-    let mut outputs = vec![value_info(&logits, &batch_dim, &[classes], "class scores before softmax")];
+    let mut outputs = vec![value_info(&logits, &batch_dim, &[classes], "class scores before softmax or sigmoid")];
     if opts.probabilities {
-        b.node("Softmax", "probabilities", &[&logits], &["probabilities"], vec![int("axis", 1)]);
-        outputs.push(value_info("probabilities", &batch_dim, &[classes], "softmax of the logits"));
+        if loss.multi_label() {
+            b.node("Sigmoid", "probabilities", &[&logits], &["probabilities"], vec![]);
+            outputs.push(value_info("probabilities", &batch_dim, &[classes], "sigmoid of each logit (multi-label)"));
+        } else {
+            b.node("Softmax", "probabilities", &[&logits], &["probabilities"], vec![int("axis", 1)]);
+            outputs.push(value_info("probabilities", &batch_dim, &[classes], "softmax of the logits"));
+        }
     }
     let input_doc = if opts.normalize {
         format!("RGB values 0 to 255, {s} x {s}")
@@ -192,12 +198,12 @@ impl<'g> Builder<'g> {
         name.into()
     }
 
-    /// Every node of the eval-mode forward pass; returns the input's and the logits' value names.
-    fn model(&mut self, spec: &ModelSpec, opts: &OnnxOptions) -> Result<(String, String)> {
+    /// Every node of the eval-mode forward pass; returns the input's and the logits' value names and the loss.
+    fn model(&mut self, spec: &ModelSpec, opts: &OnnxOptions) -> Result<(String, String, Loss)> {
         let graph = self.graph;
         let kind_of = |i: usize| graph.nodes[i].op.kind().name();
         // The loss's input is the output, `logits`; nothing may come after the loss.
-        let Some(loss) = graph.nodes.iter().position(|n| matches!(n.op, Op::SoftmaxCrossEntropy { .. })) else {
+        let Some(loss) = graph.nodes.iter().position(|n| n.op.as_loss().is_some()) else {
             return Err(Error::Invalid("the model has no loss layer: nothing says which value is the output".into()));
         };
         if let Some(after) = graph.nodes.get(loss + 1) {
@@ -207,7 +213,7 @@ impl<'g> Builder<'g> {
                 kind_of(loss + 1)
             )));
         }
-        let Op::SoftmaxCrossEntropy { logits, .. } = graph.nodes[loss].op else { unreachable!() };
+        let (logits, _, _, _, loss_fn) = graph.nodes[loss].op.as_loss().expect("found as a loss");
         // Every value keeps its graph tensor's name, except the logits and dropout's outputs (eval mode: the
         // identity, so the input's value).
         let mut names = HashMap::from([(logits, "logits".to_string())]);
@@ -296,7 +302,9 @@ impl<'g> Builder<'g> {
                 }
                 Op::Flatten { x, y } => self.node_owned("Flatten", layer, vec![n(x)], n(y), vec![int("axis", 1)]),
                 Op::Dropout { .. } => {} // named above
-                Op::SoftmaxCrossEntropy { .. } => unreachable!("only the last layer is a loss"),
+                Op::SoftmaxCrossEntropy { .. } | Op::SigmoidBinaryCrossEntropy { .. } => {
+                    unreachable!("only the last layer is a loss")
+                }
             }
         }
         // A dropout as the last layer hands on its input's name: give the output its own.
@@ -304,7 +312,7 @@ impl<'g> Builder<'g> {
             let out = names[&logits].clone();
             self.node("Identity", "logits", &[&out], &["logits"], vec![]);
         }
-        Ok((input, "logits".into()))
+        Ok((input, "logits".into(), loss_fn))
     }
 
     fn node_owned(

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use crate::graph::{Graph, Op, TensorId, TensorKind};
 use crate::ops::dropout::DropoutParams;
 use crate::ops::elementwise::Elementwise;
+use crate::ops::loss::Targets;
 use crate::reference as r;
 
-/// Run the forward pass. `values` holds every parameter and state tensor; returns every tensor computed (the loss
-/// node's `loss` holds the mean cross-entropy). Training mode normalizes with batch statistics, eval mode with the
+/// Run the forward pass. `values` holds every parameter and state tensor; `labels` one class per sample (softmax
+/// cross-entropy) or one class bitmask per sample (binary cross-entropy, as the executor takes them); returns every
+/// tensor computed (the loss node's `loss` holds the mean loss). Training mode normalizes with batch statistics, eval mode with the
 /// running ones; dropout is the identity in eval mode and in training mode drops with the GPU's mask of training
 /// step `step` (the executor's 1-based step count).
 pub fn forward(
@@ -125,6 +127,14 @@ pub fn forward(
                 let l = r::softmax_cross_entropy_forward(&t[logits], labels, classes, *smoothing as f64);
                 let c = r::correct_count(&t[logits], labels, classes);
                 t.insert(*loss, vec![l]);
+                t.insert(*correct, vec![c as f64]);
+            }
+            Op::SigmoidBinaryCrossEntropy { logits, loss, correct, threshold, .. } => {
+                let classes = shape(*logits)[1];
+                let rows = Targets { classes, multi_label: true }.encode(labels, None).expect("no partners");
+                let target = r::dense_targets(&rows, classes, true);
+                let c = r::multi_label_correct(&t[logits], &target, *threshold as f64);
+                t.insert(*loss, vec![r::bce_with_logits_forward(&t[logits], &target)]);
                 t.insert(*correct, vec![c as f64]);
             }
         }

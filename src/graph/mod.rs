@@ -29,6 +29,7 @@ pub mod plan;
 use crate::error::{Error, Result};
 use crate::ops::conv::{Conv2dConfig, ConvShape};
 use crate::ops::norm::BatchNormConfig;
+use crate::ops::loss::Loss;
 use crate::ops::pool::{PoolConfig, PoolShape};
 use crate::reference::SplitMix;
 
@@ -160,14 +161,23 @@ pub enum Op {
         p: f64,
         seed: u32,
     },
-    /// Mean softmax cross-entropy of logits (N, classes) against labels (N): loss (1); `correct` (1) counts
-    /// right predictions.
+    /// Mean softmax cross-entropy of logits (N, classes) against target rows (N, 3) (see
+    /// [`crate::ops::loss::Targets`]): loss (1); `correct` (1) counts right top-1 predictions.
     SoftmaxCrossEntropy {
         logits: TensorId,
         labels: TensorId,
         loss: TensorId,
         correct: TensorId,
         smoothing: f32,
+    },
+    /// Mean sigmoid binary cross-entropy of logits (N, classes) against multi-label target rows: loss (1);
+    /// `correct` (1) counts (image, class) pairs right at `threshold`.
+    SigmoidBinaryCrossEntropy {
+        logits: TensorId,
+        labels: TensorId,
+        loss: TensorId,
+        correct: TensorId,
+        threshold: f32,
     },
 }
 
@@ -208,7 +218,9 @@ impl Op {
             | Op::Dropout { x, .. } => (vec![*x], vec![]),
             Op::Add { a, b, .. } => (vec![*a, *b], vec![]),
             Op::Concat { xs, .. } => (xs.clone(), vec![]),
-            Op::SoftmaxCrossEntropy { logits, labels, .. } => (vec![*logits], vec![*labels]),
+            Op::SoftmaxCrossEntropy { logits, labels, .. } | Op::SigmoidBinaryCrossEntropy { logits, labels, .. } => {
+                (vec![*logits], vec![*labels])
+            }
         }
     }
 
@@ -233,7 +245,9 @@ impl Op {
             | Op::GlobalAvgPool { y, indices, .. } => {
                 vec![*y, *indices]
             }
-            Op::SoftmaxCrossEntropy { loss, correct, .. } => vec![*loss, *correct],
+            Op::SoftmaxCrossEntropy { loss, correct, .. } | Op::SigmoidBinaryCrossEntropy { loss, correct, .. } => {
+                vec![*loss, *correct]
+            }
         }
     }
 
@@ -255,6 +269,20 @@ impl Op {
             Op::Flatten { .. } => OpKind::Flatten,
             Op::Dropout { .. } => OpKind::Dropout,
             Op::SoftmaxCrossEntropy { .. } => OpKind::SoftmaxCrossEntropy,
+            Op::SigmoidBinaryCrossEntropy { .. } => OpKind::SigmoidBinaryCrossEntropy,
+        }
+    }
+
+    /// A loss op's (logits, targets, loss, correct, loss function); None for every other op.
+    pub fn as_loss(&self) -> Option<(TensorId, TensorId, TensorId, TensorId, Loss)> {
+        match *self {
+            Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing } => {
+                Some((logits, labels, loss, correct, Loss::SoftmaxCrossEntropy { smoothing }))
+            }
+            Op::SigmoidBinaryCrossEntropy { logits, labels, loss, correct, threshold } => {
+                Some((logits, labels, loss, correct, Loss::SigmoidBinaryCrossEntropy { threshold }))
+            }
+            _ => None,
         }
     }
 }
@@ -297,6 +325,7 @@ op_kinds! {
     Flatten => "flatten",
     Dropout => "dropout",
     SoftmaxCrossEntropy => "softmax_cross_entropy",
+    SigmoidBinaryCrossEntropy => "sigmoid_bce",
 }
 
 /// A layer: its op and its name (the debug group in a GPU capture, the prefix of its parameter names).
@@ -377,9 +406,18 @@ impl Graph {
         self.add_tensor(name.into(), shape.to_vec(), TensorKind::Input, None)
     }
 
-    /// Per-step class labels, u32, one per sample.
+    /// Per-step class labels, one per sample: target rows (batch, 3) u32 for [`Graph::cross_entropy`] (the
+    /// executor takes one label per sample and lays the rows out).
     pub fn labels(&mut self, name: &str, batch: usize) -> TensorId {
-        self.add_tensor(name.into(), vec![batch], TensorKind::Labels, None)
+        let row = Loss::SoftmaxCrossEntropy { smoothing: 0.0 }.targets(1).row();
+        self.add_tensor(name.into(), vec![batch, row], TensorKind::Labels, None)
+    }
+
+    /// Per-step sets of labels out of `classes`, any number per sample: target rows u32 for
+    /// [`Graph::binary_cross_entropy`] (the executor takes a class bitmask per sample).
+    pub fn multi_labels(&mut self, name: &str, batch: usize, classes: usize) -> TensorId {
+        let row = Loss::SigmoidBinaryCrossEntropy { threshold: 0.5 }.targets(classes).row();
+        self.add_tensor(name.into(), vec![batch, row], TensorKind::Labels, None)
     }
 
     /// A parameter of the current group with an initial value.
@@ -578,13 +616,48 @@ impl Graph {
             let detail = format!("logits {:?} must be (N, classes)", self.shape(logits));
             return Err(self.shape_err(name, "softmax_cross_entropy", detail));
         };
-        if self.shape(labels) != [n] {
-            let detail = format!("labels {:?} must be ({n}) for logits {:?}", self.shape(labels), self.shape(logits));
+        let row = Loss::SoftmaxCrossEntropy { smoothing }.targets(1).row();
+        if self.shape(labels) != [n, row] {
+            let detail = format!(
+                "labels {:?} must be ({n}, {row}) for logits {:?} (made by Graph::labels)",
+                self.shape(labels),
+                self.shape(logits)
+            );
             return Err(self.shape_err(name, "softmax_cross_entropy", detail));
         }
         let loss = self.activation(format!("{name}.loss"), vec![1]);
         let correct = self.activation(format!("{name}.correct"), vec![1]);
         Ok(self.push(name, Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing }))
+    }
+
+    /// Sigmoid binary cross-entropy with logits (mean over every sample and class), for several labels per
+    /// sample; `correct` counts (sample, class) pairs right at `threshold`. Returns the loss (1).
+    pub fn binary_cross_entropy(
+        &mut self,
+        name: &str,
+        logits: TensorId,
+        labels: TensorId,
+        threshold: f32,
+    ) -> Result<TensorId> {
+        let &[n, classes] = self.shape(logits) else {
+            let detail = format!("logits {:?} must be (N, classes)", self.shape(logits));
+            return Err(self.shape_err(name, "sigmoid_bce", detail));
+        };
+        let row = Loss::SigmoidBinaryCrossEntropy { threshold }.targets(classes).row();
+        if self.shape(labels) != [n, row] {
+            let detail = format!(
+                "labels {:?} must be ({n}, {row}) for logits {:?} (made by Graph::multi_labels)",
+                self.shape(labels),
+                self.shape(logits)
+            );
+            return Err(self.shape_err(name, "sigmoid_bce", detail));
+        }
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(Error::Invalid(format!("loss '{name}': threshold {threshold} must be in [0, 1]")));
+        }
+        let loss = self.activation(format!("{name}.loss"), vec![1]);
+        let correct = self.activation(format!("{name}.correct"), vec![1]);
+        Ok(self.push(name, Op::SigmoidBinaryCrossEntropy { logits, labels, loss, correct, threshold }))
     }
 
     /// The node that produces `t`, if any.

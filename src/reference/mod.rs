@@ -335,12 +335,14 @@ pub fn dropout_keep(seed: u32, step: u32, i: u32, threshold: u32) -> bool {
 }
 
 /// The augmentation of shaders/augment.wgsl: per output pixel, an affine map into the input square, a bilinear
-/// sample with reflection padding, fastai's lighting in logit space and the model's normalization.
-/// `pixels` (N, P, P, 3), `transforms` (N) of [m0..m5, contrast, brightness_logit]; returns (N, 3, S, S).
+/// sample with reflection padding, fastai's lighting in logit space, the model's normalization, then MixUp/CutMix.
+/// `pixels` (N, P, P, 3), `transforms` (N) of [m0..m5, contrast, brightness_logit, partner, pixel_lam, cut box x0
+/// y0 x1 y1, _, _]; returns (N, 3, S, S). Mixing after the normalization equals mixing before it (the weights sum
+/// to 1).
 pub fn augment(
     pixels: &[u8],
     (n, in_size, out_size): (usize, usize, usize),
-    transforms: &[[f32; 8]],
+    transforms: &[[f32; 16]],
     scale: [f32; 3],
     shift: [f32; 3],
     lighting: bool,
@@ -386,7 +388,23 @@ pub fn augment(
             }
         }
     }
-    out
+    let plane = out_size * out_size;
+    let mut mixed = out.clone();
+    for (img, t) in transforms.iter().enumerate().take(n) {
+        let partner = t[8] as usize;
+        for y in 0..out_size {
+            for x in 0..out_size {
+                let (fx, fy) = (x as f32, y as f32);
+                let inside = fx >= t[10] && fx < t[12] && fy >= t[11] && fy < t[13];
+                let w = if inside { 0.0 } else { t[9] as f64 };
+                for c in 0..3 {
+                    let at = |i: usize| out[(i * 3 + c) * plane + y * out_size + x];
+                    mixed[(img * 3 + c) * plane + y * out_size + x] = w * at(img) + (1.0 - w) * at(partner);
+                }
+            }
+        }
+    }
+    mixed
 }
 
 // The element-wise family, one element at a time: f(x, y, alpha) with y the second operand (or dy for a
@@ -530,6 +548,108 @@ pub fn correct_count(logits: &[f64], labels: &[u32], classes: usize) -> usize {
         .count()
 }
 
+/// Dense targets (batch, classes) of target rows as [`crate::ops::loss::Targets`] lays them out:
+/// lam * own labels + (1 - lam) * partner's labels, each a one-hot class or a multi-hot bitmask.
+pub fn dense_targets(rows: &[u32], classes: usize, multi_label: bool) -> Vec<f64> {
+    let w = if multi_label { classes.div_ceil(32) } else { 1 };
+    let mut t = Vec::new();
+    for row in rows.chunks_exact(2 * w + 1) {
+        let lam = f32::from_bits(row[2 * w]) as f64;
+        let set = |s: usize, c: usize| -> f64 {
+            let words = &row[s * w..(s + 1) * w];
+            let on = if multi_label { words[c / 32] >> (c % 32) & 1 == 1 } else { words[0] as usize == c };
+            if on {
+                1.0
+            } else {
+                0.0
+            }
+        };
+        t.extend((0..classes).map(|c| lam * set(0, c) + (1.0 - lam) * set(1, c)));
+    }
+    t
+}
+
+/// Mean over rows of -sum_c q_c log softmax(x)_c with q = (1 - eps) t + eps / C, t (batch, C) dense targets.
+pub fn soft_cross_entropy_forward(logits: &[f64], t: &[f64], classes: usize, smoothing: f64) -> f64 {
+    let batch = t.len() / classes;
+    let mut total = 0.0;
+    for (x, t) in logits.chunks_exact(classes).zip(t.chunks_exact(classes)) {
+        for (l, &tc) in log_softmax_row(x).iter().zip(t) {
+            total -= ((1.0 - smoothing) * tc + smoothing / classes as f64) * l;
+        }
+    }
+    total / batch as f64
+}
+
+/// d(scale * soft cross-entropy)/dlogits = scale * (softmax - q) / batch.
+pub fn soft_cross_entropy_backward(logits: &[f64], t: &[f64], classes: usize, smoothing: f64, scale: f64) -> Vec<f64> {
+    let batch = (t.len() / classes) as f64;
+    let mut d = Vec::with_capacity(logits.len());
+    for (x, t) in logits.chunks_exact(classes).zip(t.chunks_exact(classes)) {
+        for (l, &tc) in log_softmax_row(x).iter().zip(t) {
+            d.push(scale * (l.exp() - ((1.0 - smoothing) * tc + smoothing / classes as f64)) / batch);
+        }
+    }
+    d
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Mean over every element of -(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))): binary cross-entropy with logits.
+pub fn bce_with_logits_forward(logits: &[f64], t: &[f64]) -> f64 {
+    let total: f64 = logits
+        .iter()
+        .zip(t)
+        .map(|(&x, &t)| {
+            let s = sigmoid(x);
+            -(t * s.ln() + (1.0 - t) * (1.0 - s).ln())
+        })
+        .sum();
+    total / logits.len() as f64
+}
+
+/// d(scale * bce)/dlogits = scale * (sigmoid(x) - t) / (batch * C).
+pub fn bce_with_logits_backward(logits: &[f64], t: &[f64], scale: f64) -> Vec<f64> {
+    let n = logits.len() as f64;
+    logits.iter().zip(t).map(|(&x, &t)| scale * (sigmoid(x) - t) / n).collect()
+}
+
+pub fn sigmoid_forward(logits: &[f64]) -> Vec<f64> {
+    logits.iter().map(|&x| sigmoid(x)).collect()
+}
+
+/// Elements where (sigmoid(x) > threshold) agrees with the 0/1 target: fastai's accuracy_multi times the count.
+pub fn multi_label_correct(logits: &[f64], t: &[f64], threshold: f64) -> usize {
+    logits.iter().zip(t).filter(|(&x, &t)| (sigmoid(x) > threshold) == (t > 0.5)).count()
+}
+
+/// Samples-averaged F-beta (scikit-learn's `fbeta_score(average='samples')`, which fastai's FBetaMulti calls) of
+/// probabilities against 0/1 targets at `threshold`; a row with neither predicted nor true labels scores 0, as
+/// scikit-learn's default `zero_division` gives.
+pub fn fbeta_samples(probs: &[f64], t: &[f64], classes: usize, threshold: f64, beta: f64) -> f64 {
+    let rows = probs.len() / classes;
+    let b2 = beta * beta;
+    let mut total = 0.0;
+    for (p, t) in probs.chunks_exact(classes).zip(t.chunks_exact(classes)) {
+        let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+        for (&p, &t) in p.iter().zip(t) {
+            match (p > threshold, t > 0.5) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fn_ += 1.0,
+                (false, false) => {}
+            }
+        }
+        let denominator = (1.0 + b2) * tp + b2 * fn_ + fp;
+        if denominator > 0.0 {
+            total += (1.0 + b2) * tp / denominator;
+        }
+    }
+    total / rows.max(1) as f64
+}
+
 /// Weight decay of one parameter, fastai's way: decoupled (p *= 1 - lr * wd, the gradient unchanged) or L2 (the
 /// gradient gains wd * p). Returns the gradient the update uses.
 fn weight_decay(p: &mut f64, grad: f64, lr: f64, wd: f64, decoupled: bool) -> f64 {
@@ -599,6 +719,24 @@ pub fn finite_difference(x: &[f64], i: usize, h: f64, f: impl Fn(&[f64]) -> f64)
 /// A small seeded generator (SplitMix64) so tests and tools draw the same numbers on every machine.
 #[derive(Clone, Debug)]
 pub struct SplitMix(pub u64);
+
+/// rand_distr's samplers (MixUp's Beta distribution) draw from the same seeded stream.
+impl rand_core::RngCore for SplitMix {
+    fn next_u32(&mut self) -> u32 {
+        (SplitMix::next_u64(self) >> 32) as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        SplitMix::next_u64(self)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = SplitMix::next_u64(self).to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
 
 impl SplitMix {
     pub fn next_u64(&mut self) -> u64 {

@@ -35,12 +35,14 @@ fn oversized_tensor_is_refused_with_the_limit() {
 #[test]
 fn async_readback_of_a_scalar_through_the_ring() {
     use wgtune::gpu::ReadbackRing;
-    use wgtune::ops::loss::softmax_cross_entropy_forward;
+    use wgtune::ops::loss::{Loss, Targets};
     let g = gpu();
     let logits = upload(&[2, 3], &[1.0, 2.0, 3.0, 0.0, 0.0, 0.0], "logits");
-    let labels = upload_u32(&[2], &[2, 1], "labels");
+    let rows = Targets { classes: 3, multi_label: false }.encode(&[2, 1], None).expect("encode");
+    let labels = upload_u32(&[2, 3], &rows, "labels");
     let loss = poisoned(&[1], "loss");
-    let d = softmax_cross_entropy_forward(g, &logits, &labels, &loss, 0.0, "loss").expect("dispatch");
+    let f = Loss::SoftmaxCrossEntropy { smoothing: 0.0 };
+    let d = f.forward(g, &logits, &labels, &loss, "loss").expect("dispatch");
     let mut ring = ReadbackRing::new(g, "metrics", 2, 16).expect("ring");
     let want = wgtune::reference::softmax_cross_entropy_forward(&[1.0, 2.0, 3.0, 0.0, 0.0, 0.0], &[2, 1], 3, 0.0);
     for round in 0..3 {

@@ -16,7 +16,6 @@ use crate::ops::conv::{
 };
 use crate::ops::dropout::{dropout_backward, DropoutParams};
 use crate::ops::elementwise::{elementwise, Elementwise};
-use crate::ops::loss::softmax_cross_entropy_backward;
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::norm::batch_norm_backward;
 use crate::ops::pool::{avg_pool_backward, global_pool_backward, max_pool_backward, GlobalPool};
@@ -56,7 +55,9 @@ impl Executor {
             let op = node.op.clone();
             let out = op.outputs()[0];
             let out_needed = match &op {
-                Op::SoftmaxCrossEntropy { logits, .. } => needs[logits.0],
+                Op::SoftmaxCrossEntropy { logits, .. } | Op::SigmoidBinaryCrossEntropy { logits, .. } => {
+                    needs[logits.0]
+                }
                 _ => needs[out.0] && written.contains(&out),
             };
             if !out_needed {
@@ -70,23 +71,14 @@ impl Executor {
             let mut dropout = Vec::new();
             let mut scratch = Vec::new();
             let build: Build = match op {
-                Op::SoftmaxCrossEntropy { logits, labels, smoothing, .. } => {
+                Op::SoftmaxCrossEntropy { .. } | Op::SigmoidBinaryCrossEntropy { .. } => {
+                    let (logits, labels, _, _, f) = op.as_loss().expect("a loss op");
                     let a = accumulates(&mut written, logits);
                     touches.push(gk(logits));
                     if a {
                         return Err(Error::Invalid("the logits feed more than the loss".into()));
                     }
-                    Box::new(move |v| {
-                        Ok(vec![softmax_cross_entropy_backward(
-                            v.gpu,
-                            v.v(logits)?,
-                            v.v(labels)?,
-                            v.g(logits)?,
-                            smoothing,
-                            1.0,
-                            &l2,
-                        )?])
-                    })
+                    Box::new(move |v| Ok(vec![f.backward(v.gpu, v.v(logits)?, v.v(labels)?, v.g(logits)?, 1.0, &l2)?]))
                 }
                 Op::Linear { x, w, b, y } => {
                     let (need_x, train_w, train_b, ax) =

@@ -9,7 +9,6 @@ use crate::ops::concat::concat_forward;
 use crate::ops::conv::conv2d_forward;
 use crate::ops::dropout::{dropout_forward, DropoutParams};
 use crate::ops::elementwise::{elementwise, Elementwise};
-use crate::ops::loss::{correct_count, softmax_cross_entropy_forward, softmax_forward};
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::norm::{batch_norm_forward, BatchNormState};
 use crate::ops::pool::{avg_pool_forward, global_pool_forward, max_pool_forward, GlobalPool};
@@ -117,23 +116,17 @@ impl Executor {
                     })
                 }
             }
-            Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing } => {
+            Op::SoftmaxCrossEntropy { .. } | Op::SigmoidBinaryCrossEntropy { .. } => {
+                let (logits, labels, loss, correct, f) = op.as_loss().expect("a loss op");
                 let probs = (!training).then_some(Key::Grad(logits));
                 touches.extend(probs);
                 Box::new(move |v| {
                     let mut out = vec![
-                        softmax_cross_entropy_forward(
-                            v.gpu,
-                            v.v(logits)?,
-                            v.v(labels)?,
-                            v.v(loss)?,
-                            smoothing,
-                            &gpu_label,
-                        )?,
-                        correct_count(v.gpu, v.v(logits)?, v.v(labels)?, v.v(correct)?, &gpu_label)?,
+                        f.forward(v.gpu, v.v(logits)?, v.v(labels)?, v.v(loss)?, &gpu_label)?,
+                        f.correct(v.gpu, v.v(logits)?, v.v(labels)?, v.v(correct)?, &gpu_label)?,
                     ];
                     if let Some(p) = probs {
-                        out.push(softmax_forward(v.gpu, v.v(logits)?, v.get(p)?, &gpu_label)?);
+                        out.push(f.probabilities(v.gpu, v.v(logits)?, v.get(p)?, &gpu_label)?);
                     }
                     Ok(out)
                 })

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, ReadbackRing, Ticket};
-use crate::graph::{Graph, Op, TensorId, TensorKind};
+use crate::graph::{Graph, TensorId, TensorKind};
 use crate::ops::optim::{Hyper, Optimizer};
 
 mod backward;
@@ -152,7 +152,7 @@ impl Executor {
         let input = find("input", &|k| *k == TensorKind::Input)?;
         let labels = find("labels", &|k| *k == TensorKind::Labels)?;
         let losses: Vec<usize> =
-            (0..graph.nodes.len()).filter(|&i| matches!(graph.nodes[i].op, Op::SoftmaxCrossEntropy { .. })).collect();
+            (0..graph.nodes.len()).filter(|&i| graph.nodes[i].op.as_loss().is_some()).collect();
         let &[loss_node] = losses.as_slice() else {
             return Err(Error::Invalid(format!("the graph needs exactly one loss, it has {}", losses.len())));
         };

@@ -11,6 +11,7 @@ use crate::gpu::{DType, Dispatch, Gpu, Storage, Tensor};
 use crate::graph::plan::{assign_slots, Lifetime, SlotPlan};
 use crate::graph::{Op, TensorId, TensorKind};
 use crate::ops::optim::optimizer_step;
+use crate::ops::loss::Loss;
 
 /// Dispatches of one layer, with the dropout dispatches whose per-step uniform must be rewritten.
 pub(super) struct Layer {
@@ -73,7 +74,7 @@ impl Layout {
 /// Shapes of the pixel stage's buffers for `n` images of `presize`^2 pixels: the packed u8 batch (u32 words)
 /// and eight transform parameters per image.
 fn pixel_stage_shapes(n: usize, presize: usize) -> ([usize; 1], [usize; 2]) {
-    ([(n * presize * presize * 3).div_ceil(4)], [n, 8])
+    ([(n * presize * presize * 3).div_ceil(4)], [n, crate::data::augment::PARAMS_PER_IMAGE])
 }
 
 fn pixel_stage_bytes(n: usize, presize: usize) -> u64 {
@@ -229,7 +230,7 @@ impl Executor {
                 }
             }
         }
-        let SoftmaxCe { logits, loss, correct } = self.loss_tensors();
+        let LossNode { logits, loss, correct, .. } = self.loss_tensors();
         for k in [Key::Value(self.input), Key::Value(self.labels)] {
             life.entry(k).or_insert((0, 0)).0 = 0;
         }
@@ -304,7 +305,7 @@ impl Executor {
         }
         let transient_bytes = layout.total_bytes(self.pixel_stage());
         let Layout { layers, keys, plan, alias, .. } = layout;
-        let SoftmaxCe { logits, loss, correct } = self.loss_tensors();
+        let LossNode { logits, loss, correct, .. } = self.loss_tensors();
         let mode = if training { "train" } else { "eval" };
         let slots = plan
             .slot_bytes
@@ -396,19 +397,17 @@ impl Executor {
         })
     }
 
-    pub(super) fn loss_tensors(&self) -> SoftmaxCe {
-        match &self.graph.nodes[self.loss_node].op {
-            Op::SoftmaxCrossEntropy { logits, loss, correct, .. } => {
-                SoftmaxCe { logits: *logits, loss: *loss, correct: *correct }
-            }
-            _ => unreachable!("loss_node is checked in Executor::new"),
-        }
+    pub(super) fn loss_tensors(&self) -> LossNode {
+        let (logits, _, loss, correct, f) =
+            self.graph.nodes[self.loss_node].op.as_loss().expect("loss_node is checked in Executor::new");
+        LossNode { logits, loss, correct, f }
     }
 }
 
-/// The three tensors of the loss node.
-pub(super) struct SoftmaxCe {
+/// The loss node's tensors and function.
+pub(super) struct LossNode {
     pub logits: TensorId,
     pub loss: TensorId,
     pub correct: TensorId,
+    pub f: Loss,
 }

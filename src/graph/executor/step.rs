@@ -98,7 +98,7 @@ impl Executor {
         let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled");
         let (px, tf) = p.pixels.as_ref().expect("compiled with a pixel stage");
         self.gpu.write_bytes(px, bytemuck::cast_slice(&crate::data::augment::pack_pixels(pixels)))?;
-        let params: Vec<f32> = transforms.iter().flat_map(|t| t.to_params()).collect();
+        let params = crate::data::augment::batch_params(transforms);
         self.gpu.write_f32(tf, &params)?;
         self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(labels))?;
         self.counters.bytes_uploaded += px.bytes() + tf.bytes() + p.labels.bytes();
