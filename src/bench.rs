@@ -461,13 +461,22 @@ pub fn bench_data(
         });
         let path = dir.join(format!("{i:04}.jpg"));
         img.save(&path).map_err(|e| crate::Error::Invalid(format!("cannot write '{}': {e}", path.display())))?;
-        items.push(Item { source: Source::File(path), label: 0 });
+        items.push(Item::new(Source::File(path), 0));
     }
     let adapter = gpu.summary().name;
     let source = format!("{count} JPEG {width}x{height}");
     let loader = Loader::new(
         items,
-        LoaderConfig { batch, presize, shuffle: true, drop_last: true, seed: 1, workers, prefetch: 2 },
+        LoaderConfig {
+            batch,
+            presize,
+            shuffle: true,
+            drop_last: true,
+            seed: 1,
+            workers,
+            prefetch: 2,
+            targets: crate::ops::loss::Targets { classes: 1, multi_label: false },
+        },
     )?;
     let t0 = Instant::now();
     let batches = loader.epoch(0).collect::<Result<Vec<_>>>()?;

@@ -204,6 +204,7 @@ fn predict_refuses_a_model_with_non_finite_weights() {
         classes: vec!["a".into(), "b".into()],
         input_size: 32,
         normalization: wgtune::nn::Normalization::TF_127,
+        loss: wgtune::nn::model::SINGLE_LABEL,
     };
     let g = spec.graph(1, 0.1).unwrap();
     let mut tensors = Vec::new();

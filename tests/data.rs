@@ -6,7 +6,11 @@ use std::sync::{Arc, OnceLock};
 
 use wgtune::data::dataset::{Column, CsvOptions, Dataset};
 use wgtune::data::loader::{Loader, LoaderConfig};
+use wgtune::ops::loss::Targets;
 use wgtune::reference::SplitMix;
+
+/// Loaders of single-label data: one class index per image.
+const ONE_LABEL: Targets = Targets { classes: 10, multi_label: false };
 
 struct TempDir(PathBuf);
 
@@ -117,6 +121,7 @@ fn csv_columns_split_column_folder_and_bad_rows() {
         label_col: name("kind"),
         valid_col: Some(name("is_valid")),
         folder: Some("imgs".into()),
+        ..Default::default()
     };
     let ds = Dataset::from_csv(&csv, d.path(), &opts, 0.5, 1).unwrap();
     assert_eq!(ds.classes, ["cat, big", "dog"]);
@@ -128,6 +133,7 @@ fn csv_columns_split_column_folder_and_bad_rows() {
         label_col: Column::parse("2"),
         valid_col: Some(Column::parse("3")),
         folder: Some("imgs".into()),
+        ..Default::default()
     };
     let again = Dataset::from_csv(&csv, d.path(), &by_index, 0.5, 1).unwrap();
     assert_eq!((again.classes.clone(), again.valid.len()), (ds.classes.clone(), 2));
@@ -201,7 +207,16 @@ fn idx_files_plain_and_gzipped() {
     assert_eq!((ds.train.len(), ds.valid.len()), (24, 6));
     let loader = Loader::new(
         ds.train,
-        LoaderConfig { batch: 4, presize: 6, shuffle: true, drop_last: true, seed: 1, workers: 2, prefetch: 2 },
+        LoaderConfig {
+            batch: 4,
+            presize: 6,
+            shuffle: true,
+            drop_last: true,
+            seed: 1,
+            workers: 2,
+            prefetch: 2,
+            targets: ONE_LABEL,
+        },
     )
     .unwrap();
     let b = loader.epoch(0).next().unwrap().unwrap();
@@ -250,7 +265,16 @@ fn bad_files_are_skipped_with_warnings_and_batches_stay_full() {
     let total = items.len();
     let loader = Loader::new(
         items,
-        LoaderConfig { batch: 5, presize: 8, shuffle: false, drop_last: false, seed: 0, workers: 2, prefetch: 1 },
+        LoaderConfig {
+            batch: 5,
+            presize: 8,
+            shuffle: false,
+            drop_last: false,
+            seed: 0,
+            workers: 2,
+            prefetch: 1,
+            targets: ONE_LABEL,
+        },
     )
     .unwrap();
     let batches: Vec<_> = loader.epoch(0).collect::<Result<Vec<_>, _>>().unwrap();
@@ -286,7 +310,16 @@ fn loader_drops_or_pads_the_last_batch_and_shuffles_per_epoch() {
     let ds = Dataset::from_folder(d.path(), 0.2, 1).unwrap();
     let train = Loader::new(
         ds.train.clone(),
-        LoaderConfig { batch: 3, presize: 4, shuffle: true, drop_last: true, seed: 5, workers: 2, prefetch: 2 },
+        LoaderConfig {
+            batch: 3,
+            presize: 4,
+            shuffle: true,
+            drop_last: true,
+            seed: 5,
+            workers: 2,
+            prefetch: 2,
+            targets: ONE_LABEL,
+        },
     )
     .unwrap();
     assert_eq!((train.len(), train.batches()), (8, 2));
@@ -294,7 +327,16 @@ fn loader_drops_or_pads_the_last_batch_and_shuffles_per_epoch() {
     assert_ne!(train.order(0), train.order(1));
     let valid = Loader::new(
         ds.train,
-        LoaderConfig { batch: 3, presize: 4, shuffle: false, drop_last: false, seed: 5, workers: 1, prefetch: 2 },
+        LoaderConfig {
+            batch: 3,
+            presize: 4,
+            shuffle: false,
+            drop_last: false,
+            seed: 5,
+            workers: 1,
+            prefetch: 2,
+            targets: ONE_LABEL,
+        },
     )
     .unwrap();
     let batches: Vec<_> = valid.epoch(0).collect::<Result<Vec<_>, _>>().unwrap();
@@ -308,8 +350,8 @@ fn the_embedded_fashion_mnist_subset_is_balanced() {
     assert_eq!(ds.classes.len(), 10);
     assert_eq!((ds.train.len(), ds.valid.len()), (2000, 500));
     for c in 0..10u32 {
-        assert_eq!(ds.train.iter().filter(|i| i.label == c).count(), 200);
-        assert_eq!(ds.valid.iter().filter(|i| i.label == c).count(), 50);
+        assert_eq!(ds.train.iter().filter(|i| i.label() == c).count(), 200);
+        assert_eq!(ds.valid.iter().filter(|i| i.label() == c).count(), 50);
     }
 }
 
@@ -479,7 +521,16 @@ fn a_data_set_where_nothing_decodes_names_an_image() {
     let ds = Dataset::from_folder(d.path(), 0.2, 1).unwrap();
     let loader = Loader::new(
         ds.train.clone(),
-        LoaderConfig { batch: 2, presize: 8, shuffle: false, drop_last: true, seed: 0, workers: 1, prefetch: 1 },
+        LoaderConfig {
+            batch: 2,
+            presize: 8,
+            shuffle: false,
+            drop_last: true,
+            seed: 0,
+            workers: 1,
+            prefetch: 1,
+            targets: ONE_LABEL,
+        },
     )
     .unwrap();
     let err = loader.epoch(0).next().unwrap().unwrap_err().to_string();

@@ -9,6 +9,7 @@ use wgtune::graph::executor::{Executor, ExecutorConfig, PixelInput};
 use wgtune::graph::{cpu, Graph, OpKind, TensorId, TensorKind};
 use wgtune::nn::Arch;
 use wgtune::ops::conv::{Conv2dConfig, Padding};
+use wgtune::ops::loss::Targets;
 use wgtune::ops::norm::BatchNormConfig;
 use wgtune::ops::optim::{Hyper, Optimizer};
 use wgtune::ops::pool::PoolConfig;
@@ -82,16 +83,57 @@ fn branchy_cnn(batch: usize, size: usize, classes: usize) -> Graph {
     g
 }
 
-/// The graphs whose gradients are checked against finite differences, with their class counts.
-fn gradient_checked() -> Vec<(Graph, u32)> {
-    vec![(residual_cnn(2, 6, 3), 3), (fastai_head_cnn(3, 7, 4), 4), (branchy_cnn(2, 5, 3), 3)]
+/// Conv, relu, global average pool, linear, sigmoid binary cross-entropy: a multi-label model (`classes` past
+/// one 32-bit word of label bits when over 32).
+fn multi_label_cnn(batch: usize, size: usize, classes: usize) -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("image", &[batch, 3, size, size]);
+    let labels = g.multi_labels("label", batch, classes);
+    let h = g.conv2d("conv", x, 4, (3, 3), conv(1, 1), true).unwrap();
+    let h = g.relu("relu", h).unwrap();
+    let h = g.global_avg_pool("pool", h).unwrap();
+    g.set_group(1);
+    let logits = g.linear("fc", h, classes, true).unwrap();
+    g.binary_cross_entropy("loss", logits, labels, 0.5).unwrap();
+    g
 }
 
+/// The graphs whose gradients are checked against finite differences, with their class counts.
+fn gradient_checked() -> Vec<(Graph, u32)> {
+    vec![
+        (residual_cnn(2, 6, 3), 3),
+        (fastai_head_cnn(3, 7, 4), 4),
+        (branchy_cnn(2, 5, 3), 3),
+        (multi_label_cnn(3, 5, 35), 35),
+    ]
+}
+
+/// How the graph's loss takes labels.
+fn targets_of(g: &Graph) -> Targets {
+    let node = g.nodes.last().expect("a loss node");
+    let (logits, _, _, _, loss) = node.op.as_loss().expect("the last node is the loss");
+    loss.targets(g.shape(logits)[1])
+}
+
+/// Seeded images in [-1, 1) and labels: one class per image, or for a multi-label graph each class with
+/// probability 0.4 (as class bitmasks).
 fn batch(g: &Graph, seed: u64, classes: u32) -> (Vec<f32>, Vec<u32>) {
     let mut rng = SplitMix(seed);
     let input = g.tensors.iter().find(|t| t.kind == TensorKind::Input).unwrap();
     let n = input.shape[0];
-    (rng.vec_f32(input.numel(), -1.0, 1.0), (0..n).map(|_| rng.below(classes)).collect())
+    let images = rng.vec_f32(input.numel(), -1.0, 1.0);
+    let targets = targets_of(g);
+    let labels = (0..n)
+        .flat_map(|_| {
+            let tags: Vec<u32> = if targets.multi_label {
+                (0..classes).filter(|_| rng.uniform(0.0, 1.0) < 0.4).collect()
+            } else {
+                vec![rng.below(classes)]
+            };
+            targets.label_set(&tags)
+        })
+        .collect();
+    (images, labels)
 }
 
 /// Every parameter's GPU gradient against central finite differences of the f64 CPU forward pass.
@@ -146,6 +188,65 @@ fn fastai_head_gradients_match_finite_differences() {
 fn concat_dropout_leaky_relu_gradients_match_finite_differences() {
     let (g, classes) = gradient_checked().swap_remove(2);
     gradient_check(g, classes);
+}
+
+#[test]
+fn multi_label_gradients_match_finite_differences() {
+    let (g, classes) = gradient_checked().swap_remove(3);
+    gradient_check(g, classes);
+}
+
+/// A training step on MixUp and CutMix batches against the CPU: the reference augmentation of the pixels with the
+/// partners blended in, the f64 forward pass, and the loss on the mixed targets (lam * own labels + (1 - lam) *
+/// partner's), for a single-label and a multi-label model. The step's loss is computed before its update.
+#[test]
+fn mixed_pixel_batches_train_on_the_mixed_images_and_targets() {
+    use wgtune::data::augment::{AugmentConfig, ImageTransform, Mixing};
+    use wgtune::nn::Normalization;
+    let (n, presize, size) = (5, 9, 6);
+    for (g, classes) in [(residual_cnn(n, size, 3), 3u32), (multi_label_cnn(n, size, 35), 35)] {
+        for mixing in [Mixing::MixUp { alpha: 0.4 }, Mixing::CutMix { alpha: 1.0 }] {
+            let targets = targets_of(&g);
+            let mut ex = Executor::new(gpu(), g.clone(), ExecutorConfig::default()).unwrap();
+            let norm = Normalization::imagenet();
+            ex.set_pixel_input(PixelInput { presize, normalization: norm }).unwrap();
+            let mut rng = SplitMix(21);
+            let pixels: Vec<u8> = (0..n * presize * presize * 3).map(|_| rng.below(256) as u8).collect();
+            let (_, labels) = batch(&g, 22, classes);
+            let aug = AugmentConfig::default();
+            let mut transforms: Vec<ImageTransform> = (0..n).map(|_| aug.sample(&mut rng)).collect();
+            // The last row pads the batch: not mixed.
+            mixing.apply(&mut transforms, n - 1, size, &mut rng).unwrap();
+            let mut values: HashMap<TensorId, Vec<f64>> = HashMap::new();
+            for (i, t) in g.tensors.iter().enumerate() {
+                if matches!(t.kind, TensorKind::Param { .. } | TensorKind::State) {
+                    values.insert(TensorId(i), widen(&ex.read_value(&t.name).unwrap()));
+                }
+            }
+            ex.train_step_pixels(&pixels, &transforms, &labels).unwrap();
+            let got = ex.wait_metrics().unwrap()[0].loss as f64;
+
+            let params: Vec<[f32; 16]> = transforms.iter().enumerate().map(|(r, t)| t.to_params(r)).collect();
+            let x = wgtune::reference::augment(&pixels, (n, presize, size), &params, norm.scale, norm.shift, true);
+            let out = cpu::forward(&g, &values, &x, &labels, true, 1);
+            let logits = &out[&g.find("fc.out").unwrap()];
+            let mix: Vec<(u32, f32)> = transforms
+                .iter()
+                .enumerate()
+                .map(|(r, t)| t.mix.map_or((r as u32, 1.0), |m| (m.partner, m.label_lam)))
+                .collect();
+            assert!(mix.iter().enumerate().any(|(r, m)| m.0 != r as u32), "some image has another partner");
+            let rows = targets.encode(&labels, Some(&mix)).unwrap();
+            let t = wgtune::reference::dense_targets(&rows, classes as usize, targets.multi_label);
+            let want = if targets.multi_label {
+                wgtune::reference::bce_with_logits_forward(logits, &t)
+            } else {
+                wgtune::reference::soft_cross_entropy_forward(logits, &t, classes as usize, 0.0)
+            };
+            eprintln!("{mixing:?} multi-label {}: GPU loss {got}, CPU {want}", targets.multi_label);
+            assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{mixing:?}: GPU {got} vs CPU {want}");
+        }
+    }
 }
 
 /// Adding an op without putting it in a gradient-checked graph fails here.

@@ -107,6 +107,7 @@ fn fastai_spec(arch: Arch, size: usize) -> ModelSpec {
         classes: ["bag", "sneaker", "dress", "trouser", "coat"].map(String::from).to_vec(),
         input_size: size,
         normalization: arch.normalization(),
+        loss: wgtune::nn::model::SINGLE_LABEL,
     }
 }
 

@@ -28,8 +28,8 @@ fn tiny_data(train: usize, valid: usize) -> Dataset {
     let pick = |items: &[wgtune::data::dataset::Item], n: usize| {
         let mut out = Vec::new();
         for (new_label, old) in [(0u32, a), (1u32, b)] {
-            out.extend(items.iter().filter(|i| i.label == old).take(n).cloned().map(|mut i| {
-                i.label = new_label;
+            out.extend(items.iter().filter(|i| i.label() == old).take(n).cloned().map(|mut i| {
+                i.labels = vec![new_label];
                 i
             }));
         }
@@ -37,6 +37,7 @@ fn tiny_data(train: usize, valid: usize) -> Dataset {
     };
     Dataset {
         classes: vec!["Trouser".into(), "Bag".into()],
+        multi_label: false,
         train: pick(&full.train, train),
         valid: pick(&full.valid, valid),
         skipped: Vec::new(),

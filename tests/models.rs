@@ -148,30 +148,42 @@ fn resnet50_logits_match_the_numpy_reference() {
 /// from its file alone gives identical logits.
 #[test]
 fn save_and_load_round_trip_gives_identical_logits() {
-    use wgtune::nn::model::{load_model, save_model, Head, ModelSpec};
-    let spec = ModelSpec {
-        arch: Arch::Resnet18,
-        head: Head::Fastai,
-        classes: vec!["cat".into(), "dog".into(), "fish".into()],
-        input_size: 32,
-        normalization: Arch::Resnet18.normalization(),
-    };
-    let mut ex = Executor::new(gpu(), spec.graph(2, 0.1).unwrap(), ExecutorConfig::default()).unwrap();
-    seeded_resnet_weights_partial(&ex);
-    let input = wgtune::reference::SplitMix(9).vec_f32(2 * 3 * 32 * 32, -1.0, 1.0);
-    let before = ex.predict_logits(&input).unwrap();
-    let dir = std::env::temp_dir().join(format!("wgtune-roundtrip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.safetensors");
-    save_model(&ex, &spec, &path).unwrap();
-    let weights = Weights::open(&path).unwrap();
-    let loaded_spec = ModelSpec::of_weights(&weights, None).unwrap();
-    assert_eq!(loaded_spec, spec);
-    let (mut ex2, report) = load_model(gpu(), &loaded_spec, &weights, 2).unwrap();
-    assert!(report.kept_initial.is_empty() && report.ignored.is_empty(), "{report:?}");
-    let after = ex2.predict_logits(&input).unwrap();
-    assert!(before.iter().zip(&after).all(|(a, b)| a.to_bits() == b.to_bits()), "{before:?} vs {after:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    use wgtune::nn::model::{load_model, save_model, Head, ModelSpec, SINGLE_LABEL};
+    use wgtune::ops::loss::Loss;
+    // Single-label, and multi-label (the task and threshold travel in the metadata).
+    for (i, loss) in [SINGLE_LABEL, Loss::SigmoidBinaryCrossEntropy { threshold: 0.3 }].into_iter().enumerate() {
+        let spec = ModelSpec {
+            arch: Arch::Resnet18,
+            head: Head::Fastai,
+            classes: vec!["cat".into(), "dog".into(), "fish".into()],
+            input_size: 32,
+            normalization: Arch::Resnet18.normalization(),
+            loss,
+        };
+        let mut ex = Executor::new(gpu(), spec.graph(2, 0.1).unwrap(), ExecutorConfig::default()).unwrap();
+        seeded_resnet_weights_partial(&ex);
+        let input = wgtune::reference::SplitMix(9).vec_f32(2 * 3 * 32 * 32, -1.0, 1.0);
+        let before = ex.predict_logits(&input).unwrap();
+        let dir = std::env::temp_dir().join(format!("wgtune-roundtrip-{}-{i}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        save_model(&ex, &spec, &path).unwrap();
+        let weights = Weights::open(&path).unwrap();
+        let loaded_spec = ModelSpec::of_weights(&weights, None).unwrap();
+        assert_eq!(loaded_spec, spec);
+        let (mut ex2, report) = load_model(gpu(), &loaded_spec, &weights, 2).unwrap();
+        assert!(report.kept_initial.is_empty() && report.ignored.is_empty(), "{report:?}");
+        let after = ex2.predict_logits(&input).unwrap();
+        assert!(before.iter().zip(&after).all(|(a, b)| a.to_bits() == b.to_bits()), "{before:?} vs {after:?}");
+        if loss.multi_label() {
+            // A multi-label model's probabilities are the sigmoid of each logit, not a softmax.
+            let probs = ex2.predict(&input).unwrap();
+            for (p, x) in probs.iter().zip(&after) {
+                assert!((p - 1.0 / (1.0 + (-x).exp())).abs() < 1e-6, "{p} vs sigmoid({x})");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// Change every parameter and statistic away from its initial value, so the round trip proves they all travel.

@@ -114,6 +114,10 @@ pub(crate) struct PredictArgs {
     /// view's (beta 0.25).
     #[arg(long)]
     pub(crate) tta: bool,
+    /// A multi-label model's threshold: the labels whose probability is above it are predicted [default: the
+    /// model's, saved by finetune].
+    #[arg(long, value_parser = probability)]
+    pub(crate) threshold: Option<f32>,
     /// Image files (JPEG, PNG, WebP, BMP, GIF).
     #[arg(required = true)]
     pub(crate) images: Vec<std::path::PathBuf>,
@@ -194,6 +198,17 @@ pub(crate) struct RunArgs {
     /// The folder the CSV's file names are relative to, itself relative to the CSV's folder (fastai's folder=).
     #[arg(long, requires = "csv", help_heading = "Data")]
     pub(crate) folder: Option<std::path::PathBuf>,
+    /// Split the CSV's label cells into several labels at this delimiter (fastai's label_delim, e.g. ' '); where a
+    /// row has several, the task is multi-label.
+    #[arg(long, requires = "csv", value_name = "DELIM", help_heading = "Data")]
+    pub(crate) label_delim: Option<String>,
+    /// Multi-label classification (sigmoid outputs, binary cross-entropy, accuracy_multi and F2) even if every row
+    /// of the CSV has one label.
+    #[arg(long, requires = "csv", help_heading = "Data")]
+    pub(crate) multi_label: bool,
+    /// A multi-label model predicts every class whose probability is above this (fastai's thresh).
+    #[arg(long, default_value_t = 0.5, value_parser = probability, help_heading = "Data")]
+    pub(crate) threshold: f32,
     /// IDX image file (MNIST's format, raw or gzip), with --idx-labels.
     #[arg(long, requires = "idx_labels", conflicts_with = "data", value_name = "FILE", help_heading = "Data")]
     pub(crate) idx_images: Option<std::path::PathBuf>,
@@ -296,6 +311,30 @@ pub(crate) struct FinetuneArgs {
     /// or else of valid_loss.
     #[arg(long, value_name = "N", value_parser = count)]
     pub(crate) early_stop: Option<usize>,
+    /// MixUp (fastai's callback): each training image blended with another of its batch, weight lam ~
+    /// Beta(ALPHA, ALPHA) (the larger of lam and 1 - lam), and the loss blended alike. fastai's default ALPHA: 0.4.
+    #[arg(long, value_name = "ALPHA", value_parser = mixing_alpha, conflicts_with = "cutmix")]
+    pub(crate) mixup: Option<f64>,
+    /// CutMix (fastai's callback): a box of each training batch pasted from shuffled partners, its area about 1 - lam
+    /// with lam ~ Beta(ALPHA, ALPHA), and the loss weighted by the area kept. fastai's default ALPHA: 1.0.
+    #[arg(long, value_name = "ALPHA", value_parser = mixing_alpha)]
+    pub(crate) cutmix: Option<f64>,
+}
+
+fn mixing_alpha(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("{v}: the Beta distribution's alpha must be positive"));
+    }
+    Ok(v)
+}
+
+fn probability(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{v} is not a probability from 0 to 1"));
+    }
+    Ok(v)
 }
 
 fn monitor(s: &str) -> Result<wgtune::learner::Monitor, String> {

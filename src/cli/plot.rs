@@ -210,6 +210,7 @@ mod tests {
             valid_loss: v,
             accuracy: 0.5,
             error_rate: 0.5,
+            fbeta: None,
             seconds: 1.0,
             improved: None,
             early_stop: false,

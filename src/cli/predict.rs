@@ -54,7 +54,8 @@ pub(crate) fn export(args: ExportArgs) -> anyhow::Result<()> {
     }
     println!("  output  logits   float32 ({batch}, {})", spec.classes.len());
     if opts.probabilities {
-        println!("  output  probabilities float32 ({batch}, {})", spec.classes.len());
+        let how = if spec.multi_label() { "sigmoid of each logit: multi-label" } else { "softmax" };
+        println!("  output  probabilities float32 ({batch}, {}): {how}", spec.classes.len());
     }
     println!("  metadata: wgtune.classes, wgtune.input_size, wgtune.normalization, wgtune.architecture, wgtune.input");
     Ok(())
@@ -70,20 +71,36 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 
 /// One prediction: the five most probable classes.
 pub(crate) fn top5(probs: &[f32], classes: &[String]) -> Vec<serde_json::Value> {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
+    ranked(probs, classes, (0..probs.len()).collect(), 5)
+}
+
+/// The classes `order` (at most `n`), most probable first, as {class_index, label, prob}.
+fn ranked(probs: &[f32], classes: &[String], mut order: Vec<usize>, n: usize) -> Vec<serde_json::Value> {
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     order
         .into_iter()
-        .take(5)
+        .take(n)
         .map(|i| serde_json::json!({"class_index": i, "label": classes.get(i).cloned().unwrap_or_default(), "prob": probs[i]}))
         .collect()
+}
+
+/// A multi-label prediction: every class whose probability is above `threshold`, most probable first.
+pub(crate) fn above_threshold(probs: &[f32], classes: &[String], threshold: f32) -> Vec<serde_json::Value> {
+    ranked(probs, classes, (0..probs.len()).filter(|&i| probs[i] > threshold).collect(), probs.len())
 }
 
 pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Result<()> {
     use wgtune::data::{load_rgb, normalize_into, resize_center_crop};
     use wgtune::nn::model::load_model;
-    let PredictArgs { model, arch, bs, json, logits: with_logits, tta, images } = args;
-    let (weights, spec) = open_model(model.as_deref(), arch)?;
+    let PredictArgs { model, arch, bs, json, logits: with_logits, tta, threshold, images } = args;
+    let (weights, mut spec) = open_model(model.as_deref(), arch)?;
+    match (&mut spec.loss, threshold) {
+        (wgtune::ops::loss::Loss::SigmoidBinaryCrossEntropy { threshold }, Some(t)) => *threshold = t,
+        (wgtune::ops::loss::Loss::SoftmaxCrossEntropy { .. }, Some(_)) => {
+            anyhow::bail!("--threshold is for multi-label models; this one predicts one class per image")
+        }
+        _ => {}
+    }
     // Decode and preprocess every image first; a bad file is reported and skipped.
     let mut failures = 0;
     let mut ready: Vec<(&std::path::PathBuf, Vec<u8>)> = Vec::new();
@@ -137,12 +154,37 @@ pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Res
             for (i, (path, _)) in chunk.iter().enumerate() {
                 let top = top5(&probs[i * k..(i + 1) * k], &spec.classes);
                 let row = logits.get(i * k..(i + 1) * k);
+                let above = match spec.loss {
+                    wgtune::ops::loss::Loss::SigmoidBinaryCrossEntropy { threshold } => {
+                        Some((threshold, above_threshold(&probs[i * k..(i + 1) * k], &spec.classes, threshold)))
+                    }
+                    wgtune::ops::loss::Loss::SoftmaxCrossEntropy { .. } => None,
+                };
                 if json {
                     let mut line = serde_json::json!({"file": path.display().to_string(), "top": top});
+                    if let Some((threshold, labels)) = &above {
+                        line["labels"] = serde_json::json!(labels);
+                        line["threshold"] = serde_json::json!(threshold);
+                    }
                     if let Some(row) = row {
                         line["logits"] = serde_json::json!(row);
                     }
                     println!("{line}");
+                } else if let Some((threshold, labels)) = &above {
+                    // Multi-label: every label above the threshold, most probable first.
+                    println!("{} ({} labels above {threshold})", path.display(), labels.len());
+                    for t in labels {
+                        println!(
+                            "  {:>6.2}%  {} ({})",
+                            t["prob"].as_f64().unwrap_or(0.0) * 100.0,
+                            t["label"].as_str().unwrap_or(""),
+                            t["class_index"]
+                        );
+                    }
+                    if let Some(row) = row {
+                        let text: Vec<String> = row.iter().map(|v| format!("{v:.4}")).collect();
+                        println!("  logits: {}", text.join(" "));
+                    }
                 } else {
                     println!("{}", path.display());
                     for (rank, t) in top.iter().enumerate() {

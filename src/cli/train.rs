@@ -123,6 +123,8 @@ fn load_data(r: &RunArgs) -> anyhow::Result<(wgtune::data::dataset::Dataset, Str
             label_col: column(&r.csv_label_col, 1),
             valid_col: r.valid_col.as_deref().map(Column::parse),
             folder: r.folder.clone(),
+            label_delim: r.label_delim.clone(),
+            multi_label: r.multi_label,
         };
         if let Some(v) = &r.valid_col {
             ignored(&format!("the CSV's column '{v}' splits the data"));
@@ -168,10 +170,15 @@ pub(crate) fn prepare(
     };
     let (data, origin) = load_data(r)?;
     eprintln!(
-        "data: {origin} ({} classes, {} train, {} valid images)",
+        "data: {origin} ({} classes, {} train, {} valid images{})",
         data.classes.len(),
         data.train.len(),
-        data.valid.len()
+        data.valid.len(),
+        if data.multi_label {
+            format!("; multi-label: sigmoid outputs, binary cross-entropy, threshold {}", r.threshold)
+        } else {
+            String::new()
+        }
     );
     if r.no_pretrained {
         eprintln!("model: {} from random initial weights (--no-pretrained)", arch.name());
@@ -208,6 +215,7 @@ pub(crate) fn prepare(
         epochs,
         augment,
         accum: r.accum,
+        threshold: r.threshold,
         ..cfg
     };
     let (bs, px) = (cfg.bs, cfg.size);
@@ -317,6 +325,11 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         div: a.div,
         save_best: a.save_best,
         early_stop: a.early_stop,
+        mixing: match (a.mixup, a.cutmix) {
+            (Some(alpha), _) => Some(wgtune::data::augment::Mixing::MixUp { alpha }),
+            (_, Some(alpha)) => Some(wgtune::data::augment::Mixing::CutMix { alpha }),
+            _ => None,
+        },
         profile: a.profile,
         capture_step: a.capture_step,
         ..Default::default()
@@ -337,26 +350,16 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
     };
     let mut last_phase = String::new();
     let mut progress = progress_printer();
+    if let Some(m) = learner.cfg.mixing {
+        eprintln!("{}", describe_mixing(m));
+    }
     let mut on_epoch = |r: &wgtune::learner::EpochRecord| {
         if r.phase != last_phase {
             println!("\n{} phase", r.phase);
-            println!(
-                "{:>5}  {:>10}  {:>10}  {:>10}  {:>8}  {:>6}",
-                "epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "time"
-            );
+            println!("{}", epoch_header(r));
             last_phase = r.phase.clone();
         }
-        let secs = r.seconds as u64;
-        println!(
-            "{:>5}  {:>10.6}  {:>10.6}  {:>10.6}  {:>8.4}  {:02}:{:02}",
-            r.epoch,
-            r.train_loss,
-            r.valid_loss,
-            r.error_rate,
-            r.accuracy,
-            secs / 60,
-            secs % 60
-        );
+        println!("{}", epoch_row(r));
         // fastai's callbacks' messages.
         let metric = a.save_best.unwrap_or(wgtune::learner::Monitor::ValidLoss);
         if a.save_best.is_some() && r.improved == Some(true) {
@@ -408,7 +411,24 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         a.out.with_extension("onnx").display(),
         out = a.out.display(),
     );
-    let (_, confusion) = learner.validate_confusion()?;
+    let (_, scores) = learner.validate_scores()?;
+    let side = |ext: &str| a.out.with_extension(ext);
+    let steps = learner.steps_per_epoch();
+    let confusion = match scores {
+        wgtune::learner::Scores::Single(c) => c,
+        wgtune::learner::Scores::Multi(m) => {
+            println!(
+                "\nmulti-label validation ({} images, threshold {}): accuracy_multi {:.4}, F2 (samples) {:.4}",
+                m.total(),
+                m.threshold,
+                m.accuracy(),
+                m.fbeta()
+            );
+            super::plot::loss_curve(&side("loss.png"), &learner.history, &records, steps)?;
+            println!("plot: {} (loss curve)", side("loss.png").display());
+            return finish(&mut learner, &a, log.as_mut(), bs, size);
+        }
+    };
     let (report, readable) = confusion_report(&confusion);
     println!("\n{report}");
     let worst: Vec<String> =
@@ -416,8 +436,6 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
     if !worst.is_empty() {
         println!("most confused (actual -> predicted): {}", worst.join(", "));
     }
-    let side = |ext: &str| a.out.with_extension(ext);
-    let steps = learner.steps_per_epoch();
     super::plot::loss_curve(&side("loss.png"), &learner.history, &records, steps)?;
     if readable {
         super::plot::confusion(&side("confusion.png"), &confusion)?;
@@ -429,20 +447,37 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
     } else {
         println!("plot: {} (loss curve; no confusion-matrix chart for this many classes)", side("loss.png").display());
     }
+    finish(&mut learner, &a, log.as_mut(), bs, size)
+}
+
+/// The end of a run after its report: test-time augmentation, profiles, a capture warning.
+fn finish(
+    learner: &mut wgtune::learner::Learner,
+    a: &FinetuneArgs,
+    log: Option<&mut std::fs::File>,
+    bs: usize,
+    size: usize,
+) -> anyhow::Result<()> {
+    use std::io::Write;
     if a.tta {
         use wgtune::learner::{TTA_BETA, TTA_VIEWS};
         let t0 = std::time::Instant::now();
         let t = learner.tta(TTA_VIEWS, TTA_BETA).map_err(|e| with_memory_advice(e, bs, size))?;
+        let fbeta = match (t.fbeta, t.plain_fbeta) {
+            (Some(f), Some(p)) => format!(", F2 {f:.4} (plain {p:.4})"),
+            _ => String::new(),
+        };
         println!(
-            "\ntest-time augmentation ({TTA_VIEWS} augmented views + the plain one, beta {TTA_BETA}): accuracy {:.4} \
-             (plain {:.4}), valid_loss {:.6} (plain {:.6}), {:.0} s",
+            "\ntest-time augmentation ({TTA_VIEWS} augmented views + the plain one, beta {TTA_BETA}): {} {:.4} \
+             (plain {:.4}){fbeta}, valid_loss {:.6} (plain {:.6}), {:.0} s",
+            if learner.spec.multi_label() { "accuracy_multi" } else { "accuracy" },
             t.accuracy,
             t.plain_accuracy,
             t.valid_loss,
             t.plain_valid_loss,
             t0.elapsed().as_secs_f64()
         );
-        if let Some(f) = log.as_mut() {
+        if let Some(f) = log {
             let _ = writeln!(f, "{}", serde_json::json!({ "tta": t }));
         }
     }
@@ -456,6 +491,47 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// What the run's MixUp/CutMix does, for the log.
+fn describe_mixing(m: wgtune::data::augment::Mixing) -> String {
+    match m {
+        wgtune::data::augment::Mixing::MixUp { alpha } => {
+            format!("MixUp: training images blended in pairs, lam ~ Beta({alpha}, {alpha}), the loss blended alike")
+        }
+        wgtune::data::augment::Mixing::CutMix { alpha } => {
+            format!("CutMix: a box per training batch pasted from shuffled partners, lam ~ Beta({alpha}, {alpha})")
+        }
+    }
+}
+
+/// fastai's epoch table header: accuracy and error rate, or accuracy_multi and F2 for a multi-label model.
+fn epoch_header(r: &wgtune::learner::EpochRecord) -> String {
+    match r.fbeta {
+        None => format!(
+            "{:>5}  {:>10}  {:>10}  {:>10}  {:>8}  {:>6}",
+            "epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "time"
+        ),
+        Some(_) => format!(
+            "{:>5}  {:>10}  {:>10}  {:>14}  {:>11}  {:>6}",
+            "epoch", "train_loss", "valid_loss", "accuracy_multi", "fbeta_score", "time"
+        ),
+    }
+}
+
+fn epoch_row(r: &wgtune::learner::EpochRecord) -> String {
+    let secs = r.seconds as u64;
+    let time = format!("{:02}:{:02}", secs / 60, secs % 60);
+    match r.fbeta {
+        None => format!(
+            "{:>5}  {:>10.6}  {:>10.6}  {:>10.6}  {:>8.4}  {time}",
+            r.epoch, r.train_loss, r.valid_loss, r.error_rate, r.accuracy
+        ),
+        Some(f) => format!(
+            "{:>5}  {:>10.6}  {:>10.6}  {:>14.6}  {:>11.6}  {time}",
+            r.epoch, r.train_loss, r.valid_loss, r.accuracy, f
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ pub fn batch_params(transforms: &[ImageTransform]) -> Vec<f32> {
 }
 
 /// Which batch-mixing augmentation a run uses (fastai's MixUp / CutMix callbacks; off by default).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Mixing {
     /// Each image blended with a shuffled partner at weight lam ~ Beta(alpha, alpha), lam = max(lam, 1 - lam)
     /// (drawn per image); the loss blended with the same weight.
@@ -199,7 +199,11 @@ pub fn augment(
     let &[n, c, s, s2] = out.shape() else {
         return Err(Error::shape("augment", format!("out {:?} must be (N, 3, S, S)", out.shape())));
     };
-    if c != 3 || s != s2 || transforms.numel() != n * PARAMS_PER_IMAGE || (pixels.bytes() as usize) < n * in_size * in_size * 3 {
+    if c != 3
+        || s != s2
+        || transforms.numel() != n * PARAMS_PER_IMAGE
+        || (pixels.bytes() as usize) < n * in_size * in_size * 3
+    {
         return Err(Error::shape(
             "augment",
             format!(

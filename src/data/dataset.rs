@@ -28,10 +28,21 @@ pub enum Source {
 #[derive(Clone, Debug)]
 pub struct Item {
     pub source: Source,
-    pub label: u32,
+    /// Its classes, sorted: exactly one in a single-label data set, any number in a multi-label one.
+    pub labels: Vec<u32>,
 }
 
 impl Item {
+    /// An image of one class.
+    pub fn new(source: Source, label: u32) -> Item {
+        Item { source, labels: vec![label] }
+    }
+
+    /// The class of a single-label item (its first).
+    pub fn label(&self) -> u32 {
+        self.labels.first().copied().unwrap_or(0)
+    }
+
     /// A short name for messages.
     pub fn describe(&self) -> String {
         match &self.source {
@@ -64,11 +75,23 @@ pub struct CsvOptions {
     pub valid_col: Option<Column>,
     /// A folder the file names are relative to, itself relative to the CSV's root.
     pub folder: Option<PathBuf>,
+    /// Splits a label cell into several labels (fastai's `label_delim`, ' ' for the planet data set); a data set
+    /// where some row has several labels is multi-label.
+    pub label_delim: Option<String>,
+    /// Multi-label even when every row has one label.
+    pub multi_label: bool,
 }
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        CsvOptions { image_col: Column::Index(0), label_col: Column::Index(1), valid_col: None, folder: None }
+        CsvOptions {
+            image_col: Column::Index(0),
+            label_col: Column::Index(1),
+            valid_col: None,
+            folder: None,
+            label_delim: None,
+            multi_label: false,
+        }
     }
 }
 
@@ -84,6 +107,8 @@ enum SplitBy {
 #[derive(Clone, Debug)]
 pub struct Dataset {
     pub classes: Vec<String>,
+    /// Images have any number of classes (sigmoid outputs, binary cross-entropy), not exactly one.
+    pub multi_label: bool,
     pub train: Vec<Item>,
     pub valid: Vec<Item>,
     /// Files passed over while scanning (not images, empty), with the reason; each was warned about once.
@@ -206,7 +231,7 @@ impl Dataset {
                     let d = root.join(class);
                     if d.is_dir() {
                         for f in image_files(&d, skipped)? {
-                            items.push(Item { source: Source::File(f), label: label as u32 });
+                            items.push(Item::new(Source::File(f), label as u32));
                         }
                     }
                 }
@@ -214,14 +239,14 @@ impl Dataset {
             };
             let train = collect(&train_dir, &mut skipped)?;
             let valid = collect(&valid_dir, &mut skipped)?;
-            Dataset { classes, train, valid, skipped }
+            Dataset { classes, multi_label: false, train, valid, skipped }
         } else {
             let class_dirs = subdirs(dir)?;
             let classes: Vec<String> = class_dirs.iter().map(|p| name_of(p)).collect();
             let mut items = Vec::new();
             for (label, d) in class_dirs.iter().enumerate() {
                 for f in image_files(d, &mut skipped)? {
-                    items.push(Item { source: Source::File(f), label: label as u32 });
+                    items.push(Item::new(Source::File(f), label as u32));
                 }
             }
             // One file reached twice (a class folder linked to another) must not land in both splits.
@@ -231,7 +256,7 @@ impl Dataset {
                 Source::Grey { .. } => true,
             });
             let (train, valid) = random_split(items, valid_pct, seed);
-            Dataset { classes, train, valid, skipped }
+            Dataset { classes, multi_label: false, train, valid, skipped }
         };
         warn_skipped(&ds.skipped);
         ds.check(&dir.display().to_string())
@@ -308,7 +333,18 @@ impl Dataset {
                 }
             };
             let file = dir.join(cell(image_col, &image_name, "file name")?);
-            let label = cell(label_col, &label_name, "label")?;
+            let cell_text = cell(label_col, &label_name, "label")?;
+            let label: Vec<String> = match &opts.label_delim {
+                Some(d) => {
+                    cell_text.split(d.as_str()).map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+                }
+                None => vec![cell_text],
+            };
+            if label.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "'{origin}' line {line}, column {label_name}: no labels between the delimiters"
+                )));
+            }
             let valid = match &valid_col {
                 None => false,
                 Some((col, name)) => {
@@ -339,7 +375,8 @@ impl Dataset {
             )));
         }
         let split = if valid_col.is_some() { SplitBy::Flagged } else { SplitBy::Random(valid_pct, seed) };
-        Self::from_labelled(rows, split, &origin)
+        let multi = opts.multi_label || rows.iter().any(|r| r.1.len() > 1);
+        Self::from_labelled(rows, split, multi, &origin)
     }
 
     /// Every image below `dir`, labelled by the first capture group of `pattern` applied to its file name
@@ -359,19 +396,26 @@ impl Dataset {
                 .captures(&name)
                 .and_then(|c| c.get(1))
                 .ok_or_else(|| Error::Invalid(format!("--label-regex '{pattern}' does not match file '{name}'")))?;
-            rows.push((f.clone(), label.as_str().to_string(), false));
+            rows.push((f.clone(), vec![label.as_str().to_string()], false));
         }
-        let mut ds = Self::from_labelled(rows, SplitBy::Random(valid_pct, seed), &dir.display().to_string())?;
+        let mut ds = Self::from_labelled(rows, SplitBy::Random(valid_pct, seed), false, &dir.display().to_string())?;
         ds.skipped = skipped;
         Ok(ds)
     }
 
-    /// Rows of (file, label, in the validation set): classes are the sorted labels; the split is the rows' flags
+    /// Rows of (file, labels, in the validation set): classes are the sorted labels; the split is the rows' flags
     /// or a seeded random one.
-    fn from_labelled(rows: Vec<(PathBuf, String, bool)>, split: SplitBy, origin: &str) -> Result<Dataset> {
-        let classes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    fn from_labelled(
+        rows: Vec<(PathBuf, Vec<String>, bool)>,
+        split: SplitBy,
+        multi_label: bool,
+        origin: &str,
+    ) -> Result<Dataset> {
+        let classes: Vec<String> =
+            rows.iter().flat_map(|r| r.1.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         let items = rows.into_iter().map(|(p, l, valid)| {
-            (Item { source: Source::File(p), label: classes.binary_search(&l).unwrap_or(0) as u32 }, valid)
+            let labels: BTreeSet<u32> = l.iter().map(|l| classes.binary_search(l).unwrap_or(0) as u32).collect();
+            (Item { source: Source::File(p), labels: labels.into_iter().collect() }, valid)
         });
         let (train, valid) = match split {
             SplitBy::Random(valid_pct, seed) => random_split(items.map(|(item, _)| item).collect(), valid_pct, seed),
@@ -380,7 +424,7 @@ impl Dataset {
                 (train.into_iter().map(|(i, _)| i).collect(), valid.into_iter().map(|(i, _)| i).collect())
             }
         };
-        Dataset { classes, train, valid, skipped: Vec::new() }.check(origin)
+        Dataset { classes, multi_label, train, valid, skipped: Vec::new() }.check(origin)
     }
 
     /// IDX image and label files (MNIST / Fashion-MNIST; gzip or raw), split with `valid_pct`; classes are
@@ -420,17 +464,13 @@ impl Dataset {
         }
         let classes = names.unwrap_or_else(|| (0..n_classes).map(|c| c.to_string()).collect());
         let items = (0..n)
-            .map(|i| Item {
-                source: Source::Grey {
-                    width: w as u32,
-                    height: h as u32,
-                    pixels: pixels[i * h * w..(i + 1) * h * w].into(),
-                },
-                label: label_bytes[i] as u32,
+            .map(|i| {
+                let pixels = pixels[i * h * w..(i + 1) * h * w].into();
+                Item::new(Source::Grey { width: w as u32, height: h as u32, pixels }, label_bytes[i] as u32)
             })
             .collect();
         let (train, valid) = random_split(items, valid_pct, seed);
-        Dataset { classes, train, valid, skipped: Vec::new() }.check(&images.display().to_string())
+        Dataset { classes, multi_label: false, train, valid, skipped: Vec::new() }.check(&images.display().to_string())
     }
 
     /// The checks that must pass before training: at least two classes, non-empty train and valid sets, and no
@@ -451,8 +491,8 @@ impl Dataset {
         if self.valid.is_empty() {
             return Err(Error::Invalid(format!("'{origin}' has no validation images")));
         }
-        let in_train: BTreeSet<u32> = self.train.iter().map(|i| i.label).collect();
-        let in_valid: BTreeSet<u32> = self.valid.iter().map(|i| i.label).collect();
+        let in_train: BTreeSet<u32> = self.train.iter().flat_map(|i| i.labels.iter().copied()).collect();
+        let in_valid: BTreeSet<u32> = self.valid.iter().flat_map(|i| i.labels.iter().copied()).collect();
         if let Some(empty) = (0..self.classes.len() as u32).find(|c| !in_train.contains(c) && !in_valid.contains(c)) {
             return Err(Error::Invalid(format!(
                 "class '{}' of '{origin}' has no images: remove its folder or add images to it (a class the model \
@@ -460,7 +500,15 @@ impl Dataset {
                 self.classes[empty as usize]
             )));
         }
-        if let Some(only_valid) = self.valid.iter().map(|i| i.label).find(|l| !in_train.contains(l)) {
+        if let Some(only_valid) = in_valid.iter().copied().find(|l| !in_train.contains(l)) {
+            if self.multi_label {
+                // A rare tag can fall wholly into a random validation split; the other tags still train.
+                log::warn!(
+                    "{origin}: class '{}' has validation images but no training images",
+                    self.classes[only_valid as usize]
+                );
+                return Ok(self);
+            }
             return Err(Error::Invalid(format!(
                 "class '{}' of '{origin}' has validation images but no training images",
                 self.classes[only_valid as usize]

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use crate::data::dataset::{Item, Source};
 use crate::data::{load_rgb, resize_center_crop};
 use crate::error::{Error, Result};
+use crate::ops::loss::Targets;
 use crate::reference::SplitMix;
 
 /// How batches are made.
@@ -31,9 +32,12 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches decoded ahead of the consumer.
     pub prefetch: usize,
+    /// How a batch's labels are written: a class per image, or a class bitmask per image (multi-label).
+    pub targets: Targets,
 }
 
-/// A batch: (N, P, P, 3) RGB bytes, N labels, and how many rows are real (the rest pad a last batch).
+/// A batch: (N, P, P, 3) RGB bytes, N label sets ([`Targets::words`] u32 each), and how many rows are real (the
+/// rest pad a last batch).
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub pixels: Vec<u8>,
@@ -175,13 +179,15 @@ fn make_batch(
     let real = cfg.batch.min(order.len() - start);
     let px = cfg.presize * cfg.presize * 3;
     let mut pixels = vec![0u8; cfg.batch * px];
-    let mut labels = vec![0u32; cfg.batch];
+    let words = cfg.targets.words();
+    let mut labels = vec![0u32; cfg.batch * words];
     let workers = cfg.workers.clamp(1, real.max(1));
     let chunk = real.div_ceil(workers);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let chunks = pixels[..real * px].chunks_mut(chunk * px).zip(labels[..real].chunks_mut(chunk)).enumerate();
+    let chunks =
+        pixels[..real * px].chunks_mut(chunk * px).zip(labels[..real * words].chunks_mut(chunk * words)).enumerate();
     let fill = |w: usize, pix_chunk: &mut [u8], lab_chunk: &mut [u32]| {
-        for (i, (dst, label)) in pix_chunk.chunks_mut(px).zip(lab_chunk.iter_mut()).enumerate() {
+        for (i, (dst, label)) in pix_chunk.chunks_mut(px).zip(lab_chunk.chunks_mut(words)).enumerate() {
             // Position in the epoch; on a decode failure, the next items in the order stand in.
             let mut pos = start + w * chunk + i;
             let mut tries = 0;
@@ -192,7 +198,7 @@ fn make_batch(
                     match decode_presized(&items[idx], cfg.presize) {
                         Ok(bytes) => {
                             dst.copy_from_slice(&bytes);
-                            *label = items[idx].label;
+                            label.copy_from_slice(&cfg.targets.label_set(&items[idx].labels));
                             break;
                         }
                         Err(e) => {
@@ -235,7 +241,7 @@ fn make_batch(
     for i in real..cfg.batch {
         let last = (real - 1) * px;
         pixels.copy_within(last..last + px, i * px);
-        labels[i] = labels[real - 1];
+        labels.copy_within((real - 1) * words..real * words, i * words);
     }
     Ok(Batch { pixels, labels, real })
 }

@@ -28,8 +28,8 @@ pub mod plan;
 
 use crate::error::{Error, Result};
 use crate::ops::conv::{Conv2dConfig, ConvShape};
-use crate::ops::norm::BatchNormConfig;
 use crate::ops::loss::Loss;
+use crate::ops::norm::BatchNormConfig;
 use crate::ops::pool::{PoolConfig, PoolShape};
 use crate::reference::SplitMix;
 

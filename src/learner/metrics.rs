@@ -113,6 +113,123 @@ impl Confusion {
     }
 }
 
+/// fastai's multi-label metrics over a validation pass at a threshold: accuracy_multi (the fraction of (image,
+/// class) pairs where `probability > threshold` agrees with the label) and samples-averaged F-beta (F2 as fastai's
+/// planet example: per image, from its true and false positives and false negatives; an image with neither
+/// predicted nor true labels scores 0, as scikit-learn's default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiLabelScores {
+    pub classes: usize,
+    pub threshold: f32,
+    pub beta: f64,
+    rows: usize,
+    right: usize,
+    fbeta_sum: f64,
+}
+
+/// fastai's planet example scores F2.
+pub const FBETA_BETA: f64 = 2.0;
+
+impl MultiLabelScores {
+    pub fn new(classes: usize, threshold: f32, beta: f64) -> MultiLabelScores {
+        MultiLabelScores { classes, threshold, beta, rows: 0, right: 0, fbeta_sum: 0.0 }
+    }
+
+    /// Tally the first `real` rows of `probs` (sigmoid probabilities) against `labels` (class bitmasks of
+    /// ceil(classes / 32) words per row); returns the rows' summed binary cross-entropy (the mean over classes of
+    /// each row; probabilities kept within [1e-12, 1 - 1e-12]).
+    pub fn add_rows(&mut self, probs: &[f32], labels: &[u32], real: usize) -> f64 {
+        let (k, words) = (self.classes, self.classes.div_ceil(32));
+        let b2 = self.beta * self.beta;
+        let mut loss = 0.0;
+        for (row, set) in probs.chunks_exact(k).zip(labels.chunks_exact(words)).take(real) {
+            let (mut tp, mut fp, mut fn_, mut row_loss) = (0usize, 0usize, 0usize, 0.0);
+            for (c, &p) in row.iter().enumerate() {
+                let truth = set[c / 32] >> (c % 32) & 1 == 1;
+                let q = (p as f64).clamp(1e-12, 1.0 - 1e-12);
+                row_loss -= if truth { q.ln() } else { (1.0 - q).ln() };
+                match (p > self.threshold, truth) {
+                    (true, true) => tp += 1,
+                    (true, false) => fp += 1,
+                    (false, true) => fn_ += 1,
+                    (false, false) => {}
+                }
+            }
+            self.right += k - fp - fn_;
+            let denominator = (1.0 + b2) * tp as f64 + b2 * fn_ as f64 + fp as f64;
+            if denominator > 0.0 {
+                self.fbeta_sum += (1.0 + b2) * tp as f64 / denominator;
+            }
+            self.rows += 1;
+            loss += row_loss / k as f64;
+        }
+        loss
+    }
+
+    pub fn total(&self) -> usize {
+        self.rows
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        self.right as f64 / (self.rows * self.classes).max(1) as f64
+    }
+
+    pub fn fbeta(&self) -> f64 {
+        self.fbeta_sum / self.rows.max(1) as f64
+    }
+}
+
+/// A validation pass's scores: the confusion matrix of a single-label model, or a multi-label model's.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scores {
+    Single(Confusion),
+    Multi(MultiLabelScores),
+}
+
+impl Scores {
+    /// Empty scores for a model of `classes` with `loss`.
+    pub fn new(classes: &[String], loss: crate::ops::loss::Loss) -> Scores {
+        match loss {
+            crate::ops::loss::Loss::SigmoidBinaryCrossEntropy { threshold } => {
+                Scores::Multi(MultiLabelScores::new(classes.len(), threshold, FBETA_BETA))
+            }
+            crate::ops::loss::Loss::SoftmaxCrossEntropy { .. } => Scores::Single(Confusion::new(classes.to_vec())),
+        }
+    }
+
+    /// Tally the first `real` rows of a batch's probabilities against its labels; returns their summed loss.
+    pub fn add_rows(&mut self, probs: &[f32], labels: &[u32], real: usize) -> f64 {
+        match self {
+            Scores::Single(c) => c.add_rows(probs, labels, real),
+            Scores::Multi(m) => m.add_rows(probs, labels, real),
+        }
+    }
+
+    /// Images scored.
+    pub fn total(&self) -> usize {
+        match self {
+            Scores::Single(c) => c.total(),
+            Scores::Multi(m) => m.total(),
+        }
+    }
+
+    /// Accuracy (single-label) or accuracy_multi.
+    pub fn accuracy(&self) -> f64 {
+        match self {
+            Scores::Single(c) => c.accuracy(),
+            Scores::Multi(m) => m.accuracy(),
+        }
+    }
+
+    /// Samples-averaged F-beta (multi-label only).
+    pub fn fbeta(&self) -> Option<f64> {
+        match self {
+            Scores::Single(_) => None,
+            Scores::Multi(m) => Some(m.fbeta()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +257,40 @@ mod tests {
         assert_eq!(c.most_confused(1), vec![("cat", "dog", 2), ("fish", "cat", 1)]);
         let t = c.table();
         assert!(t.lines().nth(2).unwrap().ends_with("1   2   0") && t.contains("fish"), "{t}");
+    }
+
+    #[test]
+    fn multi_label_scores_match_the_reference() {
+        use crate::reference;
+        let mut rng = reference::SplitMix(4);
+        for classes in [1usize, 5, 33, 70] {
+            let (rows, words) = (9, classes.div_ceil(32));
+            let probs = rng.vec_f32(rows * classes, 0.0, 1.0);
+            let mut labels = vec![0u32; rows * words];
+            let mut dense = vec![0.0; rows * classes];
+            for r in 0..rows {
+                for c in 0..classes {
+                    // Rows 0 and 1 have no labels (row 0 also no predictions at threshold 0.99 below).
+                    if r > 1 && rng.uniform(0.0, 1.0) < 0.4 {
+                        labels[r * words + c / 32] |= 1 << (c % 32);
+                        dense[r * classes + c] = 1.0;
+                    }
+                }
+            }
+            for threshold in [0.5f32, 0.2, 0.99] {
+                let mut m = MultiLabelScores::new(classes, threshold, 2.0);
+                // The last two rows are padding.
+                let loss = m.add_rows(&probs, &labels, rows - 2);
+                let real = (rows - 2) * classes;
+                let (p, t) = (reference::widen(&probs[..real]), &dense[..real]);
+                let logits: Vec<f64> = p.iter().map(|&p| (p / (1.0 - p)).ln()).collect();
+                let want_loss = reference::bce_with_logits_forward(&logits, t) * (rows - 2) as f64;
+                assert!((loss - want_loss).abs() < 1e-6 * want_loss.abs(), "loss {loss} vs {want_loss}");
+                let right = reference::multi_label_correct(&logits, t, threshold as f64) as f64 / real as f64;
+                assert!((m.accuracy() - right).abs() < 1e-12, "accuracy {} vs {right}", m.accuracy());
+                let f = reference::fbeta_samples(&p, t, classes, threshold as f64, 2.0);
+                assert!((m.fbeta() - f).abs() < 1e-12, "fbeta {} vs {f} ({classes}, {threshold})", m.fbeta());
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::clock::Instant;
-use crate::data::augment::{AugmentConfig, ImageTransform};
+use crate::data::augment::{AugmentConfig, ImageTransform, Mixing};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::error::{Error, Result};
@@ -17,6 +17,7 @@ use crate::graph::executor::{Executor, ExecutorConfig, PixelInput, StepMetrics};
 use crate::nn::model::{Head, ModelSpec};
 use crate::nn::weights::{load_into, Weights};
 use crate::nn::Arch;
+use crate::ops::loss::{Loss, DEFAULT_THRESHOLD};
 use crate::ops::optim::{Hyper, Optimizer};
 use crate::reference::SplitMix;
 
@@ -26,7 +27,7 @@ mod tta;
 mod watch;
 
 use crate::schedule::{fine_tune, Phase};
-pub use metrics::{valley, Confusion, LrFind};
+pub use metrics::{valley, Confusion, LrFind, MultiLabelScores, Scores, FBETA_BETA};
 pub use tta::{tta_blend, tta_transforms, Tta, TTA_BETA, TTA_VIEWS};
 pub use watch::{Monitor, Verdict, Watch};
 
@@ -59,6 +60,10 @@ pub struct FineTuneConfig {
     /// fastai's EarlyStoppingCallback: end a phase after this many epochs without improvement of `save_best`'s
     /// metric (valid loss without it).
     pub early_stop: Option<usize>,
+    /// fastai's MixUp or CutMix callback on the training batches (None: off, fastai's default).
+    pub mixing: Option<Mixing>,
+    /// A multi-label model's prediction threshold (accuracy_multi, F-beta, `predict`; fastai's default 0.5).
+    pub threshold: f32,
     #[serde(skip)]
     pub workers: usize,
     /// Time the second step of each phase dispatch by dispatch (kept in [`Learner::profiles`]).
@@ -91,6 +96,8 @@ impl Default for FineTuneConfig {
             accum: 1,
             save_best: None,
             early_stop: None,
+            mixing: None,
+            threshold: DEFAULT_THRESHOLD,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             profile: false,
             capture_step: None,
@@ -105,8 +112,12 @@ pub struct EpochRecord {
     pub epoch: usize,
     pub train_loss: f64,
     pub valid_loss: f64,
+    /// Top-1 accuracy, or accuracy_multi for a multi-label model.
     pub accuracy: f64,
     pub error_rate: f64,
+    /// A multi-label model's samples-averaged F2 (fastai's FBetaMulti(2, average='samples')).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fbeta: Option<f64>,
     pub seconds: f64,
     /// With `save_best` or `early_stop`: the epoch is its phase's best so far by the watched metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,12 +209,18 @@ impl Learner {
     /// `cfg.accum` is multiplied by the parts; [`Learner::split`] says so).
     pub fn new(gpu: Arc<Gpu>, data: &Dataset, pretrained: Option<&Weights>, cfg: FineTuneConfig) -> Result<Learner> {
         let mut cfg = cfg;
+        let loss = if data.multi_label {
+            Loss::SigmoidBinaryCrossEntropy { threshold: cfg.threshold }
+        } else {
+            Loss::SoftmaxCrossEntropy { smoothing: 0.0 }
+        };
         let spec = ModelSpec {
             arch: cfg.arch,
             head: Head::Fastai,
             classes: data.classes.clone(),
             input_size: cfg.size,
             normalization: cfg.arch.normalization(),
+            loss,
         };
         let build = |cfg: &FineTuneConfig| -> Result<Executor> {
             let ex_cfg = ExecutorConfig { optimizer: cfg.optimizer, freeze_bn: cfg.freeze_bn, accum: cfg.accum };
@@ -245,6 +262,7 @@ impl Learner {
                     seed: cfg.seed,
                     workers: cfg.workers,
                     prefetch: 2,
+                    targets: spec.loss.targets(spec.classes.len()),
                 },
             )
         };
@@ -280,11 +298,16 @@ impl Learner {
         self.train.batches()
     }
 
-    /// The augmentation of each image of the next training batch (identity without augmentation).
-    fn transforms(&mut self) -> Vec<ImageTransform> {
-        (0..self.cfg.bs)
+    /// The augmentation of each image of the next training batch (identity without augmentation), with its
+    /// MixUp/CutMix partner when the run mixes.
+    fn transforms(&mut self, real: usize) -> Result<Vec<ImageTransform>> {
+        let mut t: Vec<ImageTransform> = (0..self.cfg.bs)
             .map(|_| if self.cfg.augment { self.aug.sample(&mut self.rng) } else { ImageTransform::IDENTITY })
-            .collect()
+            .collect();
+        if let Some(m) = self.cfg.mixing {
+            m.apply(&mut t, real, self.cfg.size, &mut self.rng)?;
+        }
+        Ok(t)
     }
 
     /// The phases `fit` will run.
@@ -346,7 +369,7 @@ impl Learner {
                 let h = Hyper { lr: phase.schedule.lr(g, pos), mom: phase.schedule.mom(pos), ..self.ex.hyper(g) };
                 self.ex.set_hyper(g, h)?;
             }
-            let transforms = self.transforms();
+            let transforms = self.transforms(batch.real)?;
             // The second step this process runs in the phase's first epoch: compiled and warm, as every later step
             // (after a resume too, wherever in the epoch it resumed).
             let profile = self.cfg.profile && epoch == 0 && i == 1.min(per_epoch.saturating_sub(first + 1));
@@ -372,7 +395,8 @@ impl Learner {
         if done < per_epoch {
             return Ok(EpochEnd::Stopped(Partial { batches: done, smooth }));
         }
-        let (valid_loss, accuracy) = self.validate_async().await?;
+        let (valid_loss, scores) = self.validate_scores_async().await?;
+        let accuracy = scores.accuracy();
         Ok(EpochEnd::Done(EpochRecord {
             phase: phase.name.to_string(),
             epoch,
@@ -380,6 +404,7 @@ impl Learner {
             valid_loss,
             accuracy,
             error_rate: 1.0 - accuracy,
+            fbeta: scores.fbeta(),
             seconds: t0.elapsed().as_secs_f64(),
             improved: None,
             early_stop: false,
@@ -388,29 +413,31 @@ impl Learner {
     }
 
     blocking! {
-        /// Mean cross-entropy and accuracy over the validation set (padding rows of the last batch excluded).
+        /// Mean loss and accuracy (accuracy_multi for a multi-label model) over the validation set (padding rows of
+        /// the last batch excluded).
         pub fn validate(&mut self) -> Result<(f64, f64)> => validate_async
     }
 
     pub async fn validate_async(&mut self) -> Result<(f64, f64)> {
-        let (loss, confusion) = self.validate_confusion_async().await?;
-        Ok((loss, confusion.accuracy()))
+        let (loss, scores) = self.validate_scores_async().await?;
+        Ok((loss, scores.accuracy()))
     }
 
     blocking! {
-        /// Mean cross-entropy over the validation set and its confusion matrix.
-        pub fn validate_confusion(&mut self) -> Result<(f64, Confusion)> => validate_confusion_async
+        /// Mean loss over the validation set and its scores: the confusion matrix (single-label) or accuracy_multi
+        /// and F-beta (multi-label).
+        pub fn validate_scores(&mut self) -> Result<(f64, Scores)> => validate_scores_async
     }
 
-    pub async fn validate_confusion_async(&mut self) -> Result<(f64, Confusion)> {
-        let mut confusion = Confusion::new(self.spec.classes.clone());
+    pub async fn validate_scores_async(&mut self) -> Result<(f64, Scores)> {
+        let mut scores = Scores::new(&self.spec.classes, self.spec.loss);
         let mut loss = 0.0;
         for batch in self.valid.epoch(0) {
             let batch = batch?;
             let probs = self.ex.predict_pixels_async(&batch.pixels).await?;
-            loss += confusion.add_rows(&probs, &batch.labels, batch.real);
+            loss += scores.add_rows(&probs, &batch.labels, batch.real);
         }
-        Ok((loss / confusion.total().max(1) as f64, confusion))
+        Ok((loss / scores.total().max(1) as f64, scores))
     }
 
     blocking! {
@@ -565,7 +592,7 @@ impl Learner {
                     let h = Hyper { lr: lr_at(submitted), mom: 0.9, ..self.ex.hyper(g) };
                     self.ex.set_hyper(g, h)?;
                 }
-                let transforms = self.transforms();
+                let transforms = self.transforms(batch.real)?;
                 self.ex.train_step_pixels_async(&batch.pixels, &transforms, &batch.labels).await?;
                 submitted += 1;
                 for m in self.ex.poll_metrics()? {

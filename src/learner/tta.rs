@@ -1,7 +1,7 @@
 //! fastai's test-time augmentation (`learn.tta(n=4, beta=0.25)`): the mean of the probabilities of `n` augmented
 //! views of each validation image, blended with the plain view's as `torch.lerp(augmented, plain, beta)`.
 
-use super::{Confusion, Learner};
+use super::{Learner, Scores};
 use crate::data::augment::{AugmentConfig, ImageTransform};
 use crate::error::Result;
 use crate::reference::SplitMix;
@@ -19,6 +19,11 @@ pub struct Tta {
     pub accuracy: f64,
     pub plain_valid_loss: f64,
     pub plain_accuracy: f64,
+    /// Multi-label: samples-averaged F2 with and without TTA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fbeta: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain_fbeta: Option<f64>,
 }
 
 /// fastai's blend: `(1 - beta) * mean(views) + beta * plain`, element by element (views empty: the plain view).
@@ -49,7 +54,7 @@ impl Learner {
     pub async fn tta_async(&mut self, views: usize, beta: f64) -> Result<Tta> {
         let mut rng = SplitMix(self.cfg.seed ^ 0x77a);
         let (mut plain_c, mut tta_c) =
-            (Confusion::new(self.spec.classes.clone()), Confusion::new(self.spec.classes.clone()));
+            (Scores::new(&self.spec.classes, self.spec.loss), Scores::new(&self.spec.classes, self.spec.loss));
         let (mut plain_loss, mut tta_loss) = (0.0, 0.0);
         for batch in self.valid.epoch(0) {
             let batch = batch?;
@@ -71,6 +76,8 @@ impl Learner {
             accuracy: tta_c.accuracy(),
             plain_valid_loss: plain_loss / n,
             plain_accuracy: plain_c.accuracy(),
+            fbeta: tta_c.fbeta(),
+            plain_fbeta: plain_c.fbeta(),
         })
     }
 }

@@ -105,6 +105,7 @@ mod tests {
             valid_loss,
             accuracy,
             error_rate: 1.0 - accuracy,
+            fbeta: None,
             seconds: 0.0,
             improved: None,
             early_stop: false,

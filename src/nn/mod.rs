@@ -7,6 +7,7 @@ pub mod weights;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::conv::{Conv2dConfig, Padding};
+use crate::ops::loss::Loss;
 use crate::ops::norm::BatchNormConfig;
 use crate::ops::pool::PoolConfig;
 
@@ -158,13 +159,42 @@ impl Arch {
         bn_momentum: f32,
         ps: f64,
     ) -> Result<Graph> {
+        self.with_fastai_head_and_loss(
+            batch,
+            size,
+            classes,
+            bn_momentum,
+            ps,
+            Loss::SoftmaxCrossEntropy { smoothing: 0.0 },
+        )
+    }
+
+    /// [`Arch::with_fastai_head`] with a given loss: softmax cross-entropy (one class per image) or sigmoid binary
+    /// cross-entropy (multi-label).
+    pub fn with_fastai_head_and_loss(
+        self,
+        batch: usize,
+        size: usize,
+        classes: usize,
+        bn_momentum: f32,
+        ps: f64,
+        loss: Loss,
+    ) -> Result<Graph> {
         let mut g = Graph::new();
         let x = g.input("image", &[batch, 3, size, size]);
-        let labels = g.labels("label", batch);
+        let labels = match loss {
+            Loss::SoftmaxCrossEntropy { .. } => g.labels("label", batch),
+            Loss::SigmoidBinaryCrossEntropy { .. } => g.multi_labels("label", batch, classes),
+        };
         let features = self.body(&mut g, x, bn_momentum)?;
         g.set_group(2);
         let logits = fastai_head(&mut g, features, classes, bn_momentum, ps)?;
-        g.cross_entropy("loss", logits, labels, 0.0)?;
+        match loss {
+            Loss::SoftmaxCrossEntropy { smoothing } => g.cross_entropy("loss", logits, labels, smoothing)?,
+            Loss::SigmoidBinaryCrossEntropy { threshold } => {
+                g.binary_cross_entropy("loss", logits, labels, threshold)?
+            }
+        };
         Ok(g)
     }
 }

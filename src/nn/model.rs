@@ -10,6 +10,7 @@ use crate::graph::executor::{Executor, ExecutorConfig};
 use crate::graph::Graph;
 use crate::nn::weights::{load_into, LoadReport, Weights};
 use crate::nn::{Arch, Normalization, FASTAI_PS};
+use crate::ops::loss::Loss;
 
 /// The embedded ImageNet EfficientNet-Lite0 (assets/efficientnet_lite0.safetensors; see assets/README.md).
 pub static EFFNET_LITE0_IMAGENET: &[u8] = include_bytes!("../../assets/efficientnet_lite0.safetensors");
@@ -47,6 +48,9 @@ pub struct ModelSpec {
     pub classes: Vec<String>,
     pub input_size: usize,
     pub normalization: Normalization,
+    /// Softmax cross-entropy (one class per image) or sigmoid binary cross-entropy with the threshold that
+    /// predictions use (multi-label).
+    pub loss: Loss,
 }
 
 /// The input sizes wgtune builds models for (square images).
@@ -58,6 +62,13 @@ const KEY_HEAD: &str = "wgtune.head";
 const KEY_CLASSES: &str = "wgtune.classes";
 const KEY_SIZE: &str = "wgtune.input_size";
 const KEY_NORM: &str = "wgtune.normalization";
+/// "single_label" or "multi_label"; files without it are single-label.
+const KEY_TASK: &str = "wgtune.task";
+/// A multi-label model's prediction threshold.
+const KEY_THRESHOLD: &str = "wgtune.threshold";
+
+/// Softmax cross-entropy without label smoothing: the single-label loss.
+pub const SINGLE_LABEL: Loss = Loss::SoftmaxCrossEntropy { smoothing: 0.0 };
 
 impl ModelSpec {
     /// An architecture's ImageNet classifier with its standard preprocessing.
@@ -68,28 +79,46 @@ impl ModelSpec {
             classes: imagenet_classes(),
             input_size: 224,
             normalization: arch.normalization(),
+            loss: SINGLE_LABEL,
         }
+    }
+
+    pub fn multi_label(&self) -> bool {
+        self.loss.multi_label()
     }
 
     /// The graph for `batch` images.
     pub fn graph(&self, batch: usize, bn_momentum: f32) -> Result<Graph> {
         match self.head {
             Head::Classifier => self.arch.classifier(batch, self.input_size, self.classes.len()),
-            Head::Fastai => {
-                self.arch.with_fastai_head(batch, self.input_size, self.classes.len(), bn_momentum, FASTAI_PS)
-            }
+            Head::Fastai => self.arch.with_fastai_head_and_loss(
+                batch,
+                self.input_size,
+                self.classes.len(),
+                bn_momentum,
+                FASTAI_PS,
+                self.loss,
+            ),
         }
     }
 
     /// The metadata a saved model carries.
     pub fn metadata(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut meta = HashMap::from([
             (KEY_ARCH.into(), self.arch.name().into()),
             (KEY_HEAD.into(), self.head.name().into()),
             (KEY_CLASSES.into(), serde_json::to_string(&self.classes).unwrap_or_default()),
             (KEY_SIZE.into(), self.input_size.to_string()),
             (KEY_NORM.into(), self.normalization.describe()),
-        ])
+        ]);
+        match self.loss {
+            Loss::SoftmaxCrossEntropy { .. } => meta.insert(KEY_TASK.into(), "single_label".into()),
+            Loss::SigmoidBinaryCrossEntropy { threshold } => {
+                meta.insert(KEY_THRESHOLD.into(), threshold.to_string());
+                meta.insert(KEY_TASK.into(), "multi_label".into())
+            }
+        };
+        meta
     }
 
     /// The spec of a weights file: from wgtune's metadata, or, for a raw pretrained file, from `arch` (a
@@ -131,7 +160,21 @@ impl ModelSpec {
                 })?;
             let normalization =
                 Normalization::parse(get(KEY_NORM)?).map_err(|e| bad(KEY_NORM, &format!("is invalid: {e}")))?;
-            return Ok(ModelSpec { arch, head, classes, input_size, normalization });
+            let loss = match meta.get(KEY_TASK).map(String::as_str) {
+                None | Some("single_label") => SINGLE_LABEL,
+                Some("multi_label") => {
+                    let t = get(KEY_THRESHOLD)?;
+                    let threshold =
+                        t.parse::<f32>().ok().filter(|t| (0.0..=1.0).contains(t)).ok_or_else(|| {
+                            bad(KEY_THRESHOLD, &format!("is '{t}', expected a probability from 0 to 1"))
+                        })?;
+                    Loss::SigmoidBinaryCrossEntropy { threshold }
+                }
+                Some(other) => {
+                    return Err(bad(KEY_TASK, &format!("is '{other}', expected 'single_label' or 'multi_label'")))
+                }
+            };
+            return Ok(ModelSpec { arch, head, classes, input_size, normalization, loss });
         }
         let arch = match (arch, meta.get("architecture")) {
             (Some(a), _) => a,

@@ -75,7 +75,12 @@ impl Loss {
         if targets.shape() != [batch, layout.row()] {
             return Err(Error::shape(
                 what,
-                format!("targets {:?} must be ({batch}, {}) for logits {:?}", targets.shape(), layout.row(), logits.shape()),
+                format!(
+                    "targets {:?} must be ({batch}, {}) for logits {:?}",
+                    targets.shape(),
+                    layout.row(),
+                    logits.shape()
+                ),
             ));
         }
         let (smoothing, threshold) = match self {
@@ -139,7 +144,14 @@ impl Loss {
 
     /// The loss's count of right predictions into `count` (1), as f32: rows with the top-1 class right (softmax)
     /// or (row, class) pairs right at the threshold (sigmoid); against each row's own labels, not its partner's.
-    pub fn correct(self, gpu: &Gpu, logits: &Tensor, targets: &Tensor, count: &Tensor, label: &str) -> Result<Dispatch> {
+    pub fn correct(
+        self,
+        gpu: &Gpu,
+        logits: &Tensor,
+        targets: &Tensor,
+        count: &Tensor,
+        label: &str,
+    ) -> Result<Dispatch> {
         let (spec, what) = match self {
             Loss::SoftmaxCrossEntropy { .. } => (&CORRECT_COUNT, "correct_count"),
             Loss::SigmoidBinaryCrossEntropy { .. } => (&MULTI_LABEL_CORRECT, "multi_label_correct"),
@@ -161,7 +173,10 @@ impl Loss {
             return Err(Error::shape(what, format!("logits {:?} must be (batch, classes)", logits.shape())));
         };
         if probs.shape() != logits.shape() {
-            return Err(Error::shape(what, format!("probs {:?} must match logits {:?}", probs.shape(), logits.shape())));
+            return Err(Error::shape(
+                what,
+                format!("probs {:?} must match logits {:?}", probs.shape(), logits.shape()),
+            ));
         }
         let p = LossParams { batch: dim(batch, "batch")?, classes: dim(classes, "classes")?, ..Default::default() };
         gpu.dispatch(spec, bytemuck::bytes_of(&p), &[logits, probs], [p.batch.div_ceil(64), 1, 1], label)

@@ -52,8 +52,12 @@ fn random_fastai_transforms_match_the_reference() {
 fn reflection_padding_at_strong_zoom_out_and_rotation() {
     // A 0.6x zoom-out rotated by 30 degrees reaches far outside the source square.
     let (s, c) = 30f32.to_radians().sin_cos();
-    let t =
-        ImageTransform { m: [1.6 * c, -1.6 * s, 0.1, 1.6 * s, 1.6 * c, -0.2], contrast: 1.2, brightness_logit: -0.3, mix: None };
+    let t = ImageTransform {
+        m: [1.6 * c, -1.6 * s, 0.1, 1.6 * s, 1.6 * c, -0.2],
+        contrast: 1.2,
+        brightness_logit: -0.3,
+        mix: None,
+    };
     check(1, 16, 257, &[t], true, Normalization::imagenet());
 }
 

@@ -78,7 +78,9 @@ impl Executor {
                     if a {
                         return Err(Error::Invalid("the logits feed more than the loss".into()));
                     }
-                    Box::new(move |v| Ok(vec![f.backward(v.gpu, v.v(logits)?, v.v(labels)?, v.g(logits)?, 1.0, &l2)?]))
+                    Box::new(move |v| {
+                        Ok(vec![f.backward(v.gpu, v.v(logits)?, v.v(labels)?, v.g(logits)?, 1.0, &l2)?])
+                    })
                 }
                 Op::Linear { x, w, b, y } => {
                     let (need_x, train_w, train_b, ax) =

@@ -151,8 +151,7 @@ impl Executor {
         };
         let input = find("input", &|k| *k == TensorKind::Input)?;
         let labels = find("labels", &|k| *k == TensorKind::Labels)?;
-        let losses: Vec<usize> =
-            (0..graph.nodes.len()).filter(|&i| graph.nodes[i].op.as_loss().is_some()).collect();
+        let losses: Vec<usize> = (0..graph.nodes.len()).filter(|&i| graph.nodes[i].op.as_loss().is_some()).collect();
         let &[loss_node] = losses.as_slice() else {
             return Err(Error::Invalid(format!("the graph needs exactly one loss, it has {}", losses.len())));
         };

@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, Gpu, Storage, Tensor};
 use crate::graph::plan::{assign_slots, Lifetime, SlotPlan};
 use crate::graph::{Op, TensorId, TensorKind};
-use crate::ops::optim::optimizer_step;
 use crate::ops::loss::Loss;
+use crate::ops::optim::optimizer_step;
 
 /// Dispatches of one layer, with the dropout dispatches whose per-step uniform must be rewritten.
 pub(super) struct Layer {
@@ -176,7 +176,7 @@ impl Executor {
 
     /// (batch, presize) of the pixel input stage, if batches arrive as pixels.
     fn pixel_stage(&self) -> Option<(usize, usize)> {
-        self.pixel_input.map(|s| (self.graph.tensors[self.labels.0].numel(), s.presize))
+        self.pixel_input.map(|s| (self.batch_size(), s.presize))
     }
 
     /// The layers of a program and its memory plan, before any buffer exists.

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, ReadbackRing, Tensor, Ticket};
 use crate::graph::Op;
 use crate::ops::dropout::DropoutParams;
+use crate::ops::loss::Targets;
 
 /// Steps whose metrics may be in flight before a new step waits for the oldest (the ring has 64 slots, two per
 /// step).
@@ -35,24 +36,39 @@ impl Executor {
         Ok(())
     }
 
+    /// How the loss takes its labels: one class per image, or a class bitmask of [`Targets::words`] u32.
+    pub fn targets(&self) -> Targets {
+        let l = self.loss_tensors();
+        l.f.targets(self.graph.shape(l.logits)[1])
+    }
+
+    /// Images per batch.
+    pub fn batch_size(&self) -> usize {
+        self.graph.tensors[self.labels.0].shape[0]
+    }
+
     fn check_labels(&self, labels: &[u32]) -> Result<()> {
-        let n = self.graph.tensors[self.labels.0].numel();
-        let classes = self.graph.shape(self.loss_tensors().logits)[1] as u32;
-        if labels.len() != n {
-            return Err(Error::Invalid(format!("a batch needs {n} labels, got {}", labels.len())));
-        }
-        if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
-            return Err(Error::Invalid(format!("label {bad} is out of range for {classes} classes")));
-        }
+        self.targets().check(labels, self.batch_size())
+    }
+
+    /// Lay out and upload the loss's target rows: each image's labels, its partner's (from its transform's mix),
+    /// and the weight of its own.
+    fn upload_targets(&mut self, training: bool, labels: &[u32], transforms: Option<&[ImageTransform]>) -> Result<()> {
+        let mix: Option<Vec<(u32, f32)>> = transforms.filter(|t| t.iter().any(|t| t.mix.is_some())).map(|t| {
+            t.iter().enumerate().map(|(row, t)| t.mix.map_or((row as u32, 1.0), |m| (m.partner, m.label_lam))).collect()
+        });
+        let rows = self.targets().encode(labels, mix.as_deref())?;
+        let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled before upload");
+        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(&rows))?;
+        self.counters.bytes_uploaded += p.labels.bytes();
         Ok(())
     }
 
     fn upload(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<()> {
         let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled before upload");
         self.gpu.write_f32(&p.input, images)?;
-        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(labels))?;
-        self.counters.bytes_uploaded += p.input.bytes() + p.labels.bytes();
-        Ok(())
+        self.counters.bytes_uploaded += p.input.bytes();
+        self.upload_targets(training, labels, None)
     }
 
     /// Feed batches as presized u8 pixels from now on: the GPU augments (training) or just normalizes
@@ -77,19 +93,26 @@ impl Executor {
         transforms: &[ImageTransform],
         labels: &[u32],
     ) -> Result<()> {
-        let n = self.graph.tensors[self.labels.0].numel();
+        let n = self.batch_size();
         let stage =
             self.pixel_input.ok_or_else(|| Error::Invalid("call set_pixel_input before feeding pixels".into()))?;
-        if pixels.len() != n * stage.presize * stage.presize * 3 || transforms.len() != n || labels.len() != n {
+        if pixels.len() != n * stage.presize * stage.presize * 3 || transforms.len() != n {
             return Err(Error::Invalid(format!(
-                "a pixel batch needs {n} images of {0}x{0}x3 bytes, {n} transforms and {n} labels; got {1} bytes, {2}, {3}",
+                "a pixel batch needs {n} images of {0}x{0}x3 bytes and {n} transforms; got {1} bytes, {2}",
                 stage.presize,
                 pixels.len(),
                 transforms.len(),
-                labels.len()
             )));
         }
         self.check_labels(labels)?;
+        if let Some((row, m)) =
+            transforms.iter().enumerate().find_map(|(r, t)| t.mix.filter(|m| m.partner as usize >= n).map(|m| (r, m)))
+        {
+            return Err(Error::Invalid(format!(
+                "row {row}'s mixing partner {} is outside the batch of {n}",
+                m.partner
+            )));
+        }
         if training {
             self.ensure_train()?
         } else {
@@ -100,9 +123,8 @@ impl Executor {
         self.gpu.write_bytes(px, bytemuck::cast_slice(&crate::data::augment::pack_pixels(pixels)))?;
         let params = crate::data::augment::batch_params(transforms);
         self.gpu.write_f32(tf, &params)?;
-        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(labels))?;
-        self.counters.bytes_uploaded += px.bytes() + tf.bytes() + p.labels.bytes();
-        Ok(())
+        self.counters.bytes_uploaded += px.bytes() + tf.bytes();
+        self.upload_targets(training, labels, Some(transforms))
     }
 
     blocking! {
@@ -127,7 +149,7 @@ impl Executor {
     }
 
     pub async fn evaluate_pixels_async(&mut self, pixels: &[u8], labels: &[u32]) -> Result<(f32, f32)> {
-        let n = labels.len();
+        let n = self.batch_size();
         self.upload_pixels(false, pixels, &vec![ImageTransform::IDENTITY; n], labels)?;
         self.submit_eval().await
     }
@@ -138,7 +160,7 @@ impl Executor {
     }
 
     pub async fn predict_pixels_async(&mut self, pixels: &[u8]) -> Result<Vec<f32>> {
-        let n = self.graph.tensors[self.labels.0].numel();
+        let n = self.batch_size();
         self.predict_pixels_with_async(pixels, &vec![ImageTransform::IDENTITY; n]).await
     }
 
@@ -154,7 +176,7 @@ impl Executor {
         pixels: &[u8],
         transforms: &[ImageTransform],
     ) -> Result<Vec<f32>> {
-        let n = self.graph.tensors[self.labels.0].numel();
+        let n = self.batch_size() * self.targets().words();
         self.upload_pixels(false, pixels, transforms, &vec![0; n])?;
         self.submit_infer(true).await
     }
@@ -444,7 +466,7 @@ impl Executor {
     async fn infer(&mut self, images: &[f32], probabilities: bool) -> Result<Vec<f32>> {
         self.check_images(images)?;
         self.ensure_eval()?;
-        let n = self.graph.tensors[self.labels.0].numel();
+        let n = self.batch_size() * self.targets().words();
         self.upload(false, images, &vec![0; n])?;
         self.submit_infer(probabilities).await
     }
