@@ -365,7 +365,8 @@ fn gpu() -> Arc<wgtune::gpu::Gpu> {
 }
 
 /// The pixel path (u8 upload, GPU normalization with the identity transform) gives the same predictions as
-/// normalizing on the CPU and uploading f32.
+/// normalizing on the CPU and uploading f32: evaluation batches come at the model's input size (as `predict`
+/// decodes them), training batches at the presize.
 #[test]
 fn pixel_input_matches_cpu_normalization() {
     use wgtune::graph::executor::{Executor, ExecutorConfig, PixelInput};
@@ -382,7 +383,7 @@ fn pixel_input_matches_cpu_normalization() {
     let norm = Normalization::imagenet();
     let mut a = Executor::new(gpu(), build(), ExecutorConfig::default()).unwrap();
     let mut b = Executor::new(gpu(), build(), ExecutorConfig::default()).unwrap();
-    b.set_pixel_input(PixelInput { presize: 8, normalization: norm }).unwrap();
+    b.set_pixel_input(PixelInput { presize: 11, normalization: norm }).unwrap();
     let mut rng = SplitMix(4);
     let pixels: Vec<u8> = (0..2 * 8 * 8 * 3).map(|_| rng.below(256) as u8).collect();
     let mut f = Vec::new();
@@ -394,8 +395,13 @@ fn pixel_input_matches_cpu_normalization() {
     assert!(pa.iter().zip(&pb).all(|(x, y)| (x - y).abs() < 1e-5), "{pa:?} vs {pb:?}");
     assert!(b.predict(&f).is_err(), "f32 batches are refused once pixel input is set");
     let transforms = vec![wgtune::data::augment::ImageTransform::IDENTITY; 2];
-    b.train_step_pixels(&pixels, &transforms, &[0, 2]).unwrap();
+    let err = b.train_step_pixels(&pixels, &transforms, &[0, 2]).unwrap_err().to_string();
+    assert!(err.contains("a training pixel batch needs 2 images of 11x11x3 bytes"), "{err}");
+    let presized: Vec<u8> = (0..2 * 11 * 11 * 3).map(|_| rng.below(256) as u8).collect();
+    b.train_step_pixels(&presized, &transforms, &[0, 2]).unwrap();
     assert_eq!(b.wait_metrics().unwrap().len(), 1);
+    let err = b.predict_pixels(&presized).unwrap_err().to_string();
+    assert!(err.contains("an evaluation pixel batch needs 2 images of 8x8x3 bytes"), "{err}");
 }
 
 /// Links back up the tree (`up -> ..`, `again -> .`) are not followed: the scan ends, counts each image once and

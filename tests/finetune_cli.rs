@@ -117,7 +117,7 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
     let (out, log) = (dir.0.join("m.safetensors"), dir.0.join("log.jsonl"));
     let run = wgtune()
         .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "2", "--freeze-epochs", "1"])
-        .args(["--save-best", "accuracy", "--early-stop", "5", "--tta", "--accum", "2", "--data"])
+        .args(["--save-best", "accuracy", "--early-stop", "5", "--tta", "--accum", "2", "--cutmix", "1", "--data"])
         .arg(&dir.0)
         .arg("--out")
         .arg(&out)
@@ -128,6 +128,7 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
     let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     assert!(run.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("gradient accumulation: 2 batches of 8 per optimizer step (16 images)"), "{stderr}");
+    assert!(stderr.contains("CutMix: a box per training batch pasted from shuffled partners, lam ~ Beta(1, 1)"));
     assert!(stdout.contains("better model found at epoch 0 with accuracy value: "), "{stdout}");
     assert!(stdout.contains("kept the weights of frozen epoch 0, the best by accuracy"), "{stdout}");
     assert!(stdout.contains("kept the weights of unfrozen epoch "), "{stdout}");
@@ -141,9 +142,21 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
     assert_eq!(records[0]["kept_epoch"], 0);
     assert!(records[1]["kept_epoch"].is_null() && records[2]["kept_epoch"].is_u64(), "{records:?}");
 
-    for (opt, val, says) in [("--save-best", "loss", "valid_loss or accuracy"), ("--early-stop", "0", "at least 1")] {
+    for (opt, val, says) in [
+        ("--save-best", "loss", "valid_loss or accuracy"),
+        ("--early-stop", "0", "at least 1"),
+        ("--mixup", "0", "alpha must be positive"),
+        ("--cutmix", "-1", "alpha must be positive"),
+    ] {
         let bad = wgtune().args(["finetune", opt, val]).output().unwrap();
         let e = String::from_utf8_lossy(&bad.stderr);
         assert!(!bad.status.success() && e.contains(opt) && e.contains(says), "{opt} {val}: {e}");
     }
+    let both = wgtune().args(["finetune", "--mixup", "0.4", "--cutmix", "1"]).output().unwrap();
+    assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+    // A threshold is for multi-label models.
+    let image = std::fs::read_dir(dir.0.join("valid/Bag")).unwrap().next().unwrap().unwrap().path();
+    let p = wgtune().args(["predict", "--threshold", "0.3", "--model"]).arg(&out).arg(&image).output().unwrap();
+    let e = String::from_utf8_lossy(&p.stderr);
+    assert!(!p.status.success() && e.contains("--threshold is for multi-label models"), "{e}");
 }

@@ -46,7 +46,8 @@ pub struct FineTuneConfig {
     pub wd: f64,
     pub bs: usize,
     pub size: usize,
-    /// Side of the square images are decoded to before the GPU augments them to `size`.
+    /// Side of the square training images are decoded to before the GPU augments them to `size` (validation
+    /// images are decoded to `size`; without augmentation training images are too).
     pub presize: usize,
     pub seed: u64,
     pub optimizer: Optimizer,
@@ -209,6 +210,11 @@ impl Learner {
     /// `cfg.accum` is multiplied by the parts; [`Learner::split`] says so).
     pub fn new(gpu: Arc<Gpu>, data: &Dataset, pretrained: Option<&Weights>, cfg: FineTuneConfig) -> Result<Learner> {
         let mut cfg = cfg;
+        if !cfg.augment {
+            // Without random crops there is nothing to crop from: training images are decoded as validation's and
+            // predict's are, straight to the input size.
+            cfg.presize = cfg.size;
+        }
         let loss = if data.multi_label {
             Loss::SigmoidBinaryCrossEntropy { threshold: cfg.threshold }
         } else {
@@ -274,8 +280,9 @@ impl Learner {
             )));
         }
         let train = loader(data.train.clone(), true, true, cfg.presize)?;
-        // Validation: decoded straight to the centre crop; the GPU only normalizes (identity transform).
-        let valid = loader(data.valid.clone(), false, false, cfg.presize)?;
+        // Validation: decoded straight to the centre crop of the input size, as `predict` decodes; the GPU only
+        // normalizes (identity transform).
+        let valid = loader(data.valid.clone(), false, false, cfg.size)?;
         Ok(Learner {
             ex,
             spec,

@@ -132,9 +132,12 @@ pub struct Executor {
 }
 
 /// Batches arrive as presized u8 pixels and the GPU augments and normalizes them into the model's input.
+/// Training batches are `presize` pixels square (the random crops take from the larger image); evaluation and
+/// prediction batches are the model's input size, so that validation sees an image as `predict` and an exported
+/// ONNX model do: resized and centre-cropped once, straight to the input size.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PixelInput {
-    /// Side of the square u8 images uploaded.
+    /// Side of the square u8 images of training batches.
     pub presize: usize,
     pub normalization: crate::nn::Normalization,
 }

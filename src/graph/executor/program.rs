@@ -137,7 +137,7 @@ impl Executor {
     /// tensors plus the memory plan. Works even where a tensor exceeds this adapter's binding limit (the plan is
     /// then a figure for a larger GPU).
     pub fn plan_bytes(&self, training: bool) -> Result<u64> {
-        Ok(self.persistent_bytes() + self.layout(training)?.total_bytes(self.pixel_stage()))
+        Ok(self.persistent_bytes() + self.layout(training)?.total_bytes(self.pixel_stage(training)))
     }
 
     /// When a tensor of the program would exceed the adapter's storage-binding limit: the largest batch size that
@@ -174,9 +174,11 @@ impl Executor {
         Ok(())
     }
 
-    /// (batch, presize) of the pixel input stage, if batches arrive as pixels.
-    fn pixel_stage(&self) -> Option<(usize, usize)> {
-        self.pixel_input.map(|s| (self.batch_size(), s.presize))
+    /// (batch, side of the u8 images) of the training or evaluation program's pixel stage, if batches arrive as
+    /// pixels: `presize` for training, the model's input size for evaluation.
+    pub(super) fn pixel_stage(&self, training: bool) -> Option<(usize, usize)> {
+        let input_side = self.graph.tensors[self.input.0].shape[3];
+        self.pixel_input.map(|s| (self.batch_size(), if training { s.presize } else { input_side }))
     }
 
     /// The layers of a program and its memory plan, before any buffer exists.
@@ -303,7 +305,7 @@ impl Executor {
         if let Some((msg, _)) = &layout.oversized {
             return Err(Error::Invalid(msg.clone()));
         }
-        let transient_bytes = layout.total_bytes(self.pixel_stage());
+        let transient_bytes = layout.total_bytes(self.pixel_stage(training));
         let Layout { layers, keys, plan, alias, .. } = layout;
         let LossNode { logits, loss, correct, .. } = self.loss_tensors();
         let mode = if training { "train" } else { "eval" };
@@ -363,7 +365,7 @@ impl Executor {
         }
         let get = |k: Key| views.get(k).cloned();
         let mut pixels = None;
-        if let (Some(stage), Some((n, presize))) = (self.pixel_input, self.pixel_stage()) {
+        if let (Some(stage), Some((n, presize))) = (self.pixel_input, self.pixel_stage(training)) {
             let input = get(Key::Value(self.input))?;
             let (px_shape, tf_shape) = pixel_stage_shapes(n, presize);
             let px = self.gpu.tensor(&px_shape, DType::U32, &format!("{mode} pixels"))?;
@@ -373,7 +375,7 @@ impl Executor {
                 &px,
                 &tf,
                 &input,
-                stage.presize,
+                presize,
                 &stage.normalization,
                 training,
                 "augment",

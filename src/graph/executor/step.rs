@@ -93,13 +93,14 @@ impl Executor {
         transforms: &[ImageTransform],
         labels: &[u32],
     ) -> Result<()> {
-        let n = self.batch_size();
-        let stage =
-            self.pixel_input.ok_or_else(|| Error::Invalid("call set_pixel_input before feeding pixels".into()))?;
-        if pixels.len() != n * stage.presize * stage.presize * 3 || transforms.len() != n {
+        let (n, side) = self
+            .pixel_stage(training)
+            .ok_or_else(|| Error::Invalid("call set_pixel_input before feeding pixels".into()))?;
+        if pixels.len() != n * side * side * 3 || transforms.len() != n {
+            let what = if training { "a training" } else { "an evaluation" };
             return Err(Error::Invalid(format!(
-                "a pixel batch needs {n} images of {0}x{0}x3 bytes and {n} transforms; got {1} bytes, {2}",
-                stage.presize,
+                "{what} pixel batch needs {n} images of {0}x{0}x3 bytes and {n} transforms; got {1} bytes, {2}",
+                side,
                 pixels.len(),
                 transforms.len(),
             )));
