@@ -470,6 +470,7 @@ pub fn bench_data(
         LoaderConfig {
             batch,
             presize,
+            crop: None,
             shuffle: true,
             drop_last: true,
             seed: 1,

@@ -210,6 +210,7 @@ fn idx_files_plain_and_gzipped() {
         LoaderConfig {
             batch: 4,
             presize: 6,
+            crop: None,
             shuffle: true,
             drop_last: true,
             seed: 1,
@@ -268,6 +269,7 @@ fn bad_files_are_skipped_with_warnings_and_batches_stay_full() {
         LoaderConfig {
             batch: 5,
             presize: 8,
+            crop: None,
             shuffle: false,
             drop_last: false,
             seed: 0,
@@ -313,6 +315,7 @@ fn loader_drops_or_pads_the_last_batch_and_shuffles_per_epoch() {
         LoaderConfig {
             batch: 3,
             presize: 4,
+            crop: None,
             shuffle: true,
             drop_last: true,
             seed: 5,
@@ -330,6 +333,7 @@ fn loader_drops_or_pads_the_last_batch_and_shuffles_per_epoch() {
         LoaderConfig {
             batch: 3,
             presize: 4,
+            crop: None,
             shuffle: false,
             drop_last: false,
             seed: 5,
@@ -504,6 +508,47 @@ fn an_image_header_claiming_gigapixels_is_refused_before_allocating() {
     assert!(err.contains("huge.png") && err.contains("100000x100000"), "{err}");
 }
 
+/// The evaluation crop: torchvision's 256 -> 224 in proportion with an even margin; an image already at the presize
+/// is cut, not resampled; other sizes come out `size` square. A loader with `crop` gives the same centre squares.
+#[test]
+fn evaluation_crop_cuts_the_centre_of_the_presized_image() {
+    use wgtune::data::{eval_crop, presize_for};
+    assert_eq!([presize_for(224), presize_for(64), presize_for(32), presize_for(16)], [256, 74, 36, 18]);
+    let mut rng = SplitMix(6);
+    let img = image::RgbImage::from_fn(74, 74, |_, _| image::Rgb([rng.below(256) as u8, 7, 9]));
+    let out = eval_crop(&img, 64);
+    assert_eq!(out.len(), 64 * 64 * 3);
+    for (y, row) in out.chunks_exact(64 * 3).enumerate() {
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            assert_eq!(px, &img.get_pixel(x as u32 + 5, y as u32 + 5).0, "({x}, {y})");
+        }
+    }
+    let wide = image::RgbImage::from_pixel(300, 97, image::Rgb([1, 2, 3]));
+    assert_eq!(eval_crop(&wide, 32), [1, 2, 3].repeat(32 * 32));
+
+    let d = TempDir::new("crop");
+    folder_with_split(d.path(), &["a", "b"], 3);
+    let items = Dataset::from_folder(d.path(), 0.2, 1).unwrap().train;
+    let cfg = |crop| LoaderConfig {
+        batch: 3,
+        presize: 10,
+        crop,
+        shuffle: false,
+        drop_last: false,
+        seed: 0,
+        workers: 1,
+        prefetch: 1,
+        targets: ONE_LABEL,
+    };
+    let whole = Loader::new(items.clone(), cfg(None)).unwrap().epoch(0).next().unwrap().unwrap();
+    let cut = Loader::new(items, cfg(Some(8))).unwrap().epoch(0).next().unwrap().unwrap();
+    assert_eq!(cut.pixels.len(), 3 * 8 * 8 * 3);
+    for (w, c) in whole.pixels.chunks_exact(10 * 10 * 3).zip(cut.pixels.chunks_exact(8 * 8 * 3)) {
+        assert_eq!(wgtune::data::center_square(w, 10, 8), c);
+    }
+    assert!(Loader::new(vec![], cfg(Some(11))).is_err());
+}
+
 /// Resizing a 1 x 30000 strip to 64 px crops the centre square first: the result is the right size and the
 /// intermediate stays small (the old path made a 64 x 1.9M image).
 #[test]
@@ -530,6 +575,7 @@ fn a_data_set_where_nothing_decodes_names_an_image() {
         LoaderConfig {
             batch: 2,
             presize: 8,
+            crop: None,
             shuffle: false,
             drop_last: true,
             seed: 0,

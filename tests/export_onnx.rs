@@ -64,10 +64,13 @@ fn images(dir: &Path, size: usize) -> Vec<PathBuf> {
         .iter()
         .enumerate()
         .map(|(i, src)| {
+            // Saved at the presize, so that predict's evaluation crop is a plain cut of whole pixels that
+            // tools/onnx_check.py repeats exactly.
             let img = wgtune::data::load_rgb(src).unwrap();
-            let pixels = wgtune::data::resize_center_crop(&img, size);
+            let presize = wgtune::data::presize_for(size);
+            let pixels = wgtune::data::resize_center_crop(&img, presize);
             let out = dir.join(format!("image{i}.png"));
-            image::RgbImage::from_raw(size as u32, size as u32, pixels).unwrap().save(&out).unwrap();
+            image::RgbImage::from_raw(presize as u32, presize as u32, pixels).unwrap().save(&out).unwrap();
             out
         })
         .collect()

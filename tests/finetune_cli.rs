@@ -146,7 +146,7 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
         ("--save-best", "loss", "valid_loss or accuracy"),
         ("--early-stop", "0", "at least 1"),
         ("--mixup", "0", "alpha must be positive"),
-        ("--cutmix", "-1", "alpha must be positive"),
+        ("--cutmix", "inf", "alpha must be positive"),
     ] {
         let bad = wgtune().args(["finetune", opt, val]).output().unwrap();
         let e = String::from_utf8_lossy(&bad.stderr);

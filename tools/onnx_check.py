@@ -60,9 +60,14 @@ def compare(args):
     pixels = []
     for row in rows:
         img = np.asarray(Image.open(row["file"]).convert("RGB"), np.float32)
-        if img.shape[:2] != (size, size):
-            raise SystemExit(f"{row['file']} is {img.shape[1]}x{img.shape[0]}, the model takes {size}x{size}")
-        pixels.append(img.transpose(2, 0, 1))
+        # predict's evaluation crop: resize the short side to the presize, cut the centre square. Images saved at
+        # the presize need no resampling, so the cut is exact here.
+        presize = size + 2 * int(size / 14 + 0.5)
+        if img.shape[:2] != (presize, presize):
+            raise SystemExit(f"{row['file']} is {img.shape[1]}x{img.shape[0]}: give {presize}x{presize} images "
+                             f"(the presize of a {size}x{size} model)")
+        off = (presize - size) // 2
+        pixels.append(img[off:off + size, off:off + size].transpose(2, 0, 1))
     pixels = np.stack(pixels)
     sess = session(args.model)
     (inp,) = sess.get_inputs()

@@ -8,8 +8,8 @@
     python3 tools/torch_reference.py conv --json          # ResNet 3x3 [8,64,56,56]: forward, backward data/weight
 
 `finetune` reproduces `wgtune finetune` on the embedded data: the same images (assets/fashion_mnist, classes in
-sorted order), the same pixels (Pillow bilinear resize of each image to the presize, then a bilinear resample to the
-input size with half-pixel centres, as wgtune's GPU sampler does without augmentation), EfficientNet-Lite0 from
+sorted order), the same pixels (Pillow bilinear resize of each image to the presize, then the centre square of the input
+size, as wgtune's loader cuts it without augmentation), EfficientNet-Lite0 from
 assets/efficientnet_lite0.safetensors with TF "SAME" padding and BN momentum 0.1, fastai's head (concat pool,
 BN, dropout 0.25, linear 512, ReLU, BN, dropout 0.5, linear), fastai's fine_tune (body frozen except batch norm,
 one-cycle with pct_start 0.99, base_lr halved, unfreeze, discriminative LRs over 3 groups), fastai's Adam
@@ -254,16 +254,16 @@ def load_images(data, split, size, presize):
     for label, c in enumerate(classes):
         for f in sorted(os.listdir(os.path.join(root, c))):
             img = Image.open(os.path.join(root, c, f)).convert("RGB").resize((presize, presize), Image.BILINEAR)
-            xs.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
+            off = (presize - size) // 2
+            xs.append(np.asarray(img, dtype=np.float32)[off:off + size, off:off + size].transpose(2, 0, 1))
             ys.append(label)
     x = torch.from_numpy(np.stack(xs))
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return classes, (x - 127.0) / 128.0, torch.tensor(ys)
 
 
 def presize_for(size):
-    """wgtune's presize for an input size: a seventh larger, rounded up."""
-    return (size * 8 + 6) // 7
+    """wgtune's presize for an input size (wgtune::data::presize_for): an even margin of about 1/7 (256 for 224)."""
+    return size + 2 * int(size / 14 + 0.5)
 
 
 def load_pretrained_body(model):

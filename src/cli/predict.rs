@@ -90,7 +90,7 @@ pub(crate) fn above_threshold(probs: &[f32], classes: &[String], threshold: f32)
 }
 
 pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Result<()> {
-    use wgtune::data::{load_rgb, normalize_into, resize_center_crop};
+    use wgtune::data::{eval_crop, load_rgb, normalize_into};
     use wgtune::nn::model::load_model;
     let PredictArgs { model, arch, bs, json, logits: with_logits, tta, threshold, images } = args;
     let (weights, mut spec) = open_model(model.as_deref(), arch)?;
@@ -106,7 +106,7 @@ pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Res
     let mut ready: Vec<(&std::path::PathBuf, Vec<u8>)> = Vec::new();
     for path in &images {
         match load_rgb(path) {
-            Ok(img) => ready.push((path, resize_center_crop(&img, spec.input_size))),
+            Ok(img) => ready.push((path, eval_crop(&img, spec.input_size))),
             Err(e) => {
                 failures += 1;
                 if json {

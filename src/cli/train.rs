@@ -211,7 +211,7 @@ pub(crate) fn prepare(
         optimizer: if r.sgd { wgtune::ops::optim::Optimizer::Sgd } else { wgtune::ops::optim::Optimizer::Adam },
         freeze_bn: r.freeze_bn,
         size,
-        presize: (size * 8).div_ceil(7),
+        presize: wgtune::data::presize_for(size),
         epochs,
         augment,
         accum: r.accum,

@@ -25,6 +25,10 @@ pub struct LoaderConfig {
     pub batch: usize,
     /// Side of the square each image is presized to.
     pub presize: usize,
+    /// Then keep only the centre square of this side ([`crate::data::eval_crop`] with `presize` =
+    /// [`crate::data::presize_for`]`(crop)`): validation, and training without augmentation. None: the whole
+    /// presized square (training's random crops take from it).
+    pub crop: Option<usize>,
     pub shuffle: bool,
     pub drop_last: bool,
     pub seed: u64,
@@ -36,7 +40,7 @@ pub struct LoaderConfig {
     pub targets: Targets,
 }
 
-/// A batch: (N, P, P, 3) RGB bytes, N label sets ([`Targets::words`] u32 each), and how many rows are real (the
+/// A batch: (N, P, P, 3) RGB bytes (P the crop, or the presize), N label sets ([`Targets::words`] u32 each), and how many rows are real (the
 /// rest pad a last batch).
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -69,6 +73,9 @@ impl Loader {
     pub fn new(items: Vec<Item>, cfg: LoaderConfig) -> Result<Loader> {
         if cfg.batch == 0 || cfg.presize == 0 {
             return Err(Error::Invalid("batch size and image size must be at least 1".into()));
+        }
+        if cfg.crop.is_some_and(|c| c == 0 || c > cfg.presize) {
+            return Err(Error::Invalid(format!("a crop of {:?} does not fit a presize of {}", cfg.crop, cfg.presize)));
         }
         if cfg.presize > crate::data::MAX_IMAGE_SIDE {
             return Err(Error::Invalid(format!(
@@ -177,7 +184,8 @@ fn make_batch(
     bad: &Mutex<HashSet<usize>>,
 ) -> Result<Batch> {
     let real = cfg.batch.min(order.len() - start);
-    let px = cfg.presize * cfg.presize * 3;
+    let side = cfg.crop.unwrap_or(cfg.presize);
+    let px = side * side * 3;
     let mut pixels = vec![0u8; cfg.batch * px];
     let words = cfg.targets.words();
     let mut labels = vec![0u32; cfg.batch * words];
@@ -195,7 +203,12 @@ fn make_batch(
                 let idx = order[pos % order.len()];
                 let known_bad = bad.lock().map(|b| b.contains(&idx)).unwrap_or(false);
                 if !known_bad {
-                    match decode_presized(&items[idx], cfg.presize) {
+                    let decoded = decode_presized(&items[idx], cfg.presize);
+                    let decoded = match cfg.crop {
+                        Some(c) => decoded.map(|d| crate::data::center_square(&d, cfg.presize, c)),
+                        None => decoded,
+                    };
+                    match decoded {
                         Ok(bytes) => {
                             dst.copy_from_slice(&bytes);
                             label.copy_from_slice(&cfg.targets.label_set(&items[idx].labels));

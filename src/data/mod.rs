@@ -68,8 +68,35 @@ fn jpeg_is_truncated(bytes: &[u8]) -> bool {
     !bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
+/// The side an image is resized to before the centre `size` square is cut from it: torchvision's Resize(256) +
+/// CenterCrop(224) in proportion (fastai's `val_xtra` margin, close to 1/8), with an even margin so that the cut
+/// takes whole pixels. The random crops of training take from a square of this side too, so an object has the same
+/// size in training (on average), validation and prediction.
+pub fn presize_for(size: usize) -> usize {
+    size + 2 * (size as f64 / 14.0).round() as usize
+}
+
+/// How validation, `predict` and training without augmentation see an image (the evaluation transform of
+/// torchvision and fastai): the short side resized to [`presize_for`]`(size)`, the centre `size` square cut out.
+/// Returns HWC bytes.
+pub fn eval_crop(img: &RgbImage, size: usize) -> Vec<u8> {
+    let presize = presize_for(size);
+    center_square(&resize_center_crop(img, presize), presize, size)
+}
+
+/// The centre `size` square of a `side` x `side` HWC image (whole pixels: `side - size` even, else the extra
+/// column and row are cut from the right and bottom).
+pub fn center_square(hwc: &[u8], side: usize, size: usize) -> Vec<u8> {
+    let off = (side - size) / 2;
+    let mut out = Vec::with_capacity(size * size * 3);
+    for row in hwc.chunks_exact(side * 3).skip(off).take(size) {
+        out.extend_from_slice(&row[off * 3..(off + size) * 3]);
+    }
+    out
+}
+
 /// Resize so the short side is `size` (bilinear, antialiased when shrinking), then cut the centre `size` x `size`
-/// square: the evaluation transform of torchvision and fastai. Returns HWC bytes.
+/// square. Returns HWC bytes.
 ///
 /// An image far from square (a 1 x 30000 strip) would resize to an enormous intermediate; beyond 16x the output's
 /// pixels, the centre square of the short side is cut out first and only it is resized, which bounds memory and

@@ -46,8 +46,9 @@ pub struct FineTuneConfig {
     pub wd: f64,
     pub bs: usize,
     pub size: usize,
-    /// Side of the square training images are decoded to before the GPU augments them to `size` (validation
-    /// images are decoded to `size`; without augmentation training images are too).
+    /// Side of the square images are decoded to: the GPU's random crops for training take from it, and
+    /// validation (and training without augmentation) keeps its centre `size` square, as `predict` does
+    /// ([`crate::data::presize_for`]: 256 for 224).
     pub presize: usize,
     pub seed: u64,
     pub optimizer: Optimizer,
@@ -88,7 +89,7 @@ impl Default for FineTuneConfig {
             wd: 0.01,
             bs: 32,
             size: 224,
-            presize: 256,
+            presize: crate::data::presize_for(224),
             seed: 42,
             optimizer: Optimizer::Adam,
             freeze_bn: false,
@@ -210,11 +211,6 @@ impl Learner {
     /// `cfg.accum` is multiplied by the parts; [`Learner::split`] says so).
     pub fn new(gpu: Arc<Gpu>, data: &Dataset, pretrained: Option<&Weights>, cfg: FineTuneConfig) -> Result<Learner> {
         let mut cfg = cfg;
-        if !cfg.augment {
-            // Without random crops there is nothing to crop from: training images are decoded as validation's and
-            // predict's are, straight to the input size.
-            cfg.presize = cfg.size;
-        }
         let loss = if data.multi_label {
             Loss::SigmoidBinaryCrossEntropy { threshold: cfg.threshold }
         } else {
@@ -231,7 +227,10 @@ impl Learner {
         let build = |cfg: &FineTuneConfig| -> Result<Executor> {
             let ex_cfg = ExecutorConfig { optimizer: cfg.optimizer, freeze_bn: cfg.freeze_bn, accum: cfg.accum };
             let mut ex = Executor::new(gpu.clone(), spec.graph(cfg.bs, cfg.bn_momentum)?, ex_cfg)?;
-            ex.set_pixel_input(PixelInput { presize: cfg.presize, normalization: spec.normalization })?;
+            // Training batches: the presized squares the random crops take from, or without augmentation the centre
+            // crops validation sees.
+            let presize = if cfg.augment { cfg.presize } else { cfg.size };
+            ex.set_pixel_input(PixelInput { presize, normalization: spec.normalization })?;
             Ok(ex)
         };
         let mut ex = build(&cfg)?;
@@ -257,12 +256,13 @@ impl Learner {
         for g in 0..groups {
             ex.set_hyper(g, Hyper { wd: cfg.wd, ..Hyper::default() })?;
         }
-        let loader = |items, shuffle, drop_last, presize| {
+        let loader = |items, shuffle, drop_last, crop| {
             Loader::new(
                 items,
                 LoaderConfig {
                     batch: cfg.bs,
-                    presize,
+                    presize: cfg.presize,
+                    crop,
                     shuffle,
                     drop_last,
                     seed: cfg.seed,
@@ -279,10 +279,10 @@ impl Learner {
                 cfg.bs
             )));
         }
-        let train = loader(data.train.clone(), true, true, cfg.presize)?;
-        // Validation: decoded straight to the centre crop of the input size, as `predict` decodes; the GPU only
-        // normalizes (identity transform).
-        let valid = loader(data.valid.clone(), false, false, cfg.size)?;
+        let train = loader(data.train.clone(), true, true, (!cfg.augment).then_some(cfg.size))?;
+        // Validation: the centre crop of the presized image, as `predict` decodes; the GPU only normalizes
+        // (identity transform).
+        let valid = loader(data.valid.clone(), false, false, Some(cfg.size))?;
         Ok(Learner {
             ex,
             spec,
