@@ -110,7 +110,7 @@ fn uniform_structs_match_their_rust_twins() {
         } },
         twin! { "elementwise", "EltParams", elementwise::EltParams { len, flags, alpha, _pad } },
         twin! { "reduce", "ReduceParams", reduce::ReduceParams { outer, mid, inner, flags } },
-        twin! { "loss", "LossParams", loss::LossParams { batch, classes, smoothing, scale } },
+        twin! { "loss", "LossParams", loss::LossParams { batch, classes, smoothing, scale, words, threshold, _pad } },
         twin! { "optim", "OptimParams", optim::OptimParams {
             len, flags, lr, mom, sqr_mom, eps, wd, debias1, debias2, _pad
         } },
