@@ -453,14 +453,20 @@ def step_check(a):
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     classes, xs, ys = load_images(DEFAULT_DATA, "train", a.size, presize_for(a.size))
-    pick = torch.randperm(len(ys), generator=torch.Generator().manual_seed(a.seed))[:a.bs]
-    x, y = xs[pick].contiguous(), ys[pick].contiguous()
-    # Weights whose float64 pass stays clear of every kink by --margin: the pretrained body with batch-norm biases
-    # nudged where needed, and the first head draw whose ReLU input is clear too.
-    model = Model("effnet-lite0", len(classes), ps=0.0).double().train()
-    load_pretrained_body(model)
-    nudged, largest, features = clear_of_kinks(model.body, x.double(), a.margin)
-    pool_gap = pool_lead(features)
+    # A batch and weights whose float64 pass stays clear of every kink by --margin: the first batch draw whose
+    # max-pool winners lead their runners-up by the margin (a near-tie flips under float32 rounding and sends a whole
+    # channel's gradient elsewhere), the pretrained body with batch-norm biases nudged where needed, and the first
+    # head draw whose ReLU input is clear too.
+    for batch_draw in range(20):
+        generator = torch.Generator().manual_seed(a.seed + 1000 * batch_draw)
+        pick = torch.randperm(len(ys), generator=generator)[:a.bs]
+        x, y = xs[pick].contiguous(), ys[pick].contiguous()
+        model = Model("effnet-lite0", len(classes), ps=0.0).double().train()
+        load_pretrained_body(model)
+        nudged, largest, features = clear_of_kinks(model.body, x.double(), a.margin)
+        pool_gap = pool_lead(features)
+        if pool_gap >= a.margin:
+            break
     for draw in range(200):
         torch.manual_seed(a.seed + draw)
         model.head = fastai_head(model.body.features, len(classes), ps=0.0).double().train()
@@ -471,7 +477,8 @@ def step_check(a):
         sys.exit(f"no head draw kept the head's ReLU input clear of 0 by {a.margin} (lower --margin)")
     if pool_gap < a.margin / 10:
         sys.exit(f"a max-pool winner leads its runner-up by only {pool_gap:.1e}: try another --seed")
-    print(f"clear of kinks by {a.margin}: {nudged} batch-norm channels nudged (at most {largest:.2e}), head draw "
+    print(f"clear of kinks by {a.margin}: batch draw {batch_draw + 1}, {nudged} batch-norm channels nudged (at most "
+          f"{largest:.2e}), head draw "
           f"{draw + 1}, head ReLU input at least {relu_gap:.2e} from 0, max-pool winners lead by {pool_gap:.2e}")
     model = model.float()
     initial = {wgtune_name(k): v.detach().numpy().copy() for k, v in model.state_dict().items()

@@ -172,7 +172,8 @@ pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Res
                     println!("{line}");
                 } else if let Some((threshold, labels)) = &above {
                     // Multi-label: every label above the threshold, most probable first.
-                    println!("{} ({} labels above {threshold})", path.display(), labels.len());
+                    let noun = if labels.len() == 1 { "label" } else { "labels" };
+                    println!("{} ({} {noun} above {threshold})", path.display(), labels.len());
                     for t in labels {
                         println!(
                             "  {:>6.2}%  {} ({})",
