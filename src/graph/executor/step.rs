@@ -51,24 +51,29 @@ impl Executor {
         self.targets().check(labels, self.batch_size())
     }
 
-    /// Lay out and upload the loss's target rows: each image's labels, its partner's (from its transform's mix),
-    /// and the weight of its own.
-    fn upload_targets(&mut self, training: bool, labels: &[u32], transforms: Option<&[ImageTransform]>) -> Result<()> {
+    /// The loss's target rows: each image's labels, its partner's (from its transform's mix) and the weight of its
+    /// own. Checks the labels and the partners.
+    fn target_rows(&self, labels: &[u32], transforms: Option<&[ImageTransform]>) -> Result<Vec<u32>> {
+        self.check_labels(labels)?;
         let mix: Option<Vec<(u32, f32)>> = transforms.filter(|t| t.iter().any(|t| t.mix.is_some())).map(|t| {
             t.iter().enumerate().map(|(row, t)| t.mix.map_or((row as u32, 1.0), |m| (m.partner, m.label_lam))).collect()
         });
-        let rows = self.targets().encode(labels, mix.as_deref())?;
+        self.targets().encode(labels, mix.as_deref())
+    }
+
+    fn write_targets(&mut self, training: bool, rows: &[u32]) -> Result<()> {
         let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled before upload");
-        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(&rows))?;
+        self.gpu.write_bytes(&p.labels, bytemuck::cast_slice(rows))?;
         self.counters.bytes_uploaded += p.labels.bytes();
         Ok(())
     }
 
     fn upload(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<()> {
+        let rows = self.target_rows(labels, None)?;
         let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled before upload");
         self.gpu.write_f32(&p.input, images)?;
         self.counters.bytes_uploaded += p.input.bytes();
-        self.upload_targets(training, labels, None)
+        self.write_targets(training, &rows)
     }
 
     /// Feed batches as presized u8 pixels from now on: the GPU augments (training) or just normalizes
@@ -105,15 +110,7 @@ impl Executor {
                 transforms.len(),
             )));
         }
-        self.check_labels(labels)?;
-        if let Some((row, m)) =
-            transforms.iter().enumerate().find_map(|(r, t)| t.mix.filter(|m| m.partner as usize >= n).map(|m| (r, m)))
-        {
-            return Err(Error::Invalid(format!(
-                "row {row}'s mixing partner {} is outside the batch of {n}",
-                m.partner
-            )));
-        }
+        let rows = self.target_rows(labels, Some(transforms))?;
         if training {
             self.ensure_train()?
         } else {
@@ -125,7 +122,7 @@ impl Executor {
         let params = crate::data::augment::batch_params(transforms);
         self.gpu.write_f32(tf, &params)?;
         self.counters.bytes_uploaded += px.bytes() + tf.bytes();
-        self.upload_targets(training, labels, Some(transforms))
+        self.write_targets(training, &rows)
     }
 
     blocking! {
