@@ -560,3 +560,75 @@ fn a_resume_inside_an_accumulation_cycle_continues_it() {
         assert!(u.iter().zip(v).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after the resume");
     }
 }
+
+/// Gradient accumulation over pixel batches in one submission per optimizer step: 3 micro-batches staged on the
+/// GPU, each copying its pixels, transforms, targets and its dropout and accumulate uniforms into place, give the
+/// same weights (bit for bit), losses and running statistics as three submissions, two cycles long (Adam's step
+/// count too), with a third of the submits; a MixUp batch and dropout ride along.
+#[test]
+fn an_accumulation_cycle_of_pixel_batches_is_one_submission() {
+    use wgtune::data::augment::{AugmentConfig, ImageTransform, Mixing};
+    use wgtune::graph::executor::PixelBatch;
+    let (n, presize, size) = (4, 8, 6);
+    let graph = || {
+        let mut g = Graph::new();
+        let x = g.input("image", &[n, 3, size, size]);
+        let labels = g.labels("label", n);
+        let h = g.conv2d("conv", x, 4, (3, 3), conv(1, 1), true).unwrap();
+        let h = g.batch_norm("bn", h, BatchNormConfig::default()).unwrap();
+        let h = g.relu("relu", h).unwrap();
+        let h = g.dropout("drop", h, 0.3).unwrap();
+        let h = g.global_avg_pool("pool", h).unwrap();
+        g.set_group(1);
+        let logits = g.linear("fc", h, 3, true).unwrap();
+        g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+        g
+    };
+    let normalization = wgtune::nn::Normalization::imagenet();
+    let make = || {
+        let cfg = ExecutorConfig { accum: 3, ..Default::default() };
+        let mut ex = Executor::new(gpu(), graph(), cfg).unwrap();
+        ex.set_pixel_input(PixelInput { presize, normalization }).unwrap();
+        ex
+    };
+    let (mut one, mut each) = (make(), make());
+    let mut rng = SplitMix(31);
+    let aug = AugmentConfig::default();
+    let mut batches: Vec<(Vec<u8>, Vec<ImageTransform>, Vec<u32>)> = Vec::new();
+    for b in 0..6 {
+        let pixels: Vec<u8> = (0..n * presize * presize * 3).map(|_| rng.below(256) as u8).collect();
+        let mut transforms: Vec<ImageTransform> = (0..n).map(|_| aug.sample(&mut rng)).collect();
+        if b == 1 {
+            Mixing::MixUp { alpha: 0.4 }.apply(&mut transforms, n, size, &mut rng).unwrap();
+        }
+        batches.push((pixels, transforms, (0..n).map(|_| rng.below(3)).collect()));
+    }
+    let before = (one.counters(), each.counters());
+    for cycle in batches.chunks(3) {
+        let micro: Vec<PixelBatch> =
+            cycle.iter().map(|(p, t, l)| PixelBatch { pixels: p, transforms: t, labels: l }).collect();
+        one.train_cycle_pixels(&micro).unwrap();
+        for (p, t, l) in cycle {
+            each.train_step_pixels(p, t, l).unwrap();
+        }
+    }
+    let (a, b) = (one.wait_metrics().unwrap(), each.wait_metrics().unwrap());
+    assert_eq!(a.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.step, x.loss.to_bits(), x.correct), (y.step, y.loss.to_bits(), y.correct), "{a:?} vs {b:?}");
+    }
+    for t in &graph().tensors {
+        if matches!(t.kind, TensorKind::Param { .. } | TensorKind::State) {
+            let (x, y) = (one.read_value(&t.name).unwrap(), each.read_value(&t.name).unwrap());
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{}: {x:?} vs {y:?}", t.name);
+        }
+    }
+    let (c1, c3) = (one.counters(), each.counters());
+    assert_eq!((c1.submits - before.0.submits, c3.submits - before.1.submits), (2, 6), "one submit per optimizer step");
+    assert_eq!(c1.bytes_read_back - before.0.bytes_read_back, 6 * 8, "still every micro-step's loss and count");
+    // Fewer batches than a cycle: one submission each, as before.
+    let (p, t, l) = &batches[0];
+    one.train_cycle_pixels(&[PixelBatch { pixels: p, transforms: t, labels: l }]).unwrap();
+    assert_eq!(one.counters().submits - c1.submits, 1);
+    one.wait_metrics().unwrap();
+}

@@ -299,3 +299,36 @@ fn lr_find_ramps_exponentially_stops_on_divergence_and_restores_the_weights() {
         assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} changed by lr_find");
     }
 }
+
+/// With `--accum 2` the learner trains each cycle of two batches in one submission (Executor::train_cycle_pixels);
+/// a profiled run trains batch by batch. Both give the same weights, bit for bit, over epochs of 5 batches (so a
+/// cycle straddles each epoch's end and its first half trains alone), with about half the submissions.
+#[test]
+fn accumulation_cycles_in_one_submission_train_as_batch_by_batch() {
+    let data = tiny_data(20, 4);
+    let go = AtomicBool::new(false);
+    let run = |profile: bool| {
+        let cfg = FineTuneConfig { bs: 8, accum: 2, epochs: 1, freeze_epochs: 1, profile, ..cfg() };
+        let mut l = Learner::new(gpu(), &data, Some(&weights()), cfg).unwrap();
+        assert_eq!(l.steps_per_epoch(), 5);
+        let records = l.fit(&mut |_, _, _, _, _| {}, &mut |_| {}, None, None, &go).unwrap();
+        let weights: Vec<(String, Vec<f32>)> = l
+            .ex
+            .graph()
+            .tensors
+            .iter()
+            .filter(|t| matches!(t.kind, wgtune::graph::TensorKind::Param { .. } | wgtune::graph::TensorKind::State))
+            .map(|t| (t.name.clone(), l.ex.read_value(&t.name).unwrap()))
+            .collect();
+        (records, weights, l.ex.counters().submits, l.history.clone())
+    };
+    let (grouped, batch_by_batch) = (run(false), run(true));
+    assert_eq!(grouped.3, batch_by_batch.3, "every step's loss");
+    for ((name, a), (_, b)) in grouped.1.iter().zip(&batch_by_batch.1) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs");
+    }
+    assert_eq!(grouped.0.len(), 2);
+    assert!(grouped.0.iter().zip(&batch_by_batch.0).all(|(a, b)| a.valid_loss == b.valid_loss));
+    // 10 training batches: 4 two-batch submissions and 2 single ones, against 10; plus validation's.
+    assert_eq!(batch_by_batch.2 - grouped.2, 4, "{} vs {} submits", grouped.2, batch_by_batch.2);
+}

@@ -106,6 +106,28 @@ pub struct Submitted {
     pub submit: std::time::Duration,
 }
 
+/// Where a copy inside a submission lands: a tensor, or a dispatch's uniform parameters.
+pub enum CopyInto<'a> {
+    Tensor(&'a Tensor),
+    Params(&'a Dispatch),
+}
+
+/// A copy inside a submission: `bytes` bytes of `src` from byte `src_offset` to the start of `dst`.
+pub struct SegmentCopy<'a> {
+    pub src: &'a Tensor,
+    pub src_offset: u64,
+    pub dst: CopyInto<'a>,
+    pub bytes: u64,
+}
+
+/// One part of a submission of several: its copies (inputs and uniforms staged on the GPU beforehand), its
+/// layers' dispatches in one compute pass, then the tensors copied out for reading back.
+pub struct Segment<'a> {
+    pub copies: Vec<SegmentCopy<'a>>,
+    pub layers: Vec<(&'a str, Vec<&'a Dispatch>)>,
+    pub read: Vec<&'a Tensor>,
+}
+
 /// A kernel launch compiled once: pipeline, bind group, its own parameter buffer and the grid size.
 /// Encode it any number of times; update its parameters with [`Gpu::write_params`].
 pub struct Dispatch {
@@ -336,6 +358,51 @@ impl Gpu {
         let commands = self.scoped(label, || encoder.finish())?;
         let encode = t0.elapsed();
         // On a busy adapter the driver may hold the submitting thread here until earlier work drains.
+        self.scoped(label, || self.queue.submit([commands]))?;
+        tickets.iter().for_each(|t| ring.map(t));
+        Ok(Submitted { tickets, encode, submit: t0.elapsed() - encode })
+    }
+
+    /// Encode `segments` one after another in one command buffer — each its copies, its compute pass, its
+    /// readback copies — and submit once, without waiting: several training steps (the micro-batches of an
+    /// accumulated optimizer step) in one submission. Tickets come in the segments' order.
+    pub fn submit_segments(&self, label: &str, segments: &[Segment], ring: &mut ReadbackRing) -> Result<Submitted> {
+        let t0 = crate::clock::Instant::now();
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        let mut tickets = Vec::new();
+        for (i, segment) in segments.iter().enumerate() {
+            for c in &segment.copies {
+                let (dst, dst_offset, room) = match c.dst {
+                    CopyInto::Tensor(t) => (&*t.buffer, t.offset, t.bytes()),
+                    CopyInto::Params(d) => (&d.params, 0, d.params.size()),
+                };
+                if c.bytes > room || c.src_offset + c.bytes > c.src.bytes() {
+                    return Err(Error::Invalid(format!(
+                        "{label}: a copy of {} bytes from '{}' does not fit",
+                        c.bytes,
+                        c.src.label()
+                    )));
+                }
+                encoder.copy_buffer_to_buffer(&c.src.buffer, c.src.offset + c.src_offset, dst, dst_offset, c.bytes);
+            }
+            {
+                let name = format!("{label} {i}");
+                let mut pass = encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&name), timestamp_writes: None });
+                for (name, dispatches) in &segment.layers {
+                    pass.push_debug_group(name);
+                    for d in dispatches.iter() {
+                        d.encode(&mut pass);
+                    }
+                    pass.pop_debug_group();
+                }
+            }
+            for t in &segment.read {
+                tickets.push(ring.copy(&mut encoder, t)?);
+            }
+        }
+        let commands = self.scoped(label, || encoder.finish())?;
+        let encode = t0.elapsed();
         self.scoped(label, || self.queue.submit([commands]))?;
         tickets.iter().for_each(|t| ring.map(t));
         Ok(Submitted { tickets, encode, submit: t0.elapsed() - encode })

@@ -13,7 +13,7 @@ use crate::data::loader::{Loader, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 pub use crate::graph::executor::Split;
-use crate::graph::executor::{Executor, ExecutorConfig, PixelInput, StepMetrics};
+use crate::graph::executor::{Executor, ExecutorConfig, PixelBatch, PixelInput, StepMetrics};
 use crate::nn::model::{Head, ModelSpec};
 use crate::nn::weights::{load_into, Weights};
 use crate::nn::Arch;
@@ -369,6 +369,11 @@ impl Learner {
             }
             Ok(())
         };
+        // With gradient accumulation a whole cycle of batches trains in one submission (Executor::train_cycle_pixels)
+        // when the cycle starts in this epoch; profiled and captured runs keep one submission per batch.
+        let k = self.cfg.accum;
+        let grouping = k > 1 && !self.cfg.profile && self.cfg.capture_step.is_none();
+        let mut group: Vec<(crate::data::loader::Batch, Vec<ImageTransform>)> = Vec::new();
         for (i, batch) in self.train.epoch_from(global_epoch, first).enumerate() {
             let batch = batch?;
             let pos = (epoch * per_epoch + first + i) as f64 / total;
@@ -377,25 +382,45 @@ impl Learner {
                 self.ex.set_hyper(g, h)?;
             }
             let transforms = self.transforms(batch.real)?;
-            // The second step this process runs in the phase's first epoch: compiled and warm, as every later step
-            // (after a resume too, wherever in the epoch it resumed).
-            let profile = self.cfg.profile && epoch == 0 && i == 1.min(per_epoch.saturating_sub(first + 1));
-            if profile {
-                self.ex.profile_next_step();
+            if grouping && (!group.is_empty() || self.ex.accumulation_micro_step() == 0) {
+                // The optimizer runs once, after the cycle's last batch, with that batch's learning rates: as when
+                // each batch is its own submission.
+                group.push((batch, transforms));
+                if group.len() < k {
+                    continue;
+                }
+                let micro: Vec<PixelBatch> = group
+                    .iter()
+                    .map(|(b, t)| PixelBatch { pixels: &b.pixels, transforms: t, labels: &b.labels })
+                    .collect();
+                self.ex.train_cycle_pixels_async(&micro).await?;
+                submitted += group.len();
+                group.clear();
+            } else {
+                // The second step this process runs in the phase's first epoch: compiled and warm, as every later
+                // step (after a resume too, wherever in the epoch it resumed).
+                let profile = self.cfg.profile && epoch == 0 && i == 1.min(per_epoch.saturating_sub(first + 1));
+                if profile {
+                    self.ex.profile_next_step();
+                }
+                let step = self.history.len() as u64 + (submitted - done) as u64 + 1;
+                if self.cfg.capture_step == Some(step) {
+                    self.ex.capture_next_step();
+                }
+                self.ex.train_step_pixels_async(&batch.pixels, &transforms, &batch.labels).await?;
+                if let Some(p) = profile.then(|| self.ex.take_profile()).flatten() {
+                    self.profiles.push((phase.name.to_string(), p));
+                }
+                submitted += 1;
             }
-            let step = self.history.len() as u64 + (submitted - done) as u64 + 1;
-            if self.cfg.capture_step == Some(step) {
-                self.ex.capture_next_step();
-            }
-            self.ex.train_step_pixels_async(&batch.pixels, &transforms, &batch.labels).await?;
-            if let Some(p) = profile.then(|| self.ex.take_profile()).flatten() {
-                self.profiles.push((phase.name.to_string(), p));
-            }
-            submitted += 1;
             record(self.ex.poll_metrics()?, &mut done, &mut smooth, &mut self.history)?;
             if stop.load(Ordering::SeqCst) && submitted < per_epoch {
                 break;
             }
+        }
+        // A cycle the epoch's end cut short: its batches train one by one, and the cycle goes on in the next epoch.
+        for (batch, transforms) in group.drain(..) {
+            self.ex.train_step_pixels_async(&batch.pixels, &transforms, &batch.labels).await?;
         }
         record(self.ex.wait_metrics_async().await?, &mut done, &mut smooth, &mut self.history)?;
         self.smooth = smooth;

@@ -31,7 +31,7 @@ mod step;
 
 use params::Params;
 use program::Program;
-pub use step::StepProfile;
+pub use step::{PixelBatch, StepProfile};
 
 /// How the executor trains.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -191,6 +191,11 @@ impl Executor {
             loss_node,
             pixel_input: None,
         })
+    }
+
+    /// With gradient accumulation: the next training step's place in its cycle (0: a cycle starts).
+    pub fn accumulation_micro_step(&self) -> usize {
+        self.micro
     }
 
     pub fn graph(&self) -> &Graph {

@@ -45,8 +45,27 @@ pub(super) struct Program {
     pub logits: Tensor,
     /// With a pixel input stage: the u8 batch (packed) and the per-image transforms the augment layer reads.
     pub pixels: Option<(Tensor, Tensor)>,
+    /// With gradient accumulation over pixel batches: where a whole optimizer step's micro-batches wait on the GPU.
+    pub staging: Option<Staging>,
     pub transient_bytes: u64,
     _slots: Vec<Storage>,
+}
+
+/// A whole accumulation cycle's inputs on the GPU, so that its micro-batches train in one submission: per
+/// micro-batch its packed pixels, transforms and target rows, and one buffer of every micro-batch's per-step
+/// uniforms (`block` bytes each: the dropout sites' parameters, then the accumulate dispatches').
+pub(super) struct Staging {
+    pub pixels: Vec<Tensor>,
+    pub transforms: Vec<Tensor>,
+    pub labels: Vec<Tensor>,
+    pub uniforms: Tensor,
+    pub block: u64,
+}
+
+/// Bytes of one micro-batch's per-step uniforms: `dropout` dropout sites and `accumulate` accumulate dispatches.
+fn uniform_block(dropout: usize, accumulate: usize) -> u64 {
+    (dropout * size_of::<crate::ops::dropout::DropoutParams>()
+        + accumulate * size_of::<crate::ops::accumulate::AccumulateParams>()) as u64
 }
 
 /// Builds a layer's dispatches once the program's buffers exist.
@@ -137,7 +156,29 @@ impl Executor {
     /// tensors plus the memory plan. Works even where a tensor exceeds this adapter's binding limit (the plan is
     /// then a figure for a larger GPU).
     pub fn plan_bytes(&self, training: bool) -> Result<u64> {
-        Ok(self.persistent_bytes() + self.layout(training)?.total_bytes(self.pixel_stage(training)))
+        let layout = self.layout(training)?;
+        let dropout = layout.layers.iter().map(|l| l.dropout.len()).sum();
+        let staging = self.staging_bytes(training, dropout);
+        Ok(self.persistent_bytes() + layout.total_bytes(self.pixel_stage(training)) + staging)
+    }
+
+    /// (micro-batches, side) of the staging buffers a training program keeps for one-submission accumulation:
+    /// with gradient accumulation over pixel batches only.
+    fn staging_shape(&self, training: bool) -> Option<(usize, usize)> {
+        let k = self.cfg.accum;
+        (training && k > 1).then_some(()).and(self.pixel_stage(true)).map(|(_, side)| (k, side))
+    }
+
+    /// Accumulate dispatches a training program has: one per trainable bucket with a gradient sum.
+    fn accumulate_count(&self) -> usize {
+        self.params.buckets.iter().filter(|b| b.sum.is_some() && self.bucket_trains(b)).count()
+    }
+
+    fn staging_bytes(&self, training: bool, dropout: usize) -> u64 {
+        let Some((k, side)) = self.staging_shape(training) else { return 0 };
+        let n = self.batch_size();
+        let labels = (n * self.targets().row()) as u64 * DType::U32.size();
+        k as u64 * (pixel_stage_bytes(n, side) + labels + uniform_block(dropout, self.accumulate_count()))
     }
 
     /// When a tensor of the program would exceed the adapter's storage-binding limit: the largest batch size that
@@ -305,7 +346,9 @@ impl Executor {
         if let Some((msg, _)) = &layout.oversized {
             return Err(Error::Invalid(msg.clone()));
         }
-        let transient_bytes = layout.total_bytes(self.pixel_stage(training));
+        let dropout_sites = layout.layers.iter().map(|l| l.dropout.len()).sum();
+        let transient_bytes =
+            layout.total_bytes(self.pixel_stage(training)) + self.staging_bytes(training, dropout_sites);
         let Layout { layers, keys, plan, alias, .. } = layout;
         let LossNode { logits, loss, correct, .. } = self.loss_tensors();
         let mode = if training { "train" } else { "eval" };
@@ -383,6 +426,26 @@ impl Executor {
             built.insert(0, Layer { name: "augment".into(), dispatches: vec![d], dropout: Vec::new() });
             pixels = Some((px, tf));
         }
+        let mut staging = None;
+        if let Some((k, side)) = self.staging_shape(training) {
+            let n = self.batch_size();
+            let (px_shape, tf_shape) = pixel_stage_shapes(n, side);
+            let tensors = |shape: &[usize], dtype, what: &str| -> Result<Vec<Tensor>> {
+                (0..k).map(|j| self.gpu.tensor(shape, dtype, &format!("staged {what} {j}"))).collect()
+            };
+            let block = uniform_block(dropout_sites, accumulate.len());
+            staging = Some(Staging {
+                pixels: tensors(&px_shape, DType::U32, "pixels")?,
+                transforms: tensors(&tf_shape, DType::F32, "transforms")?,
+                labels: tensors(&[n, self.targets().row()], DType::U32, "targets")?,
+                uniforms: self.gpu.tensor(
+                    &[((k as u64 * block / 4) as usize).max(1)],
+                    DType::U32,
+                    "staged uniforms",
+                )?,
+                block,
+            });
+        }
         Ok(Program {
             layers: built,
             optim,
@@ -394,6 +457,7 @@ impl Executor {
             probs: if training { None } else { Some(get(Key::Grad(logits))?) },
             logits: get(Key::Value(logits))?,
             pixels,
+            staging,
             transient_bytes,
             _slots: slots,
         })

@@ -9,10 +9,18 @@ use std::collections::HashMap;
 use super::{Executor, PixelInput, StepMetrics};
 use crate::data::augment::ImageTransform;
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, ReadbackRing, Tensor, Ticket};
+use crate::gpu::{CopyInto, Dispatch, Gpu, ReadbackRing, Segment, SegmentCopy, Tensor, Ticket};
 use crate::graph::Op;
 use crate::ops::dropout::DropoutParams;
 use crate::ops::loss::Targets;
+
+/// One micro-batch of pixels for [`Executor::train_cycle_pixels`].
+#[derive(Clone, Copy, Debug)]
+pub struct PixelBatch<'a> {
+    pub pixels: &'a [u8],
+    pub transforms: &'a [ImageTransform],
+    pub labels: &'a [u32],
+}
 
 /// Steps whose metrics may be in flight before a new step waits for the oldest (the ring has 64 slots, two per
 /// step).
@@ -139,6 +147,162 @@ impl Executor {
     ) -> Result<()> {
         self.upload_pixels(true, pixels, transforms, labels)?;
         self.submit_training(true).await
+    }
+
+    blocking! {
+        /// One optimizer step of gradient accumulation — its `accum` micro-batches of pixels — in one submission:
+        /// the batches wait in staging buffers on the GPU and each micro-step copies its own into place (pixels,
+        /// transforms, targets, and its dropout and accumulate uniforms) before its forward and backward pass; the
+        /// optimizer runs once at the end. Where that does not apply (no accumulation, a cycle already under way,
+        /// fewer batches than `accum`, a profiled or captured step next) the batches train one submission each,
+        /// with the same result.
+        pub fn train_cycle_pixels(&mut self, batches: &[PixelBatch<'_>]) -> Result<()> => train_cycle_pixels_async
+    }
+
+    pub async fn train_cycle_pixels_async(&mut self, batches: &[PixelBatch<'_>]) -> Result<()> {
+        let k = self.cfg.accum;
+        let one_submission = k > 1
+            && batches.len() == k
+            && self.micro == 0
+            && !self.profile_next
+            && !self.capture_next
+            && k <= MAX_IN_FLIGHT;
+        if !one_submission {
+            for b in batches {
+                self.train_step_pixels_async(b.pixels, b.transforms, b.labels).await?;
+            }
+            return Ok(());
+        }
+        let (n, side) = self
+            .pixel_stage(true)
+            .ok_or_else(|| Error::Invalid("call set_pixel_input before feeding pixels".into()))?;
+        // Lay out every micro-batch before anything is written.
+        let mut prepared = Vec::with_capacity(k);
+        for b in batches {
+            if b.pixels.len() != n * side * side * 3 || b.transforms.len() != n {
+                return Err(Error::Invalid(format!(
+                    "a training pixel batch needs {n} images of {side}x{side}x3 bytes and {n} transforms; got {} \
+                     bytes, {}",
+                    b.pixels.len(),
+                    b.transforms.len()
+                )));
+            }
+            let rows = self.target_rows(b.labels, Some(b.transforms))?;
+            prepared.push((
+                crate::data::augment::pack_pixels(b.pixels),
+                crate::data::augment::batch_params(b.transforms),
+                rows,
+            ));
+        }
+        // The ring must hold every micro-step's two readbacks.
+        while self.pending.len() + k > MAX_IN_FLIGHT {
+            let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
+            let m = self.read_metrics(step, loss, correct).await?;
+            self.finished.push(m);
+        }
+        self.ensure_train()?;
+        let first_step = self.step + 1;
+        let p = self.train.as_ref().expect("compiled");
+        let staging = p.staging.as_ref().expect("a training program with accumulation over pixels has staging");
+        let (px, tf) = p.pixels.as_ref().expect("compiled with a pixel stage");
+        // Each micro-step's uniforms: its dropout masks' step, its place in the accumulation cycle.
+        let mut uniforms: Vec<u8> = Vec::with_capacity((k as u64 * staging.block) as usize);
+        let mut uniform_targets: Vec<(&Dispatch, u64)> = Vec::new();
+        for j in 0..k {
+            let step = (first_step + j as u64) as u32;
+            for layer in &p.layers {
+                for site in &layer.dropout {
+                    let params = DropoutParams::new(site.len, site.p, site.seed, step, site.accumulate)?;
+                    uniforms.extend_from_slice(bytemuck::bytes_of(&params));
+                    if j == 0 {
+                        uniform_targets.push((&layer.dispatches[site.dispatch], size_of_val(&params) as u64));
+                    }
+                }
+            }
+            let mode = crate::ops::accumulate::AccumulateMode::of(j, k);
+            for (bucket, d) in &p.accumulate {
+                let params = mode.params(self.params.buckets[*bucket].len, 1.0 / k as f32);
+                uniforms.extend_from_slice(bytemuck::bytes_of(&params));
+                if j == 0 {
+                    uniform_targets.push((d, size_of_val(&params) as u64));
+                }
+            }
+        }
+        for (j, (pixels, transforms, rows)) in prepared.iter().enumerate() {
+            self.gpu.write_bytes(&staging.pixels[j], bytemuck::cast_slice(pixels))?;
+            self.gpu.write_f32(&staging.transforms[j], transforms)?;
+            self.gpu.write_bytes(&staging.labels[j], bytemuck::cast_slice(rows))?;
+        }
+        if !uniforms.is_empty() {
+            self.gpu.write_bytes(&staging.uniforms, &uniforms)?;
+        }
+        let mut uniform_bytes = uniforms.len() as u64;
+        let mut optim: Vec<&Dispatch> = Vec::new();
+        for (bucket, d) in &p.optim {
+            let b = &self.params.buckets[*bucket];
+            let mut h = self.hyper[b.group];
+            if !b.decay {
+                h.wd = 0.0;
+            }
+            let params = h.params(b.len as u32, b.step + 1);
+            self.gpu.write_params(d, bytemuck::bytes_of(&params));
+            uniform_bytes += size_of_val(&params) as u64;
+            optim.push(d);
+        }
+        let mut segments = Vec::with_capacity(k);
+        for j in 0..k {
+            let mut copies = vec![
+                SegmentCopy { src: &staging.pixels[j], src_offset: 0, dst: CopyInto::Tensor(px), bytes: px.bytes() },
+                SegmentCopy {
+                    src: &staging.transforms[j],
+                    src_offset: 0,
+                    dst: CopyInto::Tensor(tf),
+                    bytes: tf.bytes(),
+                },
+                SegmentCopy {
+                    src: &staging.labels[j],
+                    src_offset: 0,
+                    dst: CopyInto::Tensor(&p.labels),
+                    bytes: p.labels.bytes(),
+                },
+            ];
+            let mut offset = j as u64 * staging.block;
+            for &(d, bytes) in &uniform_targets {
+                copies.push(SegmentCopy {
+                    src: &staging.uniforms,
+                    src_offset: offset,
+                    dst: CopyInto::Params(d),
+                    bytes,
+                });
+                offset += bytes;
+            }
+            let mut layers = p.layer_groups();
+            layers.push(("accumulate gradients", p.accumulate.iter().map(|(_, d)| d).collect()));
+            if j + 1 == k && !optim.is_empty() {
+                layers.push(("optimizer", optim.clone()));
+            }
+            segments.push(Segment { copies, layers, read: vec![&p.loss, &p.correct] });
+        }
+        let submitted = self.gpu.submit_segments("train cycle", &segments, &mut self.ring)?;
+        self.counters.encode_ns += submitted.encode.as_nanos() as u64;
+        self.counters.submit_ns += submitted.submit.as_nanos() as u64;
+        for (bucket, _) in &p.optim {
+            self.params.buckets[*bucket].step += 1;
+        }
+        let staged: u64 =
+            (0..k).map(|j| staging.pixels[j].bytes() + staging.transforms[j].bytes() + staging.labels[j].bytes()).sum();
+        let mut tickets = submitted.tickets.into_iter();
+        for j in 0..k {
+            let (Some(loss), Some(correct)) = (tickets.next(), tickets.next()) else {
+                unreachable!("two tensors read back per micro-step")
+            };
+            self.pending.push_back((first_step + j as u64, loss, correct));
+        }
+        self.step += k as u64;
+        self.counters.steps += k as u64;
+        self.counters.submits += 1;
+        self.counters.bytes_uploaded += staged + uniform_bytes;
+        Ok(())
     }
 
     blocking! {
