@@ -259,7 +259,7 @@ fn every_op_kind_is_in_a_gradient_check() {
 }
 
 /// Every storage byte the executor allocates for a training program is in its plan: parameters, gradients,
-/// optimizer state, running statistics, activations, launchers' scratch, the pixel stage. On a device of its own,
+/// optimizer state, running statistics, activations, launchers' scratch, the pixel stage, an accumulation cycle's staging. On a device of its own,
 /// so no other test's buffers are counted.
 #[test]
 fn allocated_bytes_equal_planned_bytes() {
@@ -268,6 +268,7 @@ fn allocated_bytes_equal_planned_bytes() {
         (Arch::EffnetLite0, Optimizer::Adam, true, 1),
         (Arch::Resnet50, Optimizer::Adam, false, 1),
         (Arch::Resnet18, Optimizer::Sgd, false, 3),
+        (Arch::Resnet18, Optimizer::Adam, true, 2),
     ] {
         let g = arch.with_fastai_head(4, 32, 5, 0.1, wgtune::nn::FASTAI_PS).unwrap();
         let before = gpu.storage_bytes_created();
