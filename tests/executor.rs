@@ -230,11 +230,7 @@ fn mixed_pixel_batches_train_on_the_mixed_images_and_targets() {
             let x = wgtune::reference::augment(&pixels, (n, presize, size), &params, norm.scale, norm.shift, true);
             let out = cpu::forward(&g, &values, &x, &labels, true, 1);
             let logits = &out[&g.find("fc.out").unwrap()];
-            let mix: Vec<(u32, f32)> = transforms
-                .iter()
-                .enumerate()
-                .map(|(r, t)| t.mix.map_or((r as u32, 1.0), |m| (m.partner, m.label_lam)))
-                .collect();
+            let mix = wgtune::data::augment::label_mix(&transforms).expect("the batch is mixed");
             assert!(mix.iter().enumerate().any(|(r, m)| m.0 != r as u32), "some image has another partner");
             let rows = targets.encode(&labels, Some(&mix)).unwrap();
             let t = wgtune::reference::dense_targets(&rows, classes as usize, targets.multi_label);

@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 mod support;
 
-use support::{fashion_folder, temp_dir, wgtune, Dir};
+use support::{fashion_folder, json_lines, run_ok, temp_dir, wgtune, Dir};
 
 /// A temporary two-class folder with `train` + `valid` images per class.
 fn tiny_folder(name: &str, train: usize, valid: usize) -> Dir {
@@ -115,26 +115,23 @@ fn lr_find_prints_a_suggestion_and_saves_the_plot() {
 fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
     let dir = tiny_folder("savebest", 8, 4);
     let (out, log) = (dir.0.join("m.safetensors"), dir.0.join("log.jsonl"));
-    let run = wgtune()
+    let mut run = wgtune();
+    let run = run
         .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "2", "--freeze-epochs", "1"])
         .args(["--save-best", "accuracy", "--early-stop", "5", "--tta", "--accum", "2", "--cutmix", "1", "--data"])
         .arg(&dir.0)
         .arg("--out")
         .arg(&out)
         .arg("--json-log")
-        .arg(&log)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-    assert!(run.status.success(), "{stdout}\n{stderr}");
+        .arg(&log);
+    let (stdout, stderr) = run_ok(run);
     assert!(stderr.contains("gradient accumulation: 2 batches of 8 per optimizer step (16 images)"), "{stderr}");
     assert!(stderr.contains("CutMix: a box per training batch pasted from shuffled partners, lam ~ Beta(1, 1)"));
     assert!(stdout.contains("better model found at epoch 0 with accuracy value: "), "{stdout}");
     assert!(stdout.contains("kept the weights of frozen epoch 0, the best by accuracy"), "{stdout}");
     assert!(stdout.contains("kept the weights of unfrozen epoch "), "{stdout}");
     assert!(stdout.contains("test-time augmentation (4 augmented views + the plain one, beta 0.25): accuracy "));
-    let mut records: Vec<serde_json::Value> =
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut records = json_lines(&log);
     let tta = records.pop().unwrap();
     assert!(tta["tta"]["accuracy"].is_f64() && tta["tta"]["plain_accuracy"].is_f64(), "{tta}");
     assert_eq!(records.len(), 3);

@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{temp_dir, wgtune};
+use support::{json_lines, run_ok, temp_dir, wgtune};
 
 const MARKS: [(&str, [u8; 3]); 4] =
     [("red", [220, 30, 30]), ("green", [30, 200, 40]), ("blue", [40, 60, 230]), ("black", [10, 10, 10])];
@@ -50,7 +50,8 @@ fn multi_label_csv_trains_scores_and_predicts_every_label_above_the_threshold() 
     let dir = temp_dir("multilabel");
     let baseline = marks(&dir.0, 208, 32);
     let (csv, out, log) = (dir.0.join("marks.csv"), dir.0.join("m.safetensors"), dir.0.join("log.jsonl"));
-    let run = wgtune()
+    let mut run = wgtune();
+    let run = run
         .args([
             "finetune",
             "--size",
@@ -71,17 +72,13 @@ fn multi_label_csv_trains_scores_and_predicts_every_label_above_the_threshold() 
         .args(["--csv-label-col", "tags", "--valid-col", "is_valid", "--label-delim", " ", "--out"])
         .arg(&out)
         .arg("--json-log")
-        .arg(&log)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-    assert!(run.status.success(), "{stdout}\n{stderr}");
+        .arg(&log);
+    let (stdout, stderr) = run_ok(run);
     assert!(stderr.contains("(4 classes, 176 train, 32 valid images; multi-label: sigmoid outputs"), "{stderr}");
     assert!(stdout.contains("accuracy_multi  fbeta_score"), "{stdout}");
     assert!(stdout.contains("multi-label validation (32 images, threshold 0.5): accuracy_multi "), "{stdout}");
     assert!(stdout.contains("test-time augmentation") && stdout.contains("accuracy_multi"), "{stdout}");
-    let records: Vec<serde_json::Value> =
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records = json_lines(&log);
     let last = &records[records.len() - 2];
     let (acc, f2) = (last["accuracy"].as_f64().unwrap(), last["fbeta"].as_f64().unwrap());
     eprintln!("accuracy_multi {acc:.4} (all-negative baseline {baseline:.4}), F2 {f2:.4}");

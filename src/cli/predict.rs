@@ -89,6 +89,24 @@ pub(crate) fn above_threshold(probs: &[f32], classes: &[String], threshold: f32)
     ranked(probs, classes, (0..probs.len()).filter(|&i| probs[i] > threshold).collect(), probs.len())
 }
 
+/// One image's prediction as text: a header line, a line per class (numbered when `ranked`), and its logits.
+fn print_prediction(header: &str, classes: &[serde_json::Value], ranked: bool, logits: Option<&[f32]>) {
+    println!("{header}");
+    for (rank, t) in classes.iter().enumerate() {
+        let number = if ranked { format!("{}. ", rank + 1) } else { String::new() };
+        println!(
+            "  {number}{:>6.2}%  {} ({})",
+            t["prob"].as_f64().unwrap_or(0.0) * 100.0,
+            t["label"].as_str().unwrap_or(""),
+            t["class_index"]
+        );
+    }
+    if let Some(row) = logits {
+        let text: Vec<String> = row.iter().map(|v| format!("{v:.4}")).collect();
+        println!("  logits: {}", text.join(" "));
+    }
+}
+
 pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Result<()> {
     use wgtune::data::{eval_crop, load_rgb, normalize_into};
     use wgtune::nn::model::load_model;
@@ -173,34 +191,10 @@ pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Res
                 } else if let Some((threshold, labels)) = &above {
                     // Multi-label: every label above the threshold, most probable first.
                     let noun = if labels.len() == 1 { "label" } else { "labels" };
-                    println!("{} ({} {noun} above {threshold})", path.display(), labels.len());
-                    for t in labels {
-                        println!(
-                            "  {:>6.2}%  {} ({})",
-                            t["prob"].as_f64().unwrap_or(0.0) * 100.0,
-                            t["label"].as_str().unwrap_or(""),
-                            t["class_index"]
-                        );
-                    }
-                    if let Some(row) = row {
-                        let text: Vec<String> = row.iter().map(|v| format!("{v:.4}")).collect();
-                        println!("  logits: {}", text.join(" "));
-                    }
+                    let header = format!("{} ({} {noun} above {threshold})", path.display(), labels.len());
+                    print_prediction(&header, labels, false, row);
                 } else {
-                    println!("{}", path.display());
-                    for (rank, t) in top.iter().enumerate() {
-                        println!(
-                            "  {}. {:>6.2}%  {} ({})",
-                            rank + 1,
-                            t["prob"].as_f64().unwrap_or(0.0) * 100.0,
-                            t["label"].as_str().unwrap_or(""),
-                            t["class_index"]
-                        );
-                    }
-                    if let Some(row) = row {
-                        let text: Vec<String> = row.iter().map(|v| format!("{v:.4}")).collect();
-                        println!("  logits: {}", text.join(" "));
-                    }
+                    print_prediction(&path.display().to_string(), &top, true, row);
                 }
             }
         }

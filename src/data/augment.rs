@@ -71,6 +71,18 @@ pub fn batch_params(transforms: &[ImageTransform]) -> Vec<f32> {
     transforms.iter().enumerate().flat_map(|(row, t)| t.to_params(row)).collect()
 }
 
+/// Each row's (partner, weight of its own labels) for the loss's target rows, or None when no image of the batch
+/// is mixed.
+pub fn label_mix(transforms: &[ImageTransform]) -> Option<Vec<(u32, f32)>> {
+    transforms.iter().any(|t| t.mix.is_some()).then(|| {
+        transforms
+            .iter()
+            .enumerate()
+            .map(|(row, t)| t.mix.map_or((row as u32, 1.0), |m| (m.partner, m.label_lam)))
+            .collect()
+    })
+}
+
 /// Which batch-mixing augmentation a run uses (fastai's MixUp / CutMix callbacks; off by default).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Mixing {

@@ -28,7 +28,7 @@ pub mod plan;
 
 use crate::error::{Error, Result};
 use crate::ops::conv::{Conv2dConfig, ConvShape};
-use crate::ops::loss::Loss;
+use crate::ops::loss::{Loss, Targets};
 use crate::ops::norm::BatchNormConfig;
 use crate::ops::pool::{PoolConfig, PoolShape};
 use crate::reference::SplitMix;
@@ -409,15 +409,18 @@ impl Graph {
     /// Per-step class labels, one per sample: target rows (batch, 3) u32 for [`Graph::cross_entropy`] (the
     /// executor takes one label per sample and lays the rows out).
     pub fn labels(&mut self, name: &str, batch: usize) -> TensorId {
-        let row = Loss::SoftmaxCrossEntropy { smoothing: 0.0 }.targets(1).row();
-        self.add_tensor(name.into(), vec![batch, row], TensorKind::Labels, None)
+        self.targets(name, batch, Targets { classes: 1, multi_label: false })
     }
 
     /// Per-step sets of labels out of `classes`, any number per sample: target rows u32 for
     /// [`Graph::binary_cross_entropy`] (the executor takes a class bitmask per sample).
     pub fn multi_labels(&mut self, name: &str, batch: usize, classes: usize) -> TensorId {
-        let row = Loss::SigmoidBinaryCrossEntropy { threshold: 0.5 }.targets(classes).row();
-        self.add_tensor(name.into(), vec![batch, row], TensorKind::Labels, None)
+        self.targets(name, batch, Targets { classes, multi_label: true })
+    }
+
+    /// Per-step target rows laid out as `layout` says ([`Loss::targets`]), u32.
+    pub fn targets(&mut self, name: &str, batch: usize, layout: Targets) -> TensorId {
+        self.add_tensor(name.into(), vec![batch, layout.row()], TensorKind::Labels, None)
     }
 
     /// A parameter of the current group with an initial value.
@@ -612,22 +615,7 @@ impl Graph {
         labels: TensorId,
         smoothing: f32,
     ) -> Result<TensorId> {
-        let &[n, _] = self.shape(logits) else {
-            let detail = format!("logits {:?} must be (N, classes)", self.shape(logits));
-            return Err(self.shape_err(name, "softmax_cross_entropy", detail));
-        };
-        let row = Loss::SoftmaxCrossEntropy { smoothing }.targets(1).row();
-        if self.shape(labels) != [n, row] {
-            let detail = format!(
-                "labels {:?} must be ({n}, {row}) for logits {:?} (made by Graph::labels)",
-                self.shape(labels),
-                self.shape(logits)
-            );
-            return Err(self.shape_err(name, "softmax_cross_entropy", detail));
-        }
-        let loss = self.activation(format!("{name}.loss"), vec![1]);
-        let correct = self.activation(format!("{name}.correct"), vec![1]);
-        Ok(self.push(name, Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing }))
+        self.loss(name, logits, labels, Loss::SoftmaxCrossEntropy { smoothing })
     }
 
     /// Sigmoid binary cross-entropy with logits (mean over every sample and class), for several labels per
@@ -639,25 +627,43 @@ impl Graph {
         labels: TensorId,
         threshold: f32,
     ) -> Result<TensorId> {
+        self.loss(name, logits, labels, Loss::SigmoidBinaryCrossEntropy { threshold })
+    }
+
+    /// The loss `f` of logits (N, classes) against target rows made by [`Graph::targets`] for it; returns the
+    /// loss (1).
+    pub fn loss(&mut self, name: &str, logits: TensorId, labels: TensorId, f: Loss) -> Result<TensorId> {
+        let kind = if f.multi_label() { OpKind::SigmoidBinaryCrossEntropy } else { OpKind::SoftmaxCrossEntropy };
         let &[n, classes] = self.shape(logits) else {
             let detail = format!("logits {:?} must be (N, classes)", self.shape(logits));
-            return Err(self.shape_err(name, "sigmoid_bce", detail));
+            return Err(self.shape_err(name, kind.name(), detail));
         };
-        let row = Loss::SigmoidBinaryCrossEntropy { threshold }.targets(classes).row();
+        let row = f.targets(classes).row();
         if self.shape(labels) != [n, row] {
+            let made_by = if f.multi_label() { "Graph::multi_labels" } else { "Graph::labels" };
             let detail = format!(
-                "labels {:?} must be ({n}, {row}) for logits {:?} (made by Graph::multi_labels)",
+                "labels {:?} must be ({n}, {row}) for logits {:?} (made by {made_by})",
                 self.shape(labels),
                 self.shape(logits)
             );
-            return Err(self.shape_err(name, "sigmoid_bce", detail));
+            return Err(self.shape_err(name, kind.name(), detail));
         }
-        if !(0.0..=1.0).contains(&threshold) {
-            return Err(Error::Invalid(format!("loss '{name}': threshold {threshold} must be in [0, 1]")));
+        if let Loss::SigmoidBinaryCrossEntropy { threshold } = f {
+            if !(0.0..=1.0).contains(&threshold) {
+                return Err(Error::Invalid(format!("loss '{name}': threshold {threshold} must be in [0, 1]")));
+            }
         }
         let loss = self.activation(format!("{name}.loss"), vec![1]);
         let correct = self.activation(format!("{name}.correct"), vec![1]);
-        Ok(self.push(name, Op::SigmoidBinaryCrossEntropy { logits, labels, loss, correct, threshold }))
+        let op = match f {
+            Loss::SoftmaxCrossEntropy { smoothing } => {
+                Op::SoftmaxCrossEntropy { logits, labels, loss, correct, smoothing }
+            }
+            Loss::SigmoidBinaryCrossEntropy { threshold } => {
+                Op::SigmoidBinaryCrossEntropy { logits, labels, loss, correct, threshold }
+            }
+        };
+        Ok(self.push(name, op))
     }
 
     /// The node that produces `t`, if any.

@@ -1,5 +1,7 @@
 //! What a run reports besides its losses: lr_find's curve and fastai's valley suggestion, the confusion matrix.
 
+use crate::ops::loss::Loss;
+
 /// What lr_find recorded: the learning rate and smoothed loss of every step, and the suggested rate.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LrFind {
@@ -188,12 +190,12 @@ pub enum Scores {
 
 impl Scores {
     /// Empty scores for a model of `classes` with `loss`.
-    pub fn new(classes: &[String], loss: crate::ops::loss::Loss) -> Scores {
+    pub fn new(classes: &[String], loss: Loss) -> Scores {
         match loss {
-            crate::ops::loss::Loss::SigmoidBinaryCrossEntropy { threshold } => {
+            Loss::SigmoidBinaryCrossEntropy { threshold } => {
                 Scores::Multi(MultiLabelScores::new(classes.len(), threshold, FBETA_BETA))
             }
-            crate::ops::loss::Loss::SoftmaxCrossEntropy { .. } => Scores::Single(Confusion::new(classes.to_vec())),
+            Loss::SoftmaxCrossEntropy { .. } => Scores::Single(Confusion::new(classes.to_vec())),
         }
     }
 

@@ -134,19 +134,15 @@ impl Arch {
     /// The full ImageNet-style classifier (body, global average pool, linear) with `classes` outputs, plus labels
     /// and a cross-entropy loss so that the executor can evaluate it.
     pub fn classifier(self, batch: usize, size: usize, classes: usize) -> Result<Graph> {
-        let mut g = Graph::new();
-        let x = g.input("image", &[batch, 3, size, size]);
-        let labels = g.labels("label", batch);
-        let features = self.body(&mut g, x, 0.1)?;
-        g.set_group(2);
-        let pooled = g.global_avg_pool("avgpool", features)?;
-        let fc = match self {
-            Arch::EffnetLite0 => "_fc",
-            _ => "fc",
-        };
-        let logits = g.linear(fc, pooled, classes, true)?;
-        g.cross_entropy("loss", logits, labels, 0.0)?;
-        Ok(g)
+        let loss = Loss::SoftmaxCrossEntropy { smoothing: 0.0 };
+        self.with_head(batch, size, classes, 0.1, loss, |g, features| {
+            let pooled = g.global_avg_pool("avgpool", features)?;
+            let fc = match self {
+                Arch::EffnetLite0 => "_fc",
+                _ => "fc",
+            };
+            g.linear(fc, pooled, classes, true)
+        })
     }
 
     /// The body plus fastai's head (see [`fastai_head`]; `ps` its dropout, [`FASTAI_PS`] by default): what
@@ -180,21 +176,28 @@ impl Arch {
         ps: f64,
         loss: Loss,
     ) -> Result<Graph> {
+        self.with_head(batch, size, classes, bn_momentum, loss, |g, features| {
+            fastai_head(g, features, classes, bn_momentum, ps)
+        })
+    }
+
+    /// Input, target rows for `loss`, the body, `head` on its features (group 2) giving the logits, and the loss.
+    fn with_head(
+        self,
+        batch: usize,
+        size: usize,
+        classes: usize,
+        bn_momentum: f32,
+        loss: Loss,
+        head: impl FnOnce(&mut Graph, TensorId) -> Result<TensorId>,
+    ) -> Result<Graph> {
         let mut g = Graph::new();
         let x = g.input("image", &[batch, 3, size, size]);
-        let labels = match loss {
-            Loss::SoftmaxCrossEntropy { .. } => g.labels("label", batch),
-            Loss::SigmoidBinaryCrossEntropy { .. } => g.multi_labels("label", batch, classes),
-        };
+        let labels = g.targets("label", batch, loss.targets(classes));
         let features = self.body(&mut g, x, bn_momentum)?;
         g.set_group(2);
-        let logits = fastai_head(&mut g, features, classes, bn_momentum, ps)?;
-        match loss {
-            Loss::SoftmaxCrossEntropy { smoothing } => g.cross_entropy("loss", logits, labels, smoothing)?,
-            Loss::SigmoidBinaryCrossEntropy { threshold } => {
-                g.binary_cross_entropy("loss", logits, labels, threshold)?
-            }
-        };
+        let logits = head(&mut g, features)?;
+        g.loss("loss", logits, labels, loss)?;
         Ok(g)
     }
 }

@@ -43,3 +43,17 @@ pub fn fashion_folder(dir: &Path, train: usize, valid: usize) {
         }
     }
 }
+
+/// Run a command that must succeed; returns its (stdout, stderr).
+pub fn run_ok(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// The lines of a JSON-lines file (finetune's --json-log).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use super::params::Params;
+use super::program::Program;
 use super::{Executor, PixelInput, StepMetrics};
 use crate::data::augment::ImageTransform;
 use crate::error::{Error, Result};
@@ -13,6 +15,7 @@ use crate::gpu::{CopyInto, Dispatch, Gpu, ReadbackRing, Segment, SegmentCopy, Te
 use crate::graph::Op;
 use crate::ops::dropout::DropoutParams;
 use crate::ops::loss::Targets;
+use crate::ops::optim::Hyper;
 
 /// One micro-batch of pixels for [`Executor::train_cycle_pixels`].
 #[derive(Clone, Copy, Debug)]
@@ -63,9 +66,7 @@ impl Executor {
     /// own. Checks the labels and the partners.
     fn target_rows(&self, labels: &[u32], transforms: Option<&[ImageTransform]>) -> Result<Vec<u32>> {
         self.check_labels(labels)?;
-        let mix: Option<Vec<(u32, f32)>> = transforms.filter(|t| t.iter().any(|t| t.mix.is_some())).map(|t| {
-            t.iter().enumerate().map(|(row, t)| t.mix.map_or((row as u32, 1.0), |m| (m.partner, m.label_lam))).collect()
-        });
+        let mix = transforms.and_then(crate::data::augment::label_mix);
         self.targets().encode(labels, mix.as_deref())
     }
 
@@ -99,13 +100,9 @@ impl Executor {
         Ok(())
     }
 
-    fn upload_pixels(
-        &mut self,
-        training: bool,
-        pixels: &[u8],
-        transforms: &[ImageTransform],
-        labels: &[u32],
-    ) -> Result<()> {
+    /// A pixel batch must hold the training (presize) or evaluation (input size) images of a batch, and a transform
+    /// for each.
+    fn check_pixel_batch(&self, training: bool, pixels: &[u8], transforms: &[ImageTransform]) -> Result<()> {
         let (n, side) = self
             .pixel_stage(training)
             .ok_or_else(|| Error::Invalid("call set_pixel_input before feeding pixels".into()))?;
@@ -118,6 +115,17 @@ impl Executor {
                 transforms.len(),
             )));
         }
+        Ok(())
+    }
+
+    fn upload_pixels(
+        &mut self,
+        training: bool,
+        pixels: &[u8],
+        transforms: &[ImageTransform],
+        labels: &[u32],
+    ) -> Result<()> {
+        self.check_pixel_batch(training, pixels, transforms)?;
         let rows = self.target_rows(labels, Some(transforms))?;
         if training {
             self.ensure_train()?
@@ -173,20 +181,10 @@ impl Executor {
             }
             return Ok(());
         }
-        let (n, side) = self
-            .pixel_stage(true)
-            .ok_or_else(|| Error::Invalid("call set_pixel_input before feeding pixels".into()))?;
         // Lay out every micro-batch before anything is written.
         let mut prepared = Vec::with_capacity(k);
         for b in batches {
-            if b.pixels.len() != n * side * side * 3 || b.transforms.len() != n {
-                return Err(Error::Invalid(format!(
-                    "a training pixel batch needs {n} images of {side}x{side}x3 bytes and {n} transforms; got {} \
-                     bytes, {}",
-                    b.pixels.len(),
-                    b.transforms.len()
-                )));
-            }
+            self.check_pixel_batch(true, b.pixels, b.transforms)?;
             let rows = self.target_rows(b.labels, Some(b.transforms))?;
             prepared.push((
                 crate::data::augment::pack_pixels(b.pixels),
@@ -195,39 +193,18 @@ impl Executor {
             ));
         }
         // The ring must hold every micro-step's two readbacks.
-        while self.pending.len() + k > MAX_IN_FLIGHT {
-            let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
-            let m = self.read_metrics(step, loss, correct).await?;
-            self.finished.push(m);
-        }
+        self.make_room(k).await?;
         self.ensure_train()?;
         let first_step = self.step + 1;
         let p = self.train.as_ref().expect("compiled");
         let staging = p.staging.as_ref().expect("a training program with accumulation over pixels has staging");
         let (px, tf) = p.pixels.as_ref().expect("compiled with a pixel stage");
-        // Each micro-step's uniforms: its dropout masks' step, its place in the accumulation cycle.
-        let mut uniforms: Vec<u8> = Vec::with_capacity((k as u64 * staging.block) as usize);
-        let mut uniform_targets: Vec<(&Dispatch, u64)> = Vec::new();
-        for j in 0..k {
-            let step = (first_step + j as u64) as u32;
-            for layer in &p.layers {
-                for site in &layer.dropout {
-                    let params = DropoutParams::new(site.len, site.p, site.seed, step, site.accumulate)?;
-                    uniforms.extend_from_slice(bytemuck::bytes_of(&params));
-                    if j == 0 {
-                        uniform_targets.push((&layer.dispatches[site.dispatch], size_of_val(&params) as u64));
-                    }
-                }
-            }
-            let mode = crate::ops::accumulate::AccumulateMode::of(j, k);
-            for (bucket, d) in &p.accumulate {
-                let params = mode.params(self.params.buckets[*bucket].len, 1.0 / k as f32);
-                uniforms.extend_from_slice(bytemuck::bytes_of(&params));
-                if j == 0 {
-                    uniform_targets.push((d, size_of_val(&params) as u64));
-                }
-            }
-        }
+        // Each micro-step's uniforms (its dropout masks' step, its place in the accumulation cycle) wait in one
+        // staging buffer, a block per micro-step, and are copied into the dispatches' parameters in turn.
+        let per_step = (0..k)
+            .map(|j| step_uniforms(p, &self.params, (first_step + j as u64) as u32, Some((j, k))))
+            .collect::<Result<Vec<_>>>()?;
+        let uniforms: Vec<u8> = per_step.iter().flatten().flat_map(|(_, bytes)| bytes.iter().copied()).collect();
         for (j, (pixels, transforms, rows)) in prepared.iter().enumerate() {
             self.gpu.write_bytes(&staging.pixels[j], bytemuck::cast_slice(pixels))?;
             self.gpu.write_f32(&staging.transforms[j], transforms)?;
@@ -237,20 +214,13 @@ impl Executor {
             self.gpu.write_bytes(&staging.uniforms, &uniforms)?;
         }
         let mut uniform_bytes = uniforms.len() as u64;
-        let mut optim: Vec<&Dispatch> = Vec::new();
-        for (bucket, d) in &p.optim {
-            let b = &self.params.buckets[*bucket];
-            let mut h = self.hyper[b.group];
-            if !b.decay {
-                h.wd = 0.0;
-            }
-            let params = h.params(b.len as u32, b.step + 1);
-            self.gpu.write_params(d, bytemuck::bytes_of(&params));
-            uniform_bytes += size_of_val(&params) as u64;
-            optim.push(d);
+        for (d, bytes) in optimizer_uniforms(p, &self.params, &self.hyper) {
+            self.gpu.write_params(d, &bytes);
+            uniform_bytes += bytes.len() as u64;
         }
+        let optim: Vec<&Dispatch> = p.optim.iter().map(|(_, d)| d).collect();
         let mut segments = Vec::with_capacity(k);
-        for j in 0..k {
+        for (j, micro_uniforms) in per_step.iter().enumerate() {
             let mut copies = vec![
                 SegmentCopy { src: &staging.pixels[j], src_offset: 0, dst: CopyInto::Tensor(px), bytes: px.bytes() },
                 SegmentCopy {
@@ -267,7 +237,8 @@ impl Executor {
                 },
             ];
             let mut offset = j as u64 * staging.block;
-            for &(d, bytes) in &uniform_targets {
+            for (d, bytes) in micro_uniforms {
+                let bytes = bytes.len() as u64;
                 copies.push(SegmentCopy {
                     src: &staging.uniforms,
                     src_offset: offset,
@@ -376,52 +347,27 @@ impl Executor {
 
     /// Submit the compiled training program on the batch already uploaded.
     async fn submit_training(&mut self, update: bool) -> Result<()> {
-        // Keep the staging ring from running out: wait for the oldest step when it is nearly full.
-        if self.pending.len() >= MAX_IN_FLIGHT {
-            let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
-            let m = self.read_metrics(step, loss, correct).await?;
-            self.finished.push(m);
-        }
+        self.make_room(1).await?;
         self.step += 1;
         let step = self.step;
         let p = self.train.as_ref().expect("compiled");
-        let mut uniform_bytes = 0u64;
-        for layer in &p.layers {
-            for site in &layer.dropout {
-                let params = DropoutParams::new(site.len, site.p, site.seed, step as u32, site.accumulate)?;
-                self.gpu.write_params(&layer.dispatches[site.dispatch], bytemuck::bytes_of(&params));
-                uniform_bytes += size_of::<DropoutParams>() as u64;
-            }
-        }
         // Gradient accumulation: every step adds its gradients into the sums; the cycle's last hands the total to
         // the optimizer.
         let k = self.cfg.accum;
         let accumulating = update && k > 1;
         let apply = update && (!accumulating || self.micro + 1 == k);
-        let mut accumulate: Vec<&Dispatch> = Vec::new();
-        if accumulating {
-            let mode = crate::ops::accumulate::AccumulateMode::of(self.micro, k);
-            for (bucket, d) in &p.accumulate {
-                let params = mode.params(self.params.buckets[*bucket].len, 1.0 / k as f32);
-                self.gpu.write_params(d, bytemuck::bytes_of(&params));
-                uniform_bytes += size_of_val(&params) as u64;
-                accumulate.push(d);
-            }
-        }
-        let mut optim: Vec<&Dispatch> = Vec::new();
+        let mut uniforms = step_uniforms(p, &self.params, step as u32, accumulating.then_some((self.micro, k)))?;
         if apply {
-            for (bucket, d) in &p.optim {
-                let b = &self.params.buckets[*bucket];
-                let mut h = self.hyper[b.group];
-                if !b.decay {
-                    h.wd = 0.0;
-                }
-                let params = h.params(b.len as u32, b.step + 1);
-                self.gpu.write_params(d, bytemuck::bytes_of(&params));
-                uniform_bytes += size_of_val(&params) as u64;
-                optim.push(d);
-            }
+            uniforms.extend(optimizer_uniforms(p, &self.params, &self.hyper));
         }
+        let mut uniform_bytes = 0u64;
+        for (d, bytes) in &uniforms {
+            self.gpu.write_params(d, bytes);
+            uniform_bytes += bytes.len() as u64;
+        }
+        let accumulate: Vec<&Dispatch> =
+            if accumulating { p.accumulate.iter().map(|(_, d)| d).collect() } else { Vec::new() };
+        let optim: Vec<&Dispatch> = if apply { p.optim.iter().map(|(_, d)| d).collect() } else { Vec::new() };
         let mut groups = p.layer_groups();
         if !accumulate.is_empty() {
             groups.push(("accumulate gradients", accumulate));
@@ -459,6 +405,16 @@ impl Executor {
         self.counters.steps += 1;
         self.counters.submits += 1;
         self.counters.bytes_uploaded += uniform_bytes;
+        Ok(())
+    }
+
+    /// Keep the readback ring from running out: wait for the oldest steps until `steps` more fit in flight.
+    async fn make_room(&mut self, steps: usize) -> Result<()> {
+        while self.pending.len() + steps > MAX_IN_FLIGHT {
+            let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
+            let m = self.read_metrics(step, loss, correct).await?;
+            self.finished.push(m);
+        }
         Ok(())
     }
 
@@ -645,6 +601,47 @@ impl Executor {
         self.counters.bytes_read_back += bytes.len() as u64;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
+}
+
+/// One training step's per-step uniforms: each dropout site's parameters for step `step`, then, with gradient
+/// accumulation (`micro` of `k`), each accumulate dispatch's mode. (dispatch, its parameter bytes), in that order.
+fn step_uniforms<'p>(
+    p: &'p Program,
+    params: &Params,
+    step: u32,
+    accumulation: Option<(usize, usize)>,
+) -> Result<Vec<(&'p Dispatch, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for layer in &p.layers {
+        for site in &layer.dropout {
+            let u = DropoutParams::new(site.len, site.p, site.seed, step, site.accumulate)?;
+            out.push((&layer.dispatches[site.dispatch], bytemuck::bytes_of(&u).to_vec()));
+        }
+    }
+    if let Some((micro, k)) = accumulation {
+        let mode = crate::ops::accumulate::AccumulateMode::of(micro, k);
+        for (bucket, d) in &p.accumulate {
+            let u = mode.params(params.buckets[*bucket].len, 1.0 / k as f32);
+            out.push((d, bytemuck::bytes_of(&u).to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// The optimizer dispatches' parameters for their next step: each bucket's group hyper-parameters (no weight decay
+/// where the bucket takes none) and step count.
+fn optimizer_uniforms<'p>(p: &'p Program, params: &Params, hyper: &[Hyper]) -> Vec<(&'p Dispatch, Vec<u8>)> {
+    p.optim
+        .iter()
+        .map(|(bucket, d)| {
+            let b = &params.buckets[*bucket];
+            let mut h = hyper[b.group];
+            if !b.decay {
+                h.wd = 0.0;
+            }
+            (d, bytemuck::bytes_of(&h.params(b.len as u32, b.step + 1)).to_vec())
+        })
+        .collect()
 }
 
 fn scalar(bytes: &[u8]) -> f32 {
