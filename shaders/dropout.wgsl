@@ -1,6 +1,8 @@
-// dropout.wgsl — inverted dropout with a counter-based random mask, forward and backward.
+// dropout.wgsl — inverted dropout with a counter-based random mask, forward and backward; drop path (stochastic
+// depth) is the same kernel with one draw per sample.
 //
-//   keep(i)          = hash(seed, step, i) >= threshold         threshold = round(p * 2^32), p the drop probability
+//   keep(i)          = hash(seed, step, i / per) >= threshold   threshold = round(p * 2^32), p the drop probability;
+//                                                               per = 1 (dropout) or a sample's elements (drop path)
 //   dropout_forward  out[i] = x[i] * keep(i) * scale             scale = 1 / (1 - p)
 //   dropout_backward dx[i] (+)= dy[i] * keep(i) * scale          (flags & 1 accumulates)
 // The mask depends only on (seed, step, i): backward regenerates exactly the forward mask, nothing is stored, and a
@@ -15,8 +17,8 @@ struct DropoutParams {
     threshold: u32,
     scale: f32,
     flags: u32,
+    per: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1u;
@@ -37,7 +39,7 @@ fn apply(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) {
         return;
     }
     let key = pcg(p.step ^ pcg(p.seed));
-    let keep = pcg(i ^ key) >= p.threshold;
+    let keep = pcg((i / p.per) ^ key) >= p.threshold;
     let v = select(0.0, src[i] * p.scale, keep);
     if (p.flags & FLAG_ACCUMULATE) != 0u {
         dst[i] += v;

@@ -9,6 +9,11 @@
 //   relu6_backward  out = dy * (0 < x < 6)           x is the forward INPUT
 //   leaky_relu_forward   out = x > 0 ? x : alpha * x       (alpha: the negative slope)
 //   leaky_relu_backward  out = dy * (x > 0 ? 1 : alpha)    x is the forward INPUT
+//   gelu_forward    out = x * Phi(x)                 Phi the standard normal CDF (PyTorch's exact GELU); erfc from
+//                                                    Numerical Recipes' Chebyshev fit (relative error < 1.2e-7)
+//   gelu_backward   out = dy * (Phi(x) + x * phi(x)) phi the normal density; x is the forward INPUT
+//   gelu_tanh_forward    out = x / 2 * (1 + tanh(u)),  u = sqrt(2 / pi) * (x + 0.044715 x^3)  (approximate="tanh")
+//   gelu_tanh_backward   out = dy * ((1 + tanh(u)) / 2 + x / 2 * (1 - tanh(u)^2) * du/dx)
 // flags & 1: accumulate (out += result) instead of overwrite, for gradients that sum over several uses.
 //
 // Layout: every binding is a flat array of p.len elements (any shape, row-major).
@@ -114,5 +119,68 @@ fn leaky_relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let i = index(wg, nwg, lid);
     if i < p.len {
         store(i, select(p.alpha * y[i], y[i], x[i] > 0.0));
+    }
+}
+
+// erfc(z) for z >= 0 (Numerical Recipes' erfcc: fractional error below 1.2e-7 everywhere).
+fn erfc_positive(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
+        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    return t * exp(-z * z + poly);
+}
+
+// Phi(x) = erfc(-x / sqrt 2) / 2, computed from the tail on the side where it is small (no cancellation).
+fn normal_cdf(v: f32) -> f32 {
+    let tail = 0.5 * erfc_positive(abs(v) * 0.70710678118654752);
+    return select(tail, 1.0 - tail, v >= 0.0);
+}
+
+// u(x) = sqrt(2 / pi) * (x + 0.044715 x^3), clamped where tanh is 1 in f32 (a large argument can give NaN in a
+// tanh built from exponentials).
+fn gelu_tanh_u(v: f32) -> f32 {
+    return clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+}
+
+@compute @workgroup_size(256)
+fn gelu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        let v = x[i];
+        store(i, v * normal_cdf(v));
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        let v = x[i];
+        let density = 0.3989422804014327 * exp(-0.5 * v * v);
+        store(i, y[i] * (normal_cdf(v) + v * density));
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        let v = x[i];
+        store(i, 0.5 * v * (1.0 + tanh(gelu_tanh_u(v))));
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wg, nwg, lid);
+    if i < p.len {
+        let v = x[i];
+        let t = tanh(gelu_tanh_u(v));
+        let du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
+        store(i, y[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du));
     }
 }

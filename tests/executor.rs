@@ -98,6 +98,34 @@ fn multi_label_cnn(batch: usize, size: usize, classes: usize) -> Graph {
     g
 }
 
+/// A ConvNeXt block and head in miniature: patchify stem conv + LayerNorm2d, depthwise 7x7, LayerNorm2d, 1x1 up,
+/// exact GELU, 1x1 down, layer scale, drop path, residual add; global pool, LayerNorm over the last dimension,
+/// linear, tanh GELU, linear.
+fn convnext_like(batch: usize, size: usize, classes: usize) -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("image", &[batch, 3, size, size]);
+    let labels = g.labels("label", batch);
+    let h = g.conv2d("stem.0", x, 4, (2, 2), conv(2, 0), true).unwrap();
+    let skip = g.layer_norm("stem.1", h, false, 1e-6).unwrap();
+    let dw = Conv2dConfig { groups: 4, ..conv(1, 3) };
+    let h = g.conv2d("conv_dw", skip, 4, (7, 7), dw, true).unwrap();
+    let h = g.layer_norm("norm", h, false, 1e-6).unwrap();
+    let h = g.conv2d("fc1", h, 16, (1, 1), conv(1, 0), true).unwrap();
+    let h = g.gelu("act", h, false).unwrap();
+    let h = g.conv2d("fc2", h, 4, (1, 1), conv(1, 0), true).unwrap();
+    let h = g.layer_scale("gamma", h, 0.5).unwrap();
+    let h = g.drop_path("drop_path", h, 0.4).unwrap();
+    let h = g.add("residual", h, skip).unwrap();
+    let h = g.global_avg_pool("pool", h).unwrap();
+    g.set_group(1);
+    let h = g.layer_norm("head.norm", h, true, 1e-6).unwrap();
+    let h = g.linear("head.fc1", h, 6, true).unwrap();
+    let h = g.gelu("head.act", h, true).unwrap();
+    let logits = g.linear("head.fc2", h, classes, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    g
+}
+
 /// The graphs whose gradients are checked against finite differences, with their class counts.
 fn gradient_checked() -> Vec<(Graph, u32)> {
     vec![
@@ -105,6 +133,7 @@ fn gradient_checked() -> Vec<(Graph, u32)> {
         (fastai_head_cnn(3, 7, 4), 4),
         (branchy_cnn(2, 5, 3), 3),
         (multi_label_cnn(3, 5, 35), 35),
+        (convnext_like(5, 8, 3), 3),
     ]
 }
 
@@ -193,6 +222,22 @@ fn concat_dropout_leaky_relu_gradients_match_finite_differences() {
 #[test]
 fn multi_label_gradients_match_finite_differences() {
     let (g, classes) = gradient_checked().swap_remove(3);
+    gradient_check(g, classes);
+}
+
+#[test]
+fn convnext_block_gradients_match_finite_differences() {
+    let (g, classes) = gradient_checked().swap_remove(4);
+    // Drop path draws per sample: the first step (the one checked) keeps some samples and drops others, so the
+    // check sees both.
+    let Some(wgtune::graph::Op::DropPath { p, seed, .. }) =
+        g.nodes.iter().map(|n| &n.op).find(|op| op.kind() == OpKind::DropPath)
+    else {
+        panic!("the graph has a drop path")
+    };
+    let threshold = wgtune::ops::dropout::DropoutParams::new(1, *p, *seed, 1, false).unwrap().threshold;
+    let kept = (0..5).filter(|&n| wgtune::reference::dropout_keep(*seed, 1, n, threshold)).count();
+    assert!(kept > 0 && kept < 5, "drop path keeps {kept} of 5 samples at step 1");
     gradient_check(g, classes);
 }
 

@@ -125,7 +125,8 @@ fn uniform_structs_match_their_rust_twins() {
             batch, channels, hw, flags, src_c_total, src_c_offset, dst_c_total, dst_c_offset
         } },
         twin! { "norm", "NormParams", norm::NormParams { batch, channels, hw, flags, eps, momentum, _pad } },
-        twin! { "dropout", "DropoutParams", dropout::DropoutParams { len, seed, step, threshold, scale, flags, _pad } },
+        twin! { "dropout", "DropoutParams", dropout::DropoutParams { len, seed, step, threshold, scale, flags, per, _pad } },
+        twin! { "layer_norm", "LayerNormParams", layer_norm::LayerNormParams { outer, channels, inner, flags, eps, _pad } },
         twin! { "augment", "AugmentParams", AugmentParams { batch, in_size, out_size, flags, scale, shift } },
     ];
     for (family, name, rust_size, fields) in cases {

@@ -221,7 +221,7 @@ impl<'g> Builder<'g> {
             names.get(&t).cloned().unwrap_or_else(|| graph.info(t).name.clone())
         };
         for node in &graph.nodes[..loss] {
-            if let Op::Dropout { x, y, .. } = node.op {
+            if let Op::Dropout { x, y, .. } | Op::DropPath { x, y, .. } = node.op {
                 names.insert(y, name(&names, x));
             }
         }
@@ -301,7 +301,14 @@ impl<'g> Builder<'g> {
                     self.node_owned("Concat", layer, inputs, n(y), vec![int("axis", 1)]);
                 }
                 Op::Flatten { x, y } => self.node_owned("Flatten", layer, vec![n(x)], n(y), vec![int("axis", 1)]),
-                Op::Dropout { .. } => {} // named above
+                Op::Dropout { .. } | Op::DropPath { .. } => {} // named above
+                Op::Gelu { .. } | Op::LayerNorm { .. } | Op::LayerScale { .. } => {
+                    return Err(Error::Invalid(format!(
+                        "layer '{layer}' ({}) has no ONNX mapping yet: {} models cannot be exported",
+                        node.op.kind().name(),
+                        spec.arch.name()
+                    )))
+                }
                 Op::SoftmaxCrossEntropy { .. } | Op::SigmoidBinaryCrossEntropy { .. } => {
                     unreachable!("only the last layer is a loss")
                 }

@@ -29,6 +29,7 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "pool", source: include_str!("../../shaders/pool.wgsl") },
     Family { name: "concat", source: include_str!("../../shaders/concat.wgsl") },
     Family { name: "norm", source: include_str!("../../shaders/norm.wgsl") },
+    Family { name: "layer_norm", source: include_str!("../../shaders/layer_norm.wgsl") },
     Family { name: "dropout", source: include_str!("../../shaders/dropout.wgsl") },
     Family { name: "augment", source: include_str!("../../shaders/augment.wgsl") },
     Family { name: "elementwise", source: include_str!("../../shaders/elementwise.wgsl") },

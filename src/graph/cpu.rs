@@ -122,6 +122,34 @@ pub fn forward(
                 };
                 t.insert(*y, out);
             }
+            Op::DropPath { x, y, p, seed } => {
+                // Training: one draw of the dropout hash per sample, (seed, step, sample).
+                let out = if training {
+                    let threshold = DropoutParams::new(t[x].len(), *p, *seed, step as u32, false)
+                        .expect("the graph builder checked the probability")
+                        .threshold;
+                    let per = t[x].len() / shape(*x)[0];
+                    r::drop_path(&t[x], per, *seed, step as u32, threshold, 1.0 / (1.0 - p))
+                } else {
+                    t[x].clone()
+                };
+                t.insert(*y, out);
+            }
+            Op::Gelu { x, y, tanh } => {
+                let kind = if *tanh { Elementwise::GeluTanhForward } else { Elementwise::GeluForward };
+                let out = kind.apply_reference(&t[x], None, 0.0);
+                t.insert(*y, out);
+            }
+            Op::LayerNorm { x, gamma, beta, mean, rstd, y, axis, eps } => {
+                let (out, m, s) = r::layer_norm_forward(&t[x], axis.tuple(), &t[gamma], &t[beta], *eps as f64);
+                t.insert(*y, out);
+                t.insert(*mean, m);
+                t.insert(*rstd, s);
+            }
+            Op::LayerScale { x, gamma, y, axis } => {
+                let out = r::layer_scale_forward(&t[x], axis.tuple(), &t[gamma]);
+                t.insert(*y, out);
+            }
             Op::SoftmaxCrossEntropy { logits, loss, correct, smoothing, .. } => {
                 let classes = shape(*logits)[1];
                 let l = r::softmax_cross_entropy_forward(&t[logits], labels, classes, *smoothing as f64);

@@ -28,6 +28,7 @@ pub mod plan;
 
 use crate::error::{Error, Result};
 use crate::ops::conv::{Conv2dConfig, ConvShape};
+use crate::ops::layer_norm::ChannelAxis;
 use crate::ops::loss::{Loss, Targets};
 use crate::ops::norm::BatchNormConfig;
 use crate::ops::pool::{PoolConfig, PoolShape};
@@ -45,7 +46,8 @@ pub enum TensorKind {
     /// Class indices fed each step: u32.
     Labels,
     /// A learned parameter of parameter group `group`; `decay` says whether weight decay applies (fastai applies
-    /// none to batch-norm parameters and biases).
+    /// none to normalization parameters and biases); `is_bn` marks a normalization layer's parameter (batch or
+    /// layer norm), which trains in the frozen phase too (fastai's `train_bn`).
     Param { group: usize, decay: bool, is_bn: bool },
     /// Persistent non-learned state (batch-norm running statistics).
     State,
@@ -161,6 +163,39 @@ pub enum Op {
         p: f64,
         seed: u32,
     },
+    /// Drop path (stochastic depth): each sample of x is zeroed with probability `p` or scaled by 1 / (1 - p);
+    /// the draw comes from (seed, step, sample). The identity in eval mode.
+    DropPath {
+        x: TensorId,
+        y: TensorId,
+        p: f64,
+        seed: u32,
+    },
+    /// GELU: exact (x * Phi(x), PyTorch's default) or its tanh approximation.
+    Gelu {
+        x: TensorId,
+        y: TensorId,
+        tanh: bool,
+    },
+    /// Layer norm over the channel axis of `axis` at every position, the same in training and eval; `mean` and
+    /// `rstd` (one per position) are saved for backward.
+    LayerNorm {
+        x: TensorId,
+        gamma: TensorId,
+        beta: TensorId,
+        mean: TensorId,
+        rstd: TensorId,
+        y: TensorId,
+        axis: ChannelAxis,
+        eps: f32,
+    },
+    /// Layer scale: y = gamma[c] * x over the channel axis of `axis`.
+    LayerScale {
+        x: TensorId,
+        gamma: TensorId,
+        y: TensorId,
+        axis: ChannelAxis,
+    },
     /// Mean softmax cross-entropy of logits (N, classes) against target rows (N, 3) (see
     /// [`crate::ops::loss::Targets`]): loss (1); `correct` (1) counts right top-1 predictions.
     SoftmaxCrossEntropy {
@@ -215,7 +250,11 @@ impl Op {
             | Op::GlobalAvgPool { x, .. }
             | Op::ConcatPool { x, .. }
             | Op::Flatten { x, .. }
-            | Op::Dropout { x, .. } => (vec![*x], vec![]),
+            | Op::Dropout { x, .. }
+            | Op::DropPath { x, .. }
+            | Op::Gelu { x, .. } => (vec![*x], vec![]),
+            Op::LayerNorm { x, gamma, beta, .. } => (vec![*x, *gamma, *beta], vec![]),
+            Op::LayerScale { x, gamma, .. } => (vec![*x, *gamma], vec![]),
             Op::Add { a, b, .. } => (vec![*a, *b], vec![]),
             Op::Concat { xs, .. } => (xs.clone(), vec![]),
             Op::SoftmaxCrossEntropy { logits, labels, .. } | Op::SigmoidBinaryCrossEntropy { logits, labels, .. } => {
@@ -236,7 +275,11 @@ impl Op {
             | Op::AvgPool { y, .. }
             | Op::Concat { y, .. }
             | Op::Flatten { y, .. }
-            | Op::Dropout { y, .. } => vec![*y],
+            | Op::Dropout { y, .. }
+            | Op::DropPath { y, .. }
+            | Op::Gelu { y, .. }
+            | Op::LayerScale { y, .. } => vec![*y],
+            Op::LayerNorm { y, mean, rstd, .. } => vec![*y, *mean, *rstd],
             Op::BatchNorm { y, save_mean, save_var, running_mean, running_var, .. } => {
                 vec![*y, *save_mean, *save_var, *running_mean, *running_var]
             }
@@ -268,6 +311,10 @@ impl Op {
             Op::Concat { .. } => OpKind::Concat,
             Op::Flatten { .. } => OpKind::Flatten,
             Op::Dropout { .. } => OpKind::Dropout,
+            Op::DropPath { .. } => OpKind::DropPath,
+            Op::Gelu { .. } => OpKind::Gelu,
+            Op::LayerNorm { .. } => OpKind::LayerNorm,
+            Op::LayerScale { .. } => OpKind::LayerScale,
             Op::SoftmaxCrossEntropy { .. } => OpKind::SoftmaxCrossEntropy,
             Op::SigmoidBinaryCrossEntropy { .. } => OpKind::SigmoidBinaryCrossEntropy,
         }
@@ -324,6 +371,10 @@ op_kinds! {
     Concat => "concat",
     Flatten => "flatten",
     Dropout => "dropout",
+    DropPath => "drop_path",
+    Gelu => "gelu",
+    LayerNorm => "layer_norm",
+    LayerScale => "layer_scale",
     SoftmaxCrossEntropy => "softmax_cross_entropy",
     SigmoidBinaryCrossEntropy => "sigmoid_bce",
 }
@@ -605,6 +656,60 @@ impl Graph {
         let seed = self.next_rng().next_u64() as u32;
         let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
         Ok(self.push(name, Op::Dropout { x, y, p, seed }))
+    }
+
+    /// Drop path (stochastic depth) with drop probability `p` per sample; `p` 0 adds no op and returns `x`.
+    pub fn drop_path(&mut self, name: &str, x: TensorId, p: f64) -> Result<TensorId> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::Invalid(format!("drop_path '{name}': probability {p} must be in [0, 1)")));
+        }
+        if p == 0.0 {
+            return Ok(x);
+        }
+        let seed = self.next_rng().next_u64() as u32;
+        let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
+        Ok(self.push(name, Op::DropPath { x, y, p, seed }))
+    }
+
+    /// GELU, exact (`tanh` false, PyTorch's default) or in its tanh approximation.
+    pub fn gelu(&mut self, name: &str, x: TensorId, tanh: bool) -> Result<TensorId> {
+        let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
+        Ok(self.push(name, Op::Gelu { x, y, tanh }))
+    }
+
+    /// Layer norm over the channels of (N, C, ...) (`last` false: ConvNeXt's LayerNorm2d on NCHW) or over the last
+    /// dimension (`last` true: a transformer's LayerNorm): weight ones, bias zeros, no weight decay; they train in
+    /// the frozen phase as batch norm's do.
+    pub fn layer_norm(&mut self, name: &str, x: TensorId, last: bool, eps: f32) -> Result<TensorId> {
+        let xs = self.shape(x).to_vec();
+        let axis = if last { ChannelAxis::last(&xs) } else { ChannelAxis::second(&xs) };
+        let Some(axis) = axis.filter(|a| a.numel() > 0) else {
+            let want = if last { "at least 1-D" } else { "(N, C, ...)" };
+            return Err(self.shape_err(name, "layer_norm", format!("input {xs:?} must be {want} and not empty")));
+        };
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(Error::Invalid(format!("layer_norm '{name}': eps {eps} must be positive")));
+        }
+        let c = axis.channels;
+        let gamma = self.param(&format!("{name}.weight"), &[c], vec![1.0; c], false, true);
+        let beta = self.param(&format!("{name}.bias"), &[c], vec![0.0; c], false, true);
+        let saved = TensorKind::Saved { int: false };
+        let mean = self.add_tensor(format!("{name}.save_mean"), vec![axis.positions()], saved.clone(), None);
+        let rstd = self.add_tensor(format!("{name}.save_rstd"), vec![axis.positions()], saved, None);
+        let y = self.activation(format!("{name}.out"), xs);
+        Ok(self.push(name, Op::LayerNorm { x, gamma, beta, mean, rstd, y, axis, eps }))
+    }
+
+    /// Layer scale over the channels of (N, C, ...): y = gamma[c] * x, gamma (C) starting at `init` (ConvNeXt's
+    /// 1e-6) and named `name` itself (timm's `blocks.M.gamma`); weight decay applies as to any weight.
+    pub fn layer_scale(&mut self, name: &str, x: TensorId, init: f32) -> Result<TensorId> {
+        let xs = self.shape(x).to_vec();
+        let Some(axis) = ChannelAxis::second(&xs) else {
+            return Err(self.shape_err(name, "layer_scale", format!("input {xs:?} must be (N, C, ...)")));
+        };
+        let gamma = self.param(name, &[axis.channels], vec![init; axis.channels], true, false);
+        let y = self.activation(format!("{name}.out"), xs);
+        Ok(self.push(name, Op::LayerScale { x, gamma, y, axis }))
     }
 
     /// Softmax cross-entropy (mean over the batch) with optional label smoothing; returns the loss (1).

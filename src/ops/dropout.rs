@@ -1,4 +1,5 @@
-//! Inverted dropout with a counter-based mask: (seed, step, element) decide, so backward regenerates the mask.
+//! Inverted dropout with a counter-based mask: (seed, step, element) decide, so backward regenerates the mask;
+//! drop path draws once per sample instead of once per element.
 //! See shaders/dropout.wgsl; `crate::reference::dropout_keep` is the same hash on the CPU.
 
 use crate::error::{Error, Result};
@@ -16,7 +17,9 @@ pub struct DropoutParams {
     pub threshold: u32,
     pub scale: f32,
     pub flags: u32,
-    pub _pad: [u32; 2],
+    /// Elements per draw: 1 for dropout, a sample's elements for drop path.
+    pub per: u32,
+    pub _pad: u32,
 }
 
 pub const FLAG_ACCUMULATE: u32 = 1;
@@ -37,8 +40,15 @@ impl DropoutParams {
             threshold: (p * 4294967296.0).round().min(u32::MAX as f64) as u32,
             scale: (1.0 / (1.0 - p)) as f32,
             flags: if accumulate { FLAG_ACCUMULATE } else { 0 },
-            _pad: [0; 2],
+            per: 1,
+            _pad: 0,
         })
+    }
+
+    /// Drop path (stochastic depth): one draw per `per` consecutive elements (a sample of a batch), which keeps
+    /// or drops the whole sample.
+    pub fn per_sample(self, per: usize) -> Result<Self> {
+        Ok(DropoutParams { per: dim(per.max(1), "elements per sample")?, ..self })
     }
 }
 

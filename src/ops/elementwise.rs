@@ -1,4 +1,4 @@
-//! Element-wise kernels: add, scale, relu, relu6 and leaky relu forward/backward. See shaders/elementwise.wgsl.
+//! Element-wise kernels: add, scale, relu, relu6, leaky relu and GELU (exact and tanh forms) forward/backward. See shaders/elementwise.wgsl.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
@@ -90,6 +90,14 @@ elementwise_family! {
     LeakyReluForward = "leaky_relu_forward"(x) => reference::leaky_relu_forward;
     /// out = dy * (x > 0 ? 1 : alpha), x the forward input
     LeakyReluBackward = "leaky_relu_backward"(x, dy) => reference::leaky_relu_backward, grad of LeakyReluForward;
+    /// out = x * Phi(x) (GELU, exact erf form)
+    GeluForward = "gelu_forward"(x) => reference::gelu_forward;
+    /// out = dy * (Phi(x) + x * phi(x)), x the forward input
+    GeluBackward = "gelu_backward"(x, dy) => reference::gelu_backward, grad of GeluForward;
+    /// out = x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))) (GELU, tanh form)
+    GeluTanhForward = "gelu_tanh_forward"(x) => reference::gelu_tanh_forward;
+    /// out = dy * d/dx of gelu_tanh_forward, x the forward input
+    GeluTanhBackward = "gelu_tanh_backward"(x, dy) => reference::gelu_tanh_backward, grad of GeluTanhForward;
 }
 
 impl Elementwise {

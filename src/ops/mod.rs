@@ -10,6 +10,7 @@ pub mod concat;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
+pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
@@ -65,6 +66,12 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         norm::BATCH_NORM_BACKWARD_DATA,
         dropout::DROPOUT_FORWARD,
         dropout::DROPOUT_BACKWARD,
+        layer_norm::LAYER_NORM_FORWARD,
+        layer_norm::LAYER_NORM_BACKWARD_DATA,
+        layer_norm::LAYER_NORM_BACKWARD_PARAMS,
+        layer_norm::LAYER_SCALE_FORWARD,
+        layer_norm::LAYER_SCALE_BACKWARD_DATA,
+        layer_norm::LAYER_SCALE_BACKWARD_WEIGHT,
         crate::data::augment::AUGMENT,
         loss::SOFTMAX_CROSS_ENTROPY_FORWARD,
         loss::SOFTMAX_CROSS_ENTROPY_BACKWARD,

@@ -5,7 +5,9 @@
 use crate::ops::conv::ConvShape;
 use crate::ops::pool::PoolShape;
 
+mod layer_norm;
 mod loss;
+pub use layer_norm::*;
 pub use loss::*;
 
 /// Problem shape of a batched matmul C = op(A)·op(B), as the `matmul` kernel sees it.
@@ -465,6 +467,39 @@ pub fn leaky_relu_backward(x: f64, dy: f64, slope: f64) -> f64 {
     } else {
         slope * dy
     }
+}
+
+/// GELU, exact form (PyTorch's default): x * Phi(x), Phi the standard normal CDF = (1 + erf(x / sqrt 2)) / 2
+pub fn gelu_forward(x: f64, _y: f64, _alpha: f64) -> f64 {
+    x * normal_cdf(x)
+}
+
+/// dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density (x the forward input)
+pub fn gelu_backward(x: f64, dy: f64, _alpha: f64) -> f64 {
+    dy * (normal_cdf(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt())
+}
+
+/// GELU, tanh form (PyTorch's `approximate="tanh"`): x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))
+pub fn gelu_tanh_forward(x: f64, _y: f64, _alpha: f64) -> f64 {
+    0.5 * x * (1.0 + gelu_tanh_inner(x).0.tanh())
+}
+
+/// dx = dy * d/dx of [`gelu_tanh_forward`] (x the forward input)
+pub fn gelu_tanh_backward(x: f64, dy: f64, _alpha: f64) -> f64 {
+    let (u, du) = gelu_tanh_inner(x);
+    let t = u.tanh();
+    dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+}
+
+/// The tanh form's argument u(x) = sqrt(2 / pi) (x + 0.044715 x^3) and its derivative.
+fn gelu_tanh_inner(x: f64) -> (f64, f64) {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    (k * (x + 0.044715 * x * x * x), k * (1.0 + 3.0 * 0.044715 * x * x))
+}
+
+/// The standard normal CDF.
+pub fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
 }
 
 /// An element rule over whole tensors: out[i] = f(x[i], y[i] or 0, alpha).

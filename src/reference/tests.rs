@@ -203,6 +203,58 @@ fn batch_norm_backward_matches_finite_differences() {
     }
 }
 
+/// L = sum(layer_norm(x) ⊙ G) over the channels of NCHW (inner > 1) and over the last dimension (inner = 1),
+/// and layer scale on the same layouts.
+#[test]
+fn layer_norm_and_layer_scale_backward_match_finite_differences() {
+    let mut rng = SplitMix(8);
+    for axis in [(2, 3, 4), (3, 5, 1), (1, 1, 2)] {
+        let (outer, c, inner) = axis;
+        let n = outer * c * inner;
+        let eps = 1e-5;
+        let x = widen(&rng.vec_f32(n, -1.0, 2.0));
+        let gamma = widen(&rng.vec_f32(c, 0.5, 1.5));
+        let beta = widen(&rng.vec_f32(c, -0.5, 0.5));
+        let g = widen(&rng.vec_f32(n, -1.0, 1.0));
+        let dot = |v: Vec<f64>| v.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
+        let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| dot(layer_norm_forward(x, axis, gamma, beta, eps).0);
+        let (dx, dgamma, dbeta) = layer_norm_backward(&g, &x, axis, &gamma, eps);
+        for i in 0..n {
+            assert_fd(dx[i], finite_difference(&x, i, H, |v| loss(v, &gamma, &beta)), &format!("ln dx {axis:?}"));
+        }
+        for i in 0..c {
+            assert_fd(dgamma[i], finite_difference(&gamma, i, H, |v| loss(&x, v, &beta)), "ln dgamma");
+            assert_fd(dbeta[i], finite_difference(&beta, i, H, |v| loss(&x, &gamma, v)), "ln dbeta");
+        }
+        let scaled = |x: &[f64], gamma: &[f64]| dot(layer_scale_forward(x, axis, gamma));
+        let (dx, dgamma) = layer_scale_backward(&g, &x, axis, &gamma);
+        for i in 0..n {
+            assert_fd(dx[i], finite_difference(&x, i, H, |v| scaled(v, &gamma)), "layer scale dx");
+        }
+        for i in 0..c {
+            assert_fd(dgamma[i], finite_difference(&gamma, i, H, |v| scaled(&x, v)), "layer scale dgamma");
+        }
+    }
+}
+
+/// With gamma 1, beta 0 and eps 0, every position of layer norm's output has mean 0 and variance 1 over the
+/// channels.
+#[test]
+fn layer_norm_normalizes_each_position() {
+    let mut rng = SplitMix(9);
+    let axis = (2, 6, 5);
+    let x = widen(&rng.vec_f32(60, -3.0, 5.0));
+    let (y, _, _) = layer_norm_forward(&x, axis, &[1.0; 6], &[0.0; 6], 0.0);
+    for o in 0..2 {
+        for i in 0..5 {
+            let v: Vec<f64> = (0..6).map(|c| y[(o * 6 + c) * 5 + i]).collect();
+            let mean = v.iter().sum::<f64>() / 6.0;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 6.0;
+            assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-12, "position ({o}, {i}): mean {mean}, var {var}");
+        }
+    }
+}
+
 /// The mask keeps a fraction 1 - p (within 4 standard deviations over 100k draws) and changes with the step.
 #[test]
 fn dropout_mask_keeps_one_minus_p_and_changes_per_step() {

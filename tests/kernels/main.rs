@@ -7,6 +7,7 @@ mod conv;
 mod dropout;
 mod elementwise;
 mod errors;
+mod layer_norm;
 mod loss;
 mod matmul;
 mod norm;

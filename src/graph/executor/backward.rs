@@ -16,6 +16,7 @@ use crate::ops::conv::{
 };
 use crate::ops::dropout::{dropout_backward, DropoutParams};
 use crate::ops::elementwise::{elementwise, Elementwise};
+use crate::ops::layer_norm::{layer_norm_backward, layer_scale_backward};
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::norm::batch_norm_backward;
 use crate::ops::pool::{avg_pool_backward, global_pool_backward, max_pool_backward, GlobalPool};
@@ -257,10 +258,60 @@ impl Executor {
                 Op::Dropout { x, y, p, seed } => {
                     let ax = accumulates(&mut written, x);
                     touches.extend([gk(y), gk(x)]);
-                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: ax, len: g.tensors[x.0].numel() });
+                    dropout.push(DropoutSite {
+                        dispatch: 0,
+                        p,
+                        seed,
+                        accumulate: ax,
+                        len: g.tensors[x.0].numel(),
+                        per: 1,
+                    });
                     Box::new(move |v| {
                         let params = DropoutParams::new(v.g(x)?.numel(), p, seed, 0, ax)?;
                         Ok(vec![dropout_backward(v.gpu, v.g(y)?, v.g(x)?, params, &l2)?])
+                    })
+                }
+                Op::DropPath { x, y, p, seed } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    let (len, per) = (g.tensors[x.0].numel(), g.tensors[x.0].numel() / g.tensors[x.0].shape[0]);
+                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: ax, len, per });
+                    Box::new(move |v| {
+                        let params = DropoutParams::new(len, p, seed, 0, ax)?.per_sample(per)?;
+                        Ok(vec![dropout_backward(v.gpu, v.g(y)?, v.g(x)?, params, &l2)?])
+                    })
+                }
+                Op::Gelu { x, y, tanh } => {
+                    let kind = if tanh { Elementwise::GeluTanhBackward } else { Elementwise::GeluBackward };
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| {
+                        Ok(vec![elementwise(v.gpu, kind, v.v(x)?, Some(v.g(y)?), v.g(x)?, 1.0, ax, &l2)?])
+                    })
+                }
+                Op::LayerNorm { x, gamma, beta, mean, rstd, y, axis, .. } => {
+                    let (need_x, train) = (needs[x.0], trains(gamma));
+                    let ax = need_x && accumulates(&mut written, x);
+                    touches.push(gk(y));
+                    touches.extend(need_x.then_some(gk(x)));
+                    touches.extend([gk(gamma), gk(beta)].into_iter().filter(|_| train));
+                    Box::new(move |v| {
+                        let params = if train { Some((v.g(gamma)?, v.g(beta)?)) } else { None };
+                        let dx = if need_x { Some(v.g(x)?) } else { None };
+                        let stats = (v.v(mean)?, v.v(rstd)?);
+                        layer_norm_backward(v.gpu, axis, v.g(y)?, v.v(x)?, v.v(gamma)?, stats, params, dx, ax, &l2)
+                    })
+                }
+                Op::LayerScale { x, gamma, y, axis } => {
+                    let (need_x, train) = (needs[x.0], trains(gamma));
+                    let ax = need_x && accumulates(&mut written, x);
+                    touches.push(gk(y));
+                    touches.extend(need_x.then_some(gk(x)));
+                    touches.extend(train.then_some(gk(gamma)));
+                    Box::new(move |v| {
+                        let dgamma = if train { Some(v.g(gamma)?) } else { None };
+                        let dx = if need_x { Some(v.g(x)?) } else { None };
+                        layer_scale_backward(v.gpu, axis, v.g(y)?, v.v(x)?, v.v(gamma)?, dgamma, dx, ax, &l2)
                     })
                 }
             };

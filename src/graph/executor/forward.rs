@@ -9,6 +9,7 @@ use crate::ops::concat::concat_forward;
 use crate::ops::conv::conv2d_forward;
 use crate::ops::dropout::{dropout_forward, DropoutParams};
 use crate::ops::elementwise::{elementwise, Elementwise};
+use crate::ops::layer_norm::{layer_norm_forward, layer_scale_forward};
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::norm::{batch_norm_forward, BatchNormState};
 use crate::ops::pool::{avg_pool_forward, global_pool_forward, max_pool_forward, GlobalPool};
@@ -96,7 +97,8 @@ impl Executor {
             Op::Flatten { .. } => Box::new(|_| Ok(Vec::new())),
             Op::Dropout { x, y, p, seed } => {
                 if training {
-                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: false, len: g.tensors[x.0].numel() });
+                    let len = g.tensors[x.0].numel();
+                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: false, len, per: 1 });
                     Box::new(move |v| {
                         let params = DropoutParams::new(v.v(x)?.numel(), p, seed, 0, false)?;
                         Ok(vec![dropout_forward(v.gpu, v.v(x)?, v.v(y)?, params, &gpu_label)?])
@@ -116,6 +118,33 @@ impl Executor {
                     })
                 }
             }
+            Op::DropPath { x, y, p, seed } => {
+                if training {
+                    let (len, per) = (g.tensors[x.0].numel(), g.tensors[x.0].numel() / g.tensors[x.0].shape[0]);
+                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: false, len, per });
+                    Box::new(move |v| {
+                        let params = DropoutParams::new(len, p, seed, 0, false)?.per_sample(per)?;
+                        Ok(vec![dropout_forward(v.gpu, v.v(x)?, v.v(y)?, params, &gpu_label)?])
+                    })
+                } else {
+                    Box::new(move |v| {
+                        let kind = Elementwise::Scale;
+                        Ok(vec![elementwise(v.gpu, kind, v.v(x)?, None, v.v(y)?, 1.0, false, &gpu_label)?])
+                    })
+                }
+            }
+            Op::Gelu { x, y, tanh } => Box::new(move |v| {
+                let kind = if tanh { Elementwise::GeluTanhForward } else { Elementwise::GeluForward };
+                Ok(vec![elementwise(v.gpu, kind, v.v(x)?, None, v.v(y)?, 1.0, false, &gpu_label)?])
+            }),
+            Op::LayerNorm { x, gamma, beta, mean, rstd, y, axis, eps } => Box::new(move |v| {
+                let params = (v.v(gamma)?, v.v(beta)?);
+                let stats = (v.v(mean)?, v.v(rstd)?);
+                Ok(vec![layer_norm_forward(v.gpu, axis, v.v(x)?, params, stats, v.v(y)?, eps, &gpu_label)?])
+            }),
+            Op::LayerScale { x, gamma, y, axis } => Box::new(move |v| {
+                Ok(vec![layer_scale_forward(v.gpu, axis, v.v(x)?, v.v(gamma)?, v.v(y)?, &gpu_label)?])
+            }),
             Op::SoftmaxCrossEntropy { .. } | Op::SigmoidBinaryCrossEntropy { .. } => {
                 let (logits, labels, loss, correct, f) = op.as_loss().expect("a loss op");
                 let probs = (!training).then_some(Key::Grad(logits));

@@ -28,6 +28,8 @@ pub(super) struct DropoutSite {
     pub seed: u32,
     pub accumulate: bool,
     pub len: usize,
+    /// Elements per draw: 1 (dropout) or a sample's elements (drop path).
+    pub per: usize,
 }
 
 /// A compiled program.

@@ -614,7 +614,7 @@ fn step_uniforms<'p>(
     let mut out = Vec::new();
     for layer in &p.layers {
         for site in &layer.dropout {
-            let u = DropoutParams::new(site.len, site.p, site.seed, step, site.accumulate)?;
+            let u = DropoutParams::new(site.len, site.p, site.seed, step, site.accumulate)?.per_sample(site.per)?;
             out.push((&layer.dispatches[site.dispatch], bytemuck::bytes_of(&u).to_vec()));
         }
     }
