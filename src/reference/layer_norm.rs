@@ -2,6 +2,8 @@
 //! every (outer, inner) position: ConvNeXt's LayerNorm2d on NCHW with inner = H*W, a transformer's LayerNorm over
 //! the last dimension with inner = 1), layer scale (y = gamma[c] * x) and drop path (one dropout draw per sample).
 
+#![allow(clippy::needless_range_loop)] // index loops read like the math here
+
 use super::dropout_keep;
 
 /// A tensor as (outer, channels, inner): element (o, c, i) at (o * channels + c) * inner + i.
