@@ -13,7 +13,7 @@
 //                                     (wg.y * num_workgroups.x + wg.x) * 256 + local index.
 //   depthwise_conv2d_backward_weight  one workgroup per (tap, c): a strided sum over (n, oh, ow) and a tree
 //                                     reduction in workgroup memory. Dispatch (KH*KW, C, 1).
-//   depthwise_conv2d_backward_weight_taps  undilated 3x3 and 5x5: one workgroup per channel summing every tap at
+//   depthwise_conv2d_backward_weight_taps  undilated 3x3, 5x5 and 7x7: one workgroup per channel summing every tap at
 //                                     once (kernel size as pipeline constants KH, KW). Dispatch (C, 1, 1).
 //   depthwise_conv2d_backward_weight_rows  the same for short sums (N*OH*OW < 1024): one invocation per
 //                                     (c, tap) and a plain loop. Dispatch 256 per workgroup over C*KH*KW on a 2-D
@@ -272,12 +272,13 @@ fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
 }
 
 // Kernel size of depthwise_conv2d_backward_weight_taps, fixed per pipeline so the tap loops unroll and the
-// per-tap sums stay in registers (at most 25 taps).
+// per-tap sums stay in registers (at most 49 taps: 3x3, 5x5 and ConvNeXt's 7x7).
 override KH: u32 = 3u;
 override KW: u32 = 3u;
 
 // The same sums for every tap of channel c = workgroup x at once (undilated kernels of up to 25 taps): each visit
-// of (n, oh, ow) reads dy once and the KH x KW window of x, instead of one workgroup per tap re-reading dy per tap.
+// of (n, oh, ow) reads dy once and the KH x KW window of x, instead of one workgroup per tap re-reading dy per tap
+// (kernels of up to 49 taps).
 // Then one tree reduction per tap. Dispatch (C, 1, 1).
 @compute @workgroup_size(256)
 fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>,
@@ -288,7 +289,7 @@ fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>,
     var n = start.n;
     var oh = start.oh;
     var ow = start.ow;
-    var acc: array<f32, 25>;
+    var acc: array<f32, 49>;
     while n < p.batch {
         let g = src[(n * p.out_c + c) * out_hw + oh * p.out_w + ow];
         let x_plane = (n * p.in_c + c) * p.in_h * p.in_w;

@@ -1,5 +1,6 @@
-//! Pretrained models end to end: the embedded EfficientNet-Lite0 against an independent numpy forward pass
-//! (tools/effnet_reference.py, outputs stored in tests/fixtures/effnet_lite0), weights loading errors, save/load.
+//! Pretrained models end to end: the embedded EfficientNet-Lite0, the ResNets and ConvNeXts against independent
+//! numpy forward passes (tools/*_reference.py, outputs stored in tests/fixtures), weights loading errors,
+//! architecture detection, save/load.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -142,6 +143,114 @@ fn resnet34_logits_match_the_numpy_reference() {
 #[test]
 fn resnet50_logits_match_the_numpy_reference() {
     check_resnet(Arch::Resnet50);
+}
+
+/// Seeded random weights drawn exactly as tools/convnext_reference.py draws them (same generator, same order of
+/// timm's names): weights of 2-D and up uniform in +-sqrt(6 / fan_in), LayerNorm weights in [0.5, 1.5), every
+/// other 1-D tensor in [-0.1, 0.1). Returns them by name with the graph's shapes.
+fn seeded_convnext_weights(g: &wgtune::graph::Graph) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut names: Vec<(String, Vec<usize>)> = g
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.kind, wgtune::graph::TensorKind::Param { .. }))
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    names.sort();
+    let mut rng = wgtune::reference::SplitMix(2025);
+    let norm_weight =
+        |n: &str| n.ends_with("norm.weight") || n == "stem.1.weight" || n.ends_with("downsample.0.weight");
+    names
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let values = if shape.len() >= 2 {
+                let a = (6.0 / shape[1..].iter().product::<usize>() as f64).sqrt();
+                rng.vec_f32(n, -a, a)
+            } else if norm_weight(&name) {
+                rng.vec_f32(n, 0.5, 1.5)
+            } else {
+                rng.vec_f32(n, -0.1, 0.1)
+            };
+            (name, shape, values)
+        })
+        .collect()
+}
+
+/// timm's ConvNeXt classifier (64 px, seeded weights) against tools/convnext_reference.py, itself checked
+/// against timm (1e-14 in float64): within 1e-4 of the largest logit.
+fn check_convnext(arch: Arch) {
+    let g = arch.classifier(1, 64, 1000).unwrap();
+    let weights = seeded_convnext_weights(&g);
+    let mut ex = Executor::new(gpu(), g, ExecutorConfig::default()).unwrap();
+    for (name, _, values) in &weights {
+        ex.write_value(name, values).unwrap();
+    }
+    let input = wgtune::reference::SplitMix(7).vec_f32(3 * 64 * 64, -1.0, 1.0);
+    let got = ex.predict_logits(&input).unwrap();
+    let bytes = std::fs::read(root().join(format!("tests/fixtures/convnext/{}.logits.f32", arch.name()))).unwrap();
+    let want: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{}: max |logit| {scale}, worst |diff| {worst:e}", arch.name());
+    assert!(worst <= 1e-4 * scale, "{}: worst logit difference {worst} vs scale {scale}", arch.name());
+}
+
+#[test]
+fn convnext_atto_logits_match_the_numpy_reference() {
+    check_convnext(Arch::ConvnextAtto);
+}
+
+#[test]
+fn convnext_tiny_logits_match_the_numpy_reference() {
+    check_convnext(Arch::ConvnextTiny);
+}
+
+/// A file in timm's layout (convnext_tiny's MLP weights as Linear (out, in), no wgtune metadata, no --arch) is
+/// recognized as convnext_tiny, loads into the 1x1 convolutions, and gives the reference logits.
+#[test]
+fn a_timm_convnext_file_is_detected_and_loads_its_linear_mlp_weights() {
+    use wgtune::nn::model::{load_model, ModelSpec};
+    let g = Arch::ConvnextTiny.classifier(1, 64, 1000).unwrap();
+    let timm_layout: Vec<(String, Vec<usize>, Vec<f32>)> = seeded_convnext_weights(&g)
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let linear = name.contains(".mlp.fc") && name.ends_with(".weight");
+            (name, if linear { shape[..2].to_vec() } else { shape }, values)
+        })
+        .collect();
+    assert!(timm_layout.iter().any(|(n, s, _)| n == "stages.0.blocks.0.mlp.fc1.weight" && s == &[384, 96]));
+    let dir = std::env::temp_dir().join(format!("wgtune-timm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    wgtune::nn::weights::write_atomically(&path, &timm_layout, Default::default()).unwrap();
+    let weights = Weights::open(&path).unwrap();
+    let spec = ModelSpec { input_size: 64, ..ModelSpec::of_weights(&weights, None).unwrap() };
+    assert_eq!(spec.arch, Arch::ConvnextTiny);
+    let (mut ex, report) = load_model(gpu(), &spec, &weights, 1).unwrap();
+    assert!(report.kept_initial.is_empty() && report.ignored.is_empty(), "{report:?}");
+    let input = wgtune::reference::SplitMix(7).vec_f32(3 * 64 * 64, -1.0, 1.0);
+    let got = ex.predict_logits(&input).unwrap();
+    let bytes = std::fs::read(root().join("tests/fixtures/convnext/convnext_tiny.logits.f32")).unwrap();
+    let want: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-4 * 4.636, "worst logit difference {worst}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every architecture is told apart from the others by its tensor names and shapes alone.
+#[test]
+fn every_architecture_is_detected_from_its_tensors() {
+    for arch in Arch::ALL {
+        let g = arch.classifier(1, 32, 1000).unwrap();
+        let shapes = g
+            .tensors
+            .iter()
+            .filter(|t| matches!(t.kind, wgtune::graph::TensorKind::Param { .. } | wgtune::graph::TensorKind::State))
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        assert_eq!(Arch::detect(&shapes), Some(arch), "{arch}");
+    }
+    assert_eq!(Arch::detect(&[("fc.weight".to_string(), vec![2, 3])].into_iter().collect()), None);
 }
 
 /// A fine-tuned model (fastai head, class names, size, normalization in the metadata) saved, loaded and rebuilt

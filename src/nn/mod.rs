@@ -1,5 +1,6 @@
-//! Models built from graph ops: EfficientNet-Lite0 and torchvision's ResNet-18/34/50 (parameter names as in
-//! their published state dicts, so pretrained files load by name), fastai's head, and safetensors in and out.
+//! Models built from graph ops: EfficientNet-Lite0, torchvision's ResNet-18/34/50 and timm's ConvNeXt (parameter
+//! names as in their published state dicts, so pretrained files load by name), fastai's head, and safetensors in
+//! and out.
 
 pub mod model;
 pub mod weights;
@@ -18,7 +19,26 @@ pub enum Arch {
     Resnet18,
     Resnet34,
     Resnet50,
+    ConvnextAtto,
+    ConvnextFemto,
+    ConvnextPico,
+    ConvnextNano,
+    ConvnextTiny,
+    ConvnextSmall,
+    ConvnextBase,
 }
+
+/// A ConvNeXt's blocks per stage and channels per stage (timm's configurations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvNextConfig {
+    pub depths: [usize; 4],
+    pub dims: [usize; 4],
+}
+
+/// ConvNeXt's LayerNorm epsilon (timm's LayerNorm2d and the block's LayerNorm).
+pub const CONVNEXT_LN_EPS: f32 = 1e-6;
+/// ConvNeXt's layer-scale initial value (timm's `ls_init_value`).
+pub const CONVNEXT_LAYER_SCALE_INIT: f32 = 1e-6;
 
 /// How raw 0..255 RGB pixels become model input: (x / 255 - mean) / std per channel, written as x * scale + shift.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -77,7 +97,19 @@ impl clap::ValueEnum for Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::EffnetLite0, Arch::Resnet18, Arch::Resnet34, Arch::Resnet50];
+    pub const ALL: [Arch; 11] = [
+        Arch::EffnetLite0,
+        Arch::Resnet18,
+        Arch::Resnet34,
+        Arch::Resnet50,
+        Arch::ConvnextAtto,
+        Arch::ConvnextFemto,
+        Arch::ConvnextPico,
+        Arch::ConvnextNano,
+        Arch::ConvnextTiny,
+        Arch::ConvnextSmall,
+        Arch::ConvnextBase,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,7 +117,56 @@ impl Arch {
             Arch::Resnet18 => "resnet18",
             Arch::Resnet34 => "resnet34",
             Arch::Resnet50 => "resnet50",
+            Arch::ConvnextAtto => "convnext_atto",
+            Arch::ConvnextFemto => "convnext_femto",
+            Arch::ConvnextPico => "convnext_pico",
+            Arch::ConvnextNano => "convnext_nano",
+            Arch::ConvnextTiny => "convnext_tiny",
+            Arch::ConvnextSmall => "convnext_small",
+            Arch::ConvnextBase => "convnext_base",
         }
+    }
+
+    /// Every architecture's name, for messages.
+    pub fn names() -> String {
+        Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// A ConvNeXt's stage depths and widths (timm's `convnext_*` model definitions); None for other families.
+    pub fn convnext(self) -> Option<ConvNextConfig> {
+        let (depths, dims) = match self {
+            Arch::ConvnextAtto => ([2, 2, 6, 2], [40, 80, 160, 320]),
+            Arch::ConvnextFemto => ([2, 2, 6, 2], [48, 96, 192, 384]),
+            Arch::ConvnextPico => ([2, 2, 6, 2], [64, 128, 256, 512]),
+            Arch::ConvnextNano => ([2, 2, 8, 2], [80, 160, 320, 640]),
+            Arch::ConvnextTiny => ([3, 3, 9, 3], [96, 192, 384, 768]),
+            Arch::ConvnextSmall => ([3, 3, 27, 3], [96, 192, 384, 768]),
+            Arch::ConvnextBase => ([3, 3, 27, 3], [128, 256, 512, 1024]),
+            Arch::EffnetLite0 | Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => return None,
+        };
+        Some(ConvNextConfig { depths, dims })
+    }
+
+    /// The architecture a file of pretrained weights holds, told from its tensor names and shapes (timm's,
+    /// torchvision's and EfficientNet-Lite's state dicts); None when it matches none.
+    pub fn detect(shapes: &std::collections::BTreeMap<String, Vec<usize>>) -> Option<Arch> {
+        let has = |n: &str| shapes.contains_key(n);
+        let count = |prefix: &str, leaf: &str| (0..).take_while(|i| has(&format!("{prefix}{i}.{leaf}"))).count();
+        if has("_conv_stem.weight") && has("_blocks.15._project_conv.weight") {
+            return Some(Arch::EffnetLite0);
+        }
+        if has("conv1.weight") && has("layer1.0.conv1.weight") {
+            let depths: Vec<usize> = (1..=4).map(|l| count(&format!("layer{l}."), "conv1.weight")).collect();
+            return match (depths.as_slice(), has("layer1.0.conv3.weight")) {
+                ([2, 2, 2, 2], false) => Some(Arch::Resnet18),
+                ([3, 4, 6, 3], false) => Some(Arch::Resnet34),
+                ([3, 4, 6, 3], true) => Some(Arch::Resnet50),
+                _ => None,
+            };
+        }
+        let width = shapes.get("stem.0.weight").and_then(|s| s.first().copied())?;
+        let depths: Vec<usize> = (0..4).map(|s| count(&format!("stages.{s}.blocks."), "conv_dw.weight")).collect();
+        Arch::ALL.into_iter().find(|a| a.convnext().is_some_and(|c| c.dims[0] == width && c.depths[..] == depths[..]))
     }
 
     pub fn parse(s: &str) -> Result<Arch> {
@@ -101,6 +182,7 @@ impl Arch {
             Arch::EffnetLite0 => 1280,
             Arch::Resnet18 | Arch::Resnet34 => 512,
             Arch::Resnet50 => 2048,
+            _ => self.convnext().expect("the other families are ConvNeXts").dims[3],
         }
     }
 
@@ -111,23 +193,27 @@ impl Arch {
         }
     }
 
-    /// The ImageNet classifier's parameter names (cut when fine-tuning).
+    /// The ImageNet classifier's parameter names (cut when fine-tuning): timm's ConvNeXt head (`head.norm`,
+    /// `head.fc`) comes after `forward_features`, where fastai cuts the body.
     pub fn classifier_prefix(self) -> &'static str {
         match self {
             Arch::EffnetLite0 => "_fc.",
-            _ => "fc.",
+            Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => "fc.",
+            _ => "head.",
         }
     }
 
     /// Build the pretrained body on `x` (N, 3, H, W) and return its last feature map. Parameter groups follow
     /// fastai: ResNet's stem, layer1 and layer2 are group 0, layer3 and layer4 group 1; EfficientNet-Lite0's stem
-    /// and first 8 blocks group 0, the rest group 1. The caller's head goes in group 2.
+    /// and first 8 blocks group 0, the rest group 1; a timm model (ConvNeXt) is one group, as fastai's
+    /// `default_split` makes it for every timm architecture. The caller's head goes in the next group.
     pub fn body(self, g: &mut Graph, x: TensorId, bn_momentum: f32) -> Result<TensorId> {
         match self {
             Arch::EffnetLite0 => effnet_lite0_body(g, x, bn_momentum),
             Arch::Resnet18 => resnet_body(g, x, &[2, 2, 2, 2], false, bn_momentum),
             Arch::Resnet34 => resnet_body(g, x, &[3, 4, 6, 3], false, bn_momentum),
             Arch::Resnet50 => resnet_body(g, x, &[3, 4, 6, 3], true, bn_momentum),
+            _ => convnext_body(g, x, self.convnext().expect("the other families are ConvNeXts"), 0.0),
         }
     }
 
@@ -135,13 +221,18 @@ impl Arch {
     /// and a cross-entropy loss so that the executor can evaluate it.
     pub fn classifier(self, batch: usize, size: usize, classes: usize) -> Result<Graph> {
         let loss = Loss::SoftmaxCrossEntropy { smoothing: 0.0 };
-        self.with_head(batch, size, classes, 0.1, loss, |g, features| {
-            let pooled = g.global_avg_pool("avgpool", features)?;
-            let fc = match self {
-                Arch::EffnetLite0 => "_fc",
-                _ => "fc",
-            };
-            g.linear(fc, pooled, classes, true)
+        self.with_head(batch, size, classes, 0.1, loss, |g, features| match self {
+            Arch::EffnetLite0 | Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => {
+                let pooled = g.global_avg_pool("avgpool", features)?;
+                let fc = if self == Arch::EffnetLite0 { "_fc" } else { "fc" };
+                g.linear(fc, pooled, classes, true)
+            }
+            // timm's NormMlpClassifierHead: average pool, LayerNorm over the channels, linear.
+            _ => {
+                let pooled = g.global_avg_pool("head.global_pool", features)?;
+                let normed = g.layer_norm("head.norm", pooled, true, CONVNEXT_LN_EPS)?;
+                g.linear("head.fc", normed, classes, true)
+            }
         })
     }
 
@@ -195,7 +286,8 @@ impl Arch {
         let x = g.input("image", &[batch, 3, size, size]);
         let labels = g.targets("label", batch, loss.targets(classes));
         let features = self.body(&mut g, x, bn_momentum)?;
-        g.set_group(2);
+        let head_group = g.groups();
+        g.set_group(head_group);
         let logits = head(&mut g, features)?;
         g.loss("loss", logits, labels, loss)?;
         Ok(g)
@@ -300,6 +392,46 @@ fn effnet_lite0_body(g: &mut Graph, x: TensorId, momentum: f32) -> Result<Tensor
     let h = g.conv2d("_conv_head", h, 1280, (1, 1), cfg, false)?;
     let h = g.batch_norm("_bn1", h, bn)?;
     g.relu6("_bn1.act", h)
+}
+
+/// timm's ConvNeXt up to `forward_features` (fastai's cut): a 4x4 stride-4 patchify stem with LayerNorm2d, four
+/// stages (each after the first opening with LayerNorm2d and a 2x2 stride-2 conv) of blocks: depthwise 7x7,
+/// LayerNorm over the channels, 1x1 conv to 4x, exact GELU, 1x1 conv back, layer scale, drop path, residual add.
+/// timm's `conv_mlp=False` models (tiny and up) hold fc1/fc2 as Linear weights (out, in): the same numbers as the
+/// 1x1 conv weights (out, in, 1, 1) here, which the weight loader accepts. `drop_path` is timm's
+/// `drop_path_rate`, rising linearly over the blocks from 0.
+fn convnext_body(g: &mut Graph, x: TensorId, cfg: ConvNextConfig, drop_path: f64) -> Result<TensorId> {
+    g.set_group(0);
+    let conv = |stride: usize, pad: usize, groups: usize| Conv2dConfig {
+        stride: (stride, stride),
+        padding: Padding::symmetric(pad),
+        dilation: (1, 1),
+        groups,
+    };
+    let h = g.conv2d("stem.0", x, cfg.dims[0], (4, 4), conv(4, 0, 1), true)?;
+    let mut h = g.layer_norm("stem.1", h, false, CONVNEXT_LN_EPS)?;
+    let blocks: usize = cfg.depths.iter().sum();
+    let mut index = 0;
+    for (s, (&depth, &dim)) in cfg.depths.iter().zip(&cfg.dims).enumerate() {
+        if s > 0 {
+            h = g.layer_norm(&format!("stages.{s}.downsample.0"), h, false, CONVNEXT_LN_EPS)?;
+            h = g.conv2d(&format!("stages.{s}.downsample.1"), h, dim, (2, 2), conv(2, 0, 1), true)?;
+        }
+        for b in 0..depth {
+            let p = format!("stages.{s}.blocks.{b}");
+            let rate = if blocks > 1 { drop_path * index as f64 / (blocks - 1) as f64 } else { 0.0 };
+            let y = g.conv2d(&format!("{p}.conv_dw"), h, dim, (7, 7), conv(1, 3, dim), true)?;
+            let y = g.layer_norm(&format!("{p}.norm"), y, false, CONVNEXT_LN_EPS)?;
+            let y = g.conv2d(&format!("{p}.mlp.fc1"), y, 4 * dim, (1, 1), conv(1, 0, 1), true)?;
+            let y = g.gelu(&format!("{p}.mlp.act"), y, false)?;
+            let y = g.conv2d(&format!("{p}.mlp.fc2"), y, dim, (1, 1), conv(1, 0, 1), true)?;
+            let y = g.layer_scale(&format!("{p}.gamma"), y, CONVNEXT_LAYER_SCALE_INIT)?;
+            let y = g.drop_path(&format!("{p}.drop_path"), y, rate)?;
+            h = g.add(&format!("{p}.residual"), y, h)?;
+            index += 1;
+        }
+    }
+    Ok(h)
 }
 
 /// torchvision's ResNet (v1.5: the stride sits on the 3x3 conv of a bottleneck).

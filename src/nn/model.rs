@@ -179,13 +179,17 @@ impl ModelSpec {
         let arch = match (arch, meta.get("architecture")) {
             (Some(a), _) => a,
             (None, Some(a)) => Arch::parse(a)?,
-            (None, None) => {
-                return Err(Error::Invalid(format!(
-                    "'{}' has no wgtune metadata: say which architecture it is with --arch \
-                     (effnet-lite0, resnet18, resnet34, resnet50)",
-                    weights.origin()
-                )))
-            }
+            (None, None) => match Arch::detect(&weights.shapes()?) {
+                Some(a) => a,
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "'{}' has no wgtune metadata and its tensors match no known architecture: say which \
+                         architecture it is with --arch ({})",
+                        weights.origin(),
+                        Arch::names()
+                    )))
+                }
+            },
         };
         Ok(ModelSpec::imagenet(arch))
     }

@@ -171,6 +171,14 @@ pub fn read_for(
     Ok(values)
 }
 
+/// Whether a file tensor of shape `file` holds the values of a graph tensor of shape `graph` in the same order:
+/// equal shapes, or equal once trailing 1s are dropped (a Linear's (out, in) weight is a 1x1 convolution's
+/// (out, in, 1, 1): timm's ConvNeXt-Tiny and up store their MLPs as Linear layers, wgtune runs them as 1x1 convs).
+fn same_layout(file: &[usize], graph: &[usize]) -> bool {
+    let trim = |s: &[usize]| s.iter().rposition(|&d| d != 1).map_or(0, |i| i + 1);
+    file == graph || (file.len() >= 2 && graph.len() >= 2 && file[..trim(file)] == graph[..trim(graph)])
+}
+
 /// Match the file's tensors to the graph's parameters and statistics (see [`load_into`]) and hand each matched
 /// value to `each`.
 fn for_each_match(
@@ -190,7 +198,7 @@ fn for_each_match(
         let file_name = rename(&info.name);
         match weights.get(&file_name)? {
             Some((shape, values)) => {
-                if shape != info.shape {
+                if !same_layout(&shape, &info.shape) {
                     return Err(Error::Invalid(format!(
                         "'{}': tensor '{file_name}' has shape {shape:?}, the model expects {:?} for '{}'",
                         weights.origin(),

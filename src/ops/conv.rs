@@ -55,13 +55,17 @@ pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT: KernelSpec =
     KernelSpec::new("depthwise_conv2d_backward_weight", "depthwise", SIG);
 pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS: KernelSpec =
     KernelSpec::new("depthwise_conv2d_backward_weight_rows", "depthwise", SIG);
-/// All taps of a channel per workgroup, for the undilated 3x3 and 5x5 kernels (the sizes as pipeline constants).
+/// All taps of a channel per workgroup, for the undilated 3x3, 5x5 and 7x7 (ConvNeXt) kernels (the sizes as
+/// pipeline constants).
 pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3: KernelSpec =
     KernelSpec::new("depthwise_conv2d_backward_weight_taps", "depthwise", SIG)
         .with_constants(&[("KH", 3.0), ("KW", 3.0)]);
 pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5: KernelSpec =
     KernelSpec::new("depthwise_conv2d_backward_weight_taps", "depthwise", SIG)
         .with_constants(&[("KH", 5.0), ("KW", 5.0)]);
+pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7: KernelSpec =
+    KernelSpec::new("depthwise_conv2d_backward_weight_taps", "depthwise", SIG)
+        .with_constants(&[("KH", 7.0), ("KW", 7.0)]);
 
 /// Padding of the four sides, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -432,6 +436,7 @@ pub fn conv2d_backward_weight(
                 let taps_spec = match (s.kernel_h, s.kernel_w, s.cfg.dilation) {
                     (3, 3, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3),
                     (5, 5, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5),
+                    (7, 7, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7),
                     _ => None,
                 };
                 if let Some(spec) = taps_spec {

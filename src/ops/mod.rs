@@ -46,6 +46,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5,
+        conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7,
         reduce::SUM_REDUCE,
         reduce::SUM_REDUCE_ROWS,
         pool::MAX_POOL_FORWARD,

@@ -110,6 +110,10 @@ conv_tests! {
     // kernel, the one-workgroup-per-tap kernel.
     depthwise_5x5_long_weight_sum_stride2_tf_same: [2, 3, 48, 45], [3, 1, 5, 5],
         Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(48, 45, (5, 5), (2, 2), (1, 1)), ..Default::default() };
+    // ConvNeXt's depthwise 7x7 (padding 3) over at least 1024 positions: the all-taps kernel with 49 taps; and on
+    // planes smaller than the kernel.
+    depthwise_7x7_long_weight_sum: [2, 5, 23, 29], [5, 1, 7, 7], Conv2dConfig { groups: 5, ..cfg(1, 3) };
+    depthwise_7x7_on_3x3_planes: [3, 4, 3, 3], [4, 1, 7, 7], Conv2dConfig { groups: 4, ..cfg(1, 3) };
     depthwise_3x3_dilated_long_weight_sum: [2, 2, 30, 30], [2, 1, 3, 3],
         Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
     tf_same_stride2_asymmetric: [2, 3, 8, 8], [4, 3, 3, 3],
