@@ -126,6 +126,26 @@ fn convnext_like(batch: usize, size: usize, classes: usize) -> Graph {
     g
 }
 
+/// A whole ConvNeXt in miniature (timm's structure: stem, four stages with downsampling, one block each, drop path
+/// rising to 0.3) with fastai's head, at 32 px (a 1x1 final map).
+fn mini_convnext(batch: usize, classes: usize) -> Graph {
+    use wgtune::nn::{convnext_body, fastai_head, ConvNextConfig};
+    let mut g = Graph::new();
+    let x = g.input("image", &[batch, 3, 32, 32]);
+    let labels = g.labels("label", batch);
+    let cfg = ConvNextConfig { depths: [1, 1, 1, 1], dims: [4, 6, 6, 8] };
+    let features = convnext_body(&mut g, x, cfg, 0.3).unwrap();
+    // Layer scale at 0.5 instead of timm's 1e-6, or every gradient inside a block would be ~1e-6 of its size and
+    // pass the check by being small.
+    for t in g.tensors.iter_mut().filter(|t| t.name.ends_with(".gamma")) {
+        t.init = Some(vec![0.5; t.numel()]);
+    }
+    g.set_group(1);
+    let logits = fastai_head(&mut g, features, classes, 0.1, 0.0).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    g
+}
+
 /// The graphs whose gradients are checked against finite differences, with their class counts.
 fn gradient_checked() -> Vec<(Graph, u32)> {
     vec![
@@ -134,6 +154,7 @@ fn gradient_checked() -> Vec<(Graph, u32)> {
         (branchy_cnn(2, 5, 3), 3),
         (multi_label_cnn(3, 5, 35), 35),
         (convnext_like(5, 8, 3), 3),
+        (mini_convnext(3, 3), 3),
     ]
 }
 
@@ -222,6 +243,12 @@ fn concat_dropout_leaky_relu_gradients_match_finite_differences() {
 #[test]
 fn multi_label_gradients_match_finite_differences() {
     let (g, classes) = gradient_checked().swap_remove(3);
+    gradient_check(g, classes);
+}
+
+#[test]
+fn whole_convnext_with_fastai_head_gradients_match_finite_differences() {
+    let (g, classes) = gradient_checked().swap_remove(5);
     gradient_check(g, classes);
 }
 

@@ -224,8 +224,10 @@ pub(crate) struct RunArgs {
     /// Start from random weights instead of pretrained ones (the baseline transfer learning is measured against).
     #[arg(long, conflicts_with = "model")]
     pub(crate) no_pretrained: bool,
-    #[arg(long, default_value_t = Arch::EffnetLite0)]
-    pub(crate) arch: Arch,
+    /// The architecture [default: told from --model's tensors, or effnet-lite0 (the embedded weights) without
+    /// --model].
+    #[arg(long)]
+    pub(crate) arch: Option<Arch>,
     #[arg(long, default_value_t = 32, value_parser = count)]
     pub(crate) bs: usize,
     /// Gradient accumulation (fastai's GradientAccumulation): N batches of --bs per optimizer step, which then
@@ -409,7 +411,8 @@ pub(crate) enum BenchCommand {
     /// memory and CPU encode time per step.
     #[command(alias = "step")]
     Train {
-        /// effnet-lite0, resnet18, resnet34, resnet50, or small_cnn (three conv-BN-ReLU, global pool, linear).
+        /// An architecture (effnet-lite0, resnet18/34/50, convnext_atto ... convnext_base), or small_cnn (three
+        /// conv-BN-ReLU, global pool, linear).
         #[arg(long, default_value = "effnet-lite0")]
         model: String,
         /// Batch size.

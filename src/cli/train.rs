@@ -159,14 +159,27 @@ pub(crate) fn prepare(
     use wgtune::learner::{FineTuneConfig, Learner};
     use wgtune::nn::model::EFFNET_LITE0_IMAGENET;
     use wgtune::nn::weights::Weights;
-    let arch = r.arch;
+    use wgtune::nn::Arch;
     let weights = match &r.model {
         _ if r.no_pretrained => None,
         Some(p) => Some(Weights::open(p)?),
-        None if arch == wgtune::nn::Arch::EffnetLite0 => {
+        None if r.arch.is_none_or(|a| a == Arch::EffnetLite0) => {
             Some(Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0 (ImageNet)")?)
         }
-        None => anyhow::bail!("--arch {} needs pretrained weights: give them with --model FILE", r.arch),
+        None => anyhow::bail!(
+            "--arch {} has no embedded weights: give pretrained ones with --model FILE (timm's or torchvision's \
+             safetensors), or train from scratch with --no-pretrained",
+            r.arch.map_or("", |a| a.name())
+        ),
+    };
+    let arch = match (r.arch, &weights) {
+        (Some(a), _) => a,
+        (None, Some(w)) if r.model.is_some() => {
+            let a = wgtune::nn::model::ModelSpec::of_weights(w, None)?.arch;
+            eprintln!("model: {a}, as '{}' says (its metadata or its tensors; --arch to say otherwise)", w.origin());
+            a
+        }
+        (None, _) => Arch::EffnetLite0,
     };
     let (data, origin) = load_data(r)?;
     eprintln!(

@@ -400,7 +400,7 @@ fn effnet_lite0_body(g: &mut Graph, x: TensorId, momentum: f32) -> Result<Tensor
 /// timm's `conv_mlp=False` models (tiny and up) hold fc1/fc2 as Linear weights (out, in): the same numbers as the
 /// 1x1 conv weights (out, in, 1, 1) here, which the weight loader accepts. `drop_path` is timm's
 /// `drop_path_rate`, rising linearly over the blocks from 0.
-fn convnext_body(g: &mut Graph, x: TensorId, cfg: ConvNextConfig, drop_path: f64) -> Result<TensorId> {
+pub fn convnext_body(g: &mut Graph, x: TensorId, cfg: ConvNextConfig, drop_path: f64) -> Result<TensorId> {
     g.set_group(0);
     let conv = |stride: usize, pad: usize, groups: usize| Conv2dConfig {
         stride: (stride, stride),
