@@ -157,3 +157,47 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
     let e = String::from_utf8_lossy(&p.stderr);
     assert!(!p.status.success() && e.contains("--threshold is for multi-label models"), "{e}");
 }
+
+/// A ConvNeXt from a "pretrained" file in timm's layout (seeded weights, timm's names, its ImageNet head, no wgtune
+/// metadata): `finetune` without --arch tells the architecture from the tensors, cuts timm's head, runs the frozen
+/// and the unfrozen phase, and `predict` uses the saved model.
+#[test]
+fn a_timm_convnext_file_fine_tunes_through_both_phases() {
+    use wgtune::graph::TensorKind;
+    use wgtune::nn::Arch;
+    let dir = tiny_folder("convnext", 8, 4);
+    let g = Arch::ConvnextAtto.classifier(1, 32, 1000).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = g
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.kind, TensorKind::Param { .. }))
+        .map(|t| (t.name.clone(), t.shape.clone(), t.init.clone().expect("parameters start from a value")))
+        .collect();
+    let pretrained = dir.0.join("convnext_atto.safetensors");
+    wgtune::nn::weights::write_atomically(&pretrained, &tensors, Default::default()).unwrap();
+    let out = dir.0.join("m.safetensors");
+    let mut run = wgtune();
+    let run = run
+        .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "1", "--freeze-epochs", "1", "--model"])
+        .arg(&pretrained)
+        .arg("--data")
+        .arg(&dir.0)
+        .arg("--out")
+        .arg(&out);
+    let (stdout, stderr) = run_ok(run);
+    assert!(stderr.contains("model: convnext_atto, as '"), "{stderr}");
+    assert!(stdout.contains("frozen phase") && stdout.contains("unfrozen phase"), "{stdout}");
+    // Table rows: epoch, train_loss, valid_loss, error_rate, accuracy, time.
+    let rows: Vec<Vec<f64>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().take(5).map(|w| w.parse::<f64>().ok()).collect::<Option<Vec<f64>>>())
+        .filter_map(|r| r.filter(|r| r.len() == 5))
+        .collect();
+    assert_eq!(rows.len(), 2, "one frozen and one unfrozen epoch: {stdout}");
+    assert!(rows.iter().all(|r| r[1].is_finite() && r[2].is_finite()), "{stdout}");
+    let image = dir.0.join("valid").join("Bag").read_dir().unwrap().next().unwrap().unwrap().path();
+    let (p, _) = run_ok(wgtune().args(["predict", "--json", "--model"]).arg(&out).arg(&image));
+    let v: serde_json::Value = serde_json::from_str(p.trim()).unwrap();
+    let label = v["top"][0]["label"].as_str().unwrap_or_default();
+    assert!(label == "Bag" || label == "Trouser", "{p}");
+}
