@@ -161,12 +161,73 @@ class ResnetBody(nn.Module):
         return 1 if name.startswith(("layer3", "layer4")) else 0
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """timm's LayerNorm2d: LayerNorm over the channels of NCHW (an nn.LayerNorm, so it counts as a norm layer for
+    fastai's train_bn and weight-decay rules)."""
+
+    def forward(self, x):
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
+
+
+class ConvNextBlock(nn.Module):
+    """timm's ConvNeXtBlock with its MLP as 1x1 convs (timm's conv_mlp form; the same numbers as Linear layers)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = LayerNorm2d(dim, eps=1e-6)
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Conv2d(dim, 4 * dim, 1)
+        self.mlp.fc2 = nn.Conv2d(4 * dim, dim, 1)
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
+
+    def forward(self, x):
+        y = self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm(self.conv_dw(x)))))
+        return x + self.gamma[:, None, None] * y
+
+
+class ConvNextBody(nn.Module):
+    """timm's ConvNeXt up to forward_features (fastai's cut), with timm's module names; one parameter group, as
+    fastai's default_split makes it for timm models."""
+
+    def __init__(self, depths, dims):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6))
+        self.stages = nn.ModuleList()
+        for s, (depth, dim) in enumerate(zip(depths, dims)):
+            stage = nn.Module()
+            stage.downsample = (nn.Sequential(LayerNorm2d(dims[s - 1], eps=1e-6), nn.Conv2d(dims[s - 1], dim, 2, 2))
+                                if s > 0 else nn.Identity())
+            stage.blocks = nn.Sequential(*[ConvNextBlock(dim) for _ in range(depth)])
+            self.stages.append(stage)
+        self.features = dims[3]
+
+    def forward(self, x):
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage.blocks(stage.downsample(x))
+        return x
+
+    def group(self, name):
+        return 0
+
+
+CONVNEXTS = {"convnext_atto": ([2, 2, 6, 2], [40, 80, 160, 320]), "convnext_femto": ([2, 2, 6, 2], [48, 96, 192, 384]),
+             "convnext_pico": ([2, 2, 6, 2], [64, 128, 256, 512]), "convnext_nano": ([2, 2, 8, 2], [80, 160, 320, 640]),
+             "convnext_tiny": ([3, 3, 9, 3], [96, 192, 384, 768]), "convnext_small": ([3, 3, 27, 3], [96, 192, 384, 768]),
+             "convnext_base": ([3, 3, 27, 3], [128, 256, 512, 1024])}
+
+
 def make_body(arch, momentum=0.1):
     if arch == "effnet-lite0":
         return EffnetLite0Body(momentum)
+    if arch in CONVNEXTS:
+        return ConvNextBody(*CONVNEXTS[arch])
     layers = {"resnet18": ([2, 2, 2, 2], False), "resnet34": ([3, 4, 6, 3], False), "resnet50": ([3, 4, 6, 3], True)}
     if arch not in layers:
-        sys.exit(f"unknown model '{arch}' (expected effnet-lite0, resnet18, resnet34, resnet50)")
+        sys.exit(f"unknown model '{arch}' (expected effnet-lite0, resnet18, resnet34, resnet50, "
+                 f"{', '.join(CONVNEXTS)})")
     return ResnetBody(*layers[arch], momentum=momentum)
 
 
@@ -204,7 +265,7 @@ class Model(nn.Module):
         out = []
         for name, p in self.named_parameters():
             module = self.get_submodule(name.rsplit(".", 1)[0])
-            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            is_bn = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm))
             group = 2 if name.startswith("head.") else self.body.group(name[len("body."):])
             out.append((name, p, group, is_bn, is_bn or name.endswith("bias")))
         return out

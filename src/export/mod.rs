@@ -127,7 +127,8 @@ fn encode(spec: &ModelSpec, graph: &Graph, values: &HashMap<String, Vec<f32>>, o
     let initializer = graph
         .tensors
         .iter()
-        .filter_map(|t| values.get(&t.name).map(|v| tensor(&t.name, &t.shape, v)))
+        .enumerate()
+        .filter_map(|(i, t)| values.get(&t.name).map(|v| tensor(&t.name, &onnx_shape(graph, TensorId(i)), v)))
         .chain(b.constants.drain(..))
         .collect();
     let graph_proto = GraphProto {
@@ -166,6 +167,23 @@ fn encode(spec: &ModelSpec, graph: &Graph, values: &HashMap<String, Vec<f32>>, o
     Ok(model.encode_to_vec())
 }
 
+/// The shape an initializer is stored with: the graph's, except a layer scale's gamma over the channels of a
+/// feature map, stored (C, 1, 1) so that ONNX's Mul broadcasts it against (N, C, H, W).
+fn onnx_shape(graph: &Graph, t: TensorId) -> Vec<usize> {
+    let feature_map = graph.nodes.iter().find_map(|node| match node.op {
+        Op::LayerScale { gamma, x, axis, .. } if gamma == t && axis.inner > 1 => Some(graph.shape(x).len()),
+        _ => None,
+    });
+    match feature_map {
+        Some(rank) => {
+            let mut shape = graph.info(t).shape.clone();
+            shape.resize(rank - 1, 1);
+            shape
+        }
+        None => graph.info(t).shape.clone(),
+    }
+}
+
 /// Builds the node list of one graph.
 struct Builder<'g> {
     graph: &'g Graph,
@@ -189,6 +207,11 @@ impl<'g> Builder<'g> {
             doc_string: None,
             domain: None,
         });
+    }
+
+    /// A scalar f32 constant.
+    fn scalar(&mut self, name: &str, value: f32) -> String {
+        self.constant(name, &[], &[value])
     }
 
     fn constant(&mut self, name: &str, shape: &[usize], values: &[f32]) -> String {
@@ -302,13 +325,45 @@ impl<'g> Builder<'g> {
                 }
                 Op::Flatten { x, y } => self.node_owned("Flatten", layer, vec![n(x)], n(y), vec![int("axis", 1)]),
                 Op::Dropout { .. } | Op::DropPath { .. } => {} // named above
-                Op::Gelu { .. } | Op::LayerNorm { .. } | Op::LayerScale { .. } => {
+                Op::Gelu { x, y, tanh: false } => {
+                    // x * (1 + erf(x / sqrt 2)) / 2
+                    let (sqrt2, one, half) =
+                        (self.scalar("gelu.sqrt2", 2f32.sqrt()), self.scalar("one", 1.0), self.scalar("half", 0.5));
+                    let t = |s: &str| format!("{layer}.{s}");
+                    self.node("Div", &t("scaled"), &[&n(x), &sqrt2], &[&t("scaled")], vec![]);
+                    self.node("Erf", &t("erf"), &[&t("scaled")], &[&t("erf")], vec![]);
+                    self.node("Add", &t("cdf2"), &[&t("erf"), &one], &[&t("cdf2")], vec![]);
+                    self.node("Mul", &t("x_cdf2"), &[&n(x), &t("cdf2")], &[&t("x_cdf2")], vec![]);
+                    self.node_owned("Mul", layer, vec![t("x_cdf2"), half], n(y), vec![]);
+                }
+                Op::Gelu { tanh: true, .. } => {
                     return Err(Error::Invalid(format!(
-                        "layer '{layer}' ({}) has no ONNX mapping yet: {} models cannot be exported",
-                        node.op.kind().name(),
-                        spec.arch.name()
+                        "layer '{layer}' (gelu, tanh form) has no ONNX mapping: no architecture wgtune exports uses it"
                     )))
                 }
+                Op::LayerNorm { x, gamma, beta, y, axis, eps, .. } => {
+                    if opts.opset < 17 {
+                        return Err(Error::Invalid(format!(
+                            "layer '{layer}' (layer_norm) needs ONNX's LayerNormalization: export {} with --opset 17 \
+                             or later",
+                            spec.arch.name()
+                        )));
+                    }
+                    let attrs = || vec![int("axis", -1), float("epsilon", *eps)];
+                    if axis.inner == 1 {
+                        let inputs = vec![n(x), n(gamma), n(beta)];
+                        self.node_owned("LayerNormalization", layer, inputs, n(y), attrs());
+                    } else {
+                        // Over the channels of NCHW: to NHWC, normalize the last axis, back.
+                        let (nhwc, normed) = (format!("{layer}.nhwc"), format!("{layer}.normed"));
+                        self.node("Transpose", &nhwc, &[&n(x)], &[&nhwc], vec![ints("perm", &[0, 2, 3, 1])]);
+                        let inputs = [nhwc.as_str(), &n(gamma), &n(beta)];
+                        self.node("LayerNormalization", &normed, &inputs, &[&normed], attrs());
+                        self.node_owned("Transpose", layer, vec![normed], n(y), vec![ints("perm", &[0, 3, 1, 2])]);
+                    }
+                }
+                // gamma is stored (C, 1, 1) when the channels are followed by H and W (see `onnx_shape`).
+                Op::LayerScale { x, gamma, y, .. } => self.node_owned("Mul", layer, vec![n(x), n(gamma)], n(y), vec![]),
                 Op::SoftmaxCrossEntropy { .. } | Op::SigmoidBinaryCrossEntropy { .. } => {
                     unreachable!("only the last layer is a loss")
                 }
