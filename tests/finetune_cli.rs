@@ -160,7 +160,7 @@ fn save_best_and_early_stop_report_in_the_table_and_the_json_log() {
 
 /// A ConvNeXt from a "pretrained" file in timm's layout (seeded weights, timm's names, its ImageNet head, no wgtune
 /// metadata): `finetune` without --arch tells the architecture from the tensors, cuts timm's head, runs the frozen
-/// and the unfrozen phase, and `predict` uses the saved model.
+/// and the unfrozen phase with drop path, and `predict` uses the saved model.
 #[test]
 fn a_timm_convnext_file_fine_tunes_through_both_phases() {
     use wgtune::graph::TensorKind;
@@ -178,7 +178,8 @@ fn a_timm_convnext_file_fine_tunes_through_both_phases() {
     let out = dir.0.join("m.safetensors");
     let mut run = wgtune();
     let run = run
-        .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "1", "--freeze-epochs", "1", "--model"])
+        .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "1", "--freeze-epochs", "1", "--drop-path", "0.1"])
+        .arg("--model")
         .arg(&pretrained)
         .arg("--data")
         .arg(&dir.0)

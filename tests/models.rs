@@ -237,6 +237,24 @@ fn a_timm_convnext_file_is_detected_and_loads_its_linear_mlp_weights() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// timm's drop_path_rate: a drop path after every ConvNeXt block but the first, its rate rising linearly to the
+/// rate given at the last; refused where there is none.
+#[test]
+fn convnext_drop_path_rises_linearly_over_the_blocks() {
+    use wgtune::graph::Op;
+    use wgtune::nn::model::SINGLE_LABEL;
+    let g = Arch::ConvnextAtto.with_fastai_head_and_loss(2, 32, 3, 0.1, 0.5, SINGLE_LABEL, 0.2).unwrap();
+    let rates: Vec<f64> =
+        g.nodes.iter().filter_map(|n| if let Op::DropPath { p, .. } = n.op { Some(p) } else { None }).collect();
+    // 12 blocks (2 + 2 + 6 + 2): rates k / 11 * 0.2 for k = 1..=11.
+    assert_eq!(rates.len(), 11);
+    for (k, r) in rates.iter().enumerate() {
+        assert!((r - 0.2 * (k + 1) as f64 / 11.0).abs() < 1e-12, "block {}: {r}", k + 1);
+    }
+    let e = Arch::Resnet18.with_fastai_head_and_loss(2, 32, 3, 0.1, 0.5, SINGLE_LABEL, 0.2).unwrap_err();
+    assert!(e.to_string().contains("resnet18 has no drop path"), "{e}");
+}
+
 /// Every architecture is told apart from the others by its tensor names and shapes alone.
 #[test]
 fn every_architecture_is_detected_from_its_tensors() {

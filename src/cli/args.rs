@@ -65,6 +65,15 @@ fn weight_decay(s: &str) -> Result<f64, String> {
     number_in(s, 0.0, 1.0, false)
 }
 
+/// A drop probability: 0 (off) up to, not including, 1.
+fn drop_rate(s: &str) -> Result<f64, String> {
+    let v = number_in(s, 0.0, 1.0, false)?;
+    if v >= 1.0 {
+        return Err("1 would drop every residual branch".into());
+    }
+    Ok(v)
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Print the adapter, its limits and features.
@@ -228,6 +237,10 @@ pub(crate) struct RunArgs {
     /// --model].
     #[arg(long)]
     pub(crate) arch: Option<Arch>,
+    /// ConvNeXt's stochastic depth (timm's drop_path_rate): each block's residual branch is dropped per image with
+    /// a probability rising linearly from 0 to RATE over the blocks, in training only.
+    #[arg(long, default_value_t = 0.0, value_parser = drop_rate, value_name = "RATE")]
+    pub(crate) drop_path: f64,
     #[arg(long, default_value_t = 32, value_parser = count)]
     pub(crate) bs: usize,
     /// Gradient accumulation (fastai's GradientAccumulation): N batches of --bs per optimizer step, which then

@@ -229,6 +229,7 @@ pub(crate) fn prepare(
         augment,
         accum: r.accum,
         threshold: r.threshold,
+        drop_path: r.drop_path,
         ..cfg
     };
     let (bs, px) = (cfg.bs, cfg.size);

@@ -66,6 +66,8 @@ pub struct FineTuneConfig {
     pub mixing: Option<Mixing>,
     /// A multi-label model's prediction threshold (accuracy_multi, F-beta, `predict`; fastai's default 0.5).
     pub threshold: f32,
+    /// A ConvNeXt's stochastic depth (timm's `drop_path_rate`; 0, timm's default, is off).
+    pub drop_path: f64,
     #[serde(skip)]
     pub workers: usize,
     /// Time the second step of each phase dispatch by dispatch (kept in [`Learner::profiles`]).
@@ -100,6 +102,7 @@ impl Default for FineTuneConfig {
             early_stop: None,
             mixing: None,
             threshold: DEFAULT_THRESHOLD,
+            drop_path: 0.0,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             profile: false,
             capture_step: None,
@@ -226,7 +229,8 @@ impl Learner {
         };
         let build = |cfg: &FineTuneConfig| -> Result<Executor> {
             let ex_cfg = ExecutorConfig { optimizer: cfg.optimizer, freeze_bn: cfg.freeze_bn, accum: cfg.accum };
-            let mut ex = Executor::new(gpu.clone(), spec.graph(cfg.bs, cfg.bn_momentum)?, ex_cfg)?;
+            let graph = spec.training_graph(cfg.bs, cfg.bn_momentum, cfg.drop_path)?;
+            let mut ex = Executor::new(gpu.clone(), graph, ex_cfg)?;
             // Training batches: the presized squares the random crops take from, or without augmentation the centre
             // crops validation sees.
             let presize = if cfg.augment { cfg.presize } else { cfg.size };

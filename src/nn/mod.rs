@@ -208,12 +208,26 @@ impl Arch {
     /// and first 8 blocks group 0, the rest group 1; a timm model (ConvNeXt) is one group, as fastai's
     /// `default_split` makes it for every timm architecture. The caller's head goes in the next group.
     pub fn body(self, g: &mut Graph, x: TensorId, bn_momentum: f32) -> Result<TensorId> {
+        self.body_with_drop_path(g, x, bn_momentum, 0.0)
+    }
+
+    /// [`Arch::body`] with stochastic depth: timm's `drop_path_rate`, rising linearly over a ConvNeXt's blocks
+    /// from 0 to `drop_path` (training only; 0 adds nothing). Refused for architectures without it.
+    pub fn body_with_drop_path(self, g: &mut Graph, x: TensorId, bn_momentum: f32, drop_path: f64) -> Result<TensorId> {
+        if !(0.0..1.0).contains(&drop_path) {
+            return Err(Error::Invalid(format!("drop path rate {drop_path} must be in [0, 1)")));
+        }
+        if drop_path > 0.0 && self.convnext().is_none() {
+            return Err(Error::Invalid(format!(
+                "{self} has no drop path (stochastic depth): it is for timm's architectures (ConvNeXt)"
+            )));
+        }
         match self {
             Arch::EffnetLite0 => effnet_lite0_body(g, x, bn_momentum),
             Arch::Resnet18 => resnet_body(g, x, &[2, 2, 2, 2], false, bn_momentum),
             Arch::Resnet34 => resnet_body(g, x, &[3, 4, 6, 3], false, bn_momentum),
             Arch::Resnet50 => resnet_body(g, x, &[3, 4, 6, 3], true, bn_momentum),
-            _ => convnext_body(g, x, self.convnext().expect("the other families are ConvNeXts"), 0.0),
+            _ => convnext_body(g, x, self.convnext().expect("the other families are ConvNeXts"), drop_path),
         }
     }
 
@@ -221,7 +235,7 @@ impl Arch {
     /// and a cross-entropy loss so that the executor can evaluate it.
     pub fn classifier(self, batch: usize, size: usize, classes: usize) -> Result<Graph> {
         let loss = Loss::SoftmaxCrossEntropy { smoothing: 0.0 };
-        self.with_head(batch, size, classes, 0.1, loss, |g, features| match self {
+        self.with_head(batch, size, classes, 0.1, 0.0, loss, |g, features| match self {
             Arch::EffnetLite0 | Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => {
                 let pooled = g.global_avg_pool("avgpool", features)?;
                 let fc = if self == Arch::EffnetLite0 { "_fc" } else { "fc" };
@@ -253,11 +267,13 @@ impl Arch {
             bn_momentum,
             ps,
             Loss::SoftmaxCrossEntropy { smoothing: 0.0 },
+            0.0,
         )
     }
 
     /// [`Arch::with_fastai_head`] with a given loss: softmax cross-entropy (one class per image) or sigmoid binary
-    /// cross-entropy (multi-label).
+    /// cross-entropy (multi-label); and for a ConvNeXt, timm's `drop_path_rate` (see
+    /// [`Arch::body_with_drop_path`]).
     pub fn with_fastai_head_and_loss(
         self,
         batch: usize,
@@ -266,8 +282,9 @@ impl Arch {
         bn_momentum: f32,
         ps: f64,
         loss: Loss,
+        drop_path: f64,
     ) -> Result<Graph> {
-        self.with_head(batch, size, classes, bn_momentum, loss, |g, features| {
+        self.with_head(batch, size, classes, bn_momentum, drop_path, loss, |g, features| {
             fastai_head(g, features, classes, bn_momentum, ps)
         })
     }
@@ -279,13 +296,14 @@ impl Arch {
         size: usize,
         classes: usize,
         bn_momentum: f32,
+        drop_path: f64,
         loss: Loss,
         head: impl FnOnce(&mut Graph, TensorId) -> Result<TensorId>,
     ) -> Result<Graph> {
         let mut g = Graph::new();
         let x = g.input("image", &[batch, 3, size, size]);
         let labels = g.targets("label", batch, loss.targets(classes));
-        let features = self.body(&mut g, x, bn_momentum)?;
+        let features = self.body_with_drop_path(&mut g, x, bn_momentum, drop_path)?;
         let head_group = g.groups();
         g.set_group(head_group);
         let logits = head(&mut g, features)?;

@@ -89,6 +89,12 @@ impl ModelSpec {
 
     /// The graph for `batch` images.
     pub fn graph(&self, batch: usize, bn_momentum: f32) -> Result<Graph> {
+        self.training_graph(batch, bn_momentum, 0.0)
+    }
+
+    /// The graph for `batch` images with a ConvNeXt's drop path rate (timm's `drop_path_rate`; it acts in
+    /// training only, so a model saved from it is the same as from [`ModelSpec::graph`]).
+    pub fn training_graph(&self, batch: usize, bn_momentum: f32, drop_path: f64) -> Result<Graph> {
         match self.head {
             Head::Classifier => self.arch.classifier(batch, self.input_size, self.classes.len()),
             Head::Fastai => self.arch.with_fastai_head_and_loss(
@@ -98,6 +104,7 @@ impl ModelSpec {
                 bn_momentum,
                 FASTAI_PS,
                 self.loss,
+                drop_path,
             ),
         }
     }
