@@ -242,8 +242,9 @@ fn a_timm_convnext_file_is_detected_and_loads_its_linear_mlp_weights() {
 #[test]
 fn convnext_drop_path_rises_linearly_over_the_blocks() {
     use wgtune::graph::Op;
-    use wgtune::nn::model::SINGLE_LABEL;
-    let g = Arch::ConvnextAtto.with_fastai_head_and_loss(2, 32, 3, 0.1, 0.5, SINGLE_LABEL, 0.2).unwrap();
+    use wgtune::nn::TrainOptions;
+    let opts = TrainOptions { drop_path: 0.2, ..TrainOptions::default() };
+    let g = Arch::ConvnextAtto.with_fastai_head_and_loss(2, 32, 3, opts).unwrap();
     let rates: Vec<f64> =
         g.nodes.iter().filter_map(|n| if let Op::DropPath { p, .. } = n.op { Some(p) } else { None }).collect();
     // 12 blocks (2 + 2 + 6 + 2): rates k / 11 * 0.2 for k = 1..=11.
@@ -251,7 +252,7 @@ fn convnext_drop_path_rises_linearly_over_the_blocks() {
     for (k, r) in rates.iter().enumerate() {
         assert!((r - 0.2 * (k + 1) as f64 / 11.0).abs() < 1e-12, "block {}: {r}", k + 1);
     }
-    let e = Arch::Resnet18.with_fastai_head_and_loss(2, 32, 3, 0.1, 0.5, SINGLE_LABEL, 0.2).unwrap_err();
+    let e = Arch::Resnet18.with_fastai_head_and_loss(2, 32, 3, opts).unwrap_err();
     assert!(e.to_string().contains("resnet18 has no drop path"), "{e}");
 }
 

@@ -234,8 +234,7 @@ impl Arch {
     /// The full ImageNet-style classifier (body, global average pool, linear) with `classes` outputs, plus labels
     /// and a cross-entropy loss so that the executor can evaluate it.
     pub fn classifier(self, batch: usize, size: usize, classes: usize) -> Result<Graph> {
-        let loss = Loss::SoftmaxCrossEntropy { smoothing: 0.0 };
-        self.with_head(batch, size, classes, 0.1, 0.0, loss, |g, features| match self {
+        self.with_head(batch, size, classes, TrainOptions::default(), |g, features| match self {
             Arch::EffnetLite0 | Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => {
                 let pooled = g.global_avg_pool("avgpool", features)?;
                 let fc = if self == Arch::EffnetLite0 { "_fc" } else { "fc" };
@@ -260,55 +259,67 @@ impl Arch {
         bn_momentum: f32,
         ps: f64,
     ) -> Result<Graph> {
-        self.with_fastai_head_and_loss(
-            batch,
-            size,
-            classes,
-            bn_momentum,
-            ps,
-            Loss::SoftmaxCrossEntropy { smoothing: 0.0 },
-            0.0,
-        )
+        let opts = TrainOptions { bn_momentum, ps, ..TrainOptions::default() };
+        self.with_fastai_head_and_loss(batch, size, classes, opts)
     }
 
-    /// [`Arch::with_fastai_head`] with a given loss: softmax cross-entropy (one class per image) or sigmoid binary
-    /// cross-entropy (multi-label); and for a ConvNeXt, timm's `drop_path_rate` (see
-    /// [`Arch::body_with_drop_path`]).
+    /// [`Arch::with_fastai_head`] with every training option: the loss (softmax cross-entropy for one class per
+    /// image, sigmoid binary cross-entropy for multi-label) and, for a ConvNeXt, timm's `drop_path_rate`.
     pub fn with_fastai_head_and_loss(
         self,
         batch: usize,
         size: usize,
         classes: usize,
-        bn_momentum: f32,
-        ps: f64,
-        loss: Loss,
-        drop_path: f64,
+        opts: TrainOptions,
     ) -> Result<Graph> {
-        self.with_head(batch, size, classes, bn_momentum, drop_path, loss, |g, features| {
-            fastai_head(g, features, classes, bn_momentum, ps)
+        self.with_head(batch, size, classes, opts, |g, features| {
+            fastai_head(g, features, classes, opts.bn_momentum, opts.ps)
         })
     }
 
-    /// Input, target rows for `loss`, the body, `head` on its features (group 2) giving the logits, and the loss.
+    /// Input, target rows for the loss, the body, `head` on its features (the group after the body's) giving the
+    /// logits, and the loss.
     fn with_head(
         self,
         batch: usize,
         size: usize,
         classes: usize,
-        bn_momentum: f32,
-        drop_path: f64,
-        loss: Loss,
+        opts: TrainOptions,
         head: impl FnOnce(&mut Graph, TensorId) -> Result<TensorId>,
     ) -> Result<Graph> {
         let mut g = Graph::new();
         let x = g.input("image", &[batch, 3, size, size]);
-        let labels = g.targets("label", batch, loss.targets(classes));
-        let features = self.body_with_drop_path(&mut g, x, bn_momentum, drop_path)?;
+        let labels = g.targets("label", batch, opts.loss.targets(classes));
+        let features = self.body_with_drop_path(&mut g, x, opts.bn_momentum, opts.drop_path)?;
         let head_group = g.groups();
         g.set_group(head_group);
         let logits = head(&mut g, features)?;
-        g.loss("loss", logits, labels, loss)?;
+        g.loss("loss", logits, labels, opts.loss)?;
         Ok(g)
+    }
+}
+
+/// How a model with fastai's head is built for training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainOptions {
+    /// Batch-norm momentum (PyTorch's 0.1).
+    pub bn_momentum: f32,
+    /// fastai's head dropout ([`FASTAI_PS`]).
+    pub ps: f64,
+    /// The loss (single-label softmax cross-entropy by default).
+    pub loss: Loss,
+    /// A ConvNeXt's stochastic depth (timm's `drop_path_rate`, see [`Arch::body_with_drop_path`]; 0 is off).
+    pub drop_path: f64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            bn_momentum: 0.1,
+            ps: FASTAI_PS,
+            loss: Loss::SoftmaxCrossEntropy { smoothing: 0.0 },
+            drop_path: 0.0,
+        }
     }
 }
 

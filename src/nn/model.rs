@@ -9,7 +9,7 @@ use crate::gpu::Gpu;
 use crate::graph::executor::{Executor, ExecutorConfig};
 use crate::graph::Graph;
 use crate::nn::weights::{load_into, LoadReport, Weights};
-use crate::nn::{Arch, Normalization, FASTAI_PS};
+use crate::nn::{Arch, Normalization, TrainOptions, FASTAI_PS};
 use crate::ops::loss::Loss;
 
 /// The embedded ImageNet EfficientNet-Lite0 (assets/efficientnet_lite0.safetensors; see assets/README.md).
@@ -101,10 +101,7 @@ impl ModelSpec {
                 batch,
                 self.input_size,
                 self.classes.len(),
-                bn_momentum,
-                FASTAI_PS,
-                self.loss,
-                drop_path,
+                TrainOptions { bn_momentum, ps: FASTAI_PS, loss: self.loss, drop_path },
             ),
         }
     }
