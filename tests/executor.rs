@@ -146,6 +146,41 @@ fn mini_convnext(batch: usize, classes: usize) -> Graph {
     g
 }
 
+/// Multi-head self-attention as a ViT block builds it, on token rows (N, T, D) = (2, 5, 8) with 2 heads: LayerNorm
+/// over the last dimension, q/k/v linears, split into heads by view + permute, scores q·kᵀ (batched matmul), softmax
+/// scaled by 1/sqrt(4), weighted values, heads merged back, output projection, residual; then a linear classifier
+/// on the flattened tokens.
+fn attention_block(classes: usize) -> Graph {
+    let (n, t, d, heads) = (2, 5, 8, 2);
+    let hd = d / heads;
+    let mut g = Graph::new();
+    let x = g.input("image", &[n, t, d]);
+    let labels = g.labels("label", n);
+    let h = g.layer_norm("norm1", x, true, 1e-6).unwrap();
+    let rows = g.view("rows", h, &[n * t, d]).unwrap();
+    let mut qkv = vec![];
+    for name in ["q", "k", "v"] {
+        let p = g.linear(name, rows, d, true).unwrap();
+        let p = g.view(&format!("{name}.split"), p, &[n, t, heads, hd]).unwrap();
+        let p = g.permute(&format!("{name}.heads"), p, &[0, 2, 1, 3]).unwrap();
+        qkv.push(g.view(&format!("{name}.batched"), p, &[n * heads, t, hd]).unwrap());
+    }
+    let scores = g.matmul("scores", qkv[0], qkv[1], true).unwrap();
+    let attn = g.softmax("attn", scores, 1.0 / (hd as f32).sqrt()).unwrap();
+    let o = g.matmul("weighted", attn, qkv[2], false).unwrap();
+    let o = g.view("o.split", o, &[n, heads, t, hd]).unwrap();
+    let o = g.permute("o.merge", o, &[0, 2, 1, 3]).unwrap();
+    let o = g.view("o.rows", o, &[n * t, d]).unwrap();
+    let o = g.linear("proj", o, d, true).unwrap();
+    let o = g.view("o.tokens", o, &[n, t, d]).unwrap();
+    let h = g.add("residual", o, x).unwrap();
+    let h = g.view("flat", h, &[n, t * d]).unwrap();
+    g.set_group(1);
+    let logits = g.linear("head", h, classes, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    g
+}
+
 /// The graphs whose gradients are checked against finite differences, with their class counts.
 fn gradient_checked() -> Vec<(Graph, u32)> {
     vec![
@@ -155,6 +190,7 @@ fn gradient_checked() -> Vec<(Graph, u32)> {
         (multi_label_cnn(3, 5, 35), 35),
         (convnext_like(5, 8, 3), 3),
         (mini_convnext(3, 3), 3),
+        (attention_block(3), 3),
     ]
 }
 
@@ -243,6 +279,12 @@ fn concat_dropout_leaky_relu_gradients_match_finite_differences() {
 #[test]
 fn multi_label_gradients_match_finite_differences() {
     let (g, classes) = gradient_checked().swap_remove(3);
+    gradient_check(g, classes);
+}
+
+#[test]
+fn attention_gradients_match_finite_differences() {
+    let (g, classes) = gradient_checked().swap_remove(6);
     gradient_check(g, classes);
 }
 

@@ -127,6 +127,8 @@ fn uniform_structs_match_their_rust_twins() {
         twin! { "norm", "NormParams", norm::NormParams { batch, channels, hw, flags, eps, momentum, _pad } },
         twin! { "dropout", "DropoutParams", dropout::DropoutParams { len, seed, step, threshold, scale, flags, per, _pad } },
         twin! { "layer_norm", "LayerNormParams", layer_norm::LayerNormParams { outer, channels, inner, flags, eps, _pad } },
+        twin! { "permute", "PermuteParams", permute::PermuteParams { len, rank, flags, _pad, dims, strides } },
+        twin! { "softmax", "SoftmaxParams", softmax::SoftmaxParams { rows, len, flags, scale } },
         twin! { "augment", "AugmentParams", AugmentParams { batch, in_size, out_size, flags, scale, shift } },
     ];
     for (family, name, rust_size, fields) in cases {

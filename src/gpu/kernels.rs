@@ -30,6 +30,8 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "concat", source: include_str!("../../shaders/concat.wgsl") },
     Family { name: "norm", source: include_str!("../../shaders/norm.wgsl") },
     Family { name: "layer_norm", source: include_str!("../../shaders/layer_norm.wgsl") },
+    Family { name: "permute", source: include_str!("../../shaders/permute.wgsl") },
+    Family { name: "softmax", source: include_str!("../../shaders/softmax.wgsl") },
     Family { name: "dropout", source: include_str!("../../shaders/dropout.wgsl") },
     Family { name: "augment", source: include_str!("../../shaders/augment.wgsl") },
     Family { name: "elementwise", source: include_str!("../../shaders/elementwise.wgsl") },

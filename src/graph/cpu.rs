@@ -150,6 +150,26 @@ pub fn forward(
                 let out = r::layer_scale_forward(&t[x], axis.tuple(), &t[gamma]);
                 t.insert(*y, out);
             }
+            Op::View { x, y } => {
+                let out = t[x].clone();
+                t.insert(*y, out);
+            }
+            Op::Permute { x, y, perm } => {
+                let out = r::permute(&t[x], &shape(*x), perm);
+                t.insert(*y, out);
+            }
+            Op::MatMul { a, b, y, trans_b } => {
+                let [batch, m, n] = shape(*y)[..] else { unreachable!("the builder made y (B, M, N)") };
+                let k = shape(*a)[2];
+                let s = r::MatmulShape { trans_b: *trans_b, ..r::MatmulShape::new(batch, m, n, k) };
+                let out = r::matmul(&s, &t[a], &t[b], None, None);
+                t.insert(*y, out);
+            }
+            Op::Softmax { x, y, scale } => {
+                let len = *shape(*x).last().expect("the builder checked the shape");
+                let out = r::softmax_rows(&t[x], len, *scale as f64);
+                t.insert(*y, out);
+            }
             Op::SoftmaxCrossEntropy { logits, loss, correct, smoothing, .. } => {
                 let classes = shape(*logits)[1];
                 let l = r::softmax_cross_entropy_forward(&t[logits], labels, classes, *smoothing as f64);

@@ -196,6 +196,31 @@ pub enum Op {
         y: TensorId,
         axis: ChannelAxis,
     },
+    /// The same elements in another shape: a view, no data moves.
+    View {
+        x: TensorId,
+        y: TensorId,
+    },
+    /// Axes reordered into a new contiguous tensor: output axis d is input axis `perm[d]`.
+    Permute {
+        x: TensorId,
+        y: TensorId,
+        perm: Vec<usize>,
+    },
+    /// Batched matrix product y[i] = a[i] · b[i] (a (B, M, K); b (B, K, N), or (B, N, K) used transposed when
+    /// `trans_b`; y (B, M, N)): attention's scores and weighted values.
+    MatMul {
+        a: TensorId,
+        b: TensorId,
+        y: TensorId,
+        trans_b: bool,
+    },
+    /// softmax(scale * x) over the last axis (attention's 1 / sqrt(head_dim) as the scale).
+    Softmax {
+        x: TensorId,
+        y: TensorId,
+        scale: f32,
+    },
     /// Mean softmax cross-entropy of logits (N, classes) against target rows (N, 3) (see
     /// [`crate::ops::loss::Targets`]): loss (1); `correct` (1) counts right top-1 predictions.
     SoftmaxCrossEntropy {
@@ -255,6 +280,8 @@ impl Op {
             | Op::Gelu { x, .. } => (vec![*x], vec![]),
             Op::LayerNorm { x, gamma, beta, .. } => (vec![*x, *gamma, *beta], vec![]),
             Op::LayerScale { x, gamma, .. } => (vec![*x, *gamma], vec![]),
+            Op::View { x, .. } | Op::Permute { x, .. } | Op::Softmax { x, .. } => (vec![*x], vec![]),
+            Op::MatMul { a, b, .. } => (vec![*a, *b], vec![]),
             Op::Add { a, b, .. } => (vec![*a, *b], vec![]),
             Op::Concat { xs, .. } => (xs.clone(), vec![]),
             Op::SoftmaxCrossEntropy { logits, labels, .. } | Op::SigmoidBinaryCrossEntropy { logits, labels, .. } => {
@@ -278,7 +305,11 @@ impl Op {
             | Op::Dropout { y, .. }
             | Op::DropPath { y, .. }
             | Op::Gelu { y, .. }
-            | Op::LayerScale { y, .. } => vec![*y],
+            | Op::LayerScale { y, .. }
+            | Op::View { y, .. }
+            | Op::Permute { y, .. }
+            | Op::MatMul { y, .. }
+            | Op::Softmax { y, .. } => vec![*y],
             Op::LayerNorm { y, mean, rstd, .. } => vec![*y, *mean, *rstd],
             Op::BatchNorm { y, save_mean, save_var, running_mean, running_var, .. } => {
                 vec![*y, *save_mean, *save_var, *running_mean, *running_var]
@@ -315,6 +346,10 @@ impl Op {
             Op::Gelu { .. } => OpKind::Gelu,
             Op::LayerNorm { .. } => OpKind::LayerNorm,
             Op::LayerScale { .. } => OpKind::LayerScale,
+            Op::View { .. } => OpKind::View,
+            Op::Permute { .. } => OpKind::Permute,
+            Op::MatMul { .. } => OpKind::MatMul,
+            Op::Softmax { .. } => OpKind::Softmax,
             Op::SoftmaxCrossEntropy { .. } => OpKind::SoftmaxCrossEntropy,
             Op::SigmoidBinaryCrossEntropy { .. } => OpKind::SigmoidBinaryCrossEntropy,
         }
@@ -375,6 +410,10 @@ op_kinds! {
     Gelu => "gelu",
     LayerNorm => "layer_norm",
     LayerScale => "layer_scale",
+    View => "view",
+    Permute => "permute",
+    MatMul => "matmul",
+    Softmax => "softmax",
     SoftmaxCrossEntropy => "softmax_cross_entropy",
     SigmoidBinaryCrossEntropy => "sigmoid_bce",
 }
@@ -710,6 +749,52 @@ impl Graph {
         let gamma = self.param(name, &[axis.channels], vec![init; axis.channels], true, false);
         let y = self.activation(format!("{name}.out"), xs);
         Ok(self.push(name, Op::LayerScale { x, gamma, y, axis }))
+    }
+
+    /// `x` in the shape `shape` (the same number of elements): a view.
+    pub fn view(&mut self, name: &str, x: TensorId, shape: &[usize]) -> Result<TensorId> {
+        let xs = self.shape(x).to_vec();
+        if xs.iter().product::<usize>() != shape.iter().product::<usize>() {
+            return Err(self.shape_err(
+                name,
+                "view",
+                format!("{xs:?} and {shape:?} hold different numbers of elements"),
+            ));
+        }
+        let y = self.activation(format!("{name}.out"), shape.to_vec());
+        Ok(self.push(name, Op::View { x, y }))
+    }
+
+    /// `x` with its axes reordered: output axis d is input axis `perm[d]` (PyTorch's `permute(...).contiguous()`).
+    pub fn permute(&mut self, name: &str, x: TensorId, perm: &[usize]) -> Result<TensorId> {
+        let shape = crate::ops::permute::permuted_shape(self.shape(x), perm)
+            .map_err(|e| self.shape_err(name, "permute", e.to_string()))?;
+        let y = self.activation(format!("{name}.out"), shape);
+        Ok(self.push(name, Op::Permute { x, y, perm: perm.to_vec() }))
+    }
+
+    /// Batched matrix product of a (B, M, K) and b (B, K, N), or b (B, N, K) transposed when `trans_b`.
+    pub fn matmul(&mut self, name: &str, a: TensorId, b: TensorId, trans_b: bool) -> Result<TensorId> {
+        let (as_, bs) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        let (&[ba, m, k], &[bb, r, c]) = (as_.as_slice(), bs.as_slice()) else {
+            return Err(self.shape_err(name, "matmul", format!("{as_:?} and {bs:?} must both be (batch, rows, cols)")));
+        };
+        let (kb, n) = if trans_b { (c, r) } else { (r, c) };
+        if ba != bb || k != kb {
+            let what = if trans_b { "· transposed" } else { "·" };
+            return Err(self.shape_err(name, "matmul", format!("{as_:?} {what} {bs:?}: batch or inner sizes differ")));
+        }
+        let y = self.activation(format!("{name}.out"), vec![ba, m, n]);
+        Ok(self.push(name, Op::MatMul { a, b, y, trans_b }))
+    }
+
+    /// softmax(scale * x) over the last axis.
+    pub fn softmax(&mut self, name: &str, x: TensorId, scale: f32) -> Result<TensorId> {
+        if !scale.is_finite() || self.shape(x).last().is_none_or(|&l| l == 0) {
+            return Err(self.shape_err(name, "softmax", format!("input {:?}, scale {scale}", self.shape(x))));
+        }
+        let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
+        Ok(self.push(name, Op::Softmax { x, y, scale }))
     }
 
     /// Softmax cross-entropy (mean over the batch) with optional label smoothing; returns the loss (1).

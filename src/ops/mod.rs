@@ -15,8 +15,10 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod permute;
 pub mod pool;
 pub mod reduce;
+pub mod softmax;
 
 /// Workgroups for `n` items at `per_group` items each, on a 2-D grid whose x stays within `max_x`.
 pub fn grid_1d(n: usize, per_group: usize, max_x: u32) -> [u32; 3] {
@@ -73,6 +75,9 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         layer_norm::LAYER_SCALE_FORWARD,
         layer_norm::LAYER_SCALE_BACKWARD_DATA,
         layer_norm::LAYER_SCALE_BACKWARD_WEIGHT,
+        permute::PERMUTE,
+        softmax::SOFTMAX_FORWARD,
+        softmax::SOFTMAX_BACKWARD,
         crate::data::augment::AUGMENT,
         loss::SOFTMAX_CROSS_ENTROPY_FORWARD,
         loss::SOFTMAX_CROSS_ENTROPY_BACKWARD,

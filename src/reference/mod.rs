@@ -5,8 +5,10 @@
 use crate::ops::conv::ConvShape;
 use crate::ops::pool::PoolShape;
 
+mod attention;
 mod layer_norm;
 mod loss;
+pub use attention::*;
 pub use layer_norm::*;
 pub use loss::*;
 

@@ -255,6 +255,34 @@ fn layer_norm_normalizes_each_position() {
     }
 }
 
+/// Softmax of scaled rows: its backward against finite differences; a permutation and its inverse restore x.
+#[test]
+fn softmax_backward_matches_finite_differences_and_permute_inverts() {
+    let mut rng = SplitMix(10);
+    let (len, scale) = (5, 0.7);
+    let x = widen(&rng.vec_f32(3 * len, -2.0, 2.0));
+    let g = widen(&rng.vec_f32(3 * len, -1.0, 1.0));
+    let loss = |x: &[f64]| softmax_rows(x, len, scale).iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
+    let y = softmax_rows(&x, len, scale);
+    let dx = softmax_rows_backward(&y, &g, len, scale);
+    for i in 0..x.len() {
+        assert_fd(dx[i], finite_difference(&x, i, H, loss), "softmax dx");
+    }
+    for row in y.chunks(len) {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+    let shape = [2, 3, 4, 5];
+    let x = widen(&rng.vec_f32(120, -1.0, 1.0));
+    let perm = [2, 0, 3, 1];
+    let y = permute(&x, &shape, &perm);
+    // y[c][a][d][b] = x[a][b][c][d], y of shape (4, 2, 5, 3)
+    let (a, b, c, d) = (1, 2, 3, 4);
+    assert_eq!(y[((c * 2 + a) * 5 + d) * 3 + b], x[((a * 3 + b) * 4 + c) * 5 + d]);
+    let permuted: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
+    let inverse: Vec<usize> = (0..4).map(|a| perm.iter().position(|&p| p == a).unwrap()).collect();
+    assert_eq!(permute(&y, &permuted, &inverse), x);
+}
+
 /// The mask keeps a fraction 1 - p (within 4 standard deviations over 100k draws) and changes with the step.
 #[test]
 fn dropout_mask_keeps_one_minus_p_and_changes_per_step() {

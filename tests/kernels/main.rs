@@ -1,6 +1,7 @@
 //! GPU kernels against the f64 CPU reference (`wgtune::reference`), on awkward shapes with seeded inputs and
 //! NaN-poisoned outputs. One test binary, one device: see common.rs.
 
+mod attention;
 mod augment;
 mod common;
 mod conv;

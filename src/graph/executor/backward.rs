@@ -19,8 +19,10 @@ use crate::ops::elementwise::{elementwise, Elementwise};
 use crate::ops::layer_norm::{layer_norm_backward, layer_scale_backward};
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::norm::batch_norm_backward;
+use crate::ops::permute::permute;
 use crate::ops::pool::{avg_pool_backward, global_pool_backward, max_pool_backward, GlobalPool};
 use crate::ops::reduce::sum_reduce;
+use crate::ops::softmax::softmax_backward;
 
 /// Whether a gradient contribution to `t` adds to an earlier one (true) or is the first and overwrites (false).
 fn accumulates(written: &mut HashSet<TensorId>, t: TensorId) -> bool {
@@ -247,7 +249,7 @@ impl Executor {
                         Ok(out)
                     })
                 }
-                Op::Flatten { x, y } => {
+                Op::Flatten { x, y } | Op::View { x, y } => {
                     let ax = accumulates(&mut written, x);
                     touches.extend([gk(y), gk(x)]);
                     Box::new(move |v| {
@@ -270,6 +272,45 @@ impl Executor {
                         let params = DropoutParams::new(v.g(x)?.numel(), p, seed, 0, ax)?;
                         Ok(vec![dropout_backward(v.gpu, v.g(y)?, v.g(x)?, params, &l2)?])
                     })
+                }
+                Op::Permute { x, y, perm } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    let inv = crate::ops::permute::inverse(&perm);
+                    Box::new(move |v| Ok(vec![permute(v.gpu, v.g(y)?, &inv, v.g(x)?, ax, &l2)?]))
+                }
+                Op::MatMul { a, b, y, trans_b } => {
+                    let (na, nb) = (needs[a.0], needs[b.0]);
+                    let aa = na && accumulates(&mut written, a);
+                    let ab = nb && accumulates(&mut written, b);
+                    touches.push(gk(y));
+                    touches.extend(na.then_some(gk(a)));
+                    touches.extend(nb.then_some(gk(b)));
+                    Box::new(move |v| {
+                        let mut out = Vec::new();
+                        let t = MatmulKernel::Tiled;
+                        if na {
+                            // dA = dY · op(B)ᵀ: B stored (K, N) is read transposed; stored (N, K) as it is.
+                            let opts = MatmulOptions { trans_b: !trans_b, accumulate: aa, ..Default::default() };
+                            out.push(matmul(v.gpu, t, v.g(y)?, v.v(b)?, None, v.g(a)?, opts, &l2)?);
+                        }
+                        if nb {
+                            let opts = MatmulOptions { trans_a: true, accumulate: ab, ..Default::default() };
+                            out.push(if trans_b {
+                                // dB (N, K) = dYᵀ · A
+                                matmul(v.gpu, t, v.g(y)?, v.v(a)?, None, v.g(b)?, opts, &l2)?
+                            } else {
+                                // dB (K, N) = Aᵀ · dY
+                                matmul(v.gpu, t, v.v(a)?, v.g(y)?, None, v.g(b)?, opts, &l2)?
+                            });
+                        }
+                        Ok(out)
+                    })
+                }
+                Op::Softmax { x, y, scale } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| Ok(vec![softmax_backward(v.gpu, v.v(y)?, v.g(y)?, v.g(x)?, scale, ax, &l2)?]))
                 }
                 Op::DropPath { x, y, p, seed } => {
                     let ax = accumulates(&mut written, x);

@@ -12,7 +12,9 @@ use crate::ops::elementwise::{elementwise, Elementwise};
 use crate::ops::layer_norm::{layer_norm_forward, layer_scale_forward};
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::norm::{batch_norm_forward, BatchNormState};
+use crate::ops::permute::permute;
 use crate::ops::pool::{avg_pool_forward, global_pool_forward, max_pool_forward, GlobalPool};
+use crate::ops::softmax::softmax_forward;
 
 impl Executor {
     pub(super) fn forward_layer(&self, node: &Node, training: bool) -> PendingLayer {
@@ -94,7 +96,17 @@ impl Executor {
                 }
                 Ok(out)
             }),
-            Op::Flatten { .. } => Box::new(|_| Ok(Vec::new())),
+            Op::Flatten { .. } | Op::View { .. } => Box::new(|_| Ok(Vec::new())),
+            Op::Permute { x, y, perm } => {
+                Box::new(move |v| Ok(vec![permute(v.gpu, v.v(x)?, &perm, v.v(y)?, false, &gpu_label)?]))
+            }
+            Op::MatMul { a, b, y, trans_b } => Box::new(move |v| {
+                let opts = MatmulOptions { trans_b, ..Default::default() };
+                Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(a)?, v.v(b)?, None, v.v(y)?, opts, &gpu_label)?])
+            }),
+            Op::Softmax { x, y, scale } => {
+                Box::new(move |v| Ok(vec![softmax_forward(v.gpu, v.v(x)?, v.v(y)?, scale, &gpu_label)?]))
+            }
             Op::Dropout { x, y, p, seed } => {
                 if training {
                     let len = g.tensors[x.0].numel();

@@ -220,8 +220,9 @@ impl Executor {
     /// (batch, side of the u8 images) of the training or evaluation program's pixel stage, if batches arrive as
     /// pixels: `presize` for training, the model's input size for evaluation.
     pub(super) fn pixel_stage(&self, training: bool) -> Option<(usize, usize)> {
-        let input_side = self.graph.tensors[self.input.0].shape[3];
-        self.pixel_input.map(|s| (self.batch_size(), if training { s.presize } else { input_side }))
+        // Pixel input is only set on image models (N, 3, S, S); other inputs (token rows) have no pixel stage.
+        let input_side = || self.graph.tensors[self.input.0].shape[3];
+        self.pixel_input.map(|s| (self.batch_size(), if training { s.presize } else { input_side() }))
     }
 
     /// The layers of a program and its memory plan, before any buffer exists.
@@ -232,12 +233,12 @@ impl Executor {
         for t in g.params() {
             needs[t.0] = self.group_trains(t, training);
         }
-        // Flatten outputs are views of their inputs.
+        // Flatten and view outputs are views of their inputs.
         let mut alias: HashMap<TensorId, TensorId> = HashMap::new();
         for node in &g.nodes {
             let y = node.op.outputs()[0];
             needs[y.0] = node.op.grad_inputs().iter().any(|t| needs[t.0]);
-            if let Op::Flatten { x, y } = &node.op {
+            if let Op::Flatten { x, y } | Op::View { x, y } = &node.op {
                 alias.insert(*y, *alias.get(x).unwrap_or(x));
             }
         }

@@ -1,0 +1,70 @@
+//! Softmax over the last axis with a scale on the input (attention's scores): forward and backward. See
+//! shaders/softmax.wgsl; the CPU twins are `crate::reference::softmax_rows` and `softmax_rows_backward`.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
+
+use super::{dim, grid_1d};
+
+/// Mirrors `SoftmaxParams` in shaders/softmax.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SoftmaxParams {
+    pub rows: u32,
+    pub len: u32,
+    pub flags: u32,
+    pub scale: f32,
+}
+
+pub const FLAG_ACCUMULATE: u32 = 1;
+
+use Access::{Read as R, ReadWrite as W};
+pub const SOFTMAX_FORWARD: KernelSpec = KernelSpec::new("softmax_forward", "softmax", &[(1, R), (3, W)]);
+pub const SOFTMAX_BACKWARD: KernelSpec = KernelSpec::new("softmax_backward", "softmax", &[(1, R), (2, R), (3, W)]);
+
+fn params(t: &Tensor, scale: f32, accumulate: bool) -> Result<SoftmaxParams> {
+    let Some(&len) = t.shape().last().filter(|&&l| l > 0) else {
+        return Err(Error::shape("softmax", format!("'{}' {:?} has no last axis to normalize", t.label(), t.shape())));
+    };
+    Ok(SoftmaxParams {
+        rows: dim(t.numel() / len, "rows")?,
+        len: dim(len, "row length")?,
+        flags: if accumulate { FLAG_ACCUMULATE } else { 0 },
+        scale,
+    })
+}
+
+fn same(kernel: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(
+            kernel,
+            format!("'{}' {:?} and '{}' {:?} must match", a.label(), a.shape(), b.label(), b.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// y = softmax(scale * x) over the last axis.
+pub fn softmax_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, scale: f32, label: &str) -> Result<Dispatch> {
+    same(SOFTMAX_FORWARD.entry, x, y)?;
+    let p = params(x, scale, false)?;
+    let grid = grid_1d(p.rows as usize, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    gpu.dispatch(&SOFTMAX_FORWARD, bytemuck::bytes_of(&p), &[x, y], grid, label)
+}
+
+/// dx (+)= scale * y * (dy - sum(dy * y)) over the last axis, `y` the forward output.
+pub fn softmax_backward(
+    gpu: &Gpu,
+    y: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    scale: f32,
+    accumulate: bool,
+    label: &str,
+) -> Result<Dispatch> {
+    same(SOFTMAX_BACKWARD.entry, y, dy)?;
+    same(SOFTMAX_BACKWARD.entry, y, dx)?;
+    let p = params(y, scale, accumulate)?;
+    let grid = grid_1d(p.rows as usize, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    gpu.dispatch(&SOFTMAX_BACKWARD, bytemuck::bytes_of(&p), &[y, dy, dx], grid, label)
+}
