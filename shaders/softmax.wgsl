@@ -1,8 +1,8 @@
 // softmax.wgsl — softmax over the last axis of a tensor seen as (rows, len), with the input scaled first (attention's
 // 1 / sqrt(head_dim)), forward and backward.
 //
-//   softmax_forward   y = exp(s * x - max) / sum of exp(s * x - max) over the row (max subtracted for range).
-//   softmax_backward  dx (+)= s * y * (dy - sum over the row of dy * y), y the forward OUTPUT; flags & 1 accumulates.
+//   softmax_rows_forward   y = exp(s * x - max) / sum of exp(s * x - max) over the row (max subtracted for range).
+//   softmax_rows_backward  dx (+)= s * y * (dy - sum over the row of dy * y), y the forward OUTPUT; flags & 1 accumulates.
 // One invocation per row (rows are short: attention's are the token count). Dispatch: 256 per workgroup on a 2-D
 // grid (x, y), row = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
 
@@ -25,7 +25,7 @@ fn row_of(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 }
 
 @compute @workgroup_size(256)
-fn softmax_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn softmax_rows_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
     let r = row_of(wg, nwg, lid);
     if r >= p.rows {
@@ -47,7 +47,7 @@ fn softmax_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 }
 
 @compute @workgroup_size(256)
-fn softmax_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn softmax_rows_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let r = row_of(wg, nwg, lid);
     if r >= p.rows {

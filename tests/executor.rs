@@ -181,6 +181,26 @@ fn attention_block(classes: usize) -> Graph {
     g
 }
 
+/// A whole ViT in miniature (timm's structure: 4x4 patches of an 8 px image, class token, position embedding, two
+/// pre-norm blocks of 2-head attention and MLP with drop path, final LayerNorm, the class token) with fastai's
+/// unpooled head.
+fn mini_vit(batch: usize, classes: usize) -> Graph {
+    use wgtune::nn::vit::{vit_body, VitConfig};
+    let mut g = Graph::new();
+    let x = g.input("image", &[batch, 3, 8, 8]);
+    let labels = g.labels("label", batch);
+    let features = vit_body(&mut g, x, VitConfig { dim: 8, depth: 2, heads: 2, patch: 4 }, 0.3).unwrap();
+    // A class token of 1e-6 would leave its gradient unchecked in effect; start it (and the position embedding) at
+    // the scale of the patch tokens.
+    for t in g.tensors.iter_mut().filter(|t| t.name == "cls_token" || t.name == "pos_embed") {
+        t.init = Some(SplitMix(31).vec_f32(t.numel(), -0.5, 0.5));
+    }
+    g.set_group(1);
+    let logits = wgtune::nn::fastai_head(&mut g, features, classes, 0.1, 0.0).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    g
+}
+
 /// The graphs whose gradients are checked against finite differences, with their class counts.
 fn gradient_checked() -> Vec<(Graph, u32)> {
     vec![
@@ -191,6 +211,7 @@ fn gradient_checked() -> Vec<(Graph, u32)> {
         (convnext_like(5, 8, 3), 3),
         (mini_convnext(3, 3), 3),
         (attention_block(3), 3),
+        (mini_vit(3, 3), 3),
     ]
 }
 
@@ -279,6 +300,12 @@ fn concat_dropout_leaky_relu_gradients_match_finite_differences() {
 #[test]
 fn multi_label_gradients_match_finite_differences() {
     let (g, classes) = gradient_checked().swap_remove(3);
+    gradient_check(g, classes);
+}
+
+#[test]
+fn whole_vit_with_fastai_head_gradients_match_finite_differences() {
+    let (g, classes) = gradient_checked().swap_remove(7);
     gradient_check(g, classes);
 }
 

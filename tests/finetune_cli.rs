@@ -202,3 +202,40 @@ fn a_timm_convnext_file_fine_tunes_through_both_phases() {
     let label = v["top"][0]["label"].as_str().unwrap_or_default();
     assert!(label == "Bag" || label == "Trouser", "{p}");
 }
+
+/// A DeiT from a "pretrained" 224 px file in timm's layout: `finetune --arch deit_tiny_patch16_224` at 32 px resamples
+/// the position embedding (with a note), runs both phases with fastai's unpooled head on the class token, and
+/// `predict` uses the saved model.
+#[test]
+fn a_timm_deit_file_fine_tunes_at_another_size() {
+    use wgtune::graph::TensorKind;
+    use wgtune::nn::Arch;
+    let dir = tiny_folder("deit", 8, 4);
+    let g = Arch::DeitTiny.classifier(1, 224, 1000).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = g
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.kind, TensorKind::Param { .. }))
+        .map(|t| (t.name.clone(), t.shape.clone(), t.init.clone().expect("parameters start from a value")))
+        .collect();
+    let pretrained = dir.0.join("deit_tiny.safetensors");
+    wgtune::nn::weights::write_atomically(&pretrained, &tensors, Default::default()).unwrap();
+    let out = dir.0.join("m.safetensors");
+    let mut run = wgtune();
+    let run = run
+        .args(["finetune", "--arch", "deit_tiny_patch16_224", "--size", "32", "--bs", "8", "--epochs", "1"])
+        .args(["--freeze-epochs", "1", "--drop-path", "0.1", "--model"])
+        .arg(&pretrained)
+        .arg("--data")
+        .arg(&dir.0)
+        .arg("--out")
+        .arg(&out);
+    let (stdout, stderr) = run_ok(run);
+    assert!(stderr.contains("position embedding [1, 197, 192] resampled to [1, 5, 192]"), "{stderr}");
+    assert!(stdout.contains("frozen phase") && stdout.contains("unfrozen phase"), "{stdout}");
+    let image = dir.0.join("valid").join("Bag").read_dir().unwrap().next().unwrap().unwrap().path();
+    let (p, _) = run_ok(wgtune().args(["predict", "--json", "--model"]).arg(&out).arg(&image));
+    let v: serde_json::Value = serde_json::from_str(p.trim()).unwrap();
+    let label = v["top"][0]["label"].as_str().unwrap_or_default();
+    assert!(label == "Bag" || label == "Trouser", "{p}");
+}

@@ -145,10 +145,11 @@ fn resnet50_logits_match_the_numpy_reference() {
     check_resnet(Arch::Resnet50);
 }
 
-/// Seeded random weights drawn exactly as tools/convnext_reference.py draws them (same generator, same order of
-/// timm's names): weights of 2-D and up uniform in +-sqrt(6 / fan_in), LayerNorm weights in [0.5, 1.5), every
-/// other 1-D tensor in [-0.1, 0.1). Returns them by name with the graph's shapes.
-fn seeded_convnext_weights(g: &wgtune::graph::Graph) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+/// Seeded random weights drawn exactly as tools/convnext_reference.py (seed 2025) and tools/vit_reference.py (seed
+/// 2026) draw them (same generator, same order of timm's names): tensors of 2-D and up uniform in +-sqrt(6 /
+/// fan_in), LayerNorm weights in [0.5, 1.5), every other 1-D tensor in [-0.1, 0.1). Returns them by name with the
+/// graph's shapes.
+fn seeded_timm_weights(g: &wgtune::graph::Graph, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut names: Vec<(String, Vec<usize>)> = g
         .tensors
         .iter()
@@ -156,9 +157,11 @@ fn seeded_convnext_weights(g: &wgtune::graph::Graph) -> Vec<(String, Vec<usize>,
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
     names.sort();
-    let mut rng = wgtune::reference::SplitMix(2025);
-    let norm_weight =
-        |n: &str| n.ends_with("norm.weight") || n == "stem.1.weight" || n.ends_with("downsample.0.weight");
+    let mut rng = wgtune::reference::SplitMix(seed);
+    let norm_weight = |n: &str| {
+        ["norm.weight", "norm1.weight", "norm2.weight", "downsample.0.weight"].iter().any(|s| n.ends_with(s))
+            || n == "stem.1.weight"
+    };
     names
         .into_iter()
         .map(|(name, shape)| {
@@ -176,18 +179,18 @@ fn seeded_convnext_weights(g: &wgtune::graph::Graph) -> Vec<(String, Vec<usize>,
         .collect()
 }
 
-/// timm's ConvNeXt classifier (64 px, seeded weights) against tools/convnext_reference.py, itself checked
-/// against timm (1e-14 in float64): within 1e-4 of the largest logit.
-fn check_convnext(arch: Arch) {
+/// timm's classifier (64 px, seeded weights) against tools/convnext_reference.py or tools/vit_reference.py, each
+/// checked against timm (1e-14 in float64): within 1e-4 of the largest logit.
+fn check_timm(arch: Arch, fixtures: &str, seed: u64) {
     let g = arch.classifier(1, 64, 1000).unwrap();
-    let weights = seeded_convnext_weights(&g);
+    let weights = seeded_timm_weights(&g, seed);
     let mut ex = Executor::new(gpu(), g, ExecutorConfig::default()).unwrap();
     for (name, _, values) in &weights {
         ex.write_value(name, values).unwrap();
     }
     let input = wgtune::reference::SplitMix(7).vec_f32(3 * 64 * 64, -1.0, 1.0);
     let got = ex.predict_logits(&input).unwrap();
-    let bytes = std::fs::read(root().join(format!("tests/fixtures/convnext/{}.logits.f32", arch.name()))).unwrap();
+    let bytes = std::fs::read(root().join(format!("tests/fixtures/{fixtures}/{}.logits.f32", arch.name()))).unwrap();
     let want: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -197,12 +200,42 @@ fn check_convnext(arch: Arch) {
 
 #[test]
 fn convnext_atto_logits_match_the_numpy_reference() {
-    check_convnext(Arch::ConvnextAtto);
+    check_timm(Arch::ConvnextAtto, "convnext", 2025);
 }
 
 #[test]
 fn convnext_tiny_logits_match_the_numpy_reference() {
-    check_convnext(Arch::ConvnextTiny);
+    check_timm(Arch::ConvnextTiny, "convnext", 2025);
+}
+
+/// timm's resample_abs_pos_embed (PyTorch's antialiased bicubic; fixtures from tools/vit_reference.py --timm):
+/// shrinking 14x14 to 4x4 (224 px weights at 64 px), growing 4x4 to 6x6, 5x5 to 3x3; the class token's row kept.
+#[test]
+fn position_embeddings_resample_as_timm_does() {
+    use wgtune::nn::vit::resample_pos_embed;
+    let read = |name: &str| -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(&std::fs::read(root().join("tests/fixtures/vit").join(name)).unwrap())
+    };
+    for (g0, g1) in [(14, 4), (4, 6), (5, 3)] {
+        let from = read(&format!("pos_embed_{g0}.f32"));
+        let want = read(&format!("pos_embed_{g0}_to_{g1}.f32"));
+        let got = resample_pos_embed(&from, &[1, 1 + g0 * g0, 3], &[1, 1 + g1 * g1, 3]).unwrap();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got[..3], from[..3], "the class token's row");
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{g0}x{g0} -> {g1}x{g1}: worst difference {worst}");
+    }
+    assert!(resample_pos_embed(&[0.0; 33], &[1, 11, 3], &[1, 17, 3]).is_none(), "10 patches are no square grid");
+}
+
+#[test]
+fn deit_tiny_logits_match_the_numpy_reference() {
+    check_timm(Arch::DeitTiny, "vit", 2026);
+}
+
+#[test]
+fn vit_small_logits_match_the_numpy_reference() {
+    check_timm(Arch::VitSmall, "vit", 2026);
 }
 
 /// A file in timm's layout (convnext_tiny's MLP weights as Linear (out, in), no wgtune metadata, no --arch) is
@@ -211,7 +244,7 @@ fn convnext_tiny_logits_match_the_numpy_reference() {
 fn a_timm_convnext_file_is_detected_and_loads_its_linear_mlp_weights() {
     use wgtune::nn::model::{load_model, ModelSpec};
     let g = Arch::ConvnextTiny.classifier(1, 64, 1000).unwrap();
-    let timm_layout: Vec<(String, Vec<usize>, Vec<f32>)> = seeded_convnext_weights(&g)
+    let timm_layout: Vec<(String, Vec<usize>, Vec<f32>)> = seeded_timm_weights(&g, 2025)
         .into_iter()
         .map(|(name, shape, values)| {
             let linear = name.contains(".mlp.fc") && name.ends_with(".weight");
@@ -256,7 +289,8 @@ fn convnext_drop_path_rises_linearly_over_the_blocks() {
     assert!(e.to_string().contains("resnet18 has no drop path"), "{e}");
 }
 
-/// Every architecture is told apart from the others by its tensor names and shapes alone.
+/// Every architecture but the ViTs is told apart from the others by its tensor names and shapes alone (a ViT and
+/// a DeiT of one size have the same tensors and differ in their input normalization: those need --arch).
 #[test]
 fn every_architecture_is_detected_from_its_tensors() {
     for arch in Arch::ALL {
@@ -267,7 +301,8 @@ fn every_architecture_is_detected_from_its_tensors() {
             .filter(|t| matches!(t.kind, wgtune::graph::TensorKind::Param { .. } | wgtune::graph::TensorKind::State))
             .map(|t| (t.name.clone(), t.shape.clone()))
             .collect();
-        assert_eq!(Arch::detect(&shapes), Some(arch), "{arch}");
+        let want = if arch.vit().is_some() { None } else { Some(arch) };
+        assert_eq!(Arch::detect(&shapes), want, "{arch}");
     }
     assert_eq!(Arch::detect(&[("fc.weight".to_string(), vec![2, 3])].into_iter().collect()), None);
 }

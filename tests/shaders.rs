@@ -129,6 +129,7 @@ fn uniform_structs_match_their_rust_twins() {
         twin! { "layer_norm", "LayerNormParams", layer_norm::LayerNormParams { outer, channels, inner, flags, eps, _pad } },
         twin! { "permute", "PermuteParams", permute::PermuteParams { len, rank, flags, _pad, dims, strides } },
         twin! { "softmax", "SoftmaxParams", softmax::SoftmaxParams { rows, len, flags, scale } },
+        twin! { "slice", "SliceParams", slice::SliceParams { outer, channels, inner, flags, start, len, _pad } },
         twin! { "augment", "AugmentParams", AugmentParams { batch, in_size, out_size, flags, scale, shift } },
     ];
     for (family, name, rust_size, fields) in cases {
@@ -182,5 +183,17 @@ fn wgsl_blocks_shared_between_families_stay_identical() {
     ] {
         let [a, b] = families.map(|f| item(source(f), head));
         assert_eq!(a, b, "`{head}` differs between {} and {}", families[0], families[1]);
+    }
+}
+
+/// Every launcher is named after its entry point, so entry points are unique across families (the same entry with
+/// other pipeline constants is the same kernel specialized).
+#[test]
+fn entry_points_are_unique_across_families() {
+    let mut seen = std::collections::HashMap::new();
+    for k in wgtune::ops::all_kernels() {
+        if let Some(family) = seen.insert(k.entry, k.family) {
+            assert_eq!(family, k.family, "entry point '{}' is in both '{family}' and '{}'", k.entry, k.family);
+        }
     }
 }

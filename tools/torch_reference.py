@@ -219,15 +219,68 @@ CONVNEXTS = {"convnext_atto": ([2, 2, 6, 2], [40, 80, 160, 320]), "convnext_femt
              "convnext_base": ([3, 3, 27, 3], [128, 256, 512, 1024])}
 
 
-def make_body(arch, momentum=0.1):
+class VitBlock(nn.Module):
+    """timm's pre-norm ViT block, with timm's module names."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.attn = nn.Module()
+        self.attn.qkv = nn.Linear(d, 3 * d)
+        self.attn.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(d, 4 * d)
+        self.mlp.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = self.attn.qkv(self.norm1(x)).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
+        x = x + self.attn.proj(a)
+        return x + self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm2(x))))
+
+
+class VitBody(nn.Module):
+    """timm's VisionTransformer up to its pre-logits (the class token after the final norm), for `size` px inputs:
+    what fastai's TimmBody returns for a ViT (no pool_size, so fastai's head is not pooled); one parameter group."""
+
+    def __init__(self, d, heads, size, depth=12, patch=16):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, d, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, d) * 0.02)
+        self.blocks = nn.Sequential(*[VitBlock(d, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.features = d
+        self.pooled = True
+
+    def forward(self, x):
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.norm(self.blocks(x))[:, 0]
+
+    def group(self, name):
+        return 0
+
+
+VITS = {"vit_tiny_patch16_224": (192, 3), "vit_small_patch16_224": (384, 6), "vit_base_patch16_224": (768, 12),
+        "deit_tiny_patch16_224": (192, 3), "deit_small_patch16_224": (384, 6), "deit_base_patch16_224": (768, 12)}
+
+
+def make_body(arch, momentum=0.1, size=224):
     if arch == "effnet-lite0":
         return EffnetLite0Body(momentum)
     if arch in CONVNEXTS:
         return ConvNextBody(*CONVNEXTS[arch])
+    if arch in VITS:
+        return VitBody(*VITS[arch], size)
     layers = {"resnet18": ([2, 2, 2, 2], False), "resnet34": ([3, 4, 6, 3], False), "resnet50": ([3, 4, 6, 3], True)}
     if arch not in layers:
         sys.exit(f"unknown model '{arch}' (expected effnet-lite0, resnet18, resnet34, resnet50, "
-                 f"{', '.join(CONVNEXTS)})")
+                 f"{', '.join(CONVNEXTS)}, {', '.join(VITS)})")
     return ResnetBody(*layers[arch], momentum=momentum)
 
 
@@ -236,11 +289,14 @@ class ConcatPool(nn.Module):
         return torch.cat([F.adaptive_max_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)], 1)
 
 
-def fastai_head(nf, classes, momentum=0.1, ps=0.5):
+def fastai_head(nf, classes, momentum=0.1, ps=0.5, pool=True):
     """fastai's create_head, module for module (so the state-dict names are fastai's and wgtune's: head.2 is the
-    first batch norm, head.4 the first linear, head.8 the last)."""
-    head = nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(2 * nf, momentum=momentum), nn.Dropout(ps / 2),
-                         nn.Linear(2 * nf, 512, bias=False), nn.ReLU(), nn.BatchNorm1d(512, momentum=momentum),
+    first batch norm, head.4 the first linear, head.8 the last; without `pool`, for bodies that end pooled, the
+    numbering starts at the first batch norm)."""
+    inner = 2 * nf if pool else nf
+    head = nn.Sequential(*([ConcatPool(), nn.Flatten()] if pool else []),
+                         nn.BatchNorm1d(inner, momentum=momentum), nn.Dropout(ps / 2),
+                         nn.Linear(inner, 512, bias=False), nn.ReLU(), nn.BatchNorm1d(512, momentum=momentum),
                          nn.Dropout(ps), nn.Linear(512, classes, bias=False))
     for m in head:
         if isinstance(m, nn.Linear):
@@ -252,10 +308,10 @@ def fastai_head(nf, classes, momentum=0.1, ps=0.5):
 
 
 class Model(nn.Module):
-    def __init__(self, arch, classes, momentum=0.1, ps=0.5):
+    def __init__(self, arch, classes, momentum=0.1, ps=0.5, size=224):
         super().__init__()
-        self.body = make_body(arch, momentum)
-        self.head = fastai_head(self.body.features, classes, momentum, ps)
+        self.body = make_body(arch, momentum, size)
+        self.head = fastai_head(self.body.features, classes, momentum, ps, pool=not getattr(self.body, "pooled", False))
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -647,7 +703,7 @@ def bench(a):
     torch.manual_seed(0)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
-    model = Model(a.model, 10).to(a.device).train()
+    model = Model(a.model, 10, size=a.size).to(a.device).train()
     params = model.groups()
     opt = FastaiAdam(params)
     x = torch.randn(a.bs, 3, a.size, a.size, device=a.device)

@@ -336,7 +336,12 @@ impl<'g> Builder<'g> {
                     self.node("Mul", &t("x_cdf2"), &[&n(x), &t("cdf2")], &[&t("x_cdf2")], vec![]);
                     self.node_owned("Mul", layer, vec![t("x_cdf2"), half], n(y), vec![]);
                 }
-                Op::View { .. } | Op::Permute { .. } | Op::MatMul { .. } | Op::Softmax { .. } => {
+                Op::View { .. }
+                | Op::Permute { .. }
+                | Op::MatMul { .. }
+                | Op::Softmax { .. }
+                | Op::Slice { .. }
+                | Op::Expand { .. } => {
                     return Err(Error::Invalid(format!(
                         "layer '{layer}' ({}) has no ONNX mapping yet (attention layers cannot be exported)",
                         node.op.kind().name()

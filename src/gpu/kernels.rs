@@ -32,6 +32,7 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "layer_norm", source: include_str!("../../shaders/layer_norm.wgsl") },
     Family { name: "permute", source: include_str!("../../shaders/permute.wgsl") },
     Family { name: "softmax", source: include_str!("../../shaders/softmax.wgsl") },
+    Family { name: "slice", source: include_str!("../../shaders/slice.wgsl") },
     Family { name: "dropout", source: include_str!("../../shaders/dropout.wgsl") },
     Family { name: "augment", source: include_str!("../../shaders/augment.wgsl") },
     Family { name: "elementwise", source: include_str!("../../shaders/elementwise.wgsl") },
@@ -74,9 +75,10 @@ impl KernelSpec {
         KernelSpec { constants, ..self }
     }
 
-    /// The pipeline cache key: the entry point and its constants.
+    /// The pipeline cache key: the family, the entry point and its constants (two families may share an entry
+    /// point's name).
     fn key(&self) -> String {
-        let mut k = self.entry.to_string();
+        let mut k = format!("{}/{}", self.family, self.entry);
         for (name, value) in self.constants {
             k.push_str(&format!(" {name}={value}"));
         }

@@ -170,6 +170,15 @@ pub fn forward(
                 let out = r::softmax_rows(&t[x], len, *scale as f64);
                 t.insert(*y, out);
             }
+            Op::Slice { x, y, start } => {
+                let (xs, len) = (shape(*x), shape(*y)[1]);
+                let out = r::slice(&t[x], (xs[0], xs[1], xs[2..].iter().product()), *start, len);
+                t.insert(*y, out);
+            }
+            Op::Expand { x, y } => {
+                let out = r::expand(&t[x], shape(*y)[0]);
+                t.insert(*y, out);
+            }
             Op::SoftmaxCrossEntropy { logits, loss, correct, smoothing, .. } => {
                 let classes = shape(*logits)[1];
                 let l = r::softmax_cross_entropy_forward(&t[logits], labels, classes, *smoothing as f64);

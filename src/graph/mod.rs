@@ -221,6 +221,17 @@ pub enum Op {
         y: TensorId,
         scale: f32,
     },
+    /// Channels `start` .. `start` + y's channels of x along dimension 1 (a class token taken out, q/k/v split).
+    Slice {
+        x: TensorId,
+        y: TensorId,
+        start: usize,
+    },
+    /// x (1, ...) repeated over the batch of y (N, ...): a class token or position embedding for every sample.
+    Expand {
+        x: TensorId,
+        y: TensorId,
+    },
     /// Mean softmax cross-entropy of logits (N, classes) against target rows (N, 3) (see
     /// [`crate::ops::loss::Targets`]): loss (1); `correct` (1) counts right top-1 predictions.
     SoftmaxCrossEntropy {
@@ -280,7 +291,11 @@ impl Op {
             | Op::Gelu { x, .. } => (vec![*x], vec![]),
             Op::LayerNorm { x, gamma, beta, .. } => (vec![*x, *gamma, *beta], vec![]),
             Op::LayerScale { x, gamma, .. } => (vec![*x, *gamma], vec![]),
-            Op::View { x, .. } | Op::Permute { x, .. } | Op::Softmax { x, .. } => (vec![*x], vec![]),
+            Op::View { x, .. }
+            | Op::Permute { x, .. }
+            | Op::Softmax { x, .. }
+            | Op::Slice { x, .. }
+            | Op::Expand { x, .. } => (vec![*x], vec![]),
             Op::MatMul { a, b, .. } => (vec![*a, *b], vec![]),
             Op::Add { a, b, .. } => (vec![*a, *b], vec![]),
             Op::Concat { xs, .. } => (xs.clone(), vec![]),
@@ -309,7 +324,9 @@ impl Op {
             | Op::View { y, .. }
             | Op::Permute { y, .. }
             | Op::MatMul { y, .. }
-            | Op::Softmax { y, .. } => vec![*y],
+            | Op::Softmax { y, .. }
+            | Op::Slice { y, .. }
+            | Op::Expand { y, .. } => vec![*y],
             Op::LayerNorm { y, mean, rstd, .. } => vec![*y, *mean, *rstd],
             Op::BatchNorm { y, save_mean, save_var, running_mean, running_var, .. } => {
                 vec![*y, *save_mean, *save_var, *running_mean, *running_var]
@@ -350,6 +367,8 @@ impl Op {
             Op::Permute { .. } => OpKind::Permute,
             Op::MatMul { .. } => OpKind::MatMul,
             Op::Softmax { .. } => OpKind::Softmax,
+            Op::Slice { .. } => OpKind::Slice,
+            Op::Expand { .. } => OpKind::Expand,
             Op::SoftmaxCrossEntropy { .. } => OpKind::SoftmaxCrossEntropy,
             Op::SigmoidBinaryCrossEntropy { .. } => OpKind::SigmoidBinaryCrossEntropy,
         }
@@ -414,6 +433,8 @@ op_kinds! {
     Permute => "permute",
     MatMul => "matmul",
     Softmax => "softmax",
+    Slice => "slice",
+    Expand => "expand",
     SoftmaxCrossEntropy => "softmax_cross_entropy",
     SigmoidBinaryCrossEntropy => "sigmoid_bce",
 }
@@ -438,7 +459,11 @@ pub struct Graph {
 
 /// Kaiming-normal initial weights (fan-in, gain sqrt(2)), as PyTorch's `kaiming_normal_` and fastai's heads.
 fn kaiming_normal(rng: &mut SplitMix, n: usize, fan_in: usize) -> Vec<f32> {
-    let std = (2.0 / fan_in.max(1) as f64).sqrt();
+    normal(rng, n, (2.0 / fan_in.max(1) as f64).sqrt())
+}
+
+/// Normal(0, std) values.
+fn normal(rng: &mut SplitMix, n: usize, std: f64) -> Vec<f32> {
     (0..n)
         .map(|_| {
             // Box-Muller
@@ -517,6 +542,14 @@ impl Graph {
     pub fn param(&mut self, name: &str, shape: &[usize], init: Vec<f32>, decay: bool, is_bn: bool) -> TensorId {
         let kind = TensorKind::Param { group: self.group, decay, is_bn };
         self.add_tensor(name.into(), shape.to_vec(), kind, Some(init))
+    }
+
+    /// A parameter of the current group drawn from Normal(0, `std`) (a transformer's class token and position
+    /// embedding), without weight decay.
+    pub fn normal_param(&mut self, name: &str, shape: &[usize], std: f64) -> TensorId {
+        let mut rng = self.next_rng();
+        let init = normal(&mut rng, shape.iter().product(), std);
+        self.param(name, shape, init, false, false)
     }
 
     fn activation(&mut self, name: String, shape: Vec<usize>) -> TensorId {
@@ -795,6 +828,35 @@ impl Graph {
         }
         let y = self.activation(format!("{name}.out"), self.shape(x).to_vec());
         Ok(self.push(name, Op::Softmax { x, y, scale }))
+    }
+
+    /// Channels `start` .. `start + len` of x along dimension 1.
+    pub fn slice(&mut self, name: &str, x: TensorId, start: usize, len: usize) -> Result<TensorId> {
+        let xs = self.shape(x).to_vec();
+        if xs.len() < 2 || len == 0 || start + len > xs[1] {
+            let detail = format!("channels {start}..{} of {xs:?}", start + len);
+            return Err(self.shape_err(name, "slice", detail));
+        }
+        let mut shape = xs;
+        shape[1] = len;
+        let y = self.activation(format!("{name}.out"), shape);
+        Ok(self.push(name, Op::Slice { x, y, start }))
+    }
+
+    /// x (1, ...) repeated `n` times along dimension 0.
+    pub fn expand(&mut self, name: &str, x: TensorId, n: usize) -> Result<TensorId> {
+        let xs = self.shape(x).to_vec();
+        if xs.first() != Some(&1) || n == 0 {
+            return Err(self.shape_err(
+                name,
+                "expand",
+                format!("{xs:?} must have a first dimension of 1 to repeat {n} times"),
+            ));
+        }
+        let mut shape = xs;
+        shape[0] = n;
+        let y = self.activation(format!("{name}.out"), shape);
+        Ok(self.push(name, Op::Expand { x, y }))
     }
 
     /// Softmax cross-entropy (mean over the batch) with optional label smoothing; returns the loss (1).

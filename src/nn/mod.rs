@@ -3,6 +3,7 @@
 //! and out.
 
 pub mod model;
+pub mod vit;
 pub mod weights;
 
 use crate::error::{Error, Result};
@@ -11,6 +12,7 @@ use crate::ops::conv::{Conv2dConfig, Padding};
 use crate::ops::loss::Loss;
 use crate::ops::norm::BatchNormConfig;
 use crate::ops::pool::PoolConfig;
+pub use vit::VitConfig;
 
 /// A supported architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +28,12 @@ pub enum Arch {
     ConvnextTiny,
     ConvnextSmall,
     ConvnextBase,
+    VitTiny,
+    VitSmall,
+    VitBase,
+    DeitTiny,
+    DeitSmall,
+    DeitBase,
 }
 
 /// A ConvNeXt's blocks per stage and channels per stage (timm's configurations).
@@ -50,6 +58,8 @@ pub struct Normalization {
 impl Normalization {
     /// EfficientNet-Lite's TF weights: (x - 127) / 128.
     pub const TF_127: Normalization = Normalization { scale: [1.0 / 128.0; 3], shift: [-127.0 / 128.0; 3] };
+    /// timm's Inception statistics (mean = std = 0.5 on x / 255), used by the augreg ViTs.
+    pub const INCEPTION: Normalization = Normalization { scale: [2.0 / 255.0; 3], shift: [-1.0; 3] };
     /// torchvision's ImageNet statistics on x / 255.
     pub fn imagenet() -> Normalization {
         let mean = [0.485f32, 0.456, 0.406];
@@ -59,6 +69,8 @@ impl Normalization {
     pub fn describe(&self) -> String {
         if *self == Self::TF_127 {
             "(x - 127) / 128".into()
+        } else if *self == Self::INCEPTION {
+            "inception mean/std (0.5)".into()
         } else {
             "imagenet mean/std".into()
         }
@@ -67,6 +79,7 @@ impl Normalization {
         match s {
             "(x - 127) / 128" => Ok(Self::TF_127),
             "imagenet mean/std" => Ok(Self::imagenet()),
+            "inception mean/std (0.5)" => Ok(Self::INCEPTION),
             other => Err(Error::Invalid(format!("unknown normalization '{other}'"))),
         }
     }
@@ -97,7 +110,7 @@ impl clap::ValueEnum for Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 11] = [
+    pub const ALL: [Arch; 17] = [
         Arch::EffnetLite0,
         Arch::Resnet18,
         Arch::Resnet34,
@@ -109,6 +122,12 @@ impl Arch {
         Arch::ConvnextTiny,
         Arch::ConvnextSmall,
         Arch::ConvnextBase,
+        Arch::VitTiny,
+        Arch::VitSmall,
+        Arch::VitBase,
+        Arch::DeitTiny,
+        Arch::DeitSmall,
+        Arch::DeitBase,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +143,12 @@ impl Arch {
             Arch::ConvnextTiny => "convnext_tiny",
             Arch::ConvnextSmall => "convnext_small",
             Arch::ConvnextBase => "convnext_base",
+            Arch::VitTiny => "vit_tiny_patch16_224",
+            Arch::VitSmall => "vit_small_patch16_224",
+            Arch::VitBase => "vit_base_patch16_224",
+            Arch::DeitTiny => "deit_tiny_patch16_224",
+            Arch::DeitSmall => "deit_small_patch16_224",
+            Arch::DeitBase => "deit_base_patch16_224",
         }
     }
 
@@ -142,9 +167,26 @@ impl Arch {
             Arch::ConvnextTiny => ([3, 3, 9, 3], [96, 192, 384, 768]),
             Arch::ConvnextSmall => ([3, 3, 27, 3], [96, 192, 384, 768]),
             Arch::ConvnextBase => ([3, 3, 27, 3], [128, 256, 512, 1024]),
-            Arch::EffnetLite0 | Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => return None,
+            _ => return None,
         };
         Some(ConvNextConfig { depths, dims })
+    }
+
+    /// A ViT's or DeiT's width, depth and heads (timm's definitions; patch 16); None for other families.
+    pub fn vit(self) -> Option<VitConfig> {
+        let (dim, heads) = match self {
+            Arch::VitTiny | Arch::DeitTiny => (192, 3),
+            Arch::VitSmall | Arch::DeitSmall => (384, 6),
+            Arch::VitBase | Arch::DeitBase => (768, 12),
+            _ => return None,
+        };
+        Some(VitConfig { dim, depth: 12, heads, patch: 16 })
+    }
+
+    /// Whether the architecture is one of timm's (ConvNeXt, ViT, DeiT): one body group in fastai's split, drop
+    /// path available.
+    pub fn is_timm(self) -> bool {
+        self.convnext().is_some() || self.vit().is_some()
     }
 
     /// The architecture a file of pretrained weights holds, told from its tensor names and shapes (timm's,
@@ -182,19 +224,25 @@ impl Arch {
             Arch::EffnetLite0 => 1280,
             Arch::Resnet18 | Arch::Resnet34 => 512,
             Arch::Resnet50 => 2048,
-            _ => self.convnext().expect("the other families are ConvNeXts").dims[3],
+            _ => match (self.convnext(), self.vit()) {
+                (Some(c), _) => c.dims[3],
+                (_, Some(v)) => v.dim,
+                _ => unreachable!("every family is listed"),
+            },
         }
     }
 
     pub fn normalization(self) -> Normalization {
         match self {
             Arch::EffnetLite0 => Normalization::TF_127,
+            // timm's augreg ViTs were trained on Inception statistics; DeiT on ImageNet's.
+            Arch::VitTiny | Arch::VitSmall | Arch::VitBase => Normalization::INCEPTION,
             _ => Normalization::imagenet(),
         }
     }
 
     /// The ImageNet classifier's parameter names (cut when fine-tuning): timm's ConvNeXt head (`head.norm`,
-    /// `head.fc`) comes after `forward_features`, where fastai cuts the body.
+    /// `head.fc`) comes after `forward_features`, where fastai cuts the body; a ViT's `head` after its pre-logits.
     pub fn classifier_prefix(self) -> &'static str {
         match self {
             Arch::EffnetLite0 => "_fc.",
@@ -217,9 +265,9 @@ impl Arch {
         if !(0.0..1.0).contains(&drop_path) {
             return Err(Error::Invalid(format!("drop path rate {drop_path} must be in [0, 1)")));
         }
-        if drop_path > 0.0 && self.convnext().is_none() {
+        if drop_path > 0.0 && !self.is_timm() {
             return Err(Error::Invalid(format!(
-                "{self} has no drop path (stochastic depth): it is for timm's architectures (ConvNeXt)"
+                "{self} has no drop path (stochastic depth): it is for timm's architectures (ConvNeXt, ViT, DeiT)"
             )));
         }
         match self {
@@ -227,7 +275,11 @@ impl Arch {
             Arch::Resnet18 => resnet_body(g, x, &[2, 2, 2, 2], false, bn_momentum),
             Arch::Resnet34 => resnet_body(g, x, &[3, 4, 6, 3], false, bn_momentum),
             Arch::Resnet50 => resnet_body(g, x, &[3, 4, 6, 3], true, bn_momentum),
-            _ => convnext_body(g, x, self.convnext().expect("the other families are ConvNeXts"), drop_path),
+            _ => match (self.convnext(), self.vit()) {
+                (Some(c), _) => convnext_body(g, x, c, drop_path),
+                (_, Some(v)) => vit::vit_body(g, x, v, drop_path),
+                _ => unreachable!("every family is listed"),
+            },
         }
     }
 
@@ -240,6 +292,8 @@ impl Arch {
                 let fc = if self == Arch::EffnetLite0 { "_fc" } else { "fc" };
                 g.linear(fc, pooled, classes, true)
             }
+            // timm's ViT head: a linear layer on the class token (the body ends with it).
+            _ if self.vit().is_some() => g.linear("head", features, classes, true),
             // timm's NormMlpClassifierHead: average pool, LayerNorm over the channels, linear.
             _ => {
                 let pooled = g.global_avg_pool("head.global_pool", features)?;
@@ -329,20 +383,27 @@ pub const FASTAI_PS: f64 = 0.5;
 /// fastai's create_head(concat_pool=True, first_bn=True, ps, lin_ftrs=[512]): AdaptiveConcatPool2d, Flatten,
 /// BatchNorm1d(2nf), Dropout(ps/2), Linear(2nf, 512, bias=False), ReLU, BatchNorm1d(512), Dropout(ps),
 /// Linear(512, classes, bias=False). BatchNorm weights start at 1 and biases at 1e-3; linear weights
-/// kaiming-normal. `ps` 0 turns dropout off (a step then depends on nothing random).
+/// kaiming-normal. `ps` 0 turns dropout off (a step then depends on nothing random). On (N, features) already
+/// pooled (a ViT's class token; fastai's `pool=False` for timm models without a `pool_size`) the head starts at
+/// the first batch norm, and the modules are numbered from 0 as fastai numbers them.
 pub fn fastai_head(g: &mut Graph, features: TensorId, classes: usize, bn_momentum: f32, ps: f64) -> Result<TensorId> {
     let bn = BatchNormConfig { eps: 1e-5, momentum: bn_momentum };
-    let h = g.concat_pool("head.0", features)?;
-    let h = g.flatten("head.1", h)?;
-    let h = g.batch_norm("head.2", h, bn)?;
-    let h = g.dropout("head.3", h, ps / 2.0)?;
-    let h = g.linear("head.4", h, 512, false)?;
-    let h = g.relu("head.5", h)?;
-    let h = g.batch_norm("head.6", h, bn)?;
-    let h = g.dropout("head.7", h, ps)?;
-    let logits = g.linear("head.8", h, classes, false)?;
-    for name in ["head.2.bias", "head.6.bias"] {
-        let t = g.find(name).expect("created above");
+    let (h, first) = if g.shape(features).len() == 2 {
+        (features, 0)
+    } else {
+        let h = g.concat_pool("head.0", features)?;
+        (g.flatten("head.1", h)?, 2)
+    };
+    let name = |i: usize| format!("head.{}", first + i);
+    let h = g.batch_norm(&name(0), h, bn)?;
+    let h = g.dropout(&name(1), h, ps / 2.0)?;
+    let h = g.linear(&name(2), h, 512, false)?;
+    let h = g.relu(&name(3), h)?;
+    let h = g.batch_norm(&name(4), h, bn)?;
+    let h = g.dropout(&name(5), h, ps)?;
+    let logits = g.linear(&name(6), h, classes, false)?;
+    for name in [format!("{}.bias", name(0)), format!("{}.bias", name(4))] {
+        let t = g.find(&name).expect("created above");
         let n = g.tensors[t.0].numel();
         g.tensors[t.0].init = Some(vec![1e-3; n]);
     }

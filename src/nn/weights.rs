@@ -197,8 +197,19 @@ fn for_each_match(
         }
         let file_name = rename(&info.name);
         match weights.get(&file_name)? {
-            Some((shape, values)) => {
-                if !same_layout(&shape, &info.shape) {
+            Some((shape, mut values)) => {
+                let resampled = (info.name == "pos_embed" && shape != info.shape)
+                    .then(|| super::vit::resample_pos_embed(&values, &shape, &info.shape))
+                    .flatten();
+                if let Some(v) = resampled {
+                    log::warn!(
+                        "'{}': position embedding {shape:?} resampled to {:?} for this input size (bicubic with \
+                         antialiasing, as timm does)",
+                        weights.origin(),
+                        info.shape
+                    );
+                    values = v;
+                } else if !same_layout(&shape, &info.shape) {
                     return Err(Error::Invalid(format!(
                         "'{}': tensor '{file_name}' has shape {shape:?}, the model expects {:?} for '{}'",
                         weights.origin(),

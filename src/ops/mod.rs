@@ -18,6 +18,7 @@ pub mod optim;
 pub mod permute;
 pub mod pool;
 pub mod reduce;
+pub mod slice;
 pub mod softmax;
 
 /// Workgroups for `n` items at `per_group` items each, on a 2-D grid whose x stays within `max_x`.
@@ -76,8 +77,11 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         layer_norm::LAYER_SCALE_BACKWARD_DATA,
         layer_norm::LAYER_SCALE_BACKWARD_WEIGHT,
         permute::PERMUTE,
-        softmax::SOFTMAX_FORWARD,
-        softmax::SOFTMAX_BACKWARD,
+        softmax::SOFTMAX_ROWS_FORWARD,
+        softmax::SOFTMAX_ROWS_BACKWARD,
+        slice::SLICE_FORWARD,
+        slice::SLICE_BACKWARD,
+        slice::EXPAND_FORWARD,
         crate::data::augment::AUGMENT,
         loss::SOFTMAX_CROSS_ENTROPY_FORWARD,
         loss::SOFTMAX_CROSS_ENTROPY_BACKWARD,

@@ -19,8 +19,9 @@ pub struct SoftmaxParams {
 pub const FLAG_ACCUMULATE: u32 = 1;
 
 use Access::{Read as R, ReadWrite as W};
-pub const SOFTMAX_FORWARD: KernelSpec = KernelSpec::new("softmax_forward", "softmax", &[(1, R), (3, W)]);
-pub const SOFTMAX_BACKWARD: KernelSpec = KernelSpec::new("softmax_backward", "softmax", &[(1, R), (2, R), (3, W)]);
+pub const SOFTMAX_ROWS_FORWARD: KernelSpec = KernelSpec::new("softmax_rows_forward", "softmax", &[(1, R), (3, W)]);
+pub const SOFTMAX_ROWS_BACKWARD: KernelSpec =
+    KernelSpec::new("softmax_rows_backward", "softmax", &[(1, R), (2, R), (3, W)]);
 
 fn params(t: &Tensor, scale: f32, accumulate: bool) -> Result<SoftmaxParams> {
     let Some(&len) = t.shape().last().filter(|&&l| l > 0) else {
@@ -45,15 +46,15 @@ fn same(kernel: &str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 /// y = softmax(scale * x) over the last axis.
-pub fn softmax_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, scale: f32, label: &str) -> Result<Dispatch> {
-    same(SOFTMAX_FORWARD.entry, x, y)?;
+pub fn softmax_rows_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, scale: f32, label: &str) -> Result<Dispatch> {
+    same(SOFTMAX_ROWS_FORWARD.entry, x, y)?;
     let p = params(x, scale, false)?;
     let grid = grid_1d(p.rows as usize, 256, gpu.limits().max_compute_workgroups_per_dimension);
-    gpu.dispatch(&SOFTMAX_FORWARD, bytemuck::bytes_of(&p), &[x, y], grid, label)
+    gpu.dispatch(&SOFTMAX_ROWS_FORWARD, bytemuck::bytes_of(&p), &[x, y], grid, label)
 }
 
 /// dx (+)= scale * y * (dy - sum(dy * y)) over the last axis, `y` the forward output.
-pub fn softmax_backward(
+pub fn softmax_rows_backward(
     gpu: &Gpu,
     y: &Tensor,
     dy: &Tensor,
@@ -62,9 +63,9 @@ pub fn softmax_backward(
     accumulate: bool,
     label: &str,
 ) -> Result<Dispatch> {
-    same(SOFTMAX_BACKWARD.entry, y, dy)?;
-    same(SOFTMAX_BACKWARD.entry, y, dx)?;
+    same(SOFTMAX_ROWS_BACKWARD.entry, y, dy)?;
+    same(SOFTMAX_ROWS_BACKWARD.entry, y, dx)?;
     let p = params(y, scale, accumulate)?;
     let grid = grid_1d(p.rows as usize, 256, gpu.limits().max_compute_workgroups_per_dimension);
-    gpu.dispatch(&SOFTMAX_BACKWARD, bytemuck::bytes_of(&p), &[y, dy, dx], grid, label)
+    gpu.dispatch(&SOFTMAX_ROWS_BACKWARD, bytemuck::bytes_of(&p), &[y, dy, dx], grid, label)
 }

@@ -42,3 +42,26 @@ pub fn softmax_rows_backward(y: &[f64], dy: &[f64], len: usize, scale: f64) -> V
         })
         .collect()
 }
+
+/// Channels start .. start + len (dimension 1) of x seen as (outer, channels, inner).
+pub fn slice(x: &[f64], (outer, channels, inner): (usize, usize, usize), start: usize, len: usize) -> Vec<f64> {
+    (0..outer)
+        .flat_map(|o| x[(o * channels + start) * inner..(o * channels + start + len) * inner].iter().copied())
+        .collect()
+}
+
+/// dx of [`slice`]: dy placed at its channels, zeros elsewhere.
+pub fn slice_backward(dy: &[f64], (outer, channels, inner): (usize, usize, usize), start: usize) -> Vec<f64> {
+    let len = dy.len() / (outer * inner);
+    let mut dx = vec![0.0; outer * channels * inner];
+    for o in 0..outer {
+        dx[(o * channels + start) * inner..(o * channels + start + len) * inner]
+            .copy_from_slice(&dy[o * len * inner..(o + 1) * len * inner]);
+    }
+    dx
+}
+
+/// x (one sample) repeated `n` times.
+pub fn expand(x: &[f64], n: usize) -> Vec<f64> {
+    (0..n).flat_map(|_| x.iter().copied()).collect()
+}

@@ -283,6 +283,28 @@ fn softmax_backward_matches_finite_differences_and_permute_inverts() {
     assert_eq!(permute(&y, &permuted, &inverse), x);
 }
 
+/// Slice's backward (the gradient placed at its channels, zeros elsewhere) and expand's (the sum over the batch)
+/// against finite differences.
+#[test]
+fn slice_and_expand_backward_match_finite_differences() {
+    let mut rng = SplitMix(11);
+    let axis = (2, 5, 3);
+    let x = widen(&rng.vec_f32(30, -1.0, 1.0));
+    let g = widen(&rng.vec_f32(2 * 2 * 3, -1.0, 1.0));
+    let dx = slice_backward(&g, axis, 1);
+    for i in 0..x.len() {
+        let fd = finite_difference(&x, i, H, |v| slice(v, axis, 1, 2).iter().zip(&g).map(|(a, b)| a * b).sum());
+        assert_fd(dx[i], fd, "slice dx");
+    }
+    let x = widen(&rng.vec_f32(4, -1.0, 1.0));
+    let g = widen(&rng.vec_f32(12, -1.0, 1.0));
+    let dx = sum_reduce(&g, 3, 4, 1);
+    for i in 0..x.len() {
+        let fd = finite_difference(&x, i, H, |v| expand(v, 3).iter().zip(&g).map(|(a, b)| a * b).sum());
+        assert_fd(dx[i], fd, "expand dx");
+    }
+}
+
 /// The mask keeps a fraction 1 - p (within 4 standard deviations over 100k draws) and changes with the step.
 #[test]
 fn dropout_mask_keeps_one_minus_p_and_changes_per_step() {

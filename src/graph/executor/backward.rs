@@ -22,7 +22,8 @@ use crate::ops::norm::batch_norm_backward;
 use crate::ops::permute::permute;
 use crate::ops::pool::{avg_pool_backward, global_pool_backward, max_pool_backward, GlobalPool};
 use crate::ops::reduce::sum_reduce;
-use crate::ops::softmax::softmax_backward;
+use crate::ops::slice::slice_backward;
+use crate::ops::softmax::softmax_rows_backward;
 
 /// Whether a gradient contribution to `t` adds to an earlier one (true) or is the first and overwrites (false).
 fn accumulates(written: &mut HashSet<TensorId>, t: TensorId) -> bool {
@@ -307,10 +308,24 @@ impl Executor {
                         Ok(out)
                     })
                 }
+                Op::Slice { x, y, start } => {
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    Box::new(move |v| Ok(vec![slice_backward(v.gpu, v.g(y)?, v.g(x)?, start, ax, &l2)?]))
+                }
+                Op::Expand { x, y } => {
+                    // dx = the sum of dy over the batch.
+                    let ax = accumulates(&mut written, x);
+                    touches.extend([gk(y), gk(x)]);
+                    let (n, per) = (g.tensors[y.0].shape[0], g.tensors[x.0].numel());
+                    Box::new(move |v| Ok(vec![sum_reduce(v.gpu, v.g(y)?, v.g(x)?, (n, per, 1), ax, &l2)?]))
+                }
                 Op::Softmax { x, y, scale } => {
                     let ax = accumulates(&mut written, x);
                     touches.extend([gk(y), gk(x)]);
-                    Box::new(move |v| Ok(vec![softmax_backward(v.gpu, v.v(y)?, v.g(y)?, v.g(x)?, scale, ax, &l2)?]))
+                    Box::new(move |v| {
+                        Ok(vec![softmax_rows_backward(v.gpu, v.v(y)?, v.g(y)?, v.g(x)?, scale, ax, &l2)?])
+                    })
                 }
                 Op::DropPath { x, y, p, seed } => {
                     let ax = accumulates(&mut written, x);

@@ -14,7 +14,8 @@ use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use crate::ops::norm::{batch_norm_forward, BatchNormState};
 use crate::ops::permute::permute;
 use crate::ops::pool::{avg_pool_forward, global_pool_forward, max_pool_forward, GlobalPool};
-use crate::ops::softmax::softmax_forward;
+use crate::ops::slice::{expand_forward, slice_forward};
+use crate::ops::softmax::softmax_rows_forward;
 
 impl Executor {
     pub(super) fn forward_layer(&self, node: &Node, training: bool) -> PendingLayer {
@@ -104,8 +105,12 @@ impl Executor {
                 let opts = MatmulOptions { trans_b, ..Default::default() };
                 Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(a)?, v.v(b)?, None, v.v(y)?, opts, &gpu_label)?])
             }),
+            Op::Slice { x, y, start } => {
+                Box::new(move |v| Ok(vec![slice_forward(v.gpu, v.v(x)?, v.v(y)?, start, &gpu_label)?]))
+            }
+            Op::Expand { x, y } => Box::new(move |v| Ok(vec![expand_forward(v.gpu, v.v(x)?, v.v(y)?, &gpu_label)?])),
             Op::Softmax { x, y, scale } => {
-                Box::new(move |v| Ok(vec![softmax_forward(v.gpu, v.v(x)?, v.v(y)?, scale, &gpu_label)?]))
+                Box::new(move |v| Ok(vec![softmax_rows_forward(v.gpu, v.v(x)?, v.v(y)?, scale, &gpu_label)?]))
             }
             Op::Dropout { x, y, p, seed } => {
                 if training {
