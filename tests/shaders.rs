@@ -180,6 +180,7 @@ fn wgsl_blocks_shared_between_families_stay_identical() {
         ("const TM:", ["matmul", "conv2d"]),
         ("const TN:", ["matmul", "conv2d"]),
         ("struct ConvParams", ["conv2d", "depthwise"]),
+        ("fn workgroup_sums(", ["norm", "layer_norm"]),
     ] {
         let [a, b] = families.map(|f| item(source(f), head));
         assert_eq!(a, b, "`{head}` differs between {} and {}", families[0], families[1]);

@@ -63,22 +63,27 @@ def is_norm_weight(key):
     return key.endswith("norm.weight") or key in ("stem.1.weight",) or key.endswith("downsample.0.weight")
 
 
-def weights(name):
-    rng = SplitMix(2025)
+def seeded(table, seed, is_norm):
+    """Values for every tensor of `table` (name -> shape), in order of name, from SplitMix64(seed): 2-D and up
+    uniform in +-sqrt(6 / fan_in), norm weights (`is_norm(name)`) in [0.5, 1.5), other 1-D in [-0.1, 0.1)."""
+    rng = SplitMix(seed)
     p = {}
-    table = shapes(name)
     for key in sorted(table):
         shape = table[key]
         n = int(np.prod(shape))
         if len(shape) >= 2:
             a = np.sqrt(6.0 / int(np.prod(shape[1:])))
             v = rng.uniform(-a, a, n)
-        elif is_norm_weight(key):
+        elif is_norm(key):
             v = rng.uniform(0.5, 1.5, n)
         else:
             v = rng.uniform(-0.1, 0.1, n)
         p[key] = v.reshape(shape)
     return p
+
+
+def weights(name):
+    return seeded(shapes(name), 2025, is_norm_weight)
 
 
 def conv(x, w, b, stride, pad, groups=1):

@@ -23,7 +23,8 @@ from math import erf, sqrt
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from resnet_reference import SplitMix  # noqa: E402  (the generator the Rust tests share)
+from convnext_reference import seeded  # noqa: E402  (the weight draws the Rust tests share)
+from resnet_reference import SplitMix  # noqa: E402
 
 CONFIGS = {"deit_tiny_patch16_224": (192, 3), "vit_small_patch16_224": (384, 6)}
 DEPTH, PATCH, SIZE, EPS = 12, 16, 64, 1e-6
@@ -48,21 +49,7 @@ def shapes(name):
 
 
 def weights(name):
-    rng = SplitMix(2026)
-    p = {}
-    table = shapes(name)
-    for key in sorted(table):
-        shape = table[key]
-        n = int(np.prod(shape))
-        if len(shape) >= 2:
-            a = np.sqrt(6.0 / int(np.prod(shape[1:])))
-            v = rng.uniform(-a, a, n)
-        elif key.endswith("norm.weight") or key.endswith("norm1.weight") or key.endswith("norm2.weight"):
-            v = rng.uniform(0.5, 1.5, n)
-        else:
-            v = rng.uniform(-0.1, 0.1, n)
-        p[key] = v.reshape(shape)
-    return p
+    return seeded(shapes(name), 2026, lambda k: k.endswith(("norm.weight", "norm1.weight", "norm2.weight")))
 
 
 def layer_norm(x, g, b):

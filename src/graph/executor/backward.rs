@@ -49,6 +49,23 @@ fn weighted_layer(
     (need_x, train_w, train_b, ax)
 }
 
+/// For a layer with two data inputs `a` and `b` (output `y`): whether each needs a gradient and whether that
+/// gradient adds to an earlier contribution; the gradients touched are added to `touches`.
+fn two_inputs(
+    needs: &[bool],
+    written: &mut HashSet<TensorId>,
+    touches: &mut Vec<Key>,
+    (a, b, y): (TensorId, TensorId, TensorId),
+) -> (bool, bool, bool, bool) {
+    let (na, nb) = (needs[a.0], needs[b.0]);
+    let aa = na && accumulates(written, a);
+    let ab = nb && accumulates(written, b);
+    touches.push(Key::Grad(y));
+    touches.extend(na.then_some(Key::Grad(a)));
+    touches.extend(nb.then_some(Key::Grad(b)));
+    (na, nb, aa, ab)
+}
+
 impl Executor {
     /// Append the backward layers: reverse order, one arm per op, gradients of tensors used twice accumulate.
     pub(super) fn derive_backward(&self, needs: &[bool], layers: &mut Vec<PendingLayer>) -> Result<()> {
@@ -168,12 +185,7 @@ impl Executor {
                     })
                 }
                 Op::Add { a, b, y } => {
-                    let (na, nb) = (needs[a.0], needs[b.0]);
-                    let aa = na && accumulates(&mut written, a);
-                    let ab = nb && accumulates(&mut written, b);
-                    touches.push(gk(y));
-                    touches.extend(na.then_some(gk(a)));
-                    touches.extend(nb.then_some(gk(b)));
+                    let (na, nb, aa, ab) = two_inputs(needs, &mut written, &mut touches, (a, b, y));
                     Box::new(move |v| {
                         let mut out = Vec::new();
                         if na {
@@ -281,12 +293,7 @@ impl Executor {
                     Box::new(move |v| Ok(vec![permute(v.gpu, v.g(y)?, &inv, v.g(x)?, ax, &l2)?]))
                 }
                 Op::MatMul { a, b, y, trans_b } => {
-                    let (na, nb) = (needs[a.0], needs[b.0]);
-                    let aa = na && accumulates(&mut written, a);
-                    let ab = nb && accumulates(&mut written, b);
-                    touches.push(gk(y));
-                    touches.extend(na.then_some(gk(a)));
-                    touches.extend(nb.then_some(gk(b)));
+                    let (na, nb, aa, ab) = two_inputs(needs, &mut written, &mut touches, (a, b, y));
                     Box::new(move |v| {
                         let mut out = Vec::new();
                         let t = MatmulKernel::Tiled;
