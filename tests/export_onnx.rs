@@ -96,6 +96,8 @@ fn write_model(path: &Path, spec: &ModelSpec, body: Option<&Weights>, seed: u64)
             None if t.name.ends_with("running_var") => rng.vec_f32(n, 0.5, 2.0),
             // ConvNeXt's layer scale: far from its 1e-6 start, so the blocks count in the comparison.
             None if t.name.ends_with(".gamma") => rng.vec_f32(n, 0.2, 0.6),
+            // A ViT's class token starts at 1e-6: give it a size that shows in the comparison.
+            None if t.name == "cls_token" => rng.vec_f32(n, -0.5, 0.5),
             None if is_bn && t.name.ends_with(".weight") => rng.vec_f32(n, 0.5, 1.5),
             None if is_bn => rng.vec_f32(n, -0.2, 0.2),
             None => t.init.clone().unwrap_or_else(|| vec![0.0; n]),
@@ -228,6 +230,21 @@ fn convnext_atto_with_fastai_head() {
     ]);
     assert!(e.contains("'stem.1' (layer_norm)") && e.contains("--opset 17 or later"), "{e}");
     assert!(!onnx.exists(), "nothing written");
+}
+
+#[test]
+fn deit_tiny_with_fastai_head_at_a_fixed_batch() {
+    // Attention as Reshape/Transpose/Slice/MatMul/Softmax, the class token and position embedding by Expand +
+    // Concat + Add, LayerNormalization over the last axis.
+    let r = fastai_model("export-deit", Arch::DeitTiny, 32, 8, &["--batch", "3"], &[3]);
+    assert_eq!(r["input"]["shape"], serde_json::json!([3, 3, 32, 32]));
+    // Its reshapes carry the batch size: a dynamic batch is refused with the way out.
+    let dir = temp_dir("export-deit-dynamic");
+    let model = dir.0.join("model.safetensors");
+    write_model(&model, &fastai_spec(Arch::DeitTiny, 32), None, 9);
+    let onnx = dir.0.join("m.onnx");
+    let e = export_error(&["--model".as_ref(), model.as_os_str(), "--onnx".as_ref(), onnx.as_os_str()]);
+    assert!(e.contains("fixed batch size only") && e.contains("--batch N"), "{e}");
 }
 
 #[test]

@@ -78,7 +78,18 @@ fn ir_version(opset: i64) -> i64 {
 /// that cannot be exported.
 pub fn onnx(spec: &ModelSpec, weights: &Weights, opts: &OnnxOptions) -> Result<Vec<u8>> {
     check(opts)?;
-    let graph = spec.graph(1, 0.1)?;
+    // A fixed batch builds the graph for it: reshapes and broadcasts (a ViT's) then carry the right sizes.
+    let graph = spec.graph(opts.batch.unwrap_or(1), 0.1)?;
+    if opts.batch.is_none() {
+        if let Some(node) = graph.nodes.iter().find(|n| matches!(n.op, Op::View { .. } | Op::Expand { .. })) {
+            return Err(Error::Invalid(format!(
+                "{} exports with a fixed batch size only (layer '{}' reshapes with the batch in its shape): give \
+                 --batch N",
+                spec.arch.name(),
+                node.name
+            )));
+        }
+    }
     let values = read_for(&graph, weights, |n| n.ends_with("num_batches_tracked"))?;
     encode(spec, &graph, &values, opts)
 }
@@ -209,6 +220,26 @@ impl<'g> Builder<'g> {
         });
     }
 
+    /// A 1-D int64 constant holding `shape` (Reshape's and Expand's target).
+    fn shape_constant(&mut self, name: &str, shape: &[usize]) -> String {
+        let values: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        self.int64_constant(name, &[shape.len()], &values)
+    }
+
+    /// An int64 constant.
+    fn int64_constant(&mut self, name: &str, shape: &[usize], values: &[i64]) -> String {
+        if !self.constants.iter().any(|t| t.name.as_deref() == Some(name)) {
+            self.constants.push(TensorProto {
+                dims: shape.iter().map(|&d| d as i64).collect(),
+                data_type: Some(DataType::Int64 as i32),
+                name: Some(name.into()),
+                raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                doc_string: None,
+            });
+        }
+        name.into()
+    }
+
     /// A scalar f32 constant.
     fn scalar(&mut self, name: &str, value: f32) -> String {
         self.constant(name, &[], &[value])
@@ -336,16 +367,38 @@ impl<'g> Builder<'g> {
                     self.node("Mul", &t("x_cdf2"), &[&n(x), &t("cdf2")], &[&t("x_cdf2")], vec![]);
                     self.node_owned("Mul", layer, vec![t("x_cdf2"), half], n(y), vec![]);
                 }
-                Op::View { .. }
-                | Op::Permute { .. }
-                | Op::MatMul { .. }
-                | Op::Softmax { .. }
-                | Op::Slice { .. }
-                | Op::Expand { .. } => {
-                    return Err(Error::Invalid(format!(
-                        "layer '{layer}' ({}) has no ONNX mapping yet (attention layers cannot be exported)",
-                        node.op.kind().name()
-                    )))
+                Op::View { x, y } => {
+                    let shape = self.shape_constant(&format!("{layer}.shape"), graph.shape(*y));
+                    self.node_owned("Reshape", layer, vec![n(x), shape], n(y), vec![]);
+                }
+                Op::Expand { x, y } => {
+                    let shape = self.shape_constant(&format!("{layer}.shape"), graph.shape(*y));
+                    self.node_owned("Expand", layer, vec![n(x), shape], n(y), vec![]);
+                }
+                Op::Permute { x, y, perm } => {
+                    self.node_owned("Transpose", layer, vec![n(x)], n(y), vec![ints("perm", perm)]);
+                }
+                Op::MatMul { a, b, y, trans_b } => {
+                    let b_in = if *trans_b {
+                        let t = format!("{layer}.b_t");
+                        self.node("Transpose", &t, &[&n(b)], &[&t], vec![ints("perm", &[0, 2, 1])]);
+                        t
+                    } else {
+                        n(b)
+                    };
+                    self.node_owned("MatMul", layer, vec![n(a), b_in], n(y), vec![]);
+                }
+                Op::Softmax { x, y, scale } => {
+                    let (s, scaled) = (self.scalar(&format!("{layer}.scale"), *scale), format!("{layer}.scaled"));
+                    self.node("Mul", &scaled, &[&n(x), &s], &[&scaled], vec![]);
+                    self.node_owned("Softmax", layer, vec![scaled], n(y), vec![int("axis", -1)]);
+                }
+                Op::Slice { x, y, start } => {
+                    let end = start + graph.shape(*y)[1];
+                    let starts = self.int64_constant(&format!("{layer}.starts"), &[1], &[*start as i64]);
+                    let ends = self.int64_constant(&format!("{layer}.ends"), &[1], &[end as i64]);
+                    let axes = self.int64_constant(&format!("{layer}.axes"), &[1], &[1]);
+                    self.node_owned("Slice", layer, vec![n(x), starts, ends, axes], n(y), vec![]);
                 }
                 Op::Gelu { tanh: true, .. } => {
                     return Err(Error::Invalid(format!(
