@@ -10,7 +10,7 @@
 #             when the machine has no libvulkan.so.1 (default: .gl when it exists)
 #   --out     results folder (default: bench-results-DATE)
 #   --size, --bs, --steps   training benchmark shape (default: 224, 32, 20)
-#   --models  comma-separated (default: effnet-lite0,resnet18,resnet50)
+#   --models  comma-separated (default: effnet-lite0,resnet18,resnet50,convnext_tiny,vit_small_patch16_224)
 #   --matmul-sizes  comma-separated square sizes (default: 1024,2048,4096)
 #   --quick   a small shape for a software driver: 64 px, batch 8, 2 steps, small matmuls
 #
@@ -22,7 +22,7 @@ bin="$here/target/release/wgtune"
 debs=""
 [ -d "$here/.gl" ] && debs="$here/.gl"
 out="bench-results-$(date -u +%Y%m%dT%H%M%SZ)"
-size=224; bs=32; steps=20; models="effnet-lite0,resnet18,resnet50"; matmul_sizes="1024,2048,4096"
+size=224; bs=32; steps=20; models="effnet-lite0,resnet18,resnet50,convnext_tiny,vit_small_patch16_224"; matmul_sizes="1024,2048,4096"
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin="$2"; shift 2 ;;
