@@ -237,8 +237,8 @@ pub(crate) struct RunArgs {
     /// --model].
     #[arg(long)]
     pub(crate) arch: Option<Arch>,
-    /// ConvNeXt's stochastic depth (timm's drop_path_rate): each block's residual branch is dropped per image with
-    /// a probability rising linearly from 0 to RATE over the blocks, in training only.
+    /// A ConvNeXt's or ViT's stochastic depth (timm's drop_path_rate): each block's residual branch is dropped per
+    /// image with a probability rising linearly from 0 to RATE over the blocks, in training only.
     #[arg(long, default_value_t = 0.0, value_parser = drop_rate, value_name = "RATE")]
     pub(crate) drop_path: f64,
     #[arg(long, default_value_t = 32, value_parser = count)]

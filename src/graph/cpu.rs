@@ -11,9 +11,9 @@ use crate::reference as r;
 
 /// Run the forward pass. `values` holds every parameter and state tensor; `labels` one class per sample (softmax
 /// cross-entropy) or one class bitmask per sample (binary cross-entropy, as the executor takes them); returns every
-/// tensor computed (the loss node's `loss` holds the mean loss). Training mode normalizes with batch statistics, eval mode with the
-/// running ones; dropout is the identity in eval mode and in training mode drops with the GPU's mask of training
-/// step `step` (the executor's 1-based step count).
+/// tensor computed (the loss node's `loss` holds the mean loss). Training mode normalizes with batch statistics,
+/// eval mode with the running ones; dropout and drop path are the identity in eval mode and in training mode drop
+/// with the GPU's mask of training step `step` (the executor's 1-based step count).
 pub fn forward(
     graph: &Graph,
     values: &HashMap<TensorId, Vec<f64>>,
@@ -109,31 +109,18 @@ pub fn forward(
                 let out = t[x].clone();
                 t.insert(*y, out);
             }
-            Op::Dropout { x, y, p, seed } => {
-                // Training: the GPU's mask of (seed, step, element), kept values scaled by 1 / (1 - p).
+            Op::Dropout { .. } | Op::DropPath { .. } => {
+                // Training: the GPU's mask of (seed, step, element or sample), kept values scaled by 1 / (1 - p).
+                let (x, y, p, seed, per) = node.op.as_dropout(graph).expect("a dropout op");
                 let out = if training {
-                    let threshold = DropoutParams::new(t[x].len(), *p, *seed, step as u32, false)
+                    let threshold = DropoutParams::new(t[&x].len(), p, seed, step as u32, false)
                         .expect("the graph builder checked the probability")
                         .threshold;
-                    let keep = |i: usize| r::dropout_keep(*seed, step as u32, i as u32, threshold);
-                    t[x].iter().enumerate().map(|(i, &v)| if keep(i) { v / (1.0 - p) } else { 0.0 }).collect()
+                    r::drop_path(&t[&x], per, seed, step as u32, threshold, 1.0 / (1.0 - p))
                 } else {
-                    t[x].clone()
+                    t[&x].clone()
                 };
-                t.insert(*y, out);
-            }
-            Op::DropPath { x, y, p, seed } => {
-                // Training: one draw of the dropout hash per sample, (seed, step, sample).
-                let out = if training {
-                    let threshold = DropoutParams::new(t[x].len(), *p, *seed, step as u32, false)
-                        .expect("the graph builder checked the probability")
-                        .threshold;
-                    let per = t[x].len() / shape(*x)[0];
-                    r::drop_path(&t[x], per, *seed, step as u32, threshold, 1.0 / (1.0 - p))
-                } else {
-                    t[x].clone()
-                };
-                t.insert(*y, out);
+                t.insert(y, out);
             }
             Op::Gelu { x, y, tanh } => {
                 let kind = if *tanh { Elementwise::GeluTanhForward } else { Elementwise::GeluForward };

@@ -66,7 +66,7 @@ pub struct FineTuneConfig {
     pub mixing: Option<Mixing>,
     /// A multi-label model's prediction threshold (accuracy_multi, F-beta, `predict`; fastai's default 0.5).
     pub threshold: f32,
-    /// A ConvNeXt's stochastic depth (timm's `drop_path_rate`; 0, timm's default, is off).
+    /// A timm model's (ConvNeXt, ViT) stochastic depth (timm's `drop_path_rate`; 0, timm's default, is off).
     pub drop_path: f64,
     #[serde(skip)]
     pub workers: usize,

@@ -36,6 +36,19 @@ pub enum Arch {
     DeitBase,
 }
 
+/// What an architecture is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    EffnetLite0,
+    /// torchvision's ResNet: blocks per stage, bottleneck blocks (ResNet-50) or basic ones.
+    Resnet {
+        layers: [usize; 4],
+        bottleneck: bool,
+    },
+    ConvNext(ConvNextConfig),
+    Vit(VitConfig),
+}
+
 /// A ConvNeXt's blocks per stage and channels per stage (timm's configurations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvNextConfig {
@@ -157,36 +170,50 @@ impl Arch {
         Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
     }
 
-    /// A ConvNeXt's stage depths and widths (timm's `convnext_*` model definitions); None for other families.
-    pub fn convnext(self) -> Option<ConvNextConfig> {
-        let (depths, dims) = match self {
-            Arch::ConvnextAtto => ([2, 2, 6, 2], [40, 80, 160, 320]),
-            Arch::ConvnextFemto => ([2, 2, 6, 2], [48, 96, 192, 384]),
-            Arch::ConvnextPico => ([2, 2, 6, 2], [64, 128, 256, 512]),
-            Arch::ConvnextNano => ([2, 2, 8, 2], [80, 160, 320, 640]),
-            Arch::ConvnextTiny => ([3, 3, 9, 3], [96, 192, 384, 768]),
-            Arch::ConvnextSmall => ([3, 3, 27, 3], [96, 192, 384, 768]),
-            Arch::ConvnextBase => ([3, 3, 27, 3], [128, 256, 512, 1024]),
-            _ => return None,
-        };
-        Some(ConvNextConfig { depths, dims })
+    /// What the architecture is built from: its family and that family's configuration.
+    pub fn family(self) -> Family {
+        let convnext = |depths, dims| Family::ConvNext(ConvNextConfig { depths, dims });
+        let vit = |dim, heads| Family::Vit(VitConfig { dim, depth: 12, heads, patch: 16 });
+        match self {
+            Arch::EffnetLite0 => Family::EffnetLite0,
+            Arch::Resnet18 => Family::Resnet { layers: [2, 2, 2, 2], bottleneck: false },
+            Arch::Resnet34 => Family::Resnet { layers: [3, 4, 6, 3], bottleneck: false },
+            Arch::Resnet50 => Family::Resnet { layers: [3, 4, 6, 3], bottleneck: true },
+            // timm's `convnext_*` model definitions.
+            Arch::ConvnextAtto => convnext([2, 2, 6, 2], [40, 80, 160, 320]),
+            Arch::ConvnextFemto => convnext([2, 2, 6, 2], [48, 96, 192, 384]),
+            Arch::ConvnextPico => convnext([2, 2, 6, 2], [64, 128, 256, 512]),
+            Arch::ConvnextNano => convnext([2, 2, 8, 2], [80, 160, 320, 640]),
+            Arch::ConvnextTiny => convnext([3, 3, 9, 3], [96, 192, 384, 768]),
+            Arch::ConvnextSmall => convnext([3, 3, 27, 3], [96, 192, 384, 768]),
+            Arch::ConvnextBase => convnext([3, 3, 27, 3], [128, 256, 512, 1024]),
+            // timm's `vit_*_patch16_224` and `deit_*_patch16_224`: the same shapes, other training recipes.
+            Arch::VitTiny | Arch::DeitTiny => vit(192, 3),
+            Arch::VitSmall | Arch::DeitSmall => vit(384, 6),
+            Arch::VitBase | Arch::DeitBase => vit(768, 12),
+        }
     }
 
-    /// A ViT's or DeiT's width, depth and heads (timm's definitions; patch 16); None for other families.
+    /// A ConvNeXt's stage depths and widths; None for other families.
+    pub fn convnext(self) -> Option<ConvNextConfig> {
+        match self.family() {
+            Family::ConvNext(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// A ViT's or DeiT's width, depth and heads; None for other families.
     pub fn vit(self) -> Option<VitConfig> {
-        let (dim, heads) = match self {
-            Arch::VitTiny | Arch::DeitTiny => (192, 3),
-            Arch::VitSmall | Arch::DeitSmall => (384, 6),
-            Arch::VitBase | Arch::DeitBase => (768, 12),
-            _ => return None,
-        };
-        Some(VitConfig { dim, depth: 12, heads, patch: 16 })
+        match self.family() {
+            Family::Vit(v) => Some(v),
+            _ => None,
+        }
     }
 
     /// Whether the architecture is one of timm's (ConvNeXt, ViT, DeiT): one body group in fastai's split, drop
     /// path available.
     pub fn is_timm(self) -> bool {
-        self.convnext().is_some() || self.vit().is_some()
+        matches!(self.family(), Family::ConvNext(_) | Family::Vit(_))
     }
 
     /// The architecture a file of pretrained weights holds, told from its tensor names and shapes (timm's,
@@ -220,15 +247,17 @@ impl Arch {
 
     /// Channels of the body's last feature map (the head's input).
     pub fn features(self) -> usize {
-        match self {
-            Arch::EffnetLite0 => 1280,
-            Arch::Resnet18 | Arch::Resnet34 => 512,
-            Arch::Resnet50 => 2048,
-            _ => match (self.convnext(), self.vit()) {
-                (Some(c), _) => c.dims[3],
-                (_, Some(v)) => v.dim,
-                _ => unreachable!("every family is listed"),
-            },
+        match self.family() {
+            Family::EffnetLite0 => 1280,
+            Family::Resnet { bottleneck, .. } => {
+                if bottleneck {
+                    2048
+                } else {
+                    512
+                }
+            }
+            Family::ConvNext(c) => c.dims[3],
+            Family::Vit(v) => v.dim,
         }
     }
 
@@ -244,22 +273,22 @@ impl Arch {
     /// The ImageNet classifier's parameter names (cut when fine-tuning): timm's ConvNeXt head (`head.norm`,
     /// `head.fc`) comes after `forward_features`, where fastai cuts the body; a ViT's `head` after its pre-logits.
     pub fn classifier_prefix(self) -> &'static str {
-        match self {
-            Arch::EffnetLite0 => "_fc.",
-            Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => "fc.",
-            _ => "head.",
+        match self.family() {
+            Family::EffnetLite0 => "_fc.",
+            Family::Resnet { .. } => "fc.",
+            Family::ConvNext(_) | Family::Vit(_) => "head.",
         }
     }
 
     /// Build the pretrained body on `x` (N, 3, H, W) and return its last feature map. Parameter groups follow
     /// fastai: ResNet's stem, layer1 and layer2 are group 0, layer3 and layer4 group 1; EfficientNet-Lite0's stem
-    /// and first 8 blocks group 0, the rest group 1; a timm model (ConvNeXt) is one group, as fastai's
+    /// and first 8 blocks group 0, the rest group 1; a timm model (ConvNeXt, ViT) is one group, as fastai's
     /// `default_split` makes it for every timm architecture. The caller's head goes in the next group.
     pub fn body(self, g: &mut Graph, x: TensorId, bn_momentum: f32) -> Result<TensorId> {
         self.body_with_drop_path(g, x, bn_momentum, 0.0)
     }
 
-    /// [`Arch::body`] with stochastic depth: timm's `drop_path_rate`, rising linearly over a ConvNeXt's blocks
+    /// [`Arch::body`] with stochastic depth: timm's `drop_path_rate`, rising linearly over a ConvNeXt's or ViT's blocks
     /// from 0 to `drop_path` (training only; 0 adds nothing). Refused for architectures without it.
     pub fn body_with_drop_path(self, g: &mut Graph, x: TensorId, bn_momentum: f32, drop_path: f64) -> Result<TensorId> {
         if !(0.0..1.0).contains(&drop_path) {
@@ -270,32 +299,28 @@ impl Arch {
                 "{self} has no drop path (stochastic depth): it is for timm's architectures (ConvNeXt, ViT, DeiT)"
             )));
         }
-        match self {
-            Arch::EffnetLite0 => effnet_lite0_body(g, x, bn_momentum),
-            Arch::Resnet18 => resnet_body(g, x, &[2, 2, 2, 2], false, bn_momentum),
-            Arch::Resnet34 => resnet_body(g, x, &[3, 4, 6, 3], false, bn_momentum),
-            Arch::Resnet50 => resnet_body(g, x, &[3, 4, 6, 3], true, bn_momentum),
-            _ => match (self.convnext(), self.vit()) {
-                (Some(c), _) => convnext_body(g, x, c, drop_path),
-                (_, Some(v)) => vit::vit_body(g, x, v, drop_path),
-                _ => unreachable!("every family is listed"),
-            },
+        match self.family() {
+            Family::EffnetLite0 => effnet_lite0_body(g, x, bn_momentum),
+            Family::Resnet { layers, bottleneck } => resnet_body(g, x, &layers, bottleneck, bn_momentum),
+            Family::ConvNext(c) => convnext_body(g, x, c, drop_path),
+            Family::Vit(v) => vit::vit_body(g, x, v, drop_path),
         }
     }
 
     /// The full ImageNet-style classifier (body, global average pool, linear) with `classes` outputs, plus labels
     /// and a cross-entropy loss so that the executor can evaluate it.
     pub fn classifier(self, batch: usize, size: usize, classes: usize) -> Result<Graph> {
-        self.with_head(batch, size, classes, TrainOptions::default(), |g, features| match self {
-            Arch::EffnetLite0 | Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => {
+        let family = self.family();
+        self.with_head(batch, size, classes, TrainOptions::default(), |g, features| match family {
+            Family::EffnetLite0 | Family::Resnet { .. } => {
                 let pooled = g.global_avg_pool("avgpool", features)?;
-                let fc = if self == Arch::EffnetLite0 { "_fc" } else { "fc" };
+                let fc = if family == Family::EffnetLite0 { "_fc" } else { "fc" };
                 g.linear(fc, pooled, classes, true)
             }
             // timm's ViT head: a linear layer on the class token (the body ends with it).
-            _ if self.vit().is_some() => g.linear("head", features, classes, true),
+            Family::Vit(_) => g.linear("head", features, classes, true),
             // timm's NormMlpClassifierHead: average pool, LayerNorm over the channels, linear.
-            _ => {
+            Family::ConvNext(_) => {
                 let pooled = g.global_avg_pool("head.global_pool", features)?;
                 let normed = g.layer_norm("head.norm", pooled, true, CONVNEXT_LN_EPS)?;
                 g.linear("head.fc", normed, classes, true)
@@ -362,7 +387,7 @@ pub struct TrainOptions {
     pub ps: f64,
     /// The loss (single-label softmax cross-entropy by default).
     pub loss: Loss,
-    /// A ConvNeXt's stochastic depth (timm's `drop_path_rate`, see [`Arch::body_with_drop_path`]; 0 is off).
+    /// A timm model's stochastic depth (timm's `drop_path_rate`, see [`Arch::body_with_drop_path`]; 0 is off).
     pub drop_path: f64,
 }
 

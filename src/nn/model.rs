@@ -92,7 +92,7 @@ impl ModelSpec {
         self.training_graph(batch, bn_momentum, 0.0)
     }
 
-    /// The graph for `batch` images with a ConvNeXt's drop path rate (timm's `drop_path_rate`; it acts in
+    /// The graph for `batch` images with a timm model's drop path rate (timm's `drop_path_rate`; it acts in
     /// training only, so a model saved from it is the same as from [`ModelSpec::graph`]).
     pub fn training_graph(&self, batch: usize, bn_momentum: f32, drop_path: f64) -> Result<Graph> {
         match self.head {

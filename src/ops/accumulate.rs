@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 
-use super::{dim, grid_1d};
+use super::dim;
 
 /// Mirrors `AccumulateParams` in shaders/accumulate.wgsl.
 #[repr(C)]
@@ -64,6 +64,6 @@ pub fn accumulate_gradients(
         ));
     }
     let p = mode.params(dim(n, "gradient elements")? as usize, scale);
-    let grid = grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    let grid = super::flat_grid(gpu, n);
     gpu.dispatch(&ACCUMULATE_GRADIENTS, bytemuck::bytes_of(&p), &[grad, sum], grid, label)
 }

@@ -429,7 +429,7 @@ pub fn conv2d_backward_weight(
                 let p = s.params(flags(false, accumulate), s.batch)?;
                 if s.batch * s.out_h * s.out_w < crate::ops::reduce::ROWS_BELOW {
                     let taps = (p.out_c * p.kernel_h * p.kernel_w) as usize;
-                    let grid = super::grid_1d(taps, 256, gpu.limits().max_compute_workgroups_per_dimension);
+                    let grid = super::flat_grid(gpu, taps);
                     let spec = &DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS;
                     return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid, label)?]);
                 }

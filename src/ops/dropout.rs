@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 
-use super::{dim, grid_1d};
+use super::dim;
 
 /// Mirrors `DropoutParams` in shaders/dropout.wgsl.
 #[repr(C)]
@@ -66,7 +66,7 @@ fn launch(gpu: &Gpu, spec: &KernelSpec, p: DropoutParams, src: &Tensor, dst: &Te
             ),
         ));
     }
-    let grid = grid_1d(src.numel(), 256, gpu.limits().max_compute_workgroups_per_dimension);
+    let grid = super::flat_grid(gpu, src.numel());
     gpu.dispatch(spec, bytemuck::bytes_of(&p), &[src, dst], grid, label)
 }
 

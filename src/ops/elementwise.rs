@@ -1,10 +1,11 @@
-//! Element-wise kernels: add, scale, relu, relu6, leaky relu and GELU (exact and tanh forms) forward/backward. See shaders/elementwise.wgsl.
+//! Element-wise kernels: add, scale, relu, relu6, leaky relu and GELU (exact and tanh forms) forward/backward.
+//! See shaders/elementwise.wgsl.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 use crate::reference;
 
-use super::{dim, grid_1d};
+use super::dim;
 
 /// Mirrors `EltParams` in shaders/elementwise.wgsl.
 #[repr(C)]
@@ -145,6 +146,6 @@ pub fn elementwise(
         ));
     }
     let p = EltParams { len: dim(n, "elements")?, flags: if accumulate { FLAG_ACCUMULATE } else { 0 }, alpha, _pad: 0 };
-    let grid = grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    let grid = super::flat_grid(gpu, n);
     gpu.dispatch(&spec, bytemuck::bytes_of(&p), &tensors, grid, label)
 }

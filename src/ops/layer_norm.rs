@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 
-use super::{dim, grid_1d};
+use super::{dim, flat_grid};
 
 /// Mirrors `LayerNormParams` in shaders/layer_norm.wgsl.
 #[repr(C)]
@@ -108,10 +108,6 @@ impl ChannelAxis {
     }
 }
 
-fn grid(gpu: &Gpu, n: usize) -> [u32; 3] {
-    grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension)
-}
-
 /// y = gamma * (x - mean) * rstd + beta at every position, saving each position's mean and rstd.
 pub fn layer_norm_forward(
     gpu: &Gpu,
@@ -129,7 +125,7 @@ pub fn layer_norm_forward(
         &LAYER_NORM_FORWARD,
         bytemuck::bytes_of(&p),
         &[x, gamma, beta, mean, rstd, y],
-        grid(gpu, axis.positions()),
+        flat_grid(gpu, axis.positions()),
         label,
     )
 }
@@ -167,7 +163,7 @@ pub fn layer_norm_backward(
             &LAYER_NORM_BACKWARD_DATA,
             bytemuck::bytes_of(&p),
             &[x, dy, gamma, mean, rstd, dx],
-            grid(gpu, axis.positions()),
+            flat_grid(gpu, axis.positions()),
             label,
         )?);
     }
@@ -185,7 +181,7 @@ pub fn layer_scale_forward(
 ) -> Result<Dispatch> {
     axis.check(LAYER_SCALE_FORWARD.entry, &[x, y], &[gamma], &[])?;
     let p = axis.params(0.0, false)?;
-    gpu.dispatch(&LAYER_SCALE_FORWARD, bytemuck::bytes_of(&p), &[x, gamma, y], grid(gpu, axis.numel()), label)
+    gpu.dispatch(&LAYER_SCALE_FORWARD, bytemuck::bytes_of(&p), &[x, gamma, y], flat_grid(gpu, axis.numel()), label)
 }
 
 /// dgamma = sum of dy * x per channel (when Some) and dx = gamma[c] * dy (when Some; added to when
@@ -220,7 +216,7 @@ pub fn layer_scale_backward(
             &LAYER_SCALE_BACKWARD_DATA,
             bytemuck::bytes_of(&p),
             &[dy, gamma, dx],
-            grid(gpu, axis.numel()),
+            flat_grid(gpu, axis.numel()),
             label,
         )?);
     }

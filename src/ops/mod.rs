@@ -29,6 +29,12 @@ pub fn grid_1d(n: usize, per_group: usize, max_x: u32) -> [u32; 3] {
     [x as u32, y as u32, 1]
 }
 
+/// Workgroups for `n` items at one invocation each, 256 per workgroup, on this adapter's 2-D grid (the layout of
+/// every element-wise, per-row and per-position kernel).
+pub fn flat_grid(gpu: &crate::gpu::Gpu, n: usize) -> [u32; 3] {
+    grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension)
+}
+
 /// Convert a size to the u32 the kernels take, naming it when it does not fit.
 pub fn dim(value: usize, what: &str) -> crate::Result<u32> {
     u32::try_from(value).map_err(|_| crate::Error::Invalid(format!("{what} = {value} does not fit in 32 bits")))

@@ -70,7 +70,7 @@ fn per_channel<'a>(p: &NormParams, wide: &'a KernelSpec, rows: &'a KernelSpec) -
 
 /// One invocation per element of the (N, C, HW) tensor.
 fn elements_grid(gpu: &Gpu, p: &NormParams) -> [u32; 3] {
-    super::grid_1d((p.batch * p.channels * p.hw) as usize, 256, gpu.limits().max_compute_workgroups_per_dimension)
+    super::flat_grid(gpu, (p.batch * p.channels * p.hw) as usize)
 }
 
 /// (N, C, HW) of x, with every per-channel tensor checked to hold C.

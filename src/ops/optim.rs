@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 
-use super::{dim, grid_1d};
+use super::dim;
 
 /// Mirrors `OptimParams` in shaders/optim.wgsl.
 #[repr(C)]
@@ -127,6 +127,6 @@ pub fn optimizer_step(
         ));
     }
     let p = hyper.params(dim(n, "parameter elements")?, step);
-    let grid = grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    let grid = super::flat_grid(gpu, n);
     gpu.dispatch(spec, bytemuck::bytes_of(&p), &tensors, grid, label)
 }

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 
-use super::{dim, grid_1d};
+use super::dim;
 
 /// The most axes a permutation takes.
 pub const MAX_RANK: usize = 8;
@@ -81,6 +81,6 @@ pub fn permute(gpu: &Gpu, x: &Tensor, perm: &[usize], out: &Tensor, accumulate: 
         p.dims[d] = dim(shape[d], "dimension")?;
         p.strides[d] = dim(in_strides[a], "stride")?;
     }
-    let grid = grid_1d(x.numel(), 256, gpu.limits().max_compute_workgroups_per_dimension);
+    let grid = super::flat_grid(gpu, x.numel());
     gpu.dispatch(&PERMUTE, bytemuck::bytes_of(&p), &[x, out], grid, label)
 }

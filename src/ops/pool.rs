@@ -282,7 +282,7 @@ pub fn global_pool_backward(
 ) -> Result<Dispatch> {
     let p = global_params(dx, dy, offset, acc_flag(accumulate), "global_pool_backward")?;
     let elements = dx.numel();
-    let grid = crate::ops::grid_1d(elements, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    let grid = super::flat_grid(gpu, elements);
     match kind {
         GlobalPool::Avg => gpu.dispatch(&GLOBAL_AVG_POOL_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx], grid, label),
         GlobalPool::Max => {

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 
 use super::layer_norm::ChannelAxis;
-use super::{dim, grid_1d};
+use super::{dim, flat_grid};
 
 /// Mirrors `SliceParams` in shaders/slice.wgsl.
 #[repr(C)]
@@ -55,14 +55,10 @@ fn params(whole: &Tensor, part: &Tensor, start: usize, accumulate: bool) -> Resu
     })
 }
 
-fn grid(gpu: &Gpu, n: usize) -> [u32; 3] {
-    grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension)
-}
-
 /// y = x[:, start .. start + C_y] (dimension 1).
 pub fn slice_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, start: usize, label: &str) -> Result<Dispatch> {
     let p = params(x, y, start, false)?;
-    gpu.dispatch(&SLICE_FORWARD, bytemuck::bytes_of(&p), &[x, y], grid(gpu, y.numel()), label)
+    gpu.dispatch(&SLICE_FORWARD, bytemuck::bytes_of(&p), &[x, y], flat_grid(gpu, y.numel()), label)
 }
 
 /// dx (+)= dy placed at channels start .. start + C_dy, zeros elsewhere (every element of dx is written).
@@ -75,7 +71,7 @@ pub fn slice_backward(
     label: &str,
 ) -> Result<Dispatch> {
     let p = params(dx, dy, start, accumulate)?;
-    gpu.dispatch(&SLICE_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx], grid(gpu, dx.numel()), label)
+    gpu.dispatch(&SLICE_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx], flat_grid(gpu, dx.numel()), label)
 }
 
 /// y (N, ...) = x (1, ...) repeated N times. Its backward is a sum over the batch (`reduce::sum_reduce`).
@@ -92,5 +88,5 @@ pub fn expand_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, label: &str) -> Result<
         ));
     }
     let p = SliceParams { outer: dim(y.numel() / per, "batch")?, inner: dim(per, "elements")?, ..Default::default() };
-    gpu.dispatch(&EXPAND_FORWARD, bytemuck::bytes_of(&p), &[x, y], grid(gpu, y.numel()), label)
+    gpu.dispatch(&EXPAND_FORWARD, bytemuck::bytes_of(&p), &[x, y], flat_grid(gpu, y.numel()), label)
 }

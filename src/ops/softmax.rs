@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
 
-use super::{dim, grid_1d};
+use super::dim;
 
 /// Mirrors `SoftmaxParams` in shaders/softmax.wgsl.
 #[repr(C)]
@@ -49,7 +49,7 @@ fn same(kernel: &str, a: &Tensor, b: &Tensor) -> Result<()> {
 pub fn softmax_rows_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, scale: f32, label: &str) -> Result<Dispatch> {
     same(SOFTMAX_ROWS_FORWARD.entry, x, y)?;
     let p = params(x, scale, false)?;
-    let grid = grid_1d(p.rows as usize, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    let grid = super::flat_grid(gpu, p.rows as usize);
     gpu.dispatch(&SOFTMAX_ROWS_FORWARD, bytemuck::bytes_of(&p), &[x, y], grid, label)
 }
 
@@ -66,6 +66,6 @@ pub fn softmax_rows_backward(
     same(SOFTMAX_ROWS_BACKWARD.entry, y, dy)?;
     same(SOFTMAX_ROWS_BACKWARD.entry, y, dx)?;
     let p = params(y, scale, accumulate)?;
-    let grid = grid_1d(p.rows as usize, 256, gpu.limits().max_compute_workgroups_per_dimension);
+    let grid = super::flat_grid(gpu, p.rows as usize);
     gpu.dispatch(&SOFTMAX_ROWS_BACKWARD, bytemuck::bytes_of(&p), &[y, dy, dx], grid, label)
 }

@@ -112,7 +112,8 @@ pub fn layer_scale_backward(dy: &[f64], x: &[f64], axis: Axis, gamma: &[f64]) ->
 }
 
 /// Drop path (stochastic depth): sample n of x (each `per` elements long) is kept, scaled by 1 / (1 - p), when the
-/// dropout hash of (seed, step, n) passes `threshold`, and zeroed otherwise. Backward is the same map on dy.
+/// dropout hash of (seed, step, n) passes `threshold`, and zeroed otherwise; `per` 1 is dropout. Backward is the
+/// same map on dy.
 pub fn drop_path(x: &[f64], per: usize, seed: u32, step: u32, threshold: u32, scale: f64) -> Vec<f64> {
     x.iter()
         .enumerate()

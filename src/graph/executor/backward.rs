@@ -270,19 +270,14 @@ impl Executor {
                         Ok(vec![elementwise(v.gpu, Elementwise::Scale, &dy, None, v.g(x)?, 1.0, ax, &l2)?])
                     })
                 }
-                Op::Dropout { x, y, p, seed } => {
+                Op::Dropout { .. } | Op::DropPath { .. } => {
+                    let (x, y, p, seed, per) = op.as_dropout(g).expect("a dropout op");
                     let ax = accumulates(&mut written, x);
                     touches.extend([gk(y), gk(x)]);
-                    dropout.push(DropoutSite {
-                        dispatch: 0,
-                        p,
-                        seed,
-                        accumulate: ax,
-                        len: g.tensors[x.0].numel(),
-                        per: 1,
-                    });
+                    let len = g.tensors[x.0].numel();
+                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: ax, len, per });
                     Box::new(move |v| {
-                        let params = DropoutParams::new(v.g(x)?.numel(), p, seed, 0, ax)?;
+                        let params = DropoutParams::new(len, p, seed, 0, ax)?.per_sample(per)?;
                         Ok(vec![dropout_backward(v.gpu, v.g(y)?, v.g(x)?, params, &l2)?])
                     })
                 }
@@ -334,16 +329,6 @@ impl Executor {
                         Ok(vec![softmax_rows_backward(v.gpu, v.v(y)?, v.g(y)?, v.g(x)?, scale, ax, &l2)?])
                     })
                 }
-                Op::DropPath { x, y, p, seed } => {
-                    let ax = accumulates(&mut written, x);
-                    touches.extend([gk(y), gk(x)]);
-                    let (len, per) = (g.tensors[x.0].numel(), g.tensors[x.0].numel() / g.tensors[x.0].shape[0]);
-                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: ax, len, per });
-                    Box::new(move |v| {
-                        let params = DropoutParams::new(len, p, seed, 0, ax)?.per_sample(per)?;
-                        Ok(vec![dropout_backward(v.gpu, v.g(y)?, v.g(x)?, params, &l2)?])
-                    })
-                }
                 Op::Gelu { x, y, tanh } => {
                     let kind = if tanh { Elementwise::GeluTanhBackward } else { Elementwise::GeluBackward };
                     let ax = accumulates(&mut written, x);
@@ -353,11 +338,9 @@ impl Executor {
                     })
                 }
                 Op::LayerNorm { x, gamma, beta, mean, rstd, y, axis, .. } => {
-                    let (need_x, train) = (needs[x.0], trains(gamma));
-                    let ax = need_x && accumulates(&mut written, x);
-                    touches.push(gk(y));
-                    touches.extend(need_x.then_some(gk(x)));
-                    touches.extend([gk(gamma), gk(beta)].into_iter().filter(|_| train));
+                    // gamma and beta are in one group: both train or neither.
+                    let (need_x, train, _, ax) =
+                        weighted_layer(needs, &trains, &mut written, &mut touches, (x, gamma, Some(beta), y));
                     Box::new(move |v| {
                         let params = if train { Some((v.g(gamma)?, v.g(beta)?)) } else { None };
                         let dx = if need_x { Some(v.g(x)?) } else { None };
@@ -366,11 +349,8 @@ impl Executor {
                     })
                 }
                 Op::LayerScale { x, gamma, y, axis } => {
-                    let (need_x, train) = (needs[x.0], trains(gamma));
-                    let ax = need_x && accumulates(&mut written, x);
-                    touches.push(gk(y));
-                    touches.extend(need_x.then_some(gk(x)));
-                    touches.extend(train.then_some(gk(gamma)));
+                    let (need_x, train, _, ax) =
+                        weighted_layer(needs, &trains, &mut written, &mut touches, (x, gamma, None, y));
                     Box::new(move |v| {
                         let dgamma = if train { Some(v.g(gamma)?) } else { None };
                         let dx = if need_x { Some(v.g(x)?) } else { None };

@@ -112,32 +112,10 @@ impl Executor {
             Op::Softmax { x, y, scale } => {
                 Box::new(move |v| Ok(vec![softmax_rows_forward(v.gpu, v.v(x)?, v.v(y)?, scale, &gpu_label)?]))
             }
-            Op::Dropout { x, y, p, seed } => {
+            Op::Dropout { .. } | Op::DropPath { .. } => {
+                let (x, y, p, seed, per) = op.as_dropout(g).expect("a dropout op");
                 if training {
                     let len = g.tensors[x.0].numel();
-                    dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: false, len, per: 1 });
-                    Box::new(move |v| {
-                        let params = DropoutParams::new(v.v(x)?.numel(), p, seed, 0, false)?;
-                        Ok(vec![dropout_forward(v.gpu, v.v(x)?, v.v(y)?, params, &gpu_label)?])
-                    })
-                } else {
-                    Box::new(move |v| {
-                        Ok(vec![elementwise(
-                            v.gpu,
-                            Elementwise::Scale,
-                            v.v(x)?,
-                            None,
-                            v.v(y)?,
-                            1.0,
-                            false,
-                            &gpu_label,
-                        )?])
-                    })
-                }
-            }
-            Op::DropPath { x, y, p, seed } => {
-                if training {
-                    let (len, per) = (g.tensors[x.0].numel(), g.tensors[x.0].numel() / g.tensors[x.0].shape[0]);
                     dropout.push(DropoutSite { dispatch: 0, p, seed, accumulate: false, len, per });
                     Box::new(move |v| {
                         let params = DropoutParams::new(len, p, seed, 0, false)?.per_sample(per)?;

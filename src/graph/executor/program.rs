@@ -86,6 +86,11 @@ pub(super) struct Layout {
 }
 
 impl Layout {
+    /// Dispatches whose dropout uniform is rewritten every step.
+    fn dropout_sites(&self) -> usize {
+        self.layers.iter().map(|l| l.dropout.len()).sum()
+    }
+
     /// Bytes of the plan's buffers and of the pixel stage's upload buffers, if any.
     fn total_bytes(&self, pixel: Option<(usize, usize)>) -> u64 {
         self.plan.total_bytes() + pixel.map_or(0, |(n, presize)| pixel_stage_bytes(n, presize))
@@ -158,10 +163,13 @@ impl Executor {
     /// tensors plus the memory plan. Works even where a tensor exceeds this adapter's binding limit (the plan is
     /// then a figure for a larger GPU).
     pub fn plan_bytes(&self, training: bool) -> Result<u64> {
-        let layout = self.layout(training)?;
-        let dropout = layout.layers.iter().map(|l| l.dropout.len()).sum();
-        let staging = self.staging_bytes(training, dropout);
-        Ok(self.persistent_bytes() + layout.total_bytes(self.pixel_stage(training)) + staging)
+        Ok(self.persistent_bytes() + self.transient_bytes(&self.layout(training)?, training))
+    }
+
+    /// Bytes a program allocates beyond the persistent tensors: its memory plan's buffers, the pixel stage's upload
+    /// buffers and, with accumulation over pixel batches, the staging of a whole cycle.
+    fn transient_bytes(&self, layout: &Layout, training: bool) -> u64 {
+        layout.total_bytes(self.pixel_stage(training)) + self.staging_bytes(training, layout.dropout_sites())
     }
 
     /// (micro-batches, side) of the staging buffers a training program keeps for one-submission accumulation:
@@ -349,9 +357,8 @@ impl Executor {
         if let Some((msg, _)) = &layout.oversized {
             return Err(Error::Invalid(msg.clone()));
         }
-        let dropout_sites = layout.layers.iter().map(|l| l.dropout.len()).sum();
-        let transient_bytes =
-            layout.total_bytes(self.pixel_stage(training)) + self.staging_bytes(training, dropout_sites);
+        let transient_bytes = self.transient_bytes(&layout, training);
+        let dropout_sites = layout.dropout_sites();
         let Layout { layers, keys, plan, alias, .. } = layout;
         let LossNode { logits, loss, correct, .. } = self.loss_tensors();
         let mode = if training { "train" } else { "eval" };
