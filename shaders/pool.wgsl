@@ -48,7 +48,9 @@ struct PoolParams {
 const FLAG_ACCUMULATE: u32 = 1u;
 const FLAG_COUNT_PAD: u32 = 2u;
 const FLAG_MAX: u32 = 4u;
-const NEG_INF: f32 = -3.4028235e38;
+// The lowest finite f32, spelled exactly: browsers' WGSL compiler (Tint) rejects the rounded decimal -3.4028235e38
+// as out of f32's range.
+const NEG_INF: f32 = -0x1.fffffep+127f;
 
 @group(0) @binding(0) var<uniform> p: PoolParams;
 @group(0) @binding(1) var<storage, read> src: array<f32>;          // x (N, C, H, W) or dy

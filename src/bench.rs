@@ -1,23 +1,29 @@
 //! Measurements behind `wgtune bench`: each returns records that print as a table or as JSON lines.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::clock::Instant;
 use crate::error::Result;
-use crate::gpu::{Clock, DType, Dispatch, Gpu};
+use crate::gpu::{Clock, Gpu};
 use crate::graph::executor::{Executor, ExecutorConfig};
 use crate::graph::{Graph, TensorKind};
-use crate::nn::model::ModelSpec;
 use crate::nn::Arch;
-use crate::ops::conv::{
-    conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward, Conv2dConfig,
-    ConvShape, Padding,
-};
-use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
+use crate::ops::conv::{Conv2dConfig, Padding};
 use crate::ops::norm::BatchNormConfig;
 use crate::reference::SplitMix;
+// The kernel and inference benchmarks block on the GPU: native only. In a browser, the training step
+// ([`bench_step_async`]) is what the page measures.
+#[cfg(not(target_arch = "wasm32"))]
+use crate::{
+    gpu::{DType, Dispatch},
+    nn::model::ModelSpec,
+    ops::conv::{
+        conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward, ConvShape,
+    },
+    ops::matmul::{matmul, MatmulKernel, MatmulOptions},
+};
 
 /// How many timed runs and warm-ups.
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +69,7 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Time every matmul kernel on square problems of each size: C (n, n) = A (n, n) · B (n, n).
 pub fn bench_matmul(
     gpu: &Gpu,
@@ -153,6 +160,7 @@ pub fn default_conv_layers() -> Vec<ConvLayer> {
     ]
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn time_case(gpu: &Gpu, label: &str, steps: &[Dispatch], cfg: BenchConfig) -> Result<(Clock, f64, usize)> {
     let refs: Vec<&Dispatch> = steps.iter().collect();
     for _ in 0..cfg.warmup {
@@ -170,6 +178,7 @@ fn time_case(gpu: &Gpu, label: &str, steps: &[Dispatch], cfg: BenchConfig) -> Re
     Ok((clock, median(&times), times.len()))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Time forward, backward_data and backward_weight of each layer.
 pub fn bench_conv(
     gpu: &Gpu,
@@ -275,11 +284,32 @@ pub fn small_cnn(batch: usize, size: usize) -> Result<Graph> {
     Ok(g)
 }
 
+/// The graph `bench train` times for `model`: "small_cnn", or an architecture with fastai's head over 10 classes.
+pub fn train_graph(model: &str, batch: usize, size: usize) -> Result<Graph> {
+    match model {
+        "small_cnn" => small_cnn(batch, size),
+        arch => Arch::parse(arch)?.with_fastai_head(batch, size, 10, 0.1, crate::nn::FASTAI_PS),
+    }
+}
+
 /// Time `steps` optimizer steps (after the first, which is timed on its own, executor building included) of the
 /// model `graph` builds for a batch of `batch`, with Adam; with `profile`, one more step is timed dispatch by
 /// dispatch and returned too. A batch over the adapter's binding limit is split into accumulated micro-batches
 /// (as `finetune` does; the split is returned): each optimizer step then runs `parts` of them.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn bench_step(
+    gpu: Arc<Gpu>,
+    model: &str,
+    graph: impl Fn(usize) -> Result<Graph>,
+    batch: usize,
+    steps: usize,
+    profile: bool,
+) -> Result<(StepRecord, Option<crate::graph::executor::Split>, Option<crate::graph::executor::StepProfile>)> {
+    pollster::block_on(bench_step_async(gpu, model, graph, batch, steps, profile))
+}
+
+/// [`bench_step`] without blocking the thread (in a browser: the page's step-time measurement).
+pub async fn bench_step_async(
     gpu: Arc<Gpu>,
     model: &str,
     graph: impl Fn(usize) -> Result<Graph>,
@@ -305,9 +335,9 @@ pub fn bench_step(
     let images = rng.vec_f32(input.iter().product(), -1.0, 1.0);
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes as u32)).collect();
     for _ in 0..accum {
-        ex.train_step(&images, &labels)?;
+        ex.train_step_async(&images, &labels).await?;
     }
-    ex.wait_metrics()?;
+    ex.wait_metrics_async().await?;
     let first_step_s = t0.elapsed().as_secs_f64();
     let before = ex.counters();
     let mut encode = Vec::with_capacity(steps);
@@ -315,15 +345,15 @@ pub fn bench_step(
     let (steps, micro_steps) = (steps, steps * accum);
     for _ in 0..micro_steps {
         let e0 = Instant::now();
-        ex.train_step(&images, &labels)?;
+        ex.train_step_async(&images, &labels).await?;
         encode.push(e0.elapsed().as_secs_f64());
         ex.poll_metrics()?;
     }
-    ex.wait_metrics()?;
+    ex.wait_metrics_async().await?;
     let secs = t0.elapsed().as_secs_f64();
     let c = ex.counters();
     let n = micro_steps.max(1) as f64;
-    let profiled = if profile { Some(ex.profile(true, &images, &labels)?) } else { None };
+    let profiled = if profile { Some(ex.profile_async(true, &images, &labels).await?) } else { None };
     let record = StepRecord {
         bench: "train",
         model: model.to_string(),
@@ -359,6 +389,7 @@ pub struct PredictRecord {
     pub adapter: String,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Time `runs` eval-mode batches (probabilities read back) of an ImageNet classifier after one warm-up.
 pub fn bench_predict(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize, runs: usize) -> Result<PredictRecord> {
     let adapter = gpu.summary().name;
@@ -434,6 +465,7 @@ pub struct DataRecord {
     pub adapter: String,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Time decoding + presizing `count` synthetic JPEG photos (`width` x `height`) on `workers` threads, then the
 /// GPU augmentation of the presized batches to `size`.
 pub fn bench_data(

@@ -11,6 +11,10 @@
 //! - [`bench`]: the measurements behind `wgtune bench`.
 //! - [`export`]: models as ONNX files (feature `onnx`, on with the CLI).
 
+// In a browser wgpu's objects are neither Send nor Sync (one thread, the page's); the Arcs that share them
+// natively are plain reference counts there.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 /// A native-only blocking twin of an `async fn` method: `fn name(&mut self, args) -> T => name_async` makes
 /// `name` run `name_async` to completion with pollster. The library's GPU waits are all `async fn`s (a browser
 /// cannot block); these wrappers are what native callers (the CLI, tests, embedding apps) use.
@@ -37,7 +41,6 @@ macro_rules! blocking {
     };
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod clock;
 pub mod data;

@@ -1,6 +1,6 @@
 //! `wgtune info` and `wgtune bench ...`: print what the library's benchmarks measured.
 
-use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, small_cnn, BenchConfig, MatmulRecord};
+use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, BenchConfig, MatmulRecord};
 use wgtune::gpu::{AdapterRequest, Gpu};
 use wgtune::ops::matmul::MatmulKernel;
 
@@ -149,10 +149,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             Ok(())
         }
         BenchCommand::Train { model, bs, size, steps, profile, json } => {
-            let graph = |bs: usize| match model.as_str() {
-                "small_cnn" => small_cnn(bs, size),
-                arch => wgtune::nn::Arch::parse(arch)?.with_fastai_head(bs, size, 10, 0.1, wgtune::nn::FASTAI_PS),
-            };
+            let graph = |bs: usize| wgtune::bench::train_graph(&model, bs, size);
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
             let (r, split, profiled) =
                 bench_step(gpu, &model, graph, bs, steps, profile).map_err(|e| with_memory_advice(e, bs, size))?;

@@ -16,6 +16,11 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gi
 #[derive(Clone, Debug)]
 pub enum Source {
     File(PathBuf),
+    /// An image file's bytes held in memory (in a browser: a file the user chose), with its name for messages.
+    Encoded {
+        name: String,
+        bytes: Arc<[u8]>,
+    },
     /// An image held in memory (IDX files): grey pixels, row-major.
     Grey {
         width: u32,
@@ -47,6 +52,7 @@ impl Item {
     pub fn describe(&self) -> String {
         match &self.source {
             Source::File(p) => p.display().to_string(),
+            Source::Encoded { name, .. } => name.clone(),
             Source::Grey { .. } => "(in-memory image)".into(),
         }
     }
@@ -253,7 +259,7 @@ impl Dataset {
             let mut seen = std::collections::HashSet::new();
             items.retain(|item| match &item.source {
                 Source::File(f) => seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())),
-                Source::Grey { .. } => true,
+                Source::Encoded { .. } | Source::Grey { .. } => true,
             });
             let (train, valid) = random_split(items, valid_pct, seed);
             Dataset { classes, multi_label: false, train, valid, skipped }

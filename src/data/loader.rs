@@ -14,7 +14,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 
 use crate::data::dataset::{Item, Source};
-use crate::data::{load_rgb, resize_center_crop};
+use crate::data::{decode_rgb, load_rgb, resize_center_crop};
 use crate::error::{Error, Result};
 use crate::ops::loss::Targets;
 use crate::reference::SplitMix;
@@ -60,6 +60,7 @@ pub struct Loader {
 pub fn decode_presized(item: &Item, presize: usize) -> Result<Vec<u8>> {
     match &item.source {
         Source::File(p) => Ok(resize_center_crop(&load_rgb(p)?, presize)),
+        Source::Encoded { name, bytes } => Ok(resize_center_crop(&decode_rgb(bytes, name)?, presize)),
         Source::Grey { width, height, pixels } => {
             let grey = image::GrayImage::from_raw(*width, *height, pixels.to_vec())
                 .ok_or_else(|| Error::Invalid("an in-memory image has the wrong number of pixels".into()))?;

@@ -25,14 +25,20 @@ pub const MAX_IMAGE_SIDE: usize = 4096;
 /// memory limit. A JPEG cut short (no end-of-image marker after its last scan) is an error, as a truncated PNG
 /// is, instead of a partly grey picture.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    use image::ImageDecoder;
     let bytes =
         std::fs::read(path).map_err(|e| Error::Invalid(format!("cannot open image '{}': {e}", path.display())))?;
-    let cannot = |why: String| Error::Invalid(format!("cannot decode image '{}': {why}", path.display()));
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    decode_rgb(&bytes, &path.display().to_string())
+}
+
+/// Decode an image file's bytes (`origin` names it in errors) as [`load_rgb`] does: a web page hands over the
+/// bytes of the files a user chose.
+pub fn decode_rgb(bytes: &[u8], origin: &str) -> Result<RgbImage> {
+    use image::ImageDecoder;
+    let cannot = |why: String| Error::Invalid(format!("cannot decode image '{origin}': {why}"));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| cannot(e.to_string()))?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_is_truncated(&bytes) {
+    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_is_truncated(bytes) {
         return Err(cannot("the JPEG file is truncated (it ends inside its image data)".into()));
     }
     let mut limits = image::Limits::default();
@@ -50,9 +56,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let pixels = w as u64 * h as u64;
     if pixels > LARGE_IMAGE_PIXELS {
         log::warn!(
-            "'{}' is {w}x{h} pixels: decoding it takes about {} MB and seconds every time it is used; smaller copies \
-             of large photos train as well and much faster",
-            path.display(),
+            "'{origin}' is {w}x{h} pixels: decoding it takes about {} MB and seconds every time it is used; smaller \
+             copies of large photos train as well and much faster",
             pixels * 4 / 1_000_000
         );
     }

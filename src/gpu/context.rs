@@ -252,6 +252,10 @@ impl Gpu {
     }
 
     /// Whether GPU timestamps can be written at compute-pass boundaries.
+    pub fn has_shader_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }

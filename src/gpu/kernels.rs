@@ -181,6 +181,25 @@ impl Dispatch {
 }
 
 impl Gpu {
+    /// Compile every kernel family's WGSL and wait for the driver's verdict on each: None where it compiled, the
+    /// compiler's message where it did not. Kernels compile lazily, on first use; this is how a browser's WGSL
+    /// compiler (stricter in places than naga) is checked against all of them at once.
+    pub async fn compile_all_async(&self) -> Vec<(&'static str, Option<String>)> {
+        let mut out = Vec::new();
+        for fam in FAMILIES {
+            let label = format!("shaders/{}.wgsl", fam.name);
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(fam.source.into()),
+            });
+            let error = scope.pop().await;
+            drop(module);
+            out.push((fam.name, error.map(|e| e.to_string())));
+        }
+        out
+    }
+
     fn module(&self, fam: Family) -> Result<Arc<wgpu::ShaderModule>> {
         let mut modules = self.kernels.modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = modules.get(fam.name) {
@@ -419,5 +438,12 @@ impl Gpu {
         let mut no_readback = ReadbackRing::new(self, label, 0, 4)?;
         self.submit(label, dispatches, &mut no_readback, &[])?;
         self.wait_idle()
+    }
+
+    /// [`Gpu::run`] without blocking the thread (in a browser: the page's kernel checks).
+    pub async fn run_async(&self, label: &str, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut no_readback = ReadbackRing::new(self, label, 0, 4)?;
+        self.submit(label, dispatches, &mut no_readback, &[])?;
+        self.idle().await
     }
 }

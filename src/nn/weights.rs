@@ -262,17 +262,26 @@ pub fn write_atomically(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
+    let bytes = to_bytes(tensors, metadata, &path.display().to_string())?;
+    write_bytes_atomically(path, &bytes)
+}
+
+/// f32 tensors (name, shape, values) and metadata as the bytes of a safetensors file (`origin` names it in
+/// errors): what [`write_atomically`] writes, and what a web page offers for download.
+pub fn to_bytes(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: HashMap<String, String>,
+    origin: &str,
+) -> Result<Vec<u8>> {
     let bytes: Vec<&[u8]> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice(v)).collect();
     let views = tensors
         .iter()
         .zip(&bytes)
         .map(|((n, s, _), b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|e| Error::Invalid(format!("cannot serialize '{}': {e}", path.display())))?;
-    replace_atomically(path, |tmp| {
-        safetensors::serialize_to_file(views, Some(metadata), tmp)
-            .map_err(|e| Error::Invalid(format!("cannot write '{}': {e}", tmp.display())))
-    })
+        .map_err(|e| Error::Invalid(format!("cannot serialize '{origin}': {e}")))?;
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Invalid(format!("cannot serialize '{origin}': {e}")))
 }
 
 /// Write `bytes` to `path` atomically (temporary file in the same directory, then rename).
