@@ -47,6 +47,12 @@ serve() {
 }
 
 browser_test() {
+    local chromium="${CHROMIUM:-/usr/bin/chromium}"
+    if [[ ! -x "$chromium" ]]; then
+        echo "the browser tests need Chromium: apt-get install chromium (Debian/Ubuntu), or CHROMIUM=/path/to/it" >&2
+        exit 1
+    fi
+    command -v node >/dev/null || { echo "the browser tests need Node.js and npm" >&2; exit 1; }
     build
     cargo build --release
     node web/test/browser.mjs

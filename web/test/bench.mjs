@@ -3,15 +3,15 @@
 // (wgtune::bench::bench_step_async) in the page. Prints one JSON line per run and a table. Run by
 // `scripts/web.sh bench` (after its build).
 //
-// Usage: node web/test/bench.mjs [MODEL:BATCH:SIZE ...]   (default small_cnn:8:32 efficientnet_lite0:8:32
-//        efficientnet_lite0:8:64 resnet18:8:64); STEPS=N (default 5).
+// Usage: node web/test/bench.mjs [MODEL:BATCH:SIZE ...]   (default small_cnn:8:32 effnet-lite0:8:32
+//        effnet-lite0:8:64 resnet18:8:64); STEPS=N (default 5).
 
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { launch, openPage, ROOT, serve } from './harness.mjs';
 
 const cases = (process.argv.length > 2 ? process.argv.slice(2)
-  : ['small_cnn:8:32', 'efficientnet_lite0:8:32', 'efficientnet_lite0:8:64', 'resnet18:8:64'])
+  : ['small_cnn:8:32', 'effnet-lite0:8:32', 'effnet-lite0:8:64', 'resnet18:8:64'])
   .map((c) => {
     const [model, bs, size] = c.split(':');
     return { model, bs: Number(bs), size: Number(size) };

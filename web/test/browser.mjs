@@ -17,7 +17,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { launch, openPage, ROOT, serve } from './harness.mjs';
+import { launch, openPage, ROOT, sampleJob, serve } from './harness.mjs';
 
 const WGTUNE = path.join(ROOT, 'target/release/wgtune');
 const MINUTES = 60_000;
@@ -71,21 +71,8 @@ try {
     });
 
     await test('fine-tune, download, and predict as native wgtune does', async () => {
-      const set = async (id, value) => {
-        await page.$eval(id, (el, v) => { el.value = v; }, String(value));
-      };
-      await set('#sample-classes', 2);
-      await set('#sample-per-class', 16);
-      await set('#freeze-epochs', 1);
-      await set('#epochs', 1);
-      await set('#bs', 8);
-      await set('#size', 32);
-      await page.click('#sample-button');
-      await page.waitForFunction(() => document.querySelectorAll('#classes tbody tr').length === 2, { timeout: MINUTES });
-      const classes = await page.$$eval('#classes tbody tr', (rows) => rows.map((r) => r.innerText.split('\t')));
+      const classes = await sampleJob(page, { classes: 2, perClass: 16, freezeEpochs: 1, epochs: 1, bs: 8, size: 32 });
       assert.deepEqual(classes, [['Ankle_boot', '16', '4', '0'], ['Bag', '16', '4', '0']]);
-      await page.click('#start-button');
-      await page.waitForFunction(() => ['done', 'failed'].includes(window.wgtune.phase), { timeout: 20 * MINUTES });
       const s = await page.evaluate(() => ({
         phase: window.wgtune.phase,
         error: window.wgtune.error,

@@ -60,3 +60,24 @@ export async function openPage(browser, url) {
   return page;
 }
 
+
+// The job as a user runs it on the bundled sample: the settings typed in, "Use the sample data", Start; resolves when
+// the page is done (or failed) with the classes table's rows.
+export async function sampleJob(page, { classes, perClass, freezeEpochs, epochs, bs, size }) {
+  const set = async (id, value) => {
+    await page.$eval(id, (el, v) => { el.value = v; }, String(value));
+  };
+  await set('#sample-classes', classes);
+  await set('#sample-per-class', perClass);
+  await set('#freeze-epochs', freezeEpochs);
+  await set('#epochs', epochs);
+  await set('#bs', bs);
+  await set('#size', size);
+  await page.click('#sample-button');
+  await page.waitForFunction((n) => document.querySelectorAll('#classes tbody tr').length === n, { timeout: MINUTES },
+    classes);
+  const rows = await page.$$eval('#classes tbody tr', (trs) => trs.map((r) => r.innerText.split('\t')));
+  await page.click('#start-button');
+  await page.waitForFunction(() => ['done', 'failed'].includes(window.wgtune.phase), { timeout: 60 * MINUTES });
+  return rows;
+}
