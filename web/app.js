@@ -17,6 +17,7 @@ const state = {
   records: [],
   losses: [],
   confusion: null,
+  confusionDrawn: 0,
   predictions: [],
   error: null,
   modelBytes: 0,
@@ -209,10 +210,13 @@ async function start() {
   state.error = null;
   state.records = [];
   state.losses = [];
+  state.confusion = null;
   $('start-button').disabled = true;
   $('stop-button').disabled = false;
   $('download-button').disabled = true;
   $('epochs-table').querySelector('tbody').replaceChildren();
+  $('progress').value = 0;
+  $('progress-text').textContent = '';
   $('confusion').replaceChildren();
   $('most-confused').textContent = '';
   makeChart();
@@ -237,11 +241,12 @@ async function start() {
       chart.update('none');
     };
     const onEpoch = (json) => {
-      const r = JSON.parse(json);
+      const { record: r, classes, confusion } = JSON.parse(json);
       state.records.push(r);
       addEpochRow(r);
       chart.data.datasets[1].data.push({ x: step, y: r.valid_loss });
       chart.update('none');
+      if (confusion) showConfusion({ classes, counts: confusion });
     };
     const out = JSON.parse(await state.engine.fine_tune(JSON.stringify(config), onProgress, onEpoch));
     state.losses = out.losses;
@@ -258,30 +263,37 @@ async function start() {
     }
   }
   $('stop-button').disabled = true;
-  await showConfusion();
+  // A stopped run is validated as it stands; a finished one shows its last epoch's matrix already.
+  if (stopped || !state.confusion) showConfusion(JSON.parse(await state.engine.validate()));
   $('download-button').disabled = false;
   $('start-button').disabled = false;
   if (!stopped) setStatus(`Done: accuracy ${(state.confusion.accuracy * 100).toFixed(1)}% on the validation set.`);
   state.phase = 'done';
 }
 
-async function showConfusion() {
-  const c = JSON.parse(await state.engine.validate());
-  state.confusion = c;
-  if (!c.counts) return;
-  const k = c.classes.length;
-  const max = Math.max(1, ...c.counts);
+// The validation confusion matrix ({classes, counts: row-major, actual by predicted}) as a shaded table, and
+// fastai's most_confused: the off-diagonal cells, largest first.
+function showConfusion({ classes, counts }) {
+  if (!counts) return;
+  const k = classes.length;
+  const total = counts.reduce((a, b) => a + b, 0);
+  const right = classes.reduce((sum, _, i) => sum + counts[i * k + i], 0);
+  state.confusion = { classes, counts, accuracy: total ? right / total : 0 };
+  state.confusionDrawn += 1;
+  const max = Math.max(1, ...counts);
   const table = document.createElement('table');
   table.className = 'confusion';
   const head = document.createElement('tr');
   head.append(Object.assign(document.createElement('th'), { textContent: 'actual \\ predicted' }));
-  for (const name of c.classes) head.append(Object.assign(document.createElement('th'), { textContent: name }));
+  for (const name of classes) head.append(Object.assign(document.createElement('th'), { textContent: name }));
   table.append(head);
+  const confused = [];
   for (let a = 0; a < k; a++) {
     const tr = document.createElement('tr');
-    tr.append(Object.assign(document.createElement('th'), { textContent: c.classes[a] }));
+    tr.append(Object.assign(document.createElement('th'), { textContent: classes[a] }));
     for (let p = 0; p < k; p++) {
-      const n = c.counts[a * k + p];
+      const n = counts[a * k + p];
+      if (a !== p && n > 0) confused.push([classes[a], classes[p], n]);
       const td = Object.assign(document.createElement('td'), { textContent: n });
       td.style.background = `rgba(31, 119, 180, ${(n / max).toFixed(3)})`;
       if (n / max > 0.5) td.style.color = 'white';
@@ -290,7 +302,8 @@ async function showConfusion() {
     table.append(tr);
   }
   $('confusion').replaceChildren(table);
-  const worst = c.most_confused.slice(0, 5).map(([a, p, n]) => `${a} → ${p}: ${n}`);
+  confused.sort((x, y) => y[2] - x[2]);
+  const worst = confused.slice(0, 5).map(([a, p, n]) => `${a} → ${p}: ${n}`);
   $('most-confused').textContent = worst.length ? `Most confused: ${worst.join('; ')}` : 'No confusions.';
 }
 

@@ -215,6 +215,7 @@ mod tests {
             improved: None,
             early_stop: false,
             kept_epoch: None,
+            confusion: None,
         };
         loss_curve(&dir.join("loss.png"), &history, &[rec(0, 1.0), rec(1, 0.5)], 20).unwrap();
         let found = LrFind {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::clock::Instant;
+use crate::clock::{Instant, PageYield};
 use crate::data::augment::{AugmentConfig, ImageTransform, Mixing};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig};
@@ -133,6 +133,10 @@ pub struct EpochRecord {
     /// With `save_best`, on the phase's last epoch: the epoch (of this phase) whose weights the model now holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_epoch: Option<usize>,
+    /// A single-label model's validation confusion matrix after the epoch (row-major counts, actual by predicted),
+    /// for live displays (the web page draws it every epoch); not written to logs or checkpoints.
+    #[serde(skip)]
+    pub confusion: Option<Vec<u32>>,
 }
 
 /// fastai's smoothed loss: exponential moving average with beta 0.98, debiased.
@@ -378,6 +382,7 @@ impl Learner {
         let k = self.cfg.accum;
         let grouping = k > 1 && !self.cfg.profile && self.cfg.capture_step.is_none();
         let mut group: Vec<(crate::data::loader::Batch, Vec<ImageTransform>)> = Vec::new();
+        let mut page = PageYield::default();
         for (i, batch) in self.train.epoch_from(global_epoch, first).enumerate() {
             let batch = batch?;
             let pos = (epoch * per_epoch + first + i) as f64 / total;
@@ -418,6 +423,7 @@ impl Learner {
                 submitted += 1;
             }
             record(self.ex.poll_metrics()?, &mut done, &mut smooth, &mut self.history)?;
+            page.now_and_then().await;
             if stop.load(Ordering::SeqCst) && submitted < per_epoch {
                 break;
             }
@@ -445,6 +451,10 @@ impl Learner {
             improved: None,
             early_stop: false,
             kept_epoch: None,
+            confusion: match &scores {
+                Scores::Single(c) => Some(c.counts.clone()),
+                Scores::Multi(_) => None,
+            },
         }))
     }
 
@@ -468,10 +478,12 @@ impl Learner {
     pub async fn validate_scores_async(&mut self) -> Result<(f64, Scores)> {
         let mut scores = Scores::new(&self.spec.classes, self.spec.loss);
         let mut loss = 0.0;
+        let mut page = PageYield::default();
         for batch in self.valid.epoch(0) {
             let batch = batch?;
             let probs = self.ex.predict_pixels_async(&batch.pixels).await?;
             loss += scores.add_rows(&probs, &batch.labels, batch.real);
+            page.now_and_then().await;
         }
         Ok((loss / scores.total().max(1) as f64, scores))
     }

@@ -110,6 +110,7 @@ mod tests {
             improved: None,
             early_stop: false,
             kept_epoch: None,
+            confusion: None,
         }
     }
 

@@ -129,6 +129,15 @@ impl Drop for Busy {
     }
 }
 
+/// Lowers the stop flag when a run ends, however it ends.
+struct ResetOnDrop(Rc<AtomicBool>);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 #[wasm_bindgen]
 impl Engine {
     /// Open the page's WebGPU adapter. Fails with a clear message where the browser has no WebGPU.
@@ -215,12 +224,16 @@ impl Engine {
     /// fastai's fine_tune on the added images from the set weights. `config` is JSON with any of `epochs`,
     /// `freeze_epochs`, `lr`, `bs`, `size`, `seed`, `augment`, `valid_pct` (fastai's defaults otherwise).
     /// `on_progress(phase, epoch, batches_done, batches, smoothed_loss)` is called after every step,
-    /// `on_epoch(record_json)` after every epoch. Resolves to JSON `{records, losses}` (losses: every step's loss
+    /// `on_epoch(json)` after every epoch with `{record, classes, confusion}` (the epoch table's row, and the
+    /// validation confusion matrix: row-major counts, actual by predicted). Resolves to JSON `{records, losses}` (losses: every step's loss
     /// and smoothed loss).
     pub fn fine_tune(&self, config: String, on_progress: Function, on_epoch: Function) -> Promise {
         let (gpu, state, stop) = (self.gpu.clone(), self.state.clone(), self.stop.clone());
         future_to_promise(async move {
             let busy = Busy::take(&state, "fine-tuning")?;
+            // A Stop pressed while the run sets up still stops it (at its first step); one pressed as it ends does
+            // not carry over to the next run.
+            let _stop_once = ResetOnDrop(stop.clone());
             let cfg: RunConfig =
                 serde_json::from_str(&config).map_err(|e| js_error(format!("bad fine-tune settings: {e}")))?;
             let (weights, data) = {
@@ -247,8 +260,10 @@ impl Engine {
                 s.learner = None;
                 s.model = None;
             }
-            stop.store(false, Ordering::SeqCst);
             let mut learner = Learner::new(gpu, &data, Some(&weights), run).map_err(js_error)?;
+            // The browser queues every submission at once: with two steps in flight the GPU always has the next one
+            // while the progress bar stays within two steps of the truth and Stop takes effect promptly.
+            learner.ex.set_max_in_flight(2);
             let mut progress = |phase: &str, epoch: usize, done: usize, total: usize, smooth: f64| {
                 let args = js_sys::Array::of5(
                     &phase.into(),
@@ -259,10 +274,10 @@ impl Engine {
                 );
                 let _ = on_progress.apply(&JsValue::NULL, &args);
             };
+            let classes = data.classes.clone();
             let mut epoch_done = |r: &EpochRecord| {
-                if let Ok(text) = serde_json::to_string(r) {
-                    let _ = on_epoch.call1(&JsValue::NULL, &text.into());
-                }
+                let payload = serde_json::json!({"record": r, "classes": classes, "confusion": r.confusion});
+                let _ = on_epoch.call1(&JsValue::NULL, &payload.to_string().into());
             };
             let fitted = learner.fit_async(&mut progress, &mut epoch_done, None, None, &stop).await;
             let losses = learner.history.clone();

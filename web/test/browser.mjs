@@ -9,6 +9,7 @@
 //    1 frozen + 1 unfrozen epoch; the epoch table, loss curve and confusion matrix appear, the loss is finite and
 //    falls; the model is downloaded; the page classifies the validation images, and native `wgtune predict` on the
 //    downloaded model gives the same top-1 classes and probabilities within 1e-4.
+// 4. Stop ends a run after the current batch; the model trained so far is validated and can be downloaded.
 //
 // Environment: CHROMIUM (default /usr/bin/chromium); WGTUNE_SCREENSHOT=PATH saves the page after the job.
 
@@ -79,6 +80,7 @@ try {
         records: window.wgtune.records,
         losses: window.wgtune.losses,
         confusion: window.wgtune.confusion,
+        confusionDrawn: window.wgtune.confusionDrawn,
       }));
       assert.equal(s.phase, 'done', `the run failed: ${s.error}`);
       for (const r of s.records) {
@@ -102,6 +104,7 @@ try {
       });
       assert.ok(inked > 1000, `the loss chart is blank (${inked} pixels drawn)`);
       assert.equal(s.confusion.counts.reduce((a, b) => a + b, 0), 8);
+      assert.equal(s.confusionDrawn, 2, 'the confusion matrix is drawn after each epoch');
       assert.equal(await page.$$eval('#confusion table tr', (r) => r.length), 3);
 
       // Download the model as a user does: the button, into a folder.
@@ -160,6 +163,27 @@ try {
         console.log(`\n  screenshot: ${process.env.WGTUNE_SCREENSHOT}`);
       }
       fs.rmSync(downloads, { recursive: true, force: true });
+    });
+
+    await test('Stop ends a run after the current batch and keeps what it trained', async () => {
+      // Batches of 4: 8 steps an epoch, so that Stop lands inside the first one (steps already submitted finish).
+      await page.$eval('#epochs', (el) => { el.value = '3'; });
+      await page.$eval('#bs', (el) => { el.value = '4'; });
+      await page.click('#start-button');
+      await page.waitForFunction(() => document.querySelector('#progress').value >= 1, { timeout: 10 * MINUTES });
+      // The button's own click handler, in one DevTools round trip (a synthesized mouse click takes several, and the
+      // renderer answers slowly while the software adapter has both cores).
+      await page.$eval('#stop-button', (b) => b.click());
+      await page.waitForFunction(() => ['done', 'failed'].includes(window.wgtune.phase), { timeout: 10 * MINUTES });
+      const s = await page.evaluate(() => ({ phase: window.wgtune.phase, error: window.wgtune.error,
+        records: window.wgtune.records.length, confusion: window.wgtune.confusion }));
+      const status = await page.$eval('#status', (el) => el.textContent);
+      console.log(`\n  the page says: ${status}`);
+      assert.equal(s.phase, 'done');
+      assert.match(s.error, /^interrupted in frozen epoch 0 after [1-7] of 8 batches/);
+      assert.equal(s.records, 0);
+      assert.equal(s.confusion.counts.reduce((a, b) => a + b, 0), 8, 'the stopped model was validated');
+      assert.equal(await page.$eval('#download-button', (b) => b.disabled), false);
     });
   } finally {
     await browser.close();

@@ -114,6 +114,9 @@ pub struct Executor {
     eval: Option<Program>,
     ring: ReadbackRing,
     pending: VecDeque<(u64, Ticket, Ticket)>,
+    /// Steps allowed in flight (their metrics not yet read) before a new one waits: [`step::MAX_IN_FLIGHT`] unless
+    /// [`Executor::set_max_in_flight`] lowered it.
+    max_in_flight: usize,
     /// Metrics that arrived while waiting for ring space, not yet handed out.
     finished: Vec<StepMetrics>,
     counters: Counters,
@@ -179,6 +182,7 @@ impl Executor {
             eval: None,
             ring,
             pending: VecDeque::new(),
+            max_in_flight: step::MAX_IN_FLIGHT,
             finished: Vec::new(),
             profile_next: false,
             last_profile: None,

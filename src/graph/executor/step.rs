@@ -27,9 +27,17 @@ pub struct PixelBatch<'a> {
 
 /// Steps whose metrics may be in flight before a new step waits for the oldest (the ring has 64 slots, two per
 /// step).
-const MAX_IN_FLIGHT: usize = 30;
+pub(crate) const MAX_IN_FLIGHT: usize = 30;
 
 impl Executor {
+    /// Let at most `steps` (at least 1; at most 30, the readback ring's room) training steps be in flight before a
+    /// new one waits for the oldest's metrics. Natively the driver's queue bounds the run-ahead anyway; a browser
+    /// queues every submission at once, so a page lowers this to keep its progress bar current and Stop prompt
+    /// (steps in flight always finish).
+    pub fn set_max_in_flight(&mut self, steps: usize) {
+        self.max_in_flight = steps.clamp(1, MAX_IN_FLIGHT);
+    }
+
     fn check_images(&self, images: &[f32]) -> Result<()> {
         if self.pixel_input.is_some() {
             return Err(Error::Invalid(
@@ -174,7 +182,7 @@ impl Executor {
             && self.micro == 0
             && !self.profile_next
             && !self.capture_next
-            && k <= MAX_IN_FLIGHT;
+            && k <= self.max_in_flight;
         if !one_submission {
             for b in batches {
                 self.train_step_pixels_async(b.pixels, b.transforms, b.labels).await?;
@@ -410,7 +418,7 @@ impl Executor {
 
     /// Keep the readback ring from running out: wait for the oldest steps until `steps` more fit in flight.
     async fn make_room(&mut self, steps: usize) -> Result<()> {
-        while self.pending.len() + steps > MAX_IN_FLIGHT {
+        while self.pending.len() + steps > self.max_in_flight && !self.pending.is_empty() {
             let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
             let m = self.read_metrics(step, loss, correct).await?;
             self.finished.push(m);
