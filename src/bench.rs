@@ -14,7 +14,7 @@ use crate::ops::conv::{Conv2dConfig, Padding};
 use crate::ops::norm::BatchNormConfig;
 use crate::reference::SplitMix;
 // The kernel and inference benchmarks block on the GPU: native only. In a browser, the training step
-// ([`bench_step_async`]) is what the page measures.
+// ([`bench_step`]) is what the page measures.
 #[cfg(not(target_arch = "wasm32"))]
 use crate::{
     gpu::{DType, Dispatch},
@@ -295,21 +295,9 @@ pub fn train_graph(model: &str, batch: usize, size: usize) -> Result<Graph> {
 /// Time `steps` optimizer steps (after the first, which is timed on its own, executor building included) of the
 /// model `graph` builds for a batch of `batch`, with Adam; with `profile`, one more step is timed dispatch by
 /// dispatch and returned too. A batch over the adapter's binding limit is split into accumulated micro-batches
-/// (as `finetune` does; the split is returned): each optimizer step then runs `parts` of them.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn bench_step(
-    gpu: Arc<Gpu>,
-    model: &str,
-    graph: impl Fn(usize) -> Result<Graph>,
-    batch: usize,
-    steps: usize,
-    profile: bool,
-) -> Result<(StepRecord, Option<crate::graph::executor::Split>, Option<crate::graph::executor::StepProfile>)> {
-    pollster::block_on(bench_step_async(gpu, model, graph, batch, steps, profile))
-}
-
-/// [`bench_step`] without blocking the thread (in a browser: the page's step-time measurement).
-pub async fn bench_step_async(
+/// (as `finetune` does; the split is returned): each optimizer step then runs `parts` of them. Async, so that a page
+/// can run it too; the command line blocks on it.
+pub async fn bench_step(
     gpu: Arc<Gpu>,
     model: &str,
     graph: impl Fn(usize) -> Result<Graph>,

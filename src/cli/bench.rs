@@ -151,8 +151,8 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
         BenchCommand::Train { model, bs, size, steps, profile, json } => {
             let graph = |bs: usize| wgtune::bench::train_graph(&model, bs, size);
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
-            let (r, split, profiled) =
-                bench_step(gpu, &model, graph, bs, steps, profile).map_err(|e| with_memory_advice(e, bs, size))?;
+            let (r, split, profiled) = pollster::block_on(bench_step(gpu, &model, graph, bs, steps, profile))
+                .map_err(|e| with_memory_advice(e, bs, size))?;
             if let Some(s) = split.filter(|_| !json) {
                 println!(
                     "batch {bs} does not fit this adapter's storage-binding limit: {} accumulated micro-batches of {}",

@@ -366,7 +366,7 @@ impl Engine {
             let _busy = Busy::take(&state, "a benchmark")?;
             let graph = |b: usize| wgtune::bench::train_graph(&model, b, size);
             let (record, _, _) =
-                wgtune::bench::bench_step_async(gpu, &model, graph, bs, steps, false).await.map_err(js_error)?;
+                wgtune::bench::bench_step(gpu, &model, graph, bs, steps, false).await.map_err(js_error)?;
             json(&record)
         })
     }

@@ -1,6 +1,6 @@
 // Training-step time in headless Chromium's WebGPU (software) adapter next to native wgtune on this machine's
 // adapter, on the same models, batches and sizes: `wgtune bench train --json` natively, the same measurement
-// (wgtune::bench::bench_step_async) in the page. Prints one JSON line per run and a table. Run by
+// (wgtune::bench::bench_step) in the page. Prints one JSON line per run and a table. Run by
 // `scripts/web.sh bench` (after its build).
 //
 // Usage: node web/test/bench.mjs [MODEL:BATCH:SIZE ...]   (default small_cnn:8:32 effnet-lite0:8:32
