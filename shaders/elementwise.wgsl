@@ -16,6 +16,10 @@
 //   gelu_tanh_backward   out = dy * ((1 + tanh(u)) / 2 + x / 2 * (1 - tanh(u)^2) * du/dx)
 // flags & 1: accumulate (out += result) instead of overwrite, for gradients that sum over several uses.
 //
+// Storage: `act` is f32 here; the f16 variant (src/gpu/kernels.rs, Precision::F16) is this file with the alias line
+// made f16. Values are widened to f32 on load, computed in f32, rounded once on store (an accumulating store adds
+// in f32, then rounds). In f16, results beyond +-65504 become +-inf, as in PyTorch's half tensors.
+//
 // Layout: every binding is a flat array of p.len elements (any shape, row-major).
 // Dispatch: 256 invocations per workgroup, one element each, on a 2-D grid (x, y) with x <= 65535:
 // element = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
@@ -29,10 +33,12 @@ struct EltParams {
 
 const FLAG_ACCUMULATE: u32 = 1u;
 
+alias act = f32;
+
 @group(0) @binding(0) var<uniform> p: EltParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;          // (len)
-@group(0) @binding(2) var<storage, read> y: array<f32>;          // (len): second operand, or dy in backward
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (len)
+@group(0) @binding(1) var<storage, read> x: array<act>;          // (len)
+@group(0) @binding(2) var<storage, read> y: array<act>;          // (len): second operand, or dy in backward
+@group(0) @binding(3) var<storage, read_write> out: array<act>;  // (len)
 
 // Unary kernels (scale, *_forward) bind only x and out.
 
@@ -40,11 +46,19 @@ fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wg.y * nwg.x + wg.x) * 256u + lid.x;
 }
 
+fn xv(i: u32) -> f32 {
+    return f32(x[i]);
+}
+
+fn yv(i: u32) -> f32 {
+    return f32(y[i]);
+}
+
 fn store(i: u32, v: f32) {
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        out[i] += v;
+        out[i] = act(f32(out[i]) + v);
     } else {
-        out[i] = v;
+        out[i] = act(v);
     }
 }
 
@@ -53,7 +67,7 @@ fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
        @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        store(i, x[i] + y[i]);
+        store(i, xv(i) + yv(i));
     }
 }
 
@@ -62,7 +76,7 @@ fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
          @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        store(i, p.alpha * x[i]);
+        store(i, p.alpha * xv(i));
     }
 }
 
@@ -71,7 +85,7 @@ fn relu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        store(i, max(x[i], 0.0));
+        store(i, max(xv(i), 0.0));
     }
 }
 
@@ -80,7 +94,7 @@ fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
                  @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        store(i, select(0.0, y[i], x[i] > 0.0));
+        store(i, select(0.0, yv(i), xv(i) > 0.0));
     }
 }
 
@@ -89,7 +103,7 @@ fn relu6_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
                  @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        store(i, clamp(x[i], 0.0, 6.0));
+        store(i, clamp(xv(i), 0.0, 6.0));
     }
 }
 
@@ -98,8 +112,8 @@ fn relu6_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        let v = x[i];
-        store(i, select(0.0, y[i], v > 0.0 && v < 6.0));
+        let v = xv(i);
+        store(i, select(0.0, yv(i), v > 0.0 && v < 6.0));
     }
 }
 
@@ -108,7 +122,7 @@ fn leaky_relu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
                       @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        let v = x[i];
+        let v = xv(i);
         store(i, select(p.alpha * v, v, v > 0.0));
     }
 }
@@ -118,7 +132,7 @@ fn leaky_relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
                        @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        store(i, select(p.alpha * y[i], y[i], x[i] > 0.0));
+        store(i, select(p.alpha * yv(i), yv(i), xv(i) > 0.0));
     }
 }
 
@@ -147,7 +161,7 @@ fn gelu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        let v = x[i];
+        let v = xv(i);
         store(i, v * normal_cdf(v));
     }
 }
@@ -157,9 +171,9 @@ fn gelu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
                  @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        let v = x[i];
+        let v = xv(i);
         let density = 0.3989422804014327 * exp(-0.5 * v * v);
-        store(i, y[i] * (normal_cdf(v) + v * density));
+        store(i, yv(i) * (normal_cdf(v) + v * density));
     }
 }
 
@@ -168,7 +182,7 @@ fn gelu_tanh_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
                      @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        let v = x[i];
+        let v = xv(i);
         store(i, 0.5 * v * (1.0 + tanh(gelu_tanh_u(v))));
     }
 }
@@ -178,9 +192,9 @@ fn gelu_tanh_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
                       @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
     if i < p.len {
-        let v = x[i];
+        let v = xv(i);
         let t = tanh(gelu_tanh_u(v));
         let du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
-        store(i, y[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du));
+        store(i, yv(i) * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du));
     }
 }

@@ -5,12 +5,16 @@
 use std::collections::BTreeSet;
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use wgtune::gpu::{Access, FAMILIES};
+use wgtune::gpu::{variant_source, Access, Precision, ACT_ALIAS, FAMILIES};
 
 fn parse(name: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+    parse_with(name, source, Capabilities::empty())
+}
+
+fn parse_with(name: &str, source: &str, caps: Capabilities) -> (naga::Module, naga::valid::ModuleInfo) {
     let module =
         naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     (module, info)
@@ -31,6 +35,20 @@ fn every_shader_file_is_registered_and_valid() {
         assert!(text.starts_with("// "), "{}.wgsl must open with a header comment", fam.name);
         parse(fam.name, fam.source);
     }
+}
+
+/// The f16 variants (issue 14) are generated from the f32 files: each family with the `alias act = f32;` line
+/// (exactly one) must give valid WGSL with the line made f16.
+#[test]
+fn f16_variants_are_valid() {
+    let mut variants = 0;
+    for fam in FAMILIES {
+        let Some(source) = variant_source(*fam, Precision::F16) else { continue };
+        variants += 1;
+        parse_with(&format!("{} (f16)", fam.name), &source, Capabilities::SHADER_FLOAT16);
+        assert_eq!(fam.source.matches(ACT_ALIAS).count(), 1, "{}: one alias line", fam.name);
+    }
+    assert!(variants >= 1, "no family has an f16 variant");
 }
 
 #[test]

@@ -42,6 +42,40 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "accumulate", source: include_str!("../../shaders/accumulate.wgsl") },
 ];
 
+/// The element type a kernel stores activations in. An f16 kernel is its family's f32 source with the line
+/// [`ACT_ALIAS`] made `alias act = f16;` and `enable f16;` put first: one source, two variants; arithmetic and
+/// accumulators stay f32 inside (values are widened on load and rounded once on store).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+/// The line of a family's WGSL that names its activations' storage type (families without it have no f16
+/// variant).
+pub const ACT_ALIAS: &str = "alias act = f32;";
+
+/// The WGSL of `fam` at precision `p`; None when the family has no f16 variant (no [`ACT_ALIAS`] line).
+pub fn variant_source(fam: Family, p: Precision) -> Option<std::borrow::Cow<'static, str>> {
+    match p {
+        Precision::F32 => Some(fam.source.into()),
+        Precision::F16 => fam
+            .source
+            .lines()
+            .any(|l| l.trim() == ACT_ALIAS)
+            .then(|| format!("enable f16;\n{}", fam.source.replacen(ACT_ALIAS, "alias act = f16;", 1)).into()),
+    }
+}
+
+/// A shader module's label: its file, and "(f16)" for the f16 variant.
+fn module_label(fam: Family, precision: Precision) -> String {
+    match precision {
+        Precision::F32 => format!("shaders/{}.wgsl", fam.name),
+        Precision::F16 => format!("shaders/{}.wgsl (f16)", fam.name),
+    }
+}
+
 fn family(name: &str) -> Family {
     *FAMILIES.iter().find(|f| f.name == name).expect("kernel family is registered in FAMILIES")
 }
@@ -63,11 +97,18 @@ pub struct KernelSpec {
     /// Values for the WGSL `override` constants of the entry point (e.g. a workgroup size); each distinct set is
     /// its own pipeline.
     pub constants: &'static [(&'static str, f64)],
+    /// The activations' storage type: the family's f16 variant for [`Precision::F16`].
+    pub precision: Precision,
 }
 
 impl KernelSpec {
     pub const fn new(entry: &'static str, family: &'static str, storage: &'static [(u32, Access)]) -> Self {
-        KernelSpec { entry, family, storage, constants: &[] }
+        KernelSpec { entry, family, storage, constants: &[], precision: Precision::F32 }
+    }
+
+    /// The same kernel storing activations at `precision`.
+    pub const fn with_precision(self, precision: Precision) -> Self {
+        KernelSpec { precision, ..self }
     }
 
     /// The same kernel with pipeline-overridable constants set.
@@ -79,6 +120,9 @@ impl KernelSpec {
     /// point's name).
     fn key(&self) -> String {
         let mut k = format!("{}/{}", self.family, self.entry);
+        if self.precision == Precision::F16 {
+            k.push_str("@f16");
+        }
         for (name, value) in self.constants {
             k.push_str(&format!(" {name}={value}"));
         }
@@ -93,7 +137,7 @@ struct Compiled {
 
 /// Cache of shader modules and pipelines, keyed by family / entry point.
 pub(crate) struct Kernels {
-    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    modules: Mutex<HashMap<(&'static str, Precision), Arc<wgpu::ShaderModule>>>,
     pipelines: Mutex<HashMap<String, Arc<Compiled>>>,
 }
 
@@ -181,39 +225,54 @@ impl Dispatch {
 }
 
 impl Gpu {
-    /// Compile every kernel family's WGSL and wait for the driver's verdict on each: None where it compiled, the
-    /// compiler's message where it did not. Kernels compile lazily, on first use; this is how a browser's WGSL
-    /// compiler (stricter in places than naga) is checked against all of them at once.
-    pub async fn compile_all_async(&self) -> Vec<(&'static str, Option<String>)> {
+    /// Compile every kernel family's WGSL (and its f16 variant where it has one and the adapter has shader-f16)
+    /// and wait for the driver's verdict on each: the module's name, and None where it compiled or the compiler's
+    /// message where it did not. Kernels compile lazily, on first use; this is how a browser's WGSL compiler
+    /// (stricter in places than naga) is checked against all of them at once.
+    pub async fn compile_all_async(&self) -> Vec<(String, Option<String>)> {
         let mut out = Vec::new();
         for fam in FAMILIES {
-            let label = format!("shaders/{}.wgsl", fam.name);
-            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(fam.source.into()),
-            });
-            let error = scope.pop().await;
-            drop(module);
-            out.push((fam.name, error.map(|e| e.to_string())));
+            for precision in [Precision::F32, Precision::F16] {
+                if precision == Precision::F16 && !self.has_shader_f16() {
+                    continue;
+                }
+                let Some(source) = variant_source(*fam, precision) else { continue };
+                let label = module_label(*fam, precision);
+                let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&label),
+                    source: wgpu::ShaderSource::Wgsl(source),
+                });
+                let error = scope.pop().await;
+                drop(module);
+                out.push((label, error.map(|e| e.to_string())));
+            }
         }
         out
     }
 
-    fn module(&self, fam: Family) -> Result<Arc<wgpu::ShaderModule>> {
+    fn module(&self, fam: Family, precision: Precision) -> Result<Arc<wgpu::ShaderModule>> {
         let mut modules = self.kernels.modules.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = modules.get(fam.name) {
+        if let Some(m) = modules.get(&(fam.name, precision)) {
             return Ok(m.clone());
         }
-        let label = format!("shaders/{}.wgsl", fam.name);
+        let label = module_label(fam, precision);
+        let source = variant_source(fam, precision)
+            .ok_or_else(|| Error::Invalid(format!("the {} kernels have no f16 variant yet", fam.name)))?;
+        if precision == Precision::F16 && !self.has_shader_f16() {
+            return Err(Error::Invalid(format!(
+                "the adapter '{}' has no shader-f16 feature: f16 kernels need it (use f32 here)",
+                self.summary().name
+            )));
+        }
         let module = self.scoped(&label, || {
             self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(fam.source.into()),
+                source: wgpu::ShaderSource::Wgsl(source),
             })
         })?;
         let module = Arc::new(module);
-        modules.insert(fam.name, module.clone());
+        modules.insert((fam.name, precision), module.clone());
         Ok(module)
     }
 
@@ -222,7 +281,7 @@ impl Gpu {
         if let Some(c) = self.kernels.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(c.clone());
         }
-        let module = self.module(family(spec.family))?;
+        let module = self.module(family(spec.family), spec.precision)?;
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,

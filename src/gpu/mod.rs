@@ -13,7 +13,10 @@ pub mod tensor;
 pub mod timer;
 
 pub use context::{choose_adapter, AdapterFacts, AdapterRequest, AdapterSummary, Gpu, NO_ADAPTER_HELP};
-pub use kernels::{Access, CopyInto, Dispatch, KernelSpec, Segment, SegmentCopy, Submitted, FAMILIES};
+pub use kernels::{
+    variant_source, Access, CopyInto, Dispatch, KernelSpec, Precision, Segment, SegmentCopy, Submitted, ACT_ALIAS,
+    FAMILIES,
+};
 pub use readback::{ReadbackRing, Ticket};
 pub use tensor::{DType, Storage, Tensor};
 pub use timer::{Clock, DispatchTiming};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
-use crate::gpu::tensor::Tensor;
+use crate::gpu::tensor::{DType, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
 enum SlotState {
@@ -77,7 +77,7 @@ impl ReadbackRing {
     /// Record a copy of `src` into a free slot. Errors when every slot is busy (read some tickets first) or the
     /// tensor is larger than a slot.
     pub(crate) fn copy(&mut self, encoder: &mut wgpu::CommandEncoder, src: &Tensor) -> Result<Ticket> {
-        let len = src.bytes();
+        let len = src.bound_bytes();
         if len > self.slot_bytes {
             return Err(Error::Readback {
                 label: src.label().into(),
@@ -205,13 +205,27 @@ impl Gpu {
 
     /// Read an f32 tensor back.
     pub async fn read_f32_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        expect_dtype(t, DType::F32)?;
         self.read_elements(t).await
     }
 
     /// Read an f32 tensor back, blocking. Native only.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
-        pollster::block_on(self.read_elements(t))
+        pollster::block_on(self.read_f32_async(t))
+    }
+
+    /// Read an f16 tensor back, widened to f32.
+    pub async fn read_f16_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        expect_dtype(t, DType::F16)?;
+        let halves: Vec<half::f16> = self.read_elements(t).await?;
+        Ok(halves.iter().take(t.numel()).map(|h| h.to_f32()).collect())
+    }
+
+    /// Read an f16 tensor back widened to f32, blocking. Native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f16(&self, t: &Tensor) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_f16_async(t))
     }
 
     /// Read a u32 tensor back, blocking. Native only.
@@ -219,4 +233,12 @@ impl Gpu {
     pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
         pollster::block_on(self.read_elements(t))
     }
+}
+
+/// A typed read of a tensor of another element type is an error, not reinterpreted bytes.
+fn expect_dtype(t: &Tensor, dtype: DType) -> Result<()> {
+    if t.dtype() != dtype {
+        return Err(Error::Invalid(format!("tensor '{}' is {:?}, not {dtype:?}", t.label(), t.dtype())));
+    }
+    Ok(())
 }

@@ -60,11 +60,16 @@ impl Tensor {
     pub fn bytes(&self) -> u64 {
         self.numel() as u64 * self.dtype.size()
     }
+    /// The bytes a binding or a copy covers: [`Tensor::bytes`] rounded up to 4 (an odd number of f16 elements
+    /// ends in half a word; buffers and views are sized in whole words, so the padding is always there).
+    pub(crate) fn bound_bytes(&self) -> u64 {
+        self.bytes().next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+    }
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
-            size: std::num::NonZeroU64::new(self.bytes()),
+            size: std::num::NonZeroU64::new(self.bound_bytes()),
         })
     }
     /// The same data seen with another shape of equal element count.
@@ -135,6 +140,21 @@ impl Gpu {
             return Err(Error::Invalid(format!("tensor '{}' is {:?}, not F32", t.label, t.dtype)));
         }
         self.write_bytes(t, bytemuck::cast_slice(data))
+    }
+
+    /// A new f16 tensor holding `data` rounded to half precision (round to nearest even; beyond ±65504: ±inf).
+    pub fn upload_f16(&self, shape: &[usize], data: &[f32], label: &str) -> Result<Tensor> {
+        let t = self.tensor(shape, DType::F16, label)?;
+        if data.len() != t.numel() {
+            return Err(Error::shape(
+                format!("upload to '{label}'"),
+                format!("tensor {shape:?} holds {} elements, got {}", t.numel(), data.len()),
+            ));
+        }
+        let mut bytes: Vec<u8> = data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+        bytes.resize(t.bound_bytes() as usize, 0);
+        self.queue.write_buffer(&t.buffer, t.offset, &bytes);
+        Ok(t)
     }
 
     /// Overwrite a tensor's contents with raw bytes (exactly `t.bytes()` of them).

@@ -35,6 +35,35 @@ pub fn flat_grid(gpu: &crate::gpu::Gpu, n: usize) -> [u32; 3] {
     grid_1d(n, 256, gpu.limits().max_compute_workgroups_per_dimension)
 }
 
+/// The storage precision of a launch from its activation tensors: all f32, or all f16 (the kernel's f16 variant);
+/// a mix is an error naming the tensors.
+pub fn storage_precision(
+    kernel: &str,
+    label: &str,
+    tensors: &[&crate::gpu::Tensor],
+) -> crate::Result<crate::gpu::Precision> {
+    use crate::gpu::{DType, Precision};
+    let precision = |t: &crate::gpu::Tensor| match t.dtype() {
+        DType::F16 => Some(Precision::F16),
+        DType::F32 => Some(Precision::F32),
+        DType::U32 => None,
+    };
+    let first = tensors[0];
+    let want = precision(first);
+    match tensors.iter().find(|t| precision(t) != want) {
+        None => want.ok_or_else(|| {
+            crate::Error::Invalid(format!("{kernel} '{label}': '{}' is u32, expected f32 or f16", first.label()))
+        }),
+        Some(bad) => Err(crate::Error::Invalid(format!(
+            "{kernel} '{label}': '{}' is {:?} but '{}' is {:?}: the tensors of one launch share one precision",
+            first.label(),
+            first.dtype(),
+            bad.label(),
+            bad.dtype()
+        ))),
+    }
+}
+
 /// Convert a size to the u32 the kernels take, naming it when it does not fit.
 pub fn dim(value: usize, what: &str) -> crate::Result<u32> {
     u32::try_from(value).map_err(|_| crate::Error::Invalid(format!("{what} = {value} does not fit in 32 bits")))

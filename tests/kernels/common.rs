@@ -27,6 +27,23 @@ pub fn upload(shape: &[usize], data: &[f32], label: &str) -> Tensor {
     gpu().upload_f32(shape, data, label).expect("upload")
 }
 
+/// An f16 tensor of `data` rounded to half precision.
+pub fn upload_f16(shape: &[usize], data: &[f32], label: &str) -> Tensor {
+    let t = gpu().upload_f16(shape, data, label).expect("upload f16");
+    assert_eq!(t.dtype(), DType::F16);
+    t
+}
+
+/// An f16 tensor read back, widened to f32.
+pub fn read_f16(t: &Tensor) -> Vec<f32> {
+    gpu().read_f16(t).expect("readback f16")
+}
+
+/// `v` rounded to f16 and back, as the GPU holds it.
+pub fn to_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
 pub fn upload_u32(shape: &[usize], data: &[u32], label: &str) -> Tensor {
     let t = gpu().upload_u32(shape, data, label).expect("upload");
     assert_eq!(t.dtype(), DType::U32);

@@ -52,8 +52,8 @@ pub async fn run(gpu: &Gpu) -> Result<Vec<Check>> {
         .compile_all_async()
         .await
         .into_iter()
-        .map(|(family, error)| Check {
-            kernel: format!("shaders/{family}.wgsl compiles"),
+        .map(|(module, error)| Check {
+            kernel: format!("{module} compiles"),
             shape: error.clone().unwrap_or_default(),
             max_error: 0.0,
             tolerance: 0.0,
