@@ -14,6 +14,8 @@
 //   global_avg_pool_backward  dx[n,c,h,w] = dy[n, off + c] / (H*W)
 //   global_max_pool_backward  dx[n,c,h,w] = dy[n, off + c] where h*W + w == indices[n, c], else 0
 // flags & 1: accumulate into the output (the two halves of a concat pool add into one dx).
+// Storage: `act` (x, y, dy, dx) is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16); sums,
+// maxima and divisors are f32, each stored element rounded once. Indices are u32 in both.
 //
 // Window geometry: OH = (H + pad_top + pad_bottom - KH) / stride_h + 1 (the host computes it; top/left padding
 // is needed, except for the divisor with count_include_pad). Bindings: src (1) = x or dy, dst (2) = y or dx, indices (3) = argmax positions.
@@ -53,8 +55,10 @@ const FLAG_MAX: u32 = 4u;
 const NEG_INF: f32 = -0x1.fffffep+127f;
 
 @group(0) @binding(0) var<uniform> p: PoolParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;          // x (N, C, H, W) or dy
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;    // y or dx
+alias act = f32;
+
+@group(0) @binding(1) var<storage, read> src: array<act>;          // x (N, C, H, W) or dy
+@group(0) @binding(2) var<storage, read_write> dst: array<act>;    // y or dx
 @group(0) @binding(3) var<storage, read_write> indices: array<u32>; // (N, C, OH, OW) or (N, C): argmax in the plane
 
 var<workgroup> best_v: array<f32, 256>;
@@ -62,10 +66,15 @@ var<workgroup> best_i: array<u32, 256>;
 
 fn put(i: u32, v: f32) {
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        dst[i] += v;
+        dst[i] = act(f32(dst[i]) + v);
     } else {
-        dst[i] = v;
+        dst[i] = act(v);
     }
+}
+
+// src[i] widened to f32 (every sum and comparison is in f32).
+fn sv(i: u32) -> f32 {
+    return f32(src[i]);
 }
 
 // Window start (may be negative) of output (oh, ow).
@@ -107,7 +116,7 @@ fn max_pool_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
                 continue;
             }
             let pos = u32(ih) * p.in_w + u32(iw);
-            let v = src[x_plane + pos];
+            let v = sv(x_plane + pos);
             if !found || v > best {
                 best = v;
                 best_pos = pos;
@@ -138,7 +147,7 @@ fn max_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             if oh >= 0 && ow >= 0 {
                 let o = out_plane + u32(oh) * p.out_w + u32(ow);
                 if indices[o] == pos {
-                    acc += src[o];
+                    acc += sv(o);
                 }
             }
         }
@@ -175,7 +184,7 @@ fn avg_pool_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         for (var kw = 0u; kw < p.kernel_w; kw++) {
             let iw = o.y + i32(kw);
             if ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w) {
-                acc += src[x_plane + u32(ih) * p.in_w + u32(iw)];
+                acc += sv(x_plane + u32(ih) * p.in_w + u32(iw));
             }
         }
     }
@@ -199,7 +208,7 @@ fn avg_pool_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             let ow = window_at(iw, kw, p.pad_left, p.stride_w, p.out_w);
             if oh >= 0 && ow >= 0 {
                 let o = out_plane + u32(oh) * p.out_w + u32(ow);
-                acc += src[o] / avg_divisor(window_origin(u32(oh), u32(ow)));
+                acc += sv(o) / avg_divisor(window_origin(u32(oh), u32(ow)));
             }
         }
     }
@@ -217,7 +226,7 @@ fn global_pool_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invo
     var v = select(0.0, NEG_INF, is_max);
     var pos = 0xffffffffu;
     for (var i = lid; i < hw; i += 256u) {
-        let x = src[x_plane + i];
+        let x = sv(x_plane + i);
         if is_max {
             if pos == 0xffffffffu || x > v {
                 v = x;
@@ -278,7 +287,7 @@ fn global_avg_pool_backward(
     if at.y >= p.batch {
         return;
     }
-    put(at.x, src[at.y * p.out_c_total + p.out_c_offset + at.z] / f32(p.in_h * p.in_w));
+    put(at.x, sv(at.y * p.out_c_total + p.out_c_offset + at.z) / f32(p.in_h * p.in_w));
 }
 
 @compute @workgroup_size(256)
@@ -292,7 +301,7 @@ fn global_max_pool_backward(
         return;
     }
     let plane = at.y * p.channels + at.z;
-    put(at.x, select(0.0, src[at.y * p.out_c_total + p.out_c_offset + at.z], indices[plane] == at.w));
+    put(at.x, select(0.0, sv(at.y * p.out_c_total + p.out_c_offset + at.z), indices[plane] == at.w));
 }
 
 @compute @workgroup_size(256)
@@ -305,11 +314,11 @@ fn global_pool_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = plane - n * p.channels;
     let hw = p.in_h * p.in_w;
     let is_max = (p.flags & FLAG_MAX) != 0u;
-    var v = src[plane * hw];
+    var v = sv(plane * hw);
     var pos = 0u;
     var sum = v;
     for (var i = 1u; i < hw; i++) {
-        let x = src[plane * hw + i];
+        let x = sv(plane * hw + i);
         sum += x;
         if x > v {
             v = x;

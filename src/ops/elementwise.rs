@@ -145,9 +145,8 @@ pub fn elementwise(
             format!("'{}' {:?} and '{}' {:?} differ in size", x.label(), x.shape(), bad.label(), bad.shape()),
         ));
     }
-    // f16 tensors take the family's f16 variant (f32 arithmetic inside, one rounding per stored element).
-    let spec = spec.with_precision(super::storage_precision(spec.entry, label, &tensors)?);
     let p = EltParams { len: dim(n, "elements")?, flags: if accumulate { FLAG_ACCUMULATE } else { 0 }, alpha, _pad: 0 };
     let grid = super::flat_grid(gpu, n);
-    gpu.dispatch(&spec, bytemuck::bytes_of(&p), &tensors, grid, label)
+    // f16 tensors take the family's f16 variant (f32 arithmetic inside, one rounding per stored element).
+    super::dispatch_at(gpu, &spec, &tensors, bytemuck::bytes_of(&p), &tensors, grid, label)
 }

@@ -64,6 +64,21 @@ pub fn storage_precision(
     }
 }
 
+/// Dispatch `spec` at the precision of `acts`, the launch's activation tensors (all f32, or all f16 for the
+/// family's f16 variant); parameters, statistics and indices keep their own types.
+pub(crate) fn dispatch_at(
+    gpu: &crate::gpu::Gpu,
+    spec: &crate::gpu::KernelSpec,
+    acts: &[&crate::gpu::Tensor],
+    params: &[u8],
+    tensors: &[&crate::gpu::Tensor],
+    grid: [u32; 3],
+    label: &str,
+) -> crate::Result<crate::gpu::Dispatch> {
+    let spec = spec.with_precision(storage_precision(spec.entry, label, acts)?);
+    gpu.dispatch(&spec, params, tensors, grid, label)
+}
+
 /// Convert a size to the u32 the kernels take, naming it when it does not fit.
 pub fn dim(value: usize, what: &str) -> crate::Result<u32> {
     u32::try_from(value).map_err(|_| crate::Error::Invalid(format!("{what} = {value} does not fit in 32 bits")))

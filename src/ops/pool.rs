@@ -160,7 +160,7 @@ pub fn max_pool_forward(
     expect_shape(indices, &s.y_shape(), "max_pool_forward indices")?;
     let p = s.params(0)?;
     let grid = [(p.out_h * p.out_w).div_ceil(256), p.channels, p.batch];
-    gpu.dispatch(&MAX_POOL_FORWARD, bytemuck::bytes_of(&p), &[x, y, indices], grid, label)
+    super::dispatch_at(gpu, &MAX_POOL_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, y, indices], grid, label)
 }
 
 pub fn max_pool_backward(
@@ -177,7 +177,7 @@ pub fn max_pool_backward(
     expect_shape(dx, &s.x_shape(), "max_pool_backward input gradient")?;
     let p = s.params(acc_flag(accumulate))?;
     let grid = [(p.in_h * p.in_w).div_ceil(256), p.channels, p.batch];
-    gpu.dispatch(&MAX_POOL_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx, indices], grid, label)
+    super::dispatch_at(gpu, &MAX_POOL_BACKWARD, &[dy, dx], bytemuck::bytes_of(&p), &[dy, dx, indices], grid, label)
 }
 
 fn avg_flags(s: &PoolShape, accumulate: bool) -> u32 {
@@ -189,7 +189,7 @@ pub fn avg_pool_forward(gpu: &Gpu, s: &PoolShape, x: &Tensor, y: &Tensor, label:
     expect_shape(y, &s.y_shape(), "avg_pool_forward output")?;
     let p = s.params(avg_flags(s, false))?;
     let grid = [(p.out_h * p.out_w).div_ceil(256), p.channels, p.batch];
-    gpu.dispatch(&AVG_POOL_FORWARD, bytemuck::bytes_of(&p), &[x, y], grid, label)
+    super::dispatch_at(gpu, &AVG_POOL_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, y], grid, label)
 }
 
 pub fn avg_pool_backward(
@@ -204,7 +204,7 @@ pub fn avg_pool_backward(
     expect_shape(dx, &s.x_shape(), "avg_pool_backward input gradient")?;
     let p = s.params(avg_flags(s, accumulate))?;
     let grid = [(p.in_h * p.in_w).div_ceil(256), p.channels, p.batch];
-    gpu.dispatch(&AVG_POOL_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx], grid, label)
+    super::dispatch_at(gpu, &AVG_POOL_BACKWARD, &[dy, dx], bytemuck::bytes_of(&p), &[dy, dx], grid, label)
 }
 
 /// Global pooling kind.
@@ -264,9 +264,19 @@ pub fn global_pool_forward(
     }
     if p.in_h * p.in_w < 1024 {
         let grid = [(p.batch * p.channels).div_ceil(256), 1, 1];
-        return gpu.dispatch(&GLOBAL_POOL_FORWARD_ROWS, bytemuck::bytes_of(&p), &[x, y, indices], grid, label);
+        let tensors = [x, y, indices];
+        return super::dispatch_at(
+            gpu,
+            &GLOBAL_POOL_FORWARD_ROWS,
+            &[x, y],
+            bytemuck::bytes_of(&p),
+            &tensors,
+            grid,
+            label,
+        );
     }
-    gpu.dispatch(&GLOBAL_POOL_FORWARD, bytemuck::bytes_of(&p), &[x, y, indices], [p.channels, p.batch, 1], label)
+    let grid = [p.channels, p.batch, 1];
+    super::dispatch_at(gpu, &GLOBAL_POOL_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, y, indices], grid, label)
 }
 
 /// dx (N, C, H, W) from the slice [offset, offset + C) of dy (N, C_total).
@@ -284,9 +294,18 @@ pub fn global_pool_backward(
     let elements = dx.numel();
     let grid = super::flat_grid(gpu, elements);
     match kind {
-        GlobalPool::Avg => gpu.dispatch(&GLOBAL_AVG_POOL_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx], grid, label),
+        GlobalPool::Avg => super::dispatch_at(
+            gpu,
+            &GLOBAL_AVG_POOL_BACKWARD,
+            &[dy, dx],
+            bytemuck::bytes_of(&p),
+            &[dy, dx],
+            grid,
+            label,
+        ),
         GlobalPool::Max => {
-            gpu.dispatch(&GLOBAL_MAX_POOL_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx, indices], grid, label)
+            let tensors = [dy, dx, indices];
+            super::dispatch_at(gpu, &GLOBAL_MAX_POOL_BACKWARD, &[dy, dx], bytemuck::bytes_of(&p), &tensors, grid, label)
         }
     }
 }

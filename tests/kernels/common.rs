@@ -39,6 +39,16 @@ pub fn read_f16(t: &Tensor) -> Vec<f32> {
     gpu().read_f16(t).expect("readback f16")
 }
 
+/// Upload and read functions for f32 tensors, or with `half` for f16 ones (tests that run both precisions).
+#[allow(clippy::type_complexity)]
+pub fn io(half: bool) -> (fn(&[usize], &[f32], &str) -> Tensor, fn(&Tensor) -> Vec<f32>) {
+    if half {
+        (upload_f16, read_f16)
+    } else {
+        (upload, read)
+    }
+}
+
 /// `v` rounded to f16 and back, as the GPU holds it.
 pub fn to_f16(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()

@@ -10,18 +10,30 @@ use wgtune::reference::{self, widen, SplitMix};
 use crate::common::*;
 
 fn check_window(x_shape: [usize; 4], cfg: PoolConfig, seed: u64) {
+    check_window_at(x_shape, cfg, seed, false);
+}
+
+/// The window kernels on f32 tensors, or with `half` on f16 tensors (the f16 variant, issue 14): then the
+/// reference takes the f16-rounded inputs, and sums (max backward, averages) get one f16 rounding of tolerance
+/// (2^-11 relative; 2^-14 absolute, f16's smallest normal, as drivers may flush subnormals). Max forward stays exact.
+fn check_window_at(x_shape: [usize; 4], cfg: PoolConfig, seed: u64, half: bool) {
     let g = gpu();
     let s = PoolShape::new(&x_shape, cfg).expect("geometry");
     let mut rng = SplitMix(seed);
-    let x_data = rng.vec_f32(x_shape.iter().product(), -1.0, 1.0);
-    let dy_data = rng.vec_f32(s.y_shape().iter().product(), -1.0, 1.0);
-    let x = upload(&x_shape, &x_data, "x");
-    let dy = upload(&s.y_shape(), &dy_data, "dy");
-    let y_max = poisoned(&s.y_shape(), "y max");
-    let y_avg = poisoned(&s.y_shape(), "y avg");
+    let mut x_data = rng.vec_f32(x_shape.iter().product(), -1.0, 1.0);
+    let mut dy_data = rng.vec_f32(s.y_shape().iter().product(), -1.0, 1.0);
+    let (up, get) = io(half);
+    let x = up(&x_shape, &x_data, "x");
+    let dy = up(&s.y_shape(), &dy_data, "dy");
+    if half {
+        (x_data, dy_data) = (to_f16(&x_data), to_f16(&dy_data));
+    }
+    let nan = |shape: &[usize], label: &str| up(shape, &vec![f32::NAN; shape.iter().product()], label);
+    let y_max = nan(&s.y_shape(), "y max");
+    let y_avg = nan(&s.y_shape(), "y avg");
     let idx = g.upload_u32(&s.y_shape(), &vec![u32::MAX; s.y_shape().iter().product()], "indices").expect("idx");
-    let dx_max = poisoned(&x_shape, "dx max");
-    let dx_avg = poisoned(&x_shape, "dx avg");
+    let dx_max = nan(&x_shape, "dx max");
+    let dx_avg = nan(&x_shape, "dx avg");
     let steps = [
         max_pool_forward(g, &s, &x, &y_max, &idx, "max fwd").expect("max fwd"),
         max_pool_backward(g, &s, &dy, &idx, &dx_max, false, "max bwd").expect("max bwd"),
@@ -30,19 +42,28 @@ fn check_window(x_shape: [usize; 4], cfg: PoolConfig, seed: u64) {
     ];
     g.run("pool test", &steps.iter().collect::<Vec<_>>()).expect("run");
     let (xd, dyd) = (widen(&x_data), widen(&dy_data));
-    let what = format!("x {x_shape:?} {cfg:?}");
+    let what = format!("x {x_shape:?} {cfg:?} f16={half}");
+    let (atol, rtol) = if half { (2f64.powi(-14), 2f64.powi(-11) + 1e-6) } else { (1e-6, 1e-6) };
     let (want_y, want_idx) = reference::max_pool_forward(&s, &xd);
-    assert_close(&read(&y_max), &want_y, 0.0, 0.0, &format!("max forward {what}"));
+    assert_close(&get(&y_max), &want_y, 0.0, 0.0, &format!("max forward {what}"));
     assert_eq!(g.read_u32(&idx).expect("read"), want_idx, "max indices {what}");
     assert_close(
-        &read(&dx_max),
+        &get(&dx_max),
         &reference::max_pool_backward(&s, &dyd, &want_idx),
-        1e-6,
-        1e-6,
+        atol,
+        rtol,
         &format!("max backward {what}"),
     );
-    assert_close(&read(&y_avg), &reference::avg_pool_forward(&s, &xd), 1e-6, 1e-6, &format!("avg forward {what}"));
-    assert_close(&read(&dx_avg), &reference::avg_pool_backward(&s, &dyd), 1e-6, 1e-6, &format!("avg backward {what}"));
+    assert_close(&get(&y_avg), &reference::avg_pool_forward(&s, &xd), atol, rtol, &format!("avg forward {what}"));
+    assert_close(&get(&dx_avg), &reference::avg_pool_backward(&s, &dyd), atol, rtol, &format!("avg backward {what}"));
+}
+
+/// The window kernels' f16 variant on the awkward shapes of the f32 tests.
+#[test]
+fn window_pools_in_f16() {
+    check_window_at([2, 3, 7, 7], PoolConfig::square(3, 2, 1), 101, true);
+    check_window_at([1, 2, 6, 5], PoolConfig::square(2, 2, 0), 102, true);
+    check_window_at([3, 5, 13, 11], PoolConfig::square(3, 1, 1), 103, true);
 }
 
 #[test]
@@ -75,16 +96,27 @@ fn pool_plane_larger_than_a_workgroup() {
 /// fastai's concat pool: max into channels [0, C), mean into [C, 2C) of one (N, 2C) tensor; backward adds both
 /// into one dx (the second with accumulate).
 fn check_concat_pool(x_shape: [usize; 4], seed: u64) {
+    check_concat_pool_at(x_shape, seed, false);
+}
+
+/// fastai's concat pool (global max and mean into two halves, backward accumulating both) on f32 tensors, or with
+/// `half` on f16 ones against the reference on the f16-rounded inputs: the mean is rounded once, dx twice (the max
+/// part is stored, then the mean part added), so 2^-10 relative there.
+fn check_concat_pool_at(x_shape: [usize; 4], seed: u64, half: bool) {
     let g = gpu();
     let [n, c, h, w] = x_shape;
     let hw = h * w;
     let mut rng = SplitMix(seed);
-    let x_data = rng.vec_f32(n * c * hw, -1.0, 1.0);
-    let dy_data = rng.vec_f32(n * 2 * c, -1.0, 1.0);
-    let x = upload(&x_shape, &x_data, "x");
-    let y = poisoned(&[n, 2 * c], "pooled");
-    let dy = upload(&[n, 2 * c], &dy_data, "dpooled");
-    let dx = poisoned(&x_shape, "dx");
+    let mut x_data = rng.vec_f32(n * c * hw, -1.0, 1.0);
+    let mut dy_data = rng.vec_f32(n * 2 * c, -1.0, 1.0);
+    let (up, get) = io(half);
+    let x = up(&x_shape, &x_data, "x");
+    let y = up(&[n, 2 * c], &vec![f32::NAN; n * 2 * c], "pooled");
+    let dy = up(&[n, 2 * c], &dy_data, "dpooled");
+    let dx = up(&x_shape, &vec![f32::NAN; n * c * hw], "dx");
+    if half {
+        (x_data, dy_data) = (to_f16(&x_data), to_f16(&dy_data));
+    }
     let idx = g.tensor(&[n, c], DType::U32, "argmax").expect("idx");
     let steps = [
         global_pool_forward(g, GlobalPool::Max, &x, &y, 0, &idx, "max").expect("max"),
@@ -109,9 +141,18 @@ fn check_concat_pool(x_shape: [usize; 4], seed: u64) {
             }
         }
     }
-    assert_close(&read(&y), &want_y, 1e-6, 1e-6, &format!("concat pool forward {x_shape:?}"));
+    let (atol, rtol) = if half { (2f64.powi(-14), 2f64.powi(-11) + 1e-6) } else { (1e-6, 1e-6) };
+    assert_close(&get(&y), &want_y, atol, rtol, &format!("concat pool forward {x_shape:?} f16={half}"));
     assert_eq!(g.read_u32(&idx).expect("read"), argmax, "argmax {x_shape:?}");
-    assert_close(&read(&dx), &want_dx, 1e-6, 1e-6, &format!("concat pool backward {x_shape:?}"));
+    assert_close(&get(&dx), &want_dx, 2.0 * atol, 2.0 * rtol, &format!("concat pool backward {x_shape:?} f16={half}"));
+}
+
+/// The global pools' f16 variant: small planes (one invocation per plane), a plane larger than a workgroup, 1x1.
+#[test]
+fn concat_pool_in_f16() {
+    check_concat_pool_at([3, 5, 7, 9], 106, true);
+    check_concat_pool_at([2, 2, 33, 35], 110, true);
+    check_concat_pool_at([4, 6, 1, 1], 108, true);
 }
 
 #[test]
