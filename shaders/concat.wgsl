@@ -5,6 +5,8 @@
 // Both are the same copy of a (N, C, HW) slice between two tensors whose channel counts (src_c_total, dst_c_total)
 // and channel offsets differ. flags & 1: accumulate into the destination.
 // Dispatch: (ceil(HW / 256), C, N); one invocation per element.
+// Storage: `act` is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16); values are widened to
+// f32 where they are computed with or added to, and each stored element is rounded once.
 
 struct ConcatParams {
     batch: u32,
@@ -20,8 +22,10 @@ struct ConcatParams {
 const FLAG_ACCUMULATE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: ConcatParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;        // (N, src_c_total, HW)
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;  // (N, dst_c_total, HW)
+alias act = f32;
+
+@group(0) @binding(1) var<storage, read> src: array<act>;        // (N, src_c_total, HW)
+@group(0) @binding(2) var<storage, read_write> dst: array<act>;  // (N, dst_c_total, HW)
 
 fn copy_slice(wg: vec3<u32>, lid: u32) {
     let c = wg.y;
@@ -30,12 +34,12 @@ fn copy_slice(wg: vec3<u32>, lid: u32) {
     if i >= p.hw {
         return;
     }
-    let v = src[(n * p.src_c_total + p.src_c_offset + c) * p.hw + i];
+    let v = f32(src[(n * p.src_c_total + p.src_c_offset + c) * p.hw + i]);
     let d = (n * p.dst_c_total + p.dst_c_offset + c) * p.hw + i;
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        dst[d] += v;
+        dst[d] = act(f32(dst[d]) + v);
     } else {
-        dst[d] = v;
+        dst[d] = act(v);
     }
 }
 

@@ -9,6 +9,8 @@
 // run is reproducible. The hash is PCG's output permutation applied three times (seed, then step, then element);
 // src/reference.rs computes the same bits on the CPU.
 // Layout: flat (len) arrays. Dispatch: 256 per workgroup on a 2-D grid (x, y), as elementwise.wgsl.
+// Storage: `act` is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16); values are widened to
+// f32 where they are computed with or added to, and each stored element is rounded once.
 
 struct DropoutParams {
     len: u32,
@@ -24,8 +26,10 @@ struct DropoutParams {
 const FLAG_ACCUMULATE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: DropoutParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;        // x or dy (len)
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;  // out or dx (len)
+alias act = f32;
+
+@group(0) @binding(1) var<storage, read> src: array<act>;        // x or dy (len)
+@group(0) @binding(2) var<storage, read_write> dst: array<act>;  // out or dx (len)
 
 fn pcg(v: u32) -> u32 {
     let state = v * 747796405u + 2891336453u;
@@ -40,11 +44,11 @@ fn apply(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
     let key = pcg(p.step ^ pcg(p.seed));
     let keep = pcg((i / p.per) ^ key) >= p.threshold;
-    let v = select(0.0, src[i] * p.scale, keep);
+    let v = select(0.0, f32(src[i]) * p.scale, keep);
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        dst[i] += v;
+        dst[i] = act(f32(dst[i]) + v);
     } else {
-        dst[i] = v;
+        dst[i] = act(v);
     }
 }
 

@@ -7,6 +7,8 @@
 // Rank at most 8: dims and strides are two vec4 each (uniform arrays need 16-byte elements).
 // Layout: flat arrays of p.len elements. Dispatch: 256 per workgroup on a 2-D grid (x, y),
 // element = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
+// Storage: `act` is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16); values are widened to
+// f32 where they are computed with or added to, and each stored element is rounded once.
 
 struct PermuteParams {
     len: u32,
@@ -20,8 +22,10 @@ struct PermuteParams {
 const FLAG_ACCUMULATE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: PermuteParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;          // (len), the input's layout
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;  // (len), the permuted layout
+alias act = f32;
+
+@group(0) @binding(1) var<storage, read> x: array<act>;          // (len), the input's layout
+@group(0) @binding(2) var<storage, read_write> out: array<act>;  // (len), the permuted layout
 
 @compute @workgroup_size(256)
 fn permute(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -38,7 +42,7 @@ fn permute(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         rest /= dim;
     }
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        out[i] += x[src];
+        out[i] = act(f32(out[i]) + f32(x[src]));
     } else {
         out[i] = x[src];
     }

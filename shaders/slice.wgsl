@@ -9,6 +9,8 @@
 //                   (expand's backward is a sum over the batch: reduce.wgsl's sum_reduce.)
 // One invocation per output element, 256 per workgroup on a 2-D grid (x, y):
 // element = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
+// Storage: `act` is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16); values are widened to
+// f32 where they are computed with or added to, and each stored element is rounded once.
 
 struct SliceParams {
     outer: u32,
@@ -24,8 +26,10 @@ struct SliceParams {
 const FLAG_ACCUMULATE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: SliceParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;        // x, or dy (outer, len, inner) in backward
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;  // y, or dx (outer, channels, inner)
+alias act = f32;
+
+@group(0) @binding(1) var<storage, read> src: array<act>;        // x, or dy (outer, len, inner) in backward
+@group(0) @binding(2) var<storage, read_write> dst: array<act>;  // y, or dx (outer, channels, inner)
 
 fn element(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.y * nwg.x + wg.x) * 256u + lid;
@@ -56,11 +60,11 @@ fn slice_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let o = k / (p.inner * p.channels);
     let inside = c >= p.start && c < p.start + p.len;
     let source = (o * p.len + min(c - p.start, p.len - 1u)) * p.inner + i;
-    let v = select(0.0, src[source], inside);
+    let v = select(0.0, f32(src[source]), inside);
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        dst[k] += v;
+        dst[k] = act(f32(dst[k]) + v);
     } else {
-        dst[k] = v;
+        dst[k] = act(v);
     }
 }
 

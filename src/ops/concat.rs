@@ -60,7 +60,8 @@ fn params(part: &Tensor, whole: &Tensor, offset: usize, forward: bool, accumulat
 /// out[:, offset .. offset + C] = x. Concatenating k tensors is k of these into one `out`.
 pub fn concat_forward(gpu: &Gpu, x: &Tensor, out: &Tensor, offset: usize, label: &str) -> Result<Dispatch> {
     let p = params(x, out, offset, true, false)?;
-    gpu.dispatch(&CONCAT_FORWARD, bytemuck::bytes_of(&p), &[x, out], [p.hw.div_ceil(256), p.channels, p.batch], label)
+    let grid = [p.hw.div_ceil(256), p.channels, p.batch];
+    super::dispatch_at(gpu, &CONCAT_FORWARD, &[x, out], bytemuck::bytes_of(&p), &[x, out], grid, label)
 }
 
 /// dx (+)= dout[:, offset .. offset + C].
@@ -73,11 +74,6 @@ pub fn concat_backward(
     label: &str,
 ) -> Result<Dispatch> {
     let p = params(dx, dout, offset, false, accumulate)?;
-    gpu.dispatch(
-        &CONCAT_BACKWARD,
-        bytemuck::bytes_of(&p),
-        &[dout, dx],
-        [p.hw.div_ceil(256), p.channels, p.batch],
-        label,
-    )
+    let grid = [p.hw.div_ceil(256), p.channels, p.batch];
+    super::dispatch_at(gpu, &CONCAT_BACKWARD, &[dout, dx], bytemuck::bytes_of(&p), &[dout, dx], grid, label)
 }

@@ -67,7 +67,7 @@ fn launch(gpu: &Gpu, spec: &KernelSpec, p: DropoutParams, src: &Tensor, dst: &Te
         ));
     }
     let grid = super::flat_grid(gpu, src.numel());
-    gpu.dispatch(spec, bytemuck::bytes_of(&p), &[src, dst], grid, label)
+    super::dispatch_at(gpu, spec, &[src, dst], bytemuck::bytes_of(&p), &[src, dst], grid, label)
 }
 
 /// out = x * mask / (1 - p).

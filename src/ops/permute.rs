@@ -82,5 +82,5 @@ pub fn permute(gpu: &Gpu, x: &Tensor, perm: &[usize], out: &Tensor, accumulate: 
         p.strides[d] = dim(in_strides[a], "stride")?;
     }
     let grid = super::flat_grid(gpu, x.numel());
-    gpu.dispatch(&PERMUTE, bytemuck::bytes_of(&p), &[x, out], grid, label)
+    super::dispatch_at(gpu, &PERMUTE, &[x, out], bytemuck::bytes_of(&p), &[x, out], grid, label)
 }

@@ -58,7 +58,7 @@ fn params(whole: &Tensor, part: &Tensor, start: usize, accumulate: bool) -> Resu
 /// y = x[:, start .. start + C_y] (dimension 1).
 pub fn slice_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, start: usize, label: &str) -> Result<Dispatch> {
     let p = params(x, y, start, false)?;
-    gpu.dispatch(&SLICE_FORWARD, bytemuck::bytes_of(&p), &[x, y], flat_grid(gpu, y.numel()), label)
+    super::dispatch_at(gpu, &SLICE_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, y], flat_grid(gpu, y.numel()), label)
 }
 
 /// dx (+)= dy placed at channels start .. start + C_dy, zeros elsewhere (every element of dx is written).
@@ -71,7 +71,15 @@ pub fn slice_backward(
     label: &str,
 ) -> Result<Dispatch> {
     let p = params(dx, dy, start, accumulate)?;
-    gpu.dispatch(&SLICE_BACKWARD, bytemuck::bytes_of(&p), &[dy, dx], flat_grid(gpu, dx.numel()), label)
+    super::dispatch_at(
+        gpu,
+        &SLICE_BACKWARD,
+        &[dy, dx],
+        bytemuck::bytes_of(&p),
+        &[dy, dx],
+        flat_grid(gpu, dx.numel()),
+        label,
+    )
 }
 
 /// y (N, ...) = x (1, ...) repeated N times. Its backward is a sum over the batch (`reduce::sum_reduce`).
@@ -88,5 +96,5 @@ pub fn expand_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, label: &str) -> Result<
         ));
     }
     let p = SliceParams { outer: dim(y.numel() / per, "batch")?, inner: dim(per, "elements")?, ..Default::default() };
-    gpu.dispatch(&EXPAND_FORWARD, bytemuck::bytes_of(&p), &[x, y], flat_grid(gpu, y.numel()), label)
+    super::dispatch_at(gpu, &EXPAND_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, y], flat_grid(gpu, y.numel()), label)
 }

@@ -8,6 +8,7 @@ mod conv;
 mod dropout;
 mod elementwise;
 mod errors;
+mod half_precision;
 mod layer_norm;
 mod loss;
 mod matmul;

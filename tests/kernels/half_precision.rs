@@ -1,0 +1,82 @@
+//! The f16 variants of the copy-like families (dropout, concat, permute, slice, expand; issue 14) against their
+//! f32 kernels: each stores `act(v)` where the f32 kernel stores `v`, with the same f32 arithmetic before, so on
+//! f16-rounded inputs the f16 result must be the f32 result rounded to f16: bit for bit where the driver rounds to
+//! nearest (lavapipe does), within one f16 ulp anywhere (WGSL lets the f32-to-f16 conversion round either way).
+//! (Element-wise and pooling kernels are checked against the f64 reference in their own files.)
+
+use wgtune::gpu::Tensor;
+use wgtune::ops::concat::{concat_backward, concat_forward};
+use wgtune::ops::dropout::{dropout_backward, dropout_forward, DropoutParams};
+use wgtune::ops::permute::permute;
+use wgtune::ops::slice::{expand_forward, slice_backward, slice_forward};
+use wgtune::reference::SplitMix;
+
+use crate::common::*;
+
+/// Run `launch` (inputs, output) once on f32 tensors and once on f16 tensors holding the same f16-rounded values
+/// (the output starts from `start`, NaN when None); the f16 output must equal the f32 one rounded to f16.
+fn twin(
+    what: &str,
+    inputs: &[(&[usize], Vec<f32>)],
+    out_shape: &[usize],
+    start: Option<Vec<f32>>,
+    launch: impl Fn(&[Tensor], &Tensor) -> wgtune::Result<wgtune::gpu::Dispatch>,
+) {
+    let g = gpu();
+    let n_out: usize = out_shape.iter().product();
+    let start = to_f16(&start.unwrap_or_else(|| vec![f32::NAN; n_out]));
+    let mut results = Vec::new();
+    for half in [false, true] {
+        let (up, get) = io(half);
+        let ins: Vec<Tensor> = inputs.iter().map(|(shape, v)| up(shape, &to_f16(v), "in")).collect();
+        let out = up(out_shape, &start, "out");
+        let d = launch(&ins, &out).unwrap_or_else(|e| panic!("{what} f16={half}: {e}"));
+        g.run(what, &[&d]).expect("run");
+        results.push(get(&out));
+    }
+    let want = to_f16(&results[0]);
+    let got = &results[1];
+    for (i, (&w, &h)) in want.iter().zip(got).enumerate() {
+        // One f16 ulp at w: 2^(exponent - 10), and 2^-24 (the subnormal step) below f16's normal range.
+        let ulp = (2f32.powi(w.abs().log2().floor() as i32 - 10)).max(2f32.powi(-24));
+        assert!(w.to_bits() == h.to_bits() || (h - w).abs() <= ulp, "{what}: element {i}: f16 {h}, f32 rounded {w}");
+    }
+    assert!(!got.iter().any(|v| v.is_nan()), "{what}: an output element was not written");
+}
+
+#[test]
+fn copy_families_in_f16_are_their_f32_kernels_rounded() {
+    let mut rng = SplitMix(77);
+    let mut data = |n: usize| rng.vec_f32(n, -3.0, 3.0);
+    // Dropout (and drop path): forward, and backward accumulating; an odd length ends in half a word.
+    let n = 1031;
+    let (x, dx0) = (data(n), data(n));
+    let fwd = DropoutParams::new(n, 0.3, 5, 2, false).expect("params");
+    twin("dropout forward", &[(&[n], x.clone())], &[n], None, |t, out| dropout_forward(gpu(), &t[0], out, fwd, "d"));
+    let bwd = DropoutParams::new(n, 0.3, 5, 2, true).expect("params");
+    twin("dropout backward", &[(&[n], x)], &[n], Some(dx0), |t, out| dropout_backward(gpu(), &t[0], out, bwd, "d"));
+    // Concat: a 3-channel slice into a 5-channel tensor at offset 2, and its backward accumulating.
+    let (a, big, start) = (data(2 * 3 * 7), data(2 * 5 * 7), data(2 * 3 * 7));
+    twin("concat forward", &[(&[2, 3, 7, 1], a)], &[2, 5, 7, 1], Some(data(2 * 5 * 7)), |t, out| {
+        concat_forward(gpu(), &t[0], out, 2, "c")
+    });
+    twin("concat backward", &[(&[2, 5, 7, 1], big)], &[2, 3, 7, 1], Some(start), |t, out| {
+        concat_backward(gpu(), &t[0], 2, out, true, "c")
+    });
+    // Permute (attention's head split), plain and accumulating.
+    let x = data(2 * 3 * 5 * 7);
+    for accumulate in [false, true] {
+        twin("permute", &[(&[2, 3, 5, 7], x.clone())], &[2, 5, 3, 7], Some(data(210)), |t, out| {
+            permute(gpu(), &t[0], &[0, 2, 1, 3], out, accumulate, "p")
+        });
+    }
+    // Slice (q/k/v), its backward (zeros outside the range), and expand (the class token over the batch).
+    let x = data(3 * 9 * 5);
+    twin("slice forward", &[(&[3, 9, 5], x)], &[3, 4, 5], None, |t, out| slice_forward(gpu(), &t[0], out, 3, "s"));
+    let dy = data(3 * 4 * 5);
+    twin("slice backward", &[(&[3, 4, 5], dy)], &[3, 9, 5], Some(data(135)), |t, out| {
+        slice_backward(gpu(), &t[0], out, 3, true, "s")
+    });
+    let x = data(11);
+    twin("expand", &[(&[1, 11], x)], &[4, 11], None, |t, out| expand_forward(gpu(), &t[0], out, "e"));
+}
