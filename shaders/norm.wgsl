@@ -19,6 +19,9 @@
 //                             (the batch statistics depend on x);
 //                             eval (flags & 2): dx = gamma * invstd * dy (the statistics are constants).
 //                             flags & 1: accumulate into dx. Dispatch as batch_norm_forward.
+//
+// Storage: `act` (x, dy, y, dx) is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16);
+// statistics, parameters and their gradients are f32 in both, as is every sum.
 
 struct NormParams {
     batch: u32,
@@ -35,15 +38,17 @@ const FLAG_ACCUMULATE: u32 = 1u;
 const FLAG_EVAL: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: NormParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;               // (N, C, HW)
-@group(0) @binding(2) var<storage, read> dy: array<f32>;              // (N, C, HW)
+alias act = f32;
+
+@group(0) @binding(1) var<storage, read> x: array<act>;               // (N, C, HW)
+@group(0) @binding(2) var<storage, read> dy: array<act>;              // (N, C, HW)
 @group(0) @binding(3) var<storage, read> mean: array<f32>;            // (C) statistics in use
 @group(0) @binding(4) var<storage, read> variance: array<f32>;        // (C) biased variance in use
 @group(0) @binding(5) var<storage, read> gamma: array<f32>;           // (C)
 @group(0) @binding(6) var<storage, read> beta: array<f32>;            // (C)
 @group(0) @binding(7) var<storage, read> dgamma_in: array<f32>;       // (C), backward_data
 @group(0) @binding(8) var<storage, read> dbeta_in: array<f32>;        // (C), backward_data
-@group(0) @binding(9) var<storage, read_write> out: array<f32>;       // y or dx (N, C, HW)
+@group(0) @binding(9) var<storage, read_write> out: array<act>;       // y or dx (N, C, HW)
 @group(0) @binding(10) var<storage, read_write> stat_a: array<f32>;   // (C) save_mean, or dgamma
 @group(0) @binding(11) var<storage, read_write> stat_b: array<f32>;   // (C) save_var, or dbeta
 @group(0) @binding(12) var<storage, read_write> running_mean: array<f32>; // (C)
@@ -51,6 +56,15 @@ const FLAG_EVAL: u32 = 2u;
 
 var<workgroup> partial: array<f32, 256>;
 var<workgroup> partial2: array<f32, 256>;
+
+// x[i] and dy[i] widened to f32: statistics, sums and the normalization are f32 at either storage precision.
+fn xv(i: u32) -> f32 {
+    return f32(x[i]);
+}
+
+fn dyv(i: u32) -> f32 {
+    return f32(dy[i]);
+}
 
 // Sum partial (and partial2) over the workgroup into element 0. Every invocation must call it.
 fn workgroup_sums(lid: u32) {
@@ -92,7 +106,7 @@ fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     let m = p.batch * p.hw;
     var s = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
-        s += x[cursor_index(c, cur)];
+        s += xv(cursor_index(c, cur));
     }
     partial[lid] = s;
     partial2[lid] = 0.0;
@@ -101,7 +115,7 @@ fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     workgroupBarrier();
     var q = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
-        let d = x[cursor_index(c, cur)] - mu;
+        let d = xv(cursor_index(c, cur)) - mu;
         q += d * d;
     }
     partial[lid] = q;
@@ -120,7 +134,7 @@ fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
     let c = (k / p.hw) % p.channels;
     let invstd = inverseSqrt(variance[c] + p.eps);
-    out[k] = gamma[c] * (x[k] - mean[c]) * invstd + beta[c];
+    out[k] = act(gamma[c] * (xv(k) - mean[c]) * invstd + beta[c]);
 }
 
 @compute @workgroup_size(256)
@@ -132,8 +146,8 @@ fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loc
     var sb = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
-        sb += dy[k];
-        sg += dy[k] * (x[k] - mu) * invstd;
+        sb += dyv(k);
+        sg += dyv(k) * (xv(k) - mu) * invstd;
     }
     partial[lid] = sg;
     partial2[lid] = sb;
@@ -155,16 +169,16 @@ fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
     let invstd = inverseSqrt(variance[c] + p.eps);
     var g: f32;
     if (p.flags & FLAG_EVAL) != 0u {
-        g = gamma[c] * invstd * dy[k];
+        g = gamma[c] * invstd * dyv(k);
     } else {
         let m = f32(p.batch * p.hw);
-        let xhat = (x[k] - mean[c]) * invstd;
-        g = gamma[c] * invstd / m * (m * dy[k] - dbeta_in[c] - xhat * dgamma_in[c]);
+        let xhat = (xv(k) - mean[c]) * invstd;
+        g = gamma[c] * invstd / m * (m * dyv(k) - dbeta_in[c] - xhat * dgamma_in[c]);
     }
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        out[k] += g;
+        out[k] = act(f32(out[k]) + g);
     } else {
-        out[k] = g;
+        out[k] = act(g);
     }
 }
 
@@ -188,7 +202,7 @@ fn batch_norm_statistics_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
         for (var i = 0u; i < p.hw; i++) {
-            s += x[base + i];
+            s += xv(base + i);
         }
     }
     let mu = s / f32(p.batch * p.hw);
@@ -196,7 +210,7 @@ fn batch_norm_statistics_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
         for (var i = 0u; i < p.hw; i++) {
-            let d = x[base + i] - mu;
+            let d = xv(base + i) - mu;
             q += d * d;
         }
     }
@@ -216,9 +230,9 @@ fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
         for (var i = 0u; i < p.hw; i++) {
-            let g = dy[base + i];
+            let g = dyv(base + i);
             sb += g;
-            sg += g * (x[base + i] - mu) * invstd;
+            sg += g * (xv(base + i) - mu) * invstd;
         }
     }
     stat_a[c] = sg;

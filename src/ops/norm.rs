@@ -122,16 +122,20 @@ pub fn batch_norm_forward(
     if save.is_some() {
         geometry(x, &[mean, var])?;
         let (spec, grid) = per_channel(&p, &BATCH_NORM_STATISTICS, &BATCH_NORM_STATISTICS_ROWS);
-        steps.push(gpu.dispatch(
+        steps.push(super::dispatch_at(
+            gpu,
             spec,
+            &[x],
             bytemuck::bytes_of(&p),
             &[x, mean, var, state.running_mean, state.running_var],
             grid,
-            format!("{label} statistics"),
+            &format!("{label} statistics"),
         )?);
     }
-    steps.push(gpu.dispatch(
+    steps.push(super::dispatch_at(
+        gpu,
         &BATCH_NORM_FORWARD,
+        &[x, y],
         bytemuck::bytes_of(&p),
         &[x, mean, var, state.gamma, state.beta, y],
         grid,
@@ -165,15 +169,19 @@ pub fn batch_norm_backward(
     let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
     let p = params(x, &[gamma, mean, var, dgamma, dbeta], cfg, flags)?;
     let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
-    let reduce = gpu.dispatch(
+    let reduce = super::dispatch_at(
+        gpu,
         spec,
+        &[x, dy],
         bytemuck::bytes_of(&p),
         &[x, dy, mean, var, dgamma, dbeta],
         grid,
-        format!("{label} reduce"),
+        &format!("{label} reduce"),
     )?;
-    let data = gpu.dispatch(
+    let data = super::dispatch_at(
+        gpu,
         &BATCH_NORM_BACKWARD_DATA,
+        &[x, dy, dx],
         bytemuck::bytes_of(&p),
         &[x, dy, mean, var, gamma, dgamma, dbeta, dx],
         elements_grid(gpu, &p),

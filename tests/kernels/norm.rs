@@ -10,27 +10,41 @@ const ATOL: f64 = 2e-5;
 const RTOL: f64 = 1e-4;
 
 fn check(shape: &[usize], cfg: BatchNormConfig, seed: u64) {
+    check_at(shape, cfg, seed, false);
+}
+
+/// Training and eval forward/backward on f32 activations, or with `half` on f16 ones (the f16 variant, issue 14:
+/// x, dy, y, dx in f16; statistics, parameters and their gradients f32): the reference then takes the f16-rounded
+/// inputs, and y and dx one f16 rounding more of tolerance (2^-11 relative, 2^-14 absolute).
+fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool) {
     let g = gpu();
     let (n, c) = (shape[0], shape[1]);
     let hw: usize = shape[2..].iter().product();
     let mut rng = SplitMix(seed);
-    let x_data = rng.vec_f32(n * c * hw, -1.0, 3.0);
-    let dy_data = rng.vec_f32(n * c * hw, -1.0, 1.0);
+    let mut x_data = rng.vec_f32(n * c * hw, -1.0, 3.0);
+    let mut dy_data = rng.vec_f32(n * c * hw, -1.0, 1.0);
     let gamma_data = rng.vec_f32(c, 0.5, 1.5);
     let beta_data = rng.vec_f32(c, -0.5, 0.5);
     let rm_data = rng.vec_f32(c, -0.2, 0.2);
     let rv_data = rng.vec_f32(c, 0.5, 1.5);
-    let x = upload(shape, &x_data, "x");
-    let dy = upload(shape, &dy_data, "dy");
+    let (up, get) = io(half);
+    let x = up(shape, &x_data, "x");
+    let dy = up(shape, &dy_data, "dy");
+    if half {
+        (x_data, dy_data) = (to_f16(&x_data), to_f16(&dy_data));
+    }
+    let nan = |label: &str| up(shape, &vec![f32::NAN; n * c * hw], label);
+    // y and dx: the f32 tolerances plus one f16 rounding.
+    let (out_atol, out_rtol) = if half { (2f64.powi(-14), 2f64.powi(-11)) } else { (0.0, 0.0) };
     let gamma = upload(&[c], &gamma_data, "gamma");
     let beta = upload(&[c], &beta_data, "beta");
     let running_mean = upload(&[c], &rm_data, "running_mean");
     let running_var = upload(&[c], &rv_data, "running_var");
     let state = BatchNormState { gamma: &gamma, beta: &beta, running_mean: &running_mean, running_var: &running_var };
     let (save_mean, save_var) = (poisoned(&[c], "save_mean"), poisoned(&[c], "save_var"));
-    let (y, dx) = (poisoned(shape, "y"), poisoned(shape, "dx"));
+    let (y, dx) = (nan("y"), nan("dx"));
     let (dgamma, dbeta) = (poisoned(&[c], "dgamma"), poisoned(&[c], "dbeta"));
-    let what = format!("{shape:?} {cfg:?}");
+    let what = format!("{shape:?} {cfg:?} f16={half}");
 
     // Training: batch statistics, running update, backward through the statistics.
     let mut steps = batch_norm_forward(g, &x, &state, Some((&save_mean, &save_var)), &y, cfg, "bn").expect("fwd");
@@ -63,16 +77,16 @@ fn check(shape: &[usize], cfg: BatchNormConfig, seed: u64) {
     assert_close(&read(&running_mean), &want_rm, ATOL, RTOL, &format!("running mean {what}"));
     assert_close(&read(&running_var), &want_rv, ATOL, RTOL, &format!("running var {what}"));
     let want_y = reference::batch_norm_forward(&xd, c, hw, (&mean, &var), &gd, &bd, eps);
-    assert_close(&read(&y), &want_y, ATOL, RTOL, &format!("train forward {what}"));
+    assert_close(&get(&y), &want_y, ATOL + out_atol, RTOL + out_rtol, &format!("train forward {what}"));
     let (want_dx, want_dg, want_db) =
         reference::batch_norm_backward(&dyd, &xd, (n, c, hw), &gd, (&mean, &var), eps, false);
     assert_close(&read(&dgamma), &want_dg, ATOL * m, RTOL, &format!("train dgamma {what}"));
     assert_close(&read(&dbeta), &want_db, ATOL * m, RTOL, &format!("train dbeta {what}"));
-    assert_close(&read(&dx), &want_dx, ATOL, 1e-3, &format!("train dx {what}"));
+    assert_close(&get(&dx), &want_dx, ATOL + out_atol, 1e-3 + out_rtol, &format!("train dx {what}"));
 
     // Eval: the (now updated) running statistics are used and stay as they are.
     let (rm_now, rv_now) = (read(&running_mean), read(&running_var));
-    let (y2, dx2) = (poisoned(shape, "y eval"), poisoned(shape, "dx eval"));
+    let (y2, dx2) = (nan("y eval"), nan("dx eval"));
     let mut steps = batch_norm_forward(g, &x, &state, None, &y2, cfg, "bn eval").expect("fwd");
     steps.extend(
         batch_norm_backward(
@@ -93,9 +107,9 @@ fn check(shape: &[usize], cfg: BatchNormConfig, seed: u64) {
     let (rm, rv) = (widen(&rm_now), widen(&rv_now));
     assert_eq!(read(&running_mean), rm_now, "eval must not touch the running mean");
     let want_y = reference::batch_norm_forward(&xd, c, hw, (&rm, &rv), &gd, &bd, eps);
-    assert_close(&read(&y2), &want_y, ATOL, RTOL, &format!("eval forward {what}"));
+    assert_close(&get(&y2), &want_y, ATOL + out_atol, RTOL + out_rtol, &format!("eval forward {what}"));
     let (want_dx, want_dg, want_db) = reference::batch_norm_backward(&dyd, &xd, (n, c, hw), &gd, (&rm, &rv), eps, true);
-    assert_close(&read(&dx2), &want_dx, ATOL, RTOL, &format!("eval dx {what}"));
+    assert_close(&get(&dx2), &want_dx, ATOL + out_atol, RTOL + out_rtol, &format!("eval dx {what}"));
     assert_close(&read(&dgamma), &want_dg, ATOL * m, RTOL, &format!("eval dgamma {what}"));
     assert_close(&read(&dbeta), &want_db, ATOL * m, RTOL, &format!("eval dbeta {what}"));
 }
@@ -119,4 +133,12 @@ fn batch_norm_2d_features() {
 fn batch_norm_batch_1_and_large_planes() {
     check(&[1, 4, 3, 3], BatchNormConfig::default(), 4);
     check(&[2, 2, 30, 30], BatchNormConfig::default(), 5);
+}
+
+/// Batch norm's f16 variant: 4-D (statistics by workgroup, and by rows for short channels) and 2-D features.
+#[test]
+fn batch_norm_in_f16() {
+    check_at(&[2, 3, 17, 19], BatchNormConfig::default(), 201, true);
+    check_at(&[3, 5, 2, 3], BatchNormConfig::default(), 202, true);
+    check_at(&[7, 11], BatchNormConfig::default(), 203, true);
 }
