@@ -371,7 +371,11 @@ async function main() {
   }
   const a = JSON.parse(state.engine.adapter());
   state.adapter = a;
-  const name = a.name || 'unnamed adapter';
+  // wgpu's WebGPU backend has no adapter name; the browser's GPUAdapterInfo says what it can.
+  const info = (await navigator.gpu.requestAdapter().catch(() => null))?.info;
+  const described = info && [info.vendor, info.architecture, info.description].filter(Boolean).join(' ');
+  const name = a.name || described || 'unnamed adapter';
+  state.adapter.described = name;
   $('adapter').textContent = `WebGPU adapter: ${name} (${a.device_type}${a.is_software ? ', software: correct but slow' : ''})` +
     ` · shader-f16: ${a.shader_f16 ? 'yes' : 'no'} · largest storage binding ${Math.round(a.max_storage_binding / 2 ** 20)} MiB`;
 
