@@ -15,6 +15,8 @@
 //   layer_scale_forward       y = gamma[c] * x. One invocation per element (grid as layer_norm_forward).
 //   layer_scale_backward_data dx = gamma[c] * dy; flags & 1 accumulates. One invocation per element.
 //   layer_scale_backward_weight  dgamma[c] = sum of dy * x over the channel. Dispatch (C, 1, 1).
+// Storage: `act` (the activations and their gradients) is f32 here and f16 in the f16 variant (src/gpu/kernels.rs,
+// Precision::F16); parameters, saved statistics, parameter gradients and every computation are f32.
 
 struct LayerNormParams {
     outer: u32,
@@ -30,18 +32,29 @@ struct LayerNormParams {
 const FLAG_ACCUMULATE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: LayerNormParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;              // (outer, C, inner)
-@group(0) @binding(2) var<storage, read> dy: array<f32>;             // (outer, C, inner)
+alias act = f32;
+
+@group(0) @binding(1) var<storage, read> x: array<act>;              // (outer, C, inner)
+@group(0) @binding(2) var<storage, read> dy: array<act>;             // (outer, C, inner)
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;          // (C)
 @group(0) @binding(4) var<storage, read> beta: array<f32>;           // (C)
 @group(0) @binding(5) var<storage, read_write> mean: array<f32>;     // (outer * inner), saved by forward
 @group(0) @binding(6) var<storage, read_write> rstd: array<f32>;     // (outer * inner), saved by forward
-@group(0) @binding(7) var<storage, read_write> out: array<f32>;      // y or dx (outer, C, inner)
+@group(0) @binding(7) var<storage, read_write> out: array<act>;      // y or dx (outer, C, inner)
 @group(0) @binding(8) var<storage, read_write> dgamma: array<f32>;   // (C)
 @group(0) @binding(9) var<storage, read_write> dbeta: array<f32>;    // (C)
 
 var<workgroup> partial: array<f32, 256>;
 var<workgroup> partial2: array<f32, 256>;
+
+// Activations widened to f32 on load (every computation is f32).
+fn xv(i: u32) -> f32 {
+    return f32(x[i]);
+}
+
+fn dyv(i: u32) -> f32 {
+    return f32(dy[i]);
+}
 
 fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.y * nwg.x + wg.x) * 256u + lid;
@@ -55,9 +68,9 @@ fn position_base(pos: u32) -> u32 {
 
 fn store(k: u32, v: f32) {
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        out[k] += v;
+        out[k] = act(f32(out[k]) + v);
     } else {
-        out[k] = v;
+        out[k] = act(v);
     }
 }
 
@@ -83,12 +96,12 @@ fn layer_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let base = position_base(pos);
     var s = 0.0;
     for (var c = 0u; c < p.channels; c++) {
-        s += x[base + c * p.inner];
+        s += xv(base + c * p.inner);
     }
     let mu = s / f32(p.channels);
     var q = 0.0;
     for (var c = 0u; c < p.channels; c++) {
-        let d = x[base + c * p.inner] - mu;
+        let d = xv(base + c * p.inner) - mu;
         q += d * d;
     }
     let r = inverseSqrt(q / f32(p.channels) + p.eps);
@@ -96,7 +109,7 @@ fn layer_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     rstd[pos] = r;
     for (var c = 0u; c < p.channels; c++) {
         let k = base + c * p.inner;
-        out[k] = gamma[c] * (x[k] - mu) * r + beta[c];
+        out[k] = act(gamma[c] * (xv(k) - mu) * r + beta[c]);
     }
 }
 
@@ -114,16 +127,16 @@ fn layer_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
     var sgx = 0.0;
     for (var c = 0u; c < p.channels; c++) {
         let k = base + c * p.inner;
-        let g = dy[k] * gamma[c];
+        let g = dyv(k) * gamma[c];
         sg += g;
-        sgx += g * (x[k] - mu) * r;
+        sgx += g * (xv(k) - mu) * r;
     }
     let mg = sg / f32(p.channels);
     let mgx = sgx / f32(p.channels);
     for (var c = 0u; c < p.channels; c++) {
         let k = base + c * p.inner;
-        let xhat = (x[k] - mu) * r;
-        store(k, r * (dy[k] * gamma[c] - mg - xhat * mgx));
+        let xhat = (xv(k) - mu) * r;
+        store(k, r * (dyv(k) * gamma[c] - mg - xhat * mgx));
     }
 }
 
@@ -134,8 +147,8 @@ fn layer_norm_backward_params(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loc
     var sb = 0.0;
     for (var pos = lid; pos < p.outer * p.inner; pos += 256u) {
         let k = position_base(pos) + c * p.inner;
-        sg += dy[k] * (x[k] - mean[pos]) * rstd[pos];
-        sb += dy[k];
+        sg += dyv(k) * (xv(k) - mean[pos]) * rstd[pos];
+        sb += dyv(k);
     }
     partial[lid] = sg;
     partial2[lid] = sb;
@@ -153,7 +166,7 @@ fn layer_scale_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     if k >= p.outer * p.channels * p.inner {
         return;
     }
-    out[k] = gamma[(k / p.inner) % p.channels] * x[k];
+    out[k] = act(gamma[(k / p.inner) % p.channels] * xv(k));
 }
 
 @compute @workgroup_size(256)
@@ -163,7 +176,7 @@ fn layer_scale_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_
     if k >= p.outer * p.channels * p.inner {
         return;
     }
-    store(k, gamma[(k / p.inner) % p.channels] * dy[k]);
+    store(k, gamma[(k / p.inner) % p.channels] * dyv(k));
 }
 
 @compute @workgroup_size(256)
@@ -172,7 +185,7 @@ fn layer_scale_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(lo
     var s = 0.0;
     for (var pos = lid; pos < p.outer * p.inner; pos += 256u) {
         let k = position_base(pos) + c * p.inner;
-        s += dy[k] * x[k];
+        s += dyv(k) * xv(k);
     }
     partial[lid] = s;
     partial2[lid] = 0.0;

@@ -121,8 +121,10 @@ pub fn layer_norm_forward(
 ) -> Result<Dispatch> {
     axis.check(LAYER_NORM_FORWARD.entry, &[x, y], &[gamma, beta], &[mean, rstd])?;
     let p = axis.params(eps, false)?;
-    gpu.dispatch(
+    super::dispatch_at(
+        gpu,
         &LAYER_NORM_FORWARD,
+        &[x, y],
         bytemuck::bytes_of(&p),
         &[x, gamma, beta, mean, rstd, y],
         flat_grid(gpu, axis.positions()),
@@ -149,18 +151,22 @@ pub fn layer_norm_backward(
     let mut out = Vec::new();
     if let Some((dgamma, dbeta)) = params {
         axis.check(LAYER_NORM_BACKWARD_PARAMS.entry, &[], &[dgamma, dbeta], &[])?;
-        out.push(gpu.dispatch(
+        out.push(super::dispatch_at(
+            gpu,
             &LAYER_NORM_BACKWARD_PARAMS,
+            &[x, dy],
             bytemuck::bytes_of(&p),
             &[x, dy, mean, rstd, dgamma, dbeta],
             [p.channels, 1, 1],
-            format!("{label} params"),
+            &format!("{label} params"),
         )?);
     }
     if let Some(dx) = dx {
         axis.check(LAYER_NORM_BACKWARD_DATA.entry, &[dx], &[], &[])?;
-        out.push(gpu.dispatch(
+        out.push(super::dispatch_at(
+            gpu,
             &LAYER_NORM_BACKWARD_DATA,
+            &[x, dy, dx],
             bytemuck::bytes_of(&p),
             &[x, dy, gamma, mean, rstd, dx],
             flat_grid(gpu, axis.positions()),
@@ -181,7 +187,8 @@ pub fn layer_scale_forward(
 ) -> Result<Dispatch> {
     axis.check(LAYER_SCALE_FORWARD.entry, &[x, y], &[gamma], &[])?;
     let p = axis.params(0.0, false)?;
-    gpu.dispatch(&LAYER_SCALE_FORWARD, bytemuck::bytes_of(&p), &[x, gamma, y], flat_grid(gpu, axis.numel()), label)
+    let grid = flat_grid(gpu, axis.numel());
+    super::dispatch_at(gpu, &LAYER_SCALE_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, gamma, y], grid, label)
 }
 
 /// dgamma = sum of dy * x per channel (when Some) and dx = gamma[c] * dy (when Some; added to when
@@ -202,18 +209,22 @@ pub fn layer_scale_backward(
     let mut out = Vec::new();
     if let Some(dgamma) = dgamma {
         axis.check(LAYER_SCALE_BACKWARD_WEIGHT.entry, &[], &[dgamma], &[])?;
-        out.push(gpu.dispatch(
+        out.push(super::dispatch_at(
+            gpu,
             &LAYER_SCALE_BACKWARD_WEIGHT,
+            &[x, dy],
             bytemuck::bytes_of(&p),
             &[x, dy, dgamma],
             [p.channels, 1, 1],
-            format!("{label} weight"),
+            &format!("{label} weight"),
         )?);
     }
     if let Some(dx) = dx {
         axis.check(LAYER_SCALE_BACKWARD_DATA.entry, &[dx], &[], &[])?;
-        out.push(gpu.dispatch(
+        out.push(super::dispatch_at(
+            gpu,
             &LAYER_SCALE_BACKWARD_DATA,
+            &[dy, dx],
             bytemuck::bytes_of(&p),
             &[dy, gamma, dx],
             flat_grid(gpu, axis.numel()),

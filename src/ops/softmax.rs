@@ -50,7 +50,7 @@ pub fn softmax_rows_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, scale: f32, label
     same(SOFTMAX_ROWS_FORWARD.entry, x, y)?;
     let p = params(x, scale, false)?;
     let grid = super::flat_grid(gpu, p.rows as usize);
-    gpu.dispatch(&SOFTMAX_ROWS_FORWARD, bytemuck::bytes_of(&p), &[x, y], grid, label)
+    super::dispatch_at(gpu, &SOFTMAX_ROWS_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, y], grid, label)
 }
 
 /// dx (+)= scale * y * (dy - sum(dy * y)) over the last axis, `y` the forward output.
@@ -67,5 +67,5 @@ pub fn softmax_rows_backward(
     same(SOFTMAX_ROWS_BACKWARD.entry, y, dx)?;
     let p = params(y, scale, accumulate)?;
     let grid = super::flat_grid(gpu, p.rows as usize);
-    gpu.dispatch(&SOFTMAX_ROWS_BACKWARD, bytemuck::bytes_of(&p), &[y, dy, dx], grid, label)
+    super::dispatch_at(gpu, &SOFTMAX_ROWS_BACKWARD, &[y, dy, dx], bytemuck::bytes_of(&p), &[y, dy, dx], grid, label)
 }

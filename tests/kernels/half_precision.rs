@@ -4,11 +4,15 @@
 //! nearest (lavapipe does), within one f16 ulp anywhere (WGSL lets the f32-to-f16 conversion round either way).
 //! (Element-wise and pooling kernels are checked against the f64 reference in their own files.)
 
-use wgtune::gpu::Tensor;
+use wgtune::gpu::{Dispatch, Tensor};
 use wgtune::ops::concat::{concat_backward, concat_forward};
 use wgtune::ops::dropout::{dropout_backward, dropout_forward, DropoutParams};
+use wgtune::ops::layer_norm::{
+    layer_norm_backward, layer_norm_forward, layer_scale_backward, layer_scale_forward, ChannelAxis,
+};
 use wgtune::ops::permute::permute;
 use wgtune::ops::slice::{expand_forward, slice_backward, slice_forward};
+use wgtune::ops::softmax::{softmax_rows_backward, softmax_rows_forward};
 use wgtune::reference::SplitMix;
 
 use crate::common::*;
@@ -20,7 +24,7 @@ fn twin(
     inputs: &[(&[usize], Vec<f32>)],
     out_shape: &[usize],
     start: Option<Vec<f32>>,
-    launch: impl Fn(&[Tensor], &Tensor) -> wgtune::Result<wgtune::gpu::Dispatch>,
+    launch: impl Fn(&[Tensor], &Tensor) -> wgtune::Result<Vec<Dispatch>>,
 ) {
     let g = gpu();
     let n_out: usize = out_shape.iter().product();
@@ -30,8 +34,8 @@ fn twin(
         let (up, get) = io(half);
         let ins: Vec<Tensor> = inputs.iter().map(|(shape, v)| up(shape, &to_f16(v), "in")).collect();
         let out = up(out_shape, &start, "out");
-        let d = launch(&ins, &out).unwrap_or_else(|e| panic!("{what} f16={half}: {e}"));
-        g.run(what, &[&d]).expect("run");
+        let steps = launch(&ins, &out).unwrap_or_else(|e| panic!("{what} f16={half}: {e}"));
+        g.run(what, &steps.iter().collect::<Vec<_>>()).expect("run");
         results.push(get(&out));
     }
     let want = to_f16(&results[0]);
@@ -52,31 +56,89 @@ fn copy_families_in_f16_are_their_f32_kernels_rounded() {
     let n = 1031;
     let (x, dx0) = (data(n), data(n));
     let fwd = DropoutParams::new(n, 0.3, 5, 2, false).expect("params");
-    twin("dropout forward", &[(&[n], x.clone())], &[n], None, |t, out| dropout_forward(gpu(), &t[0], out, fwd, "d"));
+    twin("dropout forward", &[(&[n], x.clone())], &[n], None, |t, out| {
+        dropout_forward(gpu(), &t[0], out, fwd, "d").map(|d| vec![d])
+    });
     let bwd = DropoutParams::new(n, 0.3, 5, 2, true).expect("params");
-    twin("dropout backward", &[(&[n], x)], &[n], Some(dx0), |t, out| dropout_backward(gpu(), &t[0], out, bwd, "d"));
+    twin("dropout backward", &[(&[n], x)], &[n], Some(dx0), |t, out| {
+        dropout_backward(gpu(), &t[0], out, bwd, "d").map(|d| vec![d])
+    });
     // Concat: a 3-channel slice into a 5-channel tensor at offset 2, and its backward accumulating.
     let (a, big, start) = (data(2 * 3 * 7), data(2 * 5 * 7), data(2 * 3 * 7));
     twin("concat forward", &[(&[2, 3, 7, 1], a)], &[2, 5, 7, 1], Some(data(2 * 5 * 7)), |t, out| {
-        concat_forward(gpu(), &t[0], out, 2, "c")
+        concat_forward(gpu(), &t[0], out, 2, "c").map(|d| vec![d])
     });
     twin("concat backward", &[(&[2, 5, 7, 1], big)], &[2, 3, 7, 1], Some(start), |t, out| {
-        concat_backward(gpu(), &t[0], 2, out, true, "c")
+        concat_backward(gpu(), &t[0], 2, out, true, "c").map(|d| vec![d])
     });
     // Permute (attention's head split), plain and accumulating.
     let x = data(2 * 3 * 5 * 7);
     for accumulate in [false, true] {
         twin("permute", &[(&[2, 3, 5, 7], x.clone())], &[2, 5, 3, 7], Some(data(210)), |t, out| {
-            permute(gpu(), &t[0], &[0, 2, 1, 3], out, accumulate, "p")
+            permute(gpu(), &t[0], &[0, 2, 1, 3], out, accumulate, "p").map(|d| vec![d])
         });
     }
     // Slice (q/k/v), its backward (zeros outside the range), and expand (the class token over the batch).
     let x = data(3 * 9 * 5);
-    twin("slice forward", &[(&[3, 9, 5], x)], &[3, 4, 5], None, |t, out| slice_forward(gpu(), &t[0], out, 3, "s"));
+    twin("slice forward", &[(&[3, 9, 5], x)], &[3, 4, 5], None, |t, out| {
+        slice_forward(gpu(), &t[0], out, 3, "s").map(|d| vec![d])
+    });
     let dy = data(3 * 4 * 5);
     twin("slice backward", &[(&[3, 4, 5], dy)], &[3, 9, 5], Some(data(135)), |t, out| {
-        slice_backward(gpu(), &t[0], out, 3, true, "s")
+        slice_backward(gpu(), &t[0], out, 3, true, "s").map(|d| vec![d])
     });
     let x = data(11);
-    twin("expand", &[(&[1, 11], x)], &[4, 11], None, |t, out| expand_forward(gpu(), &t[0], out, "e"));
+    twin("expand", &[(&[1, 11], x)], &[4, 11], None, |t, out| expand_forward(gpu(), &t[0], out, "e").map(|d| vec![d]));
+}
+
+/// Softmax of scaled rows and layer norm / layer scale (the transformer families): their f16 variants against their
+/// f32 kernels, as above. Parameters (gamma, beta) and saved statistics are f32 in both runs.
+#[test]
+fn transformer_families_in_f16_are_their_f32_kernels_rounded() {
+    let g = gpu();
+    let mut rng = SplitMix(78);
+    let mut data = |n: usize| rng.vec_f32(n, -3.0, 3.0);
+    // Softmax over rows of 13 (attention's token count), scaled by 1/sqrt(8); backward from y, accumulating.
+    let (rows, len) = (7, 13);
+    let x = data(rows * len);
+    twin("softmax forward", &[(&[rows, len], x)], &[rows, len], None, |t, out| {
+        softmax_rows_forward(g, &t[0], out, 0.35, "sm").map(|d| vec![d])
+    });
+    let (y, dy) = (data(rows * len), data(rows * len));
+    twin("softmax backward", &[(&[rows, len], y), (&[rows, len], dy)], &[rows, len], Some(data(91)), |t, out| {
+        softmax_rows_backward(g, &t[0], &t[1], out, 0.35, true, "sm").map(|d| vec![d])
+    });
+    // Layer norm over the channels of (2, 5, 3x3) (ConvNeXt's LayerNorm2d), forward and backward (dx accumulating).
+    let (shape, c) = ([2usize, 5, 3, 3], 5);
+    let axis = ChannelAxis::second(&shape).expect("axis");
+    let (gamma_v, beta_v) = (data(c), data(c));
+    let params = || {
+        let gamma = g.upload_f32(&[c], &gamma_v, "gamma").expect("gamma");
+        let beta = g.upload_f32(&[c], &beta_v, "beta").expect("beta");
+        let stats = (
+            g.tensor(&[18], wgtune::gpu::DType::F32, "mean").unwrap(),
+            g.tensor(&[18], wgtune::gpu::DType::F32, "rstd").unwrap(),
+        );
+        (gamma, beta, stats)
+    };
+    let x = data(90);
+    twin("layer norm forward", &[(&shape, x.clone())], &shape, None, |t, out| {
+        let (gamma, beta, (mean, rstd)) = params();
+        layer_norm_forward(g, axis, &t[0], (&gamma, &beta), (&mean, &rstd), out, 1e-6, "ln").map(|d| vec![d])
+    });
+    twin("layer norm backward", &[(&shape, x.clone()), (&shape, data(90))], &shape, Some(data(90)), |t, out| {
+        let (gamma, beta, (mean, rstd)) = params();
+        let y = g.tensor(&shape, t[0].dtype(), "y").expect("y");
+        let mut steps = vec![layer_norm_forward(g, axis, &t[0], (&gamma, &beta), (&mean, &rstd), &y, 1e-6, "ln")?];
+        steps.extend(layer_norm_backward(g, axis, &t[1], &t[0], &gamma, (&mean, &rstd), None, Some(out), true, "ln")?);
+        Ok(steps)
+    });
+    twin("layer scale forward", &[(&shape, x.clone())], &shape, None, |t, out| {
+        let (gamma, _, _) = params();
+        layer_scale_forward(g, axis, &t[0], &gamma, out, "ls").map(|d| vec![d])
+    });
+    twin("layer scale backward", &[(&shape, x), (&shape, data(90))], &shape, None, |t, out| {
+        let (gamma, _, _) = params();
+        layer_scale_backward(g, axis, &t[1], &t[0], &gamma, None, Some(out), false, "ls")
+    });
 }
