@@ -28,9 +28,13 @@ const FLAG_LIGHTING: u32 = 1u;
 const PARAMS: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: AugmentParams;
+// The images are the model's first activation: f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16), computed
+// in f32 and rounded once.
+alias act = f32;
+
 @group(0) @binding(1) var<storage, read> pixels: array<u32>;      // (N, P, P, 3) bytes, packed
 @group(0) @binding(2) var<storage, read> image_params: array<f32>; // (N, 16)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;    // (N, 3, S, S)
+@group(0) @binding(3) var<storage, read_write> out: array<act>;    // (N, 3, S, S)
 
 fn byte_at(i: u32) -> f32 {
     return f32((pixels[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu);
@@ -108,6 +112,6 @@ fn augment(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         if w < 1.0 {
             q = w * q + (1.0 - w) * sample(partner, x, y, c);
         }
-        out[((n * 3u + c) * s + y) * s + x] = q * 255.0 * p.scale[c] + p.shift[c];
+        out[((n * 3u + c) * s + y) * s + x] = act(q * 255.0 * p.scale[c] + p.shift[c]);
     }
 }

@@ -22,7 +22,11 @@ struct ReduceParams {
 const FLAG_ACCUMULATE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: ReduceParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;          // (outer, mid, inner)
+// x is an activation gradient: f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16); the sums and `out`
+// (parameter gradients: biases, class token, position embedding) are f32 in both.
+alias act = f32;
+
+@group(0) @binding(1) var<storage, read> x: array<act>;          // (outer, mid, inner)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;  // (mid)
 
 var<workgroup> partial: array<f32, 256>;
@@ -39,7 +43,7 @@ fn sum_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         for (var t = lid; t < total; t += 256u) {
             let o = t / p.inner;
             let i = t - o * p.inner;
-            acc += x[(o * p.mid + m) * p.inner + i];
+            acc += f32(x[(o * p.mid + m) * p.inner + i]);
         }
     }
     partial[lid] = acc;
@@ -70,7 +74,7 @@ fn sum_reduce_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     for (var o = 0u; o < p.outer; o++) {
         let base = (o * p.mid + m) * p.inner;
         for (var i = 0u; i < p.inner; i++) {
-            acc += x[base + i];
+            acc += f32(x[base + i]);
         }
     }
     if (p.flags & FLAG_ACCUMULATE) != 0u {

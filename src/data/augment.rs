@@ -234,13 +234,9 @@ pub fn augment(
         scale: [norm.scale[0], norm.scale[1], norm.scale[2], 0.0],
         shift: [norm.shift[0], norm.shift[1], norm.shift[2], 0.0],
     };
-    gpu.dispatch(
-        &AUGMENT,
-        bytemuck::bytes_of(&p),
-        &[pixels, transforms, out],
-        [(s * s).div_ceil(256) as u32, p.batch, 1],
-        label,
-    )
+    let grid = [(s * s).div_ceil(256) as u32, p.batch, 1];
+    // f32 or f16 images: the kernel's variant follows `out`.
+    crate::ops::dispatch_at(gpu, &AUGMENT, &[out], bytemuck::bytes_of(&p), &[pixels, transforms, out], grid, label)
 }
 
 /// u8 pixels packed four to a u32 word (little-endian), padded with zeros.

@@ -50,9 +50,15 @@ pub fn sum_reduce(
         inner: dim(inner, "inner")?,
         flags: if accumulate { FLAG_ACCUMULATE } else { 0 },
     };
-    let max_x = gpu.limits().max_compute_workgroups_per_dimension;
-    if outer * inner < ROWS_BELOW {
-        return gpu.dispatch(&SUM_REDUCE_ROWS, bytemuck::bytes_of(&p), &[x, out], grid_1d(mid, 256, max_x), label);
+    // x at either precision; the sums (parameter gradients) are f32.
+    if out.dtype() != crate::gpu::DType::F32 {
+        return Err(Error::Invalid(format!("sum_reduce '{label}': '{}' must be f32 (sums are f32)", out.label())));
     }
-    gpu.dispatch(&SUM_REDUCE, bytemuck::bytes_of(&p), &[x, out], grid_1d(mid, 1, max_x), label)
+    let max_x = gpu.limits().max_compute_workgroups_per_dimension;
+    let (spec, grid) = if outer * inner < ROWS_BELOW {
+        (&SUM_REDUCE_ROWS, grid_1d(mid, 256, max_x))
+    } else {
+        (&SUM_REDUCE, grid_1d(mid, 1, max_x))
+    };
+    super::dispatch_at(gpu, spec, &[x], bytemuck::bytes_of(&p), &[x, out], grid, label)
 }

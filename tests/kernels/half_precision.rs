@@ -4,13 +4,16 @@
 //! nearest (lavapipe does), within one f16 ulp anywhere (WGSL lets the f32-to-f16 conversion round either way).
 //! (Element-wise and pooling kernels are checked against the f64 reference in their own files.)
 
+use wgtune::data::augment::{augment, batch_params, pack_pixels, AugmentConfig, PARAMS_PER_IMAGE};
 use wgtune::gpu::{Dispatch, Tensor};
+use wgtune::nn::Normalization;
 use wgtune::ops::concat::{concat_backward, concat_forward};
 use wgtune::ops::dropout::{dropout_backward, dropout_forward, DropoutParams};
 use wgtune::ops::layer_norm::{
     layer_norm_backward, layer_norm_forward, layer_scale_backward, layer_scale_forward, ChannelAxis,
 };
 use wgtune::ops::permute::permute;
+use wgtune::ops::reduce::sum_reduce;
 use wgtune::ops::slice::{expand_forward, slice_backward, slice_forward};
 use wgtune::ops::softmax::{softmax_rows_backward, softmax_rows_forward};
 use wgtune::reference::SplitMix;
@@ -141,4 +144,47 @@ fn transformer_families_in_f16_are_their_f32_kernels_rounded() {
         let (gamma, _, _) = params();
         layer_scale_backward(g, axis, &t[1], &t[0], &gamma, None, Some(out), false, "ls")
     });
+}
+
+/// The augmentation's f16 variant writes the images (the model's first activation) as its f32 kernel's values
+/// rounded; the pixels (u32) and the transforms (f32) are the same in both runs.
+#[test]
+fn augmented_images_in_f16_are_the_f32_images_rounded() {
+    let g = gpu();
+    let mut rng = SplitMix(79);
+    let (n, in_size, out_size) = (3, 13, 9);
+    let pixels: Vec<u8> = (0..n * in_size * in_size * 3).map(|_| rng.below(256) as u8).collect();
+    let aug = AugmentConfig::default();
+    let transforms: Vec<_> = (0..n).map(|_| aug.sample(&mut rng)).collect();
+    let params = batch_params(&transforms);
+    twin("augment", &[], &[n, 3, out_size, out_size], None, |_, out| {
+        let packed = pack_pixels(&pixels);
+        let px = g.upload_u32(&[packed.len()], &packed, "pixels")?;
+        let tp = g.upload_f32(&[n, PARAMS_PER_IMAGE], &params, "transforms")?;
+        augment(g, &px, &tp, out, in_size, &Normalization::imagenet(), true, "augment").map(|d| vec![d])
+    });
+}
+
+/// sum_reduce (bias gradients) reads f16 gradients and sums in f32 into an f32 output: the same bits as the f32
+/// kernel on the same (rounded) values. An f16 output is refused.
+#[test]
+fn sum_reduce_of_f16_gradients_is_the_f32_sum() {
+    let g = gpu();
+    let dy = to_f16(&SplitMix(80).vec_f32(4 * 7 * 300, -3.0, 3.0));
+    // Short reductions (one invocation per output, 4 x 45 terms) and long ones (a workgroup each, 4 x 300).
+    for inner in [45, 300] {
+        let mut sums = Vec::new();
+        for half in [false, true] {
+            let x = io(half).0(&[4, 7, inner], &dy[..4 * 7 * inner], "dy");
+            let out = upload(&[7], &[f32::NAN; 7], "db");
+            let d = sum_reduce(g, &x, &out, (4, 7, inner), false, "db").expect("dispatch");
+            g.run("sum_reduce f16", &[&d]).expect("run");
+            sums.push(read(&out));
+        }
+        assert_eq!(sums[0], sums[1], "inner {inner}");
+    }
+    let x = upload_f16(&[4, 7], &dy[..28], "dy");
+    let out16 = upload_f16(&[7], &[0.0; 7], "db16");
+    let e = sum_reduce(g, &x, &out16, (4, 7, 1), false, "db").err().expect("refused").to_string();
+    assert!(e.contains("db16") && e.contains("f32"), "{e}");
 }
