@@ -136,6 +136,24 @@ fn transformer_families_in_f16_are_their_f32_kernels_rounded() {
         steps.extend(layer_norm_backward(g, axis, &t[1], &t[0], &gamma, (&mean, &rstd), None, Some(out), true, "ln")?);
         Ok(steps)
     });
+    // The parameter gradients are f32 sums of the same (rounded) values at either precision: the same bits.
+    let (x16, dy16) = (to_f16(&x), to_f16(&data(90)));
+    let mut grads = Vec::new();
+    for half in [false, true] {
+        let (up, _) = io(half);
+        let (xt, dyt, y) = (up(&shape, &x16, "x"), up(&shape, &dy16, "dy"), up(&shape, &[0.0; 90], "y"));
+        let (gamma, beta, (mean, rstd)) = params();
+        let (dgamma, dbeta) = (upload(&[c], &[f32::NAN; 5], "dgamma"), upload(&[c], &[f32::NAN; 5], "dbeta"));
+        let mut steps =
+            vec![layer_norm_forward(g, axis, &xt, (&gamma, &beta), (&mean, &rstd), &y, 1e-6, "ln").unwrap()];
+        let params = Some((&dgamma, &dbeta));
+        steps.extend(
+            layer_norm_backward(g, axis, &dyt, &xt, &gamma, (&mean, &rstd), params, None, false, "ln").unwrap(),
+        );
+        g.run("ln params", &steps.iter().collect::<Vec<_>>()).expect("run");
+        grads.push((read(&dgamma), read(&dbeta)));
+    }
+    assert_eq!(grads[0], grads[1], "layer norm dgamma/dbeta from f16 activations");
     twin("layer scale forward", &[(&shape, x.clone())], &shape, None, |t, out| {
         let (gamma, _, _) = params();
         layer_scale_forward(g, axis, &t[0], &gamma, out, "ls").map(|d| vec![d])
