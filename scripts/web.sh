@@ -17,8 +17,9 @@ build() {
     local want
     want="$(bindgen_version)"
     if [[ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]]; then
+        # --force: a wasm-bindgen of another version (or a removed binary cargo still lists) is replaced.
         echo "installing wasm-bindgen-cli $want (a few minutes, once)"
-        cargo install wasm-bindgen-cli --version "$want"
+        cargo install wasm-bindgen-cli --version "$want" --force
     fi
     rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
     # Chart.js (the page's loss curve) and puppeteer-core (the browser tests) from npm, as web/package-lock.json says.
