@@ -21,6 +21,10 @@
 // into its own (Cout, Cin_g, KH, KW) slice of the output, which then holds (splits, Cout, Cin_g, KH, KW) partial sums
 // that the host reduces; with one split it writes dw directly.
 //
+// Storage types: gemm_a and gemm_b are `act`, the output `res`; the f16 variants make both f16 (forward and
+// backward_data, the weight an f16 copy) or the operands f16 and the output f32 (backward_weight). Sums are f32
+// inside and rounded once when stored; the bias is an f32 parameter in every variant.
+//
 // Dispatch (x, y, z): forward (ceil(N*OH*OW / 512), ceil(Cout_g / 16), groups); backward_data
 // (ceil(N*H*W / 512), ceil(Cin_g / 16), groups); backward_weight (ceil(Cin_g*KH*KW / (8 * WG)), ceil(Cout_g / 16),
 // groups * splits).
@@ -57,10 +61,17 @@ const TN: u32 = 8u;  // columns per invocation
 override WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
-@group(0) @binding(1) var<storage, read> gemm_a: array<f32>;     // forward, backward_data: w; backward_weight: dy
-@group(0) @binding(2) var<storage, read> gemm_b: array<f32>;     // forward, backward_weight: x; backward_data: dy
+alias act = f32;
+alias res = f32;
+
+@group(0) @binding(1) var<storage, read> gemm_a: array<act>;     // forward, backward_data: w; backward_weight: dy
+@group(0) @binding(2) var<storage, read> gemm_b: array<act>;     // forward, backward_weight: x; backward_data: dy
 @group(0) @binding(3) var<storage, read> bias: array<f32>;       // (Cout), forward only
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // y, dx, or dw (see the header)
+@group(0) @binding(4) var<storage, read_write> out: array<res>;  // y, dx, or dw (see the header)
+
+fn a_at(i: u32) -> f32 {
+    return f32(gemm_a[i]);
+}
 
 // The 16 x 8 register block of one invocation, as in matmul.wgsl: row r holds columns 0-3 in r<r>_0 and 4-7 in
 // r<r>_1, only ever accessed by name so that it stays in registers.
@@ -137,9 +148,9 @@ fn rank1_update(acc: ptr<function, Block>, a: array<f32, 16>, b0: vec4<f32>, b1:
 
 fn put(idx: u32, v: f32) {
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        out[idx] += v;
+        out[idx] = res(f32(out[idx]) + v);
     } else {
-        out[idx] = v;
+        out[idx] = res(v);
     }
 }
 
@@ -155,7 +166,7 @@ fn inside(ih: vec4<i32>, iw: vec4<i32>, h: u32, w: u32) -> vec4<bool> {
 
 // Gather 4 elements of gemm_b at off + shift where ok, 0 elsewhere (off is in bounds either way).
 fn gather_b(off: vec4<u32>, shift: u32, ok: vec4<bool>) -> vec4<f32> {
-    let v = vec4<f32>(gemm_b[off.x + shift], gemm_b[off.y + shift], gemm_b[off.z + shift], gemm_b[off.w + shift]);
+    let v = vec4<f32>(vec4<act>(gemm_b[off.x + shift], gemm_b[off.y + shift], gemm_b[off.z + shift], gemm_b[off.w + shift]));
     return select(vec4<f32>(0.0), v, ok);
 }
 
@@ -251,22 +262,22 @@ fn conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
                 let b1 = gather_b(off1, ci * in_hw, ok1);
                 let k_off = ci * khw + tap;
         let av = array<f32, 16>(
-            gemm_a[wr0 + k_off],
-            gemm_a[wr1 + k_off],
-            gemm_a[wr2 + k_off],
-            gemm_a[wr3 + k_off],
-            gemm_a[wr4 + k_off],
-            gemm_a[wr5 + k_off],
-            gemm_a[wr6 + k_off],
-            gemm_a[wr7 + k_off],
-            gemm_a[wr8 + k_off],
-            gemm_a[wr9 + k_off],
-            gemm_a[wr10 + k_off],
-            gemm_a[wr11 + k_off],
-            gemm_a[wr12 + k_off],
-            gemm_a[wr13 + k_off],
-            gemm_a[wr14 + k_off],
-            gemm_a[wr15 + k_off],
+            a_at(wr0 + k_off),
+            a_at(wr1 + k_off),
+            a_at(wr2 + k_off),
+            a_at(wr3 + k_off),
+            a_at(wr4 + k_off),
+            a_at(wr5 + k_off),
+            a_at(wr6 + k_off),
+            a_at(wr7 + k_off),
+            a_at(wr8 + k_off),
+            a_at(wr9 + k_off),
+            a_at(wr10 + k_off),
+            a_at(wr11 + k_off),
+            a_at(wr12 + k_off),
+            a_at(wr13 + k_off),
+            a_at(wr14 + k_off),
+            a_at(wr15 + k_off),
         );
                 rank1_update(&acc, av, b0, b1);
             }
@@ -366,22 +377,22 @@ fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
                 let b1 = gather_b(off1, co * out_hw, ok1);
                 let k_off = (co_base + co) * cin_g * khw + tap;
         let av = array<f32, 16>(
-            gemm_a[wr0 + k_off],
-            gemm_a[wr1 + k_off],
-            gemm_a[wr2 + k_off],
-            gemm_a[wr3 + k_off],
-            gemm_a[wr4 + k_off],
-            gemm_a[wr5 + k_off],
-            gemm_a[wr6 + k_off],
-            gemm_a[wr7 + k_off],
-            gemm_a[wr8 + k_off],
-            gemm_a[wr9 + k_off],
-            gemm_a[wr10 + k_off],
-            gemm_a[wr11 + k_off],
-            gemm_a[wr12 + k_off],
-            gemm_a[wr13 + k_off],
-            gemm_a[wr14 + k_off],
-            gemm_a[wr15 + k_off],
+            a_at(wr0 + k_off),
+            a_at(wr1 + k_off),
+            a_at(wr2 + k_off),
+            a_at(wr3 + k_off),
+            a_at(wr4 + k_off),
+            a_at(wr5 + k_off),
+            a_at(wr6 + k_off),
+            a_at(wr7 + k_off),
+            a_at(wr8 + k_off),
+            a_at(wr9 + k_off),
+            a_at(wr10 + k_off),
+            a_at(wr11 + k_off),
+            a_at(wr12 + k_off),
+            a_at(wr13 + k_off),
+            a_at(wr14 + k_off),
+            a_at(wr15 + k_off),
         );
                 rank1_update(&acc, av, b0, b1);
             }
@@ -476,22 +487,22 @@ fn conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
                 let b1 = gather_b(off1, x_n, ok1);
                 let k_off = dy_n + oh * p.out_w + ow;
         let av = array<f32, 16>(
-            gemm_a[dr0 + k_off],
-            gemm_a[dr1 + k_off],
-            gemm_a[dr2 + k_off],
-            gemm_a[dr3 + k_off],
-            gemm_a[dr4 + k_off],
-            gemm_a[dr5 + k_off],
-            gemm_a[dr6 + k_off],
-            gemm_a[dr7 + k_off],
-            gemm_a[dr8 + k_off],
-            gemm_a[dr9 + k_off],
-            gemm_a[dr10 + k_off],
-            gemm_a[dr11 + k_off],
-            gemm_a[dr12 + k_off],
-            gemm_a[dr13 + k_off],
-            gemm_a[dr14 + k_off],
-            gemm_a[dr15 + k_off],
+            a_at(dr0 + k_off),
+            a_at(dr1 + k_off),
+            a_at(dr2 + k_off),
+            a_at(dr3 + k_off),
+            a_at(dr4 + k_off),
+            a_at(dr5 + k_off),
+            a_at(dr6 + k_off),
+            a_at(dr7 + k_off),
+            a_at(dr8 + k_off),
+            a_at(dr9 + k_off),
+            a_at(dr10 + k_off),
+            a_at(dr11 + k_off),
+            a_at(dr12 + k_off),
+            a_at(dr13 + k_off),
+            a_at(dr14 + k_off),
+            a_at(dr15 + k_off),
         );
                 rank1_update(&acc, av, b0, b1);
             }

@@ -47,18 +47,24 @@ const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;        // forward: x; backward_data: dy; backward_weight: dy
-@group(0) @binding(2) var<storage, read> src2: array<f32>;       // forward, backward_data: w (C, KH*KW); backward_weight: x
+// Storage types: src and src2 are `act`, out is `res`: f32 throughout, or f16 with f32 sums inside (forward and
+// backward_data; the weight an f16 copy), or f16 operands with an f32 weight gradient (backward_weight). The bias
+// is an f32 parameter in every variant.
+alias act = f32;
+alias res = f32;
+
+@group(0) @binding(1) var<storage, read> src: array<act>;        // forward: x; backward_data: dy; backward_weight: dy
+@group(0) @binding(2) var<storage, read> src2: array<act>;       // forward, backward_data: w (C, KH*KW); backward_weight: x
 @group(0) @binding(3) var<storage, read> bias: array<f32>;       // (C), forward only
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // y (N, C, OH, OW), dx (N, C, H, W) or dw (C, KH*KW)
+@group(0) @binding(4) var<storage, read_write> out: array<res>;  // y (N, C, OH, OW), dx (N, C, H, W) or dw (C, KH*KW)
 
 var<workgroup> partial: array<f32, 256>;
 
 fn put(idx: u32, v: f32) {
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        out[idx] += v;
+        out[idx] = res(f32(out[idx]) + v);
     } else {
-        out[idx] = v;
+        out[idx] = res(v);
     }
 }
 
@@ -91,7 +97,7 @@ fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
             let x_row = x_plane + u32(top + kh) * p.in_w;
             let w_row = w_base + u32(kh) * p.kernel_w;
             for (var kw = kw_lo; kw < kw_hi; kw++) {
-                acc = fma(src2[w_row + u32(kw)], src[x_row + u32(left + kw)], acc);
+                acc = fma(f32(src2[w_row + u32(kw)]), f32(src[x_row + u32(left + kw)]), acc);
             }
         }
     } else {
@@ -103,7 +109,7 @@ fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
             for (var kw = 0u; kw < p.kernel_w; kw++) {
                 let iw = i32(ow * p.stride_w + kw * p.dilation_w) - i32(p.pad_left);
                 if iw >= 0 && iw < i32(p.in_w) {
-                    acc = fma(src2[w_base + kh * p.kernel_w + kw], src[x_plane + u32(ih) * p.in_w + u32(iw)], acc);
+                    acc = fma(f32(src2[w_base + kh * p.kernel_w + kw]), f32(src[x_plane + u32(ih) * p.in_w + u32(iw)]), acc);
                 }
             }
         }
@@ -161,7 +167,7 @@ fn depthwise_conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin
             let dy_row = dy_plane + u32(oh) * p.out_w;
             var ow = (tw - kw_first) / sw;
             for (var kw = kw_first; kw <= kw_last; kw += sw) {
-                acc = fma(src2[w_row + u32(kw)], src[dy_row + u32(ow)], acc);
+                acc = fma(f32(src2[w_row + u32(kw)]), f32(src[dy_row + u32(ow)]), acc);
                 ow -= 1;
             }
             oh -= 1;
@@ -183,7 +189,7 @@ fn depthwise_conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin
                 }
                 let ow = u32(nw) / p.stride_w;
                 if ow < p.out_w {
-                    acc = fma(src2[w_base + kh * p.kernel_w + kw], src[dy_plane + oh * p.out_w + ow], acc);
+                    acc = fma(f32(src2[w_base + kh * p.kernel_w + kw]), f32(src[dy_plane + oh * p.out_w + ow]), acc);
                 }
             }
         }
@@ -254,8 +260,8 @@ fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
         let ok = ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w);
         let ihc = u32(clamp(ih, 0, i32(p.in_h) - 1));
         let iwc = u32(clamp(iw, 0, i32(p.in_w) - 1));
-        let x = src2[((n * p.in_c + c) * p.in_h + ihc) * p.in_w + iwc];
-        let g = src[(n * p.out_c + c) * out_hw + oh * p.out_w + ow];
+        let x = f32(src2[((n * p.in_c + c) * p.in_h + ihc) * p.in_w + iwc]);
+        let g = f32(src[(n * p.out_c + c) * out_hw + oh * p.out_w + ow]);
         acc += select(0.0, g * x, ok);
         ow += start.step_ow;
         let carry_w = ow >= p.out_w;
@@ -291,7 +297,7 @@ fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>,
     var ow = start.ow;
     var acc: array<f32, 49>;
     while n < p.batch {
-        let g = src[(n * p.out_c + c) * out_hw + oh * p.out_w + ow];
+        let g = f32(src[(n * p.out_c + c) * out_hw + oh * p.out_w + ow]);
         let x_plane = (n * p.in_c + c) * p.in_h * p.in_w;
         let top = i32(oh * p.stride_h) - i32(p.pad_top);
         let left = i32(ow * p.stride_w) - i32(p.pad_left);
@@ -302,7 +308,7 @@ fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>,
             for (var kw = 0u; kw < KW; kw++) {
                 let iw = left + i32(kw);
                 let ok = row_ok && iw >= 0 && iw < i32(p.in_w);
-                let x = src2[x_row + u32(clamp(iw, 0, i32(p.in_w) - 1))];
+                let x = f32(src2[x_row + u32(clamp(iw, 0, i32(p.in_w) - 1))]);
                 acc[kh * KW + kw] += select(0.0, g * x, ok);
             }
         }
@@ -347,7 +353,7 @@ fn depthwise_conv2d_backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>, @
             for (var ow = 0u; ow < p.out_w; ow++) {
                 let iw = i32(ow * p.stride_w + kw * p.dilation_w) - i32(p.pad_left);
                 if iw >= 0 && iw < i32(p.in_w) {
-                    acc = fma(src[dy_plane + oh * p.out_w + ow], src2[x_plane + u32(ih) * p.in_w + u32(iw)], acc);
+                    acc = fma(f32(src[dy_plane + oh * p.out_w + ow]), f32(src2[x_plane + u32(ih) * p.in_w + u32(iw)]), acc);
                 }
             }
         }

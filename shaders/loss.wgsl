@@ -21,6 +21,8 @@
 // Class indices >= C are a caller error (checked on the CPU); here they are clamped so nothing reads out of bounds.
 //
 // Layout: logits (batch, C) row-major; targets (batch, 2 * words + 1) u32.
+// Storage types: logits are `act` and out is `res`. With f16 logits the losses, counts and probabilities are
+// written in f32 (res = f32) and the logit gradients in f16 (res = f16); everything is computed in f32.
 // Dispatch: the forwards and counts: ONE workgroup of 256 (rows strided over invocations, then a tree reduction, so
 // the sum order is fixed); backwards and probabilities: one invocation per row, (ceil(batch / 64), 1, 1).
 
@@ -36,16 +38,19 @@ struct LossParams {
 }
 
 @group(0) @binding(0) var<uniform> p: LossParams;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;     // (batch, C)
+alias act = f32;
+alias res = f32;
+
+@group(0) @binding(1) var<storage, read> logits: array<act>;     // (batch, C)
 @group(0) @binding(2) var<storage, read> targets: array<u32>;    // (batch, 2 * words + 1)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // forward/count: (1); backward/probs: (batch, C)
+@group(0) @binding(3) var<storage, read_write> out: array<res>;  // forward/count: (1); backward/probs: (batch, C)
 
 var<workgroup> partial: array<f32, 256>;
 
 fn row_max(base: u32) -> f32 {
-    var m = logits[base];
+    var m = f32(logits[base]);
     for (var c = 1u; c < p.classes; c++) {
-        m = max(m, logits[base + c]);
+        m = max(m, f32(logits[base + c]));
     }
     return m;
 }
@@ -54,7 +59,7 @@ fn row_max(base: u32) -> f32 {
 fn row_sum_exp(base: u32, m: f32) -> f32 {
     var s = 0.0;
     for (var c = 0u; c < p.classes; c++) {
-        s += exp(logits[base + c] - m);
+        s += exp(f32(logits[base + c]) - m);
     }
     return s;
 }
@@ -111,20 +116,22 @@ fn softmax_cross_entropy_forward(@builtin(local_invocation_index) lid: u32) {
         var sum_exp = 0.0;
         var sum_x = 0.0;
         for (var c = 0u; c < p.classes; c++) {
-            let v = logits[base + c];
+            let v = f32(logits[base + c]);
             sum_exp += exp(v - m);
             sum_x += v;
         }
         let lse = m + log(sum_exp);
         let lam = lam_of(row);
-        let nll = lse - (lam * logits[base + class_of(row, 0u)] + (1.0 - lam) * logits[base + class_of(row, 1u)]);
+        let own = f32(logits[base + class_of(row, 0u)]);
+        let partner = f32(logits[base + class_of(row, 1u)]);
+        let nll = lse - (lam * own + (1.0 - lam) * partner);
         let uniform_nll = lse - sum_x / f32(p.classes);
         acc += (1.0 - p.smoothing) * nll + p.smoothing * uniform_nll;
     }
     partial[lid] = acc;
     workgroup_sum(lid);
     if lid == 0u {
-        out[0] = partial[0] / f32(p.batch);
+        out[0] = res(partial[0] / f32(p.batch));
     }
 }
 
@@ -143,9 +150,9 @@ fn softmax_cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>)
     let k = p.scale / f32(p.batch);
     let off_target = p.smoothing / f32(p.classes);
     for (var c = 0u; c < p.classes; c++) {
-        let prob = exp(logits[base + c] - m) / sum_exp;
+        let prob = exp(f32(logits[base + c]) - m) / sum_exp;
         let t = select(0.0, lam, c == a) + select(0.0, 1.0 - lam, c == b);
-        out[base + c] = k * (prob - ((1.0 - p.smoothing) * t + off_target));
+        out[base + c] = res(k * (prob - ((1.0 - p.smoothing) * t + off_target)));
     }
 }
 
@@ -155,9 +162,9 @@ fn correct_count(@builtin(local_invocation_index) lid: u32) {
     for (var row = lid; row < p.batch; row += 256u) {
         let base = row * p.classes;
         var best = 0u;
-        var best_v = logits[base];
+        var best_v = f32(logits[base]);
         for (var c = 1u; c < p.classes; c++) {
-            let v = logits[base + c];
+            let v = f32(logits[base + c]);
             if v > best_v {
                 best_v = v;
                 best = c;
@@ -168,7 +175,7 @@ fn correct_count(@builtin(local_invocation_index) lid: u32) {
     partial[lid] = acc;
     workgroup_sum(lid);
     if lid == 0u {
-        out[0] = partial[0];
+        out[0] = res(partial[0]);
     }
 }
 
@@ -182,7 +189,7 @@ fn softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let m = row_max(base);
     let sum_exp = row_sum_exp(base, m);
     for (var c = 0u; c < p.classes; c++) {
-        out[base + c] = exp(logits[base + c] - m) / sum_exp;
+        out[base + c] = res(exp(f32(logits[base + c]) - m) / sum_exp);
     }
 }
 
@@ -193,14 +200,14 @@ fn sigmoid_bce_forward(@builtin(local_invocation_index) lid: u32) {
         let base = row * p.classes;
         let lam = lam_of(row);
         for (var c = 0u; c < p.classes; c++) {
-            let x = logits[base + c];
+            let x = f32(logits[base + c]);
             acc += max(x, 0.0) - x * multi_target(row, c, lam) + log(1.0 + exp(-abs(x)));
         }
     }
     partial[lid] = acc;
     workgroup_sum(lid);
     if lid == 0u {
-        out[0] = partial[0] / (f32(p.batch) * f32(p.classes));
+        out[0] = res(partial[0] / (f32(p.batch) * f32(p.classes)));
     }
 }
 
@@ -214,7 +221,7 @@ fn sigmoid_bce_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let lam = lam_of(row);
     let k = p.scale / (f32(p.batch) * f32(p.classes));
     for (var c = 0u; c < p.classes; c++) {
-        out[base + c] = k * (sigmoid(logits[base + c]) - multi_target(row, c, lam));
+        out[base + c] = res(k * (sigmoid(f32(logits[base + c])) - multi_target(row, c, lam)));
     }
 }
 
@@ -224,14 +231,14 @@ fn multi_label_correct(@builtin(local_invocation_index) lid: u32) {
     for (var row = lid; row < p.batch; row += 256u) {
         let base = row * p.classes;
         for (var c = 0u; c < p.classes; c++) {
-            let predicted = sigmoid(logits[base + c]) > p.threshold;
+            let predicted = sigmoid(f32(logits[base + c])) > p.threshold;
             acc += select(0.0, 1.0, predicted == (bit_of(row, 0u, c) > 0.5));
         }
     }
     partial[lid] = acc;
     workgroup_sum(lid);
     if lid == 0u {
-        out[0] = partial[0];
+        out[0] = res(partial[0]);
     }
 }
 
@@ -243,6 +250,6 @@ fn sigmoid_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let base = row * p.classes;
     for (var c = 0u; c < p.classes; c++) {
-        out[base + c] = sigmoid(logits[base + c]);
+        out[base + c] = res(sigmoid(f32(logits[base + c])));
     }
 }

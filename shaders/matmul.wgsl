@@ -22,6 +22,10 @@
 //                 A workgroup covers 16 rows x 512 columns. Dispatch: (ceil(N / 512), ceil(M / 16), batch).
 //   matmul_naive  one output per invocation, 16x16 workgroups; kept only as the benchmark baseline.
 //                 Dispatch: (ceil(N / 16), ceil(M / 16), batch).
+//
+// Storage types: A and B are `act` and C is `res`; the f16 variants make both f16 (activations) or A and B f16
+// with C f32 (a weight gradient). Products and sums are f32 inside; C is rounded once when stored. The bias is
+// an f32 parameter in every variant.
 
 struct MatmulParams {
     m: u32,
@@ -44,11 +48,22 @@ const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
 const FLAG_ROW_BIAS: u32 = 4u;
 
+alias act = f32;
+alias res = f32;
+
 @group(0) @binding(0) var<uniform> p: MatmulParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;          // op(A): (batch, M, K) via strides
-@group(0) @binding(2) var<storage, read> b: array<f32>;          // op(B): (batch, K, N) via strides
+@group(0) @binding(1) var<storage, read> a: array<act>;          // op(A): (batch, M, K) via strides
+@group(0) @binding(2) var<storage, read> b: array<act>;          // op(B): (batch, K, N) via strides
 @group(0) @binding(3) var<storage, read> bias: array<f32>;       // (N) with FLAG_BIAS, (M) with FLAG_ROW_BIAS
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;    // (batch, M, N)
+@group(0) @binding(4) var<storage, read_write> c: array<res>;    // (batch, M, N)
+
+fn a_at(i: u32) -> f32 {
+    return f32(a[i]);
+}
+
+fn b_at(i: u32) -> f32 {
+    return f32(b[i]);
+}
 
 fn finish(acc: f32, row: u32, col: u32, batch: u32) {
     var v = acc;
@@ -60,9 +75,9 @@ fn finish(acc: f32, row: u32, col: u32, batch: u32) {
     }
     let idx = (batch * p.m + row) * p.n + col;
     if (p.flags & FLAG_ACCUMULATE) != 0u {
-        v += c[idx];
+        v += f32(c[idx]);
     }
-    c[idx] = v;
+    c[idx] = res(v);
 }
 
 // The 16 x 8 register block of one invocation: row r holds columns 0-3 in r<r>_0 and 4-7 in r<r>_1. Only ever
@@ -187,25 +202,25 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     for (var kk = 0u; kk < p.k; kk++) {
         let b_off = kk * p.b_row;
         let a_off = kk * p.a_col;
-        let b0 = vec4<f32>(b[bc0.x + b_off], b[bc0.y + b_off], b[bc0.z + b_off], b[bc0.w + b_off]);
-        let b1 = vec4<f32>(b[bc1.x + b_off], b[bc1.y + b_off], b[bc1.z + b_off], b[bc1.w + b_off]);
+        let b0 = vec4<f32>(b_at(bc0.x + b_off), b_at(bc0.y + b_off), b_at(bc0.z + b_off), b_at(bc0.w + b_off));
+        let b1 = vec4<f32>(b_at(bc1.x + b_off), b_at(bc1.y + b_off), b_at(bc1.z + b_off), b_at(bc1.w + b_off));
         let av = array<f32, 16>(
-            a[ar0 + a_off],
-            a[ar1 + a_off],
-            a[ar2 + a_off],
-            a[ar3 + a_off],
-            a[ar4 + a_off],
-            a[ar5 + a_off],
-            a[ar6 + a_off],
-            a[ar7 + a_off],
-            a[ar8 + a_off],
-            a[ar9 + a_off],
-            a[ar10 + a_off],
-            a[ar11 + a_off],
-            a[ar12 + a_off],
-            a[ar13 + a_off],
-            a[ar14 + a_off],
-            a[ar15 + a_off],
+            a_at(ar0 + a_off),
+            a_at(ar1 + a_off),
+            a_at(ar2 + a_off),
+            a_at(ar3 + a_off),
+            a_at(ar4 + a_off),
+            a_at(ar5 + a_off),
+            a_at(ar6 + a_off),
+            a_at(ar7 + a_off),
+            a_at(ar8 + a_off),
+            a_at(ar9 + a_off),
+            a_at(ar10 + a_off),
+            a_at(ar11 + a_off),
+            a_at(ar12 + a_off),
+            a_at(ar13 + a_off),
+            a_at(ar14 + a_off),
+            a_at(ar15 + a_off),
         );
         rank1_update(&acc, av, b0, b1);
     }
@@ -255,7 +270,7 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     let a_base = batch * p.a_batch + row * p.a_row;
     let b_base = batch * p.b_batch + col * p.b_col;
     for (var kk = 0u; kk < p.k; kk++) {
-        acc = fma(a[a_base + kk * p.a_col], b[b_base + kk * p.b_row], acc);
+        acc = fma(a_at(a_base + kk * p.a_col), b_at(b_base + kk * p.b_row), acc);
     }
     finish(acc, row, col, batch);
 }

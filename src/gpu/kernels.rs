@@ -42,29 +42,44 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "accumulate", source: include_str!("../../shaders/accumulate.wgsl") },
 ];
 
-/// The element type a kernel stores activations in. An f16 kernel is its family's f32 source with the line
-/// [`ACT_ALIAS`] made `alias act = f16;` and `enable f16;` put first: one source, two variants; arithmetic and
-/// accumulators stay f32 inside (values are widened on load and rounded once on store).
+/// The element types a kernel stores in. An f16 kernel is its family's f32 source with the line [`ACT_ALIAS`]
+/// made `alias act = f16;` (and [`RES_ALIAS`], where the family has it, `alias res = f16;`) and `enable f16;` put
+/// first: one source, several variants; arithmetic and accumulators stay f32 inside (values are widened on load
+/// and rounded once on store).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
     #[default]
     F32,
+    /// Activations in f16, results too.
     F16,
+    /// f16 operands, f32 result: the variant of families whose result type is [`RES_ALIAS`] (the GEMMs and the
+    /// loss) for weight gradients, losses, counts and probabilities.
+    F16ToF32,
 }
 
 /// The line of a family's WGSL that names its activations' storage type (families without it have no f16
 /// variant).
 pub const ACT_ALIAS: &str = "alias act = f32;";
 
-/// The WGSL of `fam` at precision `p`; None when the family has no f16 variant (no [`ACT_ALIAS`] line).
+/// The line of a family's WGSL that names its result's storage type where that may differ from its operands'
+/// (f32 weight gradients from f16 activations): f16 in [`Precision::F16`], f32 in [`Precision::F16ToF32`].
+pub const RES_ALIAS: &str = "alias res = f32;";
+
+/// The WGSL of `fam` at precision `p`; None when the family has no such variant (no [`ACT_ALIAS`] line, or for
+/// [`Precision::F16ToF32`] no [`RES_ALIAS`] line).
 pub fn variant_source(fam: Family, p: Precision) -> Option<std::borrow::Cow<'static, str>> {
+    let has = |line: &str| fam.source.lines().any(|l| l.trim() == line);
     match p {
         Precision::F32 => Some(fam.source.into()),
-        Precision::F16 => fam
-            .source
-            .lines()
-            .any(|l| l.trim() == ACT_ALIAS)
-            .then(|| format!("enable f16;\n{}", fam.source.replacen(ACT_ALIAS, "alias act = f16;", 1)).into()),
+        Precision::F16 if has(ACT_ALIAS) => {
+            let source =
+                fam.source.replacen(ACT_ALIAS, "alias act = f16;", 1).replacen(RES_ALIAS, "alias res = f16;", 1);
+            Some(format!("enable f16;\n{source}").into())
+        }
+        Precision::F16ToF32 if has(ACT_ALIAS) && has(RES_ALIAS) => {
+            Some(format!("enable f16;\n{}", fam.source.replacen(ACT_ALIAS, "alias act = f16;", 1)).into())
+        }
+        _ => None,
     }
 }
 
@@ -73,6 +88,7 @@ fn module_label(fam: Family, precision: Precision) -> String {
     match precision {
         Precision::F32 => format!("shaders/{}.wgsl", fam.name),
         Precision::F16 => format!("shaders/{}.wgsl (f16)", fam.name),
+        Precision::F16ToF32 => format!("shaders/{}.wgsl (f16, f32 result)", fam.name),
     }
 }
 
@@ -120,8 +136,10 @@ impl KernelSpec {
     /// point's name).
     fn key(&self) -> String {
         let mut k = format!("{}/{}", self.family, self.entry);
-        if self.precision == Precision::F16 {
-            k.push_str("@f16");
+        match self.precision {
+            Precision::F32 => {}
+            Precision::F16 => k.push_str("@f16"),
+            Precision::F16ToF32 => k.push_str("@f16>f32"),
         }
         for (name, value) in self.constants {
             k.push_str(&format!(" {name}={value}"));
@@ -232,8 +250,8 @@ impl Gpu {
     pub async fn compile_all_async(&self) -> Vec<(String, Option<String>)> {
         let mut out = Vec::new();
         for fam in FAMILIES {
-            for precision in [Precision::F32, Precision::F16] {
-                if precision == Precision::F16 && !self.has_shader_f16() {
+            for precision in [Precision::F32, Precision::F16, Precision::F16ToF32] {
+                if precision != Precision::F32 && !self.has_shader_f16() {
                     continue;
                 }
                 let Some(source) = variant_source(*fam, precision) else { continue };
@@ -258,8 +276,8 @@ impl Gpu {
         }
         let label = module_label(fam, precision);
         let source = variant_source(fam, precision)
-            .ok_or_else(|| Error::Invalid(format!("the {} kernels have no f16 variant yet", fam.name)))?;
-        if precision == Precision::F16 && !self.has_shader_f16() {
+            .ok_or_else(|| Error::Invalid(format!("the {} kernels have no {precision:?} variant", fam.name)))?;
+        if precision != Precision::F32 && !self.has_shader_f16() {
             return Err(Error::Invalid(format!(
                 "the adapter '{}' has no shader-f16 feature: f16 kernels need it (use f32 here)",
                 self.summary().name

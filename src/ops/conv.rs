@@ -276,6 +276,13 @@ pub fn conv2d_forward(
                 )?;
                 return Ok(vec![d]);
             }
+            if let Some(b) = bias.filter(|b| b.dtype() != crate::gpu::DType::F32) {
+                return Err(Error::Invalid(format!(
+                    "conv2d '{label}': the bias '{}' is {:?}, expected f32 (a parameter)",
+                    b.label(),
+                    b.dtype()
+                )));
+            }
             let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
             let bias = bias.unwrap_or(w);
             if s.is_depthwise() {
@@ -284,8 +291,11 @@ pub fn conv2d_forward(
                     256,
                     gpu.limits().max_compute_workgroups_per_dimension,
                 );
-                return Ok(vec![gpu.dispatch(
+                return Ok(vec![super::dispatch_to(
+                    gpu,
                     &DEPTHWISE_CONV2D_FORWARD,
+                    &[x, w],
+                    y,
                     bytemuck::bytes_of(&p),
                     &[x, w, bias, y],
                     grid,
@@ -293,7 +303,8 @@ pub fn conv2d_forward(
                 )?]);
             }
             let grid = [(p.batch * p.out_h * p.out_w).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups];
-            Ok(vec![gpu.dispatch(&CONV2D_FORWARD, bytemuck::bytes_of(&p), &[w, x, bias, y], grid, label)?])
+            let params = bytemuck::bytes_of(&p);
+            Ok(vec![super::dispatch_to(gpu, &CONV2D_FORWARD, &[w, x], y, params, &[w, x, bias, y], grid, label)?])
         })(),
     )
 }
@@ -338,8 +349,11 @@ pub fn conv2d_backward_data(
                     256,
                     gpu.limits().max_compute_workgroups_per_dimension,
                 );
-                return Ok(vec![gpu.dispatch(
+                return Ok(vec![super::dispatch_to(
+                    gpu,
                     &DEPTHWISE_CONV2D_BACKWARD_DATA,
+                    &[dy, w],
+                    dx,
                     bytemuck::bytes_of(&p),
                     &[dy, w, dx],
                     grid,
@@ -347,7 +361,8 @@ pub fn conv2d_backward_data(
                 )?]);
             }
             let grid = [(p.batch * p.in_h * p.in_w).div_ceil(512), (p.in_c / p.groups).div_ceil(16), p.groups];
-            Ok(vec![gpu.dispatch(&CONV2D_BACKWARD_DATA, bytemuck::bytes_of(&p), &[w, dy, dx], grid, label)?])
+            let params = bytemuck::bytes_of(&p);
+            Ok(vec![super::dispatch_to(gpu, &CONV2D_BACKWARD_DATA, &[w, dy], dx, params, &[w, dy, dx], grid, label)?])
         })(),
     )
 }
@@ -431,7 +446,8 @@ pub fn conv2d_backward_weight(
                     let taps = (p.out_c * p.kernel_h * p.kernel_w) as usize;
                     let grid = super::flat_grid(gpu, taps);
                     let spec = &DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS;
-                    return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid, label)?]);
+                    let params = bytemuck::bytes_of(&p);
+                    return Ok(vec![super::dispatch_to(gpu, spec, &[dy, x], dw, params, &[dy, x, dw], grid, label)?]);
                 }
                 let taps_spec = match (s.kernel_h, s.kernel_w, s.cfg.dilation) {
                     (3, 3, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3),
@@ -441,11 +457,15 @@ pub fn conv2d_backward_weight(
                 };
                 if let Some(spec) = taps_spec {
                     let grid = [p.out_c, 1, 1];
-                    return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid, label)?]);
+                    let params = bytemuck::bytes_of(&p);
+                    return Ok(vec![super::dispatch_to(gpu, spec, &[dy, x], dw, params, &[dy, x, dw], grid, label)?]);
                 }
                 let grid = [p.kernel_h * p.kernel_w, p.out_c, 1];
-                return Ok(vec![gpu.dispatch(
+                return Ok(vec![super::dispatch_to(
+                    gpu,
                     &DEPTHWISE_CONV2D_BACKWARD_WEIGHT,
+                    &[dy, x],
+                    dw,
                     bytemuck::bytes_of(&p),
                     &[dy, x, dw],
                     grid,
@@ -468,11 +488,13 @@ pub fn conv2d_backward_weight(
             // A scratch tensor was given exactly when the batch is split (checked above).
             let Some(partial) = scratch else {
                 let p = s.params(flags(false, accumulate), split_len)?;
-                return Ok(vec![gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, dw], grid(&p), label)?]);
+                let params = bytemuck::bytes_of(&p);
+                return Ok(vec![super::dispatch_to(gpu, spec, &[dy, x], dw, params, &[dy, x, dw], grid(&p), label)?]);
             };
             // Each split writes its own partial dw; one sum over the splits finishes (and accumulates, if asked).
             let p = s.params(0, split_len)?;
-            let conv = gpu.dispatch(spec, bytemuck::bytes_of(&p), &[dy, x, partial], grid(&p), label)?;
+            let params = bytemuck::bytes_of(&p);
+            let conv = super::dispatch_to(gpu, spec, &[dy, x], partial, params, &[dy, x, partial], grid(&p), label)?;
             let sum =
                 sum_reduce(gpu, partial, dw, (splits, s.out_c * ncols, 1), accumulate, &format!("{label} split sum"))?;
             Ok(vec![conv, sum])

@@ -114,7 +114,9 @@ impl Loss {
         if loss.numel() != 1 {
             return Err(Error::shape(what, format!("loss {:?} must hold 1", loss.shape())));
         }
-        gpu.dispatch(spec, bytemuck::bytes_of(&p), &[logits, targets, loss], [1, 1, 1], label)
+        f32_result(what, loss)?;
+        let params = bytemuck::bytes_of(&p);
+        super::dispatch_to(gpu, spec, &[logits], loss, params, &[logits, targets, loss], [1, 1, 1], label)
     }
 
     /// dlogits = scale * d(loss)/d(logits).
@@ -139,7 +141,8 @@ impl Loss {
             ));
         }
         let grid = [p.batch.div_ceil(64), 1, 1];
-        gpu.dispatch(spec, bytemuck::bytes_of(&p), &[logits, targets, dlogits], grid, label)
+        let params = bytemuck::bytes_of(&p);
+        super::dispatch_to(gpu, spec, &[logits], dlogits, params, &[logits, targets, dlogits], grid, label)
     }
 
     /// The loss's count of right predictions into `count` (1), as f32: rows with the top-1 class right (softmax)
@@ -160,7 +163,9 @@ impl Loss {
         if count.numel() != 1 {
             return Err(Error::shape(what, format!("count {:?} must hold 1", count.shape())));
         }
-        gpu.dispatch(spec, bytemuck::bytes_of(&p), &[logits, targets, count], [1, 1, 1], label)
+        f32_result(what, count)?;
+        let params = bytemuck::bytes_of(&p);
+        super::dispatch_to(gpu, spec, &[logits], count, params, &[logits, targets, count], [1, 1, 1], label)
     }
 
     /// Probabilities (batch, C): softmax rows, or sigmoid of every logit.
@@ -179,8 +184,17 @@ impl Loss {
             ));
         }
         let p = LossParams { batch: dim(batch, "batch")?, classes: dim(classes, "classes")?, ..Default::default() };
-        gpu.dispatch(spec, bytemuck::bytes_of(&p), &[logits, probs], [p.batch.div_ceil(64), 1, 1], label)
+        let grid = [p.batch.div_ceil(64), 1, 1];
+        super::dispatch_to(gpu, spec, &[logits], probs, bytemuck::bytes_of(&p), &[logits, probs], grid, label)
     }
+}
+
+/// A loss or a count is f32, whatever the logits' precision.
+fn f32_result(what: &str, t: &Tensor) -> Result<()> {
+    if t.dtype() != crate::gpu::DType::F32 {
+        return Err(Error::Invalid(format!("{what}: '{}' is {:?}, expected f32", t.label(), t.dtype())));
+    }
+    Ok(())
 }
 
 /// The loss kernels' target rows. Each row is `2 * words + 1` u32: the image's own label set, its MixUp/CutMix

@@ -159,8 +159,17 @@ pub fn matmul(
         MatmulKernel::Tiled => &MATMUL,
         MatmulKernel::Naive => &MATMUL_NAIVE,
     };
+    if let Some(bias) = bias.filter(|t| t.dtype() != crate::gpu::DType::F32) {
+        return Err(crate::Error::Invalid(format!(
+            "matmul '{label}': the bias '{}' is {:?}, expected f32 (a parameter)",
+            bias.label(),
+            bias.dtype()
+        )));
+    }
     // Without a bias the binding still needs a buffer: A is bound again (read-only, never read).
     let bias = bias.unwrap_or(a);
     let flops = 2 * p.m as u64 * p.n as u64 * p.k as u64 * p.batch.max(1) as u64;
-    Ok(gpu.dispatch(spec, bytemuck::bytes_of(&p), &[a, b, bias, c], matmul_grid(kernel, &p), label)?.with_flops(flops))
+    let grid = matmul_grid(kernel, &p);
+    Ok(super::dispatch_to(gpu, spec, &[a, b], c, bytemuck::bytes_of(&p), &[a, b, bias, c], grid, label)?
+        .with_flops(flops))
 }

@@ -79,6 +79,38 @@ pub(crate) fn dispatch_at(
     gpu.dispatch(&spec, params, tensors, grid, label)
 }
 
+/// Dispatch `spec`, a kernel of a family whose result has its own storage type (the GEMMs and the loss): the
+/// `operands` all f32 or all f16, the `result` f32, or f16 with f16 operands (the variants of [`Precision`]).
+///
+/// [`Precision`]: crate::gpu::Precision
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dispatch_to(
+    gpu: &crate::gpu::Gpu,
+    spec: &crate::gpu::KernelSpec,
+    operands: &[&crate::gpu::Tensor],
+    result: &crate::gpu::Tensor,
+    params: &[u8],
+    tensors: &[&crate::gpu::Tensor],
+    grid: [u32; 3],
+    label: &str,
+) -> crate::Result<crate::gpu::Dispatch> {
+    use crate::gpu::{DType, Precision};
+    let precision = match (storage_precision(spec.entry, label, operands)?, result.dtype()) {
+        (Precision::F32, DType::F32) => Precision::F32,
+        (Precision::F16, DType::F16) => Precision::F16,
+        (Precision::F16, DType::F32) => Precision::F16ToF32,
+        (operands, result_type) => {
+            return Err(crate::Error::Invalid(format!(
+                "{} '{label}': '{}' is {result_type:?} but the operands are {operands:?}: the result is f32, or f16 \
+                 from f16 operands",
+                spec.entry,
+                result.label()
+            )))
+        }
+    };
+    gpu.dispatch(&spec.with_precision(precision), params, tensors, grid, label)
+}
+
 /// Convert a size to the u32 the kernels take, naming it when it does not fit.
 pub fn dim(value: usize, what: &str) -> crate::Result<u32> {
     u32::try_from(value).map_err(|_| crate::Error::Invalid(format!("{what} = {value} does not fit in 32 bits")))

@@ -39,15 +39,21 @@ pub fn read_f16(t: &Tensor) -> Vec<f32> {
     gpu().read_f16(t).expect("readback f16")
 }
 
+/// A function uploading f32 values as a tensor of some precision.
+pub type Upload = fn(&[usize], &[f32], &str) -> Tensor;
+
 /// Upload and read functions for f32 tensors, or with `half` for f16 ones (tests that run both precisions).
-#[allow(clippy::type_complexity)]
-pub fn io(half: bool) -> (fn(&[usize], &[f32], &str) -> Tensor, fn(&Tensor) -> Vec<f32>) {
+pub fn io(half: bool) -> (Upload, fn(&Tensor) -> Vec<f32>) {
     if half {
         (upload_f16, read_f16)
     } else {
         (upload, read)
     }
 }
+
+/// One f16 rounding of a stored result, on top of an f32 tolerance: (extra atol, extra rtol): one f16 ulp, at most
+/// 2^-10 relative (WGSL lets the f32-to-f16 conversion round either way), 2^-24 in the subnormal range.
+pub const F16_STORE: (f64, f64) = (1.0 / (1u32 << 24) as f64, 1.0 / 1024.0);
 
 /// `v` rounded to f16 and back, as the GPU holds it.
 pub fn to_f16(v: &[f32]) -> Vec<f32> {

@@ -1,6 +1,11 @@
 //! conv2d forward / backward_data / backward_weight / backward_bias (dense, grouped, depthwise, pointwise) against
 //! the reference. Tolerance: each output is a sum of K products of values in [-1, 1]; atol = 2e-6 * K + 1e-6 and
 //! rtol 1e-5, as for matmul.
+//!
+//! In f16 (issue 14; `check_f16`): x, w (the f16 weight copy) and dy are f16, y and dx are stored in f16, dw and db
+//! in f32. The reference runs in f64 on the same f16-rounded inputs; the f32 sums keep the tolerance above and a
+//! stored f16 adds its rounding: one f16 ulp, at most 2^-10 relative (WGSL may round either way), or 2^-24 in the
+//! subnormal range.
 
 use wgtune::ops::conv::{
     conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward,
@@ -15,31 +20,45 @@ fn tol(terms: usize) -> f64 {
 }
 
 fn check(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumulate: bool, seed: u64) {
+    check_at(x_shape, w_shape, cfg, accumulate, seed, false);
+}
+
+fn check_f16(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumulate: bool, seed: u64) {
+    check_at(x_shape, w_shape, cfg, accumulate, seed, true);
+}
+
+fn check_at(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumulate: bool, seed: u64, half: bool) {
     let g = gpu();
     let s = ConvShape::new(&x_shape, &w_shape, cfg).expect("valid geometry");
     let mut rng = SplitMix(seed);
     let n = |shape: [usize; 4]| shape.iter().product::<usize>();
-    let x_data = rng.vec_f32(n(s.x_shape()), -1.0, 1.0);
-    let w_data = rng.vec_f32(n(s.w_shape()), -1.0, 1.0);
+    // Activations (and the weight copy the GEMMs read) at the precision under test; the bias and the weight and
+    // bias gradients are f32 parameters either way.
+    let (act_up, act_read) = io(half);
+    let round = |v: Vec<f32>| if half { to_f16(&v) } else { v };
+    let x_data = round(rng.vec_f32(n(s.x_shape()), -1.0, 1.0));
+    let w_data = round(rng.vec_f32(n(s.w_shape()), -1.0, 1.0));
     let b_data = rng.vec_f32(s.out_c, -1.0, 1.0);
-    let dy_data = rng.vec_f32(n(s.y_shape()), -1.0, 1.0);
+    let dy_data = round(rng.vec_f32(n(s.y_shape()), -1.0, 1.0));
     // Starting contents of the outputs: NaN poison, or random values to accumulate onto.
-    let mut start = |shape: [usize; 4], label: &str| {
+    let mut start = |shape: [usize; 4], label: &str, act: bool| {
+        let (up, round): (Upload, bool) = if act { (act_up, half) } else { (upload, false) };
         if accumulate {
             let v = rng.vec_f32(n(shape), -1.0, 1.0);
-            (upload(&shape, &v, label), widen(&v))
+            let v = if round { to_f16(&v) } else { v };
+            (up(&shape, &v, label), widen(&v))
         } else {
-            (poisoned(&shape, label), vec![0.0; n(shape)])
+            (up(&shape, &vec![f32::NAN; n(shape)], label), vec![0.0; n(shape)])
         }
     };
-    let (y, y0) = start(s.y_shape(), "y");
-    let (dx, dx0) = start(s.x_shape(), "dx");
-    let (dw, dw0) = start(s.w_shape(), "dw");
-    let (db, db0) = start([s.out_c, 1, 1, 1], "db");
-    let x = upload(&s.x_shape(), &x_data, "x");
-    let w = upload(&s.w_shape(), &w_data, "w");
+    let (y, y0) = start(s.y_shape(), "y", true);
+    let (dx, dx0) = start(s.x_shape(), "dx", true);
+    let (dw, dw0) = start(s.w_shape(), "dw", false);
+    let (db, db0) = start([s.out_c, 1, 1, 1], "db", false);
+    let x = act_up(&s.x_shape(), &x_data, "x");
+    let w = act_up(&s.w_shape(), &w_data, "w");
     let b = upload(&[s.out_c], &b_data, "bias");
-    let dy = upload(&s.y_shape(), &dy_data, "dy");
+    let dy = act_up(&s.y_shape(), &dy_data, "dy");
 
     let mut steps = conv2d_forward(g, &s, &x, &w, Some(&b), &y, accumulate, "conv fwd").expect("forward");
     steps.extend(conv2d_backward_data(g, &s, &dy, &w, &dx, accumulate, "conv bwd data").expect("backward_data"));
@@ -55,13 +74,16 @@ fn check(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumulate
 
     let plus = |a: Vec<f64>, b: &[f64]| a.iter().zip(b).map(|(a, b)| a + b).collect::<Vec<f64>>();
     let (xd, wd, dyd) = (widen(&x_data), widen(&w_data), widen(&dy_data));
-    let what = format!("x {x_shape:?} w {w_shape:?} {cfg:?} accumulate={accumulate}");
+    let what = format!("x {x_shape:?} w {w_shape:?} {cfg:?} accumulate={accumulate} f16={half}");
+    let (store_atol, store_rtol) = if half { F16_STORE } else { (0.0, 0.0) };
     let k_fwd = s.in_c / cfg.groups * s.kernel_h * s.kernel_w;
     let y_want = plus(reference::conv2d_forward(&s, &xd, &wd, Some(&widen(&b_data))), &y0);
-    assert_close(&read(&y), &y_want, tol(k_fwd + 1), 1e-5, &format!("forward {what}"));
+    let (atol, rtol) = (tol(k_fwd + 1) + store_atol, 1e-5 + store_rtol);
+    assert_close(&act_read(&y), &y_want, atol, rtol, &format!("forward {what}"));
     let k_data = s.out_c / cfg.groups * s.kernel_h * s.kernel_w;
     let dx_want = plus(reference::conv2d_backward_data(&s, &dyd, &wd), &dx0);
-    assert_close(&read(&dx), &dx_want, tol(k_data), 1e-5, &format!("backward_data {what}"));
+    let (atol, rtol) = (tol(k_data) + store_atol, 1e-5 + store_rtol);
+    assert_close(&act_read(&dx), &dx_want, atol, rtol, &format!("backward_data {what}"));
     let k_weight = s.batch * s.out_h * s.out_w;
     let dw_want = plus(reference::conv2d_backward_weight(&s, &dyd, &xd), &dw0);
     assert_close(&read(&dw), &dw_want, tol(k_weight), 1e-5, &format!("backward_weight {what}"));
@@ -123,6 +145,62 @@ conv_tests! {
     wide_weight_gradient: [2, 33, 6, 5], [5, 33, 3, 3], cfg(1, 1);
     rectangular_kernel_and_stride: [1, 2, 9, 6], [3, 2, 3, 1],
         Conv2dConfig { stride: (2, 1), padding: Padding { top: 1, bottom: 0, left: 0, right: 2 }, ..Default::default() };
+}
+
+/// The f16 variants on the shapes that take each path: dense (both backward_weight kernels, with and without batch
+/// splits), grouped, strided and dilated, pointwise through matmul, and every depthwise weight-gradient kernel.
+macro_rules! conv_tests_f16 {
+    ($($name:ident: $x:expr, $w:expr, $cfg:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            check_f16($x, $w, $cfg, false, line!() as u64);
+        }
+    )*};
+}
+
+conv_tests_f16! {
+    f16_dense_3x3_stride2_odd_size: [2, 4, 9, 11], [17, 4, 3, 3], cfg(2, 1);
+    f16_dense_5x5_batch1: [1, 2, 6, 5], [3, 2, 5, 5], cfg(1, 2);
+    f16_wide_weight_gradient: [2, 33, 6, 5], [5, 33, 3, 3], cfg(1, 1);
+    f16_pointwise_1x1_matmul_path: [2, 5, 32, 17], [7, 5, 1, 1], cfg(1, 0);
+    f16_grouped_dilated: [2, 4, 8, 8], [6, 2, 3, 3], Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
+    f16_depthwise_3x3_long_weight_sum: [2, 3, 30, 31], [3, 1, 3, 3], Conv2dConfig { groups: 3, ..cfg(1, 1) };
+    f16_depthwise_5x5_stride2_tf_same: [2, 3, 9, 9], [3, 1, 5, 5],
+        Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(9, 9, (5, 5), (2, 2), (1, 1)), ..Default::default() };
+    f16_depthwise_3x3_dilated_long_weight_sum: [2, 2, 30, 30], [2, 1, 3, 3],
+        Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
+}
+
+#[test]
+fn every_path_accumulates_in_f16() {
+    check_f16([2, 3, 7, 7], [5, 3, 3, 3], cfg(1, 1), true, 11);
+    check_f16([2, 3, 16, 33], [4, 3, 1, 1], cfg(1, 0), true, 12);
+    check_f16([2, 5, 7, 7], [5, 1, 3, 3], Conv2dConfig { groups: 5, ..cfg(1, 1) }, true, 13);
+}
+
+/// The GEMMs' result precision follows the output tensor: f16 operands give an f16 activation or an f32 weight
+/// gradient, f32 operands an f32 result; an f16 result from f32 operands, mixed operands and an f16 bias are
+/// refused, naming the tensors.
+#[test]
+fn mixed_precision_launches_are_checked() {
+    let g = gpu();
+    let s = ConvShape::new(&[1, 2, 5, 5], &[3, 2, 3, 3], cfg(1, 1)).expect("shape");
+    let x16 = upload_f16(&s.x_shape(), &[0.5; 50], "x16");
+    let x32 = upload(&s.x_shape(), &[0.5; 50], "x32");
+    let w16 = upload_f16(&s.w_shape(), &[0.5; 54], "w16");
+    let w32 = upload(&s.w_shape(), &[0.5; 54], "w32");
+    let y16 = upload_f16(&s.y_shape(), &[0.0; 75], "y16");
+    let y32 = upload(&s.y_shape(), &[0.0; 75], "y32");
+    let b16 = upload_f16(&[3], &[0.0; 3], "b16");
+    let err = |r: wgtune::Result<Vec<wgtune::gpu::Dispatch>>| r.err().expect("refused").to_string();
+    let e = err(conv2d_forward(g, &s, &x32, &w32, None, &y16, false, "c"));
+    assert!(e.contains("y16") && e.contains("F16"), "{e}");
+    let e = err(conv2d_forward(g, &s, &x16, &w32, None, &y16, false, "c"));
+    assert!(e.contains("x16") && e.contains("w32"), "{e}");
+    let e = err(conv2d_forward(g, &s, &x16, &w16, Some(&b16), &y16, false, "c"));
+    assert!(e.contains("b16") && e.contains("f32"), "{e}");
+    // An f32 result of f16 operands is a weight gradient's variant: allowed (checked against the reference above).
+    conv2d_forward(g, &s, &x16, &w16, None, &y32, false, "c").expect("f16 operands, f32 result");
 }
 
 #[test]

@@ -242,3 +242,56 @@ fn wrong_target_shapes_are_errors() {
         assert!(err.to_string().contains("must be (2, 3)"), "{err}");
     }
 }
+
+/// Logits in f16 (issue 14): the loss, the counts and the probabilities are computed in f32 and written in f32, the
+/// logit gradients written in f16 (one more rounding, `F16_STORE`), each against the reference on the same
+/// f16-rounded logits; an f16 loss is refused.
+#[test]
+fn f16_logits_match_reference() {
+    let g = gpu();
+    for multi in [false, true] {
+        for (i, &(batch, classes, value, mixed)) in CASES.iter().enumerate() {
+            let f = loss_of(multi, value);
+            let what = format!("{f:?} ({batch}, {classes}, mixed {mixed}) f16");
+            let (logits_data, rows, layout) = data(batch, classes, multi, mixed, 100 + i as u64);
+            let logits_data = to_f16(&logits_data);
+            let logits = upload_f16(&[batch, classes], &logits_data, "logits");
+            let targets = upload_u32(&[batch, layout.row()], &rows, "targets");
+            let (loss, count, probs) =
+                (poisoned(&[1], "loss"), poisoned(&[1], "count"), poisoned(&[batch, classes], "probs"));
+            let dlogits = upload_f16(&[batch, classes], &vec![f32::NAN; batch * classes], "dlogits");
+            let steps = [
+                f.forward(g, &logits, &targets, &loss, "loss").expect("forward"),
+                f.backward(g, &logits, &targets, &dlogits, 1.5, "loss").expect("backward"),
+                f.correct(g, &logits, &targets, &count, "count").expect("count"),
+                f.probabilities(g, &logits, &probs, "probs").expect("probs"),
+            ];
+            g.run("loss f16", &steps.iter().collect::<Vec<_>>()).expect("run");
+            let x = widen(&logits_data);
+            let t = reference::dense_targets(&rows, classes, multi);
+            assert_close(&read(&loss), &[want_loss(f, &x, &t, classes)], 2e-5, 1e-4, &what);
+            let (atol, rtol) = F16_STORE;
+            let want = want_grad(f, &x, &t, classes, 1.5);
+            assert_close(&read_f16(&dlogits), &want, 1e-6 + atol, 1e-4 + rtol, &format!("{what} gradient"));
+            let own = own_sets(&rows, layout);
+            let want = match f {
+                Loss::SoftmaxCrossEntropy { .. } => reference::correct_count(&x, &own, classes),
+                Loss::SigmoidBinaryCrossEntropy { threshold } => {
+                    let own = reference::dense_targets(&layout.encode(&own, None).unwrap(), classes, multi);
+                    reference::multi_label_correct(&x, &own, threshold as f64)
+                }
+            };
+            assert_eq!(read(&count), vec![want as f32], "{what} count");
+            let want = match f {
+                Loss::SoftmaxCrossEntropy { .. } => reference::softmax_forward(&x, classes),
+                Loss::SigmoidBinaryCrossEntropy { .. } => reference::sigmoid_forward(&x),
+            };
+            assert_close(&read(&probs), &want, 1e-7, 1e-5, &format!("{what} probabilities"));
+        }
+    }
+    let logits = upload_f16(&[2, 3], &[0.5; 6], "logits");
+    let targets = upload_u32(&[2, 3], &[0, 0, 1f32.to_bits(), 1, 1, 1f32.to_bits()], "targets");
+    let loss16 = upload_f16(&[1], &[0.0], "loss16");
+    let e = SOFTMAX.forward(gpu(), &logits, &targets, &loss16, "loss").err().expect("refused").to_string();
+    assert!(e.contains("loss16") && e.contains("f32"), "{e}");
+}
