@@ -40,13 +40,15 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "loss", source: include_str!("../../shaders/loss.wgsl") },
     Family { name: "optim", source: include_str!("../../shaders/optim.wgsl") },
     Family { name: "accumulate", source: include_str!("../../shaders/accumulate.wgsl") },
+    Family { name: "cast", source: include_str!("../../shaders/cast.wgsl") },
 ];
 
 /// The element types a kernel stores in. An f16 kernel is its family's f32 source with the line [`ACT_ALIAS`]
 /// made `alias act = f16;` (and [`RES_ALIAS`], where the family has it, `alias res = f16;`) and `enable f16;` put
 /// first: one source, several variants; arithmetic and accumulators stay f32 inside (values are widened on load
 /// and rounded once on store).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F32,

@@ -142,6 +142,27 @@ impl Gpu {
         self.write_bytes(t, bytemuck::cast_slice(data))
     }
 
+    /// Write `data` into `t` in its own element type: f32 as is, f16 rounded to nearest even (an input batch into a
+    /// model that stores activations in either).
+    pub fn write_values(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        match t.dtype {
+            DType::F32 => self.write_f32(t, data),
+            DType::F16 => {
+                if data.len() != t.numel() {
+                    return Err(Error::shape(
+                        format!("write to '{}'", t.label),
+                        format!("tensor {:?} holds {} elements, got {}", t.shape, t.numel(), data.len()),
+                    ));
+                }
+                let mut bytes: Vec<u8> = data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+                bytes.resize(t.bound_bytes() as usize, 0);
+                self.queue.write_buffer(&t.buffer, t.offset, &bytes);
+                Ok(())
+            }
+            DType::U32 => Err(Error::Invalid(format!("tensor '{}' is U32, not a float tensor", t.label))),
+        }
+    }
+
     /// A new f16 tensor holding `data` rounded to half precision (round to nearest even; beyond ±65504: ±inf).
     pub fn upload_f16(&self, shape: &[usize], data: &[f32], label: &str) -> Result<Tensor> {
         let t = self.tensor(shape, DType::F16, label)?;

@@ -57,6 +57,8 @@ pub struct FineTuneConfig {
     pub augment: bool,
     /// Micro-batches of `bs` per optimizer step (gradient accumulation; 1: none).
     pub accum: usize,
+    /// Activations' storage type (fastai's `to_fp16` with f16; see [`ExecutorConfig::precision`]).
+    pub precision: crate::gpu::Precision,
     /// fastai's SaveModelCallback: at the end of every phase, load the weights of its best epoch by this metric.
     pub save_best: Option<Monitor>,
     /// fastai's EarlyStoppingCallback: end a phase after this many epochs without improvement of `save_best`'s
@@ -98,6 +100,7 @@ impl Default for FineTuneConfig {
             bn_momentum: 0.1,
             augment: true,
             accum: 1,
+            precision: crate::gpu::Precision::F32,
             save_best: None,
             early_stop: None,
             mixing: None,
@@ -232,7 +235,12 @@ impl Learner {
             loss,
         };
         let build = |cfg: &FineTuneConfig| -> Result<Executor> {
-            let ex_cfg = ExecutorConfig { optimizer: cfg.optimizer, freeze_bn: cfg.freeze_bn, accum: cfg.accum };
+            let ex_cfg = ExecutorConfig {
+                optimizer: cfg.optimizer,
+                freeze_bn: cfg.freeze_bn,
+                accum: cfg.accum,
+                precision: cfg.precision,
+            };
             let graph = spec.training_graph(cfg.bs, cfg.bn_momentum, cfg.drop_path)?;
             let mut ex = Executor::new(gpu.clone(), graph, ex_cfg)?;
             // Training batches: the presized squares the random crops take from, or without augmentation the centre

@@ -6,6 +6,7 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod accumulate;
+pub mod cast;
 pub mod concat;
 pub mod conv;
 pub mod dropout;
@@ -133,6 +134,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7,
         reduce::SUM_REDUCE,
+        cast::CAST_TO_ACT,
         reduce::SUM_REDUCE_ROWS,
         pool::MAX_POOL_FORWARD,
         pool::MAX_POOL_BACKWARD,

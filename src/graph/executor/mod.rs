@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, ReadbackRing, Ticket};
+use crate::gpu::{Gpu, Precision, ReadbackRing, Ticket};
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::ops::optim::{Hyper, Optimizer};
 
@@ -45,11 +45,15 @@ pub struct ExecutorConfig {
     /// gradients and adds them, scaled by 1 / `accum`, into a sum; every `accum`-th step the optimizer applies the
     /// sum, the mean gradient over `accum` batches. 1: every step updates. Batch norm sees each micro-batch.
     pub accum: usize,
+    /// The storage type of activations and their gradients (fastai's `to_fp16` with [`Precision::F16`]): master
+    /// weights, weight gradients, optimizer state, normalization statistics and the loss stay f32 either way; with
+    /// f16 the GEMMs read f16 copies of the weights, cast once per step.
+    pub precision: Precision,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        ExecutorConfig { optimizer: Optimizer::Adam, freeze_bn: false, accum: 1 }
+        ExecutorConfig { optimizer: Optimizer::Adam, freeze_bn: false, accum: 1, precision: Precision::F32 }
     }
 }
 
@@ -168,7 +172,16 @@ impl Executor {
         if cfg.accum == 0 {
             return Err(Error::Invalid("gradient accumulation needs at least 1 micro-batch per step".into()));
         }
-        let params = Params::new(&gpu, &graph, cfg.optimizer, cfg.accum > 1)?;
+        if cfg.precision != Precision::F32 && !gpu.has_shader_f16() {
+            return Err(Error::Invalid(format!(
+                "precision f16 needs the shader-f16 feature, which the adapter '{}' does not have (use f32)",
+                gpu.summary().name
+            )));
+        }
+        if cfg.precision == Precision::F16ToF32 {
+            return Err(Error::Invalid("the executor stores activations in f32 or f16".into()));
+        }
+        let params = Params::new(&gpu, &graph, cfg.optimizer, cfg.accum > 1, cfg.precision)?;
         let groups = graph.groups();
         let ring = ReadbackRing::new(&gpu, "step metrics", 64, crate::gpu::DType::F32.size())?;
         Ok(Executor {

@@ -130,6 +130,7 @@ pub(super) struct Views<'a> {
     pub gpu: &'a Gpu,
     transient: HashMap<Key, Tensor>,
     values: &'a HashMap<TensorId, Tensor>,
+    halves: &'a HashMap<TensorId, Tensor>,
     grads: &'a HashMap<TensorId, Tensor>,
 }
 
@@ -149,6 +150,14 @@ impl Views<'_> {
     }
     pub fn g(&self, t: TensorId) -> Result<&Tensor> {
         self.get(Key::Grad(t))
+    }
+    /// `t` where activations are read (a GEMM's weight, a class token): a parameter's f16 copy when activations
+    /// are f16, its value otherwise.
+    pub fn w(&self, t: TensorId) -> Result<&Tensor> {
+        match self.halves.get(&t) {
+            Some(h) => Ok(h),
+            None => self.v(t),
+        }
     }
 }
 
@@ -309,14 +318,20 @@ impl Executor {
                     let info = &g.tensors[t.0];
                     let int = matches!(info.kind, TensorKind::Labels | TensorKind::Saved { int: true })
                         && matches!(k, Key::Value(_));
-                    let dtype = if int { DType::U32 } else { PARAM_DTYPE };
+                    let dtype = if int {
+                        DType::U32
+                    } else if self.stores_act(k, training) {
+                        self.act_dtype()
+                    } else {
+                        PARAM_DTYPE
+                    };
                     let name =
                         if matches!(k, Key::Grad(_)) { format!("{}.grad", info.name) } else { info.name.clone() };
                     (name, info.shape.clone(), dtype)
                 }
                 Key::Scratch(_) => scratch[&k].clone(),
             };
-            let bytes = shape.iter().product::<usize>() as u64 * dtype.size();
+            let bytes = (shape.iter().product::<usize>() as u64 * dtype.size()).next_multiple_of(4);
             // Of the tensors over the limit, the one that allows the smallest batch speaks.
             let batch = shape.first().copied().unwrap_or(1).max(1) as u64;
             let per_image = (bytes / batch).max(1);
@@ -377,7 +392,13 @@ impl Executor {
                 transient.insert(Key::Value(y), base.reshape(&g.tensors[y.0].shape)?);
             }
         }
-        let views = Views { gpu: &self.gpu, transient, values: &self.params.values, grads: &self.params.grads };
+        let views = Views {
+            gpu: &self.gpu,
+            transient,
+            values: &self.params.values,
+            halves: &self.params.halves,
+            grads: &self.params.grads,
+        };
         let mut built = Vec::new();
         for layer in &layers {
             let dispatches = (layer.build)(&views)?;
@@ -415,6 +436,18 @@ impl Executor {
                     accumulate.push((i, d));
                 }
             }
+        }
+        // With f16 activations: every bucket's f16 weight copy is refreshed first, from the master weights the
+        // last optimizer step (or a load) wrote.
+        let mut casts = Vec::new();
+        for b in &self.params.buckets {
+            if let Some(half) = b.whole_half()? {
+                let label = format!("cast group {} to f16", b.group);
+                casts.push(crate::ops::cast::cast_to_act(&self.gpu, &b.whole(&b.params, "params")?, &half, &label)?);
+            }
+        }
+        if !casts.is_empty() {
+            built.insert(0, Layer { name: "cast weights".into(), dispatches: casts, dropout: Vec::new() });
         }
         let get = |k: Key| views.get(k).cloned();
         let mut pixels = None;
@@ -471,6 +504,34 @@ impl Executor {
             transient_bytes,
             _slots: slots,
         })
+    }
+
+    /// The element type of activations and their gradients.
+    pub(super) fn act_dtype(&self) -> DType {
+        match self.cfg.precision {
+            crate::gpu::Precision::F16 => DType::F16,
+            _ => DType::F32,
+        }
+    }
+
+    /// Whether the planned tensor `k` is an activation (or an activation's gradient), stored at the activations'
+    /// precision: the input and what ops compute, apart from the loss, the count and the probabilities (f32), saved
+    /// statistics and parameter gradients (f32).
+    fn stores_act(&self, k: Key, training: bool) -> bool {
+        let LossNode { logits, loss, correct, .. } = self.loss_tensors();
+        match k {
+            Key::Value(t) => {
+                matches!(self.graph.tensors[t.0].kind, TensorKind::Activation | TensorKind::Input)
+                    && t != loss
+                    && t != correct
+            }
+            // In evaluation the logits' gradient buffer holds the probabilities.
+            Key::Grad(t) => {
+                matches!(self.graph.tensors[t.0].kind, TensorKind::Activation | TensorKind::Input)
+                    && (training || t != logits)
+            }
+            Key::Scratch(_) => false,
+        }
     }
 
     pub(super) fn loss_tensors(&self) -> LossNode {

@@ -88,7 +88,7 @@ impl Executor {
     fn upload(&mut self, training: bool, images: &[f32], labels: &[u32]) -> Result<()> {
         let rows = self.target_rows(labels, None)?;
         let p = if training { self.train.as_ref() } else { self.eval.as_ref() }.expect("compiled before upload");
-        self.gpu.write_f32(&p.input, images)?;
+        self.gpu.write_values(&p.input, images)?;
         self.counters.bytes_uploaded += p.input.bytes();
         self.write_targets(training, &rows)
     }
