@@ -9,6 +9,9 @@
 //   grad_avg = mom * grad_avg + (1 - mom) * g
 //   sqr_avg  = sqr_mom * sqr_avg + (1 - sqr_mom) * g^2
 //   p -= lr / debias1 * grad_avg / (sqrt(sqr_avg / debias2) + eps)
+// Both skip the whole update while the loss scaler's found-non-finite flag is set (word 3 of `scaler`, see
+// scaler.wgsl): a step whose f16 gradients overflowed leaves weights and state as they were. Without f16 the flag
+// stays clear.
 // Hyper-parameters live in the uniform, rewritten every step, so schedules never rebuild a pipeline.
 //
 // Layout: every tensor is a flat (len) array. Dispatch: 256 per workgroup on a 2-D grid, as elementwise.wgsl.
@@ -36,6 +39,7 @@ const FLAG_DECOUPLED_WD: u32 = 1u;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;            // (len)
 @group(0) @binding(3) var<storage, read_write> grad_avg: array<f32>;  // (len): momentum buffer / first moment
 @group(0) @binding(4) var<storage, read_write> sqr_avg: array<f32>;   // (len): second moment (Adam only)
+@group(0) @binding(5) var<storage, read> scaler: array<u32, 4>;       // the loss scaler's state
 
 fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wg.y * nwg.x + wg.x) * 256u + lid.x;
@@ -54,7 +58,7 @@ fn decayed(i: u32) -> vec2<f32> {
 fn sgd_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
-    if i >= p.len {
+    if i >= p.len || scaler[3] != 0u {
         return;
     }
     let decay = decayed(i);
@@ -69,7 +73,7 @@ fn sgd_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn adam_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wg, nwg, lid);
-    if i >= p.len {
+    if i >= p.len || scaler[3] != 0u {
         return;
     }
     let decay = decayed(i);

@@ -491,6 +491,16 @@ fn backward_stops_at_the_head_when_the_body_is_fully_frozen() {
 /// 60 Adam steps (fixed seeds), and the metrics must come back for every step.
 #[test]
 fn a_tiny_model_learns_a_synthetic_task() {
+    tiny_model_learns(Precision::F32);
+}
+
+/// The same in f16 (activations, their gradients, the input), with dynamic loss scaling from 2^16.
+#[test]
+fn a_tiny_model_learns_a_synthetic_task_in_f16() {
+    tiny_model_learns(Precision::F16);
+}
+
+fn tiny_model_learns(precision: Precision) {
     let (n, size) = (16, 8);
     let mut g = Graph::new();
     let x = g.input("image", &[n, 1, size, size]);
@@ -502,7 +512,7 @@ fn a_tiny_model_learns_a_synthetic_task() {
     let h = g.dropout("drop", h, 0.1).unwrap();
     let logits = g.linear("fc", h, 4, true).unwrap();
     g.cross_entropy("loss", logits, labels, 0.0).unwrap();
-    let mut ex = Executor::new(gpu(), g, ExecutorConfig::default()).unwrap();
+    let mut ex = Executor::new(gpu(), g, ExecutorConfig { precision, ..Default::default() }).unwrap();
     ex.set_hyper(0, Hyper { lr: 1e-2, ..Hyper::default() }).unwrap();
     let mut rng = SplitMix(3);
     let make = |rng: &mut SplitMix| {
@@ -528,7 +538,12 @@ fn a_tiny_model_learns_a_synthetic_task() {
     let metrics = ex.wait_metrics().unwrap();
     assert_eq!(metrics.len(), steps, "every step's loss comes back");
     let last: f32 = metrics[steps - 5..].iter().map(|m| m.loss).sum::<f32>() / 5.0;
-    eprintln!("loss: first {} last-5 mean {last}", metrics[0].loss);
+    eprintln!(
+        "{precision:?} loss: first {} last-5 mean {last}; scaler {:?}",
+        metrics[0].loss,
+        metrics[steps - 1].scaler
+    );
+    assert_eq!(metrics.iter().all(|m| m.scaler.is_some()), precision == Precision::F16, "the scaler comes back in f16");
     assert!(last < 0.25, "mean loss of the last 5 steps {last} (first step {})", metrics[0].loss);
     let (img, lab) = make(&mut rng);
     let (_, correct) = ex.evaluate(&img, &lab).unwrap();
@@ -538,6 +553,7 @@ fn a_tiny_model_learns_a_synthetic_task() {
     // The probabilities are the softmax of the logits, row by row.
     let logits = ex.predict_logits(&img).unwrap();
     let want = wgtune::reference::softmax_forward(&widen(&logits), 4);
+    // (f16 logits are read back widened; the probabilities are computed from them in f32.)
     for (i, (&p, &w)) in probs.iter().zip(&want).enumerate() {
         assert!((p as f64 - w).abs() < 1e-5, "probability {i}: {p} vs softmax of the logits {w}");
     }
@@ -561,6 +577,69 @@ fn one_submit_and_eight_bytes_back_per_training_step() {
     assert_eq!(c.submits - before.submits, steps, "one submit per step");
     assert_eq!(c.bytes_read_back - before.bytes_read_back, 8 * steps, "loss + correct count, 4 bytes each");
     assert!(metrics.iter().all(|m| m.loss.is_finite() && (0.0..=2.0).contains(&m.correct)));
+    // In f16 the loss scaler's 16 bytes join them, still in one submission per step.
+    let cfg = ExecutorConfig { precision: Precision::F16, ..Default::default() };
+    let mut ex = Executor::new(gpu(), g.clone(), cfg).unwrap();
+    ex.planned_bytes().unwrap();
+    let before = ex.counters();
+    for s in 0..steps {
+        let (x, y) = batch(&g, 200 + s, 3);
+        ex.train_step(&x, &y).unwrap();
+    }
+    assert_eq!(ex.wait_metrics().unwrap().len(), steps as usize);
+    let c = ex.counters();
+    assert_eq!(c.submits - before.submits, steps, "one submit per f16 step");
+    assert_eq!(c.bytes_read_back - before.bytes_read_back, 24 * steps, "loss, count and the scaler's 16 bytes");
+}
+
+/// Dynamic loss scaling (PyTorch's GradScaler): a step whose gradients are not finite (forced here by an image
+/// beyond f16's range) is skipped — every weight and the optimizer state stay as they were, bit for bit — and
+/// halves the scale; the next steps train, and after `scale_interval` clean steps the scale doubles. The scaler
+/// travels with a checkpoint, so a resume continues it exactly.
+#[test]
+fn an_overflowing_f16_step_is_skipped_and_the_scale_adapts() {
+    let g = plain_cnn(4);
+    let cfg = ExecutorConfig { precision: Precision::F16, loss_scale: 1024.0, scale_interval: 3, ..Default::default() };
+    let mut ex = Executor::new(gpu(), g.clone(), cfg).unwrap();
+    let (x, y) = batch(&g, 300, 3);
+    let weights =
+        |ex: &Executor| -> Vec<Vec<f32>> { ex.model_tensors().unwrap().into_iter().map(|(_, _, v)| v).collect() };
+    // One clean step, then the overflow.
+    ex.train_step(&x, &y).unwrap();
+    ex.wait_metrics().unwrap();
+    let (before, state_before) = (weights(&ex), ex.training_state().unwrap().0);
+    let mut bad = x.clone();
+    bad[5] = 1e6; // inf in f16
+    ex.train_step(&bad, &y).unwrap();
+    let m = ex.wait_metrics().unwrap();
+    assert_eq!(weights(&ex), before, "the overflowing step changed a weight");
+    let optimizer_state = |s: &[(String, Vec<usize>, Vec<f32>)]| -> Vec<Vec<f32>> {
+        s.iter().filter(|(n, _, _)| n.starts_with("optimizer.")).map(|(_, _, v)| v.clone()).collect()
+    };
+    assert_eq!(optimizer_state(&ex.training_state().unwrap().0), optimizer_state(&state_before), "optimizer state");
+    let after_skip = m[0].scaler.expect("f16 reads the scaler back");
+    assert_eq!((after_skip.scale, after_skip.clean, after_skip.skipped), (512.0, 0, 1), "{after_skip:?}");
+    // Clean steps: the first two count, the third doubles the scale.
+    let mut scales = Vec::new();
+    for _ in 0..4 {
+        ex.train_step(&x, &y).unwrap();
+        scales.push(ex.wait_metrics().unwrap()[0].scaler.unwrap());
+    }
+    assert_ne!(weights(&ex), before, "clean steps train");
+    let seen: Vec<(f32, u32, u32)> = scales.iter().map(|s| (s.scale, s.clean, s.skipped)).collect();
+    assert_eq!(seen, [(512.0, 1, 1), (512.0, 2, 1), (1024.0, 0, 1), (1024.0, 1, 1)]);
+    // A checkpoint carries the scaler: a fresh executor restored from it continues the same way, bit for bit.
+    let (tensors, counters) = ex.training_state().unwrap();
+    let mut resumed = Executor::new(gpu(), g.clone(), cfg).unwrap();
+    let get = |name: &str| Ok(tensors.iter().find(|(n, _, _)| n == name).expect("saved").2.clone());
+    resumed.restore_training_state(&get, &counters).unwrap();
+    assert_eq!(resumed.loss_scaler().unwrap(), ex.loss_scaler().unwrap());
+    for e in [&mut ex, &mut resumed] {
+        e.train_step(&x, &y).unwrap();
+        e.wait_metrics().unwrap();
+    }
+    assert_eq!(weights(&resumed), weights(&ex), "the resumed run trains exactly as the original");
+    assert_eq!(resumed.loss_scaler().unwrap(), ex.loss_scaler().unwrap());
 }
 
 #[test]
@@ -796,7 +875,9 @@ fn f16_gradients_match_f32_within_f16_precision() {
         let images: Vec<f32> = images.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
         let mut grads = Vec::new();
         for precision in [Precision::F32, Precision::F16] {
-            let cfg = ExecutorConfig { precision, ..Default::default() };
+            // A loss scale of 2^10: these small models' activation gradients overflow f16 at GradScaler's 2^16
+            // (training would skip that step and halve the scale; here one step is compared).
+            let cfg = ExecutorConfig { precision, loss_scale: 1024.0, ..Default::default() };
             let mut ex = Executor::new(gpu.clone(), g.clone(), cfg).unwrap();
             let loss = ex.compute_gradients(&images, &labels).unwrap().loss;
             let names = g.params().into_iter().map(|p| g.tensors[p.0].name.clone());

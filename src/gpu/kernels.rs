@@ -41,6 +41,7 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "optim", source: include_str!("../../shaders/optim.wgsl") },
     Family { name: "accumulate", source: include_str!("../../shaders/accumulate.wgsl") },
     Family { name: "cast", source: include_str!("../../shaders/cast.wgsl") },
+    Family { name: "scaler", source: include_str!("../../shaders/scaler.wgsl") },
 ];
 
 /// The element types a kernel stores in. An f16 kernel is its family's f32 source with the line [`ACT_ALIAS`]

@@ -240,6 +240,7 @@ impl Learner {
                 freeze_bn: cfg.freeze_bn,
                 accum: cfg.accum,
                 precision: cfg.precision,
+                ..Default::default()
             };
             let graph = spec.training_graph(cfg.bs, cfg.bn_momentum, cfg.drop_path)?;
             let mut ex = Executor::new(gpu.clone(), graph, ex_cfg)?;

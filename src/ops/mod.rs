@@ -19,6 +19,7 @@ pub mod optim;
 pub mod permute;
 pub mod pool;
 pub mod reduce;
+pub mod scaler;
 pub mod slice;
 pub mod softmax;
 
@@ -135,6 +136,9 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7,
         reduce::SUM_REDUCE,
         cast::CAST_TO_ACT,
+        scaler::SCALE_ACT,
+        scaler::UNSCALE_CHECK,
+        scaler::UPDATE_SCALE,
         reduce::SUM_REDUCE_ROWS,
         pool::MAX_POOL_FORWARD,
         pool::MAX_POOL_BACKWARD,

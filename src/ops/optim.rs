@@ -23,12 +23,15 @@ pub struct OptimParams {
 
 pub const FLAG_DECOUPLED_WD: u32 = 1;
 
-pub const SGD_STEP: KernelSpec =
-    KernelSpec::new("sgd_step", "optim", &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite)]);
+pub const SGD_STEP: KernelSpec = KernelSpec::new(
+    "sgd_step",
+    "optim",
+    &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite), (5, Access::Read)],
+);
 pub const ADAM_STEP: KernelSpec = KernelSpec::new(
     "adam_step",
     "optim",
-    &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite), (4, Access::ReadWrite)],
+    &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite), (4, Access::ReadWrite), (5, Access::Read)],
 );
 
 /// Hyper-parameters of one optimizer step. Defaults are fastai's Adam.
@@ -103,6 +106,7 @@ pub fn optimizer_step(
     param: &Tensor,
     grad: &Tensor,
     state: &[&Tensor],
+    scaler: &Tensor,
     hyper: &Hyper,
     step: u64,
     label: &str,
@@ -126,6 +130,15 @@ pub fn optimizer_step(
             format!("'{}' has {} elements, '{}' has {n}", bad.label(), bad.numel(), param.label()),
         ));
     }
+    if scaler.dtype() != crate::gpu::DType::U32 || scaler.numel() != super::scaler::STATE_WORDS {
+        return Err(Error::Invalid(format!(
+            "{} '{label}': the scaler state '{}' must be u32 [{}]",
+            spec.entry,
+            scaler.label(),
+            super::scaler::STATE_WORDS
+        )));
+    }
+    tensors.push(scaler);
     let p = hyper.params(dim(n, "parameter elements")?, step);
     let grid = super::flat_grid(gpu, n);
     gpu.dispatch(spec, bytemuck::bytes_of(&p), &tensors, grid, label)

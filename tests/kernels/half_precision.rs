@@ -206,3 +206,74 @@ fn sum_reduce_of_f16_gradients_is_the_f32_sum() {
     let e = sum_reduce(g, &x, &out16, (4, 7, 1), false, "db").err().expect("refused").to_string();
     assert!(e.contains("db16") && e.contains("f32"), "{e}");
 }
+
+/// cast_to_act (the f16 weight copies): each element rounded to f16 as the half crate rounds it (to nearest even;
+/// within one f16 ulp anywhere), beyond f16's range ±inf, subnormals kept; the f32 variant copies exactly.
+#[test]
+fn cast_to_act_rounds_weights_to_f16() {
+    let g = gpu();
+    let mut v = SplitMix(81).vec_f32(1001, -2.0, 2.0);
+    v[..6].copy_from_slice(&[70000.0, -1e6, 3e-6, -6e-8, 65504.0, -0.0]);
+    let src = upload(&[1001], &v, "w");
+    let dst16 = upload_f16(&[1001], &[f32::NAN; 1001], "w16");
+    let dst32 = upload(&[1001], &[f32::NAN; 1001], "w32");
+    let steps = [
+        wgtune::ops::cast::cast_to_act(g, &src, &dst16, "cast f16").expect("dispatch"),
+        wgtune::ops::cast::cast_to_act(g, &src, &dst32, "cast f32").expect("dispatch"),
+    ];
+    g.run("cast", &steps.iter().collect::<Vec<_>>()).expect("run");
+    assert_eq!(read(&dst32), v, "f32: a copy");
+    let got = read_f16(&dst16);
+    for (i, (&x, &h)) in v.iter().zip(&got).enumerate() {
+        let want = half::f16::from_f32(x).to_f32();
+        let ulp = (2f32.powi(want.abs().log2().floor() as i32 - 10)).max(2f32.powi(-24));
+        assert!(h == want || (h - want).abs() <= ulp, "element {i}: {x} cast to {h}, want {want}");
+    }
+    assert_eq!(&got[..2], &[f32::INFINITY, f32::NEG_INFINITY]);
+}
+
+/// The loss scaler's kernels: scale_act multiplies an f16 gradient by the scale; unscale_check divides f32
+/// gradients by it and raises the flag on inf or NaN only; update_scale halves on the flag (counting a skip),
+/// grows after `interval` clean steps and clears the flag.
+#[test]
+fn loss_scaler_kernels() {
+    use wgtune::ops::scaler::{scale_act, unscale_check, update_scale, ScalerState};
+    let g = gpu();
+    let state = |s: ScalerState, flag: u32| {
+        let mut w = s.words();
+        w[3] = flag;
+        upload_u32(&[4], &w, "scaler")
+    };
+    let words = |t: &wgtune::gpu::Tensor| -> Vec<u32> {
+        bytemuck::pod_collect_to_vec(&g.read_bytes(&[t]).expect("read").remove(0))
+    };
+    let st = state(ScalerState::new(1024.0), 0);
+    let x = to_f16(&SplitMix(82).vec_f32(300, -0.01, 0.01));
+    let xt = upload_f16(&[300], &x, "dlogits");
+    let mut grads = SplitMix(83).vec_f32(300, -100.0, 100.0);
+    let gt = upload(&[300], &grads, "grads");
+    let steps = [scale_act(g, &xt, &st, "scale").unwrap(), unscale_check(g, &gt, &st, "unscale").unwrap()];
+    g.run("scaler", &steps.iter().collect::<Vec<_>>()).expect("run");
+    assert_eq!(read_f16(&xt), to_f16(&x.iter().map(|v| v * 1024.0).collect::<Vec<_>>()), "scale_act (exact: 2^10)");
+    assert_eq!(read(&gt), grads.iter().map(|v| v / 1024.0).collect::<Vec<_>>(), "unscale_check");
+    assert_eq!(words(&st)[3], 0, "finite gradients raise no flag");
+    for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        grads[123] = bad;
+        let (gt, st) = (upload(&[300], &grads, "grads"), state(ScalerState::new(1024.0), 0));
+        g.run("flag", &[&unscale_check(g, &gt, &st, "unscale").unwrap()]).expect("run");
+        assert_eq!(words(&st)[3], 1, "{bad} raises the flag");
+    }
+    // update_scale: flag raised -> halve and count; 3 clean steps at interval 3 -> double.
+    let st = state(ScalerState { scale: 1024.0, clean: 2, skipped: 4 }, 1);
+    let d = update_scale(g, &st, 3, "update").unwrap();
+    g.run("update", &[&d]).expect("run");
+    assert_eq!(words(&st), ScalerState { scale: 512.0, clean: 0, skipped: 5 }.words().to_vec());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        g.run("update", &[&d]).expect("run");
+        seen.push(ScalerState::from_words(&words(&st)));
+    }
+    let want = [(512.0, 1), (512.0, 2), (1024.0, 0)];
+    assert_eq!(seen.iter().map(|s| (s.scale, s.clean)).collect::<Vec<_>>(), want);
+    assert!(update_scale(g, &st, 0, "zero").is_err(), "an interval of 0 is refused");
+}

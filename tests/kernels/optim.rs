@@ -24,7 +24,8 @@ fn check(opt: Optimizer, n: usize, base: Hyper, seed: u64) {
     let grad_avg = upload(&[n], &vec![0.0; n], "grad_avg");
     let sqr_avg = upload(&[n], &vec![0.0; n], "sqr_avg");
     let state: &[&_] = if opt == Optimizer::Adam { &[&grad_avg, &sqr_avg] } else { &[&grad_avg] };
-    let d = optimizer_step(g, opt, &param, &grad, state, &schedule(1, base), 1, "opt test").expect("dispatch");
+    let scaler = upload_u32(&[4], &[1f32.to_bits(), 0, 0, 0], "scaler");
+    let d = optimizer_step(g, opt, &param, &grad, state, &scaler, &schedule(1, base), 1, "opt test").expect("dispatch");
 
     let mut p = widen(&p0);
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
@@ -111,5 +112,31 @@ fn check_accumulation(n: usize, k: usize, seed: u64) {
 fn gradient_accumulation_matches_the_reference() {
     for (n, k, seed) in [(1, 2, 1), (257, 3, 2), (1031, 4, 3), (65_537, 5, 4)] {
         check_accumulation(n, k, seed);
+    }
+}
+
+/// With the loss scaler's flag raised (an f16 step whose gradients overflowed), both optimizers leave the weights and
+/// their state exactly as they were, even with a non-finite gradient.
+#[test]
+fn a_raised_overflow_flag_skips_the_update() {
+    let g = gpu();
+    for opt in [Optimizer::Sgd, Optimizer::Adam] {
+        let p0 = SplitMix(5).vec_f32(300, -1.0, 1.0);
+        let m0 = SplitMix(6).vec_f32(300, -1.0, 1.0);
+        let mut grads = SplitMix(7).vec_f32(300, -1.0, 1.0);
+        grads[17] = f32::INFINITY;
+        let (param, grad) = (upload(&[300], &p0, "param"), upload(&[300], &grads, "grad"));
+        let (grad_avg, sqr_avg) = (upload(&[300], &m0, "grad_avg"), upload(&[300], &m0, "sqr_avg"));
+        let state: &[&_] = if opt == Optimizer::Adam { &[&grad_avg, &sqr_avg] } else { &[&grad_avg] };
+        let scaler = upload_u32(&[4], &[1024f32.to_bits(), 5, 0, 1], "scaler");
+        let d = optimizer_step(g, opt, &param, &grad, state, &scaler, &Hyper::default(), 1, "skip").expect("dispatch");
+        g.run("skip", &[&d]).expect("run");
+        assert_eq!(read(&param), p0, "{opt:?} weights");
+        assert_eq!(read(&grad_avg), m0, "{opt:?} state");
+        // The flag down: the same dispatch updates.
+        g.write_bytes(&scaler, bytemuck::cast_slice(&[1024f32.to_bits(), 5, 0, 0u32])).expect("write");
+        g.write_f32(&grad, &vec![0.5; 300]).expect("write");
+        g.run("update", &[&d]).expect("run");
+        assert_ne!(read(&param), p0, "{opt:?} updates with the flag down");
     }
 }

@@ -99,8 +99,15 @@ impl Executor {
                     if a {
                         return Err(Error::Invalid("the logits feed more than the loss".into()));
                     }
+                    // With f16 the logits' gradient is multiplied by the loss scale, so every activation gradient
+                    // upstream is too (the weight gradients are divided by it again before the optimizer).
+                    let scaled = self.cfg.precision == crate::gpu::Precision::F16;
                     Box::new(move |v| {
-                        Ok(vec![f.backward(v.gpu, v.v(logits)?, v.v(labels)?, v.g(logits)?, 1.0, &l2)?])
+                        let mut out = vec![f.backward(v.gpu, v.v(logits)?, v.v(labels)?, v.g(logits)?, 1.0, &l2)?];
+                        if scaled {
+                            out.push(crate::ops::scaler::scale_act(v.gpu, v.g(logits)?, v.scaler, &l2)?);
+                        }
+                        Ok(out)
                     })
                 }
                 Op::Linear { x, w, b, y } => {

@@ -49,11 +49,23 @@ pub struct ExecutorConfig {
     /// weights, weight gradients, optimizer state, normalization statistics and the loss stay f32 either way; with
     /// f16 the GEMMs read f16 copies of the weights, cast once per step.
     pub precision: Precision,
+    /// With f16: the dynamic loss scale's start (PyTorch's GradScaler and fastai's MixedPrecision: 2^16) and the
+    /// clean optimizer steps after which it doubles (2,000); it halves on every step whose gradients overflow, and
+    /// that step's update is skipped.
+    pub loss_scale: f32,
+    pub scale_interval: u32,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        ExecutorConfig { optimizer: Optimizer::Adam, freeze_bn: false, accum: 1, precision: Precision::F32 }
+        ExecutorConfig {
+            optimizer: Optimizer::Adam,
+            freeze_bn: false,
+            accum: 1,
+            precision: Precision::F32,
+            loss_scale: 65536.0,
+            scale_interval: 2000,
+        }
     }
 }
 
@@ -83,6 +95,16 @@ pub struct StepMetrics {
     pub step: u64,
     pub loss: f32,
     pub correct: f32,
+    /// With f16: the loss scaler after the step (its scale, and how many steps it has skipped so far).
+    pub scaler: Option<crate::ops::scaler::ScalerState>,
+}
+
+/// A submitted step's readback tickets: loss, count and, with f16, the scaler.
+struct Pending {
+    step: u64,
+    loss: Ticket,
+    correct: Ticket,
+    scaler: Option<Ticket>,
 }
 
 /// What crossed between CPU and GPU, and how often work was submitted.
@@ -117,7 +139,10 @@ pub struct Executor {
     train: Option<Program>,
     eval: Option<Program>,
     ring: ReadbackRing,
-    pending: VecDeque<(u64, Ticket, Ticket)>,
+    pending: VecDeque<Pending>,
+    /// The loss scaler's state on the GPU (u32 [4], see shaders/scaler.wgsl): read by every optimizer dispatch,
+    /// changed only with f16.
+    scaler: crate::gpu::Tensor,
     /// Steps allowed in flight (their metrics not yet read) before a new one waits: [`step::MAX_IN_FLIGHT`] unless
     /// [`Executor::set_max_in_flight`] lowered it.
     max_in_flight: usize,
@@ -182,8 +207,18 @@ impl Executor {
             return Err(Error::Invalid("the executor stores activations in f32 or f16".into()));
         }
         let params = Params::new(&gpu, &graph, cfg.optimizer, cfg.accum > 1, cfg.precision)?;
+        if !(cfg.loss_scale.is_finite() && cfg.loss_scale > 0.0) || cfg.scale_interval == 0 {
+            return Err(Error::Invalid(format!(
+                "the loss scale must start finite and positive ({}) and grow after at least 1 step ({})",
+                cfg.loss_scale, cfg.scale_interval
+            )));
+        }
+        let start = if cfg.precision == Precision::F16 { cfg.loss_scale } else { 1.0 };
+        let words = crate::ops::scaler::ScalerState::new(start).words();
+        let scaler = gpu.upload_u32(&[words.len()], &words, "loss scaler")?;
         let groups = graph.groups();
-        let ring = ReadbackRing::new(&gpu, "step metrics", 64, crate::gpu::DType::F32.size())?;
+        // Each step in flight reads back its loss and count (4 bytes each) and, with f16, the scaler (16 bytes).
+        let ring = ReadbackRing::new(&gpu, "step metrics", 3 * step::MAX_IN_FLIGHT + 4, 16)?;
         Ok(Executor {
             gpu,
             graph,
@@ -195,6 +230,7 @@ impl Executor {
             eval: None,
             ring,
             pending: VecDeque::new(),
+            scaler,
             max_in_flight: step::MAX_IN_FLIGHT,
             finished: Vec::new(),
             profile_next: false,

@@ -193,7 +193,7 @@ impl Executor {
 
     /// Everything training changes, for a checkpoint: every parameter and running statistic by name, each
     /// optimizer bucket's state (`optimizer.<bucket>.grad_avg`, and `.sqr_avg` for Adam), and the counters
-    /// (trainable flags, bucket step counts, the training step) as text.
+    /// (trainable flags, bucket step counts, the training step, the loss scaler) as text.
     pub async fn training_state_async(&self) -> Result<(Vec<NamedTensor>, String)> {
         let mut tensors = self.model_tensors_async().await?;
         for (i, b) in self.params.buckets.iter().enumerate() {
@@ -204,7 +204,9 @@ impl Executor {
                 tensors.push((format!("optimizer.{i}.{what}"), vec![b.len], self.gpu.read_f32_async(&v).await?));
             }
         }
+        let scaler = self.loss_scaler_async().await?;
         let counters = serde_json::json!({
+            "loss_scaler": scaler,
             "step": self.step,
             "micro": self.micro,
             "trainable": self.trainable,
@@ -243,9 +245,25 @@ impl Executor {
             }
             b.step = bucket_steps[i];
         }
+        // Checkpoints from before f16 training have no scaler: it keeps its start.
+        if let Some(v) = c.get("loss_scaler") {
+            let scaler: crate::ops::scaler::ScalerState =
+                serde_json::from_value(v.clone()).map_err(|e| bad(format!("loss_scaler: {e}")))?;
+            self.gpu.write_bytes(&self.scaler, bytemuck::cast_slice(&scaler.words()))?;
+        }
         self.step = c["step"].as_u64().ok_or_else(|| bad("no step count".into()))?;
         self.micro = c["micro"].as_u64().unwrap_or(0) as usize % self.cfg.accum;
         Ok(())
+    }
+
+    blocking! {
+        /// The loss scaler's state after the steps submitted so far (f16; with f32 it stays at scale 1).
+        pub fn loss_scaler(&self) -> Result<crate::ops::scaler::ScalerState> => loss_scaler_async
+    }
+
+    pub async fn loss_scaler_async(&self) -> Result<crate::ops::scaler::ScalerState> {
+        let words = self.gpu.read_bytes_async(&[&self.scaler]).await?.remove(0);
+        Ok(crate::ops::scaler::ScalerState::from_words(&bytemuck::pod_collect_to_vec::<u8, u32>(&words)))
     }
 
     /// GPU bytes of parameters, gradients, optimizer state and running statistics.

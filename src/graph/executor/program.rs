@@ -39,6 +39,10 @@ pub(super) struct Program {
     pub optim: Vec<(usize, Dispatch)>,
     /// With gradient accumulation: (bucket, dispatch adding its gradients into its sum).
     pub accumulate: Vec<(usize, Dispatch)>,
+    /// With f16: each trainable bucket's gradients divided by the loss scale and checked for overflow, after the
+    /// backward pass; and the scale's update, after the optimizer.
+    pub unscale: Vec<Dispatch>,
+    pub rescale: Option<Dispatch>,
     pub input: Tensor,
     pub labels: Tensor,
     pub loss: Tensor,
@@ -132,6 +136,8 @@ pub(super) struct Views<'a> {
     values: &'a HashMap<TensorId, Tensor>,
     halves: &'a HashMap<TensorId, Tensor>,
     grads: &'a HashMap<TensorId, Tensor>,
+    /// The loss scaler's state (u32 [4]).
+    pub scaler: &'a Tensor,
 }
 
 impl Views<'_> {
@@ -398,6 +404,7 @@ impl Executor {
             values: &self.params.values,
             halves: &self.params.halves,
             grads: &self.params.grads,
+            scaler: &self.scaler,
         };
         let mut built = Vec::new();
         for layer in &layers {
@@ -406,6 +413,22 @@ impl Executor {
         }
         let mut optim = Vec::new();
         let mut accumulate = Vec::new();
+        let mut unscale = Vec::new();
+        let mut rescale = None;
+        let f16 = self.cfg.precision == crate::gpu::Precision::F16;
+        if training && f16 {
+            for b in self.params.buckets.iter().filter(|b| self.bucket_trains(b)) {
+                let label = format!("unscale group {} gradients", b.group);
+                unscale.push(crate::ops::scaler::unscale_check(
+                    &self.gpu,
+                    &b.whole(&b.grads, "grads")?,
+                    &self.scaler,
+                    &label,
+                )?);
+            }
+            rescale =
+                Some(crate::ops::scaler::update_scale(&self.gpu, &self.scaler, self.cfg.scale_interval, "loss scale")?);
+        }
         if training {
             for (i, b) in self.params.buckets.iter().enumerate() {
                 if !self.bucket_trains(b) {
@@ -419,6 +442,7 @@ impl Executor {
                     &b.whole(&b.params, "params")?,
                     &b.whole(&b.grads, "grads")?,
                     &state.iter().collect::<Vec<_>>(),
+                    &self.scaler,
                     &self.hyper[b.group],
                     1,
                     &format!("optimizer group {}", b.group),
@@ -493,6 +517,8 @@ impl Executor {
             layers: built,
             optim,
             accumulate,
+            unscale,
+            rescale,
             input: get(Key::Value(self.input))?,
             labels: get(Key::Value(self.labels))?,
             loss: get(Key::Value(loss))?,

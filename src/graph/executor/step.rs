@@ -8,14 +8,15 @@ use std::collections::HashMap;
 
 use super::params::Params;
 use super::program::Program;
-use super::{Executor, PixelInput, StepMetrics};
+use super::{Executor, Pending, PixelInput, StepMetrics};
 use crate::data::augment::ImageTransform;
 use crate::error::{Error, Result};
-use crate::gpu::{CopyInto, Dispatch, Gpu, ReadbackRing, Segment, SegmentCopy, Tensor, Ticket};
+use crate::gpu::{CopyInto, Dispatch, Gpu, ReadbackRing, Segment, SegmentCopy, Tensor};
 use crate::graph::Op;
 use crate::ops::dropout::DropoutParams;
 use crate::ops::loss::Targets;
 use crate::ops::optim::Hyper;
+use crate::ops::scaler::ScalerState;
 
 /// One micro-batch of pixels for [`Executor::train_cycle_pixels`].
 #[derive(Clone, Copy, Debug)]
@@ -256,11 +257,19 @@ impl Executor {
                 offset += bytes;
             }
             let mut layers = p.layer_groups();
+            if !p.unscale.is_empty() {
+                layers.push(("unscale gradients", p.unscale.iter().collect()));
+            }
             layers.push(("accumulate gradients", p.accumulate.iter().map(|(_, d)| d).collect()));
             if j + 1 == k && !optim.is_empty() {
                 layers.push(("optimizer", optim.clone()));
+                if let Some(d) = &p.rescale {
+                    layers.push(("loss scale", vec![d]));
+                }
             }
-            segments.push(Segment { copies, layers, read: vec![&p.loss, &p.correct] });
+            let mut read = vec![&p.loss, &p.correct];
+            read.extend(p.rescale.as_ref().map(|_| &self.scaler));
+            segments.push(Segment { copies, layers, read });
         }
         let submitted = self.gpu.submit_segments("train cycle", &segments, &mut self.ring)?;
         self.counters.encode_ns += submitted.encode.as_nanos() as u64;
@@ -271,11 +280,13 @@ impl Executor {
         let staged: u64 =
             (0..k).map(|j| staging.pixels[j].bytes() + staging.transforms[j].bytes() + staging.labels[j].bytes()).sum();
         let mut tickets = submitted.tickets.into_iter();
+        let scaled = p.rescale.is_some();
         for j in 0..k {
             let (Some(loss), Some(correct)) = (tickets.next(), tickets.next()) else {
                 unreachable!("two tensors read back per micro-step")
             };
-            self.pending.push_back((first_step + j as u64, loss, correct));
+            let scaler = if scaled { tickets.next() } else { None };
+            self.pending.push_back(Pending { step: first_step + j as u64, loss, correct, scaler });
         }
         self.step += k as u64;
         self.counters.steps += k as u64;
@@ -377,13 +388,21 @@ impl Executor {
             if accumulating { p.accumulate.iter().map(|(_, d)| d).collect() } else { Vec::new() };
         let optim: Vec<&Dispatch> = if apply { p.optim.iter().map(|(_, d)| d).collect() } else { Vec::new() };
         let mut groups = p.layer_groups();
+        if !p.unscale.is_empty() {
+            groups.push(("unscale gradients", p.unscale.iter().collect()));
+        }
         if !accumulate.is_empty() {
             groups.push(("accumulate gradients", accumulate));
         }
         if !optim.is_empty() {
             groups.push(("optimizer", optim));
         }
-        let read = [&p.loss, &p.correct];
+        if let (Some(d), true) = (&p.rescale, apply) {
+            groups.push(("loss scale", vec![d]));
+        }
+        let scaled = p.rescale.is_some();
+        let mut read = vec![&p.loss, &p.correct];
+        read.extend(scaled.then_some(&self.scaler));
         let capture = std::mem::take(&mut self.capture_next);
         let (submitted, profile) = if std::mem::take(&mut self.profile_next) {
             let (submitted, profile) = profiled(&self.gpu, "train step", &groups, &mut self.ring, &read).await?;
@@ -409,7 +428,7 @@ impl Executor {
         }
         let mut it = submitted.tickets.into_iter();
         let (Some(loss), Some(correct)) = (it.next(), it.next()) else { unreachable!("two tensors read back") };
-        self.pending.push_back((step, loss, correct));
+        self.pending.push_back(Pending { step, loss, correct, scaler: it.next() });
         self.counters.steps += 1;
         self.counters.submits += 1;
         self.counters.bytes_uploaded += uniform_bytes;
@@ -419,18 +438,27 @@ impl Executor {
     /// Keep the readback ring from running out: wait for the oldest steps until `steps` more fit in flight.
     async fn make_room(&mut self, steps: usize) -> Result<()> {
         while self.pending.len() + steps > self.max_in_flight && !self.pending.is_empty() {
-            let (step, loss, correct) = self.pending.pop_front().expect("non-empty");
-            let m = self.read_metrics(step, loss, correct).await?;
+            let pending = self.pending.pop_front().expect("non-empty");
+            let m = self.read_metrics(pending).await?;
             self.finished.push(m);
         }
         Ok(())
     }
 
-    async fn read_metrics(&mut self, step: u64, loss: Ticket, correct: Ticket) -> Result<StepMetrics> {
-        let l = self.ring.read(&self.gpu, loss).await?;
-        let c = self.ring.read(&self.gpu, correct).await?;
-        self.counters.bytes_read_back += (l.len() + c.len()) as u64;
-        Ok(StepMetrics { step, loss: scalar(&l), correct: scalar(&c) })
+    async fn read_metrics(&mut self, p: Pending) -> Result<StepMetrics> {
+        let l = self.ring.read(&self.gpu, p.loss).await?;
+        let c = self.ring.read(&self.gpu, p.correct).await?;
+        let s = match p.scaler {
+            Some(t) => Some(self.ring.read(&self.gpu, t).await?),
+            None => None,
+        };
+        Ok(self.metrics_of(p.step, &l, &c, s.as_deref()))
+    }
+
+    fn metrics_of(&mut self, step: u64, loss: &[u8], correct: &[u8], scaler: Option<&[u8]>) -> StepMetrics {
+        self.counters.bytes_read_back += (loss.len() + correct.len() + scaler.map_or(0, |s| s.len())) as u64;
+        let scaler = scaler.map(|b| ScalerState::from_words(&bytemuck::pod_collect_to_vec::<u8, u32>(b)));
+        StepMetrics { step, loss: scalar(loss), correct: scalar(correct), scaler }
     }
 
     /// Metrics of the steps whose results have arrived, oldest first. Never blocks.
@@ -438,16 +466,20 @@ impl Executor {
         let mut out = std::mem::take(&mut self.finished);
         self.gpu.poll()?;
         // A step's two tickets were copied in one submission: both are mapped once the step is done.
-        while let Some((step, loss, correct)) = self.pending.front() {
-            if !(self.ring.is_ready(loss) && self.ring.is_ready(correct)) {
+        // A step's tickets were copied in one submission: all are mapped once the step is done.
+        while let Some(p) = self.pending.front() {
+            if !(self.ring.is_ready(&p.loss) && self.ring.is_ready(&p.correct)) {
                 break;
             }
-            let (step, loss, correct) =
-                (*step, self.ring.try_read(&self.gpu, loss)?, self.ring.try_read(&self.gpu, correct)?);
-            let (Some(l), Some(c)) = (loss, correct) else { unreachable!("both tickets were ready") };
-            self.pending.pop_front();
-            self.counters.bytes_read_back += (l.len() + c.len()) as u64;
-            out.push(StepMetrics { step, loss: scalar(&l), correct: scalar(&c) });
+            let p = self.pending.pop_front().expect("non-empty");
+            let l = self.ring.try_read(&self.gpu, &p.loss)?;
+            let c = self.ring.try_read(&self.gpu, &p.correct)?;
+            let s = match &p.scaler {
+                Some(t) => Some(self.ring.try_read(&self.gpu, t)?.expect("copied with the loss")),
+                None => None,
+            };
+            let (Some(l), Some(c)) = (l, c) else { unreachable!("both tickets were ready") };
+            out.push(self.metrics_of(p.step, &l, &c, s.as_deref()));
         }
         Ok(out)
     }
@@ -459,8 +491,8 @@ impl Executor {
 
     pub async fn wait_metrics_async(&mut self) -> Result<Vec<StepMetrics>> {
         let mut out = std::mem::take(&mut self.finished);
-        while let Some((step, loss, correct)) = self.pending.pop_front() {
-            out.push(self.read_metrics(step, loss, correct).await?);
+        while let Some(p) = self.pending.pop_front() {
+            out.push(self.read_metrics(p).await?);
         }
         Ok(out)
     }
@@ -488,7 +520,7 @@ impl Executor {
         let (Some(loss), Some(correct)) = (tickets.next(), tickets.next()) else {
             unreachable!("two tensors read back")
         };
-        let m = self.read_metrics(0, loss, correct).await?;
+        let m = self.read_metrics(Pending { step: 0, loss, correct, scaler: None }).await?;
         Ok((m.loss, m.correct))
     }
 
@@ -607,7 +639,14 @@ impl Executor {
         self.counters.submits += 1;
         let bytes = ring.read(&self.gpu, tickets.next().expect("one ticket")).await?;
         self.counters.bytes_read_back += bytes.len() as u64;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        // f16 logits come back widened to f32 (the probabilities are f32 at either precision).
+        Ok(match out.dtype() {
+            crate::gpu::DType::F16 => bytes[..out.numel() * 2]
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => bytemuck::pod_collect_to_vec(&bytes),
+        })
     }
 }
 
