@@ -258,7 +258,11 @@ pub struct StepRecord {
     pub call_us: f64,
     pub submits_per_step: f64,
     pub readback_bytes_per_step: f64,
+    /// Bytes bound by one training step's dispatches (each dispatch's tensors, counted once per dispatch).
+    pub bound_bytes_per_step: u64,
     pub planned_bytes: u64,
+    /// Activations' storage type.
+    pub precision: crate::gpu::Precision,
     pub adapter: String,
     /// One more step timed dispatch by dispatch (`--profile`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,6 +301,7 @@ pub fn train_graph(model: &str, batch: usize, size: usize) -> Result<Graph> {
 /// dispatch and returned too. A batch over the adapter's binding limit is split into accumulated micro-batches
 /// (as `finetune` does; the split is returned): each optimizer step then runs `parts` of them. Async, so that a page
 /// can run it too; the command line blocks on it.
+#[allow(clippy::too_many_arguments)]
 pub async fn bench_step(
     gpu: Arc<Gpu>,
     model: &str,
@@ -304,14 +309,16 @@ pub async fn bench_step(
     batch: usize,
     steps: usize,
     profile: bool,
+    precision: crate::gpu::Precision,
 ) -> Result<(StepRecord, Option<crate::graph::executor::Split>, Option<crate::graph::executor::StepProfile>)> {
     let t0 = Instant::now();
-    let mut ex = Executor::new(gpu.clone(), graph(batch)?, ExecutorConfig::default())?;
+    let cfg = ExecutorConfig { precision, ..Default::default() };
+    let mut ex = Executor::new(gpu.clone(), graph(batch)?, cfg)?;
     let split = ex.split_to_fit()?;
     let accum = split.map_or(1, |s| s.parts);
     if let Some(s) = split {
         drop(ex);
-        ex = Executor::new(gpu.clone(), graph(s.micro)?, ExecutorConfig { accum, ..Default::default() })?;
+        ex = Executor::new(gpu.clone(), graph(s.micro)?, ExecutorConfig { accum, ..cfg })?;
     }
     let graph = ex.graph();
     let input = graph.tensors.iter().find(|t| t.kind == TensorKind::Input).map(|t| t.shape.clone()).unwrap_or_default();
@@ -357,7 +364,9 @@ pub async fn bench_step(
         // Per optimizer step: with accumulation, one submit and one loss per micro-batch.
         submits_per_step: (c.submits - before.submits) as f64 / steps.max(1) as f64,
         readback_bytes_per_step: (c.bytes_read_back - before.bytes_read_back) as f64 / steps.max(1) as f64,
+        bound_bytes_per_step: ex.step_bytes_bound()?,
         planned_bytes: ex.planned_bytes()?,
+        precision,
         adapter,
         profile: profiled.as_ref().map(crate::profile::ProfileSummary::new),
     };
@@ -374,15 +383,23 @@ pub struct PredictRecord {
     pub images_per_s: f64,
     pub median_ms: f64,
     pub runs: usize,
+    pub precision: crate::gpu::Precision,
     pub adapter: String,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 /// Time `runs` eval-mode batches (probabilities read back) of an ImageNet classifier after one warm-up.
-pub fn bench_predict(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize, runs: usize) -> Result<PredictRecord> {
+pub fn bench_predict(
+    gpu: Arc<Gpu>,
+    arch: Arch,
+    batch: usize,
+    size: usize,
+    runs: usize,
+    precision: crate::gpu::Precision,
+) -> Result<PredictRecord> {
     let adapter = gpu.summary().name;
     let spec = ModelSpec { input_size: size, ..ModelSpec::imagenet(arch) };
-    let mut ex = Executor::new(gpu, spec.graph(batch, 0.1)?, ExecutorConfig::default())?;
+    let mut ex = Executor::new(gpu, spec.graph(batch, 0.1)?, ExecutorConfig { precision, ..Default::default() })?;
     let images = SplitMix(3).vec_f32(batch * 3 * size * size, -1.0, 1.0);
     ex.predict(&images)?;
     let mut times = Vec::with_capacity(runs);
@@ -400,6 +417,7 @@ pub fn bench_predict(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize, runs:
         images_per_s: batch as f64 / secs,
         median_ms: secs * 1e3,
         runs: times.len(),
+        precision,
         adapter,
     })
 }
@@ -416,15 +434,31 @@ pub struct MemoryRecord {
     pub persistent_bytes: u64,
     /// Persistent plus the training program's memory plan.
     pub train_bytes: u64,
+    /// The training program's memory plan alone: activations, their gradients, saved statistics, scratch (and
+    /// the pixel stage's upload buffers).
+    pub train_activation_bytes: u64,
     /// Persistent plus the evaluation program's memory plan.
     pub eval_bytes: u64,
+    /// Activations' storage type (with f16 the persistent part includes the weights' f16 copies).
+    pub precision: crate::gpu::Precision,
+    /// With `bound`: bytes bound by one training step's dispatches (compiling the program, which allocates it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_bound_bytes: Option<u64>,
 }
 
 /// The memory plan of an architecture with fastai's head, computed without allocating the activations (so it
 /// also reports sizes that exceed this adapter's limits).
-pub fn bench_memory(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize) -> Result<MemoryRecord> {
+pub fn bench_memory(
+    gpu: Arc<Gpu>,
+    arch: Arch,
+    batch: usize,
+    size: usize,
+    precision: crate::gpu::Precision,
+    bound: bool,
+) -> Result<MemoryRecord> {
     let g = arch.with_fastai_head(batch, size, 10, 0.1, crate::nn::FASTAI_PS)?;
-    let ex = Executor::new(gpu, g, ExecutorConfig::default())?;
+    let mut ex = Executor::new(gpu, g, ExecutorConfig { precision, ..Default::default() })?;
+    let train_bytes = ex.plan_bytes(true)?;
     Ok(MemoryRecord {
         bench: "memory",
         model: arch.name(),
@@ -432,8 +466,11 @@ pub fn bench_memory(gpu: Arc<Gpu>, arch: Arch, batch: usize, size: usize) -> Res
         batch,
         size,
         persistent_bytes: ex.persistent_bytes(),
-        train_bytes: ex.plan_bytes(true)?,
+        train_bytes,
+        train_activation_bytes: train_bytes - ex.persistent_bytes(),
         eval_bytes: ex.plan_bytes(false)?,
+        precision,
+        step_bound_bytes: if bound { Some(ex.step_bytes_bound()?) } else { None },
     })
 }
 

@@ -265,7 +265,7 @@ fn a_timm_convnext_file_is_detected_and_loads_its_linear_mlp_weights() {
     let weights = Weights::open(&path).unwrap();
     let spec = ModelSpec { input_size: 64, ..ModelSpec::of_weights(&weights, None).unwrap() };
     assert_eq!(spec.arch, Arch::ConvnextTiny);
-    let (mut ex, report) = load_model(gpu(), &spec, &weights, 1).unwrap();
+    let (mut ex, report) = load_model(gpu(), &spec, &weights, 1, wgtune::gpu::Precision::F32).unwrap();
     assert!(report.kept_initial.is_empty() && report.ignored.is_empty(), "{report:?}");
     assert_reference_logits(&mut ex, "convnext/convnext_tiny");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -335,7 +335,7 @@ fn save_and_load_round_trip_gives_identical_logits() {
         let weights = Weights::open(&path).unwrap();
         let loaded_spec = ModelSpec::of_weights(&weights, None).unwrap();
         assert_eq!(loaded_spec, spec);
-        let (mut ex2, report) = load_model(gpu(), &loaded_spec, &weights, 2).unwrap();
+        let (mut ex2, report) = load_model(gpu(), &loaded_spec, &weights, 2, wgtune::gpu::Precision::F32).unwrap();
         assert!(report.kept_initial.is_empty() && report.ignored.is_empty(), "{report:?}");
         let after = ex2.predict_logits(&input).unwrap();
         assert!(before.iter().zip(&after).all(|(a, b)| a.to_bits() == b.to_bits()), "{before:?} vs {after:?}");

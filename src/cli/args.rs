@@ -123,6 +123,9 @@ pub(crate) struct PredictArgs {
     /// view's (beta 0.25).
     #[arg(long)]
     pub(crate) tta: bool,
+    /// Storage type of activations (f16 needs the adapter's shader-f16).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub(crate) precision: PrecisionArg,
     /// A multi-label model's threshold: the labels whose probability is above it are predicted [default: the
     /// model's, saved by finetune].
     #[arg(long, value_parser = probability)]
@@ -262,6 +265,10 @@ pub(crate) struct RunArgs {
     /// Batch norm of the frozen body in eval mode too: nothing of the body trains in phase 1.
     #[arg(long)]
     pub(crate) freeze_bn: bool,
+    /// Storage type of activations and their gradients: f16 is fastai's to_fp16 (mixed precision with dynamic
+    /// loss scaling; needs the adapter's shader-f16). The saved model is f32 either way.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub(crate) precision: PrecisionArg,
     /// SGD with momentum instead of Adam.
     #[arg(long)]
     pub(crate) sgd: bool,
@@ -372,6 +379,25 @@ pub(crate) struct LrFindArgs {
     pub(crate) plot: std::path::PathBuf,
 }
 
+/// The storage type of activations (`--precision`): fastai's `to_fp16` is f16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PrecisionArg {
+    /// Everything in f32.
+    F32,
+    /// Activations and their gradients in f16 (needs the adapter's shader-f16); master weights, weight gradients,
+    /// optimizer state, normalization statistics and the loss in f32, with dynamic loss scaling.
+    F16,
+}
+
+impl From<PrecisionArg> for wgtune::gpu::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => wgtune::gpu::Precision::F32,
+            PrecisionArg::F16 => wgtune::gpu::Precision::F16,
+        }
+    }
+}
+
 /// Which ImageNet models a benchmark runs, at which batch size and input size.
 #[derive(clap::Args)]
 pub(crate) struct ModelsArgs {
@@ -382,6 +408,9 @@ pub(crate) struct ModelsArgs {
     pub(crate) bs: usize,
     #[arg(long, default_value_t = 224, value_parser = image_size)]
     pub(crate) size: usize,
+    /// Storage type of activations and their gradients.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub(crate) precision: PrecisionArg,
 }
 
 #[derive(Subcommand)]
@@ -417,6 +446,10 @@ pub(crate) enum BenchCommand {
     Memory {
         #[command(flatten)]
         models: ModelsArgs,
+        /// Also count the bytes one training step's dispatches bind (compiles the training program, allocating
+        /// its buffers).
+        #[arg(long)]
+        bound: bool,
         #[arg(long)]
         json: bool,
     },
@@ -437,6 +470,9 @@ pub(crate) enum BenchCommand {
         /// Timed steps after the first.
         #[arg(long, default_value_t = 10, value_parser = count)]
         steps: usize,
+        /// Storage type of activations and their gradients.
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
         /// Time one more step dispatch by dispatch and print where the GPU time goes, per op type and kernel.
         #[arg(long)]
         profile: bool,

@@ -105,11 +105,11 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             }
             Ok(())
         }
-        BenchCommand::Predict { models: ModelsArgs { model, bs, size }, runs, json } => {
+        BenchCommand::Predict { models: ModelsArgs { model, bs, size, precision }, runs, json } => {
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
             let mut failed = 0;
             for name in &model {
-                match wgtune::bench::bench_predict(gpu.clone(), *name, bs, size, runs) {
+                match wgtune::bench::bench_predict(gpu.clone(), *name, bs, size, runs, precision.into()) {
                     Ok(r) => emit(json, &r, |r| {
                         format!(
                             "{:<14} batch {:>3} at {}px: {:>8.2} images/s ({:.0} ms per batch)",
@@ -134,25 +134,34 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             }
             Ok(())
         }
-        BenchCommand::Memory { models: ModelsArgs { model, bs, size }, json } => {
+        BenchCommand::Memory { models: ModelsArgs { model, bs, size, precision }, bound, json } => {
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
             for name in &model {
-                let r = wgtune::bench::bench_memory(gpu.clone(), *name, bs, size)?;
+                let r = wgtune::bench::bench_memory(gpu.clone(), *name, bs, size, precision.into(), bound)?;
                 let mib = |b: u64| b as f64 / (1 << 20) as f64;
                 emit(json, &r, |r| {
                     format!(
-                        "{:<14} batch {:>3} at {}px: training {:>8.1} MiB, evaluation {:>8.1} MiB (persistent {:.1} MiB)",
-                        r.model, r.batch, r.size, mib(r.train_bytes), mib(r.eval_bytes), mib(r.persistent_bytes)
-                    )
+                        "{:<14} batch {:>3} at {}px {:?}: training {:>8.1} MiB (activations {:.1} MiB), evaluation {:>8.1} \
+                         MiB (persistent {:.1} MiB)",
+                        r.model,
+                        r.batch,
+                        r.size,
+                        r.precision,
+                        mib(r.train_bytes),
+                        mib(r.train_activation_bytes),
+                        mib(r.eval_bytes),
+                        mib(r.persistent_bytes)
+                    ) + &r.step_bound_bytes.map_or(String::new(), |b| format!("; one step binds {:.1} MiB", mib(b)))
                 });
             }
             Ok(())
         }
-        BenchCommand::Train { model, bs, size, steps, profile, json } => {
+        BenchCommand::Train { model, bs, size, steps, precision, profile, json } => {
             let graph = |bs: usize| wgtune::bench::train_graph(&model, bs, size);
             let gpu = std::sync::Arc::new(open_gpu(adapter)?);
-            let (r, split, profiled) = pollster::block_on(bench_step(gpu, &model, graph, bs, steps, profile))
-                .map_err(|e| with_memory_advice(e, bs, size))?;
+            let (r, split, profiled) =
+                pollster::block_on(bench_step(gpu, &model, graph, bs, steps, profile, precision.into()))
+                    .map_err(|e| with_memory_advice(e, bs, size))?;
             if let Some(s) = split.filter(|_| !json) {
                 println!(
                     "batch {bs} does not fit this adapter's storage-binding limit: {} accumulated micro-batches of {}",
@@ -171,6 +180,11 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             println!("train_step call   {:.0} us (includes waiting for the adapter)", r.call_us);
             println!("submits           {} per step", r.submits_per_step);
             println!("read back         {} bytes per step", r.readback_bytes_per_step);
+            println!(
+                "bytes bound       {:.1} MiB per step ({:?} activations)",
+                r.bound_bytes_per_step as f64 / (1 << 20) as f64,
+                r.precision
+            );
             println!("planned GPU bytes {:.1} MiB", r.planned_bytes as f64 / (1 << 20) as f64);
             if let Some(p) = profiled {
                 println!("\n{}", wgtune::profile::render("profiled training step", &p, 15));

@@ -110,7 +110,7 @@ fn print_prediction(header: &str, classes: &[serde_json::Value], ranked: bool, l
 pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Result<()> {
     use wgtune::data::{eval_crop, load_rgb, normalize_into};
     use wgtune::nn::model::load_model;
-    let PredictArgs { model, arch, bs, json, logits: with_logits, tta, threshold, images } = args;
+    let PredictArgs { model, arch, bs, json, logits: with_logits, tta, threshold, precision, images } = args;
     let (weights, mut spec) = open_model(model.as_deref(), arch)?;
     match (&mut spec.loss, threshold) {
         (wgtune::ops::loss::Loss::SigmoidBinaryCrossEntropy { threshold }, Some(t)) => *threshold = t,
@@ -138,7 +138,7 @@ pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Res
     if !ready.is_empty() {
         let batch = bs.clamp(1, ready.len());
         let gpu = std::sync::Arc::new(open_gpu(adapter)?);
-        let (mut ex, _) = load_model(gpu, &spec, &weights, batch)?;
+        let (mut ex, _) = load_model(gpu, &spec, &weights, batch, precision.into())?;
         let k = spec.classes.len();
         // Test-time augmentation: the training augmentation on the GPU, from a fixed seed (repeatable output).
         let mut rng = wgtune::reference::SplitMix(0x77a);

@@ -228,6 +228,7 @@ pub(crate) fn prepare(
         epochs,
         augment,
         accum: r.accum,
+        precision: r.precision.into(),
         threshold: r.threshold,
         drop_path: r.drop_path,
         ..cfg

@@ -199,9 +199,16 @@ impl ModelSpec {
     }
 }
 
-/// Build the model for `batch` images on the GPU and load `weights` into it (all tensors must match).
-pub fn load_model(gpu: Arc<Gpu>, spec: &ModelSpec, weights: &Weights, batch: usize) -> Result<(Executor, LoadReport)> {
-    let ex = Executor::new(gpu, spec.graph(batch, 0.1)?, ExecutorConfig::default())?;
+/// Build the model for `batch` images on the GPU, its activations at `precision`, and load `weights` into it (all
+/// tensors must match).
+pub fn load_model(
+    gpu: Arc<Gpu>,
+    spec: &ModelSpec,
+    weights: &Weights,
+    batch: usize,
+    precision: crate::gpu::Precision,
+) -> Result<(Executor, LoadReport)> {
+    let ex = Executor::new(gpu, spec.graph(batch, 0.1)?, ExecutorConfig { precision, ..Default::default() })?;
     let report = load_into(&ex, weights, |n| n.to_string(), |_| false, |n| n.ends_with("num_batches_tracked"))?;
     Ok((ex, report))
 }

@@ -366,7 +366,9 @@ impl Engine {
             let _busy = Busy::take(&state, "a benchmark")?;
             let graph = |b: usize| wgtune::bench::train_graph(&model, b, size);
             let (record, _, _) =
-                wgtune::bench::bench_step(gpu, &model, graph, bs, steps, false).await.map_err(js_error)?;
+                wgtune::bench::bench_step(gpu, &model, graph, bs, steps, false, wgtune::gpu::Precision::F32)
+                    .await
+                    .map_err(js_error)?;
             json(&record)
         })
     }
@@ -411,7 +413,7 @@ async fn prediction_model(state: &Rc<RefCell<State>>, gpu: Arc<Gpu>) -> Result<(
         )));
     }
     let spec = ModelSpec::of_weights(&weights, None).map_err(js_error)?;
-    let (ex, _) = load_model(gpu, &spec, &weights, 1).map_err(js_error)?;
+    let (ex, _) = load_model(gpu, &spec, &weights, 1, wgtune::gpu::Precision::F32).map_err(js_error)?;
     Ok((spec, ex))
 }
 

@@ -174,6 +174,18 @@ impl Executor {
         Ok(self.train.as_ref().map(|p| p.layers.iter().map(|l| l.name.clone()).collect()).unwrap_or_default())
     }
 
+    /// Bytes bound by the dispatches of one training step (every tensor each dispatch binds, counted once per
+    /// dispatch: forward, backward, loss scaling, accumulation and the optimizer): the memory traffic the step asks
+    /// for, a count that carries over to any GPU.
+    pub fn step_bytes_bound(&mut self) -> Result<u64> {
+        self.ensure_train()?;
+        let p = self.train.as_ref().expect("compiled");
+        let layers = p.layers.iter().flat_map(|l| &l.dispatches);
+        let rest = p.unscale.iter().chain(&p.rescale).chain(p.optim.iter().map(|(_, d)| d));
+        let accumulate = p.accumulate.iter().map(|(_, d)| d).filter(|_| self.cfg.accum > 1);
+        Ok(layers.chain(rest).chain(accumulate).map(|d| d.bytes()).sum())
+    }
+
     /// Planned GPU bytes of the training (or evaluation) program without allocating its buffers: persistent
     /// tensors plus the memory plan. Works even where a tensor exceeds this adapter's binding limit (the plan is
     /// then a figure for a larger GPU).
