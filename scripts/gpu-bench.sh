@@ -15,6 +15,7 @@
 #   --quick   a small shape for a software driver: 64 px, batch 8, 2 steps, small matmuls
 #
 # Writes info.json, matmul.jsonl, conv.jsonl, train.jsonl (one line per model, with the profile tables), memory.jsonl,
+# train-f16.jsonl and memory-f16.jsonl (where the adapter has shader-f16),
 # torch.jsonl (when torch imports; on CUDA when it sees a GPU), logs/, and summary.md comparing the two.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -81,6 +82,15 @@ for m in "${model_list[@]}"; do
     step "train-$m" train.jsonl "$bin" bench train --model "$m" --size "$size" --bs "$bs" --steps "$steps" --profile --json
 done
 step memory memory.jsonl "$bin" bench memory --model "$models" --size "$size" --bs "$bs" --json
+# Mixed precision (issue 14), where the adapter has shader-f16: the first two models' steps and every model's plan in
+# f16, beside the f32 lines above.
+if "$bin" info --json 2>/dev/null | grep -q SHADER_F16; then
+    for m in "${model_list[@]:0:2}"; do
+        step "train-f16-$m" train-f16.jsonl "$bin" bench train --model "$m" --size "$size" --bs "$bs" --steps "$steps" \
+            --precision f16 --json
+    done
+    step memory-f16 memory-f16.jsonl "$bin" bench memory --model "$models" --size "$size" --bs "$bs" --precision f16 --json
+fi
 
 torch_py="${PYTHON:-python3}"
 if "$torch_py" -c "import torch" 2>/dev/null; then

@@ -148,3 +148,29 @@ fn profile_without_timestamps_falls_back_to_the_whole_step() {
     );
     assert!(!stdout.contains("GFLOP/s"), "{stdout}");
 }
+
+/// `--precision f16` (issue 14): on lavapipe (shader-f16) a training benchmark runs in f16 — one submit per step,
+/// the loss and count plus the loss scaler's 16 bytes read back; on an adapter without shader-f16 (lavapipe's GL
+/// sibling, llvmpipe through OpenGL) it stops with a message naming the adapter and the way out, and f32 (the
+/// default) still works there.
+#[test]
+fn precision_f16_runs_where_the_adapter_has_shader_f16_and_says_why_not_elsewhere() {
+    let out = wgtune()
+        .args(["bench", "train", "--model", "small_cnn", "--bs", "4", "--size", "16", "--steps", "2"])
+        .args(["--precision", "f16", "--json"])
+        .output()
+        .expect("run wgtune");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["precision"], "f16", "{v}");
+    assert_eq!(v["submits_per_step"].as_f64(), Some(1.0), "{v}");
+    assert_eq!(v["readback_bytes_per_step"].as_f64(), Some(24.0), "{v}");
+    let base = ["bench", "memory", "--model", "resnet18", "--bs", "2", "--size", "32", "--adapter", "gl"];
+    let out = wgtune().args(base).args(["--precision", "f16"]).output().expect("run wgtune");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "f16 on an adapter without shader-f16 must fail");
+    assert!(stderr.contains("shader-f16") && stderr.contains("llvmpipe") && stderr.contains("f32"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = wgtune().args(base).output().expect("run wgtune");
+    assert!(out.status.success(), "f32 on the same adapter: {}", String::from_utf8_lossy(&out.stderr));
+}

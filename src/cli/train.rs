@@ -197,6 +197,13 @@ pub(crate) fn prepare(
         eprintln!("model: {} from random initial weights (--no-pretrained)", arch.name());
     }
     let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+    if r.precision == super::args::PrecisionArg::F16 && !gpu.has_shader_f16() {
+        anyhow::bail!(
+            "--precision f16 needs the shader-f16 feature, which the adapter '{}' does not have: use --precision f32 \
+             (the default) here",
+            gpu.summary().name
+        );
+    }
     let software = gpu.summary().is_software;
     let size = r.size.unwrap_or(if software { 64 } else { 224 });
     let epochs_known = epochs.is_some();
@@ -413,6 +420,16 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         .fit(&mut progress, &mut on_epoch, Some(&checkpoint), a.resume.then_some(checkpoint.as_path()), &STOP)
         .map_err(|e| with_memory_advice(e, bs, size))?;
     save_model(&learner.ex, &learner.spec, &a.out)?;
+    if learner.cfg.precision == wgtune::gpu::Precision::F16 {
+        let s = learner.ex.loss_scaler()?;
+        println!(
+            "
+mixed precision: loss scale {} at the end; {} of {} steps skipped for f16 gradients that overflowed",
+            s.scale,
+            s.skipped,
+            learner.ex.step()
+        );
+    }
     // The model is saved: the checkpoint has nothing left to resume, and left behind it would make the next run
     // with this --out refuse to start as if this one had been interrupted.
     if let Err(e) = std::fs::remove_file(&checkpoint) {

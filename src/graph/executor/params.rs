@@ -204,14 +204,17 @@ impl Executor {
                 tensors.push((format!("optimizer.{i}.{what}"), vec![b.len], self.gpu.read_f32_async(&v).await?));
             }
         }
-        let scaler = self.loss_scaler_async().await?;
-        let counters = serde_json::json!({
-            "loss_scaler": scaler,
+        let mut counters = serde_json::json!({
             "step": self.step,
             "micro": self.micro,
             "trainable": self.trainable,
             "bucket_steps": self.params.buckets.iter().map(|b| b.step).collect::<Vec<_>>(),
         });
+        // With f16 the loss scaler's state, so that a resume continues it exactly.
+        if self.cfg.precision == crate::gpu::Precision::F16 {
+            counters["loss_scaler"] = serde_json::to_value(self.loss_scaler_async().await?)
+                .map_err(|e| Error::Invalid(format!("loss scaler: {e}")))?;
+        }
         Ok((tensors, counters.to_string()))
     }
 
@@ -245,8 +248,9 @@ impl Executor {
             }
             b.step = bucket_steps[i];
         }
-        // Checkpoints from before f16 training have no scaler: it keeps its start.
-        if let Some(v) = c.get("loss_scaler") {
+        // An f32 run's checkpoint has no scaler: an f16 resume of it starts the scale afresh (and an f32 resume of
+        // an f16 checkpoint has no use for one).
+        if let (Some(v), crate::gpu::Precision::F16) = (c.get("loss_scaler"), self.cfg.precision) {
             let scaler: crate::ops::scaler::ScalerState =
                 serde_json::from_value(v.clone()).map_err(|e| bad(format!("loss_scaler: {e}")))?;
             self.gpu.write_bytes(&self.scaler, bytemuck::cast_slice(&scaler.words()))?;
