@@ -401,15 +401,19 @@ fn every_op_kind_is_in_a_gradient_check() {
 #[test]
 fn allocated_bytes_equal_planned_bytes() {
     let gpu = Arc::new(Gpu::new(&AdapterRequest::from_env()).unwrap());
-    for (arch, optimizer, pixels, accum) in [
-        (Arch::EffnetLite0, Optimizer::Adam, true, 1),
-        (Arch::Resnet50, Optimizer::Adam, false, 1),
-        (Arch::Resnet18, Optimizer::Sgd, false, 3),
-        (Arch::Resnet18, Optimizer::Adam, true, 2),
+    for (arch, optimizer, pixels, accum, precision) in [
+        (Arch::EffnetLite0, Optimizer::Adam, true, 1, Precision::F32),
+        (Arch::Resnet50, Optimizer::Adam, false, 1, Precision::F32),
+        (Arch::Resnet18, Optimizer::Sgd, false, 3, Precision::F32),
+        (Arch::Resnet18, Optimizer::Adam, true, 2, Precision::F32),
+        // f16: the weights' f16 copies and the f16 activations (odd-sized ones padded to 4 bytes) are planned too.
+        (Arch::EffnetLite0, Optimizer::Adam, true, 1, Precision::F16),
+        (Arch::Resnet18, Optimizer::Sgd, true, 2, Precision::F16),
     ] {
         let g = arch.with_fastai_head(4, 32, 5, 0.1, wgtune::nn::FASTAI_PS).unwrap();
         let before = gpu.storage_bytes_created();
-        let mut ex = Executor::new(gpu.clone(), g, ExecutorConfig { optimizer, accum, ..Default::default() }).unwrap();
+        let cfg = ExecutorConfig { optimizer, accum, precision, ..Default::default() };
+        let mut ex = Executor::new(gpu.clone(), g, cfg).unwrap();
         if pixels {
             let normalization = arch.normalization();
             ex.set_pixel_input(PixelInput { presize: 37, normalization }).unwrap();
@@ -418,7 +422,7 @@ fn allocated_bytes_equal_planned_bytes() {
         assert_eq!(ex.plan_bytes(true).unwrap(), planned, "{arch}: plan without compiling");
         let allocated = gpu.storage_bytes_created() - before;
         eprintln!("{arch}: planned {planned} bytes, allocated {allocated}");
-        assert_eq!(allocated, planned, "{arch} ({optimizer:?}, pixel stage {pixels})");
+        assert_eq!(allocated, planned, "{arch} ({optimizer:?}, pixel stage {pixels}, {precision:?})");
     }
 }
 
