@@ -166,15 +166,7 @@ impl Gpu {
     /// A new f16 tensor holding `data` rounded to half precision (round to nearest even; beyond ±65504: ±inf).
     pub fn upload_f16(&self, shape: &[usize], data: &[f32], label: &str) -> Result<Tensor> {
         let t = self.tensor(shape, DType::F16, label)?;
-        if data.len() != t.numel() {
-            return Err(Error::shape(
-                format!("upload to '{label}'"),
-                format!("tensor {shape:?} holds {} elements, got {}", t.numel(), data.len()),
-            ));
-        }
-        let mut bytes: Vec<u8> = data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
-        bytes.resize(t.bound_bytes() as usize, 0);
-        self.queue.write_buffer(&t.buffer, t.offset, &bytes);
+        self.write_values(&t, data)?;
         Ok(t)
     }
 

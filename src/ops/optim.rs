@@ -130,14 +130,7 @@ pub fn optimizer_step(
             format!("'{}' has {} elements, '{}' has {n}", bad.label(), bad.numel(), param.label()),
         ));
     }
-    if scaler.dtype() != crate::gpu::DType::U32 || scaler.numel() != super::scaler::STATE_WORDS {
-        return Err(Error::Invalid(format!(
-            "{} '{label}': the scaler state '{}' must be u32 [{}]",
-            spec.entry,
-            scaler.label(),
-            super::scaler::STATE_WORDS
-        )));
-    }
+    super::scaler::check_state(scaler, label)?;
     tensors.push(scaler);
     let p = hyper.params(dim(n, "parameter elements")?, step);
     let grid = super::flat_grid(gpu, n);

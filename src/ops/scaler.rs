@@ -48,7 +48,8 @@ impl ScalerState {
     }
 }
 
-fn check_state(state: &Tensor, label: &str) -> Result<()> {
+/// The scaler's state must be u32 [`STATE_WORDS`] (every kernel that binds it checks).
+pub(crate) fn check_state(state: &Tensor, label: &str) -> Result<()> {
     if state.dtype() != DType::U32 || state.numel() != STATE_WORDS {
         return Err(Error::Invalid(format!(
             "'{label}': the scaler state '{}' is {:?} {:?}, expected u32 [{STATE_WORDS}]",

@@ -468,14 +468,15 @@ impl Executor {
         // A step's two tickets were copied in one submission: both are mapped once the step is done.
         // A step's tickets were copied in one submission: all are mapped once the step is done.
         while let Some(p) = self.pending.front() {
-            if !(self.ring.is_ready(&p.loss) && self.ring.is_ready(&p.correct)) {
+            let ready = |t: &crate::gpu::Ticket| self.ring.is_ready(t);
+            if !(ready(&p.loss) && ready(&p.correct) && p.scaler.as_ref().is_none_or(ready)) {
                 break;
             }
             let p = self.pending.pop_front().expect("non-empty");
             let l = self.ring.try_read(&self.gpu, &p.loss)?;
             let c = self.ring.try_read(&self.gpu, &p.correct)?;
             let s = match &p.scaler {
-                Some(t) => Some(self.ring.try_read(&self.gpu, t)?.expect("copied with the loss")),
+                Some(t) => self.ring.try_read(&self.gpu, t)?,
                 None => None,
             };
             let (Some(l), Some(c)) = (l, c) else { unreachable!("both tickets were ready") };
@@ -641,9 +642,10 @@ impl Executor {
         self.counters.bytes_read_back += bytes.len() as u64;
         // f16 logits come back widened to f32 (the probabilities are f32 at either precision).
         Ok(match out.dtype() {
-            crate::gpu::DType::F16 => bytes[..out.numel() * 2]
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            crate::gpu::DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
+                .iter()
+                .take(out.numel())
+                .map(|h| h.to_f32())
                 .collect(),
             _ => bytemuck::pod_collect_to_vec(&bytes),
         })
