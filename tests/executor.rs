@@ -259,11 +259,20 @@ fn gradient_check(g: Graph, classes: u32) {
     let loss_id = g.find("loss.loss").unwrap();
     // The executor's first step is step 1: dropout masks are drawn for it.
     let loss = |values: &HashMap<TensorId, Vec<f64>>| cpu::forward(&g, values, &x, &labels, true, 1)[&loss_id][0];
+    // The CPU's chain rule in f64 (the oracle of the PyTorch step check) on the same values.
+    let analytic = cpu::backward(&g, &cpu::forward(&g, &values, &x, &labels, true, 1), &labels, true, 1);
+    let largest_of = |v: &[f64]| v.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let model_largest = g.params().iter().map(|p| largest_of(&analytic[p])).fold(0.0, f64::max);
     let h = 1e-5;
     for p in g.params() {
         let name = &g.tensors[p.0].name;
         let got = ex.read_grad(name).unwrap();
-        let mut worst = 0.0f64;
+        let exact = &analytic[&p];
+        // A gradient that is zero in exact arithmetic (a bias before a batch norm, a key bias before softmax) is
+        // measured against a hundredth of the model's largest gradient instead of its own rounding noise (f32's
+        // error there is a cancellation of terms of the size of the other gradients).
+        let largest = largest_of(exact).max(1e-2 * model_largest);
+        let (mut worst, mut worst_cpu, mut worst_exact) = (0.0f64, 0.0f64, 0.0f64);
         for (i, &g_i) in got.iter().enumerate() {
             let mut plus = values.clone();
             plus.get_mut(&p).unwrap()[i] += h;
@@ -274,8 +283,24 @@ fn gradient_check(g: Graph, classes: u32) {
             worst = worst.max(diff);
             // f32 forward and backward on the GPU against f64 differences: 2e-4 absolute plus 1% relative.
             assert!(diff <= 2e-4 + 1e-2 * fd.abs(), "{name}[{i}]: GPU {g_i} vs finite difference {fd}");
+            // The f64 chain rule against f64 differences: central differences with h = 1e-5 are good to about
+            // h^2 times the third derivative plus 1e-16 / h of rounding; 1e-7 absolute plus 1e-6 relative.
+            let cpu_diff = (exact[i] - fd).abs();
+            worst_cpu = worst_cpu.max(cpu_diff);
+            assert!(
+                cpu_diff <= 1e-7 + 1e-6 * fd.abs(),
+                "{name}[{i}]: CPU chain rule {} vs finite difference {fd}",
+                exact[i]
+            );
+            // The GPU's f32 gradient against the exact one, relative to the tensor's largest gradient.
+            worst_exact = worst_exact.max((g_i as f64 - exact[i]).abs() / largest);
         }
-        eprintln!("{name}: {} gradients, worst |diff| {worst:.2e}", got.len());
+        assert!(worst_exact <= 1e-4, "{name}: GPU gradient {worst_exact:.2e} (of the largest) from the f64 chain rule");
+        eprintln!(
+            "{name}: {} gradients, worst |GPU - fd| {worst:.2e}, |CPU - fd| {worst_cpu:.2e}, |GPU - CPU| / max \
+             {worst_exact:.2e}",
+            got.len()
+        );
     }
 }
 

@@ -562,7 +562,10 @@ def step_check(a):
     be within --tolerance, or no further from float64 than twice PyTorch's own float32 result is (this model at batch
     8 is ill-conditioned: PyTorch float32 itself misses 1e-4 on many tensors); every parameter after one fastai-Adam
     step (fresh state, per-group learning rates, decoupled weight decay) must be within --tolerance of that step
-    taken in float64 from wgtune's own gradients. Exits 1 on a mismatch."""
+    taken in float64 from wgtune's own gradients. The same loss, gradients and running statistics from wgtune's
+    float64 CPU graph (the same graph the GPU runs, op by op through the reference functions every kernel is tested
+    against) must be within --tolerance of PyTorch's float64 ones, with no allowance: the two models are the same
+    function. Exits 1 on a mismatch."""
     import subprocess
     import tempfile
     from safetensors.numpy import load_file, save_file
@@ -604,13 +607,14 @@ def step_check(a):
     work = a.work or tempfile.mkdtemp(prefix="wgtune-step-")
     os.makedirs(work, exist_ok=True)
     case, out = os.path.join(work, "case.safetensors"), os.path.join(work, "wgtune.safetensors")
+    exact_out = os.path.join(work, "wgtune-f64.safetensors")
     save_file({**initial, "image": x.numpy(), "label": y.numpy().astype(np.float32)}, case,
               metadata={"lrs": json.dumps(lrs), "mom": repr(a.mom), "wd": repr(a.wd)})
-    command = [a.example, case, out] if a.example else \
-        ["cargo", "run", "--release", "--quiet", "--example", "torch_step", "--", case, out]
+    command = [a.example, case, out, exact_out] if a.example else \
+        ["cargo", "run", "--release", "--quiet", "--example", "torch_step", "--", case, out, exact_out]
     print(f"batch of {a.bs} training images at {a.size} px, dropout off; running: {' '.join(command)}", flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
-    ours = load_file(out)
+    ours, ours_exact = load_file(out), load_file(exact_out)
 
     # PyTorch in float64 (the reference) and in float32 (the yardstick): training mode, the same forward and
     # backward on the same weights.
@@ -641,7 +645,7 @@ def step_check(a):
     # that size); a step against the largest step of its tensor.
     largest_grad = max(float(np.abs(v).max()) for k, v in exact.items() if k.startswith("grad."))
     kinds = {"loss": "loss", "grad": "gradient", "running": "running statistic", "step": "Adam step"}
-    checks = []
+    checks, exact_checks = [], []
     for key, ref in exact.items():
         kind = key.split(".")[0]
         scale = float(np.abs(ref).max())
@@ -653,6 +657,8 @@ def step_check(a):
         yardstick = float(np.abs(single[key] - ref).max()) / scale
         between = float(np.abs(ours[key].astype(np.float64) - single[key]).max()) / scale
         checks.append((kinds[kind], key.split(".", 1)[-1], err, yardstick, between))
+        # wgtune's model itself, free of float32 rounding: its f64 CPU pass against PyTorch's float64 one.
+        exact_checks.append((kinds[kind], key.split(".", 1)[-1], float(np.abs(ours_exact[key] - ref).max()) / scale))
     for key, (after, ref_after, before) in moves.items():
         # Against the largest move in the tensor, less the float32 rounding of the stored parameter (a small step
         # on a large value is stored to 2^-24 of the value).
@@ -660,6 +666,15 @@ def step_check(a):
         moved = float(np.abs(ref_after - before).max())
         checks.append((kinds["step"], key.split(".", 1)[-1], float(excess / moved), float("nan"), float("nan")))
     failed = [c for c in checks if not c[2] <= (a.tolerance if c[0] == kinds["step"] else max(a.tolerance, 2 * c[3]))]
+    failed += [(f"{kind} (f64)", name, err, float("nan"), float("nan")) for kind, name, err in exact_checks
+               if not err <= a.tolerance]
+    print("the same model in float64 (wgtune's CPU graph against PyTorch), worst relative error of each kind:")
+    print(f"{'':>17}  {'tensors':>7}  {'wgtune f64':>10}  worst tensor")
+    for kind in list(kinds.values())[:3]:
+        of_kind = [c for c in exact_checks if c[0] == kind]
+        worst = max(of_kind, key=lambda c: c[2])
+        print(f"{kind:>17}  {len(of_kind):>7}  {worst[2]:>10.1e}  {worst[1]}")
+    print(f"loss: wgtune f64 {float(ours_exact['loss'][0]):.12f}, PyTorch float64 {exact['loss'][0]:.12f}")
     print("worst relative error of each kind (wgtune and PyTorch float32 against PyTorch float64; wgtune against "
           "PyTorch float32):")
     print(f"{'':>17}  {'tensors':>7}  {'wgtune':>8}  {'torch f32':>9}  {'between':>8}  worst wgtune tensor")

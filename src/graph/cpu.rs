@@ -1,5 +1,6 @@
-//! A graph's forward pass on the CPU in f64, op by op through [`crate::reference`]: the oracle for whole-model
-//! tests (gradient checks by finite differences, GPU logits against the reference).
+//! A graph's forward and backward pass on the CPU in f64, op by op through [`crate::reference`]: the oracle for
+//! whole-model tests (gradient checks by finite differences, GPU logits and gradients against the reference) and
+//! wgtune's side of the float64 comparison with PyTorch (`tools/torch_reference.py step-check`).
 
 use std::collections::HashMap;
 
@@ -8,6 +9,13 @@ use crate::ops::dropout::DropoutParams;
 use crate::ops::elementwise::Elementwise;
 use crate::ops::loss::Targets;
 use crate::reference as r;
+
+/// A model constant stored as f32 (a batch norm's eps of 1e-3, a momentum of 0.1) as the decimal it was written
+/// as: f32's shortest representation read as f64 (`1e-3_f32 as f64` is 1.00000005e-3), so the f64 pass computes
+/// the model as specified, as PyTorch's float64 does.
+fn decimal(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
 
 /// Run the forward pass. `values` holds every parameter and state tensor; `labels` one class per sample (softmax
 /// cross-entropy) or one class bitmask per sample (binary cross-entropy, as the executor takes them); returns every
@@ -50,7 +58,7 @@ pub fn forward(
                 } else {
                     (t[running_mean].clone(), t[running_var].clone())
                 };
-                let out = r::batch_norm_forward(&t[x], c, hw, (&mean, &var), &t[gamma], &t[beta], cfg.eps as f64);
+                let out = r::batch_norm_forward(&t[x], c, hw, (&mean, &var), &t[gamma], &t[beta], decimal(cfg.eps));
                 t.insert(*y, out);
             }
             Op::Relu { x, y } => {
@@ -62,7 +70,7 @@ pub fn forward(
                 t.insert(*y, out);
             }
             Op::LeakyRelu { x, y, slope } => {
-                let out = Elementwise::LeakyReluForward.apply_reference(&t[x], None, *slope as f64);
+                let out = Elementwise::LeakyReluForward.apply_reference(&t[x], None, decimal(*slope));
                 t.insert(*y, out);
             }
             Op::Add { a, b, y } => {
@@ -128,7 +136,7 @@ pub fn forward(
                 t.insert(*y, out);
             }
             Op::LayerNorm { x, gamma, beta, mean, rstd, y, axis, eps } => {
-                let (out, m, s) = r::layer_norm_forward(&t[x], axis.tuple(), &t[gamma], &t[beta], *eps as f64);
+                let (out, m, s) = r::layer_norm_forward(&t[x], axis.tuple(), &t[gamma], &t[beta], decimal(*eps));
                 t.insert(*y, out);
                 t.insert(*mean, m);
                 t.insert(*rstd, s);
@@ -168,7 +176,7 @@ pub fn forward(
             }
             Op::SoftmaxCrossEntropy { logits, loss, correct, smoothing, .. } => {
                 let classes = shape(*logits)[1];
-                let l = r::softmax_cross_entropy_forward(&t[logits], labels, classes, *smoothing as f64);
+                let l = r::softmax_cross_entropy_forward(&t[logits], labels, classes, decimal(*smoothing));
                 let c = r::correct_count(&t[logits], labels, classes);
                 t.insert(*loss, vec![l]);
                 t.insert(*correct, vec![c as f64]);
@@ -184,4 +192,221 @@ pub fn forward(
         }
     }
     t
+}
+
+/// The gradient of the loss (the loss node's mean) with respect to every tensor of the graph, by the chain rule
+/// through [`crate::reference`]'s backward functions, in f64: the oracle for whole-model gradients where finite
+/// differences would take too long (EfficientNet's 3.4 million parameters in the PyTorch step check). `forward`
+/// is what [`forward`] returned for the same `labels`, `training` and `step`. A tensor read by several ops gets
+/// the sum of their gradients.
+pub fn backward(
+    graph: &Graph,
+    forward: &HashMap<TensorId, Vec<f64>>,
+    labels: &[u32],
+    training: bool,
+    step: u64,
+) -> HashMap<TensorId, Vec<f64>> {
+    let t = forward;
+    let mut grads: HashMap<TensorId, Vec<f64>> = HashMap::new();
+    let add = |grads: &mut HashMap<TensorId, Vec<f64>>, id: TensorId, g: Vec<f64>| match grads.get_mut(&id) {
+        Some(sum) => sum.iter_mut().zip(&g).for_each(|(s, v)| *s += v),
+        None => {
+            grads.insert(id, g);
+        }
+    };
+    for node in graph.nodes.iter().rev() {
+        let shape = |id: TensorId| graph.shape(id).to_vec();
+        if let Some((logits, _, _, _, _)) = node.op.as_loss() {
+            let classes = shape(logits)[1];
+            let g = match &node.op {
+                Op::SoftmaxCrossEntropy { smoothing, .. } => {
+                    r::softmax_cross_entropy_backward(&t[&logits], labels, classes, decimal(*smoothing), 1.0)
+                }
+                _ => {
+                    let rows = Targets { classes, multi_label: true }.encode(labels, None).expect("no partners");
+                    r::bce_with_logits_backward(&t[&logits], &r::dense_targets(&rows, classes, true), 1.0)
+                }
+            };
+            add(&mut grads, logits, g);
+            continue;
+        }
+        // The op's output gradient; an output nothing downstream reads gets none, and neither do its inputs.
+        let y = node.op.outputs()[0];
+        let Some(dy) = grads.get(&y).cloned() else { continue };
+        match &node.op {
+            Op::Linear { x, w, b, .. } => {
+                let (n, o, k) = (shape(y)[0], shape(y)[1], shape(*x)[1]);
+                add(&mut grads, *x, r::matmul(&r::MatmulShape::new(1, n, k, o), &dy, &t[w], None, None));
+                let dw = r::MatmulShape { trans_a: true, ..r::MatmulShape::new(1, o, k, n) };
+                add(&mut grads, *w, r::matmul(&dw, &dy, &t[x], None, None));
+                if let Some(b) = b {
+                    add(&mut grads, *b, r::sum_reduce(&dy, n, o, 1));
+                }
+            }
+            Op::Conv2d { x, w, b, shape: s, .. } => {
+                add(&mut grads, *x, r::conv2d_backward_data(s, &dy, &t[w]));
+                add(&mut grads, *w, r::conv2d_backward_weight(s, &dy, &t[x]));
+                if let Some(b) = b {
+                    add(&mut grads, *b, r::sum_reduce(&dy, s.batch, s.out_c, s.out_h * s.out_w));
+                }
+            }
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, cfg, .. } => {
+                let s = shape(*x);
+                let dims = (s[0], s[1], s[2..].iter().product::<usize>());
+                let (mean, var) = if training {
+                    r::batch_norm_statistics(&t[x], dims.0, dims.1, dims.2)
+                } else {
+                    (t[running_mean].clone(), t[running_var].clone())
+                };
+                let (dx, dgamma, dbeta) =
+                    r::batch_norm_backward(&dy, &t[x], dims, &t[gamma], (&mean, &var), decimal(cfg.eps), !training);
+                add(&mut grads, *x, dx);
+                add(&mut grads, *gamma, dgamma);
+                add(&mut grads, *beta, dbeta);
+            }
+            Op::Relu { x, .. } => add(&mut grads, *x, Elementwise::ReluBackward.apply_reference(&t[x], Some(&dy), 0.0)),
+            Op::Relu6 { x, .. } => {
+                add(&mut grads, *x, Elementwise::Relu6Backward.apply_reference(&t[x], Some(&dy), 0.0))
+            }
+            Op::LeakyRelu { x, slope, .. } => {
+                let g = Elementwise::LeakyReluBackward.apply_reference(&t[x], Some(&dy), decimal(*slope));
+                add(&mut grads, *x, g)
+            }
+            Op::Gelu { x, tanh, .. } => {
+                let kind = if *tanh { Elementwise::GeluTanhBackward } else { Elementwise::GeluBackward };
+                add(&mut grads, *x, kind.apply_reference(&t[x], Some(&dy), 0.0))
+            }
+            Op::Add { a, b, .. } => {
+                add(&mut grads, *a, dy.clone());
+                add(&mut grads, *b, dy);
+            }
+            Op::MaxPool { x, shape: s, .. } => {
+                let (_, indices) = r::max_pool_forward(s, &t[x]);
+                add(&mut grads, *x, r::max_pool_backward(s, &dy, &indices));
+            }
+            Op::AvgPool { x, shape: s, .. } => add(&mut grads, *x, r::avg_pool_backward(s, &dy)),
+            Op::GlobalAvgPool { x, .. } => {
+                let s = shape(*x);
+                let hw = s[2] * s[3];
+                add(&mut grads, *x, dy.iter().flat_map(|&g| std::iter::repeat_n(g / hw as f64, hw)).collect());
+            }
+            Op::ConcatPool { x, .. } => {
+                // y (N, 2C) = [max over each plane, mean over each plane].
+                let s = shape(*x);
+                let (c, hw) = (s[1], s[2] * s[3]);
+                let (_, first_max) = r::global_max_pool_forward(&t[x], hw);
+                let mut dx = vec![0.0; t[x].len()];
+                for (plane, &at) in first_max.iter().enumerate() {
+                    let (b, ch) = (plane / c, plane % c);
+                    let (d_max, d_mean) = (dy[b * 2 * c + ch], dy[b * 2 * c + c + ch]);
+                    dx[plane * hw..(plane + 1) * hw].iter_mut().for_each(|v| *v = d_mean / hw as f64);
+                    dx[plane * hw + at as usize] += d_max;
+                }
+                add(&mut grads, *x, dx);
+            }
+            Op::Concat { xs, .. } => {
+                let n = shape(y)[0];
+                let per_y = dy.len() / n;
+                let mut offset = 0;
+                for x in xs {
+                    let per = t[x].len() / n;
+                    let dx = (0..n).flat_map(|b| dy[b * per_y + offset..b * per_y + offset + per].to_vec()).collect();
+                    add(&mut grads, *x, dx);
+                    offset += per;
+                }
+            }
+            Op::Flatten { x, .. } | Op::View { x, .. } => add(&mut grads, *x, dy),
+            Op::Dropout { .. } | Op::DropPath { .. } => {
+                let (x, _, p, seed, per) = node.op.as_dropout(graph).expect("a dropout op");
+                let dx = if training {
+                    let threshold = DropoutParams::new(t[&x].len(), p, seed, step as u32, false)
+                        .expect("the graph builder checked the probability")
+                        .threshold;
+                    r::drop_path(&dy, per, seed, step as u32, threshold, 1.0 / (1.0 - p))
+                } else {
+                    dy
+                };
+                add(&mut grads, x, dx);
+            }
+            Op::LayerNorm { x, gamma, beta, axis, eps, .. } => {
+                let (dx, dgamma, dbeta) = r::layer_norm_backward(&dy, &t[x], axis.tuple(), &t[gamma], decimal(*eps));
+                add(&mut grads, *x, dx);
+                add(&mut grads, *gamma, dgamma);
+                add(&mut grads, *beta, dbeta);
+            }
+            Op::LayerScale { x, gamma, axis, .. } => {
+                let (dx, dgamma) = r::layer_scale_backward(&dy, &t[x], axis.tuple(), &t[gamma]);
+                add(&mut grads, *x, dx);
+                add(&mut grads, *gamma, dgamma);
+            }
+            Op::Permute { x, perm, .. } => {
+                let x = *x;
+                let mut inverse = vec![0; perm.len()];
+                perm.iter().enumerate().for_each(|(d, &p)| inverse[p] = d);
+                add(&mut grads, x, r::permute(&dy, &shape(y), &inverse));
+            }
+            Op::MatMul { a, b, trans_b, .. } => {
+                // y = a · op(b): da = dy · op(b)ᵀ; db = aᵀ · dy, or dyᵀ · a when b is stored transposed.
+                let [batch, m, n] = shape(y)[..] else { unreachable!("the builder made y (B, M, N)") };
+                let k = shape(*a)[2];
+                let da = r::MatmulShape { trans_b: !trans_b, ..r::MatmulShape::new(batch, m, k, n) };
+                add(&mut grads, *a, r::matmul(&da, &dy, &t[b], None, None));
+                let db = if *trans_b {
+                    r::matmul(
+                        &r::MatmulShape { trans_a: true, ..r::MatmulShape::new(batch, n, k, m) },
+                        &dy,
+                        &t[a],
+                        None,
+                        None,
+                    )
+                } else {
+                    r::matmul(
+                        &r::MatmulShape { trans_a: true, ..r::MatmulShape::new(batch, k, n, m) },
+                        &t[a],
+                        &dy,
+                        None,
+                        None,
+                    )
+                };
+                add(&mut grads, *b, db);
+            }
+            Op::Softmax { x, scale, .. } => {
+                let len = *shape(*x).last().expect("the builder checked the shape");
+                add(&mut grads, *x, r::softmax_rows_backward(&t[&y], &dy, len, *scale as f64));
+            }
+            Op::Slice { x, start, .. } => {
+                let xs = shape(*x);
+                add(&mut grads, *x, r::slice_backward(&dy, (xs[0], xs[1], xs[2..].iter().product()), *start));
+            }
+            Op::Expand { x, .. } => {
+                let per = t[x].len();
+                let dx = (0..per).map(|i| dy.iter().skip(i).step_by(per).sum()).collect();
+                add(&mut grads, *x, dx);
+            }
+            Op::SoftmaxCrossEntropy { .. } | Op::SigmoidBinaryCrossEntropy { .. } => unreachable!("handled above"),
+        }
+    }
+    grads
+}
+
+/// Every running statistic after `forward`'s training-mode pass: (1 - momentum) * running + momentum * the
+/// batch's statistic, the variance unbiased (as PyTorch and the GPU kernel update them).
+pub fn running_statistics(graph: &Graph, forward: &HashMap<TensorId, Vec<f64>>) -> HashMap<TensorId, Vec<f64>> {
+    let mut out = HashMap::new();
+    for node in &graph.nodes {
+        if let Op::BatchNorm { x, running_mean, running_var, cfg, .. } = &node.op {
+            let s = graph.shape(*x);
+            let (n, c, hw) = (s[0], s[1], s[2..].iter().product::<usize>());
+            let (mean, var) = r::batch_norm_statistics(&forward[x], n, c, hw);
+            let m = (n * hw) as f64;
+            let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+            let momentum = decimal(cfg.momentum);
+            let update = |old: &[f64], new: &[f64], factor: f64| -> Vec<f64> {
+                old.iter().zip(new).map(|(o, v)| (1.0 - momentum) * o + momentum * v * factor).collect()
+            };
+            out.insert(*running_mean, update(&forward[running_mean], &mean, 1.0));
+            out.insert(*running_var, update(&forward[running_var], &var, unbiased));
+        }
+    }
+    out
 }

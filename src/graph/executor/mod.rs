@@ -26,12 +26,14 @@ use crate::ops::optim::{Hyper, Optimizer};
 mod backward;
 mod forward;
 mod params;
+mod profile;
 mod program;
 mod step;
 
 use params::Params;
+pub use profile::StepProfile;
 use program::Program;
-pub use step::{PixelBatch, StepProfile};
+pub use step::PixelBatch;
 
 /// How the executor trains.
 #[derive(Clone, Copy, Debug, PartialEq)]
