@@ -687,7 +687,8 @@ def step_check(a):
           f"float32 {single['loss'][0]:.7f}")
     if failed:
         for kind, name, err, yardstick, _ in failed:
-            print(f"MISMATCH {kind} {name}: {err:.2e} relative (PyTorch float32: {yardstick:.2e})", file=sys.stderr)
+            against = "" if math.isnan(yardstick) else f" (PyTorch float32: {yardstick:.2e})"
+            print(f"MISMATCH {kind} {name}: {err:.2e} relative{against}", file=sys.stderr)
         sys.exit(1)
     within = sum(c[2] <= a.tolerance for c in checks)
     ratio = max((c[2] / c[3] for c in checks if c[2] > a.tolerance), default=0.0)
