@@ -139,7 +139,7 @@ fn uniform_structs_match_their_rust_twins() {
         twin! { "reduce", "ReduceParams", reduce::ReduceParams { outer, mid, inner, flags } },
         twin! { "loss", "LossParams", loss::LossParams { batch, classes, smoothing, scale, words, threshold, _pad } },
         twin! { "optim", "OptimParams", optim::OptimParams {
-            len, flags, lr, mom, sqr_mom, eps, wd, debias1, debias2, _pad
+            len, flags, lr, mom, sqr_mom, eps, wd, debias1, debias2, bucket, step, _pad
         } },
         twin! { "accumulate", "AccumulateParams", accumulate::AccumulateParams { len, mode, scale, _pad } },
         conv_params("conv2d"),

@@ -1,7 +1,7 @@
 //! Optimizer steps: fastai's SGD (momentum, weight decay) and Adam. See shaders/optim.wgsl.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Dispatch, Gpu, KernelSpec, Tensor};
+use crate::gpu::{Access, DType, Dispatch, Gpu, KernelSpec, Tensor};
 
 use super::dim;
 
@@ -18,7 +18,11 @@ pub struct OptimParams {
     pub wd: f32,
     pub debias1: f32,
     pub debias2: f32,
-    pub _pad: [u32; 3],
+    /// adam_step: the bucket's pair of words in the step counts.
+    pub bucket: u32,
+    /// adam_step: the 1-based step count `debias1` and `debias2` were computed for.
+    pub step: u32,
+    pub _pad: u32,
 }
 
 pub const FLAG_DECOUPLED_WD: u32 = 1;
@@ -31,7 +35,14 @@ pub const SGD_STEP: KernelSpec = KernelSpec::new(
 pub const ADAM_STEP: KernelSpec = KernelSpec::new(
     "adam_step",
     "optim",
-    &[(1, Access::ReadWrite), (2, Access::Read), (3, Access::ReadWrite), (4, Access::ReadWrite), (5, Access::Read)],
+    &[
+        (1, Access::ReadWrite),
+        (2, Access::Read),
+        (3, Access::ReadWrite),
+        (4, Access::ReadWrite),
+        (5, Access::Read),
+        (6, Access::ReadWrite),
+    ],
 );
 
 /// Hyper-parameters of one optimizer step. Defaults are fastai's Adam.
@@ -55,10 +66,12 @@ impl Default for Hyper {
 }
 
 impl Hyper {
-    /// The uniform for `len` elements at 1-based `step` (Adam's debiasing terms computed here in f64).
+    /// The uniform for `len` elements at 1-based `step` (Adam's debiasing terms computed here in f64), for the
+    /// step counts of bucket 0 (see [`OptimParams::bucket`]).
     pub fn params(&self, len: u32, step: u64) -> OptimParams {
-        let step = step.max(1) as i32;
+        let step = step.max(1);
         OptimParams {
+            step: step as u32,
             len,
             flags: if self.decoupled_wd { FLAG_DECOUPLED_WD } else { 0 },
             lr: self.lr as f32,
@@ -66,9 +79,10 @@ impl Hyper {
             sqr_mom: self.sqr_mom as f32,
             eps: self.eps as f32,
             wd: self.wd as f32,
-            debias1: (1.0 - self.mom.powi(step)) as f32,
-            debias2: (1.0 - self.sqr_mom.powi(step)) as f32,
-            _pad: [0; 3],
+            debias1: (1.0 - self.mom.powi(step as i32)) as f32,
+            debias2: (1.0 - self.sqr_mom.powi(step as i32)) as f32,
+            bucket: 0,
+            _pad: 0,
         }
     }
 }
@@ -97,9 +111,19 @@ impl Optimizer {
     }
 }
 
+/// Where Adam counts the updates it applied (skipped steps excluded): u32 words, two per bucket, and this
+/// bucket's index. SGD does not bind them.
+#[derive(Clone, Copy, Debug)]
+pub struct StepCounts<'a> {
+    pub counts: &'a Tensor,
+    pub bucket: u32,
+}
+
 /// One in-place optimizer step over `param` with gradient `grad` and `state` (one tensor per
 /// [`Optimizer::state_names`] entry: `grad_avg`, plus `sqr_avg` for Adam), all the same size. Rewrite the
-/// hyper-parameters each step with `gpu.write_params(&d, ...)`.
+/// hyper-parameters each step with `gpu.write_params(&d, ...)` ([`Hyper::params`] with `bucket` set to
+/// `counts.bucket`).
+#[allow(clippy::too_many_arguments)]
 pub fn optimizer_step(
     gpu: &Gpu,
     opt: Optimizer,
@@ -107,6 +131,7 @@ pub fn optimizer_step(
     grad: &Tensor,
     state: &[&Tensor],
     scaler: &Tensor,
+    counts: StepCounts,
     hyper: &Hyper,
     step: u64,
     label: &str,
@@ -132,7 +157,20 @@ pub fn optimizer_step(
     }
     super::scaler::check_state(scaler, label)?;
     tensors.push(scaler);
-    let p = hyper.params(dim(n, "parameter elements")?, step);
+    if opt == Optimizer::Adam {
+        let words = 2 * counts.bucket as usize + 2;
+        if counts.counts.dtype() != DType::U32 || counts.counts.numel() < words {
+            return Err(Error::Invalid(format!(
+                "{} '{label}': the step counts '{}' are {:?} {:?}, expected u32 with at least {words} words",
+                spec.entry,
+                counts.counts.label(),
+                counts.counts.dtype(),
+                counts.counts.shape()
+            )));
+        }
+        tensors.push(counts.counts);
+    }
+    let p = OptimParams { bucket: counts.bucket, ..hyper.params(dim(n, "parameter elements")?, step) };
     let grid = super::flat_grid(gpu, n);
     gpu.dispatch(spec, bytemuck::bytes_of(&p), &tensors, grid, label)
 }

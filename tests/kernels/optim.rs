@@ -2,7 +2,7 @@
 //! the dispatch's uniform each step (as a schedule does) rather than rebuilding it. atol 1e-6, rtol 1e-5: a
 //! handful of f32 roundings per step.
 
-use wgtune::ops::optim::{optimizer_step, Hyper, Optimizer};
+use wgtune::ops::optim::{optimizer_step, Hyper, OptimParams, Optimizer, StepCounts};
 use wgtune::reference::{self, widen, SplitMix};
 
 use crate::common::*;
@@ -25,7 +25,10 @@ fn check(opt: Optimizer, n: usize, base: Hyper, seed: u64) {
     let sqr_avg = upload(&[n], &vec![0.0; n], "sqr_avg");
     let state: &[&_] = if opt == Optimizer::Adam { &[&grad_avg, &sqr_avg] } else { &[&grad_avg] };
     let scaler = upload_u32(&[4], &[1f32.to_bits(), 0, 0, 0], "scaler");
-    let d = optimizer_step(g, opt, &param, &grad, state, &scaler, &schedule(1, base), 1, "opt test").expect("dispatch");
+    let counts = upload_u32(&[2], &[0, 0], "counts");
+    let counts = StepCounts { counts: &counts, bucket: 0 };
+    let d = optimizer_step(g, opt, &param, &grad, state, &scaler, counts, &schedule(1, base), 1, "opt test")
+        .expect("dispatch");
 
     let mut p = widen(&p0);
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
@@ -129,7 +132,10 @@ fn a_raised_overflow_flag_skips_the_update() {
         let (grad_avg, sqr_avg) = (upload(&[300], &m0, "grad_avg"), upload(&[300], &m0, "sqr_avg"));
         let state: &[&_] = if opt == Optimizer::Adam { &[&grad_avg, &sqr_avg] } else { &[&grad_avg] };
         let scaler = upload_u32(&[4], &[1024f32.to_bits(), 5, 0, 1], "scaler");
-        let d = optimizer_step(g, opt, &param, &grad, state, &scaler, &Hyper::default(), 1, "skip").expect("dispatch");
+        let counts = upload_u32(&[2], &[0, 0], "counts");
+        let at = StepCounts { counts: &counts, bucket: 0 };
+        let d =
+            optimizer_step(g, opt, &param, &grad, state, &scaler, at, &Hyper::default(), 1, "skip").expect("dispatch");
         g.run("skip", &[&d]).expect("run");
         assert_eq!(read(&param), p0, "{opt:?} weights");
         assert_eq!(read(&grad_avg), m0, "{opt:?} state");
@@ -139,4 +145,46 @@ fn a_raised_overflow_flag_skips_the_update() {
         g.run("update", &[&d]).expect("run");
         assert_ne!(read(&param), p0, "{opt:?} updates with the flag down");
     }
+}
+
+/// A skipped step does not count for Adam's debiasing (PyTorch's GradScaler skips `optimizer.step()`): bucket 2 of
+/// a step-count buffer, steps 1 and 3 applied and step 2 skipped, so step 3 is Adam's second update and must equal
+/// the reference's step 2 (debias 1 - beta^2, where the CPU's uniform says step 3), while the words of the other
+/// buckets stay untouched and the bucket's applied count reads 2.
+#[test]
+fn adam_does_not_count_a_skipped_step() {
+    let g = gpu();
+    let n = 300;
+    let p0 = SplitMix(8).vec_f32(n, -1.0, 1.0);
+    let grads = [SplitMix(9).vec_f32(n, -1.0, 1.0), SplitMix(10).vec_f32(n, -1.0, 1.0)];
+    let (param, grad) = (upload(&[n], &p0, "param"), upload(&[n], &grads[0], "grad"));
+    let (grad_avg, sqr_avg) = (upload(&[n], &vec![0.0; n], "grad_avg"), upload(&[n], &vec![0.0; n], "sqr_avg"));
+    let scaler = upload_u32(&[4], &[1024f32.to_bits(), 0, 0, 0], "scaler");
+    let counts = upload_u32(&[8], &[7, 7, 7, 7, 0, 0, 7, 7], "counts");
+    let h = Hyper { lr: 0.01, ..Hyper::default() };
+    let at = StepCounts { counts: &counts, bucket: 2 };
+    let d = optimizer_step(g, Optimizer::Adam, &param, &grad, &[&grad_avg, &sqr_avg], &scaler, at, &h, 1, "count")
+        .expect("dispatch");
+    let run = |step: u64, flag: u32, grads: &[f32]| {
+        g.write_bytes(&scaler, bytemuck::cast_slice(&[1024f32.to_bits(), 0, 0, flag])).expect("write");
+        g.write_f32(&grad, grads).expect("write");
+        g.write_params(&d, bytemuck::bytes_of(&OptimParams { bucket: 2, ..h.params(n as u32, step) }));
+        g.run("count", &[&d]).expect("run");
+    };
+    run(1, 0, &grads[0]);
+    run(2, 1, &vec![f32::NAN; n]);
+    run(3, 0, &grads[1]);
+    let mut p = widen(&p0);
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    for (t, gr) in [(1, &grads[0]), (2, &grads[1])] {
+        let gr = widen(gr);
+        reference::adam_step(&mut p, &gr, &mut m, &mut v, t, h.lr, h.mom, h.sqr_mom, h.eps, h.wd, h.decoupled_wd);
+    }
+    // pow on the GPU: a few ulp in the debiasing terms.
+    assert_close(&read(&param), &p, 1e-6, 1e-5, "param after an applied, a skipped and an applied step");
+    let words = g.read_bytes(&[&counts]).expect("read").remove(0);
+    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&words);
+    // After step 3 the count lives in the word step 4 reads: 2 * bucket + (4 & 1).
+    assert_eq!(words[4], 2, "{words:?}");
+    assert_eq!([words[0], words[1], words[2], words[3], words[6], words[7]], [7; 6], "other buckets' words");
 }

@@ -145,6 +145,9 @@ pub struct Executor {
     /// The loss scaler's state on the GPU (u32 [4], see shaders/scaler.wgsl): read by every optimizer dispatch,
     /// changed only with f16.
     scaler: crate::gpu::Tensor,
+    /// Adam's applied-update counts, two u32 words per bucket (see shaders/optim.wgsl): a step the loss scaler
+    /// skips does not count.
+    counts: crate::gpu::Tensor,
     /// Steps allowed in flight (their metrics not yet read) before a new one waits: [`step::MAX_IN_FLIGHT`] unless
     /// [`Executor::set_max_in_flight`] lowered it.
     max_in_flight: usize,
@@ -218,6 +221,8 @@ impl Executor {
         let start = if cfg.precision == Precision::F16 { cfg.loss_scale } else { 1.0 };
         let words = crate::ops::scaler::ScalerState::new(start).words();
         let scaler = gpu.upload_u32(&[words.len()], &words, "loss scaler")?;
+        let count_words = 2 * params.buckets.len().max(1);
+        let counts = gpu.upload_u32(&[count_words], &vec![0; count_words], "optimizer step counts")?;
         let groups = graph.groups();
         // Each step in flight reads back its loss and count (4 bytes each) and, with f16, the scaler (16 bytes).
         let ring = ReadbackRing::new(&gpu, "step metrics", 3 * step::MAX_IN_FLIGHT + 4, 16)?;
@@ -233,6 +238,7 @@ impl Executor {
             ring,
             pending: VecDeque::new(),
             scaler,
+            counts,
             max_in_flight: step::MAX_IN_FLIGHT,
             finished: Vec::new(),
             profile_next: false,

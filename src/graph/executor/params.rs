@@ -168,7 +168,21 @@ impl Executor {
             }
             b.step = 0;
         }
-        Ok(())
+        self.gpu.write_bytes(&self.counts, &vec![0; self.counts.bytes() as usize])
+    }
+
+    /// Each bucket's count of applied optimizer updates (its steps less the ones the loss scaler skipped), after
+    /// the steps submitted so far: the word of its pair that its next step reads.
+    async fn applied_steps_async(&self) -> Result<Vec<u64>> {
+        let words = self.gpu.read_bytes_async(&[&self.counts]).await?.remove(0);
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&words);
+        Ok(self
+            .params
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| words[2 * i + ((b.step + 1) & 1) as usize] as u64)
+            .collect())
     }
 
     blocking! {
@@ -209,6 +223,7 @@ impl Executor {
             "micro": self.micro,
             "trainable": self.trainable,
             "bucket_steps": self.params.buckets.iter().map(|b| b.step).collect::<Vec<_>>(),
+            "bucket_applied_steps": self.applied_steps_async().await?,
         });
         // With f16 the loss scaler's state, so that a resume continues it exactly.
         if self.cfg.precision == crate::gpu::Precision::F16 {
@@ -248,6 +263,21 @@ impl Executor {
             }
             b.step = bucket_steps[i];
         }
+        // Both words of each bucket's pair hold its applied updates (a checkpoint from before they were kept: its
+        // steps, as no step was skipped without them being kept).
+        let applied: Vec<u64> = match c.get("bucket_applied_steps") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| bad(format!("bucket_applied_steps: {e}")))?,
+            None => bucket_steps.clone(),
+        };
+        if applied.len() != bucket_steps.len() {
+            return Err(bad(format!("{} applied step counts for {} buckets", applied.len(), bucket_steps.len())));
+        }
+        let mut words = vec![0u32; self.counts.numel()];
+        for (i, &a) in applied.iter().enumerate() {
+            words[2 * i] = a as u32;
+            words[2 * i + 1] = a as u32;
+        }
+        self.gpu.write_bytes(&self.counts, bytemuck::cast_slice(&words))?;
         // An f32 run's checkpoint has no scaler: an f16 resume of it starts the scale afresh (and an f32 resume of
         // an f16 checkpoint has no use for one).
         if let (Some(v), crate::gpu::Precision::F16) = (c.get("loss_scaler"), self.cfg.precision) {
@@ -270,10 +300,10 @@ impl Executor {
         Ok(crate::ops::scaler::ScalerState::from_words(&bytemuck::pod_collect_to_vec::<u8, u32>(&words)))
     }
 
-    /// GPU bytes of parameters (and their f16 copies), gradients, optimizer state, running statistics and the
-    /// loss scaler.
+    /// GPU bytes of parameters (and their f16 copies), gradients, optimizer state and step counts, running
+    /// statistics and the loss scaler.
     pub fn persistent_bytes(&self) -> u64 {
-        self.params.bytes + self.scaler.bytes()
+        self.params.bytes + self.scaler.bytes() + self.counts.bytes()
     }
 
     fn value(&self, name: &str) -> Result<&Tensor> {

@@ -455,6 +455,7 @@ impl Executor {
                     &b.whole(&b.grads, "grads")?,
                     &state.iter().collect::<Vec<_>>(),
                     &self.scaler,
+                    crate::ops::optim::StepCounts { counts: &self.counts, bucket: i as u32 },
                     &self.hyper[b.group],
                     1,
                     &format!("optimizer group {}", b.group),
