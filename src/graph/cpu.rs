@@ -17,9 +17,24 @@ fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
 }
 
+/// A dropout or drop-path op applied to `v` (its input forward, its output's gradient backward: the same map).
+/// Training: the GPU's mask of (seed, step, element or sample), kept values scaled by 1 / (1 - p); eval: the
+/// identity.
+fn dropped(graph: &Graph, op: &Op, v: &[f64], training: bool, step: u64) -> Vec<f64> {
+    let (_, _, p, seed, per) = op.as_dropout(graph).expect("a dropout op");
+    if !training {
+        return v.to_vec();
+    }
+    let threshold = DropoutParams::new(v.len(), p, seed, step as u32, false)
+        .expect("the graph builder checked the probability")
+        .threshold;
+    r::drop_path(v, per, seed, step as u32, threshold, 1.0 / (1.0 - p))
+}
+
 /// Run the forward pass. `values` holds every parameter and state tensor; `labels` one class per sample (softmax
 /// cross-entropy) or one class bitmask per sample (binary cross-entropy, as the executor takes them); returns every
-/// tensor computed (the loss node's `loss` holds the mean loss). Training mode normalizes with batch statistics,
+/// tensor computed (the loss node's `loss` holds the mean loss; a batch norm's `save_mean`/`save_var` the
+/// statistics it normalized with). Training mode normalizes with batch statistics,
 /// eval mode with the running ones; dropout and drop path are the identity in eval mode and in training mode drop
 /// with the GPU's mask of training step `step` (the executor's 1-based step count).
 pub fn forward(
@@ -50,7 +65,7 @@ pub fn forward(
                 let out = r::conv2d_forward(shape, &t[x], &t[w], b.map(|b| t[&b].clone()).as_deref());
                 t.insert(*y, out);
             }
-            Op::BatchNorm { x, gamma, beta, running_mean, running_var, y, cfg, .. } => {
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
                 let s = shape(*x);
                 let (n, c, hw) = (s[0], s[1], s[2..].iter().product::<usize>());
                 let (mean, var) = if training {
@@ -60,6 +75,9 @@ pub fn forward(
                 };
                 let out = r::batch_norm_forward(&t[x], c, hw, (&mean, &var), &t[gamma], &t[beta], decimal(cfg.eps));
                 t.insert(*y, out);
+                // The statistics it normalized with, for the backward pass and the running update.
+                t.insert(*save_mean, mean);
+                t.insert(*save_var, var);
             }
             Op::Relu { x, y } => {
                 let out = Elementwise::ReluForward.apply_reference(&t[x], None, 0.0);
@@ -118,16 +136,8 @@ pub fn forward(
                 t.insert(*y, out);
             }
             Op::Dropout { .. } | Op::DropPath { .. } => {
-                // Training: the GPU's mask of (seed, step, element or sample), kept values scaled by 1 / (1 - p).
-                let (x, y, p, seed, per) = node.op.as_dropout(graph).expect("a dropout op");
-                let out = if training {
-                    let threshold = DropoutParams::new(t[&x].len(), p, seed, step as u32, false)
-                        .expect("the graph builder checked the probability")
-                        .threshold;
-                    r::drop_path(&t[&x], per, seed, step as u32, threshold, 1.0 / (1.0 - p))
-                } else {
-                    t[&x].clone()
-                };
+                let (x, y, ..) = node.op.as_dropout(graph).expect("a dropout op");
+                let out = dropped(graph, &node.op, &t[&x], training, step);
                 t.insert(y, out);
             }
             Op::Gelu { x, y, tanh } => {
@@ -250,16 +260,12 @@ pub fn backward(
                     add(&mut grads, *b, r::sum_reduce(&dy, s.batch, s.out_c, s.out_h * s.out_w));
                 }
             }
-            Op::BatchNorm { x, gamma, beta, running_mean, running_var, cfg, .. } => {
+            Op::BatchNorm { x, gamma, beta, save_mean, save_var, cfg, .. } => {
                 let s = shape(*x);
                 let dims = (s[0], s[1], s[2..].iter().product::<usize>());
-                let (mean, var) = if training {
-                    r::batch_norm_statistics(&t[x], dims.0, dims.1, dims.2)
-                } else {
-                    (t[running_mean].clone(), t[running_var].clone())
-                };
+                let stats = (t[save_mean].as_slice(), t[save_var].as_slice());
                 let (dx, dgamma, dbeta) =
-                    r::batch_norm_backward(&dy, &t[x], dims, &t[gamma], (&mean, &var), decimal(cfg.eps), !training);
+                    r::batch_norm_backward(&dy, &t[x], dims, &t[gamma], stats, decimal(cfg.eps), !training);
                 add(&mut grads, *x, dx);
                 add(&mut grads, *gamma, dgamma);
                 add(&mut grads, *beta, dbeta);
@@ -317,16 +323,8 @@ pub fn backward(
             }
             Op::Flatten { x, .. } | Op::View { x, .. } => add(&mut grads, *x, dy),
             Op::Dropout { .. } | Op::DropPath { .. } => {
-                let (x, _, p, seed, per) = node.op.as_dropout(graph).expect("a dropout op");
-                let dx = if training {
-                    let threshold = DropoutParams::new(t[&x].len(), p, seed, step as u32, false)
-                        .expect("the graph builder checked the probability")
-                        .threshold;
-                    r::drop_path(&dy, per, seed, step as u32, threshold, 1.0 / (1.0 - p))
-                } else {
-                    dy
-                };
-                add(&mut grads, x, dx);
+                let (x, ..) = node.op.as_dropout(graph).expect("a dropout op");
+                add(&mut grads, x, dropped(graph, &node.op, &dy, training, step));
             }
             Op::LayerNorm { x, gamma, beta, axis, eps, .. } => {
                 let (dx, dgamma, dbeta) = r::layer_norm_backward(&dy, &t[x], axis.tuple(), &t[gamma], decimal(*eps));
@@ -394,18 +392,17 @@ pub fn backward(
 pub fn running_statistics(graph: &Graph, forward: &HashMap<TensorId, Vec<f64>>) -> HashMap<TensorId, Vec<f64>> {
     let mut out = HashMap::new();
     for node in &graph.nodes {
-        if let Op::BatchNorm { x, running_mean, running_var, cfg, .. } = &node.op {
+        if let Op::BatchNorm { x, running_mean, running_var, save_mean, save_var, cfg, .. } = &node.op {
             let s = graph.shape(*x);
-            let (n, c, hw) = (s[0], s[1], s[2..].iter().product::<usize>());
-            let (mean, var) = r::batch_norm_statistics(&forward[x], n, c, hw);
-            let m = (n * hw) as f64;
+            let (mean, var) = (&forward[save_mean], &forward[save_var]);
+            let m = (s[0] * s[2..].iter().product::<usize>()) as f64;
             let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
             let momentum = decimal(cfg.momentum);
             let update = |old: &[f64], new: &[f64], factor: f64| -> Vec<f64> {
                 old.iter().zip(new).map(|(o, v)| (1.0 - momentum) * o + momentum * v * factor).collect()
             };
-            out.insert(*running_mean, update(&forward[running_mean], &mean, 1.0));
-            out.insert(*running_var, update(&forward[running_var], &var, unbiased));
+            out.insert(*running_mean, update(&forward[running_mean], mean, 1.0));
+            out.insert(*running_var, update(&forward[running_var], var, unbiased));
         }
     }
     out

@@ -66,9 +66,9 @@ impl Default for Hyper {
 }
 
 impl Hyper {
-    /// The uniform for `len` elements at 1-based `step` (Adam's debiasing terms computed here in f64), for the
-    /// step counts of bucket 0 (see [`OptimParams::bucket`]).
-    pub fn params(&self, len: u32, step: u64) -> OptimParams {
+    /// The uniform for `len` elements of `bucket` (its pair of words in the step counts) at 1-based `step`
+    /// (Adam's debiasing terms computed here in f64).
+    pub fn params(&self, len: u32, step: u64, bucket: u32) -> OptimParams {
         let step = step.max(1);
         OptimParams {
             step: step as u32,
@@ -81,7 +81,7 @@ impl Hyper {
             wd: self.wd as f32,
             debias1: (1.0 - self.mom.powi(step as i32)) as f32,
             debias2: (1.0 - self.sqr_mom.powi(step as i32)) as f32,
-            bucket: 0,
+            bucket,
             _pad: 0,
         }
     }
@@ -121,8 +121,7 @@ pub struct StepCounts<'a> {
 
 /// One in-place optimizer step over `param` with gradient `grad` and `state` (one tensor per
 /// [`Optimizer::state_names`] entry: `grad_avg`, plus `sqr_avg` for Adam), all the same size. Rewrite the
-/// hyper-parameters each step with `gpu.write_params(&d, ...)` ([`Hyper::params`] with `bucket` set to
-/// `counts.bucket`).
+/// hyper-parameters each step with `gpu.write_params(&d, ...)` ([`Hyper::params`] for `counts.bucket`).
 #[allow(clippy::too_many_arguments)]
 pub fn optimizer_step(
     gpu: &Gpu,
@@ -170,7 +169,7 @@ pub fn optimizer_step(
         }
         tensors.push(counts.counts);
     }
-    let p = OptimParams { bucket: counts.bucket, ..hyper.params(dim(n, "parameter elements")?, step) };
+    let p = hyper.params(dim(n, "parameter elements")?, step, counts.bucket);
     let grid = super::flat_grid(gpu, n);
     gpu.dispatch(spec, bytemuck::bytes_of(&p), &tensors, grid, label)
 }

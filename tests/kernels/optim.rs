@@ -2,7 +2,7 @@
 //! the dispatch's uniform each step (as a schedule does) rather than rebuilding it. atol 1e-6, rtol 1e-5: a
 //! handful of f32 roundings per step.
 
-use wgtune::ops::optim::{optimizer_step, Hyper, OptimParams, Optimizer, StepCounts};
+use wgtune::ops::optim::{optimizer_step, Hyper, Optimizer, StepCounts};
 use wgtune::reference::{self, widen, SplitMix};
 
 use crate::common::*;
@@ -35,7 +35,7 @@ fn check(opt: Optimizer, n: usize, base: Hyper, seed: u64) {
     for step in 1..=STEPS {
         let h = schedule(step, base);
         g.write_f32(&grad, &grads[step as usize - 1]).expect("write grad");
-        g.write_params(&d, bytemuck::bytes_of(&h.params(n as u32, step)));
+        g.write_params(&d, bytemuck::bytes_of(&h.params(n as u32, step, 0)));
         g.run("opt test", &[&d]).expect("run");
         let gr = widen(&grads[step as usize - 1]);
         match opt {
@@ -168,7 +168,7 @@ fn adam_does_not_count_a_skipped_step() {
     let run = |step: u64, flag: u32, grads: &[f32]| {
         g.write_bytes(&scaler, bytemuck::cast_slice(&[1024f32.to_bits(), 0, 0, flag])).expect("write");
         g.write_f32(&grad, grads).expect("write");
-        g.write_params(&d, bytemuck::bytes_of(&OptimParams { bucket: 2, ..h.params(n as u32, step) }));
+        g.write_params(&d, bytemuck::bytes_of(&h.params(n as u32, step, 2)));
         g.run("count", &[&d]).expect("run");
     };
     run(1, 0, &grads[0]);

@@ -607,8 +607,7 @@ fn optimizer_uniforms<'p>(p: &'p Program, params: &Params, hyper: &[Hyper]) -> V
             if !b.decay {
                 h.wd = 0.0;
             }
-            let u = crate::ops::optim::OptimParams { bucket: *bucket as u32, ..h.params(b.len as u32, b.step + 1) };
-            (d, bytemuck::bytes_of(&u).to_vec())
+            (d, bytemuck::bytes_of(&h.params(b.len as u32, b.step + 1, *bucket as u32)).to_vec())
         })
         .collect()
 }
