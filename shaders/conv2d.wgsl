@@ -21,9 +21,10 @@
 // into its own (Cout, Cin_g, KH, KW) slice of the output, which then holds (splits, Cout, Cin_g, KH, KW) partial sums
 // that the host reduces; with one split it writes dw directly.
 //
-// Storage types: gemm_a and gemm_b are `act`, the output `res`; the f16 variants make both f16 (forward and
-// backward_data, the weight an f16 copy) or the operands f16 and the output f32 (backward_weight). Sums are f32
-// inside and rounded once when stored; the bias is an f32 parameter in every variant.
+// Storage types: gemm_a is `lhs`, gemm_b `act`, the output `res`: f32 throughout; with f16 activations, the f32
+// master weight as gemm_a and gemm_b and the output f16 (forward and backward_data: weights are never rounded to
+// f16), or both operands f16 and the output f32 (backward_weight). Sums are f32 inside and rounded once when
+// stored; the bias is an f32 parameter in every variant.
 //
 // Dispatch (x, y, z): forward (ceil(N*OH*OW / 512), ceil(Cout_g / 16), groups); backward_data
 // (ceil(N*H*W / 512), ceil(Cin_g / 16), groups); backward_weight (ceil(Cin_g*KH*KW / (8 * WG)), ceil(Cout_g / 16),
@@ -62,9 +63,10 @@ override WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 alias act = f32;
+alias lhs = f32;
 alias res = f32;
 
-@group(0) @binding(1) var<storage, read> gemm_a: array<act>;     // forward, backward_data: w; backward_weight: dy
+@group(0) @binding(1) var<storage, read> gemm_a: array<lhs>;     // forward, backward_data: w; backward_weight: dy
 @group(0) @binding(2) var<storage, read> gemm_b: array<act>;     // forward, backward_weight: x; backward_data: dy
 @group(0) @binding(3) var<storage, read> bias: array<f32>;       // (Cout), forward only
 @group(0) @binding(4) var<storage, read_write> out: array<res>;  // y, dx, or dw (see the header)

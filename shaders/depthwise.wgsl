@@ -47,14 +47,16 @@ const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
-// Storage types: src and src2 are `act`, out is `res`: f32 throughout, or f16 with f32 sums inside (forward and
-// backward_data; the weight an f16 copy), or f16 operands with an f32 weight gradient (backward_weight). The bias
-// is an f32 parameter in every variant.
+// Storage types: src is `act`, src2 `rhs`, out `res`: f32 throughout; with f16 activations, src and out f16 with
+// the f32 master weight as src2 (forward and backward_data: weights are never rounded to f16), or f16 operands
+// with an f32 weight gradient (backward_weight). Sums are f32 inside; the bias is an f32 parameter in every
+// variant.
 alias act = f32;
+alias rhs = f32;
 alias res = f32;
 
 @group(0) @binding(1) var<storage, read> src: array<act>;        // forward: x; backward_data: dy; backward_weight: dy
-@group(0) @binding(2) var<storage, read> src2: array<act>;       // forward, backward_data: w (C, KH*KW); backward_weight: x
+@group(0) @binding(2) var<storage, read> src2: array<rhs>;       // forward, backward_data: w (C, KH*KW); backward_weight: x
 @group(0) @binding(3) var<storage, read> bias: array<f32>;       // (C), forward only
 @group(0) @binding(4) var<storage, read_write> out: array<res>;  // y (N, C, OH, OW), dx (N, C, H, W) or dw (C, KH*KW)
 

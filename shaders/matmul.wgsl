@@ -23,9 +23,11 @@
 //   matmul_naive  one output per invocation, 16x16 workgroups; kept only as the benchmark baseline.
 //                 Dispatch: (ceil(N / 16), ceil(M / 16), batch).
 //
-// Storage types: A and B are `act` and C is `res`; the f16 variants make both f16 (activations) or A and B f16
-// with C f32 (a weight gradient). Products and sums are f32 inside; C is rounded once when stored. The bias is
-// an f32 parameter in every variant.
+// Storage types: A is `lhs`, B `rhs` and C `res` (src/gpu/kernels.rs makes the variants): f32 throughout; f16
+// throughout (attention's products of activations); A and B f16 with C f32 (a weight gradient); or one operand an
+// f32 parameter with the other operand and C f16 (a linear layer or 1x1 convolution with f16 activations: the
+// master weights are read as they are, never rounded to f16). Products and sums are f32 inside; C is rounded once
+// when stored. The bias is an f32 parameter in every variant.
 
 struct MatmulParams {
     m: u32,
@@ -49,11 +51,13 @@ const FLAG_ACCUMULATE: u32 = 2u;
 const FLAG_ROW_BIAS: u32 = 4u;
 
 alias act = f32;
+alias lhs = f32;
+alias rhs = f32;
 alias res = f32;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
-@group(0) @binding(1) var<storage, read> a: array<act>;          // op(A): (batch, M, K) via strides
-@group(0) @binding(2) var<storage, read> b: array<act>;          // op(B): (batch, K, N) via strides
+@group(0) @binding(1) var<storage, read> a: array<lhs>;          // op(A): (batch, M, K) via strides
+@group(0) @binding(2) var<storage, read> b: array<rhs>;          // op(B): (batch, K, N) via strides
 @group(0) @binding(3) var<storage, read> bias: array<f32>;       // (N) with FLAG_BIAS, (M) with FLAG_ROW_BIAS
 @group(0) @binding(4) var<storage, read_write> c: array<res>;    // (batch, M, N)
 

@@ -9,8 +9,10 @@
 //                   (expand's backward is a sum over the batch: reduce.wgsl's sum_reduce.)
 // One invocation per output element, 256 per workgroup on a 2-D grid (x, y):
 // element = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
-// Storage: `act` is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16); values are widened to
-// f32 where they are computed with or added to, and each stored element is rounded once.
+// Storage: `act` is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16); src is `rhs`, the
+// same as `act` except in the variant where it stays f32 (expanding an f32 parameter, the class token or position
+// embedding, into f16 activations). Values are widened to f32 where they are computed with or added to, and each
+// stored element is rounded once.
 
 struct SliceParams {
     outer: u32,
@@ -27,8 +29,9 @@ const FLAG_ACCUMULATE: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: SliceParams;
 alias act = f32;
+alias rhs = f32;
 
-@group(0) @binding(1) var<storage, read> src: array<act>;        // x, or dy (outer, len, inner) in backward
+@group(0) @binding(1) var<storage, read> src: array<rhs>;        // x, or dy (outer, len, inner) in backward
 @group(0) @binding(2) var<storage, read_write> dst: array<act>;  // y, or dx (outer, channels, inner)
 
 fn element(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -45,7 +48,7 @@ fn slice_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let i = k % p.inner;
     let c = (k / p.inner) % p.len;
     let o = k / (p.inner * p.len);
-    dst[k] = src[(o * p.channels + p.start + c) * p.inner + i];
+    dst[k] = act(src[(o * p.channels + p.start + c) * p.inner + i]);
 }
 
 @compute @workgroup_size(256)
@@ -75,5 +78,5 @@ fn expand_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if k >= p.outer * p.inner {
         return;
     }
-    dst[k] = src[k % p.inner];
+    dst[k] = act(src[k % p.inner]);
 }

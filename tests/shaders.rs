@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use wgtune::gpu::{variant_source, Access, Precision, ACT_ALIAS, FAMILIES, RES_ALIAS};
+use wgtune::gpu::{variant_source, Access, Precision, ACT_ALIAS, FAMILIES, LHS_ALIAS, RES_ALIAS, RHS_ALIAS};
 
 fn parse(name: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     parse_with(name, source, Capabilities::empty())
@@ -38,12 +38,15 @@ fn every_shader_file_is_registered_and_valid() {
 }
 
 /// The f16 variants (issue 14) are generated from the f32 files: each family with the `alias act = f32;` line
-/// (exactly one) must give valid WGSL with the line made f16, and each with `alias res = f32;` too a valid
-/// variant with f16 operands and an f32 result. Only the optimizer's families (f32 master weights and state) have
-/// no f16 variant.
+/// (exactly one) must give valid WGSL with the line made f16; each with `alias res = f32;` too a valid variant
+/// with f16 operands and an f32 result; each with `alias lhs = f32;` or `alias rhs = f32;` (a GEMM operand that
+/// may be an f32 weight) a valid variant keeping that operand f32 and making the rest f16. Only the optimizer's
+/// families (f32 master weights and state) have no f16 variant; the f32-weight variants are those of the families
+/// that read weights next to activations.
 #[test]
 fn f16_variants_are_valid() {
     let mut without = Vec::new();
+    let mut weighted = Vec::new();
     for fam in FAMILIES {
         let Some(source) = variant_source(*fam, Precision::F16) else {
             without.push(fam.name);
@@ -51,12 +54,33 @@ fn f16_variants_are_valid() {
         };
         parse_with(&format!("{} (f16)", fam.name), &source, Capabilities::SHADER_FLOAT16);
         assert_eq!(fam.source.matches(ACT_ALIAS).count(), 1, "{}: one alias line", fam.name);
-        assert!(!source.contains(RES_ALIAS), "{}: the f16 variant kept an f32 result", fam.name);
+        for line in [RES_ALIAS, LHS_ALIAS, RHS_ALIAS] {
+            assert!(!source.contains(line), "{}: the f16 variant kept '{line}'", fam.name);
+        }
         if let Some(mixed) = variant_source(*fam, Precision::F16ToF32) {
             parse_with(&format!("{} (f16, f32 result)", fam.name), &mixed, Capabilities::SHADER_FLOAT16);
             assert_eq!(mixed.matches(RES_ALIAS).count(), 1, "{}: one result alias line", fam.name);
         }
+        for (precision, line) in [(Precision::F16WithF32Lhs, LHS_ALIAS), (Precision::F16WithF32Rhs, RHS_ALIAS)] {
+            if let Some(mixed) = variant_source(*fam, precision) {
+                parse_with(&format!("{} ({precision:?})", fam.name), &mixed, Capabilities::SHADER_FLOAT16);
+                assert_eq!(mixed.matches(line).count(), 1, "{}: {precision:?} keeps '{line}'", fam.name);
+                assert!(!mixed.contains(ACT_ALIAS) && !mixed.contains(RES_ALIAS), "{}: {precision:?}", fam.name);
+                weighted.push(format!("{} {precision:?}", fam.name));
+            }
+        }
     }
+    assert_eq!(
+        weighted,
+        [
+            "matmul F16WithF32Lhs",
+            "matmul F16WithF32Rhs",
+            "conv2d F16WithF32Lhs",
+            "depthwise F16WithF32Rhs",
+            "slice F16WithF32Rhs"
+        ],
+        "families reading an f32 weight next to f16 activations"
+    );
     assert_eq!(without, ["optim", "accumulate"], "families without an f16 variant");
 }
 

@@ -40,14 +40,13 @@ pub const FAMILIES: &[Family] = &[
     Family { name: "loss", source: include_str!("../../shaders/loss.wgsl") },
     Family { name: "optim", source: include_str!("../../shaders/optim.wgsl") },
     Family { name: "accumulate", source: include_str!("../../shaders/accumulate.wgsl") },
-    Family { name: "cast", source: include_str!("../../shaders/cast.wgsl") },
     Family { name: "scaler", source: include_str!("../../shaders/scaler.wgsl") },
 ];
 
 /// The element types a kernel stores in. An f16 kernel is its family's f32 source with the line [`ACT_ALIAS`]
-/// made `alias act = f16;` (and [`RES_ALIAS`], where the family has it, `alias res = f16;`) and `enable f16;` put
-/// first: one source, several variants; arithmetic and accumulators stay f32 inside (values are widened on load
-/// and rounded once on store).
+/// made `alias act = f16;` (and [`RES_ALIAS`], [`LHS_ALIAS`] and [`RHS_ALIAS`], where the family has them, f16
+/// as the variant says) and `enable f16;` put first: one source, several variants; arithmetic and accumulators
+/// stay f32 inside (values are widened on load and rounded once on store).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -58,6 +57,16 @@ pub enum Precision {
     /// f16 operands, f32 result: the variant of families whose result type is [`RES_ALIAS`] (the GEMMs and the
     /// loss) for weight gradients, losses, counts and probabilities.
     F16ToF32,
+    /// f16 activations and result, the [`LHS_ALIAS`] operand f32: an f32 master weight read by a GEMM as it is.
+    F16WithF32Lhs,
+    /// f16 activations and result, the [`RHS_ALIAS`] operand f32 (a weight, or a parameter expanded into
+    /// activations).
+    F16WithF32Rhs,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 5] =
+        [Precision::F32, Precision::F16, Precision::F16ToF32, Precision::F16WithF32Lhs, Precision::F16WithF32Rhs];
 }
 
 /// The line of a family's WGSL that names its activations' storage type (families without it have no f16
@@ -68,22 +77,36 @@ pub const ACT_ALIAS: &str = "alias act = f32;";
 /// (f32 weight gradients from f16 activations): f16 in [`Precision::F16`], f32 in [`Precision::F16ToF32`].
 pub const RES_ALIAS: &str = "alias res = f32;";
 
-/// The WGSL of `fam` at precision `p`; None when the family has no such variant (no [`ACT_ALIAS`] line, or for
-/// [`Precision::F16ToF32`] no [`RES_ALIAS`] line).
+/// The lines naming the storage type of a GEMM's left or right operand where that operand may be an f32 weight
+/// next to f16 activations: f16 in every f16 variant but [`Precision::F16WithF32Lhs`] (resp. `Rhs`).
+pub const LHS_ALIAS: &str = "alias lhs = f32;";
+pub const RHS_ALIAS: &str = "alias rhs = f32;";
+
+/// The WGSL of `fam` at precision `p`; None when the family has no such variant (no [`ACT_ALIAS`] line; for
+/// [`Precision::F16ToF32`] no [`RES_ALIAS`] line; for the f32-operand variants no such operand line).
 pub fn variant_source(fam: Family, p: Precision) -> Option<std::borrow::Cow<'static, str>> {
     let has = |line: &str| fam.source.lines().any(|l| l.trim() == line);
-    match p {
-        Precision::F32 => Some(fam.source.into()),
-        Precision::F16 if has(ACT_ALIAS) => {
-            let source =
-                fam.source.replacen(ACT_ALIAS, "alias act = f16;", 1).replacen(RES_ALIAS, "alias res = f16;", 1);
-            Some(format!("enable f16;\n{source}").into())
+    // Which of (res, lhs, rhs) the variant makes f16; act is f16 in every f16 variant.
+    let (res, lhs, rhs) = match p {
+        Precision::F32 => return Some(fam.source.into()),
+        _ if !has(ACT_ALIAS) => return None,
+        Precision::F16 => (true, true, true),
+        Precision::F16ToF32 if has(RES_ALIAS) => (false, true, true),
+        Precision::F16WithF32Lhs if has(LHS_ALIAS) => (true, false, true),
+        Precision::F16WithF32Rhs if has(RHS_ALIAS) => (true, true, false),
+        _ => return None,
+    };
+    let mut source = fam.source.replacen(ACT_ALIAS, "alias act = f16;", 1);
+    for (f16, line, made) in [
+        (res, RES_ALIAS, "alias res = f16;"),
+        (lhs, LHS_ALIAS, "alias lhs = f16;"),
+        (rhs, RHS_ALIAS, "alias rhs = f16;"),
+    ] {
+        if f16 {
+            source = source.replacen(line, made, 1);
         }
-        Precision::F16ToF32 if has(ACT_ALIAS) && has(RES_ALIAS) => {
-            Some(format!("enable f16;\n{}", fam.source.replacen(ACT_ALIAS, "alias act = f16;", 1)).into())
-        }
-        _ => None,
     }
+    Some(format!("enable f16;\n{source}").into())
 }
 
 /// A shader module's label: its file, and "(f16)" for the f16 variant.
@@ -92,6 +115,8 @@ fn module_label(fam: Family, precision: Precision) -> String {
         Precision::F32 => format!("shaders/{}.wgsl", fam.name),
         Precision::F16 => format!("shaders/{}.wgsl (f16)", fam.name),
         Precision::F16ToF32 => format!("shaders/{}.wgsl (f16, f32 result)", fam.name),
+        Precision::F16WithF32Lhs => format!("shaders/{}.wgsl (f16, f32 left operand)", fam.name),
+        Precision::F16WithF32Rhs => format!("shaders/{}.wgsl (f16, f32 right operand)", fam.name),
     }
 }
 
@@ -130,6 +155,11 @@ impl KernelSpec {
         KernelSpec { precision, ..self }
     }
 
+    /// Whether the kernel's family has a variant at `precision` (see [`variant_source`]).
+    pub fn has_variant(&self, precision: Precision) -> bool {
+        variant_source(family(self.family), precision).is_some()
+    }
+
     /// The same kernel with pipeline-overridable constants set.
     pub const fn with_constants(self, constants: &'static [(&'static str, f64)]) -> Self {
         KernelSpec { constants, ..self }
@@ -143,6 +173,8 @@ impl KernelSpec {
             Precision::F32 => {}
             Precision::F16 => k.push_str("@f16"),
             Precision::F16ToF32 => k.push_str("@f16>f32"),
+            Precision::F16WithF32Lhs => k.push_str("@f16+f32lhs"),
+            Precision::F16WithF32Rhs => k.push_str("@f16+f32rhs"),
         }
         for (name, value) in self.constants {
             k.push_str(&format!(" {name}={value}"));
@@ -253,7 +285,7 @@ impl Gpu {
     pub async fn compile_all_async(&self) -> Vec<(String, Option<String>)> {
         let mut out = Vec::new();
         for fam in FAMILIES {
-            for precision in [Precision::F32, Precision::F16, Precision::F16ToF32] {
+            for precision in Precision::ALL {
                 if precision != Precision::F32 && !self.has_shader_f16() {
                     continue;
                 }

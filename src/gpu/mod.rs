@@ -15,7 +15,7 @@ pub mod timer;
 pub use context::{choose_adapter, AdapterFacts, AdapterRequest, AdapterSummary, Gpu, NO_ADAPTER_HELP};
 pub use kernels::{
     variant_source, Access, CopyInto, Dispatch, KernelSpec, Precision, Segment, SegmentCopy, Submitted, ACT_ALIAS,
-    FAMILIES, RES_ALIAS,
+    FAMILIES, LHS_ALIAS, RES_ALIAS, RHS_ALIAS,
 };
 pub use readback::{ReadbackRing, Ticket};
 pub use tensor::{DType, Storage, Tensor};

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::graph::{Graph, Op, TensorId, TensorKind};
+use crate::graph::{Graph, Node, Op, TensorId, TensorKind};
 use crate::ops::dropout::DropoutParams;
 use crate::ops::elementwise::Elementwise;
 use crate::ops::loss::Targets;
@@ -44,6 +44,23 @@ pub fn forward(
     labels: &[u32],
     training: bool,
     step: u64,
+) -> HashMap<TensorId, Vec<f64>> {
+    forward_observed(graph, values, input, labels, training, step, &mut |_, _| {})
+}
+
+/// What [`forward_observed`] calls after each node: the node, and every tensor computed so far.
+pub type Observer<'a> = dyn FnMut(&Node, &mut HashMap<TensorId, Vec<f64>>) + 'a;
+
+/// [`forward`], calling `after` with each node and the tensors so far once the node has run: it may read or
+/// replace what the node wrote (rounding a node's outputs to a storage type, to see what that type costs).
+pub fn forward_observed(
+    graph: &Graph,
+    values: &HashMap<TensorId, Vec<f64>>,
+    input: &[f64],
+    labels: &[u32],
+    training: bool,
+    step: u64,
+    after: &mut Observer<'_>,
 ) -> HashMap<TensorId, Vec<f64>> {
     let mut t: HashMap<TensorId, Vec<f64>> = values.clone();
     for (i, info) in graph.tensors.iter().enumerate() {
@@ -200,6 +217,7 @@ pub fn forward(
                 t.insert(*correct, vec![c as f64]);
             }
         }
+        after(node, &mut t);
     }
     t
 }

@@ -6,7 +6,6 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod accumulate;
-pub mod cast;
 pub mod concat;
 pub mod conv;
 pub mod dropout;
@@ -82,7 +81,9 @@ pub(crate) fn dispatch_at(
 }
 
 /// Dispatch `spec`, a kernel of a family whose result has its own storage type (the GEMMs and the loss): the
-/// `operands` all f32 or all f16, the `result` f32, or f16 with f16 operands (the variants of [`Precision`]).
+/// `operands` all f32 or all f16, the `result` f32, or f16 with f16 operands (the variants of [`Precision`]); or,
+/// with f16 activations, two operands `[lhs, rhs]` of which one is an f32 weight and the other f16 with an f16
+/// result (the weight read as it is, in the family's `lhs` or `rhs` variant).
 ///
 /// [`Precision`]: crate::gpu::Precision
 #[allow(clippy::too_many_arguments)]
@@ -97,18 +98,40 @@ pub(crate) fn dispatch_to(
     label: &str,
 ) -> crate::Result<crate::gpu::Dispatch> {
     use crate::gpu::{DType, Precision};
-    let precision = match (storage_precision(spec.entry, label, operands)?, result.dtype()) {
-        (Precision::F32, DType::F32) => Precision::F32,
-        (Precision::F16, DType::F16) => Precision::F16,
-        (Precision::F16, DType::F32) => Precision::F16ToF32,
-        (operands, result_type) => {
+    let weight = match (operands, result.dtype()) {
+        ([l, r], DType::F16) => match (l.dtype(), r.dtype()) {
+            (DType::F32, DType::F16) => Some(Precision::F16WithF32Lhs),
+            (DType::F16, DType::F32) => Some(Precision::F16WithF32Rhs),
+            _ => None,
+        },
+        _ => None,
+    };
+    let precision = match weight {
+        Some(p) if spec.has_variant(p) => p,
+        Some(_) => {
             return Err(crate::Error::Invalid(format!(
-                "{} '{label}': '{}' is {result_type:?} but the operands are {operands:?}: the result is f32, or f16 \
-                 from f16 operands",
+                "{} '{label}': '{}' is {:?} and '{}' {:?}: this kernel reads an f32 weight only as its {} operand",
                 spec.entry,
-                result.label()
+                operands[0].label(),
+                operands[0].dtype(),
+                operands[1].label(),
+                operands[1].dtype(),
+                if spec.has_variant(Precision::F16WithF32Lhs) { "left" } else { "right" }
             )))
         }
+        None => match (storage_precision(spec.entry, label, operands)?, result.dtype()) {
+            (Precision::F32, DType::F32) => Precision::F32,
+            (Precision::F16, DType::F16) => Precision::F16,
+            (Precision::F16, DType::F32) => Precision::F16ToF32,
+            (operands, result_type) => {
+                return Err(crate::Error::Invalid(format!(
+                    "{} '{label}': '{}' is {result_type:?} but the operands are {operands:?}: the result is f32, or \
+                     f16 from f16 operands (one of two may be an f32 weight)",
+                    spec.entry,
+                    result.label()
+                )))
+            }
+        },
     };
     gpu.dispatch(&spec.with_precision(precision), params, tensors, grid, label)
 }
@@ -135,7 +158,6 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7,
         reduce::SUM_REDUCE,
-        cast::CAST_TO_ACT,
         scaler::SCALE_ACT,
         scaler::UNSCALE_CHECK,
         scaler::UPDATE_SCALE,

@@ -82,7 +82,7 @@ pub fn slice_backward(
     )
 }
 
-/// y (N, ...) = x (1, ...) repeated N times. Its backward is a sum over the batch (`reduce::sum_reduce`).
+/// y (N, ...) = x (1, ...) repeated N times (x may be an f32 parameter with y f16). Its backward is a sum over the batch (`reduce::sum_reduce`).
 pub fn expand_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, label: &str) -> Result<Dispatch> {
     let per = x.numel();
     if per == 0
@@ -96,5 +96,11 @@ pub fn expand_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, label: &str) -> Result<
         ));
     }
     let p = SliceParams { outer: dim(y.numel() / per, "batch")?, inner: dim(per, "elements")?, ..Default::default() };
-    super::dispatch_at(gpu, &EXPAND_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, y], flat_grid(gpu, y.numel()), label)
+    let grid = flat_grid(gpu, y.numel());
+    if (x.dtype(), y.dtype()) == (crate::gpu::DType::F32, crate::gpu::DType::F16) {
+        // An f32 parameter (a class token, a position embedding) into f16 activations.
+        let spec = EXPAND_FORWARD.with_precision(crate::gpu::Precision::F16WithF32Rhs);
+        return gpu.dispatch(&spec, bytemuck::bytes_of(&p), &[x, y], grid, label);
+    }
+    super::dispatch_at(gpu, &EXPAND_FORWARD, &[x, y], bytemuck::bytes_of(&p), &[x, y], grid, label)
 }

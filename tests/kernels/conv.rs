@@ -2,10 +2,10 @@
 //! the reference. Tolerance: each output is a sum of K products of values in [-1, 1]; atol = 2e-6 * K + 1e-6 and
 //! rtol 1e-5, as for matmul.
 //!
-//! In f16 (issue 14; `check_f16`): x, w (the f16 weight copy) and dy are f16, y and dx are stored in f16, dw and db
-//! in f32. The reference runs in f64 on the same f16-rounded inputs; the f32 sums keep the tolerance above and a
-//! stored f16 adds its rounding: one f16 ulp, at most 2^-10 relative (WGSL may round either way), or 2^-24 in the
-//! subnormal range.
+//! In f16 (issue 14; `check_f16`): x and dy are f16, w is the f32 master weight (read as it is by forward and
+//! backward_data), y and dx are stored in f16, dw and db in f32. The reference runs in f64 on the same inputs (x and
+//! dy f16-rounded, w not); the f32 sums keep the tolerance above and a stored f16 adds its rounding: one f16 ulp, at
+//! most 2^-10 relative (WGSL may round either way), or 2^-24 in the subnormal range.
 
 use wgtune::ops::conv::{
     conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward,
@@ -32,12 +32,12 @@ fn check_at(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumul
     let s = ConvShape::new(&x_shape, &w_shape, cfg).expect("valid geometry");
     let mut rng = SplitMix(seed);
     let n = |shape: [usize; 4]| shape.iter().product::<usize>();
-    // Activations (and the weight copy the GEMMs read) at the precision under test; the bias and the weight and
-    // bias gradients are f32 parameters either way.
+    // Activations at the precision under test; the weight, the bias and their gradients are f32 parameters either
+    // way.
     let (act_up, act_read) = io(half);
     let round = |v: Vec<f32>| if half { to_f16(&v) } else { v };
     let x_data = round(rng.vec_f32(n(s.x_shape()), -1.0, 1.0));
-    let w_data = round(rng.vec_f32(n(s.w_shape()), -1.0, 1.0));
+    let w_data = rng.vec_f32(n(s.w_shape()), -1.0, 1.0);
     let b_data = rng.vec_f32(s.out_c, -1.0, 1.0);
     let dy_data = round(rng.vec_f32(n(s.y_shape()), -1.0, 1.0));
     // Starting contents of the outputs: NaN poison, or random values to accumulate onto.
@@ -56,7 +56,7 @@ fn check_at(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumul
     let (dw, dw0) = start(s.w_shape(), "dw", false);
     let (db, db0) = start([s.out_c, 1, 1, 1], "db", false);
     let x = act_up(&s.x_shape(), &x_data, "x");
-    let w = act_up(&s.w_shape(), &w_data, "w");
+    let w = upload(&s.w_shape(), &w_data, "w");
     let b = upload(&[s.out_c], &b_data, "bias");
     let dy = act_up(&s.y_shape(), &dy_data, "dy");
 
@@ -179,8 +179,8 @@ fn every_path_accumulates_in_f16() {
 }
 
 /// The GEMMs' result precision follows the output tensor: f16 operands give an f16 activation or an f32 weight
-/// gradient, f32 operands an f32 result; an f16 result from f32 operands, mixed operands and an f16 bias are
-/// refused, naming the tensors.
+/// gradient, f32 operands an f32 result, an f16 input with the f32 weight an f16 activation; an f16 result from f32
+/// operands, an f16 weight with an f32 input and an f16 bias are refused, naming the tensors.
 #[test]
 fn mixed_precision_launches_are_checked() {
     let g = gpu();
@@ -195,12 +195,25 @@ fn mixed_precision_launches_are_checked() {
     let err = |r: wgtune::Result<Vec<wgtune::gpu::Dispatch>>| r.err().expect("refused").to_string();
     let e = err(conv2d_forward(g, &s, &x32, &w32, None, &y16, false, "c"));
     assert!(e.contains("y16") && e.contains("F16"), "{e}");
-    let e = err(conv2d_forward(g, &s, &x16, &w32, None, &y16, false, "c"));
-    assert!(e.contains("x16") && e.contains("w32"), "{e}");
+    let e = err(conv2d_forward(g, &s, &x32, &w16, None, &y16, false, "c"));
+    assert!(e.contains("x32") && e.contains("w16"), "{e}");
+    let e = err(conv2d_backward_data(g, &s, &y32, &w16, &x16, false, "c"));
+    assert!(e.contains("y32") && e.contains("w16"), "{e}");
     let e = err(conv2d_forward(g, &s, &x16, &w16, Some(&b16), &y16, false, "c"));
     assert!(e.contains("b16") && e.contains("f32"), "{e}");
-    // An f32 result of f16 operands is a weight gradient's variant: allowed (checked against the reference above).
+    // An f32 result of f16 operands is a weight gradient's variant, an f16 result of an f16 input and an f32 weight
+    // the f16 executor's forward: allowed (checked against the reference above).
     conv2d_forward(g, &s, &x16, &w16, None, &y32, false, "c").expect("f16 operands, f32 result");
+    conv2d_forward(g, &s, &x16, &w32, None, &y16, false, "c").expect("f16 input, f32 weight");
+    // Depthwise reads the weight as its right operand: the same rules.
+    let d = ConvShape::new(&[1, 3, 5, 5], &[3, 1, 3, 3], Conv2dConfig { groups: 3, ..cfg(1, 1) }).expect("shape");
+    let dx16 = upload_f16(&d.x_shape(), &[0.5; 75], "dx16");
+    let dw32 = upload(&d.w_shape(), &[0.5; 27], "dw32");
+    let dw16 = upload_f16(&d.w_shape(), &[0.5; 27], "dw16");
+    let dy16 = upload_f16(&d.y_shape(), &[0.0; 75], "dy16");
+    conv2d_forward(g, &d, &dx16, &dw32, None, &dy16, false, "d").expect("f16 input, f32 weight");
+    let e = err(conv2d_forward(g, &d, &upload(&d.x_shape(), &[0.5; 75], "dx32"), &dw16, None, &dy16, false, "d"));
+    assert!(e.contains("dx32") && e.contains("dw16"), "{e}");
 }
 
 #[test]

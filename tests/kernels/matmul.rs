@@ -4,9 +4,10 @@
 //! times sqrt(K) * |typical term|, so atol = 2e-6 * K + 1e-6 with rtol 1e-5 leaves a wide margin and still catches
 //! any wrong element (those are off by O(1)).
 //!
-//! In f16 (issue 14): A and B are f16 (an activation and the weight's f16 copy), C is f16 (an activation: one more
-//! rounding, `F16_STORE`) or f32 (a weight gradient: the f32 tolerance), against the f64 reference on the same
-//! f16-rounded inputs.
+//! In f16 (issue 14): A and B are f16 (activations), or one of them an f32 weight (a linear layer's or a 1x1
+//! convolution's master weight, read as it is); C is f16 (an activation: one more rounding, `F16_STORE`) or f32 (a
+//! weight gradient from two f16 operands: the f32 tolerance), against the f64 reference on the same inputs (the
+//! f16 ones rounded).
 
 use wgtune::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use wgtune::reference::{self, widen, MatmulShape, SplitMix};
@@ -22,30 +23,31 @@ struct Case {
 }
 
 fn run_case(kernel: MatmulKernel, case: &Case, seed: usize) {
-    run_case_at(kernel, case, seed, (false, false));
+    run_case_at(kernel, case, seed, (false, false, false));
 }
 
-/// `half` = (A and B in f16, C in f16).
-fn run_case_at(kernel: MatmulKernel, case: &Case, seed: usize, half: (bool, bool)) {
+/// `half` = (A in f16, B in f16, C in f16).
+fn run_case_at(kernel: MatmulKernel, case: &Case, seed: usize, half: (bool, bool, bool)) {
     let s = &case.s;
     let g = gpu();
     let mut rng = SplitMix(seed as u64);
-    let (ops_up, _) = io(half.0);
-    let (c_up, c_read) = io(half.1);
+    let (a_up, _) = io(half.0);
+    let (b_up, _) = io(half.1);
+    let (c_up, c_read) = io(half.2);
     let round = |v: Vec<f32>, r: bool| if r { to_f16(&v) } else { v };
     let a_batch = if s.a_batched { s.batch } else { 1 };
     let b_batch = if s.b_batched { s.batch } else { 1 };
     let a_dims = if s.trans_a { [a_batch, s.k, s.m] } else { [a_batch, s.m, s.k] };
     let b_dims = if s.trans_b { [b_batch, s.n, s.k] } else { [b_batch, s.k, s.n] };
     let a_data = round(rng.vec_f32(a_dims.iter().product(), -1.0, 1.0), half.0);
-    let b_data = round(rng.vec_f32(b_dims.iter().product(), -1.0, 1.0), half.0);
+    let b_data = round(rng.vec_f32(b_dims.iter().product(), -1.0, 1.0), half.1);
     let bias_len = if case.row_bias { s.m } else { s.n };
     let bias_data = rng.vec_f32(bias_len, -1.0, 1.0);
-    let c0_data = round(rng.vec_f32(s.batch * s.m * s.n, -1.0, 1.0), half.1);
+    let c0_data = round(rng.vec_f32(s.batch * s.m * s.n, -1.0, 1.0), half.2);
     // 2-D tensors when there is one matrix, to exercise the shared-operand path.
     let dims = |d: [usize; 3], batched: bool| if batched { d.to_vec() } else { d[1..].to_vec() };
-    let a = ops_up(&dims(a_dims, s.a_batched), &a_data, "A");
-    let b = ops_up(&dims(b_dims, s.b_batched), &b_data, "B");
+    let a = a_up(&dims(a_dims, s.a_batched), &a_data, "A");
+    let b = b_up(&dims(b_dims, s.b_batched), &b_data, "B");
     let bias = upload(&[bias_len], &bias_data, "bias");
     let c_start = if case.accumulate { c0_data.clone() } else { vec![f32::NAN; s.batch * s.m * s.n] };
     let c = c_up(&[s.batch, s.m, s.n], &c_start, "C");
@@ -69,14 +71,14 @@ fn run_case_at(kernel: MatmulKernel, case: &Case, seed: usize, half: (bool, bool
         want.iter_mut().enumerate().for_each(|(i, w)| *w += bias_data[(i / s.n) % s.m] as f64);
     }
     let what = format!(
-        "{} {:?} bias={} row_bias={} acc={} f16 (operands, result)={half:?}",
+        "{} {:?} bias={} row_bias={} acc={} f16 (A, B, C)={half:?}",
         kernel.name(),
         s,
         case.bias,
         case.row_bias,
         case.accumulate
     );
-    let (store_atol, store_rtol) = if half.1 { F16_STORE } else { (0.0, 0.0) };
+    let (store_atol, store_rtol) = if half.2 { F16_STORE } else { (0.0, 0.0) };
     assert_close(&c_read(&c), &want, 2e-6 * s.k as f64 + 1e-6 + store_atol, 1e-5 + store_rtol, &what);
 }
 
@@ -142,12 +144,13 @@ fn batched_and_shared_operands_match_reference() {
     }
 }
 
-/// The f16 variants (activations in f16, or f16 operands with an f32 weight-gradient result) on awkward sizes,
-/// transposed, batched and shared operands, bias and accumulation.
+/// The f16 variants (activations in f16; f16 operands with an f32 weight-gradient result; an f32 weight as A, as a
+/// 1x1 convolution reads it, or as B, as a linear layer does, with f16 activations) on awkward sizes, transposed,
+/// batched and shared operands, bias and accumulation.
 #[test]
 fn f16_variants_match_reference() {
     for kernel in MatmulKernel::ALL {
-        for half in [(true, true), (true, false)] {
+        for half in [(true, true, true), (true, true, false), (false, true, true), (true, false, true)] {
             for (i, (m, n, k)) in [(1, 1, 1), (17, 13, 11), (33, 515, 31), (2, 3, 1000)].into_iter().enumerate() {
                 run_case_at(kernel, &plain(m, n, k), 600 + i, half);
             }

@@ -118,7 +118,7 @@ impl Executor {
                         if need_x {
                             // dx = dy · w
                             let opts = MatmulOptions { accumulate: ax, ..Default::default() };
-                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.w(w)?, None, v.g(x)?, opts, &l2)?);
+                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(w)?, None, v.g(x)?, opts, &l2)?);
                         }
                         if train_w {
                             // dw = dyᵀ · x
@@ -142,7 +142,7 @@ impl Executor {
                     Box::new(move |v| {
                         let mut out = Vec::new();
                         if need_x {
-                            out.extend(conv2d_backward_data(v.gpu, &shape, v.g(y)?, v.w(w)?, v.g(x)?, ax, &l2)?);
+                            out.extend(conv2d_backward_data(v.gpu, &shape, v.g(y)?, v.v(w)?, v.g(x)?, ax, &l2)?);
                         }
                         if train_w {
                             let partial = partial_key.map(|k| v.get(k)).transpose()?;

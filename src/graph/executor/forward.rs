@@ -38,14 +38,14 @@ impl Executor {
                     Some(b) => Some(v.v(b)?),
                     None => None,
                 };
-                Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(x)?, v.w(w)?, bias, v.v(y)?, opts, &gpu_label)?])
+                Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(x)?, v.v(w)?, bias, v.v(y)?, opts, &gpu_label)?])
             }),
             Op::Conv2d { x, w, b, y, shape } => Box::new(move |v| {
                 let bias = match b {
                     Some(b) => Some(v.v(b)?),
                     None => None,
                 };
-                conv2d_forward(v.gpu, &shape, v.v(x)?, v.w(w)?, bias, v.v(y)?, false, &gpu_label)
+                conv2d_forward(v.gpu, &shape, v.v(x)?, v.v(w)?, bias, v.v(y)?, false, &gpu_label)
             }),
             Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
                 Box::new(move |v| {
@@ -108,7 +108,7 @@ impl Executor {
             Op::Slice { x, y, start } => {
                 Box::new(move |v| Ok(vec![slice_forward(v.gpu, v.v(x)?, v.v(y)?, start, &gpu_label)?]))
             }
-            Op::Expand { x, y } => Box::new(move |v| Ok(vec![expand_forward(v.gpu, v.w(x)?, v.v(y)?, &gpu_label)?])),
+            Op::Expand { x, y } => Box::new(move |v| Ok(vec![expand_forward(v.gpu, v.v(x)?, v.v(y)?, &gpu_label)?])),
             Op::Softmax { x, y, scale } => {
                 Box::new(move |v| Ok(vec![softmax_rows_forward(v.gpu, v.v(x)?, v.v(y)?, scale, &gpu_label)?]))
             }

@@ -208,10 +208,10 @@ impl Executor {
                 gpu.summary().name
             )));
         }
-        if cfg.precision == Precision::F16ToF32 {
+        if !matches!(cfg.precision, Precision::F32 | Precision::F16) {
             return Err(Error::Invalid("the executor stores activations in f32 or f16".into()));
         }
-        let params = Params::new(&gpu, &graph, cfg.optimizer, cfg.accum > 1, cfg.precision)?;
+        let params = Params::new(&gpu, &graph, cfg.optimizer, cfg.accum > 1)?;
         if !(cfg.loss_scale.is_finite() && cfg.loss_scale > 0.0) || cfg.scale_interval == 0 {
             return Err(Error::Invalid(format!(
                 "the loss scale must start finite and positive ({}) and grow after at least 1 step ({})",

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::{Executor, NamedTensor};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Precision, Storage, Tensor};
+use crate::gpu::{DType, Gpu, Storage, Tensor};
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::ops::optim::Optimizer;
 
@@ -34,9 +34,6 @@ pub(super) struct Bucket {
     pub state: Vec<Storage>,
     /// With gradient accumulation: the running sum of the cycle's scaled gradients.
     pub sum: Option<Storage>,
-    /// With f16 activations: the f16 copy of `params` the GEMMs read, refreshed before every forward pass. Its
-    /// members sit at half their byte offsets in `params` (those are multiples of twice the binding alignment).
-    pub half: Option<Storage>,
     /// Optimizer steps taken (Adam's debiasing).
     pub step: u64,
 }
@@ -46,12 +43,6 @@ impl Bucket {
     pub fn whole(&self, storage: &Storage, what: &str) -> Result<Tensor> {
         storage.view(0, &[self.len], PARAM_DTYPE, &format!("group {} {what}", self.group))
     }
-
-    /// The whole f16 copy of the parameters, where there is one.
-    pub fn whole_half(&self) -> Result<Option<Tensor>> {
-        let label = format!("group {} params f16", self.group);
-        self.half.as_ref().map(|h| h.view(0, &[self.len], DType::F16, &label)).transpose()
-    }
 }
 
 /// Everything persistent of an executor.
@@ -59,8 +50,6 @@ pub(super) struct Params {
     pub buckets: Vec<Bucket>,
     /// Parameters (views into bucket storage) and state (running statistics).
     pub values: HashMap<TensorId, Tensor>,
-    /// With f16 activations: each parameter's f16 copy (views into the buckets' `half` storage).
-    pub halves: HashMap<TensorId, Tensor>,
     /// Parameter gradients (views into bucket gradient storage).
     pub grads: HashMap<TensorId, Tensor>,
     pub bytes: u64,
@@ -69,17 +58,12 @@ pub(super) struct Params {
 
 impl Params {
     /// Allocate every persistent buffer of `graph` for `optimizer` and upload the initial values.
-    pub fn new(
-        gpu: &Gpu,
-        graph: &Graph,
-        optimizer: Optimizer,
-        accumulate: bool,
-        precision: Precision,
-    ) -> Result<Params> {
+    pub fn new(gpu: &Gpu, graph: &Graph, optimizer: Optimizer, accumulate: bool) -> Result<Params> {
         let elem = PARAM_DTYPE.size();
-        let half = precision == Precision::F16;
-        // Each view starts on a binding-aligned offset (in the f16 copies too, at half the offset).
-        let align = gpu.binding_alignment().max(elem) * if half { 2 } else { 1 };
+        // Each view starts on a binding-aligned offset. Parameters stay f32 with f16 activations too: the kernels
+        // read the master weights as they are (no f16 copy; rounding weights to f16 cost more accuracy than
+        // rounding activations, BENCHMARKS.md "Mixed precision").
+        let align = gpu.binding_alignment().max(elem);
         // ((group, decay), [(parameter, byte offset)], bytes)
         type BucketLayout = ((usize, bool), Vec<(TensorId, u64)>, u64);
         let mut layout: Vec<BucketLayout> = Vec::new();
@@ -97,7 +81,6 @@ impl Params {
             *bytes = (*bytes + graph.tensors[t.0].numel() as u64 * elem).next_multiple_of(align);
         }
         let mut values = HashMap::new();
-        let mut halves = HashMap::new();
         let mut grads = HashMap::new();
         let mut buckets = Vec::new();
         let mut total = 0;
@@ -114,11 +97,9 @@ impl Params {
                 grads: storage("grads")?,
                 state,
                 sum: if accumulate { Some(storage("gradient sum")?) } else { None },
-                half: if half { Some(gpu.storage(bytes / 2, &format!("{name} params f16"))?) } else { None },
                 step: 0,
             };
             total += bytes * (2 + bucket.state.len() as u64 + bucket.sum.is_some() as u64);
-            total += bucket.half.as_ref().map_or(0, |h| h.bytes());
             for &(t, offset) in &bucket.members {
                 let info = &graph.tensors[t.0];
                 let v = bucket.params.view(offset, &info.shape, PARAM_DTYPE, &info.name)?;
@@ -126,9 +107,6 @@ impl Params {
                     gpu.write_f32(&v, init)?;
                 }
                 values.insert(t, v);
-                if let Some(h) = &bucket.half {
-                    halves.insert(t, h.view(offset / 2, &info.shape, DType::F16, &format!("{} f16", info.name))?);
-                }
                 let grad = format!("{}.grad", info.name);
                 grads.insert(t, bucket.grads.view(offset, &info.shape, PARAM_DTYPE, &grad)?);
             }
@@ -155,7 +133,7 @@ impl Params {
                 values.insert(t, v);
             }
         }
-        Ok(Params { buckets, values, halves, grads, bytes: total, _running: running })
+        Ok(Params { buckets, values, grads, bytes: total, _running: running })
     }
 }
 

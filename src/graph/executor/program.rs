@@ -134,7 +134,6 @@ pub(super) struct Views<'a> {
     pub gpu: &'a Gpu,
     transient: HashMap<Key, Tensor>,
     values: &'a HashMap<TensorId, Tensor>,
-    halves: &'a HashMap<TensorId, Tensor>,
     grads: &'a HashMap<TensorId, Tensor>,
     /// The loss scaler's state (u32 [4]).
     pub scaler: &'a Tensor,
@@ -156,14 +155,6 @@ impl Views<'_> {
     }
     pub fn g(&self, t: TensorId) -> Result<&Tensor> {
         self.get(Key::Grad(t))
-    }
-    /// `t` where activations are read (a GEMM's weight, a class token): a parameter's f16 copy when activations
-    /// are f16, its value otherwise.
-    pub fn w(&self, t: TensorId) -> Result<&Tensor> {
-        match self.halves.get(&t) {
-            Some(h) => Ok(h),
-            None => self.v(t),
-        }
     }
 }
 
@@ -414,7 +405,6 @@ impl Executor {
             gpu: &self.gpu,
             transient,
             values: &self.params.values,
-            halves: &self.params.halves,
             grads: &self.params.grads,
             scaler: &self.scaler,
         };
@@ -473,18 +463,6 @@ impl Executor {
                     accumulate.push((i, d));
                 }
             }
-        }
-        // With f16 activations: every bucket's f16 weight copy is refreshed first, from the master weights the
-        // last optimizer step (or a load) wrote.
-        let mut casts = Vec::new();
-        for b in &self.params.buckets {
-            if let Some(half) = b.whole_half()? {
-                let label = format!("cast group {} to f16", b.group);
-                casts.push(crate::ops::cast::cast_to_act(&self.gpu, &b.whole(&b.params, "params")?, &half, &label)?);
-            }
-        }
-        if !casts.is_empty() {
-            built.insert(0, Layer { name: "cast weights".into(), dispatches: casts, dropout: Vec::new() });
         }
         let get = |k: Key| views.get(k).cloned();
         let mut pixels = None;
