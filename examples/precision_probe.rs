@@ -1,9 +1,20 @@
-//! Where f16 storage moves a saved model's evaluation: the same images through the model in f64 on the CPU
-//! (`graph::cpu`), in f64 with every activation and GEMM weight rounded to f16 as the f16 executor stores them,
-//! and on the GPU in f32 and in f16. Prints each layer's relative error of the rounded f64 pass against the exact
-//! one (the cost of f16 storage itself, free of any kernel), then the logits of all four.
+//! What f16 storage costs a saved model's evaluation, layer by layer: the same images through the model in f64 on
+//! the CPU (`graph::cpu`), again in f64 with chosen tensors rounded to f16 after the op that writes them, and on the
+//! GPU in f32 and in f16. Prints each activation's relative error in the rounded f64 pass against the exact one
+//! (the cost of the rounding itself, free of any kernel), then the logits of the rounded pass and of both GPU runs
+//! against the exact logits.
 //!
-//!     cargo run --release --example precision_probe -- MODEL.safetensors IMAGE...
+//!     cargo run --release --example precision_probe -- [--round WHAT] MODEL.safetensors|imagenet IMAGE...
+//!
+//! WHAT (default `activations`, what the f16 executor stores):
+//!   activations    every activation (and the input image)
+//!   weights        every convolution's and linear layer's weight, activations exact (what an f16 weight copy
+//!                  would cost; the f16 executor reads f32 weights)
+//!   all            both
+//!   only=NODE      the output of node NODE alone
+//!   keep=A,B,...   every activation but those of nodes whose names contain A, B, ...
+//!
+//! BENCHMARKS.md "Mixed precision" has what it found on the default job's models.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,7 +23,7 @@ use std::sync::Arc;
 use wgtune::data::{eval_crop, load_rgb, normalize_into};
 use wgtune::gpu::{AdapterRequest, Gpu, Precision};
 use wgtune::graph::{cpu, Op, TensorId, TensorKind};
-use wgtune::nn::model::{load_model, ModelSpec};
+use wgtune::nn::model::{load_model, ModelSpec, EFFNET_LITE0_IMAGENET};
 use wgtune::nn::weights::Weights;
 use wgtune::reference::widen;
 use wgtune::{Error, Result};
@@ -24,8 +35,52 @@ fn main() {
     }
 }
 
-fn half(v: f64) -> f64 {
-    half::f16::from_f64(v).to_f64()
+/// Which tensors the f64 pass rounds to f16.
+enum Round {
+    Activations,
+    Weights,
+    All,
+    Only(String),
+    Keep(Vec<String>),
+}
+
+impl Round {
+    fn parse(s: &str) -> Result<Round> {
+        Ok(match s {
+            "activations" => Round::Activations,
+            "weights" => Round::Weights,
+            "all" => Round::All,
+            _ if s.starts_with("only=") => Round::Only(s[5..].to_string()),
+            _ if s.starts_with("keep=") => Round::Keep(s[5..].split(',').map(str::to_string).collect()),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "--round '{s}': expected activations, weights, all, only=NODE or keep=A,B,..."
+                )))
+            }
+        })
+    }
+
+    fn weights(&self) -> bool {
+        matches!(self, Round::Weights | Round::All)
+    }
+
+    fn input(&self) -> bool {
+        matches!(self, Round::Activations | Round::All | Round::Keep(_))
+    }
+
+    /// Whether the activations written by the node `name` are rounded.
+    fn output_of(&self, name: &str) -> bool {
+        match self {
+            Round::Activations | Round::All => true,
+            Round::Weights => false,
+            Round::Only(node) => name == node,
+            Round::Keep(kept) => !kept.iter().any(|k| name.contains(k.as_str())),
+        }
+    }
+}
+
+fn half(v: &mut [f64]) {
+    v.iter_mut().for_each(|x| *x = half::f16::from_f64(*x).to_f64());
 }
 
 /// Root-mean-square of `a - b` over root-mean-square of `b`, and the largest |a - b| over b's largest |value|.
@@ -42,16 +97,21 @@ fn relative(a: &[f64], b: &[f64]) -> (f64, f64) {
 }
 
 fn run() -> Result<()> {
-    let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let mut args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let mut round = Round::Activations;
+    if args.first().is_some_and(|a| a.as_os_str() == "--round") {
+        let what = args.get(1).ok_or_else(|| Error::Invalid("--round needs a value".into()))?;
+        round = Round::parse(&what.to_string_lossy())?;
+        args.drain(..2);
+    }
     let [model, images @ ..] = args.as_slice() else {
-        return Err(Error::Invalid("usage: precision_probe MODEL.safetensors IMAGE...".into()));
+        return Err(Error::Invalid("usage: precision_probe [--round WHAT] MODEL.safetensors|imagenet IMAGE...".into()));
     };
     if images.is_empty() {
         return Err(Error::Invalid("give at least one image".into()));
     }
-    // "imagenet": the embedded pretrained EfficientNet-Lite0.
     let weights = if model.as_os_str() == "imagenet" {
-        Weights::from_static(wgtune::nn::model::EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0")?
+        Weights::from_static(EFFNET_LITE0_IMAGENET, "embedded EfficientNet-Lite0 (ImageNet)")?
     } else {
         Weights::open(model)?
     };
@@ -75,72 +135,46 @@ fn run() -> Result<()> {
             values.insert(TensorId(i), widen(&ex32.read_value(&t.name)?));
         }
     }
-    let exact = cpu::forward(&graph, &values, &widen(&input), &vec![0; n], false, 1);
-    // f16 storage: the GEMM weights' f16 copies, the input and every activation as stored.
+    let labels = vec![0; n];
+    let exact = cpu::forward(&graph, &values, &widen(&input), &labels, false, 1);
     let mut rounded = values.clone();
-    for node in &graph.nodes {
-        if let Op::Conv2d { w, .. } | Op::Linear { w, .. } = &node.op {
-            rounded.entry(*w).and_modify(|v| v.iter_mut().for_each(|x| *x = half(*x)));
+    if round.weights() {
+        for node in &graph.nodes {
+            if let Op::Conv2d { w, .. } | Op::Linear { w, .. } = &node.op {
+                rounded.entry(*w).and_modify(|v| half(v));
+            }
         }
     }
-    let mode = std::env::var("PROBE").unwrap_or_default();
-    if mode == "weights-f32" || mode == "input-only" || mode.starts_with("only=") {
-        rounded = values.clone();
+    let mut image = widen(&input);
+    if round.input() {
+        half(&mut image);
     }
-    // Each batch norm's input and running mean.
-    let bn_of: HashMap<TensorId, TensorId> = graph
-        .nodes
-        .iter()
-        .filter_map(|n| match &n.op {
-            Op::BatchNorm { x, running_mean, .. } => Some((*x, *running_mean)),
-            _ => None,
-        })
-        .collect();
-    let stored = |t: TensorId| graph.tensors[t.0].kind == TensorKind::Activation;
-    let input16: Vec<f64> =
-        input.iter().map(|&x| if mode.starts_with("only=") { x as f64 } else { half(x as f64) }).collect();
-    eprintln!("input f16 rounding: {:?}", relative(&input16, &widen(&input)));
     let mut rows = Vec::new();
-    let sim = cpu::forward_observed(&graph, &rounded, &input16, &vec![0; n], false, 1, &mut |node, t| {
+    let sim = cpu::forward_observed(&graph, &rounded, &image, &labels, false, 1, &mut |node, t| {
         for y in node.op.outputs() {
-            if stored(y) {
-                match (mode.as_str(), bn_of.get(&y)) {
-                    ("bn-f32", Some(_)) | ("input-only", _) | ("weights-only", _) => {}
-                    (m, _) if m.starts_with("only=") && node.name != m[5..] => {}
-                    (m, _) if m.starts_with("keep=") && m[5..].split(',').any(|k| node.name.contains(k)) => {}
-                    ("centered", Some(rm)) => {
-                        let rm = t[rm].clone();
-                        let hw = t[&y].len() / n / rm.len();
-                        t.entry(y).and_modify(|v| {
-                            v.iter_mut().enumerate().for_each(|(i, x)| {
-                                let c = rm[i / hw % rm.len()];
-                                *x = half(*x - c) + c
-                            })
-                        });
-                    }
-                    _ => {
-                        t.entry(y).and_modify(|v| v.iter_mut().for_each(|x| *x = half(*x)));
-                    }
+            if graph.tensors[y.0].kind == TensorKind::Activation {
+                if round.output_of(&node.name) {
+                    t.entry(y).and_modify(|v| half(v));
                 }
                 rows.push((node.name.clone(), node.op.kind().name(), y));
             }
         }
     });
-    println!("{:<40} {:<12} {:>12} {:>12}", "node", "op", "rel rms", "rel max");
+    println!("{:<40} {:<22} {:>10} {:>10}", "node", "op", "rel rms", "rel max");
     for (name, kind, y) in &rows {
         let (rms, max) = relative(&sim[y], &exact[y]);
-        println!("{name:<40} {kind:<12} {rms:>12.3e} {max:>12.3e}");
+        println!("{name:<40} {kind:<22} {rms:>10.3e} {max:>10.3e}");
     }
-    let (logits, ..) = graph.nodes.iter().find_map(|n| n.op.as_loss()).expect("a loss node");
+    let (logits, ..) = graph.nodes.iter().find_map(|n| n.op.as_loss()).expect("a model has a loss node");
     let e = &exact[&logits];
-    for (what, v) in [("f64, f16 storage", &sim[&logits]), ("GPU f32", &gpu32), ("GPU f16", &gpu16)] {
+    let classes = e.len() / n;
+    let argmax = |v: &[f64], i: usize| {
+        (0..classes).max_by(|&a, &b| v[i * classes + a].total_cmp(&v[i * classes + b])).unwrap_or(0)
+    };
+    for (what, v) in [("f64, rounded", &sim[&logits]), ("GPU f32", &gpu32), ("GPU f16", &gpu16)] {
         let (rms, max) = relative(v, e);
-        let classes = e.len() / n;
-        let argmax = |v: &[f64], i: usize| {
-            (0..classes).max_by(|&a, &b| v[i * classes + a].total_cmp(&v[i * classes + b])).unwrap_or(0)
-        };
         let flips = (0..n).filter(|&i| argmax(v, i) != argmax(e, i)).count();
-        println!("logits {what:<18} vs f64: rel rms {rms:.3e}, rel max {max:.3e}, top-1 changed on {flips} of {n}");
+        println!("logits {what:<13} vs f64: rel rms {rms:.3e}, rel max {max:.3e}, top-1 differs on {flips} of {n}");
     }
     Ok(())
 }

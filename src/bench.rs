@@ -439,7 +439,7 @@ pub struct MemoryRecord {
     pub train_activation_bytes: u64,
     /// Persistent plus the evaluation program's memory plan.
     pub eval_bytes: u64,
-    /// Activations' storage type (with f16 the persistent part includes the weights' f16 copies).
+    /// Activations' storage type (the persistent part is the same either way).
     pub precision: crate::gpu::Precision,
     /// With `bound`: bytes bound by one training step's dispatches (compiling the program, which allocates it).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -48,8 +48,8 @@ pub struct ExecutorConfig {
     /// sum, the mean gradient over `accum` batches. 1: every step updates. Batch norm sees each micro-batch.
     pub accum: usize,
     /// The storage type of activations and their gradients (fastai's `to_fp16` with [`Precision::F16`]): master
-    /// weights, weight gradients, optimizer state, normalization statistics and the loss stay f32 either way; with
-    /// f16 the GEMMs read f16 copies of the weights, cast once per step.
+    /// weights, weight gradients, optimizer state, normalization statistics and the loss stay f32 either way (the
+    /// GEMMs read the f32 weights next to f16 activations).
     pub precision: Precision,
     /// With f16: the dynamic loss scale's start (PyTorch's GradScaler and fastai's MixedPrecision: 2^16) and the
     /// clean optimizer steps after which it doubles (2,000); it halves on every step whose gradients overflow, and

@@ -278,7 +278,7 @@ impl Executor {
         Ok(crate::ops::scaler::ScalerState::from_words(&bytemuck::pod_collect_to_vec::<u8, u32>(&words)))
     }
 
-    /// GPU bytes of parameters (and their f16 copies), gradients, optimizer state and step counts, running
+    /// GPU bytes of parameters, gradients, optimizer state and step counts, running
     /// statistics and the loss scaler.
     pub fn persistent_bytes(&self) -> u64 {
         self.params.bytes + self.scaler.bytes() + self.counts.bytes()
