@@ -82,20 +82,28 @@ pub const RES_ALIAS: &str = "alias res = f32;";
 pub const LHS_ALIAS: &str = "alias lhs = f32;";
 pub const RHS_ALIAS: &str = "alias rhs = f32;";
 
-/// The WGSL of `fam` at precision `p`; None when the family has no such variant (no [`ACT_ALIAS`] line; for
-/// [`Precision::F16ToF32`] no [`RES_ALIAS`] line; for the f32-operand variants no such operand line).
-pub fn variant_source(fam: Family, p: Precision) -> Option<std::borrow::Cow<'static, str>> {
+/// Which of (res, lhs, rhs) `fam`'s variant at `p` makes f16 (act is f16 in every f16 variant; nothing is in
+/// f32); None when the family has no such variant (no [`ACT_ALIAS`] line; for [`Precision::F16ToF32`] no
+/// [`RES_ALIAS`] line; for the f32-operand variants no such operand line).
+fn variant_f16_lines(fam: Family, p: Precision) -> Option<(bool, bool, bool)> {
     let has = |line: &str| fam.source.lines().any(|l| l.trim() == line);
-    // Which of (res, lhs, rhs) the variant makes f16; act is f16 in every f16 variant.
-    let (res, lhs, rhs) = match p {
-        Precision::F32 => return Some(fam.source.into()),
-        _ if !has(ACT_ALIAS) => return None,
-        Precision::F16 => (true, true, true),
-        Precision::F16ToF32 if has(RES_ALIAS) => (false, true, true),
-        Precision::F16WithF32Lhs if has(LHS_ALIAS) => (true, false, true),
-        Precision::F16WithF32Rhs if has(RHS_ALIAS) => (true, true, false),
-        _ => return None,
-    };
+    match p {
+        Precision::F32 => Some((false, false, false)),
+        _ if !has(ACT_ALIAS) => None,
+        Precision::F16 => Some((true, true, true)),
+        Precision::F16ToF32 if has(RES_ALIAS) => Some((false, true, true)),
+        Precision::F16WithF32Lhs if has(LHS_ALIAS) => Some((true, false, true)),
+        Precision::F16WithF32Rhs if has(RHS_ALIAS) => Some((true, true, false)),
+        _ => None,
+    }
+}
+
+/// The WGSL of `fam` at precision `p`; None when the family has no such variant (see [`variant_f16_lines`]).
+pub fn variant_source(fam: Family, p: Precision) -> Option<std::borrow::Cow<'static, str>> {
+    let (res, lhs, rhs) = variant_f16_lines(fam, p)?;
+    if p == Precision::F32 {
+        return Some(fam.source.into());
+    }
     let mut source = fam.source.replacen(ACT_ALIAS, "alias act = f16;", 1);
     for (f16, line, made) in [
         (res, RES_ALIAS, "alias res = f16;"),
@@ -155,9 +163,9 @@ impl KernelSpec {
         KernelSpec { precision, ..self }
     }
 
-    /// Whether the kernel's family has a variant at `precision` (see [`variant_source`]).
+    /// Whether the kernel's family has a variant at `precision` (see [`variant_source`]), without making it.
     pub fn has_variant(&self, precision: Precision) -> bool {
-        variant_source(family(self.family), precision).is_some()
+        variant_f16_lines(family(self.family), precision).is_some()
     }
 
     /// The same kernel with pipeline-overridable constants set.

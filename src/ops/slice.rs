@@ -82,7 +82,8 @@ pub fn slice_backward(
     )
 }
 
-/// y (N, ...) = x (1, ...) repeated N times (x may be an f32 parameter with y f16). Its backward is a sum over the batch (`reduce::sum_reduce`).
+/// y (N, ...) = x (1, ...) repeated N times (x may be an f32 parameter with y f16). Its backward is a sum over the
+/// batch (`reduce::sum_reduce`).
 pub fn expand_forward(gpu: &Gpu, x: &Tensor, y: &Tensor, label: &str) -> Result<Dispatch> {
     let per = x.numel();
     if per == 0
