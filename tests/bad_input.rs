@@ -50,6 +50,9 @@ fn numeric_options_are_range_checked() {
         (&["--size", "18446744073709551615"], "--size"),
         (&["--bs", "0"], "--bs"),
         (&["--wd", "inf"], "--wd"),
+        (&["--loss-scale", "3"], "power of two"),
+        (&["--loss-scale", "0.5"], "--loss-scale"),
+        (&["--loss-scale", "1e30"], "--loss-scale"),
     ] {
         let mut all = vec!["finetune"];
         all.extend(args);

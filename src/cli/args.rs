@@ -43,6 +43,16 @@ fn learning_rate(s: &str) -> Result<f64, String> {
     number_in(s, 0.0, 10.0, true)
 }
 
+/// A loss scale's start: a power of two from 1 to 2^24 (GradScaler's init_scale; a power of two scales without
+/// rounding).
+fn loss_scale(s: &str) -> Result<f32, String> {
+    let v = number_in(s, 1.0, 16_777_216.0, false)?;
+    if v.log2().fract() != 0.0 {
+        return Err(format!("{v} is not a power of two (1, 2, 4, ... 65536, ... 16777216)"));
+    }
+    Ok(v as f32)
+}
+
 /// A fraction of the data held out: above 0, below 1.
 fn valid_fraction(s: &str) -> Result<f64, String> {
     let v = number_in(s, 0.0, 1.0, true)?;
@@ -269,6 +279,10 @@ pub(crate) struct RunArgs {
     /// loss scaling; needs the adapter's shader-f16). The saved model is f32 either way.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub(crate) precision: PrecisionArg,
+    /// With --precision f16: the dynamic loss scale's start (PyTorch GradScaler's init_scale). It halves, skipping
+    /// the step's update, whenever the gradients overflow f16, and doubles after 2,000 clean steps.
+    #[arg(long, default_value_t = wgtune::ops::scaler::DEFAULT_SCALE, value_parser = loss_scale, value_name = "SCALE")]
+    pub(crate) loss_scale: f32,
     /// SGD with momentum instead of Adam.
     #[arg(long)]
     pub(crate) sgd: bool,

@@ -201,8 +201,9 @@ mod tests {
     fn charts_are_pngs_with_content() {
         let dir = std::env::temp_dir().join(format!("wgtune-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let history: Vec<StepLoss> =
-            (0..40).map(|i| StepLoss { loss: 2.0 / (1.0 + i as f32), smooth: 2.0 / (1.0 + i as f32) }).collect();
+        let history: Vec<StepLoss> = (0..40)
+            .map(|i| StepLoss { loss: 2.0 / (1.0 + i as f32), smooth: 2.0 / (1.0 + i as f32), skipped: false })
+            .collect();
         let rec = |e: usize, v: f64| EpochRecord {
             phase: "frozen".into(),
             epoch: e,

@@ -236,6 +236,7 @@ pub(crate) fn prepare(
         augment,
         accum: r.accum,
         precision: r.precision.into(),
+        loss_scale: r.loss_scale,
         threshold: r.threshold,
         drop_path: r.drop_path,
         ..cfg
@@ -422,9 +423,12 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
     save_model(&learner.ex, &learner.spec, &a.out)?;
     if learner.cfg.precision == wgtune::gpu::Precision::F16 {
         let s = learner.ex.loss_scaler()?;
+        let at: Vec<String> =
+            (learner.history.iter().enumerate()).filter(|(_, h)| h.skipped).map(|(i, _)| (i + 1).to_string()).collect();
+        let at = if at.is_empty() { String::new() } else { format!(" (steps {})", at.join(", ")) };
         println!(
             "
-mixed precision: loss scale {} at the end; {} of {} steps skipped for f16 gradients that overflowed",
+mixed precision: loss scale {} at the end; {} of {} steps skipped{at} for f16 gradients that overflowed",
             s.scale,
             s.skipped,
             learner.ex.step()

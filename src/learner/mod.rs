@@ -59,6 +59,9 @@ pub struct FineTuneConfig {
     pub accum: usize,
     /// Activations' storage type (fastai's `to_fp16` with f16; see [`ExecutorConfig::precision`]).
     pub precision: crate::gpu::Precision,
+    /// With f16: the dynamic loss scale's start ([`ExecutorConfig::loss_scale`]; 2^16, GradScaler's `init_scale`).
+    #[serde(skip_serializing_if = "is_default_loss_scale")]
+    pub loss_scale: f32,
     /// fastai's SaveModelCallback: at the end of every phase, load the weights of its best epoch by this metric.
     pub save_best: Option<Monitor>,
     /// fastai's EarlyStoppingCallback: end a phase after this many epochs without improvement of `save_best`'s
@@ -78,6 +81,11 @@ pub struct FineTuneConfig {
     /// Wrap training step N (1-based, counted over the run) in a graphics-debugger capture.
     #[serde(skip)]
     pub capture_step: Option<u64>,
+}
+
+/// The default start is left out of the fingerprint, so checkpoints written before the option existed still match.
+fn is_default_loss_scale(s: &f32) -> bool {
+    *s == crate::ops::scaler::DEFAULT_SCALE
 }
 
 impl Default for FineTuneConfig {
@@ -101,6 +109,7 @@ impl Default for FineTuneConfig {
             augment: true,
             accum: 1,
             precision: crate::gpu::Precision::F32,
+            loss_scale: crate::ops::scaler::DEFAULT_SCALE,
             save_best: None,
             early_stop: None,
             mixing: None,
@@ -209,6 +218,9 @@ pub struct Learner {
 pub struct StepLoss {
     pub loss: f32,
     pub smooth: f32,
+    /// With f16: the loss scaler skipped this step's update (its gradients overflowed; the scale halved).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 impl Learner {
@@ -240,6 +252,7 @@ impl Learner {
                 freeze_bn: cfg.freeze_bn,
                 accum: cfg.accum,
                 precision: cfg.precision,
+                loss_scale: cfg.loss_scale,
                 ..Default::default()
             };
             let graph = spec.training_graph(cfg.bs, cfg.bn_momentum, cfg.drop_path)?;
@@ -380,7 +393,10 @@ impl Learner {
             for m in metrics {
                 check_finite(m.loss, m.step)?;
                 smooth.add(m.loss as f64);
-                history.push(StepLoss { loss: m.loss, smooth: smooth.value() as f32 });
+                // The scaler counts skips over the run; the history marks the steps where that count grew.
+                let before = history.iter().filter(|s| s.skipped).count() as u32;
+                let skipped = m.scaler.is_some_and(|s| s.skipped > before);
+                history.push(StepLoss { loss: m.loss, smooth: smooth.value() as f32, skipped });
                 *done += 1;
                 progress(phase.name, epoch, *done, per_epoch, smooth.value());
             }

@@ -20,6 +20,9 @@ pub const UNSCALE_CHECK: KernelSpec =
     KernelSpec::new("unscale_check", "scaler", &[(2, Access::ReadWrite), (3, Access::ReadWrite)]);
 pub const UPDATE_SCALE: KernelSpec = KernelSpec::new("update_scale", "scaler", &[(3, Access::ReadWrite)]);
 
+/// PyTorch's GradScaler and fastai's MixedPrecision start the loss scale at 2^16.
+pub const DEFAULT_SCALE: f32 = 65536.0;
+
 /// The scaler's four u32 words (see shaders/scaler.wgsl): the scale, clean steps, skipped steps, the flag.
 pub const STATE_WORDS: usize = 4;
 
