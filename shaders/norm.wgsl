@@ -20,6 +20,11 @@
 //                             eval (flags & 2): dx = gamma * invstd * dy (the statistics are constants).
 //                             flags & 1: accumulate into dx. Dispatch as batch_norm_forward.
 //
+// A fused activation (flags & 4: ReLU, flags & 8: ReLU6; timm's BatchNormAct2d): forward stores act(y) and never y;
+// backward reads dy of act(y) and masks it by the activation's derivative (0 at the kinks, as PyTorch), recomputing
+// y from x, the statistics, gamma and beta, every one of which it reads anyway. One pass over memory each way
+// instead of two, and no buffer for y or its gradient.
+//
 // Storage: `act` (x, dy, y, dx) is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16);
 // statistics, parameters and their gradients are f32 in both, as is every sum.
 
@@ -36,6 +41,8 @@ struct NormParams {
 
 const FLAG_ACCUMULATE: u32 = 1u;
 const FLAG_EVAL: u32 = 2u;
+const FLAG_RELU: u32 = 4u;
+const FLAG_RELU6: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: NormParams;
 alias act = f32;
@@ -64,6 +71,33 @@ fn xv(i: u32) -> f32 {
 
 fn dyv(i: u32) -> f32 {
     return f32(dy[i]);
+}
+
+// The normalized value of element k of channel c (before any fused activation).
+fn normalized(k: u32, c: u32, invstd: f32) -> f32 {
+    return gamma[c] * (xv(k) - mean[c]) * invstd + beta[c];
+}
+
+// The fused activation of a normalized value.
+fn activate(v: f32) -> f32 {
+    if (p.flags & FLAG_RELU) != 0u {
+        return max(v, 0.0);
+    }
+    if (p.flags & FLAG_RELU6) != 0u {
+        return clamp(v, 0.0, 6.0);
+    }
+    return v;
+}
+
+// dy[k] through the fused activation: the gradient of the normalized value.
+fn dy_normalized(k: u32, c: u32, invstd: f32) -> f32 {
+    let g = dyv(k);
+    if (p.flags & (FLAG_RELU | FLAG_RELU6)) == 0u {
+        return g;
+    }
+    let v = normalized(k, c, invstd);
+    let live = v > 0.0 && ((p.flags & FLAG_RELU6) == 0u || v < 6.0);
+    return select(0.0, g, live);
 }
 
 // Sum partial (and partial2) over the workgroup into element 0. Every invocation must call it.
@@ -134,7 +168,7 @@ fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
     let c = (k / p.hw) % p.channels;
     let invstd = inverseSqrt(variance[c] + p.eps);
-    out[k] = act(gamma[c] * (xv(k) - mean[c]) * invstd + beta[c]);
+    out[k] = act(activate(normalized(k, c, invstd)));
 }
 
 @compute @workgroup_size(256)
@@ -146,8 +180,9 @@ fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loc
     var sb = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
-        sb += dyv(k);
-        sg += dyv(k) * (xv(k) - mu) * invstd;
+        let g = dy_normalized(k, c, invstd);
+        sb += g;
+        sg += g * (xv(k) - mu) * invstd;
     }
     partial[lid] = sg;
     partial2[lid] = sb;
@@ -167,13 +202,14 @@ fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
     }
     let c = (k / p.hw) % p.channels;
     let invstd = inverseSqrt(variance[c] + p.eps);
+    let d = dy_normalized(k, c, invstd);
     var g: f32;
     if (p.flags & FLAG_EVAL) != 0u {
-        g = gamma[c] * invstd * dyv(k);
+        g = gamma[c] * invstd * d;
     } else {
         let m = f32(p.batch * p.hw);
         let xhat = (xv(k) - mean[c]) * invstd;
-        g = gamma[c] * invstd / m * (m * dyv(k) - dbeta_in[c] - xhat * dgamma_in[c]);
+        g = gamma[c] * invstd / m * (m * d - dbeta_in[c] - xhat * dgamma_in[c]);
     }
     if (p.flags & FLAG_ACCUMULATE) != 0u {
         out[k] = act(f32(out[k]) + g);
@@ -230,7 +266,7 @@ fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
         for (var i = 0u; i < p.hw; i++) {
-            let g = dyv(base + i);
+            let g = dy_normalized(base + i, c, invstd);
             sb += g;
             sg += g * (xv(base + i) - mu) * invstd;
         }

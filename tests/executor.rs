@@ -37,7 +37,7 @@ fn residual_cnn(batch: usize, size: usize, classes: usize) -> Graph {
     let h = g.batch_norm("bn1", h, BatchNormConfig::default()).unwrap();
     let skip = g.relu("relu1", h).unwrap();
     let h = g.conv2d("conv2", skip, 4, (3, 3), conv(1, 1), true).unwrap();
-    let h = g.batch_norm("bn2", h, BatchNormConfig { eps: 1e-3, momentum: 0.01 }).unwrap();
+    let h = g.batch_norm("bn2", h, BatchNormConfig { eps: 1e-3, momentum: 0.01, ..Default::default() }).unwrap();
     let h = g.add("residual", h, skip).unwrap();
     let h = g.relu("relu2", h).unwrap();
     let h = g.max_pool("pool1", h, PoolConfig::square(2, 2, 0)).unwrap();
@@ -48,12 +48,18 @@ fn residual_cnn(batch: usize, size: usize, classes: usize) -> Graph {
     g
 }
 
-/// Strided conv, relu6, avg pool, fastai's concat pool + flatten + BatchNorm1d + linear head.
+/// Strided conv, batch norm + relu6 (fused by the executor), relu6 after a conv, avg pool, fastai's concat pool +
+/// flatten + BatchNorm1d + linear head.
 fn fastai_head_cnn(batch: usize, size: usize, classes: usize) -> Graph {
     let mut g = Graph::new();
     let x = g.input("image", &[batch, 2, size, size]);
     let labels = g.labels("label", batch);
-    let h = g.conv2d("stem", x, 3, (3, 3), conv(2, 1), true).unwrap();
+    let h = g.conv2d("stem", x, 3, (3, 3), conv(2, 1), false).unwrap();
+    let h = g.batch_norm("stem_bn", h, BatchNormConfig::default()).unwrap();
+    let h = g.relu6("stem_act", h).unwrap();
+    // 3x3, not 1x1: a 1x1 conv's output is exactly its bias (0) where ReLU6 zeroed all three inputs, which would
+    // put the next ReLU6 on its kink, where finite differences see half a derivative.
+    let h = g.conv2d("conv", h, 3, (3, 3), conv(1, 1), true).unwrap();
     let h = g.relu6("act", h).unwrap();
     let h = g.avg_pool("avg", h, PoolConfig::square(2, 1, 0)).unwrap();
     g.set_group(1);
@@ -619,6 +625,43 @@ fn one_submit_and_eight_bytes_back_per_training_step() {
     let c = ex.counters();
     assert_eq!(c.submits - before.submits, steps, "one submit per f16 step");
     assert_eq!(c.bytes_read_back - before.bytes_read_back, 24 * steps, "loss, count and the scaler's 16 bytes");
+}
+
+/// Fusing a batch norm with the ReLU or ReLU6 that alone reads it (the executor's default) changes which kernels
+/// run, not what they compute: three SGD steps with and without it give the same losses and weights (f32; the
+/// fused backward masks with the normalized value it recomputes in f32, the unfused one with the stored f32
+/// value: the same bits but for rounding-contraction differences, so 1e-5 relative), and the fused program has
+/// a forward and a backward layer fewer per fused pair and binds fewer bytes.
+#[test]
+fn fused_batch_norm_activations_train_as_the_unfused_graph() {
+    for (g, classes, pairs) in [(residual_cnn(3, 6, 3), 3, 1), (fastai_head_cnn(4, 7, 4), 4, 1)] {
+        let mut runs = Vec::new();
+        for fuse in [false, true] {
+            let cfg = ExecutorConfig { optimizer: Optimizer::Sgd, fuse, ..Default::default() };
+            let mut ex = Executor::new(gpu(), g.clone(), cfg).unwrap();
+            let layers = ex.train_layer_names().unwrap().len();
+            let bound = ex.step_bytes_bound().unwrap();
+            let mut losses = Vec::new();
+            for s in 0..3 {
+                let (x, y) = batch(&g, 300 + s, classes);
+                ex.train_step(&x, &y).unwrap();
+                losses.extend(ex.wait_metrics().unwrap().iter().map(|m| m.loss));
+            }
+            let weights: Vec<Vec<f32>> =
+                g.params().iter().map(|p| ex.read_value(&g.tensors[p.0].name).unwrap()).collect();
+            runs.push((layers, bound, losses, weights));
+        }
+        let ((l0, b0, loss0, w0), (l1, b1, loss1, w1)) = (&runs[0], &runs[1]);
+        assert_eq!(l0 - l1, 2 * pairs, "a forward and a backward layer fewer per fused pair");
+        assert!(b1 < b0, "fused binds fewer bytes: {b1} vs {b0}");
+        for (a, b) in loss0.iter().zip(loss1) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "loss unfused {a}, fused {b}");
+        }
+        for (p, (a, b)) in g.params().iter().zip(w0.iter().zip(w1)) {
+            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs() / x.abs().max(1e-3)).fold(0f32, f32::max);
+            assert!(worst <= 1e-5, "{}: relative difference {worst:e}", g.tensors[p.0].name);
+        }
+    }
 }
 
 /// Dynamic loss scaling (PyTorch's GradScaler): a step whose gradients are not finite (forced here by an image

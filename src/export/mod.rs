@@ -30,6 +30,7 @@ use crate::graph::{Graph, Op, TensorId, TensorKind};
 use crate::nn::model::ModelSpec;
 use crate::nn::weights::{read_for, Weights};
 use crate::ops::loss::Loss;
+use crate::ops::norm::NormAct;
 use proto::attribute_proto::AttributeType;
 use proto::tensor_proto::DataType;
 use proto::tensor_shape_proto::{dimension, Dimension};
@@ -252,6 +253,13 @@ impl<'g> Builder<'g> {
         name.into()
     }
 
+    /// ReLU6 as ONNX's Clip to [0, 6].
+    fn relu6(&mut self, layer: &str, x: String, y: String) {
+        let lo = self.constant("relu6.min", &[], &[0.0]);
+        let hi = self.constant("relu6.max", &[], &[6.0]);
+        self.node_owned("Clip", layer, vec![x, lo, hi], y, vec![]);
+    }
+
     /// Every node of the eval-mode forward pass; returns the input's and the logits' value names and the loss.
     fn model(&mut self, spec: &ModelSpec, opts: &OnnxOptions) -> Result<(String, String, Loss)> {
         let graph = self.graph;
@@ -308,14 +316,24 @@ impl<'g> Builder<'g> {
                 }
                 Op::BatchNorm { x, gamma, beta, running_mean, running_var, y, cfg, .. } => {
                     let inputs = vec![n(x), n(gamma), n(beta), n(running_mean), n(running_var)];
-                    self.node_owned("BatchNormalization", layer, inputs, n(y), vec![float("epsilon", cfg.eps)]);
+                    let eps = vec![float("epsilon", cfg.eps)];
+                    // A fused activation (an executor's graph) is its own ONNX node after the normalization.
+                    match cfg.act {
+                        NormAct::None => self.node_owned("BatchNormalization", layer, inputs, n(y), eps),
+                        act => {
+                            let normalized = format!("{layer}.normalized");
+                            self.node_owned("BatchNormalization", layer, inputs, normalized.clone(), eps);
+                            let name = format!("{layer}.act");
+                            if act == NormAct::Relu {
+                                self.node_owned("Relu", &name, vec![normalized], n(y), vec![]);
+                            } else {
+                                self.relu6(&name, normalized, n(y));
+                            }
+                        }
+                    }
                 }
                 Op::Relu { x, y } => self.node_owned("Relu", layer, vec![n(x)], n(y), vec![]),
-                Op::Relu6 { x, y } => {
-                    let lo = self.constant("relu6.min", &[], &[0.0]);
-                    let hi = self.constant("relu6.max", &[], &[6.0]);
-                    self.node_owned("Clip", layer, vec![n(x), lo, hi], n(y), vec![]);
-                }
+                Op::Relu6 { x, y } => self.relu6(layer, n(x), n(y)),
                 Op::LeakyRelu { x, y, slope } => {
                     self.node_owned("LeakyRelu", layer, vec![n(x)], n(y), vec![float("alpha", *slope)])
                 }

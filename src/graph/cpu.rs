@@ -8,6 +8,7 @@ use crate::graph::{Graph, Node, Op, TensorId, TensorKind};
 use crate::ops::dropout::DropoutParams;
 use crate::ops::elementwise::Elementwise;
 use crate::ops::loss::Targets;
+use crate::ops::norm::NormAct;
 use crate::reference as r;
 
 /// A model constant stored as f32 (a batch norm's eps of 1e-3, a momentum of 0.1) as the decimal it was written
@@ -91,7 +92,7 @@ pub fn forward_observed(
                     (t[running_mean].clone(), t[running_var].clone())
                 };
                 let out = r::batch_norm_forward(&t[x], c, hw, (&mean, &var), &t[gamma], &t[beta], decimal(cfg.eps));
-                t.insert(*y, out);
+                t.insert(*y, out.into_iter().map(|v| cfg.act.apply(v)).collect());
                 // The statistics it normalized with, for the backward pass and the running update.
                 t.insert(*save_mean, mean);
                 t.insert(*save_var, var);
@@ -282,8 +283,15 @@ pub fn backward(
                 let s = shape(*x);
                 let dims = (s[0], s[1], s[2..].iter().product::<usize>());
                 let stats = (t[save_mean].as_slice(), t[save_var].as_slice());
-                let (dx, dgamma, dbeta) =
-                    r::batch_norm_backward(&dy, &t[x], dims, &t[gamma], stats, decimal(cfg.eps), !training);
+                let eps = decimal(cfg.eps);
+                // A fused activation: dy is its output's gradient; the normalized values say where it passes.
+                let dy = if cfg.act == NormAct::None {
+                    dy
+                } else {
+                    let v = r::batch_norm_forward(&t[x], dims.1, dims.2, stats, &t[gamma], &t[beta], eps);
+                    dy.iter().zip(v).map(|(&g, v)| if cfg.act.passes(v) { g } else { 0.0 }).collect()
+                };
+                let (dx, dgamma, dbeta) = r::batch_norm_backward(&dy, &t[x], dims, &t[gamma], stats, eps, !training);
                 add(&mut grads, *x, dx);
                 add(&mut grads, *gamma, dgamma);
                 add(&mut grads, *beta, dbeta);

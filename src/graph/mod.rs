@@ -25,6 +25,7 @@
 mod build;
 pub mod cpu;
 pub mod executor;
+mod fuse;
 pub mod plan;
 
 use crate::error::Error;

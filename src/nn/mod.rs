@@ -412,7 +412,7 @@ pub const FASTAI_PS: f64 = 0.5;
 /// pooled (a ViT's class token; fastai's `pool=False` for timm models without a `pool_size`) the head starts at
 /// the first batch norm, and the modules are numbered from 0 as fastai numbers them.
 pub fn fastai_head(g: &mut Graph, features: TensorId, classes: usize, bn_momentum: f32, ps: f64) -> Result<TensorId> {
-    let bn = BatchNormConfig { eps: 1e-5, momentum: bn_momentum };
+    let bn = BatchNormConfig { eps: 1e-5, momentum: bn_momentum, ..Default::default() };
     let (h, first) = if g.shape(features).len() == 2 {
         (features, 0)
     } else {
@@ -464,7 +464,7 @@ fn effnet_lite0_body(g: &mut Graph, x: TensorId, momentum: f32) -> Result<Tensor
         (6, 5, 2, 192, 4),
         (6, 3, 1, 320, 1),
     ];
-    let bn = BatchNormConfig { eps: 1e-3, momentum };
+    let bn = BatchNormConfig { eps: 1e-3, momentum, ..Default::default() };
     g.set_group(0);
     let cfg = conv_cfg(g, x, 3, 2, true, 0, 1);
     let h = g.conv2d("_conv_stem", x, 32, (3, 3), cfg, false)?;
@@ -551,7 +551,7 @@ pub fn convnext_body(g: &mut Graph, x: TensorId, cfg: ConvNextConfig, drop_path:
 
 /// torchvision's ResNet (v1.5: the stride sits on the 3x3 conv of a bottleneck).
 fn resnet_body(g: &mut Graph, x: TensorId, layers: &[usize; 4], bottleneck: bool, momentum: f32) -> Result<TensorId> {
-    let bn = BatchNormConfig { eps: 1e-5, momentum };
+    let bn = BatchNormConfig { eps: 1e-5, momentum, ..Default::default() };
     g.set_group(0);
     let cfg = conv_cfg(g, x, 7, 2, false, 3, 1);
     let h = g.conv2d("conv1", x, 64, (7, 7), cfg, false)?;

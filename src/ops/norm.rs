@@ -20,34 +20,87 @@ pub struct NormParams {
 
 pub const FLAG_ACCUMULATE: u32 = 1;
 pub const FLAG_EVAL: u32 = 2;
+pub const FLAG_RELU: u32 = 4;
+pub const FLAG_RELU6: u32 = 8;
 
 use Access::{Read as R, ReadWrite as W};
 pub const BATCH_NORM_STATISTICS: KernelSpec =
     KernelSpec::new("batch_norm_statistics", "norm", &[(1, R), (10, W), (11, W), (12, W), (13, W)]);
 pub const BATCH_NORM_STATISTICS_ROWS: KernelSpec =
     KernelSpec::new("batch_norm_statistics_rows", "norm", &[(1, R), (10, W), (11, W), (12, W), (13, W)]);
-pub const BATCH_NORM_BACKWARD_REDUCE_ROWS: KernelSpec =
-    KernelSpec::new("batch_norm_backward_reduce_rows", "norm", &[(1, R), (2, R), (3, R), (4, R), (10, W), (11, W)]);
+pub const BATCH_NORM_BACKWARD_REDUCE_ROWS: KernelSpec = KernelSpec::new(
+    "batch_norm_backward_reduce_rows",
+    "norm",
+    &[(1, R), (2, R), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
+);
 pub const BATCH_NORM_FORWARD: KernelSpec =
     KernelSpec::new("batch_norm_forward", "norm", &[(1, R), (3, R), (4, R), (5, R), (6, R), (9, W)]);
-pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec =
-    KernelSpec::new("batch_norm_backward_reduce", "norm", &[(1, R), (2, R), (3, R), (4, R), (10, W), (11, W)]);
+pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec = KernelSpec::new(
+    "batch_norm_backward_reduce",
+    "norm",
+    &[(1, R), (2, R), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
+);
 pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
     "batch_norm_backward_data",
     "norm",
-    &[(1, R), (2, R), (3, R), (4, R), (5, R), (7, R), (8, R), (9, W)],
+    &[(1, R), (2, R), (3, R), (4, R), (5, R), (6, R), (7, R), (8, R), (9, W)],
 );
 
+/// An activation applied to batch norm's output in the same pass (timm's BatchNormAct2d): the normalized value
+/// never goes to memory, and backward masks dy by the activation's derivative, recomputing the normalized value
+/// from x and the statistics it reads anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NormAct {
+    #[default]
+    None,
+    /// max(v, 0); backward passes dy where v > 0.
+    Relu,
+    /// min(max(v, 0), 6); backward passes dy where 0 < v < 6.
+    Relu6,
+}
+
+impl NormAct {
+    fn flag(self) -> u32 {
+        match self {
+            NormAct::None => 0,
+            NormAct::Relu => FLAG_RELU,
+            NormAct::Relu6 => FLAG_RELU6,
+        }
+    }
+
+    /// The activation of a normalized value (the reference's, in f64).
+    pub fn apply(self, v: f64) -> f64 {
+        match self {
+            NormAct::None => v,
+            NormAct::Relu => v.max(0.0),
+            NormAct::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    /// The activation's derivative at a normalized value (0 or 1; at the kinks 0, as PyTorch's ReLU and
+    /// hardtanh).
+    pub fn passes(self, v: f64) -> bool {
+        match self {
+            NormAct::None => true,
+            NormAct::Relu => v > 0.0,
+            NormAct::Relu6 => v > 0.0 && v < 6.0,
+        }
+    }
+}
+
 /// eps and momentum; defaults are PyTorch's (torchvision weights). EfficientNet-Lite's TF weights use eps 1e-3.
+/// `act`: an activation fused into the layer (none from the graph builder; the executor fuses a ReLU or ReLU6 that
+/// alone reads a batch norm's output, see [`crate::graph::Graph::fuse_norm_activations`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormConfig {
     pub eps: f32,
     pub momentum: f32,
+    pub act: NormAct,
 }
 
 impl Default for BatchNormConfig {
     fn default() -> Self {
-        BatchNormConfig { eps: 1e-5, momentum: 0.1 }
+        BatchNormConfig { eps: 1e-5, momentum: 0.1, act: NormAct::None }
     }
 }
 
@@ -92,7 +145,7 @@ fn params(x: &Tensor, per_channel: &[&Tensor], cfg: BatchNormConfig, flags: u32)
         batch: dim(n, "batch")?,
         channels: dim(c, "channels")?,
         hw: dim(hw, "H*W")?,
-        flags,
+        flags: flags | cfg.act.flag(),
         eps: cfg.eps,
         momentum: cfg.momentum,
         _pad: [0; 2],
@@ -101,7 +154,7 @@ fn params(x: &Tensor, per_channel: &[&Tensor], cfg: BatchNormConfig, flags: u32)
 
 /// Forward. Training (`save` = Some((save_mean, save_var))): batch statistics into `save`, running statistics
 /// updated, y normalized with the batch statistics — two dispatches. Eval (`save` = None): y normalized with the
-/// running statistics — one dispatch.
+/// running statistics — one dispatch. y is `cfg.act` of the normalized value.
 pub fn batch_norm_forward(
     gpu: &Gpu,
     x: &Tensor,
@@ -145,12 +198,13 @@ pub fn batch_norm_forward(
 }
 
 /// Backward: dgamma, dbeta and dx. `stats` = (mean, var) used in forward: the saved batch statistics in training,
-/// the running ones in eval (`eval` = true, where they are constants and dx = gamma * invstd * dy).
+/// the running ones in eval (`eval` = true, where they are constants and dx = gamma * invstd * dy). With a fused
+/// `cfg.act`, dy is the gradient of the activation's output and `params` = (gamma, beta) recompute its input.
 pub fn batch_norm_backward(
     gpu: &Gpu,
     dy: &Tensor,
     x: &Tensor,
-    gamma: &Tensor,
+    params: (&Tensor, &Tensor),
     stats: (&Tensor, &Tensor),
     eval: bool,
     grads: (&Tensor, &Tensor, &Tensor),
@@ -166,15 +220,16 @@ pub fn batch_norm_backward(
         ));
     }
     let (mean, var) = stats;
+    let (gamma, beta) = params;
     let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
-    let p = params(x, &[gamma, mean, var, dgamma, dbeta], cfg, flags)?;
+    let p = self::params(x, &[gamma, beta, mean, var, dgamma, dbeta], cfg, flags)?;
     let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
     let reduce = super::dispatch_at(
         gpu,
         spec,
         &[x, dy],
         bytemuck::bytes_of(&p),
-        &[x, dy, mean, var, dgamma, dbeta],
+        &[x, dy, mean, var, gamma, beta, dgamma, dbeta],
         grid,
         &format!("{label} reduce"),
     )?;
@@ -183,7 +238,7 @@ pub fn batch_norm_backward(
         &BATCH_NORM_BACKWARD_DATA,
         &[x, dy, dx],
         bytemuck::bytes_of(&p),
-        &[x, dy, mean, var, gamma, dgamma, dbeta, dx],
+        &[x, dy, mean, var, gamma, beta, dgamma, dbeta, dx],
         elements_grid(gpu, &p),
         label,
     )?;

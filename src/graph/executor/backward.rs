@@ -174,7 +174,8 @@ impl Executor {
                             (v.v(running_mean)?, v.v(running_var)?)
                         };
                         let grads = (v.g(gamma)?, v.g(beta)?, v.g(x)?);
-                        batch_norm_backward(v.gpu, v.g(y)?, v.v(x)?, v.v(gamma)?, stats, !bn_train, grads, cfg, ax, &l2)
+                        let params = (v.v(gamma)?, v.v(beta)?);
+                        batch_norm_backward(v.gpu, v.g(y)?, v.v(x)?, params, stats, !bn_train, grads, cfg, ax, &l2)
                     })
                 }
                 Op::Relu { x, y } | Op::Relu6 { x, y } | Op::LeakyRelu { x, y, .. } => {

@@ -7,6 +7,7 @@ use super::Executor;
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, ReadbackRing, Tensor};
 use crate::graph::Op;
+use crate::ops::norm::NormAct;
 
 impl Executor {
     /// Time the next training step dispatch by dispatch (GPU timestamps around every dispatch, each in a compute
@@ -58,7 +59,7 @@ impl Executor {
     }
 
     /// Name each timed dispatch's op type after its layer: the graph op, convolutions by kernel size (depthwise
-    /// apart), "backward" for the gradient layers.
+    /// apart), a batch norm with its fused activation, "backward" for the gradient layers.
     pub(super) fn with_op_types(&self, mut profile: StepProfile) -> StepProfile {
         let kinds: HashMap<&str, String> = self
             .graph
@@ -70,6 +71,8 @@ impl Executor {
                         format!("conv2d depthwise {}x{}", shape.kernel_h, shape.kernel_w)
                     }
                     Op::Conv2d { shape, .. } => format!("conv2d {}x{}", shape.kernel_h, shape.kernel_w),
+                    Op::BatchNorm { cfg, .. } if cfg.act == NormAct::Relu => "batch_norm+relu".into(),
+                    Op::BatchNorm { cfg, .. } if cfg.act == NormAct::Relu6 => "batch_norm+relu6".into(),
                     op => op.kind().name().to_string(),
                 };
                 (n.name.as_str(), kind)
