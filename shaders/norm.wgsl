@@ -21,9 +21,11 @@
 //                             flags & 1: accumulate into dx. Dispatch as batch_norm_forward.
 //
 // A fused activation (flags & 4: ReLU, flags & 8: ReLU6; timm's BatchNormAct2d): forward stores act(y) and never y;
-// backward reads dy of act(y) and masks it by the activation's derivative (0 at the kinks, as PyTorch), recomputing
-// y from x, the statistics, gamma and beta, every one of which it reads anyway. One pass over memory each way
-// instead of two, and no buffer for y or its gradient.
+// backward_reduce reads dy of act(y), masks it by the activation's derivative (0 at the kinks, as PyTorch) with y
+// recomputed from x, the statistics, gamma and beta, and writes the masked dy back in place (dy is the activation's
+// gradient, which nothing reads after this layer), so backward_data reads it as it is. No separate activation
+// pass either way, no buffer for y or its gradient, and every entry point binds at most 8 storage buffers (WebGPU's
+// default limit).
 //
 // Storage: `act` (x, dy, y, dx) is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16);
 // statistics, parameters and their gradients are f32 in both, as is every sum.
@@ -48,7 +50,7 @@ const FLAG_RELU6: u32 = 8u;
 alias act = f32;
 
 @group(0) @binding(1) var<storage, read> x: array<act>;               // (N, C, HW)
-@group(0) @binding(2) var<storage, read> dy: array<act>;              // (N, C, HW)
+@group(0) @binding(2) var<storage, read_write> dy: array<act>;        // (N, C, HW); masked in place (above)
 @group(0) @binding(3) var<storage, read> mean: array<f32>;            // (C) statistics in use
 @group(0) @binding(4) var<storage, read> variance: array<f32>;        // (C) biased variance in use
 @group(0) @binding(5) var<storage, read> gamma: array<f32>;           // (C)
@@ -89,14 +91,18 @@ fn activate(v: f32) -> f32 {
     return v;
 }
 
-// dy[k] through the fused activation: the gradient of the normalized value.
-fn dy_normalized(k: u32, c: u32, invstd: f32) -> f32 {
+// dy[k] through the fused activation, the gradient of the normalized value, also stored back into dy[k] (the
+// backward reduces call it once per element, before backward_data reads dy).
+fn dy_masked(k: u32, c: u32, invstd: f32) -> f32 {
     let g = dyv(k);
     if (p.flags & (FLAG_RELU | FLAG_RELU6)) == 0u {
         return g;
     }
     let v = normalized(k, c, invstd);
     let live = v > 0.0 && ((p.flags & FLAG_RELU6) == 0u || v < 6.0);
+    if !live {
+        dy[k] = act(0.0);
+    }
     return select(0.0, g, live);
 }
 
@@ -180,7 +186,7 @@ fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loc
     var sb = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
-        let g = dy_normalized(k, c, invstd);
+        let g = dy_masked(k, c, invstd);
         sb += g;
         sg += g * (xv(k) - mu) * invstd;
     }
@@ -202,7 +208,7 @@ fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
     }
     let c = (k / p.hw) % p.channels;
     let invstd = inverseSqrt(variance[c] + p.eps);
-    let d = dy_normalized(k, c, invstd);
+    let d = dyv(k);
     var g: f32;
     if (p.flags & FLAG_EVAL) != 0u {
         g = gamma[c] * invstd * d;
@@ -266,7 +272,7 @@ fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
         for (var i = 0u; i < p.hw; i++) {
-            let g = dy_normalized(base + i, c, invstd);
+            let g = dy_masked(base + i, c, invstd);
             sb += g;
             sg += g * (xv(base + i) - mu) * invstd;
         }

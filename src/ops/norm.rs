@@ -31,24 +31,24 @@ pub const BATCH_NORM_STATISTICS_ROWS: KernelSpec =
 pub const BATCH_NORM_BACKWARD_REDUCE_ROWS: KernelSpec = KernelSpec::new(
     "batch_norm_backward_reduce_rows",
     "norm",
-    &[(1, R), (2, R), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
+    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
 );
 pub const BATCH_NORM_FORWARD: KernelSpec =
     KernelSpec::new("batch_norm_forward", "norm", &[(1, R), (3, R), (4, R), (5, R), (6, R), (9, W)]);
 pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec = KernelSpec::new(
     "batch_norm_backward_reduce",
     "norm",
-    &[(1, R), (2, R), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
+    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
 );
 pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
     "batch_norm_backward_data",
     "norm",
-    &[(1, R), (2, R), (3, R), (4, R), (5, R), (6, R), (7, R), (8, R), (9, W)],
+    &[(1, R), (2, W), (3, R), (4, R), (5, R), (7, R), (8, R), (9, W)],
 );
 
 /// An activation applied to batch norm's output in the same pass (timm's BatchNormAct2d): the normalized value
-/// never goes to memory, and backward masks dy by the activation's derivative, recomputing the normalized value
-/// from x and the statistics it reads anyway.
+/// never goes to memory, and backward masks dy by the activation's derivative (in place: see shaders/norm.wgsl),
+/// recomputing the normalized value from x and the statistics it reads anyway.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NormAct {
     #[default]
@@ -199,7 +199,8 @@ pub fn batch_norm_forward(
 
 /// Backward: dgamma, dbeta and dx. `stats` = (mean, var) used in forward: the saved batch statistics in training,
 /// the running ones in eval (`eval` = true, where they are constants and dx = gamma * invstd * dy). With a fused
-/// `cfg.act`, dy is the gradient of the activation's output and `params` = (gamma, beta) recompute its input.
+/// `cfg.act`, dy is the gradient of the activation's output and `params` = (gamma, beta) recompute its input; dy is
+/// then masked in place (zero where the activation passes nothing), so it must be a buffer nothing reads later.
 pub fn batch_norm_backward(
     gpu: &Gpu,
     dy: &Tensor,
@@ -238,7 +239,7 @@ pub fn batch_norm_backward(
         &BATCH_NORM_BACKWARD_DATA,
         &[x, dy, dx],
         bytemuck::bytes_of(&p),
-        &[x, dy, mean, var, gamma, beta, dgamma, dbeta, dx],
+        &[x, dy, mean, var, gamma, dgamma, dbeta, dx],
         elements_grid(gpu, &p),
         label,
     )?;
