@@ -20,12 +20,15 @@
 //                             eval (flags & 2): dx = gamma * invstd * dy (the statistics are constants).
 //                             flags & 1: accumulate into dx. Dispatch as batch_norm_forward.
 //
-// A fused activation (flags & 4: ReLU, flags & 8: ReLU6; timm's BatchNormAct2d): forward stores act(y) and never y;
-// backward_reduce reads dy of act(y), masks it by the activation's derivative (0 at the kinks, as PyTorch) with y
-// recomputed from x, the statistics, gamma and beta, and writes the masked dy back in place (dy is the activation's
-// gradient, which nothing reads after this layer), so backward_data reads it as it is. No separate activation
-// pass either way, no buffer for y or its gradient, and every entry point binds at most 8 storage buffers (WebGPU's
-// default limit).
+// Fused ops (the executor's graph rewrite, timm's BatchNormAct2d, and a residual add):
+//   flags & 16: forward adds residual[k] to the normalized value (y = bn(x) + r, a block's skip connection);
+//   flags & 4 (ReLU), flags & 8 (ReLU6): forward stores the activation of that value, never the value itself.
+//   Backward then gets dy of the activation's output y: the backward reduces mask it by the activation's
+//   derivative, read off y (`out`, bound to the forward's output: y > 0, and y < 6 for ReLU6, as PyTorch's
+//   threshold backward), and write the masked dy back in place (dy is y's gradient, which nothing reads after
+//   this layer) so backward_data and the residual's gradient (a copy, outside this file) read it as it is.
+// No separate pass for the add or the activation either way, no buffers for the intermediate values or their
+// gradients, and no entry point binds more than 8 storage buffers (WebGPU's default limit).
 //
 // Storage: `act` (x, dy, y, dx) is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16);
 // statistics, parameters and their gradients are f32 in both, as is every sum.
@@ -45,6 +48,7 @@ const FLAG_ACCUMULATE: u32 = 1u;
 const FLAG_EVAL: u32 = 2u;
 const FLAG_RELU: u32 = 4u;
 const FLAG_RELU6: u32 = 8u;
+const FLAG_RESIDUAL: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: NormParams;
 alias act = f32;
@@ -57,11 +61,12 @@ alias act = f32;
 @group(0) @binding(6) var<storage, read> beta: array<f32>;            // (C)
 @group(0) @binding(7) var<storage, read> dgamma_in: array<f32>;       // (C), backward_data
 @group(0) @binding(8) var<storage, read> dbeta_in: array<f32>;        // (C), backward_data
-@group(0) @binding(9) var<storage, read_write> out: array<act>;       // y or dx (N, C, HW)
+@group(0) @binding(9) var<storage, read_write> out: array<act>;       // y (read by the backward reduces), or dx
 @group(0) @binding(10) var<storage, read_write> stat_a: array<f32>;   // (C) save_mean, or dgamma
 @group(0) @binding(11) var<storage, read_write> stat_b: array<f32>;   // (C) save_var, or dbeta
 @group(0) @binding(12) var<storage, read_write> running_mean: array<f32>; // (C)
 @group(0) @binding(13) var<storage, read_write> running_var: array<f32>;  // (C)
+@group(0) @binding(14) var<storage, read> residual: array<act>;       // (N, C, HW), forward with flags & 16
 
 var<workgroup> partial: array<f32, 256>;
 var<workgroup> partial2: array<f32, 256>;
@@ -75,12 +80,7 @@ fn dyv(i: u32) -> f32 {
     return f32(dy[i]);
 }
 
-// The normalized value of element k of channel c (before any fused activation).
-fn normalized(k: u32, c: u32, invstd: f32) -> f32 {
-    return gamma[c] * (xv(k) - mean[c]) * invstd + beta[c];
-}
-
-// The fused activation of a normalized value.
+// The fused activation of a value.
 fn activate(v: f32) -> f32 {
     if (p.flags & FLAG_RELU) != 0u {
         return max(v, 0.0);
@@ -91,15 +91,15 @@ fn activate(v: f32) -> f32 {
     return v;
 }
 
-// dy[k] through the fused activation, the gradient of the normalized value, also stored back into dy[k] (the
-// backward reduces call it once per element, before backward_data reads dy).
-fn dy_masked(k: u32, c: u32, invstd: f32) -> f32 {
+// dy[k] through the fused activation (its derivative read off the output y = out[k]), also stored back into dy[k]:
+// the backward reduces call it once per element, before backward_data reads dy.
+fn dy_masked(k: u32) -> f32 {
     let g = dyv(k);
     if (p.flags & (FLAG_RELU | FLAG_RELU6)) == 0u {
         return g;
     }
-    let v = normalized(k, c, invstd);
-    let live = v > 0.0 && ((p.flags & FLAG_RELU6) == 0u || v < 6.0);
+    let y = f32(out[k]);
+    let live = y > 0.0 && ((p.flags & FLAG_RELU6) == 0u || y < 6.0);
     if !live {
         dy[k] = act(0.0);
     }
@@ -174,7 +174,11 @@ fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
     let c = (k / p.hw) % p.channels;
     let invstd = inverseSqrt(variance[c] + p.eps);
-    out[k] = act(activate(normalized(k, c, invstd)));
+    var v = gamma[c] * (xv(k) - mean[c]) * invstd + beta[c];
+    if (p.flags & FLAG_RESIDUAL) != 0u {
+        v += f32(residual[k]);
+    }
+    out[k] = act(activate(v));
 }
 
 @compute @workgroup_size(256)
@@ -186,7 +190,7 @@ fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loc
     var sb = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
-        let g = dy_masked(k, c, invstd);
+        let g = dy_masked(k);
         sb += g;
         sg += g * (xv(k) - mu) * invstd;
     }
@@ -272,7 +276,7 @@ fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
         for (var i = 0u; i < p.hw; i++) {
-            let g = dy_masked(base + i, c, invstd);
+            let g = dy_masked(base + i);
             sb += g;
             sg += g * (xv(base + i) - mu) * invstd;
         }

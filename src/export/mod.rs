@@ -314,22 +314,24 @@ impl<'g> Builder<'g> {
                         [Some(n(x)), Some(n(w)), b.as_ref().map(n)].into_iter().flatten().collect();
                     self.node_owned("Conv", layer, inputs, n(y), attrs);
                 }
-                Op::BatchNorm { x, gamma, beta, running_mean, running_var, y, cfg, .. } => {
+                Op::BatchNorm { x, gamma, beta, running_mean, running_var, y, cfg, residual, .. } => {
                     let inputs = vec![n(x), n(gamma), n(beta), n(running_mean), n(running_var)];
                     let eps = vec![float("epsilon", cfg.eps)];
-                    // A fused activation (an executor's graph) is its own ONNX node after the normalization.
+                    // An executor's graph fuses a residual add and an activation into batch norm: ONNX gets them
+                    // back as their own nodes after the normalization.
+                    let last = |done: bool, name: &str| if done { n(y) } else { format!("{layer}.{name}") };
+                    let (add, act) = (residual.is_some(), cfg.act != NormAct::None);
+                    let mut value = last(!add && !act, "normalized");
+                    self.node_owned("BatchNormalization", layer, inputs, value.clone(), eps);
+                    if let Some(r) = residual {
+                        let sum = last(!act, "sum");
+                        self.node_owned("Add", &format!("{layer}.add"), vec![value, n(r)], sum.clone(), vec![]);
+                        value = sum;
+                    }
                     match cfg.act {
-                        NormAct::None => self.node_owned("BatchNormalization", layer, inputs, n(y), eps),
-                        act => {
-                            let normalized = format!("{layer}.normalized");
-                            self.node_owned("BatchNormalization", layer, inputs, normalized.clone(), eps);
-                            let name = format!("{layer}.act");
-                            if act == NormAct::Relu {
-                                self.node_owned("Relu", &name, vec![normalized], n(y), vec![]);
-                            } else {
-                                self.relu6(&name, normalized, n(y));
-                            }
-                        }
+                        NormAct::None => {}
+                        NormAct::Relu => self.node_owned("Relu", &format!("{layer}.act"), vec![value], n(y), vec![]),
+                        NormAct::Relu6 => self.relu6(&format!("{layer}.act"), value, n(y)),
                     }
                 }
                 Op::Relu { x, y } => self.node_owned("Relu", layer, vec![n(x)], n(y), vec![]),

@@ -67,7 +67,10 @@ impl Graph {
         let save_mean = self.add_tensor(format!("{name}.save_mean"), vec![c], TensorKind::Saved { int: false }, None);
         let save_var = self.add_tensor(format!("{name}.save_var"), vec![c], TensorKind::Saved { int: false }, None);
         let y = self.activation(format!("{name}.out"), xs);
-        Ok(self.push(name, Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg }))
+        Ok(self.push(
+            name,
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg, residual: None },
+        ))
     }
 
     pub fn relu(&mut self, name: &str, x: TensorId) -> Result<TensorId> {

@@ -83,7 +83,7 @@ pub fn forward_observed(
                 let out = r::conv2d_forward(shape, &t[x], &t[w], b.map(|b| t[&b].clone()).as_deref());
                 t.insert(*y, out);
             }
-            Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg, residual } => {
                 let s = shape(*x);
                 let (n, c, hw) = (s[0], s[1], s[2..].iter().product::<usize>());
                 let (mean, var) = if training {
@@ -92,6 +92,11 @@ pub fn forward_observed(
                     (t[running_mean].clone(), t[running_var].clone())
                 };
                 let out = r::batch_norm_forward(&t[x], c, hw, (&mean, &var), &t[gamma], &t[beta], decimal(cfg.eps));
+                // A fused residual adds to the normalized value, a fused activation takes the sum.
+                let out = match residual {
+                    Some(r) => out.iter().zip(&t[r]).map(|(v, r)| v + r).collect(),
+                    None => out,
+                };
                 t.insert(*y, out.into_iter().map(|v| cfg.act.apply(v)).collect());
                 // The statistics it normalized with, for the backward pass and the running update.
                 t.insert(*save_mean, mean);
@@ -279,18 +284,21 @@ pub fn backward(
                     add(&mut grads, *b, r::sum_reduce(&dy, s.batch, s.out_c, s.out_h * s.out_w));
                 }
             }
-            Op::BatchNorm { x, gamma, beta, save_mean, save_var, cfg, .. } => {
+            Op::BatchNorm { x, gamma, beta, save_mean, save_var, cfg, y, residual, .. } => {
                 let s = shape(*x);
                 let dims = (s[0], s[1], s[2..].iter().product::<usize>());
                 let stats = (t[save_mean].as_slice(), t[save_var].as_slice());
                 let eps = decimal(cfg.eps);
-                // A fused activation: dy is its output's gradient; the normalized values say where it passes.
-                let dy = if cfg.act == NormAct::None {
+                // A fused activation: dy is its output's gradient, which passes where the output is strictly
+                // inside the activation's linear range. A fused residual's gradient is what passes.
+                let dy: Vec<f64> = if cfg.act == NormAct::None {
                     dy
                 } else {
-                    let v = r::batch_norm_forward(&t[x], dims.1, dims.2, stats, &t[gamma], &t[beta], eps);
-                    dy.iter().zip(v).map(|(&g, v)| if cfg.act.passes(v) { g } else { 0.0 }).collect()
+                    dy.iter().zip(&t[y]).map(|(&g, &v)| if cfg.act.passes(v) { g } else { 0.0 }).collect()
                 };
+                if let Some(r) = residual {
+                    add(&mut grads, *r, dy.clone());
+                }
                 let (dx, dgamma, dbeta) = r::batch_norm_backward(&dy, &t[x], dims, &t[gamma], stats, eps, !training);
                 add(&mut grads, *x, dx);
                 add(&mut grads, *gamma, dgamma);

@@ -4,44 +4,74 @@ use super::{Graph, Op, TensorId};
 use crate::ops::norm::NormAct;
 
 impl Graph {
-    /// Every batch norm whose output is read by one ReLU or ReLU6 and nothing else takes that activation in
-    /// ([`crate::ops::norm::BatchNormConfig::act`]): it writes the activation's output, and the activation's node
-    /// goes. Forward and backward then make one pass over memory instead of two, and neither the normalized
-    /// values nor their gradient need a buffer. Tensors keep their ids (the normalized values' tensor stays
-    /// declared, read and written by nothing), parameters and names are unchanged.
+    /// Batch norms take in the elementwise ops that alone read their output ([`Op::BatchNorm`]'s `residual`,
+    /// [`crate::ops::norm::BatchNormConfig::act`]):
+    /// - a residual add of the normalized value and a tensor computed before the batch norm (a block's skip
+    ///   connection): the batch norm adds it and writes the sum;
+    /// - then a ReLU or ReLU6: the batch norm writes the activation of its value.
+    ///
+    /// The taken-in nodes go. Forward and backward then make one pass over memory where they made two or three,
+    /// and the intermediate values and their gradients need no buffers. Tensors keep their ids (the intermediate
+    /// ones stay declared, read and written by nothing); parameters and names are unchanged.
     pub fn fuse_norm_activations(&self) -> Graph {
-        let mut readers = vec![0usize; self.tensors.len()];
-        for node in &self.nodes {
+        let mut g = self.clone();
+        // Residual adds: the batch norm must come after whatever computes the other operand.
+        let taken = g.fuse_into_norms(|g, bn_index, bn_y, op| match *op {
+            Op::Add { a, b, y } if a != b => {
+                let other = if a == bn_y { b } else { a };
+                let before = g.producer(other).is_none_or(|p| p < bn_index);
+                (before && g.shape(other) == g.shape(bn_y)).then_some((y, Some(other), NormAct::None))
+            }
+            _ => None,
+        });
+        let mut g = g.without(&taken);
+        let taken = g.fuse_into_norms(|_, _, bn_y, op| match *op {
+            Op::Relu { x, y } if x == bn_y => Some((y, None, NormAct::Relu)),
+            Op::Relu6 { x, y } if x == bn_y => Some((y, None, NormAct::Relu6)),
+            _ => None,
+        });
+        g.without(&taken)
+    }
+
+    /// For every batch norm without a fused activation whose output has exactly one reader: `take(graph, its node
+    /// index, its output, the reader's op)` says whether the batch norm takes the reader in, as (the reader's output,
+    /// which the batch norm then writes; a residual to add, if any; the activation). Returns the nodes taken in.
+    fn fuse_into_norms(
+        &mut self,
+        take: impl Fn(&Graph, usize, TensorId, &Op) -> Option<(TensorId, Option<TensorId>, NormAct)>,
+    ) -> Vec<bool> {
+        let mut readers = vec![Vec::new(); self.tensors.len()];
+        for (j, node) in self.nodes.iter().enumerate() {
             for t in node.op.inputs() {
-                readers[t.0] += 1;
+                readers[t.0].push(j);
             }
         }
-        let mut out = self.clone();
-        let mut fused = vec![false; self.nodes.len()];
+        let mut taken = vec![false; self.nodes.len()];
         for i in 0..self.nodes.len() {
-            let (bn_y, act) = match &out.nodes[i].op {
-                Op::BatchNorm { y, cfg, .. } if cfg.act == NormAct::None && readers[y.0] == 1 => (*y, cfg.act),
+            let bn_y = match &self.nodes[i].op {
+                Op::BatchNorm { y, cfg, .. } if cfg.act == NormAct::None => *y,
                 _ => continue,
             };
-            debug_assert_eq!(act, NormAct::None);
-            // The one reader, if it is a ReLU or ReLU6 of this output.
-            let Some(j) = (i + 1..self.nodes.len()).find(|&j| self.nodes[j].op.inputs().contains(&bn_y)) else {
+            let &[j] = readers[bn_y.0].as_slice() else { continue };
+            let Some((out, add, act)) = take(self, i, bn_y, &self.nodes[j].op) else { continue };
+            let Op::BatchNorm { y, cfg, residual, .. } = &mut self.nodes[i].op else { unreachable!("matched above") };
+            if add.is_some() && residual.is_some() {
                 continue;
-            };
-            let (act, act_y): (NormAct, TensorId) = match self.nodes[j].op {
-                Op::Relu { x, y } if x == bn_y => (NormAct::Relu, y),
-                Op::Relu6 { x, y } if x == bn_y => (NormAct::Relu6, y),
-                _ => continue,
-            };
-            if let Op::BatchNorm { y, cfg, .. } = &mut out.nodes[i].op {
-                *y = act_y;
-                cfg.act = act;
             }
-            fused[j] = true;
+            *y = out;
+            *residual = residual.or(add);
+            cfg.act = act;
+            taken[j] = true;
         }
-        let mut keep = fused.iter().map(|f| !f);
-        out.nodes.retain(|_| keep.next().unwrap_or(true));
-        out
+        taken
+    }
+
+    /// The graph without the nodes marked.
+    fn without(self, taken: &[bool]) -> Graph {
+        let mut g = self;
+        let mut keep = taken.iter().map(|t| !t);
+        g.nodes.retain(|_| keep.next().unwrap_or(true));
+        g
     }
 }
 
@@ -54,21 +84,35 @@ mod tests {
     use crate::ops::norm::{BatchNormConfig, NormAct};
     use crate::reference::{widen, SplitMix};
 
-    /// conv-BN-ReLU6 (fused), conv-BN-ReLU whose normalized values also feed an add (not fused: they have two
-    /// readers), ReLU after the add (not after a batch norm), a linear head.
+    /// conv-BN-ReLU6 (act taken in); conv-BN whose output also feeds a ReLU and an add (two readers: nothing taken
+    /// in); conv-BN-add(skip)-ReLU (ResNet: add and ReLU taken in); a BN added to a conv computed after it (the add
+    /// cannot be taken in); conv-BN-add(skip) (EfficientNet: the add taken in, the BN as the add's second operand); a
+    /// linear head.
     fn graph() -> Graph {
         let mut g = Graph::new();
         let x = g.input("image", &[3, 2, 5, 5]);
         let labels = g.labels("label", 3);
         let conv = Conv2dConfig { padding: Padding::symmetric(1), ..Default::default() };
+        let bn = BatchNormConfig::default();
         let h = g.conv2d("conv1", x, 3, (3, 3), conv, false).unwrap();
-        let h = g.batch_norm("bn1", h, BatchNormConfig::default()).unwrap();
+        let h = g.batch_norm("bn1", h, bn).unwrap();
         let a = g.relu6("act1", h).unwrap();
         let h = g.conv2d("conv2", a, 3, (3, 3), conv, false).unwrap();
-        let n = g.batch_norm("bn2", h, BatchNormConfig::default()).unwrap();
+        let n = g.batch_norm("bn2", h, bn).unwrap();
         let r = g.relu("act2", n).unwrap();
-        let s = g.add("sum", n, r).unwrap();
+        let s = g.add("sum2", n, r).unwrap();
         let s = g.relu("act3", s).unwrap();
+        let h = g.conv2d("conv3", s, 3, (3, 3), conv, false).unwrap();
+        let h = g.batch_norm("bn3", h, bn).unwrap();
+        let h = g.add("sum3", h, s).unwrap();
+        let s = g.relu("act4", h).unwrap();
+        let h = g.conv2d("conv4", s, 3, (3, 3), conv, false).unwrap();
+        let early = g.batch_norm("bn4", h, bn).unwrap();
+        let late = g.conv2d("conv5", s, 3, (3, 3), conv, true).unwrap();
+        let s = g.add("sum4", early, late).unwrap();
+        let h = g.conv2d("conv6", s, 3, (3, 3), conv, false).unwrap();
+        let h = g.batch_norm("bn5", h, bn).unwrap();
+        let s = g.add("sum5", s, h).unwrap();
         let s = g.global_avg_pool("pool", s).unwrap();
         let logits = g.linear("fc", s, 4, true).unwrap();
         g.cross_entropy("loss", logits, labels, 0.0).unwrap();
@@ -76,22 +120,34 @@ mod tests {
     }
 
     #[test]
-    fn only_a_batch_norm_read_by_one_relu_alone_takes_it_in() {
+    fn batch_norms_take_in_the_ops_that_alone_read_them() {
         let g = graph();
         let f = g.fuse_norm_activations();
-        assert_eq!(f.nodes.len(), g.nodes.len() - 1, "exactly act1 goes");
-        assert!(f.nodes.iter().all(|n| n.name != "act1"));
-        let acts: Vec<(String, NormAct)> = f
+        let names: Vec<&str> = f.nodes.iter().map(|n| n.name.as_str()).collect();
+        for gone in ["act1", "sum3", "act4", "sum5"] {
+            assert!(!names.contains(&gone), "{gone} is taken in: {names:?}");
+        }
+        assert_eq!(f.nodes.len(), g.nodes.len() - 4);
+        let name = |t: TensorId| f.tensors[t.0].name.clone();
+        let norms: Vec<(String, NormAct, Option<String>, String)> = f
             .nodes
             .iter()
             .filter_map(|n| match &n.op {
-                Op::BatchNorm { cfg, .. } => Some((n.name.clone(), cfg.act)),
+                Op::BatchNorm { cfg, residual, y, .. } => Some((n.name.clone(), cfg.act, residual.map(name), name(*y))),
                 _ => None,
             })
             .collect();
-        assert_eq!(acts, [("bn1".to_string(), NormAct::Relu6), ("bn2".to_string(), NormAct::None)]);
-        let Op::BatchNorm { y, .. } = f.nodes[1].op else { panic!("bn1 is node 1") };
-        assert_eq!(f.tensors[y.0].name, "act1.out", "bn1 writes the ReLU6's output");
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            norms,
+            [
+                (s("bn1"), NormAct::Relu6, None, s("act1.out")),
+                (s("bn2"), NormAct::None, None, s("bn2.out")),
+                (s("bn3"), NormAct::Relu, Some(s("act3.out")), s("act4.out")),
+                (s("bn4"), NormAct::None, None, s("bn4.out")),
+                (s("bn5"), NormAct::None, Some(s("sum4.out")), s("sum5.out")),
+            ]
+        );
         assert_eq!(f.tensors.len(), g.tensors.len(), "tensor ids stay");
     }
 
@@ -121,7 +177,8 @@ mod tests {
             let act1 = g.find("act1.out").unwrap();
             let clipped = fwd_g[&act1].iter().filter(|&&v| v == 0.0 || v == 6.0).count();
             assert!(clipped > 10 && clipped < fwd_g[&act1].len() - 10, "both kinks in use: {clipped}");
-            for t in [act1, g.find("loss.loss").unwrap()] {
+            for name in ["act1.out", "act4.out", "sum5.out", "loss.loss"] {
+                let t = g.find(name).unwrap();
                 assert_eq!(fwd_g[&t], fwd_f[&t], "{} (training {training})", g.tensors[t.0].name);
             }
             let bg = cpu::backward(&g, &fwd_g, &labels, training, 1);

@@ -94,6 +94,8 @@ pub enum Op {
         shape: ConvShape,
     },
     /// Training mode uses batch statistics (saved in `save_mean`/`save_var`) and updates the running ones.
+    /// `residual` (a graph rewrite's, [`Graph::fuse_norm_activations`]; None from the builder) is added to the
+    /// normalized value before `cfg.act`.
     BatchNorm {
         x: TensorId,
         gamma: TensorId,
@@ -104,6 +106,7 @@ pub enum Op {
         save_var: TensorId,
         y: TensorId,
         cfg: BatchNormConfig,
+        residual: Option<TensorId>,
     },
     Relu {
         x: TensorId,
@@ -277,8 +280,10 @@ impl Op {
                 v.extend(b);
                 (v, vec![])
             }
-            Op::BatchNorm { x, gamma, beta, running_mean, running_var, .. } => {
-                (vec![*x, *gamma, *beta], vec![*running_mean, *running_var])
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, residual, .. } => {
+                let mut v = vec![*x, *gamma, *beta];
+                v.extend(residual);
+                (v, vec![*running_mean, *running_var])
             }
             Op::Relu { x, .. }
             | Op::Relu6 { x, .. }

@@ -22,6 +22,7 @@ pub const FLAG_ACCUMULATE: u32 = 1;
 pub const FLAG_EVAL: u32 = 2;
 pub const FLAG_RELU: u32 = 4;
 pub const FLAG_RELU6: u32 = 8;
+pub const FLAG_RESIDUAL: u32 = 16;
 
 use Access::{Read as R, ReadWrite as W};
 pub const BATCH_NORM_STATISTICS: KernelSpec =
@@ -31,15 +32,12 @@ pub const BATCH_NORM_STATISTICS_ROWS: KernelSpec =
 pub const BATCH_NORM_BACKWARD_REDUCE_ROWS: KernelSpec = KernelSpec::new(
     "batch_norm_backward_reduce_rows",
     "norm",
-    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
+    &[(1, R), (2, W), (3, R), (4, R), (9, W), (10, W), (11, W)],
 );
 pub const BATCH_NORM_FORWARD: KernelSpec =
-    KernelSpec::new("batch_norm_forward", "norm", &[(1, R), (3, R), (4, R), (5, R), (6, R), (9, W)]);
-pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec = KernelSpec::new(
-    "batch_norm_backward_reduce",
-    "norm",
-    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
-);
+    KernelSpec::new("batch_norm_forward", "norm", &[(1, R), (3, R), (4, R), (5, R), (6, R), (9, W), (14, R)]);
+pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec =
+    KernelSpec::new("batch_norm_backward_reduce", "norm", &[(1, R), (2, W), (3, R), (4, R), (9, W), (10, W), (11, W)]);
 pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
     "batch_norm_backward_data",
     "norm",
@@ -47,8 +45,8 @@ pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
 );
 
 /// An activation applied to batch norm's output in the same pass (timm's BatchNormAct2d): the normalized value
-/// never goes to memory, and backward masks dy by the activation's derivative (in place: see shaders/norm.wgsl),
-/// recomputing the normalized value from x and the statistics it reads anyway.
+/// never goes to memory, and backward masks dy by the activation's derivative, read off the output (in place: see
+/// shaders/norm.wgsl).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NormAct {
     #[default]
@@ -77,8 +75,8 @@ impl NormAct {
         }
     }
 
-    /// The activation's derivative at a normalized value (0 or 1; at the kinks 0, as PyTorch's ReLU and
-    /// hardtanh).
+    /// Whether the activation passes a gradient (its derivative, 0 or 1, with 0 at the kinks as PyTorch's ReLU and
+    /// hardtanh), given its input or equally its output: both are strictly inside the linear range together.
     pub fn passes(self, v: f64) -> bool {
         match self {
             NormAct::None => true,
@@ -154,21 +152,25 @@ fn params(x: &Tensor, per_channel: &[&Tensor], cfg: BatchNormConfig, flags: u32)
 
 /// Forward. Training (`save` = Some((save_mean, save_var))): batch statistics into `save`, running statistics
 /// updated, y normalized with the batch statistics — two dispatches. Eval (`save` = None): y normalized with the
-/// running statistics — one dispatch. y is `cfg.act` of the normalized value.
+/// running statistics — one dispatch. With `residual`, y = bn(x) + residual (a skip connection); y is `cfg.act` of
+/// that.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_forward(
     gpu: &Gpu,
     x: &Tensor,
     state: &BatchNormState,
     save: Option<(&Tensor, &Tensor)>,
+    residual: Option<&Tensor>,
     y: &Tensor,
     cfg: BatchNormConfig,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
-    if y.shape() != x.shape() {
-        return Err(Error::shape("batch_norm_forward", format!("y {:?} must match x {:?}", y.shape(), x.shape())));
+    if y.shape() != x.shape() || residual.is_some_and(|r| r.shape() != x.shape()) {
+        let r = residual.map(|r| format!(" and the residual {:?}", r.shape())).unwrap_or_default();
+        return Err(Error::shape("batch_norm_forward", format!("y {:?}{r} must match x {:?}", y.shape(), x.shape())));
     }
     let all = [state.gamma, state.beta, state.running_mean, state.running_var];
-    let p = params(x, &all, cfg, 0)?;
+    let p = params(x, &all, cfg, if residual.is_some() { FLAG_RESIDUAL } else { 0 })?;
     let grid = elements_grid(gpu, &p);
     let (mean, var) = save.unwrap_or((state.running_mean, state.running_var));
     let mut steps = Vec::new();
@@ -185,52 +187,82 @@ pub fn batch_norm_forward(
             &format!("{label} statistics"),
         )?);
     }
+    // Without a residual the kernel's residual binding reads x (and nothing of it).
+    let r = residual.unwrap_or(x);
     steps.push(super::dispatch_at(
         gpu,
         &BATCH_NORM_FORWARD,
-        &[x, y],
+        &[x, r, y],
         bytemuck::bytes_of(&p),
-        &[x, mean, var, state.gamma, state.beta, y],
+        &[x, mean, var, state.gamma, state.beta, y, r],
         grid,
         label,
     )?);
     Ok(steps)
 }
 
+/// Where batch norm's backward writes: the parameters' gradients, x's (added to what it holds with
+/// `accumulate_dx`) and, for a fused residual, the residual's (the masked dy; added with its flag).
+pub struct BatchNormGrads<'a> {
+    pub dgamma: &'a Tensor,
+    pub dbeta: &'a Tensor,
+    pub dx: &'a Tensor,
+    pub accumulate_dx: bool,
+    pub residual: Option<(&'a Tensor, bool)>,
+}
+
 /// Backward: dgamma, dbeta and dx. `stats` = (mean, var) used in forward: the saved batch statistics in training,
 /// the running ones in eval (`eval` = true, where they are constants and dx = gamma * invstd * dy). With a fused
-/// `cfg.act`, dy is the gradient of the activation's output and `params` = (gamma, beta) recompute its input; dy is
-/// then masked in place (zero where the activation passes nothing), so it must be a buffer nothing reads later.
+/// `cfg.act`, dy is the gradient of the activation's output `y` (the forward's output, which its derivative is
+/// read off) and is masked in place (zero where the activation passes nothing): it must be a buffer nothing reads
+/// later. A fused residual's gradient is that masked dy.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     gpu: &Gpu,
     dy: &Tensor,
     x: &Tensor,
-    params: (&Tensor, &Tensor),
+    y: Option<&Tensor>,
+    gamma: &Tensor,
     stats: (&Tensor, &Tensor),
     eval: bool,
-    grads: (&Tensor, &Tensor, &Tensor),
+    grads: &BatchNormGrads,
     cfg: BatchNormConfig,
-    accumulate_dx: bool,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
-    let (dgamma, dbeta, dx) = grads;
-    if dy.shape() != x.shape() || dx.shape() != x.shape() {
+    let BatchNormGrads { dgamma, dbeta, dx, accumulate_dx, residual } = *grads;
+    let shapes_match =
+        [dy, dx].iter().chain(y.as_ref()).chain(residual.as_ref().map(|(r, _)| r)).all(|t| t.shape() == x.shape());
+    if !shapes_match {
         return Err(Error::shape(
             "batch_norm_backward",
-            format!("dy {:?}, x {:?} and dx {:?} must match", dy.shape(), x.shape(), dx.shape()),
+            format!(
+                "dy {:?}, dx {:?}, y and the residual's gradient must match x {:?}",
+                dy.shape(),
+                dx.shape(),
+                x.shape()
+            ),
         ));
     }
+    let y = match (cfg.act, y) {
+        (NormAct::None, _) => dy,
+        (_, Some(y)) => y,
+        (act, None) => {
+            return Err(Error::Invalid(format!(
+                "'{label}': batch norm backward with a fused {act:?} needs the forward's output"
+            )))
+        }
+    };
     let (mean, var) = stats;
-    let (gamma, beta) = params;
     let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
-    let p = self::params(x, &[gamma, beta, mean, var, dgamma, dbeta], cfg, flags)?;
+    let p = params(x, &[gamma, mean, var, dgamma, dbeta], cfg, flags)?;
     let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
+    // Without an activation the reduce's y binding is dy (and nothing of it is read).
     let reduce = super::dispatch_at(
         gpu,
         spec,
-        &[x, dy],
+        &[x, dy, y],
         bytemuck::bytes_of(&p),
-        &[x, dy, mean, var, gamma, beta, dgamma, dbeta],
+        &[x, dy, mean, var, y, dgamma, dbeta],
         grid,
         &format!("{label} reduce"),
     )?;
@@ -243,5 +275,19 @@ pub fn batch_norm_backward(
         elements_grid(gpu, &p),
         label,
     )?;
-    Ok(vec![reduce, data])
+    let mut steps = vec![reduce, data];
+    if let Some((dr, accumulate)) = residual {
+        let copy = super::elementwise::Elementwise::Scale;
+        steps.push(super::elementwise::elementwise(
+            gpu,
+            copy,
+            dy,
+            None,
+            dr,
+            1.0,
+            accumulate,
+            &format!("{label} residual"),
+        )?);
+    }
+    Ok(steps)
 }

@@ -1,7 +1,9 @@
 //! Batch norm forward/backward, training and eval, 4-D and 2-D, against the reference. Means and variances are
 //! f32 sums of up to ~2000 terms: atol 2e-5, rtol 1e-4.
 
-use wgtune::ops::norm::{batch_norm_backward, batch_norm_forward, BatchNormConfig, BatchNormState, NormAct};
+use wgtune::ops::norm::{
+    batch_norm_backward, batch_norm_forward, BatchNormConfig, BatchNormGrads, BatchNormState, NormAct,
+};
 use wgtune::reference::{self, widen, SplitMix};
 
 use crate::common::*;
@@ -10,19 +12,21 @@ const ATOL: f64 = 2e-5;
 const RTOL: f64 = 1e-4;
 
 fn check(shape: &[usize], cfg: BatchNormConfig, seed: u64) {
-    check_at(shape, cfg, seed, false);
+    check_at(shape, cfg, seed, false, false);
 }
 
 /// Training and eval forward/backward on f32 activations, or with `half` on f16 ones (the f16 variant, issue 14:
 /// x, dy, y, dx in f16; statistics, parameters and their gradients f32): the reference then takes the f16-rounded
-/// inputs, and y and dx one f16 rounding more of tolerance (2^-11 relative, 2^-14 absolute).
-fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool) {
+/// inputs, and y and dx one f16 rounding more of tolerance (2^-11 relative, 2^-14 absolute). With `residual`, a
+/// fused skip connection: y = act(bn(x) + r), and r's gradient (overwritten in training, added to ones in eval).
+fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool, residual: bool) {
     let g = gpu();
     let (n, c) = (shape[0], shape[1]);
     let hw: usize = shape[2..].iter().product();
+    let len = n * c * hw;
     let mut rng = SplitMix(seed);
-    let mut x_data = rng.vec_f32(n * c * hw, -1.0, 3.0);
-    let mut dy_data = rng.vec_f32(n * c * hw, -1.0, 1.0);
+    let mut x_data = rng.vec_f32(len, -1.0, 3.0);
+    let mut dy_data = rng.vec_f32(len, -1.0, 1.0);
     // With a fused activation, a wider scale and a shift put normalized values beyond both of ReLU6's kinks.
     let (gamma_data, beta_data) = if cfg.act == NormAct::None {
         (rng.vec_f32(c, 0.5, 1.5), rng.vec_f32(c, -0.5, 0.5))
@@ -31,15 +35,17 @@ fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool) {
     };
     let rm_data = rng.vec_f32(c, -0.2, 0.2);
     let rv_data = rng.vec_f32(c, 0.5, 1.5);
+    let mut r_data = if residual { rng.vec_f32(len, -1.0, 1.0) } else { Vec::new() };
     let (up, get) = io(half);
     let x = up(shape, &x_data, "x");
     // With a fused activation backward masks dy in place: each pass gets its own copy, and the masked one is checked.
     let dy = up(shape, &dy_data, "dy");
     let dy2 = up(shape, &dy_data, "dy eval");
+    let r = residual.then(|| up(shape, &r_data, "residual"));
     if half {
-        (x_data, dy_data) = (to_f16(&x_data), to_f16(&dy_data));
+        (x_data, dy_data, r_data) = (to_f16(&x_data), to_f16(&dy_data), to_f16(&r_data));
     }
-    let nan = |label: &str| up(shape, &vec![f32::NAN; n * c * hw], label);
+    let nan = |label: &str| up(shape, &vec![f32::NAN; len], label);
     // y and dx: the f32 tolerances plus one f16 rounding.
     let (out_atol, out_rtol) = if half { (2f64.powi(-14), 2f64.powi(-11)) } else { (0.0, 0.0) };
     let gamma = upload(&[c], &gamma_data, "gamma");
@@ -50,27 +56,28 @@ fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool) {
     let (save_mean, save_var) = (poisoned(&[c], "save_mean"), poisoned(&[c], "save_var"));
     let (y, dx) = (nan("y"), nan("dx"));
     let (dgamma, dbeta) = (poisoned(&[c], "dgamma"), poisoned(&[c], "dbeta"));
-    let what = format!("{shape:?} {cfg:?} f16={half}");
+    let (dr, dr2) = (nan("dr"), up(shape, &vec![1.0; len], "dr eval"));
+    let what = format!("{shape:?} {cfg:?} f16={half} residual={residual}");
+    let fused_act = cfg.act != NormAct::None;
+    let grads = |dx, dr, accumulate| BatchNormGrads {
+        dgamma: &dgamma,
+        dbeta: &dbeta,
+        dx,
+        accumulate_dx: false,
+        residual: residual.then_some((dr, accumulate)),
+    };
 
     // Training: batch statistics, running update, backward through the statistics.
-    let mut steps = batch_norm_forward(g, &x, &state, Some((&save_mean, &save_var)), &y, cfg, "bn").expect("fwd");
+    let save = Some((&save_mean, &save_var));
+    let mut steps = batch_norm_forward(g, &x, &state, save, r.as_ref(), &y, cfg, "bn").expect("fwd");
+    let out = fused_act.then_some(&y);
+    let stats = (&save_mean, &save_var);
     steps.extend(
-        batch_norm_backward(
-            g,
-            &dy,
-            &x,
-            (&gamma, &beta),
-            (&save_mean, &save_var),
-            false,
-            (&dgamma, &dbeta, &dx),
-            cfg,
-            false,
-            "bn",
-        )
-        .expect("bwd"),
+        batch_norm_backward(g, &dy, &x, out, &gamma, stats, false, &grads(&dx, &dr, false), cfg, "bn").expect("bwd"),
     );
     g.run("bn train", &steps.iter().collect::<Vec<_>>()).expect("run");
-    let (xd, dyd, gd, bd) = (widen(&x_data), widen(&dy_data), widen(&gamma_data), widen(&beta_data));
+    let (xd, dyd, gd, bd, rd) =
+        (widen(&x_data), widen(&dy_data), widen(&gamma_data), widen(&beta_data), widen(&r_data));
     let eps = cfg.eps as f64;
     let (mean, var) = reference::batch_norm_statistics(&xd, n, c, hw);
     assert_close(&read(&save_mean), &mean, ATOL, RTOL, &format!("batch mean {what}"));
@@ -82,8 +89,8 @@ fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool) {
     let want_rv: Vec<f64> = (0..c).map(|i| (1.0 - mom) * rv_data[i] as f64 + mom * var[i] * unbias).collect();
     assert_close(&read(&running_mean), &want_rm, ATOL, RTOL, &format!("running mean {what}"));
     assert_close(&read(&running_var), &want_rv, ATOL, RTOL, &format!("running var {what}"));
-    let (want_y, dyd_train) =
-        through_act(cfg.act, reference::batch_norm_forward(&xd, c, hw, (&mean, &var), &gd, &bd, eps), &dyd);
+    let normalized = reference::batch_norm_forward(&xd, c, hw, (&mean, &var), &gd, &bd, eps);
+    let (want_y, dyd_train) = through(cfg.act, normalized, &rd, &get(&y), &dyd);
     assert_close(&get(&y), &want_y, ATOL + out_atol, RTOL + out_rtol, &format!("train forward {what}"));
     let (want_dx, want_dg, want_db) =
         reference::batch_norm_backward(&dyd_train, &xd, (n, c, hw), &gd, (&mean, &var), eps, false);
@@ -91,51 +98,59 @@ fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool) {
     assert_close(&read(&dbeta), &want_db, ATOL * m, RTOL, &format!("train dbeta {what}"));
     assert_close(&get(&dx), &want_dx, ATOL + out_atol, 1e-3 + out_rtol, &format!("train dx {what}"));
     assert_close(&get(&dy), &dyd_train, 0.0, 0.0, &format!("dy masked in place {what}"));
+    if residual {
+        assert_close(&get(&dr), &dyd_train, 0.0, 0.0, &format!("train residual gradient {what}"));
+    }
 
     // Eval: the (now updated) running statistics are used and stay as they are.
     let (rm_now, rv_now) = (read(&running_mean), read(&running_var));
     let (y2, dx2) = (nan("y eval"), nan("dx eval"));
-    let mut steps = batch_norm_forward(g, &x, &state, None, &y2, cfg, "bn eval").expect("fwd");
+    let mut steps = batch_norm_forward(g, &x, &state, None, r.as_ref(), &y2, cfg, "bn eval").expect("fwd");
+    let out = fused_act.then_some(&y2);
+    let stats = (&running_mean, &running_var);
     steps.extend(
-        batch_norm_backward(
-            g,
-            &dy2,
-            &x,
-            (&gamma, &beta),
-            (&running_mean, &running_var),
-            true,
-            (&dgamma, &dbeta, &dx2),
-            cfg,
-            false,
-            "bn eval",
-        )
-        .expect("bwd"),
+        batch_norm_backward(g, &dy2, &x, out, &gamma, stats, true, &grads(&dx2, &dr2, true), cfg, "bn eval")
+            .expect("bwd"),
     );
     g.run("bn eval", &steps.iter().collect::<Vec<_>>()).expect("run");
     let (rm, rv) = (widen(&rm_now), widen(&rv_now));
     assert_eq!(read(&running_mean), rm_now, "eval must not touch the running mean");
-    let (want_y, dyd_eval) =
-        through_act(cfg.act, reference::batch_norm_forward(&xd, c, hw, (&rm, &rv), &gd, &bd, eps), &dyd);
+    let normalized = reference::batch_norm_forward(&xd, c, hw, (&rm, &rv), &gd, &bd, eps);
+    let (want_y, dyd_eval) = through(cfg.act, normalized, &rd, &get(&y2), &dyd);
     assert_close(&get(&y2), &want_y, ATOL + out_atol, RTOL + out_rtol, &format!("eval forward {what}"));
     let (want_dx, want_dg, want_db) =
         reference::batch_norm_backward(&dyd_eval, &xd, (n, c, hw), &gd, (&rm, &rv), eps, true);
     assert_close(&get(&dx2), &want_dx, ATOL + out_atol, RTOL + out_rtol, &format!("eval dx {what}"));
     assert_close(&read(&dgamma), &want_dg, ATOL * m, RTOL, &format!("eval dgamma {what}"));
     assert_close(&read(&dbeta), &want_db, ATOL * m, RTOL, &format!("eval dbeta {what}"));
+    if residual {
+        let want: Vec<f64> = dyd_eval.iter().map(|g| 1.0 + g).collect();
+        // One rounding of the sum: f32 (2^-24 relative) or f16.
+        assert_close(
+            &get(&dr2),
+            &want,
+            0.0,
+            2f64.powi(-24) + out_rtol,
+            &format!("eval residual gradient added {what}"),
+        );
+    }
 }
 
-/// The reference through a fused activation: y = act(normalized) and dy masked by act' at the normalized values
-/// (asserting that the case reaches both sides of every kink the activation has).
-fn through_act(act: NormAct, normalized: Vec<f64>, dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
+/// The reference of the fused ops: y = act(normalized + residual) (no residual when it is empty), and dy masked
+/// by act' read off the GPU's output `y_gpu` (the kernel's rule; its y is checked against the reference
+/// separately). Asserts that the case reaches both sides of every kink the activation has.
+fn through(act: NormAct, normalized: Vec<f64>, residual: &[f64], y_gpu: &[f32], dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let v: Vec<f64> =
+        if residual.is_empty() { normalized } else { normalized.iter().zip(residual).map(|(v, r)| v + r).collect() };
     if act != NormAct::None {
-        let below = normalized.iter().filter(|&&v| v <= 0.0).count();
-        let above = normalized.iter().filter(|&&v| v >= 6.0).count();
-        let n = normalized.len();
-        assert!(below > 0 && below < n, "the case must have normalized values on both sides of 0: {below} of {n}");
-        assert!(act != NormAct::Relu6 || above > 0, "the case must have normalized values above 6");
+        let below = v.iter().filter(|&&v| v <= 0.0).count();
+        let above = v.iter().filter(|&&v| v >= 6.0).count();
+        let n = v.len();
+        assert!(below > 0 && below < n, "the case must have values on both sides of 0: {below} of {n}");
+        assert!(act != NormAct::Relu6 || above > 0, "the case must have values above 6");
     }
-    let masked = dy.iter().zip(&normalized).map(|(&g, &v)| if act.passes(v) { g } else { 0.0 }).collect();
-    (normalized.into_iter().map(|v| act.apply(v)).collect(), masked)
+    let masked = dy.iter().zip(y_gpu).map(|(&g, &y)| if act.passes(y as f64) { g } else { 0.0 }).collect();
+    (v.into_iter().map(|v| act.apply(v)).collect(), masked)
 }
 
 #[test]
@@ -162,22 +177,30 @@ fn batch_norm_batch_1_and_large_planes() {
 /// Batch norm's f16 variant: 4-D (statistics by workgroup, and by rows for short channels) and 2-D features.
 #[test]
 fn batch_norm_in_f16() {
-    check_at(&[2, 3, 17, 19], BatchNormConfig::default(), 201, true);
-    check_at(&[3, 5, 2, 3], BatchNormConfig::default(), 202, true);
-    check_at(&[7, 11], BatchNormConfig::default(), 203, true);
+    check_at(&[2, 3, 17, 19], BatchNormConfig::default(), 201, true, false);
+    check_at(&[3, 5, 2, 3], BatchNormConfig::default(), 202, true, false);
+    check_at(&[7, 11], BatchNormConfig::default(), 203, true, false);
 }
 
-/// A fused ReLU or ReLU6 (the executor's BN+activation): forward stores the activation of the normalized value,
-/// backward masks dy by its derivative, in training and eval, f32 and f16, by workgroup and by rows.
+/// Fused ops (the executor's graph rewrite): a ReLU or ReLU6 (forward stores the activation, backward masks dy by
+/// its derivative read off the output) and a residual add (its gradient the masked dy), each alone and together,
+/// in training and eval, f32 and f16, by workgroup and by rows.
 #[test]
-fn batch_norm_with_a_fused_activation() {
-    for (i, act) in [NormAct::Relu, NormAct::Relu6].into_iter().enumerate() {
-        let cfg = BatchNormConfig { act, ..Default::default() };
-        let seed = 300 + 10 * i as u64;
-        check_at(&[2, 3, 17, 19], cfg, seed, false);
-        check_at(&[3, 5, 2, 3], cfg, seed + 1, false);
-        check_at(&[13, 7], cfg, seed + 2, false);
-        check_at(&[2, 3, 17, 19], cfg, seed + 3, true);
-        check_at(&[3, 5, 2, 3], cfg, seed + 4, true);
+fn batch_norm_with_fused_residual_and_activation() {
+    let mut seed = 300;
+    for act in [NormAct::None, NormAct::Relu, NormAct::Relu6] {
+        for residual in [false, true] {
+            if act == NormAct::None && !residual {
+                continue;
+            }
+            let cfg = BatchNormConfig { act, ..Default::default() };
+            for (shape, half) in [(&[2, 3, 17, 19][..], false), (&[3, 5, 2, 3], false), (&[13, 7], false)]
+                .into_iter()
+                .chain([(&[2, 3, 17, 19][..], true), (&[3, 5, 2, 3], true)])
+            {
+                seed += 1;
+                check_at(shape, cfg, seed, half, residual);
+            }
+        }
     }
 }

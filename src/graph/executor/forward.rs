@@ -47,7 +47,7 @@ impl Executor {
                 };
                 conv2d_forward(v.gpu, &shape, v.v(x)?, v.v(w)?, bias, v.v(y)?, false, &gpu_label)
             }),
-            Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg } => {
+            Op::BatchNorm { x, gamma, beta, running_mean, running_var, save_mean, save_var, y, cfg, residual } => {
                 Box::new(move |v| {
                     let state = BatchNormState {
                         gamma: v.v(gamma)?,
@@ -56,7 +56,8 @@ impl Executor {
                         running_var: v.v(running_var)?,
                     };
                     let save = if bn_train { Some((v.v(save_mean)?, v.v(save_var)?)) } else { None };
-                    batch_norm_forward(v.gpu, v.v(x)?, &state, save, v.v(y)?, cfg, &gpu_label)
+                    let residual = residual.map(|r| v.v(r)).transpose()?;
+                    batch_norm_forward(v.gpu, v.v(x)?, &state, save, residual, v.v(y)?, cfg, &gpu_label)
                 })
             }
             Op::Relu { x, y } => Box::new(move |v| {
