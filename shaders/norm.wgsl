@@ -20,13 +20,13 @@
 //                             eval (flags & 2): dx = gamma * invstd * dy (the statistics are constants).
 //                             flags & 1: accumulate into dx. Dispatch as batch_norm_forward.
 //
-// Fused ops (the executor's graph rewrite, timm's BatchNormAct2d, and a residual add):
+// Fused ops (the executor's graph rewrite; timm's BatchNormAct2d, and a residual add), one or the other:
 //   flags & 16: forward adds residual[k] to the normalized value (y = bn(x) + r, a block's skip connection);
-//   flags & 4 (ReLU), flags & 8 (ReLU6): forward stores the activation of that value, never the value itself.
-//   Backward then gets dy of the activation's output y: the backward reduces mask it by the activation's
-//   derivative, read off y (`out`, bound to the forward's output: y > 0, and y < 6 for ReLU6, as PyTorch's
-//   threshold backward), and write the masked dy back in place (dy is y's gradient, which nothing reads after
-//   this layer) so backward_data and the residual's gradient (a copy, outside this file) read it as it is.
+//   flags & 4 (ReLU), flags & 8 (ReLU6): forward stores the activation of the normalized value, never the value.
+//   Backward then gets dy of the activation's output: the backward reduces mask it by the activation's
+//   derivative (0 at the kinks, as PyTorch), recomputing the normalized value from x, the statistics, gamma and
+//   beta, and write the masked dy back in place (dy is the output's gradient, which nothing reads after this
+//   layer), so backward_data reads it as it is. A residual's gradient is dy, copied outside this file.
 // No separate pass for the add or the activation either way, no buffers for the intermediate values or their
 // gradients, and no entry point binds more than 8 storage buffers (WebGPU's default limit).
 //
@@ -61,7 +61,7 @@ alias act = f32;
 @group(0) @binding(6) var<storage, read> beta: array<f32>;            // (C)
 @group(0) @binding(7) var<storage, read> dgamma_in: array<f32>;       // (C), backward_data
 @group(0) @binding(8) var<storage, read> dbeta_in: array<f32>;        // (C), backward_data
-@group(0) @binding(9) var<storage, read_write> out: array<act>;       // y (read by the backward reduces), or dx
+@group(0) @binding(9) var<storage, read_write> out: array<act>;       // y or dx (N, C, HW)
 @group(0) @binding(10) var<storage, read_write> stat_a: array<f32>;   // (C) save_mean, or dgamma
 @group(0) @binding(11) var<storage, read_write> stat_b: array<f32>;   // (C) save_var, or dbeta
 @group(0) @binding(12) var<storage, read_write> running_mean: array<f32>; // (C)
@@ -91,15 +91,15 @@ fn activate(v: f32) -> f32 {
     return v;
 }
 
-// dy[k] through the fused activation (its derivative read off the output y = out[k]), also stored back into dy[k]:
-// the backward reduces call it once per element, before backward_data reads dy.
-fn dy_masked(k: u32) -> f32 {
+// dy[k] through the fused activation, the gradient of the normalized value, also stored back into dy[k] (the
+// backward reduces call it once per element, before backward_data reads dy).
+fn dy_masked(k: u32, c: u32, invstd: f32) -> f32 {
     let g = dyv(k);
     if (p.flags & (FLAG_RELU | FLAG_RELU6)) == 0u {
         return g;
     }
-    let y = f32(out[k]);
-    let live = y > 0.0 && ((p.flags & FLAG_RELU6) == 0u || y < 6.0);
+    let v = gamma[c] * (xv(k) - mean[c]) * invstd + beta[c];
+    let live = v > 0.0 && ((p.flags & FLAG_RELU6) == 0u || v < 6.0);
     if !live {
         dy[k] = act(0.0);
     }
@@ -190,7 +190,7 @@ fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loc
     var sb = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
-        let g = dy_masked(k);
+        let g = dy_masked(k, c, invstd);
         sb += g;
         sg += g * (xv(k) - mu) * invstd;
     }
@@ -276,7 +276,7 @@ fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
         for (var i = 0u; i < p.hw; i++) {
-            let g = dy_masked(base + i);
+            let g = dy_masked(base + i, c, invstd);
             sb += g;
             sg += g * (xv(base + i) - mu) * invstd;
         }

@@ -627,14 +627,14 @@ fn one_submit_and_eight_bytes_back_per_training_step() {
     assert_eq!(c.bytes_read_back - before.bytes_read_back, 24 * steps, "loss, count and the scaler's 16 bytes");
 }
 
-/// Fusing into a batch norm the residual add and the ReLU or ReLU6 that alone read its output (the executor's
+/// Fusing into a batch norm the residual add or the ReLU or ReLU6 that alone reads its output (the executor's
 /// default) changes which kernels run, not what they compute: three SGD steps with and without it give the same
 /// losses and weights (f32; 1e-5 relative for rounding-contraction differences), and the fused program has a
-/// forward and a backward layer fewer per op taken in (residual_cnn: bn1's ReLU, bn2's add and the ReLU after it;
+/// forward and a backward layer fewer per op taken in (residual_cnn: bn1's ReLU and bn2's add;
 /// fastai_head_cnn: the stem's ReLU6) and binds fewer bytes.
 #[test]
 fn fused_batch_norm_activations_train_as_the_unfused_graph() {
-    for (g, classes, taken) in [(residual_cnn(3, 6, 3), 3, 3), (fastai_head_cnn(4, 7, 4), 4, 1)] {
+    for (g, classes, taken) in [(residual_cnn(3, 6, 3), 3, 2), (fastai_head_cnn(4, 7, 4), 4, 1)] {
         assert_eq!(g.nodes.len() - g.fuse_norm_activations().nodes.len(), taken);
         let mut runs = Vec::new();
         for fuse in [false, true] {

@@ -32,12 +32,15 @@ pub const BATCH_NORM_STATISTICS_ROWS: KernelSpec =
 pub const BATCH_NORM_BACKWARD_REDUCE_ROWS: KernelSpec = KernelSpec::new(
     "batch_norm_backward_reduce_rows",
     "norm",
-    &[(1, R), (2, W), (3, R), (4, R), (9, W), (10, W), (11, W)],
+    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
 );
 pub const BATCH_NORM_FORWARD: KernelSpec =
     KernelSpec::new("batch_norm_forward", "norm", &[(1, R), (3, R), (4, R), (5, R), (6, R), (9, W), (14, R)]);
-pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec =
-    KernelSpec::new("batch_norm_backward_reduce", "norm", &[(1, R), (2, W), (3, R), (4, R), (9, W), (10, W), (11, W)]);
+pub const BATCH_NORM_BACKWARD_REDUCE: KernelSpec = KernelSpec::new(
+    "batch_norm_backward_reduce",
+    "norm",
+    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (10, W), (11, W)],
+);
 pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
     "batch_norm_backward_data",
     "norm",
@@ -45,8 +48,8 @@ pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
 );
 
 /// An activation applied to batch norm's output in the same pass (timm's BatchNormAct2d): the normalized value
-/// never goes to memory, and backward masks dy by the activation's derivative, read off the output (in place: see
-/// shaders/norm.wgsl).
+/// never goes to memory, and backward masks dy by the activation's derivative (in place: see shaders/norm.wgsl),
+/// recomputing the normalized value from x and the statistics it reads anyway.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NormAct {
     #[default]
@@ -152,8 +155,8 @@ fn params(x: &Tensor, per_channel: &[&Tensor], cfg: BatchNormConfig, flags: u32)
 
 /// Forward. Training (`save` = Some((save_mean, save_var))): batch statistics into `save`, running statistics
 /// updated, y normalized with the batch statistics — two dispatches. Eval (`save` = None): y normalized with the
-/// running statistics — one dispatch. With `residual`, y = bn(x) + residual (a skip connection); y is `cfg.act` of
-/// that.
+/// running statistics — one dispatch. y is `cfg.act` of the normalized value or, with `residual` (and no
+/// activation: backward could not recompute the activation's input), bn(x) + residual (a skip connection).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_forward(
     gpu: &Gpu,
@@ -169,6 +172,7 @@ pub fn batch_norm_forward(
         let r = residual.map(|r| format!(" and the residual {:?}", r.shape())).unwrap_or_default();
         return Err(Error::shape("batch_norm_forward", format!("y {:?}{r} must match x {:?}", y.shape(), x.shape())));
     }
+    residual_without_act(cfg, residual.is_some(), label)?;
     let all = [state.gamma, state.beta, state.running_mean, state.running_var];
     let p = params(x, &all, cfg, if residual.is_some() { FLAG_RESIDUAL } else { 0 })?;
     let grid = elements_grid(gpu, &p);
@@ -201,8 +205,19 @@ pub fn batch_norm_forward(
     Ok(steps)
 }
 
+/// A fused residual and a fused activation do not go together.
+fn residual_without_act(cfg: BatchNormConfig, residual: bool, label: &str) -> Result<()> {
+    if residual && cfg.act != NormAct::None {
+        return Err(Error::Invalid(format!(
+            "'{label}': batch norm fuses a residual add or an activation, not both ({:?} with a residual)",
+            cfg.act
+        )));
+    }
+    Ok(())
+}
+
 /// Where batch norm's backward writes: the parameters' gradients, x's (added to what it holds with
-/// `accumulate_dx`) and, for a fused residual, the residual's (the masked dy; added with its flag).
+/// `accumulate_dx`) and, for a fused residual, the residual's (dy itself; added to what it holds with its flag).
 pub struct BatchNormGrads<'a> {
     pub dgamma: &'a Tensor,
     pub dbeta: &'a Tensor,
@@ -213,16 +228,15 @@ pub struct BatchNormGrads<'a> {
 
 /// Backward: dgamma, dbeta and dx. `stats` = (mean, var) used in forward: the saved batch statistics in training,
 /// the running ones in eval (`eval` = true, where they are constants and dx = gamma * invstd * dy). With a fused
-/// `cfg.act`, dy is the gradient of the activation's output `y` (the forward's output, which its derivative is
-/// read off) and is masked in place (zero where the activation passes nothing): it must be a buffer nothing reads
-/// later. A fused residual's gradient is that masked dy.
+/// `cfg.act`, dy is the gradient of the activation's output, `params` = (gamma, beta) recompute its input, and dy
+/// is masked in place (zero where the activation passes nothing): it must be a buffer nothing reads later. A fused
+/// residual's gradient is dy.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     gpu: &Gpu,
     dy: &Tensor,
     x: &Tensor,
-    y: Option<&Tensor>,
-    gamma: &Tensor,
+    params: (&Tensor, &Tensor),
     stats: (&Tensor, &Tensor),
     eval: bool,
     grads: &BatchNormGrads,
@@ -230,39 +244,30 @@ pub fn batch_norm_backward(
     label: &str,
 ) -> Result<Vec<Dispatch>> {
     let BatchNormGrads { dgamma, dbeta, dx, accumulate_dx, residual } = *grads;
-    let shapes_match =
-        [dy, dx].iter().chain(y.as_ref()).chain(residual.as_ref().map(|(r, _)| r)).all(|t| t.shape() == x.shape());
+    let shapes_match = [dy, dx].iter().chain(residual.as_ref().map(|(r, _)| r)).all(|t| t.shape() == x.shape());
     if !shapes_match {
         return Err(Error::shape(
             "batch_norm_backward",
             format!(
-                "dy {:?}, dx {:?}, y and the residual's gradient must match x {:?}",
+                "dy {:?}, dx {:?} and the residual's gradient must match x {:?}",
                 dy.shape(),
                 dx.shape(),
                 x.shape()
             ),
         ));
     }
-    let y = match (cfg.act, y) {
-        (NormAct::None, _) => dy,
-        (_, Some(y)) => y,
-        (act, None) => {
-            return Err(Error::Invalid(format!(
-                "'{label}': batch norm backward with a fused {act:?} needs the forward's output"
-            )))
-        }
-    };
+    residual_without_act(cfg, residual.is_some(), label)?;
     let (mean, var) = stats;
+    let (gamma, beta) = params;
     let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
-    let p = params(x, &[gamma, mean, var, dgamma, dbeta], cfg, flags)?;
+    let p = self::params(x, &[gamma, beta, mean, var, dgamma, dbeta], cfg, flags)?;
     let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
-    // Without an activation the reduce's y binding is dy (and nothing of it is read).
     let reduce = super::dispatch_at(
         gpu,
         spec,
-        &[x, dy, y],
+        &[x, dy],
         bytemuck::bytes_of(&p),
-        &[x, dy, mean, var, y, dgamma, dbeta],
+        &[x, dy, mean, var, gamma, beta, dgamma, dbeta],
         grid,
         &format!("{label} reduce"),
     )?;

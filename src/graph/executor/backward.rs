@@ -18,7 +18,7 @@ use crate::ops::dropout::{dropout_backward, DropoutParams};
 use crate::ops::elementwise::{elementwise, Elementwise};
 use crate::ops::layer_norm::{layer_norm_backward, layer_scale_backward};
 use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
-use crate::ops::norm::{batch_norm_backward, BatchNormGrads, NormAct};
+use crate::ops::norm::{batch_norm_backward, BatchNormGrads};
 use crate::ops::permute::permute;
 use crate::ops::pool::{avg_pool_backward, global_pool_backward, max_pool_backward, GlobalPool};
 use crate::ops::reduce::sum_reduce;
@@ -167,9 +167,7 @@ impl Executor {
                     let bn_train = self.bn_trains(gamma, true);
                     let ax = needs[x.0] && accumulates(&mut written, x);
                     touches.extend([gk(y), gk(x), gk(gamma), gk(beta)]);
-                    // A fused activation's derivative is read off the output; a fused residual gets the masked dy.
-                    let fused_act = cfg.act != NormAct::None;
-                    touches.extend(fused_act.then_some(Key::Value(y)));
+                    // A fused residual's gradient is dy.
                     let residual = residual.filter(|r| needs[r.0]).map(|r| (r, accumulates(&mut written, r)));
                     touches.extend(residual.map(|(r, _)| gk(r)));
                     Box::new(move |v| {
@@ -185,9 +183,8 @@ impl Executor {
                             accumulate_dx: ax,
                             residual: residual.map(|(r, ar)| Ok::<_, Error>((v.g(r)?, ar))).transpose()?,
                         };
-                        let out = if fused_act { Some(v.v(y)?) } else { None };
-                        let (dy, x, gamma) = (v.g(y)?, v.v(x)?, v.v(gamma)?);
-                        batch_norm_backward(v.gpu, dy, x, out, gamma, stats, !bn_train, &grads, cfg, &l2)
+                        let (dy, x, params) = (v.g(y)?, v.v(x)?, (v.v(gamma)?, v.v(beta)?));
+                        batch_norm_backward(v.gpu, dy, x, params, stats, !bn_train, &grads, cfg, &l2)
                     })
                 }
                 Op::Relu { x, y } | Op::Relu6 { x, y } | Op::LeakyRelu { x, y, .. } => {
