@@ -216,3 +216,32 @@ fn a_timm_deit_file_fine_tunes_at_another_size() {
     let stderr = fine_tune_timm_file("deit", wgtune::nn::Arch::DeitTiny, 224, &["--arch", "deit_tiny_patch16_224"]);
     assert!(stderr.contains("position embedding [1, 197, 192] resampled to [1, 5, 192]"), "{stderr}");
 }
+
+/// With f16 the run ends with the loss scaler's summary, listing the steps whose update it skipped: a start of
+/// 2^24 makes the first steps' gradients overflow f16 (the logits' gradient alone, about 1/8 per element at batch
+/// 8, becomes 2^21), so they are skipped and listed.
+#[test]
+fn an_f16_run_lists_the_steps_its_loss_scaler_skipped() {
+    let dir = tiny_folder("skipped", 8, 4);
+    let out = dir.0.join("m.safetensors");
+    let mut run = wgtune();
+    let run = run
+        .args(["finetune", "--size", "32", "--bs", "8", "--epochs", "1", "--freeze-epochs", "1"])
+        .args(["--precision", "f16", "--loss-scale", "16777216", "--data"])
+        .arg(&dir.0)
+        .arg("--out")
+        .arg(&out);
+    let (stdout, _) = run_ok(run);
+    let line = stdout.lines().find(|l| l.starts_with("mixed precision:")).unwrap_or_else(|| panic!("{stdout}"));
+    // "mixed precision: loss scale S at the end; K of N steps skipped (steps 1, 2, ...) for ..."
+    let count: usize = line.split("; ").nth(1).and_then(|s| s.split(' ').next()).unwrap().parse().unwrap();
+    let listed = line.split('(').nth(1).and_then(|s| s.split(')').next()).unwrap_or_else(|| panic!("{line}"));
+    let steps: Vec<usize> = listed
+        .trim_start_matches("steps ")
+        .trim_start_matches("step ")
+        .split(", ")
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert!(count >= 1 && steps.len() == count && steps[0] == 1, "{line}");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{line}");
+}

@@ -425,7 +425,11 @@ pub(crate) fn finetune(adapter: Option<String>, a: FinetuneArgs) -> anyhow::Resu
         let s = learner.ex.loss_scaler()?;
         let at: Vec<String> =
             (learner.history.iter().enumerate()).filter(|(_, h)| h.skipped).map(|(i, _)| (i + 1).to_string()).collect();
-        let at = if at.is_empty() { String::new() } else { format!(" (steps {})", at.join(", ")) };
+        let at = match at.len() {
+            0 => String::new(),
+            1 => format!(" (step {})", at[0]),
+            _ => format!(" (steps {})", at.join(", ")),
+        };
         println!(
             "
 mixed precision: loss scale {} at the end; {} of {} steps skipped{at} for f16 gradients that overflowed",
