@@ -20,7 +20,7 @@ struct Cli {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Info { json } => cli::bench::info(&cli::bench::open_gpu(cli.adapter)?, json),
+        Command::Info { json } => cli::bench::info(&cli::bench::open_gpu(cli.adapter, false)?, json),
         Command::Bench { what } => cli::bench::bench(cli.adapter, what),
         Command::Predict(args) => cli::predict::predict(cli.adapter, args),
         Command::Export(args) => cli::predict::export(args),

@@ -7,8 +7,9 @@ use wgtune::ops::matmul::MatmulKernel;
 use super::args::{BenchCommand, ModelsArgs};
 use super::train::with_memory_advice;
 
-pub(crate) fn open_gpu(adapter: Option<String>) -> anyhow::Result<Gpu> {
-    Ok(Gpu::new(&AdapterRequest { name: adapter })?)
+/// The adapter asked for; `debug` (a RenderDoc capture) opens it with object labels reaching the driver.
+pub(crate) fn open_gpu(adapter: Option<String>, debug: bool) -> anyhow::Result<Gpu> {
+    Ok(Gpu::new(&AdapterRequest { name: adapter, debug })?)
 }
 
 pub(crate) fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
@@ -89,11 +90,11 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let gpu = open_gpu(adapter)?;
+            let gpu = open_gpu(adapter, false)?;
             print_matmul(&gpu, &sizes, &kernels, BenchConfig { runs, ..Default::default() }, json)
         }
         BenchCommand::Data { images, presize, size, bs, workers, json } => {
-            let gpu = open_gpu(adapter)?;
+            let gpu = open_gpu(adapter, false)?;
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             for r in wgtune::bench::bench_data(&gpu, images, (500, 375), presize, size, bs, workers)? {
                 emit(json, &r, |r| {
@@ -106,7 +107,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             Ok(())
         }
         BenchCommand::Predict { models: ModelsArgs { model, bs, size, precision }, runs, json } => {
-            let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+            let gpu = std::sync::Arc::new(open_gpu(adapter, false)?);
             let mut failed = 0;
             for name in &model {
                 match wgtune::bench::bench_predict(gpu.clone(), *name, bs, size, runs, precision.into()) {
@@ -135,7 +136,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             Ok(())
         }
         BenchCommand::Memory { models: ModelsArgs { model, bs, size, precision }, bound, json } => {
-            let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+            let gpu = std::sync::Arc::new(open_gpu(adapter, false)?);
             for name in &model {
                 let r = wgtune::bench::bench_memory(gpu.clone(), *name, bs, size, precision.into(), bound)?;
                 let mib = |b: u64| b as f64 / (1 << 20) as f64;
@@ -158,7 +159,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
         }
         BenchCommand::Train { model, bs, size, steps, precision, profile, json } => {
             let graph = |bs: usize| wgtune::bench::train_graph(&model, bs, size);
-            let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+            let gpu = std::sync::Arc::new(open_gpu(adapter, false)?);
             let (r, split, profiled) =
                 pollster::block_on(bench_step(gpu, &model, graph, bs, steps, profile, precision.into()))
                     .map_err(|e| with_memory_advice(e, bs, size))?;
@@ -192,7 +193,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             Ok(())
         }
         BenchCommand::Conv { matmul_sizes, no_matmul, runs, json } => {
-            let gpu = open_gpu(adapter)?;
+            let gpu = open_gpu(adapter, false)?;
             let cfg = BenchConfig { runs, ..Default::default() };
             if !json {
                 println!(

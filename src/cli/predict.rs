@@ -137,7 +137,7 @@ pub(crate) fn predict(adapter: Option<String>, args: PredictArgs) -> anyhow::Res
     }
     if !ready.is_empty() {
         let batch = bs.clamp(1, ready.len());
-        let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+        let gpu = std::sync::Arc::new(open_gpu(adapter, false)?);
         let (mut ex, _) = load_model(gpu, &spec, &weights, batch, precision.into())?;
         let k = spec.classes.len();
         // Test-time augmentation: the training augmentation on the GPU, from a fixed seed (repeatable output).

@@ -196,7 +196,7 @@ pub(crate) fn prepare(
     if r.no_pretrained {
         eprintln!("model: {} from random initial weights (--no-pretrained)", arch.name());
     }
-    let gpu = std::sync::Arc::new(open_gpu(adapter)?);
+    let gpu = std::sync::Arc::new(open_gpu(adapter, cfg.capture_step.is_some())?);
     if r.precision == super::args::PrecisionArg::F16 && !gpu.has_shader_f16() {
         anyhow::bail!(
             "--precision f16 needs the shader-f16 feature, which the adapter '{}' does not have: use --precision f32 \

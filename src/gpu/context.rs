@@ -28,12 +28,21 @@ pub const NO_ADAPTER_HELP: &str = "no GPU adapter found (Vulkan, Metal, DX12 or 
 pub struct AdapterRequest {
     /// Substring of the adapter name or a backend name (`vulkan`, `gl`, `metal`, `dx12`), case-insensitive.
     pub name: Option<String>,
+    /// Open the instance with wgpu's DEBUG flag: object labels and debug groups reach the driver, for a graphics
+    /// debugger's capture. Off by default: on some backends (DX12) it also compiles shaders without optimization.
+    /// `WGPU_DEBUG=1` turns it on too.
+    pub debug: bool,
+}
+
+/// Whether the instance gets wgpu's DEBUG flag: asked for by the request (a capture) or by `WGPU_DEBUG=1`.
+fn wants_debug(request: &AdapterRequest, env: Option<&str>) -> bool {
+    request.debug || env == Some("1")
 }
 
 impl AdapterRequest {
     /// The request from `WGTUNE_ADAPTER`, if set.
     pub fn from_env() -> Self {
-        AdapterRequest { name: std::env::var("WGTUNE_ADAPTER").ok().filter(|s| !s.is_empty()) }
+        AdapterRequest { name: std::env::var("WGTUNE_ADAPTER").ok().filter(|s| !s.is_empty()), debug: false }
     }
 }
 
@@ -147,9 +156,9 @@ impl Gpu {
         // `WGPU_BACKEND` (read by `from_env`) may restrict backends; otherwise native APIs are searched first and
         // GL only when they found nothing (GL's EGL set-up is slow and noisy when a Vulkan driver exists anyway).
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        // Labels and debug groups reach the driver (and RenderDoc) only with DEBUG, which wgpu sets by default in
-        // debug builds alone; keep it in release builds too unless WGPU_DEBUG=0 asks otherwise.
-        if std::env::var("WGPU_DEBUG").map_or(true, |v| v != "0") {
+        // Labels and debug groups reach the driver (and RenderDoc) only with DEBUG, which wgpu's `from_env` sets in
+        // debug builds (and from WGPU_DEBUG); release builds get it when a capture asks for it.
+        if wants_debug(request, std::env::var("WGPU_DEBUG").ok().as_deref()) {
             desc.flags |= wgpu::InstanceFlags::DEBUG;
         }
         let env_backends = std::env::var("WGPU_BACKEND").is_ok();
@@ -361,12 +370,25 @@ mod tests {
     use super::*;
     use wgpu::{Backend, DeviceType};
 
+    /// Release runs open the instance without DEBUG (on DX12 it compiles shaders unoptimized); a capture
+    /// (`--capture-step`) or `WGPU_DEBUG=1` turns it on.
+    #[test]
+    fn the_debug_flag_is_on_only_when_asked_for() {
+        let plain = AdapterRequest::default();
+        let capture = AdapterRequest { debug: true, ..Default::default() };
+        assert!(!wants_debug(&plain, None));
+        assert!(!wants_debug(&plain, Some("0")));
+        assert!(wants_debug(&plain, Some("1")));
+        assert!(wants_debug(&capture, None));
+        assert!(!wants_debug(&AdapterRequest::from_env(), None));
+    }
+
     fn facts(list: &[(&str, Backend, DeviceType)]) -> Vec<AdapterFacts> {
         list.iter().map(|&(n, b, t)| AdapterFacts { name: n.into(), backend: b, device_type: t }).collect()
     }
 
     fn pick(list: &[(&str, Backend, DeviceType)], want: Option<&str>) -> Result<usize> {
-        choose_adapter(&facts(list), &AdapterRequest { name: want.map(str::to_string) })
+        choose_adapter(&facts(list), &AdapterRequest { name: want.map(str::to_string), debug: false })
     }
 
     const MACHINE: &[(&str, Backend, DeviceType)] = &[
