@@ -34,7 +34,8 @@ impl Graph {
         g.without(&taken)
     }
 
-    /// For every batch norm without a fused activation whose output has exactly one reader: `take(graph, its node
+    /// For every batch norm that has taken nothing in yet (one fused op each: backward recomputes an activation's
+    /// input from x, which a residual would change) and whose output has exactly one reader: `take(graph, its node
     /// index, its output, the reader's op)` says whether the batch norm takes the reader in, as (the reader's output,
     /// which the batch norm then writes; a residual to add, if any; the activation). Returns the nodes taken in.
     fn fuse_into_norms(
@@ -50,18 +51,14 @@ impl Graph {
         let mut taken = vec![false; self.nodes.len()];
         for i in 0..self.nodes.len() {
             let bn_y = match &self.nodes[i].op {
-                Op::BatchNorm { y, cfg, .. } if cfg.act == NormAct::None => *y,
+                Op::BatchNorm { y, cfg, residual: None, .. } if cfg.act == NormAct::None => *y,
                 _ => continue,
             };
             let &[j] = readers[bn_y.0].as_slice() else { continue };
             let Some((out, add, act)) = take(self, i, bn_y, &self.nodes[j].op) else { continue };
             let Op::BatchNorm { y, cfg, residual, .. } = &mut self.nodes[i].op else { unreachable!("matched above") };
-            // One fused op each: backward recomputes an activation's input from x, which a residual would change.
-            if residual.is_some() {
-                continue;
-            }
             *y = out;
-            *residual = residual.or(add);
+            *residual = add;
             cfg.act = act;
             taken[j] = true;
         }
@@ -69,11 +66,10 @@ impl Graph {
     }
 
     /// The graph without the nodes marked.
-    fn without(self, taken: &[bool]) -> Graph {
-        let mut g = self;
+    fn without(mut self, taken: &[bool]) -> Graph {
         let mut keep = taken.iter().map(|t| !t);
-        g.nodes.retain(|_| keep.next().unwrap_or(true));
-        g
+        self.nodes.retain(|_| keep.next().unwrap_or(true));
+        self
     }
 }
 

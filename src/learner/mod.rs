@@ -384,6 +384,8 @@ impl Learner {
         let groups = self.ex.graph().groups();
         let mut done = first;
         let mut submitted = first;
+        // The scaler counts skips over the run; the history marks the steps where that count grew.
+        let mut skips = self.history.iter().filter(|s| s.skipped).count() as u32;
         // Arrived step losses: checked, smoothed, kept for the loss curve, reported.
         let mut record = |metrics: Vec<StepMetrics>,
                           done: &mut usize,
@@ -393,9 +395,8 @@ impl Learner {
             for m in metrics {
                 check_finite(m.loss, m.step)?;
                 smooth.add(m.loss as f64);
-                // The scaler counts skips over the run; the history marks the steps where that count grew.
-                let before = history.iter().filter(|s| s.skipped).count() as u32;
-                let skipped = m.scaler.is_some_and(|s| s.skipped > before);
+                let skipped = m.scaler.is_some_and(|s| s.skipped > skips);
+                skips = m.scaler.map_or(skips, |s| s.skipped.max(skips));
                 history.push(StepLoss { loss: m.loss, smooth: smooth.value() as f32, skipped });
                 *done += 1;
                 progress(phase.name, epoch, *done, per_epoch, smooth.value());

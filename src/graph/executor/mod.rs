@@ -56,7 +56,7 @@ pub struct ExecutorConfig {
     /// that step's update is skipped.
     pub loss_scale: f32,
     pub scale_interval: u32,
-    /// Fuse into each batch norm the residual add and the ReLU or ReLU6 that alone read its output
+    /// Fuse into each batch norm the residual add or else the ReLU or ReLU6 that alone reads its output
     /// ([`Graph::fuse_norm_activations`]): the same values in fewer dispatches and bytes. On by default; off
     /// compiles the graph as built (to compare the two).
     pub fuse: bool,
