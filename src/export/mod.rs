@@ -317,8 +317,8 @@ impl<'g> Builder<'g> {
                 Op::BatchNorm { x, gamma, beta, running_mean, running_var, y, cfg, residual, .. } => {
                     let inputs = vec![n(x), n(gamma), n(beta), n(running_mean), n(running_var)];
                     let eps = vec![float("epsilon", cfg.eps)];
-                    // An executor's graph fuses a residual add and an activation into batch norm: ONNX gets them
-                    // back as their own nodes after the normalization.
+                    // An executor's graph fuses a residual add or an activation into batch norm: ONNX gets it
+                    // back as its own node after the normalization.
                     let last = |done: bool, name: &str| if done { n(y) } else { format!("{layer}.{name}") };
                     let (add, act) = (residual.is_some(), cfg.act != NormAct::None);
                     let mut value = last(!add && !act, "normalized");
