@@ -14,9 +14,10 @@
 #   --matmul-sizes  comma-separated square sizes (default: 1024,2048,4096)
 #   --quick   a small shape for a software driver: 64 px, batch 8, 2 steps, small matmuls
 #
-# Writes info.json, matmul.jsonl, conv.jsonl, train.jsonl (one line per model, with the profile tables), memory.jsonl,
+# Writes info.json, matmul.jsonl (every variant and the autotuner's choice), conv.jsonl, tune.jsonl (the autotuner's
+# choice per problem, with every variant's time), train.jsonl (one line per model, with the profile tables), memory.jsonl,
 # train-f16.jsonl and memory-f16.jsonl (where the adapter has shader-f16),
-# torch.jsonl (when torch imports; on CUDA when it sees a GPU), logs/, and summary.md comparing the two.
+# torch.jsonl (when torch imports; on CUDA when it sees a GPU), autotune/ (the cache), logs/, and summary.md.
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$here/target/release/wgtune"
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
         --models) models="$2"; shift 2 ;;
         --matmul-sizes) matmul_sizes="$2"; shift 2 ;;
         --quick) size=64; bs=8; steps=2; matmul_sizes="256,1024"; shift ;;
-        -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -75,10 +76,14 @@ step() {  # step NAME OUTFILE COMMAND...: run, keep stdout in OUTFILE (appended)
 
 { date -u +%Y-%m-%dT%H:%M:%SZ; uname -a; nvidia-smi -L 2>/dev/null; "$bin" --version; } >"$out/machine.txt" 2>&1
 step info info.json "$bin" info --json
-step matmul matmul.jsonl "$bin" bench matmul --sizes "$matmul_sizes" --kernels tiled --json
+# The autotuner's cache lives with the results (its choices are part of them); `bench tune` compiles each model's
+# step first, so the training lines below run tuned and their first step holds no timing of variants.
+export WGTUNE_CACHE_DIR="$out/autotune"
+step matmul matmul.jsonl "$bin" bench matmul --sizes "$matmul_sizes" --kernels tiled,shared32,shared64,shared128,auto --json
 step conv conv.jsonl "$bin" bench conv --matmul-sizes 1024 --json
 IFS=, read -r -a model_list <<<"$models"
 for m in "${model_list[@]}"; do
+    step "tune-$m" tune.jsonl "$bin" bench tune --model "$m" --size "$size" --bs "$bs" --json
     step "train-$m" train.jsonl "$bin" bench train --model "$m" --size "$size" --bs "$bs" --steps "$steps" --profile --json
 done
 step memory memory.jsonl "$bin" bench memory --model "$models" --size "$size" --bs "$bs" --json

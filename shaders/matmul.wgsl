@@ -20,6 +20,7 @@
 //                 No workgroup memory and no barriers (barriers are expensive on the software driver); reuse
 //                 of B across the 16 rows happens in registers, reuse of A through the uniform broadcast.
 //                 A workgroup covers 16 rows x 512 columns. Dispatch: (ceil(N / 512), ceil(M / 16), batch).
+//   matmul_shared the workgroup-memory GEMM with its tile as pipeline constants (below, at the kernel).
 //   matmul_naive  one output per invocation, 16x16 workgroups; kept only as the benchmark baseline.
 //                 Dispatch: (ceil(N / 16), ceil(M / 16), batch).
 //
@@ -277,4 +278,111 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc = fma(a_at(a_base + kk * p.a_col), b_at(b_base + kk * p.b_row), acc);
     }
     finish(acc, row, col, batch);
+}
+
+// matmul_shared: the workgroup-memory GEMM, its tile set by pipeline constants (one pipeline per configuration;
+// src/ops/matmul.rs lists them and the autotuner picks one per problem). A workgroup of SH_WX x SH_WY invocations
+// computes a BM x BN tile of C, BM = SH_WY * SH_TM and BN = SH_WX * SH_TN, walking K in steps of SH_BK:
+//   1. the invocations copy the BM x SH_BK slab of A and the SH_BK x BN slab of B into workgroup memory together
+//      (consecutive invocations read consecutive addresses along whichever of A's / B's dimensions is contiguous;
+//      elements past the edge are zeros), A transposed and its rows padded by one against bank conflicts, B as
+//      vec4s;
+//   2. each invocation accumulates its SH_TM x SH_TN block (rows ty * SH_TM + i; column quads tx + SH_WX * j, so
+//      a quarter-warp reads consecutive vec4s) in registers, every value of A and B in workgroup memory read by
+//      SH_WX or SH_WY invocations instead of each from global memory.
+// Limits of the arrays below: SH_TM <= 8, SH_TN in {4, 8}, SH_BK * (BM + 1) <= 1040, SH_BK * BN / 4 <= 256 (8 KiB
+// of workgroup memory in all, half of WebGPU's default 16 KiB). The loop bounds are pipeline constants, so drivers
+// unroll them and keep the block in registers (lavapipe does not: there the register-blocked `matmul` wins, which
+// is what the autotuner finds).
+override SH_WX: u32 = 16u;
+override SH_WY: u32 = 16u;
+override SH_TM: u32 = 4u;
+override SH_TN: u32 = 4u;
+override SH_BK: u32 = 16u;
+
+var<workgroup> tile_a: array<f32, 1040>;      // SH_BK x (BM + 1): tile_a[kk * (BM + 1) + row]
+var<workgroup> tile_b: array<vec4<f32>, 256>; // SH_BK x BN / 4: tile_b[kk * BN / 4 + quad]
+
+@compute @workgroup_size(SH_WX, SH_WY, 1)
+fn matmul_shared(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let bm = SH_WY * SH_TM;
+    let bn = SH_WX * SH_TN;
+    let a_stride = bm + 1u;
+    let quads = bn / 4u;
+    let tn4 = SH_TN / 4u;
+    let threads = SH_WX * SH_WY;
+    let t = lid.y * SH_WX + lid.x;
+    let batch = wg.z;
+    let row0 = wg.y * bm;
+    let col0 = wg.x * bn;
+    let a_base = batch * p.a_batch;
+    let b_base = batch * p.b_batch;
+    // Copy order: along K first where A's rows are contiguous in K (the usual layout), along M where A is stored
+    // transposed; the same for B along N or K.
+    let a_k_fast = p.a_col == 1u;
+    let b_n_fast = p.b_col == 1u || p.b_row != 1u;
+    var acc: array<vec4<f32>, 16>;
+    for (var k0 = 0u; k0 < p.k; k0 += SH_BK) {
+        for (var e = t; e < bm * SH_BK; e += threads) {
+            var r: u32;
+            var kk: u32;
+            if a_k_fast {
+                r = e / SH_BK;
+                kk = e % SH_BK;
+            } else {
+                r = e % bm;
+                kk = e / bm;
+            }
+            let row = row0 + r;
+            let k = k0 + kk;
+            let inside = row < p.m && k < p.k;
+            let idx = a_base + min(row, p.m - 1u) * p.a_row + min(k, p.k - 1u) * p.a_col;
+            tile_a[kk * a_stride + r] = select(0.0, a_at(idx), inside);
+        }
+        for (var e = t; e < quads * SH_BK; e += threads) {
+            var q: u32;
+            var kk: u32;
+            if b_n_fast {
+                q = e % quads;
+                kk = e / quads;
+            } else {
+                q = e / SH_BK;
+                kk = e % SH_BK;
+            }
+            let k = k0 + kk;
+            let k_at = b_base + min(k, p.k - 1u) * p.b_row;
+            var v = vec4<f32>(0.0);
+            for (var j = 0u; j < 4u; j++) {
+                let col = col0 + q * 4u + j;
+                if k < p.k && col < p.n {
+                    v[j] = b_at(k_at + col * p.b_col);
+                }
+            }
+            tile_b[kk * quads + q] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < SH_BK; kk++) {
+            var av: array<f32, 8>;
+            for (var i = 0u; i < SH_TM; i++) {
+                av[i] = tile_a[kk * a_stride + lid.y * SH_TM + i];
+            }
+            var bv: array<vec4<f32>, 2>;
+            for (var j = 0u; j < tn4; j++) {
+                bv[j] = tile_b[kk * quads + lid.x + SH_WX * j];
+            }
+            for (var i = 0u; i < SH_TM; i++) {
+                for (var j = 0u; j < tn4; j++) {
+                    acc[i * 2u + j] = fma(vec4<f32>(av[i]), bv[j], acc[i * 2u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < SH_TM; i++) {
+        let row = row0 + lid.y * SH_TM + i;
+        for (var j = 0u; j < tn4; j++) {
+            let c4 = col0 + (lid.x + SH_WX * j) * 4u;
+            store4(acc[i * 2u + j], row, vec4<u32>(c4) + vec4<u32>(0u, 1u, 2u, 3u), batch);
+        }
+    }
 }

@@ -4,6 +4,9 @@
 // channel. With mean/var the statistics in use (the batch's in training, the running ones in eval):
 //   xhat = (x - mean[c]) / sqrt(var[c] + eps),   y = gamma[c] * xhat + beta[c]
 //
+// Two schedules for training (src/ops/norm.rs, NormSchedule, chooses per device and shape):
+//
+// Split, the statistics/sums by channel and the elementwise passes over the flat tensor (4 dispatches a layer):
 //   batch_norm_statistics     per channel: batch mean and biased variance (two passes, for accuracy) into
 //                             save_mean / save_var, and the running statistics updated with momentum m:
 //                             running = (1 - m) * running + m * batch   (the variance unbiased: * M / (M - 1)).
@@ -11,14 +14,24 @@
 //   batch_norm_statistics_rows, batch_norm_backward_reduce_rows  the same per-channel sums for short channels
 //                             (N * HW < 1024): one invocation per channel and plain loops (a workgroup and its
 //                             barriers per handful of values costs far more). Dispatch (ceil(C / 256), 1, 1).
-//   batch_norm_forward        y from x, mean, var, gamma, beta. One invocation per element over the flat tensor
-//                             (planes can be as small as 1x1, so no grid by plane): 256 per workgroup on a 2-D
-//                             grid, element = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
+//   batch_norm_forward        y from x, mean, var, gamma, beta (also eval's whole forward). One invocation per
+//                             element over the flat tensor (planes can be as small as 1x1, so no grid by plane):
+//                             256 per workgroup on a 2-D grid, element = (wg.y * num_workgroups.x + wg.x) * 256 +
+//                             local index.
 //   batch_norm_backward_reduce  dbeta[c] = sum dy, dgamma[c] = sum dy * xhat. Dispatch (C, 1, 1).
 //   batch_norm_backward_data  training: dx = gamma * invstd / M * (M * dy - dbeta - xhat * dgamma)
 //                             (the batch statistics depend on x);
 //                             eval (flags & 2): dx = gamma * invstd * dy (the statistics are constants).
 //                             flags & 1: accumulate into dx. Dispatch as batch_norm_forward.
+//
+// Single, a layer's forward and its backward each one dispatch (2 a layer): the workgroup (or, for short channels,
+// the invocation: `_rows`) that sums a channel goes on to write the channel's y or dx, so nothing waits on a
+// barrier between dispatches. The same values, bytes and sums as Split, with C workgroups for the elementwise
+// part (fine while channels are many or short; Split spreads long, few channels over the whole GPU).
+//   batch_norm_forward_single(_rows)   batch_norm_statistics, then batch_norm_forward of the channel.
+//   batch_norm_backward_single(_rows)  batch_norm_backward_reduce, then batch_norm_backward_data of the channel
+//                             (training or eval); each invocation reads back the dy elements it masked.
+// Each binds 9 storage buffers: used only where the device allows 9 in a shader stage.
 //
 // Fused ops (the executor's graph rewrite; timm's BatchNormAct2d, and a residual add), one or the other:
 //   flags & 16: forward adds residual[k] to the normalized value (y = bn(x) + r, a block's skip connection);
@@ -27,8 +40,8 @@
 //   derivative (0 at the kinks, as PyTorch), recomputing the normalized value from x, the statistics, gamma and
 //   beta, and write the masked dy back in place (dy is the output's gradient, which nothing reads after this
 //   layer), so backward_data reads it as it is. A residual's gradient is dy, copied outside this file.
-// No separate pass for the add or the activation either way, no buffers for the intermediate values or their
-// gradients, and no entry point binds more than 8 storage buffers (WebGPU's default limit).
+// No separate pass for the add or the activation either way, and no buffers for the intermediate values or their
+// gradients. Split's entry points bind at most 8 storage buffers (WebGPU's default limit).
 //
 // Storage: `act` (x, dy, y, dx) is f32 here and f16 in the f16 variant (src/gpu/kernels.rs, Precision::F16);
 // statistics, parameters and their gradients are f32 in both, as is every sum.
@@ -91,19 +104,57 @@ fn activate(v: f32) -> f32 {
     return v;
 }
 
-// dy[k] through the fused activation, the gradient of the normalized value, also stored back into dy[k] (the
-// backward reduces call it once per element, before backward_data reads dy).
-fn dy_masked(k: u32, c: u32, invstd: f32) -> f32 {
+// The normalized value (before the fused activation or residual), the same expression in forward and backward
+// so that backward's mask sees exactly the value forward activated.
+fn normalized(k: u32, c: u32, mu: f32, invstd: f32) -> f32 {
+    return gamma[c] * (xv(k) - mu) * invstd + beta[c];
+}
+
+// dy[k] through the fused activation: the gradient of the normalized value.
+fn dy_gated(k: u32, c: u32, mu: f32, invstd: f32) -> f32 {
     let g = dyv(k);
     if (p.flags & (FLAG_RELU | FLAG_RELU6)) == 0u {
         return g;
     }
-    let v = gamma[c] * (xv(k) - mean[c]) * invstd + beta[c];
+    let v = normalized(k, c, mu, invstd);
     let live = v > 0.0 && ((p.flags & FLAG_RELU6) == 0u || v < 6.0);
-    if !live {
+    return select(0.0, g, live);
+}
+
+// dy_gated, also stored back into dy[k] where the activation passed nothing (the backward reduces call it once per
+// element; backward_data, or the single kernel's dx loop, then reads dy as it is).
+fn dy_masked(k: u32, c: u32, invstd: f32) -> f32 {
+    let g = dy_gated(k, c, mean[c], invstd);
+    if (p.flags & (FLAG_RELU | FLAG_RELU6)) != 0u && g == 0.0 {
         dy[k] = act(0.0);
     }
-    return select(0.0, g, live);
+    return g;
+}
+
+// y[k] from the statistics: the normalized value, plus the residual or through the activation.
+fn forward_value(k: u32, c: u32, mu: f32, invstd: f32) -> act {
+    var v = normalized(k, c, mu, invstd);
+    if (p.flags & FLAG_RESIDUAL) != 0u {
+        v += f32(residual[k]);
+    }
+    return act(activate(v));
+}
+
+// dx[k] from the gated dy value d and the channel's sums sg = dgamma, sb = dbeta; stored, or added (flags & 1).
+fn store_dx(k: u32, c: u32, d: f32, mu: f32, invstd: f32, sg: f32, sb: f32) {
+    var g: f32;
+    if (p.flags & FLAG_EVAL) != 0u {
+        g = gamma[c] * invstd * d;
+    } else {
+        let m = f32(p.batch * p.hw);
+        let xhat = (xv(k) - mu) * invstd;
+        g = gamma[c] * invstd / m * (m * d - sb - xhat * sg);
+    }
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        out[k] = act(f32(out[k]) + g);
+    } else {
+        out[k] = act(g);
+    }
 }
 
 // Sum partial (and partial2) over the workgroup into element 0. Every invocation must call it.
@@ -140,9 +191,9 @@ fn cursor_index(c: u32, cur: vec2<u32>) -> u32 {
     return (cur.x * p.channels + c) * p.hw + cur.y;
 }
 
-@compute @workgroup_size(256)
-fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
+// A channel's batch mean and biased variance (two passes over x) by its workgroup; every invocation gets them.
+// Every invocation must call it.
+fn channel_statistics(c: u32, lid: u32) -> vec2<f32> {
     let m = p.batch * p.hw;
     var s = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
@@ -160,8 +211,30 @@ fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     }
     partial[lid] = q;
     workgroup_sums(lid);
+    return vec2<f32>(mu, partial[0] / f32(m));
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let s = channel_statistics(c, lid);
     if lid == 0u {
-        finish_statistics(c, mu, partial[0] / f32(m));
+        finish_statistics(c, s.x, s.y);
+    }
+}
+
+// Training forward in one dispatch: a channel's statistics, then its y, by the channel's workgroup.
+@compute @workgroup_size(256)
+fn batch_norm_forward_single(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let s = channel_statistics(c, lid);
+    if lid == 0u {
+        finish_statistics(c, s.x, s.y);
+    }
+    let invstd = inverseSqrt(s.y + p.eps);
+    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+        let k = cursor_index(c, cur);
+        out[k] = forward_value(k, c, s.x, invstd);
     }
 }
 
@@ -173,19 +246,12 @@ fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
         return;
     }
     let c = (k / p.hw) % p.channels;
-    let invstd = inverseSqrt(variance[c] + p.eps);
-    var v = gamma[c] * (xv(k) - mean[c]) * invstd + beta[c];
-    if (p.flags & FLAG_RESIDUAL) != 0u {
-        v += f32(residual[k]);
-    }
-    out[k] = act(activate(v));
+    out[k] = forward_value(k, c, mean[c], inverseSqrt(variance[c] + p.eps));
 }
 
-@compute @workgroup_size(256)
-fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
-    let mu = mean[c];
-    let invstd = inverseSqrt(variance[c] + p.eps);
+// A channel's (dgamma, dbeta) by its workgroup, stored by invocation 0 and returned to every invocation; the
+// masked dy stored back. Every invocation must call it.
+fn channel_sums(c: u32, lid: u32, mu: f32, invstd: f32) -> vec2<f32> {
     var sg = 0.0;
     var sb = 0.0;
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
@@ -201,6 +267,13 @@ fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loc
         stat_a[c] = partial[0];
         stat_b[c] = partial2[0];
     }
+    return vec2<f32>(partial[0], partial2[0]);
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    channel_sums(c, lid, mean[c], inverseSqrt(variance[c] + p.eps));
 }
 
 @compute @workgroup_size(256)
@@ -211,20 +284,20 @@ fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
         return;
     }
     let c = (k / p.hw) % p.channels;
+    store_dx(k, c, dyv(k), mean[c], inverseSqrt(variance[c] + p.eps), dgamma_in[c], dbeta_in[c]);
+}
+
+// Backward in one dispatch: a channel's sums (dgamma, dbeta), masking dy in place, then its dx, by the channel's
+// workgroup.
+@compute @workgroup_size(256)
+fn batch_norm_backward_single(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    let mu = mean[c];
     let invstd = inverseSqrt(variance[c] + p.eps);
-    let d = dyv(k);
-    var g: f32;
-    if (p.flags & FLAG_EVAL) != 0u {
-        g = gamma[c] * invstd * d;
-    } else {
-        let m = f32(p.batch * p.hw);
-        let xhat = (xv(k) - mean[c]) * invstd;
-        g = gamma[c] * invstd / m * (m * d - dbeta_in[c] - xhat * dgamma_in[c]);
-    }
-    if (p.flags & FLAG_ACCUMULATE) != 0u {
-        out[k] = act(f32(out[k]) + g);
-    } else {
-        out[k] = act(g);
+    let sums = channel_sums(c, lid, mu, invstd);
+    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+        let k = cursor_index(c, cur);
+        store_dx(k, c, dyv(k), mu, invstd, sums.x, sums.y);
     }
 }
 
@@ -238,12 +311,8 @@ fn finish_statistics(c: u32, mu: f32, v: f32) {
     running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
 }
 
-@compute @workgroup_size(256)
-fn batch_norm_statistics_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if c >= p.channels {
-        return;
-    }
+// A short channel's batch mean and biased variance (two passes over x) by one invocation.
+fn row_statistics(c: u32) -> vec2<f32> {
     var s = 0.0;
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
@@ -260,17 +329,11 @@ fn batch_norm_statistics_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
             q += d * d;
         }
     }
-    finish_statistics(c, mu, q / f32(p.batch * p.hw));
+    return vec2<f32>(mu, q / f32(p.batch * p.hw));
 }
 
-@compute @workgroup_size(256)
-fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if c >= p.channels {
-        return;
-    }
-    let mu = mean[c];
-    let invstd = inverseSqrt(variance[c] + p.eps);
+// A short channel's (dgamma, dbeta) by one invocation, the masked dy stored back.
+fn row_sums(c: u32, mu: f32, invstd: f32) -> vec2<f32> {
     var sg = 0.0;
     var sb = 0.0;
     for (var n = 0u; n < p.batch; n++) {
@@ -283,4 +346,57 @@ fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>
     }
     stat_a[c] = sg;
     stat_b[c] = sb;
+    return vec2<f32>(sg, sb);
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_statistics_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c < p.channels {
+        let s = row_statistics(c);
+        finish_statistics(c, s.x, s.y);
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_reduce_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c < p.channels {
+        row_sums(c, mean[c], inverseSqrt(variance[c] + p.eps));
+    }
+}
+
+// The single-dispatch forward and backward for short channels: an invocation per channel, plain loops.
+@compute @workgroup_size(256)
+fn batch_norm_forward_single_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    let s = row_statistics(c);
+    finish_statistics(c, s.x, s.y);
+    let invstd = inverseSqrt(s.y + p.eps);
+    for (var n = 0u; n < p.batch; n++) {
+        let base = (n * p.channels + c) * p.hw;
+        for (var i = 0u; i < p.hw; i++) {
+            out[base + i] = forward_value(base + i, c, s.x, invstd);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_single_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    let mu = mean[c];
+    let invstd = inverseSqrt(variance[c] + p.eps);
+    let sums = row_sums(c, mu, invstd);
+    for (var n = 0u; n < p.batch; n++) {
+        let base = (n * p.channels + c) * p.hw;
+        for (var i = 0u; i < p.hw; i++) {
+            store_dx(base + i, c, dyv(base + i), mu, invstd, sums.x, sums.y);
+        }
+    }
 }

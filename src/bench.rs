@@ -47,6 +47,9 @@ impl Default for BenchConfig {
 pub struct MatmulRecord {
     pub bench: &'static str,
     pub kernel: &'static str,
+    /// For `auto`: the kernel the autotuner chose (and this record timed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<&'static str>,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -69,6 +72,27 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The fastest of `runs` GPU-timestamped runs of one dispatch, in milliseconds, after one untimed run when
+/// `runs` > 1 (a single run is the autotuner's probe: cheap, perhaps cold). `None` without timestamp queries: a
+/// wall-clock time of one small dispatch is mostly submission overhead. Never anything in a browser, which cannot
+/// wait for the GPU.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn time_min_ms(gpu: &Gpu, d: &Dispatch, runs: usize) -> Result<Option<f64>> {
+    if !gpu.has_timestamps() {
+        return Ok(None);
+    }
+    if runs > 1 {
+        gpu.run(d.label(), &[d])?;
+    }
+    let (clock, times) = gpu.time_dispatches(d.label(), &[d], runs.max(1))?;
+    Ok((clock == Clock::GpuTimestamps).then(|| times.iter().copied().fold(f64::INFINITY, f64::min) * 1e3))
+}
+
+#[cfg(target_arch = "wasm32")]
+pub fn time_min_ms(_: &Gpu, _: &crate::gpu::Dispatch, _: usize) -> Result<Option<f64>> {
+    Ok(None)
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 /// Time every matmul kernel on square problems of each size: C (n, n) = A (n, n) · B (n, n).
 pub fn bench_matmul(
@@ -87,11 +111,14 @@ pub fn bench_matmul(
         let c = gpu.tensor(&[n, n], DType::F32, "bench C")?;
         for &kernel in kernels {
             let label = format!("matmul {} {n}x{n}x{n}", kernel.name());
-            let d = matmul(gpu, kernel, &a, &b, None, &c, MatmulOptions::default(), &label)?;
+            let opts = MatmulOptions::default();
+            let chosen = crate::ops::matmul::resolve(gpu, kernel, (&a, &b, &c), opts, &label)?;
+            let d = matmul(gpu, chosen, &a, &b, None, &c, opts, &label)?;
             let (clock, secs, runs) = time_case(gpu, &label, &[d], cfg)?;
             let rec = MatmulRecord {
                 bench: "matmul",
                 kernel: kernel.name(),
+                tuned: (kernel == MatmulKernel::Auto).then(|| chosen.name()),
                 m: n,
                 n,
                 k: n,
@@ -471,6 +498,46 @@ pub fn bench_memory(
         eval_bytes: ex.plan_bytes(false)?,
         precision,
         step_bound_bytes: if bound { Some(ex.step_bytes_bound()?) } else { None },
+    })
+}
+
+/// What the autotuner chose for a model's training step on this device.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneRecord {
+    pub bench: &'static str,
+    pub model: String,
+    pub batch: usize,
+    pub size: usize,
+    /// Seconds to compile the step, timing included.
+    pub compile_s: f64,
+    #[serde(flatten)]
+    pub report: crate::tune::TuneReport,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// Compile the training step of `model` (fastai's head, every parameter training), which has the autotuner
+/// choose a kernel for every problem it meets, and report the device's choices.
+pub fn bench_tune(
+    gpu: Arc<Gpu>,
+    model: &str,
+    batch: usize,
+    size: usize,
+    precision: crate::gpu::Precision,
+) -> Result<TuneRecord> {
+    let t0 = Instant::now();
+    let mut ex = Executor::new(
+        gpu.clone(),
+        train_graph(model, batch, size)?,
+        ExecutorConfig { precision, ..Default::default() },
+    )?;
+    ex.step_bytes_bound()?;
+    Ok(TuneRecord {
+        bench: "tune",
+        model: model.to_string(),
+        batch,
+        size,
+        compile_s: t0.elapsed().as_secs_f64(),
+        report: crate::tune::report(&gpu)?,
     })
 }
 

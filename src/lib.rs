@@ -9,6 +9,7 @@
 //! - [`schedule`]: fastai's one-cycle, discriminative learning rates and fine_tune phases.
 //! - [`reference`]: the plain-loop f64 CPU twin of every kernel, the test oracle.
 //! - [`bench`]: the measurements behind `wgtune bench`.
+//! - [`tune`]: the autotuner: kernel variants timed on the device, the winners cached per adapter and driver.
 //! - [`export`]: models as ONNX files (feature `onnx`, on with the CLI).
 
 // In a browser wgpu's objects are neither Send nor Sync (one thread, the page's); the Arcs that share them
@@ -55,5 +56,6 @@ pub mod ops;
 pub mod profile;
 pub mod reference;
 pub mod schedule;
+pub mod tune;
 
 pub use error::{Error, Result};

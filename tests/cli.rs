@@ -44,12 +44,60 @@ fn bench_matmul_json_lines_have_the_promised_fields() {
         .map(|l| serde_json::from_str(l).expect("each line is JSON"))
         .collect();
     let kernels: Vec<&str> = lines.iter().filter_map(|v| v["kernel"].as_str()).collect();
-    assert_eq!(kernels, ["naive", "tiled"]);
+    assert_eq!(kernels, ["naive", "tiled", "shared32", "shared64", "shared128", "auto"]);
+    // 33^3 is below what the autotuner times: the software driver's default.
+    assert_eq!(lines[5]["tuned"], "tiled", "{}", lines[5]);
     for v in &lines {
         assert_eq!(v["bench"], "matmul");
         assert_eq!((v["m"].as_u64(), v["n"].as_u64(), v["k"].as_u64()), (Some(33), Some(33), Some(33)));
         assert!(v["gflops"].as_f64().is_some_and(|g| g > 0.0), "{v}");
     }
+}
+
+/// The autotuner end to end: the first run times the variants and writes the cache; a run with
+/// `WGTUNE_AUTOTUNE=cache` takes the cached choice (an edited one, so it cannot be a new measurement); `off` takes
+/// the default; a bad mode is an error naming the variable.
+#[test]
+fn the_autotuner_caches_its_choice_and_the_modes_hold() {
+    let dir = std::env::temp_dir().join(format!("wgtune-cli-autotune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |mode: &str| {
+        let out = wgtune()
+            .args(["bench", "matmul", "--sizes", "161", "--kernels", "auto", "--runs", "1", "--json"])
+            .env("WGTUNE_CACHE_DIR", &dir)
+            .env("WGTUNE_AUTOTUNE", mode)
+            .output()
+            .expect("run wgtune");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = run("full");
+    assert!(ok, "{stderr}");
+    let first: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let chosen = first["tuned"].as_str().expect("auto reports its choice").to_string();
+    let files: Vec<_> = std::fs::read_dir(&dir).expect("the cache folder exists").flatten().map(|e| e.path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let key = "matmul 161x161x161 batch 1 nn F32.F32>F32";
+    let mut cache: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let entry = &cache["choices"][key];
+    assert_eq!(entry["kernel"], chosen.as_str(), "{text}");
+    for k in ["tiled", "shared32", "shared64", "shared128"] {
+        assert!(entry["measured_ms"][k].as_f64().is_some_and(|ms| ms > 0.0), "{k} measured: {text}");
+    }
+    let other = if chosen == "shared64" { "shared32" } else { "shared64" };
+    cache["choices"][key]["kernel"] = other.into();
+    std::fs::write(&files[0], serde_json::to_vec(&cache).unwrap()).unwrap();
+    let (ok, stdout, stderr) = run("cache");
+    assert!(ok && stdout.contains(&format!("\"tuned\":\"{other}\"")), "{stdout} {stderr}");
+    let (ok, stdout, stderr) = run("off");
+    assert!(ok && stdout.contains("\"tuned\":\"tiled\""), "{stdout} {stderr}");
+    let (ok, _, stderr) = run("fastest");
+    assert!(!ok && stderr.contains("WGTUNE_AUTOTUNE='fastest'") && !stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -3,7 +3,9 @@
 
     python3 tools/bench_summary.py RESULTS_DIR > RESULTS_DIR/summary.md
 
-Standard library only. Ratios are wgtune / PyTorch (above 1: wgtune is faster or, for memory, uses more).
+Standard library only. Ratios are wgtune / PyTorch (above 1: wgtune is faster or, for memory, uses more). On CUDA
+PyTorch is measured twice, strict float32 (TF32 off, what WGSL can match) and with TF32 on (its default for
+convolutions): both columns are shown; a CPU run has only the first.
 """
 import json
 import os
@@ -19,6 +21,17 @@ def lines(path):
             line = line.strip()
             if line.startswith("{"):
                 out.append(json.loads(line))
+    return out
+
+
+def by_tf32(torch, bench, key):
+    """PyTorch's records of `bench` as {key(record): (strict f32, TF32 on)}; a run without TF32 counts as strict."""
+    out = {}
+    for t in torch:
+        if t["bench"] != bench:
+            continue
+        pair = out.setdefault(key(t), [{}, {}])
+        pair[1 if t.get("tf32") else 0] = t
     return out
 
 
@@ -42,34 +55,40 @@ def main():
     tdev = {t.get("device") for t in torch}
     print(f"- PyTorch: {torch[0]['framework']} on {', '.join(sorted(tdev))}" if torch else "- PyTorch: not run")
 
-    print("\n## matmul (f32, n x n x n)\n\n| n | wgtune GFLOP/s | PyTorch GFLOP/s | ratio |\n|---|---|---|---|")
-    tm = {t["n"]: t for t in torch if t["bench"] == "matmul"}
+    print("\n## matmul (f32, n x n x n)\n\n| n | kernel | wgtune GFLOP/s | PyTorch GFLOP/s TF32 off / on | "
+          "ratio off / on |\n|---|---|---|---|---|")
+    tm = by_tf32(torch, "matmul", lambda t: t["n"])
     for r in lines(os.path.join(d, "matmul.jsonl")):
-        if r.get("kernel") != "tiled":
+        if r.get("kernel") == "naive":
             continue
-        t = tm.get(r["n"], {})
-        print(f"| {r['n']} | {r['gflops']:.1f} | {t.get('gflops', 0):.1f} | {ratio(r['gflops'], t.get('gflops'))} |")
+        off, on = tm.get(r["n"], ({}, {}))
+        kernel = f"auto -> {r['tuned']}" if r.get("tuned") else r["kernel"]
+        print(f"| {r['n']} | {kernel} | {r['gflops']:.1f} | {off.get('gflops', 0):.1f} / {on.get('gflops', 0):.1f} | "
+              f"{ratio(r['gflops'], off.get('gflops'))} / {ratio(r['gflops'], on.get('gflops'))} |")
 
-    print("\n## convolution, ResNet 3x3 [8,64,56,56]\n\n| pass | wgtune GFLOP/s | PyTorch GFLOP/s | ratio |\n"
-          "|---|---|---|---|")
-    tc = {t["pass"]: t for t in torch if t["bench"] == "conv"}
+    print("\n## convolution, ResNet 3x3 [8,64,56,56]\n\n| pass | wgtune GFLOP/s | PyTorch GFLOP/s TF32 off / on | "
+          "ratio off / on |\n|---|---|---|---|")
+    tc = by_tf32(torch, "conv", lambda t: t["pass"])
     for r in lines(os.path.join(d, "conv.jsonl")):
         if r.get("layer") != "resnet_3x3_64":
             continue
-        t = tc.get(r["pass"], {})
-        print(f"| {r['pass']} | {r['gflops']:.2f} | {t.get('gflops', 0):.1f} | {ratio(r['gflops'], t.get('gflops'))} |")
+        off, on = tc.get(r["pass"], ({}, {}))
+        print(f"| {r['pass']} | {r['gflops']:.2f} | {off.get('gflops', 0):.1f} / {on.get('gflops', 0):.1f} | "
+              f"{ratio(r['gflops'], off.get('gflops'))} / {ratio(r['gflops'], on.get('gflops'))} |")
 
     print("\n## training step (fastai head, Adam, all parameters)\n")
-    print("| model | batch | size | wgtune images/s | PyTorch images/s | ratio | wgtune planned GPU MiB | "
-          "PyTorch memory MiB | encode us/step |\n|---|---|---|---|---|---|---|---|---|")
-    tt = {(t["model"], t["batch"], t["size"]): t for t in torch if t["bench"] == "train"}
+    print("| model | batch | size | wgtune images/s | PyTorch images/s TF32 off / on | ratio off / on | "
+          "wgtune planned GPU MiB | PyTorch memory MiB | encode us/step |\n|---|---|---|---|---|---|---|---|---|")
+    tt = by_tf32(torch, "train", lambda t: (t["model"], t["batch"], t["size"]))
     trains = lines(os.path.join(d, "train.jsonl"))
     for r in trains:
-        t = tt.get((r["model"], r["batch"], r["size"]), {})
-        mem = t.get("peak_memory_bytes", 0) / 2**20
-        kind = f" ({t['memory_kind']})" if t else ""
-        print(f"| {r['model']} | {r['batch']} | {r['size']} | {r['images_per_s']:.2f} | "
-              f"{t.get('images_per_s', 0):.2f} | {ratio(r['images_per_s'], t.get('images_per_s'))} | "
+        off, on = tt.get((r["model"], r["batch"], r["size"]), ({}, {}))
+        mem = off.get("peak_memory_bytes", 0) / 2**20
+        kind = f" ({off['memory_kind']})" if off else ""
+        ips = r["images_per_s"]
+        print(f"| {r['model']} | {r['batch']} | {r['size']} | {ips:.2f} | "
+              f"{off.get('images_per_s', 0):.2f} / {on.get('images_per_s', 0):.2f} | "
+              f"{ratio(ips, off.get('images_per_s'))} / {ratio(ips, on.get('images_per_s'))} | "
               f"{r['planned_bytes'] / 2**20:.0f} | {mem:.0f}{kind} | {r['encode_us']:.0f} |")
 
     for r in trains:

@@ -18,7 +18,9 @@ partial training batch dropped. Written from ../shared/FASTAI.md, not from fasta
 
 `bench` times the same training step as `wgtune bench train` (every parameter trains, Adam, fastai's head on a
 10-class problem, random inputs) after warm-up steps, and reports images/s and peak memory (CUDA: the allocator's
-peak; CPU: the process's peak resident set, which includes the framework itself). `--device cuda` where available.
+peak; CPU: the process's peak resident set, which includes the framework itself). `--device cuda` where available;
+there `bench`, `matmul` and `conv` report strict float32 (TF32 off: what WGSL, without tensor cores, can match)
+and PyTorch's default for convolutions (TF32 on), one line each (`--tf32 off|on|both`, records carry "tf32").
 """
 import argparse
 import contextlib
@@ -715,7 +717,27 @@ def timed(fn, device, runs):
     return sorted(times)[len(times) // 2]
 
 
+def tf32_modes(a):
+    """The TF32 settings to run under: on CUDA strict float32 (TF32 off, what WGSL can match) and PyTorch's
+    default for convolutions (TF32 on, cuDNN and cuBLAS), as --tf32 asks; elsewhere TF32 does not exist (None)."""
+    if a.device != "cuda":
+        return [None]
+    return {"off": [False], "on": [True], "both": [False, True]}[a.tf32]
+
+
+def set_tf32(mode):
+    if mode is not None:
+        torch.backends.cuda.matmul.allow_tf32 = mode
+        torch.backends.cudnn.allow_tf32 = mode
+
+
 def bench(a):
+    for mode in tf32_modes(a):
+        set_tf32(mode)
+        bench_one(a, mode)
+
+
+def bench_one(a, tf32):
     torch.manual_seed(0)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
@@ -742,20 +764,26 @@ def bench(a):
            "batch": a.bs, "size": a.size, "images_per_s": a.bs / median, "median_step_ms": median * 1e3,
            "first_step_s": first, "peak_memory_bytes": peak_memory(a.device),
            "memory_kind": "allocator peak" if a.device == "cuda" else "process peak RSS",
-           "threads": torch.get_num_threads()}
-    report(out, a.json, f"{a.model} batch {a.bs} at {a.size}px: {out['images_per_s']:.2f} images/s")
+           "threads": torch.get_num_threads(), "tf32": tf32}
+    report(out, a.json, f"{a.model} batch {a.bs} at {a.size}px{tf32_text(tf32)}: {out['images_per_s']:.2f} images/s")
+
+
+def tf32_text(tf32):
+    return "" if tf32 is None else f" (TF32 {'on' if tf32 else 'off'})"
 
 
 def matmul(a):
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
-    for n in a.sizes:
-        x, y = torch.randn(n, n, device=a.device), torch.randn(n, n, device=a.device)
-        x @ y
-        median = timed(lambda: x @ y, a.device, a.runs)
-        out = {"bench": "matmul", "framework": f"torch {torch.__version__}", "device": a.device, "n": n,
-               "gflops": 2 * n ** 3 / median / 1e9, "median_ms": median * 1e3}
-        report(out, a.json, f"matmul {n}^3: {out['gflops']:.1f} GFLOP/s")
+    for tf32 in tf32_modes(a):
+        set_tf32(tf32)
+        for n in a.sizes:
+            x, y = torch.randn(n, n, device=a.device), torch.randn(n, n, device=a.device)
+            x @ y
+            median = timed(lambda: x @ y, a.device, a.runs)
+            out = {"bench": "matmul", "framework": f"torch {torch.__version__}", "device": a.device, "n": n,
+                   "gflops": 2 * n ** 3 / median / 1e9, "median_ms": median * 1e3, "tf32": tf32}
+            report(out, a.json, f"matmul {n}^3{tf32_text(tf32)}: {out['gflops']:.1f} GFLOP/s")
 
 
 def conv(a):
@@ -768,13 +796,15 @@ def conv(a):
     passes = {"forward": lambda: F.conv2d(x, w, padding=1),
               "backward_data": lambda: torch.nn.grad.conv2d_input(x.shape, w, gy, padding=1),
               "backward_weight": lambda: torch.nn.grad.conv2d_weight(x, w.shape, gy, padding=1)}
-    for name, fn in passes.items():
-        fn()
-        median = timed(fn, a.device, a.runs)
-        out = {"bench": "conv", "framework": f"torch {torch.__version__}", "device": a.device,
-               "layer": "resnet_3x3", "shape": [8, 64, 56, 56], "pass": name, "gflops": flops / median / 1e9,
-               "median_ms": median * 1e3}
-        report(out, a.json, f"resnet 3x3 {name}: {out['gflops']:.1f} GFLOP/s")
+    for tf32 in tf32_modes(a):
+        set_tf32(tf32)
+        for name, fn in passes.items():
+            fn()
+            median = timed(fn, a.device, a.runs)
+            out = {"bench": "conv", "framework": f"torch {torch.__version__}", "device": a.device,
+                   "layer": "resnet_3x3", "shape": [8, 64, 56, 56], "pass": name, "gflops": flops / median / 1e9,
+                   "median_ms": median * 1e3, "tf32": tf32}
+            report(out, a.json, f"resnet 3x3 {name}{tf32_text(tf32)}: {out['gflops']:.1f} GFLOP/s")
 
 
 def report(out, as_json, text):
@@ -816,6 +846,9 @@ def main():
         s.add_argument("--threads", type=int, default=os.cpu_count())
         s.add_argument("--json", action="store_true")
         s.add_argument("--runs", type=int, default=5)
+        s.add_argument("--tf32", choices=["off", "on", "both"], default="both",
+                       help="on CUDA: strict float32 (off), TF32 tensor cores (on, PyTorch's default for "
+                            "convolutions), or one line each (both)")
         if name == "bench":
             s.add_argument("--model", default="effnet-lite0")
             s.add_argument("--size", type=int, default=64)

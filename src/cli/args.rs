@@ -412,6 +412,24 @@ impl From<PrecisionArg> for wgtune::gpu::Precision {
     }
 }
 
+/// The training step a benchmark compiles: a model with fastai's head, batch size, input size, precision.
+#[derive(clap::Args)]
+pub(crate) struct StepArgs {
+    /// An architecture (effnet-lite0, resnet18/34/50, convnext_atto ... convnext_base), or small_cnn (three
+    /// conv-BN-ReLU, global pool, linear).
+    #[arg(long, default_value = "effnet-lite0")]
+    pub(crate) model: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 32, value_parser = count)]
+    pub(crate) bs: usize,
+    /// Input size (square images, 3 channels).
+    #[arg(long, default_value_t = 64, value_parser = image_size)]
+    pub(crate) size: usize,
+    /// Storage type of activations and their gradients.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub(crate) precision: PrecisionArg,
+}
+
 /// Which ImageNet models a benchmark runs, at which batch size and input size.
 #[derive(clap::Args)]
 pub(crate) struct ModelsArgs {
@@ -426,6 +444,9 @@ pub(crate) struct ModelsArgs {
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub(crate) precision: PrecisionArg,
 }
+
+/// `bench matmul`'s default `--kernels`: every variant, then the autotuner's choice.
+const MATMUL_KERNELS: [&str; 6] = ["naive", "tiled", "shared32", "shared64", "shared128", "auto"];
 
 #[derive(Subcommand)]
 pub(crate) enum BenchCommand {
@@ -471,22 +492,11 @@ pub(crate) enum BenchCommand {
     /// memory and CPU encode time per step.
     #[command(alias = "step")]
     Train {
-        /// An architecture (effnet-lite0, resnet18/34/50, convnext_atto ... convnext_base), or small_cnn (three
-        /// conv-BN-ReLU, global pool, linear).
-        #[arg(long, default_value = "effnet-lite0")]
-        model: String,
-        /// Batch size.
-        #[arg(long, default_value_t = 32, value_parser = count)]
-        bs: usize,
-        /// Input size (square images, 3 channels).
-        #[arg(long, default_value_t = 64, value_parser = image_size)]
-        size: usize,
+        #[command(flatten)]
+        step: StepArgs,
         /// Timed steps after the first.
         #[arg(long, default_value_t = 10, value_parser = count)]
         steps: usize,
-        /// Storage type of activations and their gradients.
-        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-        precision: PrecisionArg,
         /// Time one more step dispatch by dispatch and print where the GPU time goes, per op type and kernel.
         #[arg(long)]
         profile: bool,
@@ -510,13 +520,22 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The autotuner's choice of kernel for every problem of a model's training step on this device, with what
+    /// each variant measured (compiles the step; WGTUNE_AUTOTUNE=off|cache|full, WGTUNE_CACHE_DIR).
+    Tune {
+        #[command(flatten)]
+        step: StepArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// GFLOP/s of every matmul kernel on square problems.
     Matmul {
         /// Matrix sizes n (C = A·B, all n x n).
         #[arg(long, value_delimiter = ',', default_values_t = vec![256, 512, 1024])]
         sizes: Vec<usize>,
-        /// Kernels to time (naive, tiled).
-        #[arg(long, value_delimiter = ',', default_values_t = vec!["naive".to_string(), "tiled".to_string()])]
+        /// Kernels to time: naive, tiled, shared32, shared64, shared128, or auto (the autotuner's choice for the
+        /// size, reported with the kernel it chose).
+        #[arg(long, value_delimiter = ',', default_values_t = MATMUL_KERNELS.map(String::from).to_vec())]
         kernels: Vec<String>,
         /// Timed runs per case (median reported).
         #[arg(long, default_value_t = 5, value_parser = count)]

@@ -4,7 +4,7 @@ use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, B
 use wgtune::gpu::{AdapterRequest, Gpu};
 use wgtune::ops::matmul::MatmulKernel;
 
-use super::args::{BenchCommand, ModelsArgs};
+use super::args::{BenchCommand, ModelsArgs, StepArgs};
 use super::train::with_memory_advice;
 
 /// The adapter asked for; `debug` (a RenderDoc capture) opens it with object labels reaching the driver.
@@ -63,15 +63,16 @@ pub(crate) fn print_matmul(
 ) -> anyhow::Result<()> {
     if !json {
         println!(
-            "{:<8} {:>6} {:>6} {:>6} {:>10} {:>12} {:>5}",
+            "{:<16} {:>6} {:>6} {:>6} {:>10} {:>12} {:>5}",
             "kernel", "m", "n", "k", "GFLOP/s", "median ms", "runs"
         );
     }
     bench_matmul(gpu, sizes, kernels, cfg, |r: &MatmulRecord| {
         emit(json, r, |r| {
+            let kernel = r.tuned.map_or(r.kernel.to_string(), |t| format!("{} -> {t}", r.kernel));
             format!(
-                "{:<8} {:>6} {:>6} {:>6} {:>10.3} {:>12.2} {:>5}",
-                r.kernel, r.m, r.n, r.k, r.gflops, r.median_ms, r.runs
+                "{:<16} {:>6} {:>6} {:>6} {:>10.3} {:>12.2} {:>5}",
+                kernel, r.m, r.n, r.k, r.gflops, r.median_ms, r.runs
             )
         })
     })?;
@@ -85,8 +86,11 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             let kernels = kernels
                 .iter()
                 .map(|k| {
-                    MatmulKernel::ALL.into_iter().find(|m| m.name() == k).ok_or_else(|| {
-                        anyhow::anyhow!("--kernels: unknown matmul kernel '{k}' (expected naive or tiled)")
+                    MatmulKernel::from_name(k).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--kernels: unknown matmul kernel '{k}' (expected naive, tiled, shared32, shared64, \
+                             shared128 or auto)"
+                        )
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -157,7 +161,29 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             }
             Ok(())
         }
-        BenchCommand::Train { model, bs, size, steps, precision, profile, json } => {
+        BenchCommand::Tune { step: StepArgs { model, bs, size, precision }, json } => {
+            let gpu = std::sync::Arc::new(open_gpu(adapter, false)?);
+            let r = wgtune::bench::bench_tune(gpu, &model, bs, size, precision.into())
+                .map_err(|e| with_memory_advice(e, bs, size))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let t = &r.report;
+            println!("device   {}", t.device);
+            println!("mode     {:?} (WGTUNE_AUTOTUNE)", t.mode);
+            println!("cache    {} ({} choices read at start)", t.cache.as_deref().unwrap_or("none"), t.loaded);
+            println!(
+                "compiled {} batch {} at {}px in {:.2} s, {:.2} s of it timing variants",
+                r.model, r.batch, r.size, r.compile_s, t.spent_s
+            );
+            for (problem, c) in &t.choices {
+                let alts: Vec<String> = c.measured_ms.iter().map(|(k, ms)| format!("{k} {ms:.3}")).collect();
+                println!("{problem:<44} {:<10} ms: {}", c.kernel, alts.join(", "));
+            }
+            Ok(())
+        }
+        BenchCommand::Train { step: StepArgs { model, bs, size, precision }, steps, profile, json } => {
             let graph = |bs: usize| wgtune::bench::train_graph(&model, bs, size);
             let gpu = std::sync::Arc::new(open_gpu(adapter, false)?);
             let (r, split, profiled) =

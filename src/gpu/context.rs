@@ -76,6 +76,10 @@ pub struct Gpu {
     pub(crate) pending: Arc<Mutex<PendingErrors>>,
     /// Bytes of every storage buffer created so far (tensors and storages): what plans are checked against.
     pub(crate) storage_bytes: std::sync::atomic::AtomicU64,
+    /// Bytes of every transient tensor created so far (outside the plans).
+    pub(crate) transient_bytes: std::sync::atomic::AtomicU64,
+    /// The autotuner's choices for this device ([`crate::tune`]), set up on first use.
+    pub(crate) tuner: std::sync::OnceLock<Mutex<crate::tune::Tuner>>,
 }
 
 fn type_rank(t: wgpu::DeviceType) -> u32 {
@@ -234,6 +238,8 @@ impl Gpu {
             kernels: Kernels::new(),
             pending,
             storage_bytes: Default::default(),
+            transient_bytes: Default::default(),
+            tuner: Default::default(),
         })
     }
 
@@ -248,6 +254,11 @@ impl Gpu {
             driver_info: i.driver_info.clone(),
             is_software: i.device_type == wgpu::DeviceType::Cpu,
         }
+    }
+
+    /// Whether the adapter is a CPU (a software driver such as lavapipe).
+    pub fn is_software(&self) -> bool {
+        self.adapter_info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// The limits the device was opened with (the adapter's own).

@@ -3,6 +3,7 @@
 //! Every tensor is a row-major view into a storage buffer. Data goes up with `queue.write_buffer` and comes back
 //! only through the [`ReadbackRing`](crate::gpu::ReadbackRing).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -110,13 +111,23 @@ impl Gpu {
 
     /// A new tensor with unspecified contents (zeroed by wgpu).
     pub fn tensor(&self, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        self.new_tensor(shape, dtype, label, &self.storage_bytes)
+    }
+
+    /// A tensor for a moment's work outside any memory plan (the autotuner's scratch operands, dropped once it
+    /// has timed them), counted in [`Gpu::transient_bytes_created`] instead of [`Gpu::storage_bytes_created`].
+    pub fn transient_tensor(&self, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        self.new_tensor(shape, dtype, label, &self.transient_bytes)
+    }
+
+    fn new_tensor(&self, shape: &[usize], dtype: DType, label: &str, counter: &AtomicU64) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         if numel == 0 {
             return Err(Error::shape(format!("tensor '{label}'"), format!("shape {shape:?} has no elements")));
         }
         let bytes = numel as u64 * dtype.size();
         self.check_size(label, bytes)?;
-        let buffer = self.storage_buffer(bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT), label)?;
+        let buffer = self.storage_buffer(bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT), label, counter)?;
         Ok(Tensor { buffer: Arc::new(buffer), offset: 0, shape: shape.to_vec(), dtype, label: label.into() })
     }
 
@@ -224,10 +235,10 @@ impl Storage {
 }
 
 impl Gpu {
-    /// A storage buffer of `size` bytes (already aligned), counted in [`Gpu::storage_bytes_created`]: the one place
-    /// tensors and storages get their memory.
-    fn storage_buffer(&self, size: u64, label: &str) -> Result<wgpu::Buffer> {
-        self.storage_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+    /// A storage buffer of `size` bytes (already aligned), counted in `counter`: the one place tensors and storages
+    /// get their memory.
+    fn storage_buffer(&self, size: u64, label: &str, counter: &AtomicU64) -> Result<wgpu::Buffer> {
+        counter.fetch_add(size, Ordering::Relaxed);
         self.scoped(label, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -241,7 +252,12 @@ impl Gpu {
     /// Bytes of all storage buffers this device has created so far ([`Gpu::tensor`], [`Gpu::storage`]); staging
     /// and uniform buffers apart. Memory plans are tested against it.
     pub fn storage_bytes_created(&self) -> u64 {
-        self.storage_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.storage_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the transient tensors created so far ([`Gpu::transient_tensor`]).
+    pub fn transient_bytes_created(&self) -> u64 {
+        self.transient_bytes.load(Ordering::Relaxed)
     }
 
     /// Byte alignment of a tensor view's offset inside a [`Storage`].
@@ -253,7 +269,7 @@ impl Gpu {
     pub fn storage(&self, bytes: u64, label: &str) -> Result<Storage> {
         self.check_buffer_size(label, bytes)?;
         let size = bytes.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
-        let buffer = self.storage_buffer(size, label)?;
+        let buffer = self.storage_buffer(size, label, &self.storage_bytes)?;
         Ok(Storage { buffer: Arc::new(buffer), bytes: size, label: label.into() })
     }
 

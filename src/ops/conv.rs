@@ -266,7 +266,7 @@ pub fn conv2d_forward(
                 let opts = MatmulOptions { accumulate, bias_per_row: true, ..Default::default() };
                 let d = matmul(
                     gpu,
-                    MatmulKernel::Tiled,
+                    MatmulKernel::Auto,
                     &w.reshape(&[s.out_c, s.in_c])?,
                     &x.reshape(&[s.batch, s.in_c, hw])?,
                     bias,
@@ -332,7 +332,7 @@ pub fn conv2d_backward_data(
                 let opts = MatmulOptions { trans_a: true, accumulate, ..Default::default() };
                 let d = matmul(
                     gpu,
-                    MatmulKernel::Tiled,
+                    MatmulKernel::Auto,
                     &w.reshape(&[s.out_c, s.in_c])?,
                     &dy.reshape(&[s.batch, s.out_c, hw])?,
                     None,

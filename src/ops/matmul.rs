@@ -33,19 +33,87 @@ pub const MATMUL: KernelSpec = KernelSpec::new("matmul", "matmul", SIGNATURE);
 /// One output per invocation: the benchmark baseline.
 pub const MATMUL_NAIVE: KernelSpec = KernelSpec::new("matmul_naive", "matmul", SIGNATURE);
 
-/// Which matmul kernel to launch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The workgroup-memory kernel; each [`MatmulKernel`] `Shared*` is it with its tile constants.
+pub const MATMUL_SHARED: KernelSpec = KernelSpec::new("matmul_shared", "matmul", SIGNATURE);
+
+/// Which matmul kernel to launch. `Auto` is the autotuner's choice for the problem on this device (see
+/// [`crate::tune`]); the others are the variants it chooses among.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulKernel {
+    Auto,
+    /// Register-blocked, no workgroup memory: 16 x 512 tiles of 64 invocations (the software driver's winner).
     Tiled,
+    /// Workgroup-memory tiles: 32 x 32 (64 invocations, 4 x 4 each; small GPUs and small problems).
+    Shared32,
+    /// 64 x 64 (256 invocations, 4 x 4 each).
+    Shared64,
+    /// 128 x 128 (256 invocations, 8 x 8 each, K in steps of 8; big GPUs, big problems).
+    Shared128,
+    /// One output per invocation: the benchmark baseline, never chosen.
     Naive,
 }
 
 impl MatmulKernel {
-    pub const ALL: [MatmulKernel; 2] = [MatmulKernel::Naive, MatmulKernel::Tiled];
+    /// Every concrete kernel, baseline first.
+    pub const ALL: [MatmulKernel; 5] = [
+        MatmulKernel::Naive,
+        MatmulKernel::Tiled,
+        MatmulKernel::Shared32,
+        MatmulKernel::Shared64,
+        MatmulKernel::Shared128,
+    ];
+    /// What the autotuner times: every kernel but the baseline.
+    pub const CANDIDATES: [MatmulKernel; 4] =
+        [MatmulKernel::Tiled, MatmulKernel::Shared32, MatmulKernel::Shared64, MatmulKernel::Shared128];
+
     pub fn name(self) -> &'static str {
         match self {
+            MatmulKernel::Auto => "auto",
             MatmulKernel::Tiled => "tiled",
+            MatmulKernel::Shared32 => "shared32",
+            MatmulKernel::Shared64 => "shared64",
+            MatmulKernel::Shared128 => "shared128",
             MatmulKernel::Naive => "naive",
+        }
+    }
+
+    /// The kernel of a name (`auto` included).
+    pub fn from_name(name: &str) -> Option<MatmulKernel> {
+        std::iter::once(MatmulKernel::Auto).chain(MatmulKernel::ALL).find(|k| k.name() == name)
+    }
+
+    /// (rows, columns) of C a workgroup covers.
+    pub fn tile(self) -> (u32, u32) {
+        match self {
+            MatmulKernel::Tiled => (16, 512),
+            MatmulKernel::Shared32 => (32, 32),
+            MatmulKernel::Shared64 => (64, 64),
+            MatmulKernel::Shared128 => (128, 128),
+            MatmulKernel::Naive | MatmulKernel::Auto => (16, 16),
+        }
+    }
+
+    /// The workgroup-memory kernel's constants (SH_WX, SH_WY, SH_TM, SH_TN, SH_BK; see shaders/matmul.wgsl).
+    pub fn shared_constants(self) -> Option<&'static [(&'static str, f64)]> {
+        const SHARED32: &[(&str, f64)] =
+            &[("SH_WX", 8.0), ("SH_WY", 8.0), ("SH_TM", 4.0), ("SH_TN", 4.0), ("SH_BK", 16.0)];
+        const SHARED64: &[(&str, f64)] =
+            &[("SH_WX", 16.0), ("SH_WY", 16.0), ("SH_TM", 4.0), ("SH_TN", 4.0), ("SH_BK", 16.0)];
+        const SHARED128: &[(&str, f64)] =
+            &[("SH_WX", 16.0), ("SH_WY", 16.0), ("SH_TM", 8.0), ("SH_TN", 8.0), ("SH_BK", 8.0)];
+        match self {
+            MatmulKernel::Shared32 => Some(SHARED32),
+            MatmulKernel::Shared64 => Some(SHARED64),
+            MatmulKernel::Shared128 => Some(SHARED128),
+            _ => None,
+        }
+    }
+
+    fn spec(self) -> KernelSpec {
+        match (self, self.shared_constants()) {
+            (_, Some(constants)) => MATMUL_SHARED.with_constants(constants),
+            (MatmulKernel::Naive, None) => MATMUL_NAIVE,
+            _ => MATMUL,
         }
     }
 }
@@ -136,10 +204,8 @@ pub fn matmul_params(
 
 /// Grid for `kernel` over an M x N x batch problem.
 pub fn matmul_grid(kernel: MatmulKernel, p: &MatmulParams) -> [u32; 3] {
-    match kernel {
-        MatmulKernel::Tiled => [p.n.div_ceil(512), p.m.div_ceil(16), p.batch],
-        MatmulKernel::Naive => [p.n.div_ceil(16), p.m.div_ceil(16), p.batch],
-    }
+    let (rows, cols) = kernel.tile();
+    [p.n.div_ceil(cols), p.m.div_ceil(rows), p.batch]
 }
 
 /// `c = op(a)·op(b) (+ bias) (+ c)`: a (M, K) or (batch, M, K) (transposed: (K, M)), b (K, N) (transposed:
@@ -155,10 +221,6 @@ pub fn matmul(
     label: &str,
 ) -> Result<Dispatch> {
     let p = matmul_params(a, b, bias, c, opts)?;
-    let spec = match kernel {
-        MatmulKernel::Tiled => &MATMUL,
-        MatmulKernel::Naive => &MATMUL_NAIVE,
-    };
     if let Some(bias) = bias.filter(|t| t.dtype() != crate::gpu::DType::F32) {
         return Err(crate::Error::Invalid(format!(
             "matmul '{label}': the bias '{}' is {:?}, expected f32 (a parameter)",
@@ -166,10 +228,123 @@ pub fn matmul(
             bias.dtype()
         )));
     }
+    let kernel = resolve_params(gpu, kernel, &p, (a, b, c), label)?;
+    launch(gpu, kernel, &p, (a, b, c), bias, label)
+}
+
+/// The concrete kernel `matmul` runs for `kernel` on these operands: `Auto` asks the autotuner.
+pub fn resolve(
+    gpu: &Gpu,
+    kernel: MatmulKernel,
+    (a, b, c): (&Tensor, &Tensor, &Tensor),
+    opts: MatmulOptions,
+    label: &str,
+) -> Result<MatmulKernel> {
+    resolve_params(gpu, kernel, &matmul_params(a, b, None, c, opts)?, (a, b, c), label)
+}
+
+fn resolve_params(
+    gpu: &Gpu,
+    kernel: MatmulKernel,
+    p: &MatmulParams,
+    operands: (&Tensor, &Tensor, &Tensor),
+    label: &str,
+) -> Result<MatmulKernel> {
+    match kernel {
+        MatmulKernel::Auto => tuned(gpu, p, operands, label),
+        k => Ok(k),
+    }
+}
+
+fn launch(
+    gpu: &Gpu,
+    kernel: MatmulKernel,
+    p: &MatmulParams,
+    (a, b, c): (&Tensor, &Tensor, &Tensor),
+    bias: Option<&Tensor>,
+    label: &str,
+) -> Result<Dispatch> {
     // Without a bias the binding still needs a buffer: A is bound again (read-only, never read).
     let bias = bias.unwrap_or(a);
     let flops = 2 * p.m as u64 * p.n as u64 * p.k as u64 * p.batch.max(1) as u64;
-    let grid = matmul_grid(kernel, &p);
-    Ok(super::dispatch_to(gpu, spec, &[a, b], c, bytemuck::bytes_of(&p), &[a, b, bias, c], grid, label)?
+    let grid = matmul_grid(kernel, p);
+    Ok(super::dispatch_to(gpu, &kernel.spec(), &[a, b], c, bytemuck::bytes_of(p), &[a, b, bias, c], grid, label)?
         .with_flops(flops))
+}
+
+/// The kernel a device runs for a problem when nothing was measured: the register-blocked one on a CPU (the
+/// software driver keeps indexed arrays in memory, which the workgroup-memory kernels need in registers), and on a
+/// GPU the largest workgroup-memory tile that still gives every dimension a full tile.
+pub fn default_kernel(gpu: &Gpu, p: &MatmulParams) -> MatmulKernel {
+    let small = p.m.min(p.n);
+    if gpu.is_software() {
+        MatmulKernel::Tiled
+    } else if small >= 1024 {
+        MatmulKernel::Shared128
+    } else if small >= 64 {
+        MatmulKernel::Shared64
+    } else {
+        MatmulKernel::Shared32
+    }
+}
+
+/// The autotuner's kernel for the problem (see [`crate::tune`]): keyed by its sizes, the operands' layouts and
+/// storage types; timed on scratch tensors of the operands' shapes (never the real ones, which may hold a
+/// gradient being accumulated), without bias or accumulation.
+fn tuned(gpu: &Gpu, p: &MatmulParams, (a, b, c): (&Tensor, &Tensor, &Tensor), label: &str) -> Result<MatmulKernel> {
+    let layout = |unit_col: bool| if unit_col { "n" } else { "t" };
+    let key = format!(
+        "matmul {}x{}x{} batch {} {}{} {:?}.{:?}>{:?}",
+        p.m,
+        p.n,
+        p.k,
+        p.batch,
+        layout(p.a_col == 1),
+        layout(p.b_col == 1),
+        a.dtype(),
+        b.dtype(),
+        c.dtype()
+    );
+    let flops = 2 * p.m as u64 * p.n as u64 * p.k as u64 * p.batch.max(1) as u64;
+    let bare = MatmulParams { flags: 0, ..*p };
+    let mut scratch: Option<[Tensor; 3]> = None;
+    crate::tune::choose(
+        gpu,
+        &key,
+        &MatmulKernel::CANDIDATES,
+        MatmulKernel::name,
+        default_kernel(gpu, p),
+        flops,
+        |k, runs| {
+            if scratch.is_none() {
+                let t = |x: &Tensor, what: &str| {
+                    gpu.transient_tensor(x.shape(), x.dtype(), &format!("autotune {what} of {label}"))
+                };
+                scratch = Some([t(a, "A")?, t(b, "B")?, t(c, "C")?]);
+            }
+            let [sa, sb, sc] = scratch.as_ref().expect("made above");
+            let d = launch(gpu, k, &bare, (sa, sb, sc), None, &format!("autotune {} {key}", k.name()))?;
+            crate::bench::time_min_ms(gpu, &d, runs)
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MatmulKernel;
+
+    /// Every workgroup-memory configuration fits the kernel's arrays and WebGPU's default limits, and its tile is
+    /// what the grid assumes.
+    #[test]
+    fn shared_configurations_fit_the_kernel() {
+        for k in MatmulKernel::ALL {
+            let Some(c) = k.shared_constants() else { continue };
+            let get = |n: &str| c.iter().find(|(name, _)| *name == n).expect("every constant set").1 as u32;
+            let (wx, wy, tm, tn, bk) = (get("SH_WX"), get("SH_WY"), get("SH_TM"), get("SH_TN"), get("SH_BK"));
+            assert!(tm <= 8 && (tn == 4 || tn == 8), "{k:?}: register block {tm} x {tn}");
+            assert!(bk * (wy * tm + 1) <= 1040 && bk * wx * tn / 4 <= 256, "{k:?}: tiles exceed the arrays");
+            assert!(wx * wy <= 256, "{k:?}: {} invocations, WebGPU's default limit is 256", wx * wy);
+            assert_eq!(k.tile(), (wy * tm, wx * tn), "{k:?}");
+        }
+    }
 }

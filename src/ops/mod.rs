@@ -146,6 +146,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
     let mut v = vec![
         matmul::MATMUL,
         matmul::MATMUL_NAIVE,
+        matmul::MATMUL_SHARED,
         conv::CONV2D_FORWARD,
         conv::CONV2D_BACKWARD_DATA,
         conv::CONV2D_BACKWARD_WEIGHT,
@@ -178,6 +179,10 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         norm::BATCH_NORM_FORWARD,
         norm::BATCH_NORM_BACKWARD_REDUCE,
         norm::BATCH_NORM_BACKWARD_DATA,
+        norm::BATCH_NORM_FORWARD_SINGLE,
+        norm::BATCH_NORM_FORWARD_SINGLE_ROWS,
+        norm::BATCH_NORM_BACKWARD_SINGLE,
+        norm::BATCH_NORM_BACKWARD_SINGLE_ROWS,
         dropout::DROPOUT_FORWARD,
         dropout::DROPOUT_BACKWARD,
         layer_norm::LAYER_NORM_FORWARD,

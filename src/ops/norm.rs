@@ -47,6 +47,63 @@ pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
     &[(1, R), (2, W), (3, R), (4, R), (5, R), (7, R), (8, R), (9, W)],
 );
 
+pub const BATCH_NORM_FORWARD_SINGLE: KernelSpec = KernelSpec::new(
+    "batch_norm_forward_single",
+    "norm",
+    &[(1, R), (5, R), (6, R), (9, W), (10, W), (11, W), (12, W), (13, W), (14, R)],
+);
+pub const BATCH_NORM_FORWARD_SINGLE_ROWS: KernelSpec =
+    KernelSpec { entry: "batch_norm_forward_single_rows", ..BATCH_NORM_FORWARD_SINGLE };
+pub const BATCH_NORM_BACKWARD_SINGLE: KernelSpec = KernelSpec::new(
+    "batch_norm_backward_single",
+    "norm",
+    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (9, W), (10, W), (11, W)],
+);
+pub const BATCH_NORM_BACKWARD_SINGLE_ROWS: KernelSpec =
+    KernelSpec { entry: "batch_norm_backward_single_rows", ..BATCH_NORM_BACKWARD_SINGLE };
+
+/// Storage buffers the single-dispatch kernels bind (one more than WebGPU's default limit).
+pub const SINGLE_STORAGE_BUFFERS: u32 = 9;
+
+/// Per-channel elements up to which [`NormSchedule::Auto`] takes the single-dispatch schedule on a GPU: 64 per
+/// invocation of a channel's workgroup. Longer channels (a big batch's stem, 32 channels of 64 x 112 x 112) would
+/// leave most of a big GPU idle in the elementwise part, which the split schedule spreads over the whole tensor.
+pub const SINGLE_UP_TO: usize = 16384;
+
+/// How a training batch norm is scheduled (see shaders/norm.wgsl): the same values either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NormSchedule {
+    /// [`NormSchedule::Single`] where the device binds 9 storage buffers and either it is a CPU (its few threads
+    /// are busy with any grid) or each channel holds at most [`SINGLE_UP_TO`] elements; else split.
+    #[default]
+    Auto,
+    /// Forward and backward one dispatch each: a channel's workgroup sums it and then writes its y or dx.
+    Single,
+    /// Statistics / sums by channel, then the elementwise pass over the whole tensor: 2 dispatches each.
+    Split,
+}
+
+impl NormSchedule {
+    /// The schedule a layer of `per_channel` elements (N * H * W) runs with on `gpu`. An explicit `Single` on a
+    /// device that cannot bind 9 storage buffers is an error naming the layer.
+    pub fn resolve(self, gpu: &Gpu, per_channel: usize, label: &str) -> Result<NormSchedule> {
+        let can = gpu.limits().max_storage_buffers_per_shader_stage >= SINGLE_STORAGE_BUFFERS;
+        Ok(match self {
+            NormSchedule::Split => NormSchedule::Split,
+            NormSchedule::Single if can => NormSchedule::Single,
+            NormSchedule::Single => {
+                return Err(Error::Invalid(format!(
+                    "'{label}': the single-dispatch batch norm binds {SINGLE_STORAGE_BUFFERS} storage buffers; \
+                     this device allows {}",
+                    gpu.limits().max_storage_buffers_per_shader_stage
+                )))
+            }
+            NormSchedule::Auto if can && (gpu.is_software() || per_channel <= SINGLE_UP_TO) => NormSchedule::Single,
+            NormSchedule::Auto => NormSchedule::Split,
+        })
+    }
+}
+
 /// An activation applied to batch norm's output in the same pass (timm's BatchNormAct2d): the normalized value
 /// never goes to memory, and backward masks dy by the activation's derivative (in place: see shaders/norm.wgsl),
 /// recomputing the normalized value from x and the statistics it reads anyway.
@@ -91,17 +148,19 @@ impl NormAct {
 
 /// eps and momentum; defaults are PyTorch's (torchvision weights). EfficientNet-Lite's TF weights use eps 1e-3.
 /// `act`: an activation fused into the layer (none from the graph builder; the executor fuses a ReLU or ReLU6 that
-/// alone reads a batch norm's output, see [`crate::graph::Graph::fuse_norm_activations`]).
+/// alone reads a batch norm's output, see [`crate::graph::Graph::fuse_norm_activations`]). `schedule`: how
+/// training runs on the device (the same values every way).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormConfig {
     pub eps: f32,
     pub momentum: f32,
     pub act: NormAct,
+    pub schedule: NormSchedule,
 }
 
 impl Default for BatchNormConfig {
     fn default() -> Self {
-        BatchNormConfig { eps: 1e-5, momentum: 0.1, act: NormAct::None }
+        BatchNormConfig { eps: 1e-5, momentum: 0.1, act: NormAct::None, schedule: NormSchedule::Auto }
     }
 }
 
@@ -154,9 +213,10 @@ fn params(x: &Tensor, per_channel: &[&Tensor], cfg: BatchNormConfig, flags: u32)
 }
 
 /// Forward. Training (`save` = Some((save_mean, save_var))): batch statistics into `save`, running statistics
-/// updated, y normalized with the batch statistics — two dispatches. Eval (`save` = None): y normalized with the
-/// running statistics — one dispatch. y is `cfg.act` of the normalized value or, with `residual` (and no
-/// activation: backward could not recompute the activation's input), bn(x) + residual (a skip connection).
+/// updated, y normalized with the batch statistics — one dispatch or two (`cfg.schedule`). Eval (`save` = None):
+/// y normalized with the running statistics — one dispatch. y is `cfg.act` of the normalized value or, with
+/// `residual` (and no activation: backward could not recompute the activation's input), bn(x) + residual (a skip
+/// connection).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_forward(
     gpu: &Gpu,
@@ -175,11 +235,17 @@ pub fn batch_norm_forward(
     residual_without_act(cfg, residual.is_some(), label)?;
     let all = [state.gamma, state.beta, state.running_mean, state.running_var];
     let p = params(x, &all, cfg, if residual.is_some() { FLAG_RESIDUAL } else { 0 })?;
-    let grid = elements_grid(gpu, &p);
     let (mean, var) = save.unwrap_or((state.running_mean, state.running_var));
+    // Without a residual the kernels' residual binding reads x (and nothing of it).
+    let r = residual.unwrap_or(x);
     let mut steps = Vec::new();
     if save.is_some() {
         geometry(x, &[mean, var])?;
+        if cfg.schedule.resolve(gpu, (p.batch * p.hw) as usize, label)? == NormSchedule::Single {
+            let (spec, grid) = per_channel(&p, &BATCH_NORM_FORWARD_SINGLE, &BATCH_NORM_FORWARD_SINGLE_ROWS);
+            let tensors = [x, state.gamma, state.beta, y, mean, var, state.running_mean, state.running_var, r];
+            return Ok(vec![super::dispatch_at(gpu, spec, &[x, r, y], bytemuck::bytes_of(&p), &tensors, grid, label)?]);
+        }
         let (spec, grid) = per_channel(&p, &BATCH_NORM_STATISTICS, &BATCH_NORM_STATISTICS_ROWS);
         steps.push(super::dispatch_at(
             gpu,
@@ -191,15 +257,13 @@ pub fn batch_norm_forward(
             &format!("{label} statistics"),
         )?);
     }
-    // Without a residual the kernel's residual binding reads x (and nothing of it).
-    let r = residual.unwrap_or(x);
     steps.push(super::dispatch_at(
         gpu,
         &BATCH_NORM_FORWARD,
         &[x, r, y],
         bytemuck::bytes_of(&p),
         &[x, mean, var, state.gamma, state.beta, y, r],
-        grid,
+        elements_grid(gpu, &p),
         label,
     )?);
     Ok(steps)
@@ -230,7 +294,7 @@ pub struct BatchNormGrads<'a> {
 /// the running ones in eval (`eval` = true, where they are constants and dx = gamma * invstd * dy). With a fused
 /// `cfg.act`, dy is the gradient of the activation's output, `params` = (gamma, beta) recompute its input, and dy
 /// is masked in place (zero where the activation passes nothing): it must be a buffer nothing reads later. A fused
-/// residual's gradient is dy.
+/// residual's gradient is dy. One dispatch or two (`cfg.schedule`), and the residual's copy.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     gpu: &Gpu,
@@ -261,26 +325,32 @@ pub fn batch_norm_backward(
     let (gamma, beta) = params;
     let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
     let p = self::params(x, &[gamma, beta, mean, var, dgamma, dbeta], cfg, flags)?;
-    let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
-    let reduce = super::dispatch_at(
-        gpu,
-        spec,
-        &[x, dy],
-        bytemuck::bytes_of(&p),
-        &[x, dy, mean, var, gamma, beta, dgamma, dbeta],
-        grid,
-        &format!("{label} reduce"),
-    )?;
-    let data = super::dispatch_at(
-        gpu,
-        &BATCH_NORM_BACKWARD_DATA,
-        &[x, dy, dx],
-        bytemuck::bytes_of(&p),
-        &[x, dy, mean, var, gamma, dgamma, dbeta, dx],
-        elements_grid(gpu, &p),
-        label,
-    )?;
-    let mut steps = vec![reduce, data];
+    let mut steps = if cfg.schedule.resolve(gpu, (p.batch * p.hw) as usize, label)? == NormSchedule::Single {
+        let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_SINGLE, &BATCH_NORM_BACKWARD_SINGLE_ROWS);
+        let tensors = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta];
+        vec![super::dispatch_at(gpu, spec, &[x, dy, dx], bytemuck::bytes_of(&p), &tensors, grid, label)?]
+    } else {
+        let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
+        let reduce = super::dispatch_at(
+            gpu,
+            spec,
+            &[x, dy],
+            bytemuck::bytes_of(&p),
+            &[x, dy, mean, var, gamma, beta, dgamma, dbeta],
+            grid,
+            &format!("{label} reduce"),
+        )?;
+        let data = super::dispatch_at(
+            gpu,
+            &BATCH_NORM_BACKWARD_DATA,
+            &[x, dy, dx],
+            bytemuck::bytes_of(&p),
+            &[x, dy, mean, var, gamma, dgamma, dbeta, dx],
+            elements_grid(gpu, &p),
+            label,
+        )?;
+        vec![reduce, data]
+    };
     if let Some((dr, accumulate)) = residual {
         let copy = super::elementwise::Elementwise::Scale;
         steps.push(super::elementwise::elementwise(

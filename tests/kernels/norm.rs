@@ -2,7 +2,7 @@
 //! f32 sums of up to ~2000 terms: atol 2e-5, rtol 1e-4.
 
 use wgtune::ops::norm::{
-    batch_norm_backward, batch_norm_forward, BatchNormConfig, BatchNormGrads, BatchNormState, NormAct,
+    batch_norm_backward, batch_norm_forward, BatchNormConfig, BatchNormGrads, BatchNormState, NormAct, NormSchedule,
 };
 use wgtune::reference::{self, widen, SplitMix};
 
@@ -19,7 +19,15 @@ fn check(shape: &[usize], cfg: BatchNormConfig, seed: u64) {
 /// x, dy, y, dx in f16; statistics, parameters and their gradients f32): the reference then takes the f16-rounded
 /// inputs, and y and dx one f16 rounding more of tolerance (2^-11 relative, 2^-14 absolute). With `residual`, a
 /// fused skip connection: y = act(bn(x) + r), and r's gradient (overwritten in training, added to ones in eval).
+/// Both training schedules (single-dispatch and split; lavapipe binds 9 storage buffers), each by workgroup or by
+/// rows as the shape has it.
 fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool, residual: bool) {
+    for schedule in [NormSchedule::Single, NormSchedule::Split] {
+        check_schedule(shape, BatchNormConfig { schedule, ..cfg }, seed, half, residual);
+    }
+}
+
+fn check_schedule(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool, residual: bool) {
     let g = gpu();
     let (n, c) = (shape[0], shape[1]);
     let hw: usize = shape[2..].iter().product();
@@ -187,8 +195,9 @@ fn batch_norm_with_a_fused_residual_or_activation() {
     let mut seed = 300;
     for (act, residual) in [(NormAct::Relu, false), (NormAct::Relu6, false), (NormAct::None, true)] {
         let cfg = BatchNormConfig { act, ..Default::default() };
-        let f32_cases = [(&[2, 3, 17, 19][..], false), (&[3, 5, 2, 3], false), (&[13, 7], false)];
-        for (shape, half) in f32_cases.into_iter().chain([(&[2, 3, 17, 19][..], true), (&[3, 5, 2, 3], true)]) {
+        // By workgroup (N * HW >= 1024, not a multiple of 256) and by rows.
+        let f32_cases = [(&[3, 4, 19, 23][..], false), (&[3, 5, 2, 3], false), (&[13, 7], false)];
+        for (shape, half) in f32_cases.into_iter().chain([(&[3, 4, 19, 23][..], true), (&[3, 5, 2, 3], true)]) {
             seed += 1;
             check_at(shape, cfg, seed, half, residual);
         }

@@ -118,12 +118,12 @@ impl Executor {
                         if need_x {
                             // dx = dy · w
                             let opts = MatmulOptions { accumulate: ax, ..Default::default() };
-                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(w)?, None, v.g(x)?, opts, &l2)?);
+                            out.push(matmul(v.gpu, MatmulKernel::Auto, v.g(y)?, v.v(w)?, None, v.g(x)?, opts, &l2)?);
                         }
                         if train_w {
                             // dw = dyᵀ · x
                             let opts = MatmulOptions { trans_a: true, ..Default::default() };
-                            out.push(matmul(v.gpu, MatmulKernel::Tiled, v.g(y)?, v.v(x)?, None, v.g(w)?, opts, &l2)?);
+                            out.push(matmul(v.gpu, MatmulKernel::Auto, v.g(y)?, v.v(x)?, None, v.g(w)?, opts, &l2)?);
                         }
                         if let (Some(b), true) = (b, train_b) {
                             let [n, o] = *v.g(y)?.shape() else { unreachable!("linear output is 2-D") };
@@ -308,7 +308,7 @@ impl Executor {
                     let (na, nb, aa, ab) = two_inputs(needs, &mut written, &mut touches, (a, b, y));
                     Box::new(move |v| {
                         let mut out = Vec::new();
-                        let t = MatmulKernel::Tiled;
+                        let t = MatmulKernel::Auto;
                         if na {
                             // dA = dY · op(B)ᵀ: B stored (K, N) is read transposed; stored (N, K) as it is.
                             let opts = MatmulOptions { trans_b: !trans_b, accumulate: aa, ..Default::default() };

@@ -38,7 +38,7 @@ impl Executor {
                     Some(b) => Some(v.v(b)?),
                     None => None,
                 };
-                Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(x)?, v.v(w)?, bias, v.v(y)?, opts, &gpu_label)?])
+                Ok(vec![matmul(v.gpu, MatmulKernel::Auto, v.v(x)?, v.v(w)?, bias, v.v(y)?, opts, &gpu_label)?])
             }),
             Op::Conv2d { x, w, b, y, shape } => Box::new(move |v| {
                 let bias = match b {
@@ -104,7 +104,7 @@ impl Executor {
             }
             Op::MatMul { a, b, y, trans_b } => Box::new(move |v| {
                 let opts = MatmulOptions { trans_b, ..Default::default() };
-                Ok(vec![matmul(v.gpu, MatmulKernel::Tiled, v.v(a)?, v.v(b)?, None, v.v(y)?, opts, &gpu_label)?])
+                Ok(vec![matmul(v.gpu, MatmulKernel::Auto, v.v(a)?, v.v(b)?, None, v.v(y)?, opts, &gpu_label)?])
             }),
             Op::Slice { x, y, start } => {
                 Box::new(move |v| Ok(vec![slice_forward(v.gpu, v.v(x)?, v.v(y)?, start, &gpu_label)?]))

@@ -1,0 +1,336 @@
+//! The autotuner: which of a kernel family's correct variants runs a given problem on this device, decided by
+//! timing them on the device (GPU timestamps) the first time the problem is met, and remembered in a cache file per
+//! adapter, driver and wgtune version, so later runs reuse the choice without timing anything.
+//!
+//! `WGTUNE_AUTOTUNE` sets the mode: `full` (the default) times problems the cache does not know, within a budget
+//! of [`BUDGET_S`] seconds per process; `cache` uses cached choices and the defaults for the rest, timing nothing;
+//! `off` uses the defaults only. `WGTUNE_CACHE_DIR` moves the cache (the user cache dir's `wgtune` folder
+//! otherwise). Problems too small to be worth a measurement ([`MIN_FLOPS`]), problems past the budget and devices
+//! without timestamp queries get the family's default for the device type, uncached, so a later run can tune them.
+//! In a browser tab nothing is timed (the page cannot block on the GPU): the defaults run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// Microseconds this process has spent timing variants (the budget is the process's, whatever the devices).
+static SPENT_US: AtomicU64 = AtomicU64::new(0);
+
+/// The environment variable that sets the [`Mode`].
+pub const ENV_MODE: &str = "WGTUNE_AUTOTUNE";
+/// The environment variable that moves the cache folder.
+pub const ENV_DIR: &str = "WGTUNE_CACHE_DIR";
+/// Seconds of timing one process spends at most (give or take one variant's runs); problems met after that, or
+/// left unfinished by it, run their default.
+pub const BUDGET_S: f64 = 3.0;
+/// Problems of fewer floating-point operations run their default untimed: launch overhead dominates them.
+pub const MIN_FLOPS: u64 = 1 << 22;
+/// A variant replaces the default only when it takes at most this share of the default's time, so noise alone
+/// never moves a problem off its default.
+pub const MARGIN: f64 = 0.9;
+/// Timed runs per variant: a probe of one, then (for a variant within [`PROBE_WITHIN`] of the best) the rest after
+/// one untimed run; the fastest counts.
+pub const RUNS: usize = 3;
+/// A variant whose first run takes more than this many times the best so far is not run again.
+pub const PROBE_WITHIN: f64 = 1.5;
+
+/// What the autotuner may do (`WGTUNE_AUTOTUNE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The defaults only.
+    Off,
+    /// Cached choices, the defaults for the rest; nothing timed.
+    Cache,
+    /// Time what the cache does not know (within the budget) and remember it.
+    Full,
+}
+
+impl Mode {
+    /// The mode from the variable's value (unset: `full`).
+    pub fn parse(value: Option<&str>) -> Result<Mode> {
+        match value.map(str::trim) {
+            None | Some("") | Some("full") => Ok(Mode::Full),
+            Some("cache") => Ok(Mode::Cache),
+            Some("off") => Ok(Mode::Off),
+            Some(v) => Err(Error::Invalid(format!("{ENV_MODE}='{v}': expected off, cache or full"))),
+        }
+    }
+}
+
+/// One problem's choice and what each variant measured (milliseconds, the fastest of [`RUNS`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub kernel: String,
+    pub measured_ms: BTreeMap<String, f64>,
+}
+
+/// The cache file: the device it was measured on and the choices by problem.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheFile {
+    device: String,
+    choices: BTreeMap<String, Choice>,
+}
+
+/// A device's choices, loaded from the cache and grown as problems are tuned.
+pub struct Tuner {
+    mode: Mode,
+    device: String,
+    path: Option<PathBuf>,
+    choices: BTreeMap<String, Choice>,
+    spent_s: f64,
+    loaded: usize,
+}
+
+/// What `wgtune bench tune` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneReport {
+    pub mode: Mode,
+    pub device: String,
+    pub cache: Option<String>,
+    /// Choices read from the cache when the device opened.
+    pub loaded: usize,
+    /// Seconds this process spent timing variants.
+    pub spent_s: f64,
+    pub choices: BTreeMap<String, Choice>,
+}
+
+/// The device key of a cache: adapter, backend, driver and wgtune version. Any change starts a new cache.
+pub fn device_key(gpu: &Gpu) -> String {
+    let s = gpu.summary();
+    format!("{} | {} | {} {} | wgtune {}", s.name, s.backend, s.driver, s.driver_info, env!("CARGO_PKG_VERSION"))
+}
+
+/// FNV-1a: a file name from the device key that stays the same across Rust versions.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The cache file of a device key in `dir`.
+pub fn cache_path(dir: &Path, device: &str) -> PathBuf {
+    dir.join(format!("autotune-{:016x}.json", fnv1a(device)))
+}
+
+/// The cache folder: `WGTUNE_CACHE_DIR`, else the user cache dir's `wgtune` (none in a browser).
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os(ENV_DIR).filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    if cfg!(target_arch = "wasm32") {
+        return None;
+    }
+    dirs::cache_dir().map(|d| d.join("wgtune"))
+}
+
+impl Tuner {
+    /// A tuner for `device` in `mode`, with the choices cached at `path` for the same device key (a file for
+    /// another key, unreadable or malformed, is ignored and later replaced).
+    pub fn open(mode: Mode, device: String, path: Option<PathBuf>) -> Tuner {
+        let mut choices = BTreeMap::new();
+        if let (Some(p), true) = (&path, mode != Mode::Off) {
+            match std::fs::read(p).map(|b| serde_json::from_slice::<CacheFile>(&b)) {
+                Ok(Ok(f)) if f.device == device => choices = f.choices,
+                Ok(Ok(f)) => log::info!("autotune cache {} is for '{}': starting anew", p.display(), f.device),
+                Ok(Err(e)) => log::warn!("autotune cache {} unreadable ({e}): starting anew", p.display()),
+                Err(_) => {}
+            }
+        }
+        let loaded = choices.len();
+        Tuner { mode, device, path, choices, spent_s: 0.0, loaded }
+    }
+
+    /// The tuner as the environment sets it up for `gpu`.
+    fn from_env(gpu: &Gpu) -> Result<Tuner> {
+        let mode = Mode::parse(std::env::var(ENV_MODE).ok().as_deref())?;
+        let device = device_key(gpu);
+        let path = cache_dir().map(|d| cache_path(&d, &device));
+        Ok(Tuner::open(mode, device, path))
+    }
+
+    /// The cached choice of `key`, if it names one of `candidates`.
+    pub fn cached<K: Copy>(&self, key: &str, candidates: &[K], name: fn(K) -> &'static str) -> Option<K> {
+        let c = self.choices.get(key)?;
+        candidates.iter().copied().find(|&k| name(k) == c.kernel)
+    }
+
+    /// Remember `key`'s choice and write the cache (atomically: a temporary file renamed over it). A failed write
+    /// is logged; the choice still holds for this process.
+    pub fn record(&mut self, key: &str, choice: Choice) {
+        self.choices.insert(key.to_string(), choice);
+        let Some(path) = &self.path else { return };
+        let file = CacheFile { device: self.device.clone(), choices: self.choices.clone() };
+        if let Err(e) = write_atomically(path, &file) {
+            log::warn!("autotune cache {} not written: {e}", path.display());
+        }
+    }
+
+    pub fn report(&self) -> TuneReport {
+        TuneReport {
+            mode: self.mode,
+            device: self.device.clone(),
+            cache: self.path.as_ref().map(|p| p.display().to_string()),
+            loaded: self.loaded,
+            spent_s: self.spent_s,
+            choices: self.choices.clone(),
+        }
+    }
+}
+
+fn write_atomically(path: &Path, file: &CacheFile) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The device's tuner, set up from the environment on first use.
+fn tuner(gpu: &Gpu) -> Result<&Mutex<Tuner>> {
+    if let Some(t) = gpu.tuner.get() {
+        return Ok(t);
+    }
+    let t = Tuner::from_env(gpu)?;
+    Ok(gpu.tuner.get_or_init(|| Mutex::new(t)))
+}
+
+/// The report of the device's tuner so far.
+pub fn report(gpu: &Gpu) -> Result<TuneReport> {
+    Ok(tuner(gpu)?.lock().unwrap_or_else(|p| p.into_inner()).report())
+}
+
+/// Which of `candidates` runs the problem `key` of `flops` operations: the cached choice, or the fastest as
+/// `time(kernel, runs)` measures them (the fastest of `runs` in milliseconds; `None` where the device has no
+/// timestamps), or `default` (see the module's text for when).
+pub fn choose<K: Copy + PartialEq>(
+    gpu: &Gpu,
+    key: &str,
+    candidates: &[K],
+    name: fn(K) -> &'static str,
+    default: K,
+    flops: u64,
+    mut time: impl FnMut(K, usize) -> Result<Option<f64>>,
+) -> Result<K> {
+    let mut t = tuner(gpu)?.lock().unwrap_or_else(|p| p.into_inner());
+    if t.mode == Mode::Off {
+        return Ok(default);
+    }
+    if let Some(k) = t.cached(key, candidates, name) {
+        return Ok(k);
+    }
+    if t.mode == Mode::Cache || flops < MIN_FLOPS || spent_s() >= BUDGET_S || cfg!(target_arch = "wasm32") {
+        return Ok(default);
+    }
+    let start = crate::clock::Instant::now();
+    let result = measure(key, candidates, default, &mut time);
+    let spent = start.elapsed().as_secs_f64();
+    t.spent_s += spent;
+    SPENT_US.fetch_add((spent * 1e6) as u64, Ordering::Relaxed);
+    let Some(measured) = result? else { return Ok(default) };
+    let chosen = pick(&measured, default);
+    let choice = Choice {
+        kernel: name(chosen).to_string(),
+        measured_ms: measured.iter().map(|&(k, ms)| (name(k).to_string(), ms)).collect(),
+    };
+    log::info!("autotune {key}: {} of {:?}", choice.kernel, choice.measured_ms);
+    t.record(key, choice);
+    Ok(chosen)
+}
+
+/// Seconds this process has spent timing variants, on every device.
+fn spent_s() -> f64 {
+    SPENT_US.load(Ordering::Relaxed) as f64 / 1e6
+}
+
+/// Time every candidate, the default first, then the others: each probed with one run and, when within
+/// [`PROBE_WITHIN`] of the best so far, given the remaining runs (variants far off the pace cost one run each).
+/// `None` when the device has no timestamps, or the process's budget ran out before the last candidate (the
+/// problem then runs its default, uncached, and a later run measures it whole).
+fn measure<K: Copy + PartialEq>(
+    key: &str,
+    candidates: &[K],
+    default: K,
+    time: &mut impl FnMut(K, usize) -> Result<Option<f64>>,
+) -> Result<Option<Vec<(K, f64)>>> {
+    let start = crate::clock::Instant::now();
+    let order = std::iter::once(default).chain(candidates.iter().copied().filter(|&k| k != default));
+    let mut measured: Vec<(K, f64)> = Vec::with_capacity(candidates.len());
+    for k in order {
+        if spent_s() + start.elapsed().as_secs_f64() >= BUDGET_S {
+            log::info!("autotune {key}: out of time, the default runs");
+            return Ok(None);
+        }
+        let Some(probe) = time(k, 1)? else { return Ok(None) };
+        let best = measured.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
+        let ms = if probe <= PROBE_WITHIN * best { probe.min(time(k, RUNS - 1)?.unwrap_or(probe)) } else { probe };
+        measured.push((k, ms));
+    }
+    Ok(Some(measured))
+}
+
+/// The fastest measured variant, unless it is within [`MARGIN`] of the default's time.
+pub fn pick<K: Copy + PartialEq>(measured: &[(K, f64)], default: K) -> K {
+    let Some(&(best, best_ms)) = measured.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else { return default };
+    match measured.iter().find(|m| m.0 == default) {
+        Some(&(_, default_ms)) if best_ms > MARGIN * default_ms => default,
+        _ => best,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_a_bad_value_names_the_variable() {
+        assert_eq!(Mode::parse(None).unwrap(), Mode::Full);
+        assert_eq!(Mode::parse(Some("cache")).unwrap(), Mode::Cache);
+        assert_eq!(Mode::parse(Some(" off ")).unwrap(), Mode::Off);
+        let e = Mode::parse(Some("fast")).unwrap_err().to_string();
+        assert!(e.contains("WGTUNE_AUTOTUNE='fast'") && e.contains("off, cache or full"), "{e}");
+    }
+
+    #[test]
+    fn the_fastest_wins_only_by_the_margin() {
+        assert_eq!(pick(&[(0, 10.0), (1, 9.5), (2, 12.0)], 0), 0, "5% faster is noise");
+        assert_eq!(pick(&[(0, 10.0), (1, 8.0), (2, 12.0)], 0), 1);
+        assert_eq!(pick(&[(0, 10.0), (1, 8.0)], 2), 1, "a default not measured does not hold");
+        assert_eq!(pick::<u8>(&[], 2), 2);
+    }
+
+    fn choice(kernel: &str) -> Choice {
+        Choice { kernel: kernel.into(), measured_ms: [("a".to_string(), 1.0), ("b".to_string(), 2.0)].into() }
+    }
+
+    #[test]
+    fn the_cache_round_trips_and_another_device_or_version_starts_anew() {
+        let dir = std::env::temp_dir().join(format!("wgtune-tune-test-{}", std::process::id()));
+        let device = "GPU X | Vulkan | drv 1.0 | wgtune 0.1.0".to_string();
+        let path = cache_path(&dir, &device);
+        let mut t = Tuner::open(Mode::Full, device.clone(), Some(path.clone()));
+        assert_eq!(t.loaded, 0);
+        t.record("matmul 1", choice("b"));
+        t.record("matmul 2", choice("a"));
+        let again = Tuner::open(Mode::Full, device.clone(), Some(path.clone()));
+        assert_eq!(again.loaded, 2);
+        assert_eq!(again.choices["matmul 1"], choice("b"));
+        let name = |k: &'static str| k;
+        assert_eq!(again.cached("matmul 1", &["a", "b"], name), Some("b"));
+        assert_eq!(again.cached("matmul 1", &["a"], name), None, "a choice no longer offered is ignored");
+        assert_eq!(again.cached("matmul 3", &["a", "b"], name), None);
+        // A new driver or wgtune version is another key: another file, and this one read for it is ignored.
+        let newer = device.replace("wgtune 0.1.0", "wgtune 0.2.0");
+        assert_ne!(cache_path(&dir, &newer), path);
+        assert_eq!(Tuner::open(Mode::Full, newer, Some(path.clone())).loaded, 0);
+        assert_eq!(Tuner::open(Mode::Off, device.clone(), Some(path.clone())).loaded, 0, "off reads nothing");
+        std::fs::write(&path, b"{ not json").unwrap();
+        assert_eq!(Tuner::open(Mode::Full, device, Some(path)).loaded, 0, "a broken file is ignored");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
