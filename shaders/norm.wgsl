@@ -32,6 +32,9 @@
 //   batch_norm_backward_single(_rows)  batch_norm_backward_reduce, then batch_norm_backward_data of the channel
 //                             (training or eval); each invocation reads back the dy elements it masked.
 // Each binds 9 storage buffers: used only where the device allows 9 in a shader stage.
+//   batch_norm_backward_single_residual(_rows)  with a fused residual: also writes the residual's gradient (dy,
+//                             or added to it with flags & 32), each invocation over its own elements: 10 storage
+//                             buffers.
 //
 // Fused ops (the executor's graph rewrite; timm's BatchNormAct2d, and a residual add), one or the other:
 //   flags & 16: forward adds residual[k] to the normalized value (y = bn(x) + r, a block's skip connection);
@@ -39,7 +42,8 @@
 //   Backward then gets dy of the activation's output: the backward reduces mask it by the activation's
 //   derivative (0 at the kinks, as PyTorch), recomputing the normalized value from x, the statistics, gamma and
 //   beta, and write the masked dy back in place (dy is the output's gradient, which nothing reads after this
-//   layer), so backward_data reads it as it is. A residual's gradient is dy, copied outside this file.
+//   layer), so backward_data reads it as it is. A residual's gradient is dy: written by the _residual entry
+//   points, else copied outside this file.
 // No separate pass for the add or the activation either way, and no buffers for the intermediate values or their
 // gradients. Split's entry points bind at most 8 storage buffers (WebGPU's default limit).
 //
@@ -62,6 +66,7 @@ const FLAG_EVAL: u32 = 2u;
 const FLAG_RELU: u32 = 4u;
 const FLAG_RELU6: u32 = 8u;
 const FLAG_RESIDUAL: u32 = 16u;
+const FLAG_ACCUMULATE_RESIDUAL: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: NormParams;
 alias act = f32;
@@ -80,6 +85,7 @@ alias act = f32;
 @group(0) @binding(12) var<storage, read_write> running_mean: array<f32>; // (C)
 @group(0) @binding(13) var<storage, read_write> running_var: array<f32>;  // (C)
 @group(0) @binding(14) var<storage, read> residual: array<act>;       // (N, C, HW), forward with flags & 16
+@group(0) @binding(15) var<storage, read_write> residual_grad: array<act>; // (N, C, HW), the _residual backward
 
 var<workgroup> partial: array<f32, 256>;
 var<workgroup> partial2: array<f32, 256>;
@@ -289,15 +295,41 @@ fn batch_norm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
 
 // Backward in one dispatch: a channel's sums (dgamma, dbeta), masking dy in place, then its dx, by the channel's
 // workgroup.
-@compute @workgroup_size(256)
-fn batch_norm_backward_single(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
+// A channel's whole backward by its workgroup: the sums (masking dy in place), then dx. Every invocation must call
+// it.
+fn channel_backward(c: u32, lid: u32) {
     let mu = mean[c];
     let invstd = inverseSqrt(variance[c] + p.eps);
     let sums = channel_sums(c, lid, mu, invstd);
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
         store_dx(k, c, dyv(k), mu, invstd, sums.x, sums.y);
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_single(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    channel_backward(wg.x, lid);
+}
+
+// The residual's gradient at k: dy (the add passes it through), stored, or added with flags & 32.
+fn store_residual_grad(k: u32) {
+    if (p.flags & FLAG_ACCUMULATE_RESIDUAL) != 0u {
+        residual_grad[k] = act(f32(residual_grad[k]) + dyv(k));
+    } else {
+        residual_grad[k] = dy[k];
+    }
+}
+
+// batch_norm_backward_single for a fused residual add, then the residual's gradient over the same elements (10
+// storage buffers, where the device allows them; elsewhere a copy of dy after the single or split backward).
+@compute @workgroup_size(256)
+fn batch_norm_backward_single_residual(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x;
+    channel_backward(c, lid);
+    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+        store_residual_grad(cursor_index(c, cur));
     }
 }
 
@@ -384,12 +416,8 @@ fn batch_norm_forward_single_rows(@builtin(global_invocation_id) gid: vec3<u32>)
     }
 }
 
-@compute @workgroup_size(256)
-fn batch_norm_backward_single_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if c >= p.channels {
-        return;
-    }
+// A short channel's whole backward by one invocation: the sums (masking dy in place), then dx.
+fn row_backward(c: u32) {
     let mu = mean[c];
     let invstd = inverseSqrt(variance[c] + p.eps);
     let sums = row_sums(c, mu, invstd);
@@ -397,6 +425,28 @@ fn batch_norm_backward_single_rows(@builtin(global_invocation_id) gid: vec3<u32>
         let base = (n * p.channels + c) * p.hw;
         for (var i = 0u; i < p.hw; i++) {
             store_dx(base + i, c, dyv(base + i), mu, invstd, sums.x, sums.y);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_single_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if gid.x < p.channels {
+        row_backward(gid.x);
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_single_residual_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    row_backward(c);
+    for (var n = 0u; n < p.batch; n++) {
+        let base = (n * p.channels + c) * p.hw;
+        for (var i = 0u; i < p.hw; i++) {
+            store_residual_grad(base + i);
         }
     }
 }

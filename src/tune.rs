@@ -31,8 +31,8 @@ pub const ENV_DIR: &str = "WGTUNE_CACHE_DIR";
 pub const BUDGET_S: f64 = 3.0;
 /// Problems of fewer floating-point operations run their default untimed: launch overhead dominates them.
 pub const MIN_FLOPS: u64 = 1 << 22;
-/// A variant replaces the default only when it takes at most this share of the default's time, so noise alone
-/// never moves a problem off its default.
+/// A variant replaces the default only when it takes at most this share of the default's time, so that a few
+/// percent of timing noise does not move a problem off its default.
 pub const MARGIN: f64 = 0.9;
 /// Timed runs per variant: a probe of one, then (for a variant within [`PROBE_WITHIN`] of the best) the rest after
 /// one untimed run; the fastest counts.

@@ -183,6 +183,8 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         norm::BATCH_NORM_FORWARD_SINGLE_ROWS,
         norm::BATCH_NORM_BACKWARD_SINGLE,
         norm::BATCH_NORM_BACKWARD_SINGLE_ROWS,
+        norm::BATCH_NORM_BACKWARD_SINGLE_RESIDUAL,
+        norm::BATCH_NORM_BACKWARD_SINGLE_RESIDUAL_ROWS,
         dropout::DROPOUT_FORWARD,
         dropout::DROPOUT_BACKWARD,
         layer_norm::LAYER_NORM_FORWARD,

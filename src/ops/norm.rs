@@ -23,6 +23,7 @@ pub const FLAG_EVAL: u32 = 2;
 pub const FLAG_RELU: u32 = 4;
 pub const FLAG_RELU6: u32 = 8;
 pub const FLAG_RESIDUAL: u32 = 16;
+pub const FLAG_ACCUMULATE_RESIDUAL: u32 = 32;
 
 use Access::{Read as R, ReadWrite as W};
 pub const BATCH_NORM_STATISTICS: KernelSpec =
@@ -61,9 +62,18 @@ pub const BATCH_NORM_BACKWARD_SINGLE: KernelSpec = KernelSpec::new(
 );
 pub const BATCH_NORM_BACKWARD_SINGLE_ROWS: KernelSpec =
     KernelSpec { entry: "batch_norm_backward_single_rows", ..BATCH_NORM_BACKWARD_SINGLE };
+pub const BATCH_NORM_BACKWARD_SINGLE_RESIDUAL: KernelSpec = KernelSpec::new(
+    "batch_norm_backward_single_residual",
+    "norm",
+    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (9, W), (10, W), (11, W), (15, W)],
+);
+pub const BATCH_NORM_BACKWARD_SINGLE_RESIDUAL_ROWS: KernelSpec =
+    KernelSpec { entry: "batch_norm_backward_single_residual_rows", ..BATCH_NORM_BACKWARD_SINGLE_RESIDUAL };
 
 /// Storage buffers the single-dispatch kernels bind (one more than WebGPU's default limit).
 pub const SINGLE_STORAGE_BUFFERS: u32 = 9;
+/// ... and the single backward that also writes a fused residual's gradient.
+pub const SINGLE_RESIDUAL_STORAGE_BUFFERS: u32 = 10;
 
 /// Per-channel elements up to which [`NormSchedule::Auto`] takes the single-dispatch schedule on a GPU: 64 per
 /// invocation of a channel's workgroup. Longer channels (a big batch's stem, 32 channels of 64 x 112 x 112) would
@@ -294,7 +304,8 @@ pub struct BatchNormGrads<'a> {
 /// the running ones in eval (`eval` = true, where they are constants and dx = gamma * invstd * dy). With a fused
 /// `cfg.act`, dy is the gradient of the activation's output, `params` = (gamma, beta) recompute its input, and dy
 /// is masked in place (zero where the activation passes nothing): it must be a buffer nothing reads later. A fused
-/// residual's gradient is dy. One dispatch or two (`cfg.schedule`), and the residual's copy.
+/// residual's gradient is dy. One dispatch or two (`cfg.schedule`), and the residual's copy unless the single
+/// dispatch writes it too (where the device binds 10 storage buffers).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     gpu: &Gpu,
@@ -325,7 +336,26 @@ pub fn batch_norm_backward(
     let (gamma, beta) = params;
     let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
     let p = self::params(x, &[gamma, beta, mean, var, dgamma, dbeta], cfg, flags)?;
-    let mut steps = if cfg.schedule.resolve(gpu, (p.batch * p.hw) as usize, label)? == NormSchedule::Single {
+    let single = cfg.schedule.resolve(gpu, (p.batch * p.hw) as usize, label)? == NormSchedule::Single;
+    let residual_in_kernel = single
+        && residual.is_some()
+        && gpu.limits().max_storage_buffers_per_shader_stage >= SINGLE_RESIDUAL_STORAGE_BUFFERS;
+    if let (true, Some((dr, accumulate))) = (residual_in_kernel, residual) {
+        let p = NormParams { flags: p.flags | if accumulate { FLAG_ACCUMULATE_RESIDUAL } else { 0 }, ..p };
+        let (spec, grid) =
+            per_channel(&p, &BATCH_NORM_BACKWARD_SINGLE_RESIDUAL, &BATCH_NORM_BACKWARD_SINGLE_RESIDUAL_ROWS);
+        let tensors = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta, dr];
+        return Ok(vec![super::dispatch_at(
+            gpu,
+            spec,
+            &[x, dy, dx, dr],
+            bytemuck::bytes_of(&p),
+            &tensors,
+            grid,
+            label,
+        )?]);
+    }
+    let mut steps = if single {
         let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_SINGLE, &BATCH_NORM_BACKWARD_SINGLE_ROWS);
         let tensors = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta];
         vec![super::dispatch_at(gpu, spec, &[x, dy, dx], bytemuck::bytes_of(&p), &tensors, grid, label)?]
