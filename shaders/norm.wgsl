@@ -197,8 +197,8 @@ fn cursor_index(c: u32, cur: vec2<u32>) -> u32 {
     return (cur.x * p.channels + c) * p.hw + cur.y;
 }
 
-// A channel's batch mean and biased variance (two passes over x) by its workgroup; every invocation gets them.
-// Every invocation must call it.
+// A channel's batch mean and biased variance (two passes over x) by its workgroup; every invocation gets them,
+// and invocation 0 stores them with the running update. Every invocation must call it.
 fn channel_statistics(c: u32, lid: u32) -> vec2<f32> {
     let m = p.batch * p.hw;
     var s = 0.0;
@@ -217,16 +217,16 @@ fn channel_statistics(c: u32, lid: u32) -> vec2<f32> {
     }
     partial[lid] = q;
     workgroup_sums(lid);
-    return vec2<f32>(mu, partial[0] / f32(m));
+    let v = partial[0] / f32(m);
+    if lid == 0u {
+        finish_statistics(c, mu, v);
+    }
+    return vec2<f32>(mu, v);
 }
 
 @compute @workgroup_size(256)
 fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x;
-    let s = channel_statistics(c, lid);
-    if lid == 0u {
-        finish_statistics(c, s.x, s.y);
-    }
+    channel_statistics(wg.x, lid);
 }
 
 // Training forward in one dispatch: a channel's statistics, then its y, by the channel's workgroup.
@@ -234,9 +234,6 @@ fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
 fn batch_norm_forward_single(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wg.x;
     let s = channel_statistics(c, lid);
-    if lid == 0u {
-        finish_statistics(c, s.x, s.y);
-    }
     let invstd = inverseSqrt(s.y + p.eps);
     for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
@@ -343,7 +340,8 @@ fn finish_statistics(c: u32, mu: f32, v: f32) {
     running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
 }
 
-// A short channel's batch mean and biased variance (two passes over x) by one invocation.
+// A short channel's batch mean and biased variance (two passes over x) by one invocation, stored with the
+// running update.
 fn row_statistics(c: u32) -> vec2<f32> {
     var s = 0.0;
     for (var n = 0u; n < p.batch; n++) {
@@ -361,7 +359,9 @@ fn row_statistics(c: u32) -> vec2<f32> {
             q += d * d;
         }
     }
-    return vec2<f32>(mu, q / f32(p.batch * p.hw));
+    let v = q / f32(p.batch * p.hw);
+    finish_statistics(c, mu, v);
+    return vec2<f32>(mu, v);
 }
 
 // A short channel's (dgamma, dbeta) by one invocation, the masked dy stored back.
@@ -385,8 +385,7 @@ fn row_sums(c: u32, mu: f32, invstd: f32) -> vec2<f32> {
 fn batch_norm_statistics_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if c < p.channels {
-        let s = row_statistics(c);
-        finish_statistics(c, s.x, s.y);
+        row_statistics(c);
     }
 }
 
@@ -406,7 +405,6 @@ fn batch_norm_forward_single_rows(@builtin(global_invocation_id) gid: vec3<u32>)
         return;
     }
     let s = row_statistics(c);
-    finish_statistics(c, s.x, s.y);
     let invstd = inverseSqrt(s.y + p.eps);
     for (var n = 0u; n < p.batch; n++) {
         let base = (n * p.channels + c) * p.hw;
