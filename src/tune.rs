@@ -109,7 +109,12 @@ pub fn device_key(gpu: &Gpu) -> String {
 
 /// FNV-1a: a file name from the device key that stays the same across Rust versions.
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    fnv1a_bytes(s.as_bytes())
+}
+
+/// FNV-1a of bytes (64 bits): file names and the pipeline cache's checksum.
+pub(crate) fn fnv1a_bytes(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The cache file of a device key in `dir`.
@@ -118,7 +123,7 @@ pub fn cache_path(dir: &Path, device: &str) -> PathBuf {
 }
 
 /// The cache folder: `WGTUNE_CACHE_DIR`, else the user cache dir's `wgtune` (none in a browser).
-fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os(ENV_DIR).filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(d));
     }

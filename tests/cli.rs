@@ -78,7 +78,12 @@ fn the_autotuner_caches_its_choice_and_the_modes_hold() {
     assert!(ok, "{stderr}");
     let first: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     let chosen = first["tuned"].as_str().expect("auto reports its choice").to_string();
-    let files: Vec<_> = std::fs::read_dir(&dir).expect("the cache folder exists").flatten().map(|e| e.path()).collect();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the cache folder exists")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("autotune-")))
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     let key = "matmul 161x161x161 batch 1 nn F32.F32>F32";
@@ -97,6 +102,59 @@ fn the_autotuner_caches_its_choice_and_the_modes_hold() {
     assert!(ok && stdout.contains("\"tuned\":\"tiled\""), "{stdout} {stderr}");
     let (ok, _, stderr) = run("fastest");
     assert!(!ok && stderr.contains("WGTUNE_AUTOTUNE='fastest'") && !stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The release settings: the audited kernels run without wgpu's runtime checks unless `WGTUNE_SHADER_CHECKS=on`
+/// (a bad value names the variable); on Vulkan the driver's pipelines are kept in the cache folder, written when
+/// the process ends, read by the next run, and a damaged file is set aside with a warning, not handed to the driver.
+#[test]
+fn shader_checks_and_the_pipeline_cache() {
+    let dir = std::env::temp_dir().join(format!("wgtune-cli-pipelines-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |args: &[&str], checks: Option<&str>| {
+        let mut cmd = wgtune();
+        cmd.args(args).env("WGTUNE_CACHE_DIR", &dir).env("RUST_LOG", "wgtune::gpu=info");
+        if let Some(c) = checks {
+            cmd.env("WGTUNE_SHADER_CHECKS", c);
+        }
+        let out = cmd.output().expect("run wgtune");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let info = |checks| {
+        let (ok, stdout, stderr) = run(&["info", "--json"], checks);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).expect("one JSON object")
+    };
+    let v = info(None);
+    assert_eq!(v["shader_checks"], false, "{v}");
+    assert_eq!(info(Some("on"))["shader_checks"], true);
+    let (ok, _, stderr) = run(&["info"], Some("maybe"));
+    assert!(!ok && stderr.contains("WGTUNE_SHADER_CHECKS='maybe'") && !stderr.contains("panicked"), "{stderr}");
+
+    let vulkan_cache = v["adapter"]["backend"] == "Vulkan"
+        && v["features"].as_array().is_some_and(|f| f.iter().any(|f| f == "PIPELINE_CACHE"));
+    let Some(path) = v["pipeline_cache"].as_str().map(std::path::PathBuf::from) else {
+        assert!(!vulkan_cache, "a Vulkan adapter with PIPELINE_CACHE has a pipeline cache: {v}");
+        return;
+    };
+    assert!(path.starts_with(&dir), "{v}");
+    let _ = std::fs::remove_file(&path);
+    let matmul = ["bench", "matmul", "--sizes", "33", "--kernels", "tiled", "--runs", "1"];
+    let (ok, _, stderr) = run(&matmul, None);
+    assert!(ok && stderr.contains("(0 bytes loaded)"), "{stderr}");
+    let file = std::fs::read(&path).expect("the pipeline cache is written when the process ends");
+    assert!(file.starts_with(b"wgtune pipelines") && file.len() > 24, "{} bytes", file.len());
+    let (ok, _, stderr) = run(&matmul, None);
+    assert!(ok && stderr.contains(&format!("({} bytes loaded)", file.len() - 24)), "{stderr}");
+    let mut damaged = file.clone();
+    *damaged.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&path, &damaged).unwrap();
+    let (ok, _, stderr) = run(&matmul, None);
+    assert!(ok && stderr.contains("is damaged: starting anew"), "{stderr}");
+    let replaced = std::fs::read(&path).unwrap();
+    assert!(replaced != damaged && replaced.starts_with(b"wgtune pipelines"), "the damaged file is replaced");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -9,7 +9,7 @@ use super::train::with_memory_advice;
 
 /// The adapter asked for; `debug` (a RenderDoc capture) opens it with object labels reaching the driver.
 pub(crate) fn open_gpu(adapter: Option<String>, debug: bool) -> anyhow::Result<Gpu> {
-    Ok(Gpu::new(&AdapterRequest { name: adapter, debug })?)
+    Ok(Gpu::new(&AdapterRequest { name: adapter, debug, ..Default::default() })?)
 }
 
 pub(crate) fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
@@ -24,8 +24,18 @@ pub(crate) fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
         "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
     });
     let features: Vec<String> = gpu.features().iter_names().map(|(n, _)| n.to_string()).collect();
+    let pipeline_cache = gpu.pipeline_cache_path().map(|p| p.display().to_string());
     if json {
-        println!("{}", serde_json::json!({ "adapter": s, "limits": limits, "features": features }));
+        println!(
+            "{}",
+            serde_json::json!({
+                "adapter": s,
+                "limits": limits,
+                "features": features,
+                "shader_checks": gpu.shader_checks(),
+                "pipeline_cache": pipeline_cache,
+            })
+        );
         return Ok(());
     }
     println!("adapter      {}", s.name);
@@ -41,6 +51,18 @@ pub(crate) fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
     println!(
         "features     {}",
         if features.is_empty() { "(none of the optional ones)".into() } else { features.join(", ") }
+    );
+    println!(
+        "shader checks {}",
+        if gpu.shader_checks() {
+            "on: every kernel keeps wgpu's bounds clamps and loop counters (WGTUNE_SHADER_CHECKS)"
+        } else {
+            "off for the audited kernels (WGTUNE_SHADER_CHECKS=on keeps wgpu's)"
+        }
+    );
+    println!(
+        "pipeline cache {}",
+        pipeline_cache.as_deref().unwrap_or("none (the backend has none, or there is no cache folder)")
     );
     Ok(())
 }

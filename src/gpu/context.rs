@@ -14,7 +14,8 @@ use crate::gpu::kernels::Kernels;
 const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
-    .union(wgpu::Features::SHADER_F16);
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::PIPELINE_CACHE);
 
 /// How to get a GPU, printed when there is none.
 pub const NO_ADAPTER_HELP: &str = "no GPU adapter found (Vulkan, Metal, DX12 or OpenGL).\n\
@@ -32,6 +33,25 @@ pub struct AdapterRequest {
     /// debugger's capture. Off by default: on some backends (DX12) it also compiles shaders without optimization.
     /// `WGPU_DEBUG=1` turns it on too.
     pub debug: bool,
+    /// Keep wgpu's runtime checks in every kernel: bounds clamps on every array and buffer access and loop-bound
+    /// counters (see [`ShaderChecks`]). None: as `WGTUNE_SHADER_CHECKS` says (unset: off for the audited kernels).
+    pub shader_checks: Option<bool>,
+}
+
+/// The environment variable that turns wgpu's runtime shader checks back on for every kernel (`on`) or leaves
+/// them off for the audited ones (`off`, the default).
+pub const ENV_SHADER_CHECKS: &str = "WGTUNE_SHADER_CHECKS";
+
+/// Whether kernels keep wgpu's runtime checks, from the request or else `WGTUNE_SHADER_CHECKS`'s value.
+fn wants_shader_checks(request: &AdapterRequest, env: Option<&str>) -> Result<bool> {
+    if let Some(on) = request.shader_checks {
+        return Ok(on);
+    }
+    match env.map(str::trim) {
+        None | Some("") | Some("off") | Some("0") => Ok(false),
+        Some("on") | Some("1") => Ok(true),
+        Some(other) => Err(Error::Invalid(format!("{ENV_SHADER_CHECKS}='{other}': expected on or off"))),
+    }
 }
 
 /// Whether the instance gets wgpu's DEBUG flag: asked for by the request (a capture) or by `WGPU_DEBUG=1`.
@@ -42,7 +62,7 @@ fn wants_debug(request: &AdapterRequest, env: Option<&str>) -> bool {
 impl AdapterRequest {
     /// The request from `WGTUNE_ADAPTER`, if set.
     pub fn from_env() -> Self {
-        AdapterRequest { name: std::env::var("WGTUNE_ADAPTER").ok().filter(|s| !s.is_empty()), debug: false }
+        AdapterRequest { name: std::env::var("WGTUNE_ADAPTER").ok().filter(|s| !s.is_empty()), ..Default::default() }
     }
 }
 
@@ -80,6 +100,16 @@ pub struct Gpu {
     pub(crate) transient_bytes: std::sync::atomic::AtomicU64,
     /// The autotuner's choices for this device ([`crate::tune`]), set up on first use.
     pub(crate) tuner: std::sync::OnceLock<Mutex<crate::tune::Tuner>>,
+    /// Whether every kernel keeps wgpu's runtime checks ([`AdapterRequest::shader_checks`]).
+    pub(crate) shader_checks: bool,
+    /// The driver's compiled pipelines, kept on disk between runs where the backend can (Vulkan).
+    pub(crate) pipeline_cache: Option<crate::gpu::pipeline_cache::DiskPipelineCache>,
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        self.save_pipeline_cache();
+    }
 }
 
 fn type_rank(t: wgpu::DeviceType) -> u32 {
@@ -165,6 +195,7 @@ impl Gpu {
         if wants_debug(request, std::env::var("WGPU_DEBUG").ok().as_deref()) {
             desc.flags |= wgpu::InstanceFlags::DEBUG;
         }
+        let shader_checks = wants_shader_checks(request, std::env::var(ENV_SHADER_CHECKS).ok().as_deref())?;
         let env_backends = std::env::var("WGPU_BACKEND").is_ok();
         let instance = wgpu::Instance::new(desc);
         let mut adapters = if env_backends {
@@ -211,6 +242,7 @@ impl Gpu {
             .await
             .map_err(|e| Error::RequestDevice { adapter: describe(&infos[index]), reason: e.to_string() })?;
 
+        let pipeline_cache = crate::gpu::pipeline_cache::DiskPipelineCache::open(&device, &info, features);
         let pending = Arc::new(Mutex::new(PendingErrors::default()));
         {
             let pending = pending.clone();
@@ -240,6 +272,8 @@ impl Gpu {
             storage_bytes: Default::default(),
             transient_bytes: Default::default(),
             tuner: Default::default(),
+            shader_checks,
+            pipeline_cache,
         })
     }
 
@@ -259,6 +293,25 @@ impl Gpu {
     /// Whether the adapter is a CPU (a software driver such as lavapipe).
     pub fn is_software(&self) -> bool {
         self.adapter_info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Whether every kernel keeps wgpu's runtime checks (`WGTUNE_SHADER_CHECKS=on`); off, the audited kernels
+    /// run without them.
+    pub fn shader_checks(&self) -> bool {
+        self.shader_checks
+    }
+
+    /// The on-disk pipeline cache's file, where the backend has one and a cache folder exists.
+    pub fn pipeline_cache_path(&self) -> Option<&std::path::Path> {
+        self.pipeline_cache.as_ref().map(|c| c.path())
+    }
+
+    /// Write the driver's pipeline cache to disk if it grew since it was loaded or last written (atomically; a
+    /// failed write is logged). Also done when the `Gpu` is dropped.
+    pub fn save_pipeline_cache(&self) {
+        if let Some(c) = &self.pipeline_cache {
+            c.save();
+        }
     }
 
     /// The limits the device was opened with (the adapter's own).
@@ -394,12 +447,28 @@ mod tests {
         assert!(!wants_debug(&AdapterRequest::from_env(), None));
     }
 
+    /// The audited kernels run without wgpu's runtime checks unless `WGTUNE_SHADER_CHECKS=on` or the request
+    /// says otherwise; a value that is neither names the variable.
+    #[test]
+    fn shader_checks_are_off_unless_asked_for() {
+        let plain = AdapterRequest::default();
+        assert!(!wants_shader_checks(&plain, None).unwrap());
+        assert!(!wants_shader_checks(&plain, Some("off")).unwrap());
+        assert!(!wants_shader_checks(&plain, Some("0")).unwrap());
+        assert!(wants_shader_checks(&plain, Some("on")).unwrap());
+        assert!(wants_shader_checks(&plain, Some(" 1 ")).unwrap());
+        let on = AdapterRequest { shader_checks: Some(true), ..Default::default() };
+        assert!(wants_shader_checks(&on, Some("off")).unwrap(), "the request wins over the variable");
+        let e = wants_shader_checks(&plain, Some("yes")).unwrap_err().to_string();
+        assert!(e.contains("WGTUNE_SHADER_CHECKS='yes'") && e.contains("on or off"), "{e}");
+    }
+
     fn facts(list: &[(&str, Backend, DeviceType)]) -> Vec<AdapterFacts> {
         list.iter().map(|&(n, b, t)| AdapterFacts { name: n.into(), backend: b, device_type: t }).collect()
     }
 
     fn pick(list: &[(&str, Backend, DeviceType)], want: Option<&str>) -> Result<usize> {
-        choose_adapter(&facts(list), &AdapterRequest { name: want.map(str::to_string), debug: false })
+        choose_adapter(&facts(list), &AdapterRequest { name: want.map(str::to_string), ..Default::default() })
     }
 
     const MACHINE: &[(&str, Backend, DeviceType)] = &[

@@ -19,29 +19,38 @@ use crate::gpu::tensor::Tensor;
 pub struct Family {
     pub name: &'static str,
     pub source: &'static str,
+    /// Every storage, workgroup and local array access of every entry point is in bounds for any parameters the
+    /// Rust side accepts, and every loop ends (CONTRIBUTING.md, "Runtime checks"): the family's modules are
+    /// created without wgpu's bounds clamps and loop-bound counters unless `WGTUNE_SHADER_CHECKS=on`.
+    /// Integer-division guards stay in every module (a zero divisor would be undefined behavior).
+    pub audited: bool,
 }
 
 /// Every shader file of the crate. A test checks that this list and `shaders/*.wgsl` agree.
 pub const FAMILIES: &[Family] = &[
-    Family { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") },
-    Family { name: "conv2d", source: include_str!("../../shaders/conv2d.wgsl") },
-    Family { name: "depthwise", source: include_str!("../../shaders/depthwise.wgsl") },
-    Family { name: "pool", source: include_str!("../../shaders/pool.wgsl") },
-    Family { name: "concat", source: include_str!("../../shaders/concat.wgsl") },
-    Family { name: "norm", source: include_str!("../../shaders/norm.wgsl") },
-    Family { name: "layer_norm", source: include_str!("../../shaders/layer_norm.wgsl") },
-    Family { name: "permute", source: include_str!("../../shaders/permute.wgsl") },
-    Family { name: "softmax", source: include_str!("../../shaders/softmax.wgsl") },
-    Family { name: "slice", source: include_str!("../../shaders/slice.wgsl") },
-    Family { name: "dropout", source: include_str!("../../shaders/dropout.wgsl") },
-    Family { name: "augment", source: include_str!("../../shaders/augment.wgsl") },
-    Family { name: "elementwise", source: include_str!("../../shaders/elementwise.wgsl") },
-    Family { name: "reduce", source: include_str!("../../shaders/reduce.wgsl") },
-    Family { name: "loss", source: include_str!("../../shaders/loss.wgsl") },
-    Family { name: "optim", source: include_str!("../../shaders/optim.wgsl") },
-    Family { name: "accumulate", source: include_str!("../../shaders/accumulate.wgsl") },
-    Family { name: "scaler", source: include_str!("../../shaders/scaler.wgsl") },
+    Family { name: "matmul", source: include_str!("../../shaders/matmul.wgsl"), audited: true },
+    Family { name: "conv2d", source: include_str!("../../shaders/conv2d.wgsl"), audited: true },
+    Family { name: "depthwise", source: include_str!("../../shaders/depthwise.wgsl"), audited: true },
+    Family { name: "pool", source: include_str!("../../shaders/pool.wgsl"), audited: true },
+    Family { name: "concat", source: include_str!("../../shaders/concat.wgsl"), audited: true },
+    Family { name: "norm", source: include_str!("../../shaders/norm.wgsl"), audited: true },
+    Family { name: "layer_norm", source: include_str!("../../shaders/layer_norm.wgsl"), audited: true },
+    Family { name: "permute", source: include_str!("../../shaders/permute.wgsl"), audited: true },
+    Family { name: "softmax", source: include_str!("../../shaders/softmax.wgsl"), audited: true },
+    Family { name: "slice", source: include_str!("../../shaders/slice.wgsl"), audited: true },
+    Family { name: "dropout", source: include_str!("../../shaders/dropout.wgsl"), audited: true },
+    Family { name: "augment", source: include_str!("../../shaders/augment.wgsl"), audited: true },
+    Family { name: "elementwise", source: include_str!("../../shaders/elementwise.wgsl"), audited: true },
+    Family { name: "reduce", source: include_str!("../../shaders/reduce.wgsl"), audited: true },
+    Family { name: "loss", source: include_str!("../../shaders/loss.wgsl"), audited: true },
+    Family { name: "optim", source: include_str!("../../shaders/optim.wgsl"), audited: true },
+    Family { name: "accumulate", source: include_str!("../../shaders/accumulate.wgsl"), audited: true },
+    Family { name: "scaler", source: include_str!("../../shaders/scaler.wgsl"), audited: true },
 ];
+
+/// The runtime checks an audited family's modules keep: integer-division guards only.
+const UNCHECKED: wgpu::ShaderRuntimeChecks =
+    wgpu::ShaderRuntimeChecks { int_div_checks: true, ..wgpu::ShaderRuntimeChecks::unchecked() };
 
 /// The element types a kernel stores in. An f16 kernel is its family's f32 source with the line [`ACT_ALIAS`]
 /// made `alias act = f16;` (and [`RES_ALIAS`], [`LHS_ALIAS`] and [`RHS_ALIAS`], where the family has them, f16
@@ -326,11 +335,15 @@ impl Gpu {
                 self.summary().name
             )));
         }
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(&label), source: wgpu::ShaderSource::Wgsl(source) };
         let module = self.scoped(&label, || {
-            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(source),
-            })
+            if fam.audited && !self.shader_checks {
+                // SAFETY: an audited family's accesses stay in bounds and its loops end for every parameter set
+                // the Rust side builds (see `Family::audited`); the kernel tests run with and without the checks.
+                unsafe { self.device.create_shader_module_trusted(desc, UNCHECKED) }
+            } else {
+                self.device.create_shader_module(desc)
+            }
         })?;
         let module = Arc::new(module);
         modules.insert((fam.name, precision), module.clone());
@@ -365,6 +378,7 @@ impl Gpu {
                 count: None,
             });
         }
+        let started = crate::clock::Instant::now();
         let compiled = self.scoped(spec.entry, || {
             let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some(&format!("{} bindings", spec.entry)),
@@ -384,10 +398,11 @@ impl Gpu {
                     constants: spec.constants,
                     ..Default::default()
                 },
-                cache: None,
+                cache: self.pipeline_cache.as_ref().map(|c| c.cache()),
             });
             Compiled { pipeline, layout }
         })?;
+        log::debug!("pipeline {key} compiled in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
         let compiled = Arc::new(compiled);
         self.kernels.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, compiled.clone());
         Ok(compiled)

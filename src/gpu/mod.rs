@@ -5,14 +5,18 @@
 //! - [`readback`]: the staging ring through which data comes back.
 //! - [`kernels`]: WGSL sources, bind-group layouts and pipelines, built once; [`Dispatch`] values.
 //! - [`timer`]: GPU-timestamp timing for benchmarks.
+//! - `pipeline_cache`: the driver's compiled pipelines kept on disk between runs.
 
 pub mod context;
 pub mod kernels;
+mod pipeline_cache;
 pub mod readback;
 pub mod tensor;
 pub mod timer;
 
-pub use context::{choose_adapter, AdapterFacts, AdapterRequest, AdapterSummary, Gpu, NO_ADAPTER_HELP};
+pub use context::{
+    choose_adapter, AdapterFacts, AdapterRequest, AdapterSummary, Gpu, ENV_SHADER_CHECKS, NO_ADAPTER_HELP,
+};
 pub use kernels::{
     variant_source, Access, CopyInto, Dispatch, KernelSpec, Precision, Segment, SegmentCopy, Submitted, ACT_ALIAS,
     FAMILIES, LHS_ALIAS, RES_ALIAS, RHS_ALIAS,

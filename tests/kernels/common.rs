@@ -5,12 +5,17 @@ use std::sync::OnceLock;
 
 use wgtune::gpu::{AdapterRequest, DType, Gpu, Tensor};
 
+/// Whether this build of the kernel tests is the one with wgpu's runtime shader checks on (the `kernels_checked`
+/// target; `kernels` runs the audited kernels without them, as wgtune does by default).
+pub const CHECKED: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"kernels_checked");
+
 /// The test device. There is no skipping: without an adapter every GPU test fails with the reason.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new(&AdapterRequest::from_env()) {
+    let request = AdapterRequest { shader_checks: Some(CHECKED), ..AdapterRequest::from_env() };
+    GPU.get_or_init(|| match Gpu::new(&request) {
         Ok(g) => {
-            eprintln!("GPU tests run on: {:?}", g.summary());
+            eprintln!("GPU tests run on: {:?}, shader checks {}", g.summary(), if CHECKED { "on" } else { "off" });
             g
         }
         Err(e) => panic!("GPU tests need an adapter and found none: {e}"),

@@ -60,3 +60,9 @@ fn async_readback_of_a_scalar_through_the_ring() {
         assert_close(&got, &[want], 1e-6, 1e-6, &format!("round {round}"));
     }
 }
+
+/// The two builds of these tests run the same kernels with and without wgpu's runtime checks.
+#[test]
+fn the_shader_checks_are_as_this_build_says() {
+    assert_eq!(gpu().shader_checks(), CHECKED);
+}
