@@ -8,6 +8,11 @@
 //
 //   depthwise_conv2d_forward          one invocation per output element over the flat (N, C, OH, OW) tensor
 //                                     (late EfficientNet planes are 2x2: a workgroup per plane would idle).
+//   depthwise_conv2d_forward_rows4    undilated 3x3, 5x5 and 7x7 kernels at stride 1 or 2: four neighbouring outputs
+//                                     per invocation (kernel size and stride as pipeline constants), one of the
+//                                     variants the autotuner chooses from; with flags & 4 (the kernel turned) it
+//                                     computes stride-1 backward_data too. Dispatch as below over
+//                                     N * C * OH * ceil(OW / 4).
 //   depthwise_conv2d_backward_data    one invocation per input element, gathering the outputs it fed.
 //                                     Both: 256 per workgroup on a 2-D grid, element =
 //                                     (wg.y * num_workgroups.x + wg.x) * 256 + local index.
@@ -18,7 +23,8 @@
 //   depthwise_conv2d_backward_weight_rows  the same for short sums (N*OH*OW < 1024): one invocation per
 //                                     (c, tap) and a plain loop. Dispatch 256 per workgroup over C*KH*KW on a 2-D
 //                                     grid, index = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
-// flags & 1: add bias (forward). flags & 2: accumulate into the output instead of overwriting.
+// flags & 1: add bias (forward). flags & 2: accumulate into the output instead of overwriting. flags & 4: see
+// FLAG_FLIP.
 
 struct ConvParams {
     batch: u32,
@@ -45,6 +51,9 @@ struct ConvParams {
 
 const FLAG_BIAS: u32 = 1u;
 const FLAG_ACCUMULATE: u32 = 2u;
+// depthwise_conv2d_forward_rows4 only: the kernel turned by 180 degrees, so that the forward kernel computes a
+// stride-1 backward_data (dx is dy convolved with the turned kernel, padded by K - 1 - pad).
+const FLAG_FLIP: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
 // Storage types: src is `act`, src2 `rhs`, out `res`: f32 throughout; with f16 activations, src and out f16 with
@@ -120,6 +129,71 @@ fn depthwise_conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
         acc += bias[c];
     }
     put((n * p.out_c + c) * out_hw + pix, acc);
+}
+
+// Kernel size (square) and stride of depthwise_conv2d_forward_rows4, fixed per pipeline: 3, 5 or 7 and 1 or 2.
+override DW_K: u32 = 3u;
+override DW_S: u32 = 1u;
+// Outputs per invocation, neighbours along a row.
+const DW_OUT: u32 = 4u;
+
+// The forward pass of undilated square kernels, DW_OUT outputs of one output row per invocation: each kernel row's
+// (DW_OUT - 1) * DW_S + DW_K input values are read once into registers and used by all DW_OUT outputs (instead of
+// DW_K reads per output), the channel's weights once per invocation; the tap loops have constant bounds, so
+// compilers unroll them, with no division inside. Out-of-image inputs read a clamped address and count zero.
+// With FLAG_FLIP it computes a stride-1 backward_data: src = dy, out = dx, the params' input and output sizes
+// swapped and the padding K - 1 - pad.
+// Dispatch: 256 per workgroup over N * C * OH * ceil(OW / DW_OUT) on a 2-D grid.
+@compute @workgroup_size(256)
+fn depthwise_conv2d_forward_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                  @builtin(local_invocation_index) lid: u32) {
+    let quads = (p.out_w + DW_OUT - 1u) / DW_OUT;
+    let k = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if k >= p.batch * p.out_c * p.out_h * quads {
+        return;
+    }
+    let row = k / quads;
+    let ow0 = (k - row * quads) * DW_OUT;
+    let plane = row / p.out_h;
+    let oh = row - plane * p.out_h;
+    let c = plane % p.out_c;
+    let x_plane = plane * p.in_h * p.in_w;
+    let w_base = c * DW_K * DW_K;
+    let top = i32(oh * DW_S) - i32(p.pad_top);
+    let left = i32(ow0 * DW_S) - i32(p.pad_left);
+    let last_w = i32(p.in_w) - 1;
+    let flip = (p.flags & FLAG_FLIP) != 0u;
+    var acc = array<f32, DW_OUT>();
+    for (var kh = 0u; kh < DW_K; kh++) {
+        let ih = top + i32(kh);
+        if ih < 0 || ih >= i32(p.in_h) {
+            continue;
+        }
+        let x_row = x_plane + u32(ih) * p.in_w;
+        var xs: array<f32, 13>; // (DW_OUT - 1) * DW_S + DW_K <= 3 * 2 + 7
+        for (var i = 0u; i < (DW_OUT - 1u) * DW_S + DW_K; i++) {
+            let iw = left + i32(i);
+            let v = f32(src[x_row + u32(clamp(iw, 0, last_w))]);
+            xs[i] = select(0.0, v, iw >= 0 && iw <= last_w);
+        }
+        for (var kw = 0u; kw < DW_K; kw++) {
+            let tap = select(kh * DW_K + kw, (DW_K - 1u - kh) * DW_K + DW_K - 1u - kw, flip);
+            let wv = f32(src2[w_base + tap]);
+            for (var j = 0u; j < DW_OUT; j++) {
+                acc[j] = fma(wv, xs[j * DW_S + kw], acc[j]);
+            }
+        }
+    }
+    var b = 0.0;
+    if (p.flags & FLAG_BIAS) != 0u {
+        b = bias[c];
+    }
+    let y_row = row * p.out_w;
+    for (var j = 0u; j < DW_OUT; j++) {
+        if ow0 + j < p.out_w {
+            put(y_row + ow0 + j, acc[j] + b);
+        }
+    }
 }
 
 // The first tap index k >= 0 with k = t (mod s) whose output o = (t - k) / s is below `out` (k >= t - s*(out-1)).

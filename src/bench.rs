@@ -264,6 +264,18 @@ pub fn bench_conv(
     Ok(out)
 }
 
+/// Where `bench train` feeds each step's batch from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepInput {
+    /// Uploaded once and copied into the program's input on the GPU each step, as PyTorch's benchmark keeps its
+    /// batch on the device (tools/torch_reference.py).
+    #[default]
+    Resident,
+    /// Written from host memory every step, as training does (a transfer over the bus on a discrete GPU).
+    Host,
+}
+
 /// One training-step measurement.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepRecord {
@@ -290,6 +302,10 @@ pub struct StepRecord {
     pub planned_bytes: u64,
     /// Activations' storage type.
     pub precision: crate::gpu::Precision,
+    /// Where each step's batch came from.
+    pub input: StepInput,
+    /// Bytes written from the host per step (the labels and uniforms; the images too with a host input).
+    pub upload_bytes_per_step: f64,
     pub adapter: String,
     /// One more step timed dispatch by dispatch (`--profile`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -337,6 +353,7 @@ pub async fn bench_step(
     steps: usize,
     profile: bool,
     precision: crate::gpu::Precision,
+    feed: StepInput,
 ) -> Result<(StepRecord, Option<crate::graph::executor::Split>, Option<crate::graph::executor::StepProfile>)> {
     let t0 = Instant::now();
     let cfg = ExecutorConfig { precision, ..Default::default() };
@@ -356,8 +373,15 @@ pub async fn bench_step(
     let mut rng = SplitMix(1);
     let images = rng.vec_f32(input.iter().product(), -1.0, 1.0);
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes as u32)).collect();
+    let resident = match feed {
+        StepInput::Resident => Some(ex.upload_input(&images)?),
+        StepInput::Host => None,
+    };
     for _ in 0..accum {
-        ex.train_step_async(&images, &labels).await?;
+        match &resident {
+            Some(t) => ex.train_step_resident_async(t, &labels).await?,
+            None => ex.train_step_async(&images, &labels).await?,
+        }
     }
     ex.wait_metrics_async().await?;
     let first_step_s = t0.elapsed().as_secs_f64();
@@ -367,7 +391,10 @@ pub async fn bench_step(
     let (steps, micro_steps) = (steps, steps * accum);
     for _ in 0..micro_steps {
         let e0 = Instant::now();
-        ex.train_step_async(&images, &labels).await?;
+        match &resident {
+            Some(t) => ex.train_step_resident_async(t, &labels).await?,
+            None => ex.train_step_async(&images, &labels).await?,
+        }
         encode.push(e0.elapsed().as_secs_f64());
         ex.poll_metrics()?;
     }
@@ -394,6 +421,8 @@ pub async fn bench_step(
         bound_bytes_per_step: ex.step_bytes_bound()?,
         planned_bytes: ex.planned_bytes()?,
         precision,
+        input: feed,
+        upload_bytes_per_step: (c.bytes_uploaded - before.bytes_uploaded) as f64 / steps.max(1) as f64,
         adapter,
         profile: profiled.as_ref().map(crate::profile::ProfileSummary::new),
     };

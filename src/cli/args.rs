@@ -500,6 +500,10 @@ pub(crate) enum BenchCommand {
         /// Time one more step dispatch by dispatch and print where the GPU time goes, per op type and kernel.
         #[arg(long)]
         profile: bool,
+        /// Write each step's batch from host memory, as training does, instead of copying a batch kept on the GPU
+        /// (the default, as PyTorch's benchmark keeps its batch on the device).
+        #[arg(long)]
+        host_input: bool,
         /// One JSON object (with --profile, the tables are in its "profile" field).
         #[arg(long)]
         json: bool,

@@ -1,6 +1,6 @@
 //! `wgtune info` and `wgtune bench ...`: print what the library's benchmarks measured.
 
-use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, BenchConfig, MatmulRecord};
+use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, BenchConfig, MatmulRecord, StepInput};
 use wgtune::gpu::{AdapterRequest, Gpu};
 use wgtune::ops::matmul::MatmulKernel;
 
@@ -201,15 +201,16 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             );
             for (problem, c) in &t.choices {
                 let alts: Vec<String> = c.measured_ms.iter().map(|(k, ms)| format!("{k} {ms:.3}")).collect();
-                println!("{problem:<44} {:<10} ms: {}", c.kernel, alts.join(", "));
+                println!("{problem:<62} {:<8} ms: {}", c.kernel, alts.join(", "));
             }
             Ok(())
         }
-        BenchCommand::Train { step: StepArgs { model, bs, size, precision }, steps, profile, json } => {
+        BenchCommand::Train { step: StepArgs { model, bs, size, precision }, steps, profile, host_input, json } => {
             let graph = |bs: usize| wgtune::bench::train_graph(&model, bs, size);
             let gpu = std::sync::Arc::new(open_gpu(adapter, false)?);
+            let input = if host_input { StepInput::Host } else { StepInput::Resident };
             let (r, split, profiled) =
-                pollster::block_on(bench_step(gpu, &model, graph, bs, steps, profile, precision.into()))
+                pollster::block_on(bench_step(gpu, &model, graph, bs, steps, profile, precision.into(), input))
                     .map_err(|e| with_memory_advice(e, bs, size))?;
             if let Some(s) = split.filter(|_| !json) {
                 println!(
@@ -225,6 +226,14 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             println!("images/s          {:.2}", r.images_per_s);
             println!("steps/s           {:.3}", r.steps_per_s);
             println!("first step        {:.2} s (compile, upload, run, read back)", r.first_step_s);
+            println!(
+                "input             {} ({:.1} KiB written from the host per step)",
+                match r.input {
+                    StepInput::Resident => "resident: copied on the GPU each step",
+                    StepInput::Host => "from host memory each step",
+                },
+                r.upload_bytes_per_step / 1024.0
+            );
             println!("encode            {:.0} us per step (CPU)", r.encode_us);
             println!("train_step call   {:.0} us (includes waiting for the adapter)", r.call_us);
             println!("submits           {} per step", r.submits_per_step);

@@ -104,6 +104,17 @@ pub struct Gpu {
     pub(crate) shader_checks: bool,
     /// The driver's compiled pipelines, kept on disk between runs where the backend can (Vulkan).
     pub(crate) pipeline_cache: Option<crate::gpu::pipeline_cache::DiskPipelineCache>,
+    /// Device-to-device copies waiting for the next command encoder ([`Gpu::copy_on_next_submit`]).
+    pub(crate) staged_copies: Mutex<Vec<StagedCopy>>,
+}
+
+/// A copy between two tensors' buffers, encoded first in the next command buffer.
+pub(crate) struct StagedCopy {
+    src: Arc<wgpu::Buffer>,
+    src_offset: u64,
+    dst: Arc<wgpu::Buffer>,
+    dst_offset: u64,
+    bytes: u64,
 }
 
 impl Drop for Gpu {
@@ -274,6 +285,7 @@ impl Gpu {
             tuner: Default::default(),
             shader_checks,
             pipeline_cache,
+            staged_copies: Default::default(),
         })
     }
 
@@ -293,6 +305,37 @@ impl Gpu {
     /// Whether the adapter is a CPU (a software driver such as lavapipe).
     pub fn is_software(&self) -> bool {
         self.adapter_info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Copy `src` into `dst` (same shape and element type) on the GPU, first thing in the next submission, the way
+    /// `Queue::write_buffer` stages host data: a batch kept on the device feeds a compiled program's input without
+    /// crossing the bus each step.
+    pub fn copy_on_next_submit(&self, src: &crate::gpu::Tensor, dst: &crate::gpu::Tensor) -> Result<()> {
+        if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
+            return Err(Error::shape(
+                format!("copy '{}' into '{}'", src.label(), dst.label()),
+                format!("{:?} {:?} into {:?} {:?}", src.dtype(), src.shape(), dst.dtype(), dst.shape()),
+            ));
+        }
+        let copy = StagedCopy {
+            src: src.buffer.clone(),
+            src_offset: src.offset,
+            dst: dst.buffer.clone(),
+            dst_offset: dst.offset,
+            bytes: dst.bound_bytes(),
+        };
+        self.staged_copies.lock().unwrap_or_else(|p| p.into_inner()).push(copy);
+        Ok(())
+    }
+
+    /// A command encoder with the staged copies ([`Gpu::copy_on_next_submit`]) already in it: every command
+    /// buffer wgtune submits starts here, so staged copies run before whatever is submitted next.
+    pub(crate) fn command_encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        for c in self.staged_copies.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            encoder.copy_buffer_to_buffer(&c.src, c.src_offset, &c.dst, c.dst_offset, c.bytes);
+        }
+        encoder
     }
 
     /// Whether every kernel keeps wgpu's runtime checks (`WGTUNE_SHADER_CHECKS=on`); off, the audited kernels

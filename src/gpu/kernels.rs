@@ -500,7 +500,7 @@ impl Gpu {
         read: &[&Tensor],
     ) -> Result<Submitted> {
         let t0 = crate::clock::Instant::now();
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        let mut encoder = self.command_encoder(label);
         {
             let mut pass =
                 encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
@@ -527,7 +527,7 @@ impl Gpu {
     /// accumulated optimizer step) in one submission. Tickets come in the segments' order.
     pub fn submit_segments(&self, label: &str, segments: &[Segment], ring: &mut ReadbackRing) -> Result<Submitted> {
         let t0 = crate::clock::Instant::now();
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        let mut encoder = self.command_encoder(label);
         let mut tickets = Vec::new();
         for (i, segment) in segments.iter().enumerate() {
             for c in &segment.copies {

@@ -185,8 +185,7 @@ impl Gpu {
     pub async fn read_bytes_async(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<u8>>> {
         let largest = tensors.iter().map(|t| t.bytes()).max().unwrap_or(4);
         let mut ring = ReadbackRing::new(self, "read_bytes", tensors.len(), largest)?;
-        let mut encoder =
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read_bytes") });
+        let mut encoder = self.command_encoder("read_bytes");
         let tickets = tensors.iter().map(|t| ring.copy(&mut encoder, t)).collect::<Result<Vec<_>>>()?;
         self.scoped("read_bytes", || self.queue.submit([encoder.finish()]))?;
         tickets.iter().for_each(|t| ring.map(t));

@@ -276,9 +276,7 @@ impl Gpu {
     /// Zero a whole storage buffer (optimizer state on a reset), in queue order.
     pub fn clear_storage(&self, s: &Storage) -> Result<()> {
         self.scoped(&s.label, || {
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&format!("clear {}", s.label)) });
+            let mut encoder = self.command_encoder(&format!("clear {}", s.label));
             encoder.clear_buffer(&s.buffer, 0, None);
             self.queue.submit([encoder.finish()]);
         })

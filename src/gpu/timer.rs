@@ -52,8 +52,7 @@ impl Gpu {
         let period_ns = self.queue.get_timestamp_period() as f64;
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs {
-            let mut encoder =
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+            let mut encoder = self.command_encoder(label);
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(label),
@@ -145,7 +144,7 @@ impl Gpu {
             (queries, resolves)
         })?;
         let mut stamps = ReadbackRing::new(self, &query_label, sets, per_set as u64 * 16)?;
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        let mut encoder = self.command_encoder(label);
         for (i, (layer, d)) in all.iter().enumerate() {
             let (set, slot) = (i / per_set, (i % per_set) as u32);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {

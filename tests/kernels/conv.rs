@@ -9,7 +9,7 @@
 
 use wgtune::ops::conv::{
     conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward,
-    Conv2dConfig, ConvShape, Padding,
+    depthwise_backward_data, depthwise_forward, Conv2dConfig, ConvShape, DepthwiseKernel, Padding,
 };
 use wgtune::reference::{self, widen, SplitMix};
 
@@ -80,10 +80,27 @@ fn check_at(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumul
     let y_want = plus(reference::conv2d_forward(&s, &xd, &wd, Some(&widen(&b_data))), &y0);
     let (atol, rtol) = (tol(k_fwd + 1) + store_atol, 1e-5 + store_rtol);
     assert_close(&act_read(&y), &y_want, atol, rtol, &format!("forward {what}"));
+    // Every depthwise forward variant that applies (conv2d_forward ran the autotuner's), on its own output.
+    for k in DepthwiseKernel::ALL.into_iter().filter(|k| s.is_depthwise() && k.applies(&s)) {
+        let begin: Vec<f32> =
+            if accumulate { y0.iter().map(|&v| v as f32).collect() } else { vec![f32::NAN; n(s.y_shape())] };
+        let yk = act_up(&s.y_shape(), &begin, "y of a variant");
+        let d = depthwise_forward(g, k, &s, &x, &w, Some(&b), &yk, accumulate, "variant").expect("variant");
+        g.run("depthwise variant", &[&d]).expect("run variant");
+        assert_close(&act_read(&yk), &y_want, atol, rtol, &format!("forward {} {what}", k.name()));
+    }
     let k_data = s.out_c / cfg.groups * s.kernel_h * s.kernel_w;
     let dx_want = plus(reference::conv2d_backward_data(&s, &dyd, &wd), &dx0);
     let (atol, rtol) = (tol(k_data) + store_atol, 1e-5 + store_rtol);
     assert_close(&act_read(&dx), &dx_want, atol, rtol, &format!("backward_data {what}"));
+    for k in DepthwiseKernel::ALL.into_iter().filter(|k| s.is_depthwise() && k.applies_backward_data(&s)) {
+        let begin: Vec<f32> =
+            if accumulate { dx0.iter().map(|&v| v as f32).collect() } else { vec![f32::NAN; n(s.x_shape())] };
+        let dxk = act_up(&s.x_shape(), &begin, "dx of a variant");
+        let d = depthwise_backward_data(g, k, &s, &dy, &w, &dxk, accumulate, "variant").expect("variant");
+        g.run("depthwise variant", &[&d]).expect("run variant");
+        assert_close(&act_read(&dxk), &dx_want, atol, rtol, &format!("backward_data {} {what}", k.name()));
+    }
     let k_weight = s.batch * s.out_h * s.out_w;
     let dw_want = plus(reference::conv2d_backward_weight(&s, &dyd, &xd), &dw0);
     assert_close(&read(&dw), &dw_want, tol(k_weight), 1e-5, &format!("backward_weight {what}"));
@@ -136,6 +153,11 @@ conv_tests! {
     // planes smaller than the kernel.
     depthwise_7x7_long_weight_sum: [2, 5, 23, 29], [5, 1, 7, 7], Conv2dConfig { groups: 5, ..cfg(1, 3) };
     depthwise_7x7_on_3x3_planes: [3, 4, 3, 3], [4, 1, 7, 7], Conv2dConfig { groups: 4, ..cfg(1, 3) };
+    // The four-output forward kernel at its widest input window (7x7, stride 2: 13 values a row) and rows of
+    // 1 to 5 outputs.
+    depthwise_7x7_stride2_odd: [1, 3, 17, 19], [3, 1, 7, 7], Conv2dConfig { groups: 3, ..cfg(2, 3) };
+    depthwise_5x5_stride2_unpadded_one_column: [2, 2, 9, 5], [2, 1, 5, 5], Conv2dConfig { groups: 2, ..cfg(2, 0) };
+    depthwise_3x3_stride2_rows_of_5: [1, 7, 4, 9], [7, 1, 3, 3], Conv2dConfig { groups: 7, ..cfg(2, 1) };
     depthwise_3x3_dilated_long_weight_sum: [2, 2, 30, 30], [2, 1, 3, 3],
         Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
     tf_same_stride2_asymmetric: [2, 3, 8, 8], [4, 3, 3, 3],
@@ -229,6 +251,36 @@ fn pointwise_routing_follows_the_plane_size() {
     let s = |x: [usize; 4]| ConvShape::new(&x, &[7, x[1], 1, 1], Conv2dConfig::default()).unwrap().is_pointwise();
     assert!(s([2, 5, 32, 17]), "544-pixel planes take the matmul path");
     assert!(!s([3, 5, 5, 3]), "15-pixel planes take the implicit GEMM");
+}
+
+/// A depthwise variant asked for where it does not apply (the four-output kernel on a dilated or 4x4 kernel) is an
+/// error naming it; `Auto` runs the direct kernel there.
+#[test]
+fn a_depthwise_variant_that_does_not_apply_is_refused() {
+    for (w, cfg) in [
+        ([2, 1, 3, 3], Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) }),
+        ([2, 1, 4, 4], Conv2dConfig { groups: 2, ..cfg(1, 1) }),
+        ([2, 1, 3, 3], Conv2dConfig { groups: 2, ..cfg(3, 1) }),
+    ] {
+        let s = ConvShape::new(&[1, 2, 9, 9], &w, cfg).unwrap();
+        let x = upload(&s.x_shape(), &vec![0.5; 2 * 81], "x");
+        let wt = upload(&s.w_shape(), &vec![0.5; w.iter().product()], "w");
+        let y = poisoned(&s.y_shape(), "y");
+        assert!(!DepthwiseKernel::Rows4.applies(&s));
+        let refused = depthwise_forward(gpu(), DepthwiseKernel::Rows4, &s, &x, &wt, None, &y, false, "dw");
+        let e = refused.err().expect("refused").to_string();
+        assert!(e.contains("the rows4 kernel does not compute"), "{e}");
+        let d = depthwise_forward(gpu(), DepthwiseKernel::Auto, &s, &x, &wt, None, &y, false, "dw").unwrap();
+        gpu().run("dw", &[&d]).unwrap();
+        assert!(read(&y).iter().all(|v| v.is_finite()));
+    }
+    // backward_data: stride 1 only.
+    let s = ConvShape::new(&[1, 2, 9, 9], &[2, 1, 3, 3], Conv2dConfig { groups: 2, ..cfg(2, 1) }).unwrap();
+    assert!(DepthwiseKernel::Rows4.applies(&s) && !DepthwiseKernel::Rows4.applies_backward_data(&s));
+    let (dy, w) = (upload(&s.y_shape(), &[0.5; 2 * 25], "dy"), upload(&s.w_shape(), &[0.5; 18], "w"));
+    let dx = poisoned(&s.x_shape(), "dx");
+    let refused = depthwise_backward_data(gpu(), DepthwiseKernel::Rows4, &s, &dy, &w, &dx, false, "dw");
+    assert!(refused.err().expect("refused").to_string().contains("does not compute the backward_data"));
 }
 
 #[test]

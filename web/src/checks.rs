@@ -8,7 +8,9 @@
 
 use wgtune::gpu::{Dispatch, Gpu, Tensor};
 use wgtune::ops::conv::{conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward};
-use wgtune::ops::conv::{Conv2dConfig, ConvShape, Padding};
+use wgtune::ops::conv::{
+    depthwise_backward_data, depthwise_forward, Conv2dConfig, ConvShape, DepthwiseKernel, Padding,
+};
 use wgtune::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
 use wgtune::ops::pool::{max_pool_forward, PoolConfig, PoolShape};
 use wgtune::reference::{self, widen, MatmulShape, SplitMix};
@@ -131,7 +133,29 @@ async fn check_conv(
     let kind = if cfg.groups == s.in_c && cfg.groups > 1 { "depthwise conv2d" } else { "conv2d" };
     let what = format!("x {x_shape:?} w {w_shape:?} stride {} pad {:?}", cfg.stride.0, cfg.padding);
     let per_group = s.in_c / cfg.groups;
-    Ok(vec![
+    // Every depthwise variant that applies, each on outputs of its own (conv2d_* above ran the default's).
+    let mut variants = Vec::new();
+    for k in DepthwiseKernel::ALL.into_iter().filter(|_| s.is_depthwise()) {
+        if k.applies(&s) {
+            let yk = poisoned(gpu, &s.y_shape(), "check y of a variant")?;
+            let d = depthwise_forward(gpu, k, &s, &x, &w, Some(&b), &yk, false, "check depthwise variant")?;
+            run_all(gpu, "check depthwise variant", &[d]).await?;
+            let want = reference::conv2d_forward(&s, &xd, &wd, Some(&widen(&b_data)));
+            let got = gpu.read_f32_async(&yk).await?;
+            let kernel = format!("{kind} forward ({})", k.name());
+            variants.push(compare(&kernel, what.clone(), &got, &want, s.kernel_h * s.kernel_w + 1));
+        }
+        if k.applies_backward_data(&s) {
+            let dxk = poisoned(gpu, &s.x_shape(), "check dx of a variant")?;
+            let d = depthwise_backward_data(gpu, k, &s, &dy, &w, &dxk, false, "check depthwise variant")?;
+            run_all(gpu, "check depthwise variant", &[d]).await?;
+            let want = reference::conv2d_backward_data(&s, &dyd, &wd);
+            let got = gpu.read_f32_async(&dxk).await?;
+            let kernel = format!("{kind} backward data ({})", k.name());
+            variants.push(compare(&kernel, what.clone(), &got, &want, s.kernel_h * s.kernel_w));
+        }
+    }
+    let mut checks = vec![
         compare(
             &format!("{kind} forward"),
             what.clone(),
@@ -153,7 +177,9 @@ async fn check_conv(
             &reference::conv2d_backward_weight(&s, &dyd, &xd),
             s.batch * s.out_h * s.out_w,
         ),
-    ])
+    ];
+    checks.extend(variants);
+    Ok(checks)
 }
 
 async fn check_max_pool(gpu: &Gpu, x_shape: [usize; 4], cfg: PoolConfig, seed: u64) -> Result<Check> {

@@ -365,10 +365,10 @@ impl Engine {
         future_to_promise(async move {
             let _busy = Busy::take(&state, "a benchmark")?;
             let graph = |b: usize| wgtune::bench::train_graph(&model, b, size);
-            let (record, _, _) =
-                wgtune::bench::bench_step(gpu, &model, graph, bs, steps, false, wgtune::gpu::Precision::F32)
-                    .await
-                    .map_err(js_error)?;
+            let (f32, resident) = (wgtune::gpu::Precision::F32, wgtune::bench::StepInput::Resident);
+            let (record, _, _) = wgtune::bench::bench_step(gpu, &model, graph, bs, steps, false, f32, resident)
+                .await
+                .map_err(js_error)?;
             json(&record)
         })
     }

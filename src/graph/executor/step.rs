@@ -10,7 +10,7 @@ use super::program::Program;
 use super::{Executor, Pending, PixelInput, StepMetrics};
 use crate::data::augment::ImageTransform;
 use crate::error::{Error, Result};
-use crate::gpu::{CopyInto, Dispatch, ReadbackRing, Segment, SegmentCopy};
+use crate::gpu::{CopyInto, Dispatch, ReadbackRing, Segment, SegmentCopy, Tensor};
 use crate::ops::dropout::DropoutParams;
 use crate::ops::loss::Targets;
 use crate::ops::optim::Hyper;
@@ -340,6 +340,40 @@ impl Executor {
 
     pub async fn train_step_async(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
         self.run_training(images, labels, true).await
+    }
+
+    /// A batch of images uploaded once and kept on the GPU in the training input's shape and element type, for
+    /// [`Executor::train_step_resident`]: benchmarks feed it every step as frameworks' benchmarks keep theirs on
+    /// the device.
+    pub fn upload_input(&mut self, images: &[f32]) -> Result<Tensor> {
+        self.check_images(images)?;
+        self.ensure_train()?;
+        let input = &self.train.as_ref().expect("compiled").input;
+        let t = match input.dtype() {
+            crate::gpu::DType::F16 => self.gpu.upload_f16(input.shape(), images, "resident input")?,
+            _ => self.gpu.upload_f32(input.shape(), images, "resident input")?,
+        };
+        Ok(t)
+    }
+
+    blocking! {
+        /// [`Executor::train_step`] on a batch already on the GPU ([`Executor::upload_input`]): the batch is copied
+        /// into the program's input on the device, in the step's own submission; only the labels cross the bus.
+        pub fn train_step_resident(&mut self, images: &Tensor, labels: &[u32]) -> Result<()>
+            => train_step_resident_async
+    }
+
+    pub async fn train_step_resident_async(&mut self, images: &Tensor, labels: &[u32]) -> Result<()> {
+        if self.pixel_input.is_some() {
+            return Err(Error::Invalid(
+                "this executor takes u8 pixel batches (set_pixel_input): use the *_pixels calls".into(),
+            ));
+        }
+        let rows = self.target_rows(labels, None)?;
+        self.ensure_train()?;
+        self.gpu.copy_on_next_submit(images, &self.train.as_ref().expect("compiled").input)?;
+        self.write_targets(true, &rows)?;
+        self.submit_training(true).await
     }
 
     blocking! {
