@@ -385,18 +385,9 @@ pub fn depthwise_forward(
     accumulate: bool,
     label: &str,
 ) -> Result<Dispatch> {
-    if !s.is_depthwise() || !kernel.applies(s) {
-        return Err(Error::Invalid(format!(
-            "depthwise '{label}': the {} kernel does not compute {s:?}",
-            kernel.name()
-        )));
-    }
-    for (t, want, role) in [(x, s.x_shape(), "input"), (w, s.w_shape(), "weight"), (y, s.y_shape(), "output")] {
-        s.check(t, want, role)?;
-    }
-    let kernel = resolve_depthwise(gpu, kernel, DepthwisePass::Forward, s, (x, w, y), label)?;
-    let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
-    depthwise_launch(gpu, kernel, DepthwisePass::Forward, s, &p, (x, w, bias.unwrap_or(w), y), label)
+    let roles = [(x, s.x_shape(), "input"), (w, s.w_shape(), "weight"), (y, s.y_shape(), "output")];
+    let flags = flags(bias.is_some(), accumulate);
+    depthwise_pass(gpu, kernel, DepthwisePass::Forward, s, roles, bias.unwrap_or(w), flags, label)
 }
 
 /// The depthwise backward_data pass dx = conv_transpose(dy, w) with a chosen kernel (`Auto`: the autotuner's).
@@ -412,20 +403,40 @@ pub fn depthwise_backward_data(
     accumulate: bool,
     label: &str,
 ) -> Result<Dispatch> {
-    if !s.is_depthwise() || !kernel.applies_backward_data(s) {
+    let roles = [(dy, s.y_shape(), "output gradient"), (w, s.w_shape(), "weight"), (dx, s.x_shape(), "input gradient")];
+    depthwise_pass(gpu, kernel, DepthwisePass::BackwardData, s, roles, w, flags(false, accumulate), label)
+}
+
+/// One depthwise pass with an explicit variant: its source, weight and output tensors (checked against the roles'
+/// shapes), the bias binding (the weight where there is none), the flags.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_pass(
+    gpu: &Gpu,
+    kernel: DepthwiseKernel,
+    pass: DepthwisePass,
+    s: &ConvShape,
+    roles: [(&Tensor, [usize; 4], &str); 3],
+    bias: &Tensor,
+    flags: u32,
+    label: &str,
+) -> Result<Dispatch> {
+    let (applies, what) = match pass {
+        DepthwisePass::Forward => (kernel.applies(s), "forward"),
+        DepthwisePass::BackwardData => (kernel.applies_backward_data(s), "backward_data"),
+    };
+    if !s.is_depthwise() || !applies {
         return Err(Error::Invalid(format!(
-            "depthwise '{label}': the {} kernel does not compute the backward_data of {s:?}",
+            "depthwise '{label}': the {} kernel does not compute the {what} of {s:?}",
             kernel.name()
         )));
     }
-    for (t, want, role) in
-        [(dy, s.y_shape(), "output gradient"), (w, s.w_shape(), "weight"), (dx, s.x_shape(), "input gradient")]
-    {
+    for (t, want, role) in roles {
         s.check(t, want, role)?;
     }
-    let kernel = resolve_depthwise(gpu, kernel, DepthwisePass::BackwardData, s, (dy, w, dx), label)?;
-    let p = s.params(flags(false, accumulate), s.batch)?;
-    depthwise_launch(gpu, kernel, DepthwisePass::BackwardData, s, &p, (dy, w, w, dx), label)
+    let [(src, ..), (w, ..), (out, ..)] = roles;
+    let kernel = resolve_depthwise(gpu, kernel, pass, s, (src, w, out), label)?;
+    let p = s.params(flags, s.batch)?;
+    depthwise_launch(gpu, kernel, pass, s, &p, (src, w, bias, out), label)
 }
 
 fn depthwise_launch(
