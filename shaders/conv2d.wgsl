@@ -148,8 +148,17 @@ fn rank1_update(acc: ptr<function, Block>, a: array<f32, 16>, b0: vec4<f32>, b1:
     (*acc).r15_1 = fma(vec4<f32>(a[15]), b1, (*acc).r15_1);
 }
 
+// The epilogue's flags fixed per pipeline, as in matmul.wgsl (each kernel here inlines its store 128 times; with
+// the flags constant those stores compile without the flag branches); the default, RUNTIME_FLAGS, reads p.flags.
+const RUNTIME_FLAGS: u32 = 255u;
+override EPILOGUE: u32 = RUNTIME_FLAGS;
+
+fn epilogue_flags() -> u32 {
+    return select(EPILOGUE, p.flags, EPILOGUE == RUNTIME_FLAGS);
+}
+
 fn put(idx: u32, v: f32) {
-    if (p.flags & FLAG_ACCUMULATE) != 0u {
+    if (epilogue_flags() & FLAG_ACCUMULATE) != 0u {
         out[idx] = res(f32(out[idx]) + v);
     } else {
         out[idx] = res(v);
@@ -196,7 +205,7 @@ fn store_row(v0: vec4<f32>, v1: vec4<f32>, cols: Cols, row_ok: bool, row_off: u3
 }
 
 fn bias_at(co: u32) -> f32 {
-    if (p.flags & FLAG_BIAS) != 0u {
+    if (epilogue_flags() & FLAG_BIAS) != 0u {
         return bias[min(co, p.out_c - 1u)];
     }
     return 0.0;

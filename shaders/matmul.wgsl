@@ -70,16 +70,27 @@ fn b_at(i: u32) -> f32 {
     return f32(b[i]);
 }
 
+// The epilogue's flags fixed per pipeline (the register-blocked `matmul`: its 128 inlined stores then compile
+// without the flag branches, which took 2.9 s of lavapipe's first-dispatch compile against 0.45 s); the default,
+// RUNTIME_FLAGS, reads p.flags.
+const RUNTIME_FLAGS: u32 = 255u;
+override EPILOGUE: u32 = RUNTIME_FLAGS;
+
+fn epilogue_flags() -> u32 {
+    return select(EPILOGUE, p.flags, EPILOGUE == RUNTIME_FLAGS);
+}
+
 fn finish(acc: f32, row: u32, col: u32, batch: u32) {
+    let flags = epilogue_flags();
     var v = acc;
-    if (p.flags & FLAG_BIAS) != 0u {
+    if (flags & FLAG_BIAS) != 0u {
         v += bias[col];
     }
-    if (p.flags & FLAG_ROW_BIAS) != 0u {
+    if (flags & FLAG_ROW_BIAS) != 0u {
         v += bias[row];
     }
     let idx = (batch * p.m + row) * p.n + col;
-    if (p.flags & FLAG_ACCUMULATE) != 0u {
+    if (flags & FLAG_ACCUMULATE) != 0u {
         v += f32(c[idx]);
     }
     c[idx] = res(v);

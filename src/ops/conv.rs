@@ -70,7 +70,7 @@ pub const DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7: KernelSpec =
         .with_constants(&[("KH", 7.0), ("KW", 7.0)]);
 
 /// The four-output depthwise kernel (forward, and stride-1 backward_data), one pipeline per (kernel size, stride).
-const fn rows4(k: usize, stride: usize) -> KernelSpec {
+pub(crate) const fn rows4(k: usize, stride: usize) -> KernelSpec {
     // Pipeline constants must be 'static: one table entry per configuration.
     const C: [[&[(&str, f64)]; 2]; 3] = [
         [&[("DW_K", 3.0), ("DW_S", 1.0)], &[("DW_K", 3.0), ("DW_S", 2.0)]],
@@ -366,7 +366,8 @@ pub fn conv2d_forward(
             }
             let grid = [(p.batch * p.out_h * p.out_w).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups];
             let params = bytemuck::bytes_of(&p);
-            Ok(vec![super::dispatch_to(gpu, &CONV2D_FORWARD, &[w, x], y, params, &[w, x, bias, y], grid, label)?])
+            let spec = gemm_spec(&CONV2D_FORWARD, false, p.flags);
+            Ok(vec![super::dispatch_to(gpu, &spec, &[w, x], y, params, &[w, x, bias, y], grid, label)?])
         })(),
     )
 }
@@ -569,19 +570,37 @@ pub fn conv2d_backward_data(
             }
             let grid = [(p.batch * p.in_h * p.in_w).div_ceil(512), (p.in_c / p.groups).div_ceil(16), p.groups];
             let params = bytemuck::bytes_of(&p);
-            Ok(vec![super::dispatch_to(gpu, &CONV2D_BACKWARD_DATA, &[w, dy], dx, params, &[w, dy, dx], grid, label)?])
+            let spec = gemm_spec(&CONV2D_BACKWARD_DATA, false, p.flags);
+            Ok(vec![super::dispatch_to(gpu, &spec, &[w, dy], dx, params, &[w, dy, dx], grid, label)?])
         })(),
     )
 }
 
-/// The backward_weight kernel for `ncols` = Cin_g * KH * KW weight columns, and the columns one workgroup covers:
-/// few columns (a 1x1 conv's Cin) take 64-column workgroups instead of 512, so most lanes have a column.
-fn backward_weight_kernel(ncols: usize) -> (&'static KernelSpec, u32) {
+/// Whether backward_weight for `ncols` = Cin_g * KH * KW weight columns takes the narrow kernel, and the columns one
+/// workgroup covers: few columns (a 1x1 conv's Cin) take 64-column workgroups instead of 512, so most lanes have a
+/// column.
+fn backward_weight_kernel(ncols: usize) -> (bool, u32) {
     if ncols <= 256 {
-        (&CONV2D_BACKWARD_WEIGHT_NARROW, 64)
+        (true, 64)
     } else {
-        (&CONV2D_BACKWARD_WEIGHT, 512)
+        (false, 512)
     }
+}
+
+/// A register-blocked conv2d kernel's pipeline for a launch with these flags (`EPILOGUE`: its inlined stores
+/// compile without the flag branches), narrow (8 invocations) or not.
+fn gemm_spec(base: &KernelSpec, narrow: bool, flags: u32) -> KernelSpec {
+    // Pipeline constants must be 'static: one entry per (narrow, flags) (bias 1, accumulate 2).
+    const C: [[&[(&str, f64)]; 4]; 2] = [
+        [&[("EPILOGUE", 0.0)], &[("EPILOGUE", 1.0)], &[("EPILOGUE", 2.0)], &[("EPILOGUE", 3.0)]],
+        [
+            &[("WG", 8.0), ("EPILOGUE", 0.0)],
+            &[("WG", 8.0), ("EPILOGUE", 1.0)],
+            &[("WG", 8.0), ("EPILOGUE", 2.0)],
+            &[("WG", 8.0), ("EPILOGUE", 3.0)],
+        ],
+    ];
+    base.with_constants(C[narrow as usize][(flags & 3) as usize])
 }
 
 /// How many batch splits backward_weight uses: enough workgroups to fill the adapter (a few per core on a
@@ -681,7 +700,7 @@ pub fn conv2d_backward_weight(
             }
             let split = WeightSplit::of(gpu, s);
             let WeightSplit { splits, split_len, ncols } = split;
-            let (spec, tile) = backward_weight_kernel(ncols);
+            let (narrow, tile) = backward_weight_kernel(ncols);
             let want = split.scratch_shape(s);
             if want.as_deref() != scratch.map(|t| t.shape()) {
                 return Err(Error::shape(
@@ -695,13 +714,13 @@ pub fn conv2d_backward_weight(
             // A scratch tensor was given exactly when the batch is split (checked above).
             let Some(partial) = scratch else {
                 let p = s.params(flags(false, accumulate), split_len)?;
-                let params = bytemuck::bytes_of(&p);
-                return Ok(vec![super::dispatch_to(gpu, spec, &[dy, x], dw, params, &[dy, x, dw], grid(&p), label)?]);
+                let (params, spec) = (bytemuck::bytes_of(&p), gemm_spec(&CONV2D_BACKWARD_WEIGHT, narrow, p.flags));
+                return Ok(vec![super::dispatch_to(gpu, &spec, &[dy, x], dw, params, &[dy, x, dw], grid(&p), label)?]);
             };
             // Each split writes its own partial dw; one sum over the splits finishes (and accumulates, if asked).
             let p = s.params(0, split_len)?;
-            let params = bytemuck::bytes_of(&p);
-            let conv = super::dispatch_to(gpu, spec, &[dy, x], partial, params, &[dy, x, partial], grid(&p), label)?;
+            let (params, spec) = (bytemuck::bytes_of(&p), gemm_spec(&CONV2D_BACKWARD_WEIGHT, narrow, 0));
+            let conv = super::dispatch_to(gpu, &spec, &[dy, x], partial, params, &[dy, x, partial], grid(&p), label)?;
             let sum =
                 sum_reduce(gpu, partial, dw, (splits, s.out_c * ncols, 1), accumulate, &format!("{label} split sum"))?;
             Ok(vec![conv, sum])

@@ -109,11 +109,24 @@ impl MatmulKernel {
         }
     }
 
-    fn spec(self) -> KernelSpec {
+    /// The pipeline for a problem with these epilogue flags: the register-blocked kernel has one per flag set
+    /// (`EPILOGUE`, so that its inlined stores compile without the flag branches), the others read the flags.
+    fn spec(self, flags: u32) -> KernelSpec {
+        // Pipeline constants must be 'static: one table entry per flag set (bias 1, accumulate 2, row bias 4).
+        const EPILOGUES: [&[(&str, f64)]; 8] = [
+            &[("EPILOGUE", 0.0)],
+            &[("EPILOGUE", 1.0)],
+            &[("EPILOGUE", 2.0)],
+            &[("EPILOGUE", 3.0)],
+            &[("EPILOGUE", 4.0)],
+            &[("EPILOGUE", 5.0)],
+            &[("EPILOGUE", 6.0)],
+            &[("EPILOGUE", 7.0)],
+        ];
         match (self, self.shared_constants()) {
             (_, Some(constants)) => MATMUL_SHARED.with_constants(constants),
             (MatmulKernel::Naive, None) => MATMUL_NAIVE,
-            _ => MATMUL,
+            _ => MATMUL.with_constants(EPILOGUES[(flags & 7) as usize]),
         }
     }
 }
@@ -268,7 +281,8 @@ fn launch(
     let bias = bias.unwrap_or(a);
     let flops = 2 * p.m as u64 * p.n as u64 * p.k as u64 * p.batch.max(1) as u64;
     let grid = matmul_grid(kernel, p);
-    Ok(super::dispatch_to(gpu, &kernel.spec(), &[a, b], c, bytemuck::bytes_of(p), &[a, b, bias, c], grid, label)?
+    let spec = kernel.spec(p.flags);
+    Ok(super::dispatch_to(gpu, &spec, &[a, b], c, bytemuck::bytes_of(p), &[a, b, bias, c], grid, label)?
         .with_flops(flops))
 }
 

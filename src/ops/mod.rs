@@ -152,6 +152,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::CONV2D_BACKWARD_WEIGHT,
         conv::CONV2D_BACKWARD_WEIGHT_NARROW,
         conv::DEPTHWISE_CONV2D_FORWARD,
+        conv::rows4(3, 1),
         conv::DEPTHWISE_CONV2D_BACKWARD_DATA,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT,
         conv::DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS,
