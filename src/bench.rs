@@ -378,10 +378,7 @@ pub async fn bench_step(
         StepInput::Host => None,
     };
     for _ in 0..accum {
-        match &resident {
-            Some(t) => ex.train_step_resident_async(t, &labels).await?,
-            None => ex.train_step_async(&images, &labels).await?,
-        }
+        train_step(&mut ex, resident.as_ref(), &images, &labels).await?;
     }
     ex.wait_metrics_async().await?;
     let first_step_s = t0.elapsed().as_secs_f64();
@@ -391,10 +388,7 @@ pub async fn bench_step(
     let (steps, micro_steps) = (steps, steps * accum);
     for _ in 0..micro_steps {
         let e0 = Instant::now();
-        match &resident {
-            Some(t) => ex.train_step_resident_async(t, &labels).await?,
-            None => ex.train_step_async(&images, &labels).await?,
-        }
+        train_step(&mut ex, resident.as_ref(), &images, &labels).await?;
         encode.push(e0.elapsed().as_secs_f64());
         ex.poll_metrics()?;
     }
@@ -427,6 +421,19 @@ pub async fn bench_step(
         profile: profiled.as_ref().map(crate::profile::ProfileSummary::new),
     };
     Ok((record, split, profiled))
+}
+
+/// One training step of `bench_step` on the resident batch, or else on `images` from the host.
+async fn train_step(
+    ex: &mut Executor,
+    resident: Option<&crate::gpu::Tensor>,
+    images: &[f32],
+    labels: &[u32],
+) -> Result<()> {
+    match resident {
+        Some(t) => ex.train_step_resident_async(t, labels).await,
+        None => ex.train_step_async(images, labels).await,
+    }
 }
 
 /// Inference throughput of one architecture.

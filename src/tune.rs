@@ -170,7 +170,10 @@ impl Tuner {
         self.choices.insert(key.to_string(), choice);
         let Some(path) = &self.path else { return };
         let file = CacheFile { device: self.device.clone(), choices: self.choices.clone() };
-        if let Err(e) = write_atomically(path, &file) {
+        let written = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::Invalid(e.to_string()))
+            .and_then(|bytes| write_cache_file(path, &bytes));
+        if let Err(e) = written {
             log::warn!("autotune cache {} not written: {e}", path.display());
         }
     }
@@ -187,13 +190,14 @@ impl Tuner {
     }
 }
 
-fn write_atomically(path: &Path, file: &CacheFile) -> std::io::Result<()> {
+/// Write a file of the cache folder atomically (the autotuner's choices, the pipeline cache), making the folder
+/// first.
+pub(crate) fn write_cache_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Invalid(format!("cannot create the cache folder '{}': {e}", dir.display())))?;
     }
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?)?;
-    std::fs::rename(&tmp, path)
+    crate::nn::weights::write_bytes_atomically(path, bytes)
 }
 
 /// The device's tuner, set up from the environment on first use.

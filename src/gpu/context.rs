@@ -34,7 +34,8 @@ pub struct AdapterRequest {
     /// `WGPU_DEBUG=1` turns it on too.
     pub debug: bool,
     /// Keep wgpu's runtime checks in every kernel: bounds clamps on every array and buffer access and loop-bound
-    /// counters (see [`ShaderChecks`]). None: as `WGTUNE_SHADER_CHECKS` says (unset: off for the audited kernels).
+    /// counters (see [`crate::gpu::kernels::Family::audited`]). None: as `WGTUNE_SHADER_CHECKS` says (unset: off
+    /// for the audited kernels).
     pub shader_checks: Option<bool>,
 }
 
@@ -108,13 +109,10 @@ pub struct Gpu {
     pub(crate) staged_copies: Mutex<Vec<StagedCopy>>,
 }
 
-/// A copy between two tensors' buffers, encoded first in the next command buffer.
+/// A copy of one tensor into another of the same shape and type, encoded first in the next command buffer.
 pub(crate) struct StagedCopy {
-    src: Arc<wgpu::Buffer>,
-    src_offset: u64,
-    dst: Arc<wgpu::Buffer>,
-    dst_offset: u64,
-    bytes: u64,
+    src: crate::gpu::Tensor,
+    dst: crate::gpu::Tensor,
 }
 
 impl Drop for Gpu {
@@ -317,13 +315,7 @@ impl Gpu {
                 format!("{:?} {:?} into {:?} {:?}", src.dtype(), src.shape(), dst.dtype(), dst.shape()),
             ));
         }
-        let copy = StagedCopy {
-            src: src.buffer.clone(),
-            src_offset: src.offset,
-            dst: dst.buffer.clone(),
-            dst_offset: dst.offset,
-            bytes: dst.bound_bytes(),
-        };
+        let copy = StagedCopy { src: src.clone(), dst: dst.clone() };
         self.staged_copies.lock().unwrap_or_else(|p| p.into_inner()).push(copy);
         Ok(())
     }
@@ -333,7 +325,8 @@ impl Gpu {
     pub(crate) fn command_encoder(&self, label: &str) -> wgpu::CommandEncoder {
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         for c in self.staged_copies.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            encoder.copy_buffer_to_buffer(&c.src, c.src_offset, &c.dst, c.dst_offset, c.bytes);
+            let (src, dst) = (&c.src, &c.dst);
+            encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, dst.bound_bytes());
         }
         encoder
     }

@@ -85,20 +85,11 @@ impl DiskPipelineCache {
         if data.len() <= self.saved.load(Ordering::Relaxed) {
             return;
         }
-        match write_atomically(&self.path, &pack(&data)) {
+        match crate::tune::write_cache_file(&self.path, &pack(&data)) {
             Ok(()) => self.saved.store(data.len(), Ordering::Relaxed),
             Err(e) => log::warn!("pipeline cache {} not written: {e}", self.path.display()),
         }
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("bin.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

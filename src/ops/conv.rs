@@ -47,8 +47,6 @@ const SIG: &[(u32, Access)] = &[(1, Access::Read), (2, Access::Read), (4, Access
 pub const CONV2D_FORWARD: KernelSpec = KernelSpec::new("conv2d_forward", "conv2d", SIG_WITH_BIAS);
 pub const CONV2D_BACKWARD_DATA: KernelSpec = KernelSpec::new("conv2d_backward_data", "conv2d", SIG);
 pub const CONV2D_BACKWARD_WEIGHT: KernelSpec = KernelSpec::new("conv2d_backward_weight", "conv2d", SIG);
-/// 8 invocations per workgroup, 64 columns: for weight gradients with at most 256 columns (Cin_g * KH * KW).
-pub const CONV2D_BACKWARD_WEIGHT_NARROW: KernelSpec = CONV2D_BACKWARD_WEIGHT.with_constants(&[("WG", 8.0)]);
 pub const DEPTHWISE_CONV2D_FORWARD: KernelSpec =
     KernelSpec::new("depthwise_conv2d_forward", "depthwise", SIG_WITH_BIAS);
 pub const DEPTHWISE_CONV2D_BACKWARD_DATA: KernelSpec =
@@ -139,6 +137,23 @@ impl DepthwiseKernel {
 enum DepthwisePass {
     Forward,
     BackwardData,
+}
+
+impl DepthwisePass {
+    fn name(self) -> &'static str {
+        match self {
+            DepthwisePass::Forward => "forward",
+            DepthwisePass::BackwardData => "backward_data",
+        }
+    }
+
+    /// Whether `kernel` computes this pass of `s`.
+    fn computed_by(self, kernel: DepthwiseKernel, s: &ConvShape) -> bool {
+        match self {
+            DepthwisePass::Forward => kernel.applies(s),
+            DepthwisePass::BackwardData => kernel.applies_backward_data(s),
+        }
+    }
 }
 
 /// Padding of the four sides, in pixels.
@@ -357,13 +372,11 @@ pub fn conv2d_forward(
                     b.dtype()
                 )));
             }
+            if s.is_depthwise() {
+                return Ok(vec![depthwise_forward(gpu, DepthwiseKernel::Auto, s, x, w, bias, y, accumulate, label)?]);
+            }
             let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
             let bias = bias.unwrap_or(w);
-            if s.is_depthwise() {
-                let pass = DepthwisePass::Forward;
-                let kernel = resolve_depthwise(gpu, DepthwiseKernel::Auto, pass, s, (x, w, y), label)?;
-                return Ok(vec![depthwise_launch(gpu, kernel, pass, s, &p, (x, w, bias, y), label)?]);
-            }
             let grid = [(p.batch * p.out_h * p.out_w).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups];
             let params = bytemuck::bytes_of(&p);
             let spec = gemm_spec(&CONV2D_FORWARD, false, p.flags);
@@ -421,14 +434,11 @@ fn depthwise_pass(
     flags: u32,
     label: &str,
 ) -> Result<Dispatch> {
-    let (applies, what) = match pass {
-        DepthwisePass::Forward => (kernel.applies(s), "forward"),
-        DepthwisePass::BackwardData => (kernel.applies_backward_data(s), "backward_data"),
-    };
-    if !s.is_depthwise() || !applies {
+    if !s.is_depthwise() || !pass.computed_by(kernel, s) {
         return Err(Error::Invalid(format!(
-            "depthwise '{label}': the {} kernel does not compute the {what} of {s:?}",
-            kernel.name()
+            "depthwise '{label}': the {} kernel does not compute the {} of {s:?}",
+            kernel.name(),
+            pass.name()
         )));
     }
     for (t, want, role) in roles {
@@ -490,17 +500,15 @@ fn resolve_depthwise(
     if kernel != DepthwiseKernel::Auto {
         return Ok(kernel);
     }
-    let (applies, row) = match pass {
-        DepthwisePass::Forward => (DepthwiseKernel::Rows4.applies(s), s.out_w),
-        DepthwisePass::BackwardData => (DepthwiseKernel::Rows4.applies_backward_data(s), s.in_w),
-    };
-    if !applies {
+    if !pass.computed_by(DepthwiseKernel::Rows4, s) {
         return Ok(DepthwiseKernel::Direct);
     }
+    // The row the four-output kernel writes: the output's (forward) or the input's (backward_data).
+    let row = if pass == DepthwisePass::Forward { s.out_w } else { s.in_w };
     let default = if row >= 4 { DepthwiseKernel::Rows4 } else { DepthwiseKernel::Direct };
     let key = format!(
         "depthwise {} {}x{}x{}x{} k{} s{} pad {},{} {:?}.{:?}>{:?}",
-        if pass == DepthwisePass::Forward { "forward" } else { "backward_data" },
+        pass.name(),
         s.batch,
         s.in_c,
         s.in_h,
@@ -562,12 +570,10 @@ pub fn conv2d_backward_data(
                 )?;
                 return Ok(vec![d]);
             }
-            let p = s.params(flags(false, accumulate), s.batch)?;
             if s.is_depthwise() {
-                let pass = DepthwisePass::BackwardData;
-                let kernel = resolve_depthwise(gpu, DepthwiseKernel::Auto, pass, s, (dy, w, dx), label)?;
-                return Ok(vec![depthwise_launch(gpu, kernel, pass, s, &p, (dy, w, w, dx), label)?]);
+                return Ok(vec![depthwise_backward_data(gpu, DepthwiseKernel::Auto, s, dy, w, dx, accumulate, label)?]);
             }
+            let p = s.params(flags(false, accumulate), s.batch)?;
             let grid = [(p.batch * p.in_h * p.in_w).div_ceil(512), (p.in_c / p.groups).div_ceil(16), p.groups];
             let params = bytemuck::bytes_of(&p);
             let spec = gemm_spec(&CONV2D_BACKWARD_DATA, false, p.flags);
@@ -588,8 +594,9 @@ fn backward_weight_kernel(ncols: usize) -> (bool, u32) {
 }
 
 /// A register-blocked conv2d kernel's pipeline for a launch with these flags (`EPILOGUE`: its inlined stores
-/// compile without the flag branches), narrow (8 invocations) or not.
-fn gemm_spec(base: &KernelSpec, narrow: bool, flags: u32) -> KernelSpec {
+/// compile without the flag branches), narrow or not (backward_weight's 8 invocations per workgroup covering 64
+/// columns, for weight gradients of at most 256 columns: Cin_g * KH * KW).
+pub(crate) fn gemm_spec(base: &KernelSpec, narrow: bool, flags: u32) -> KernelSpec {
     // Pipeline constants must be 'static: one entry per (narrow, flags) (bias 1, accumulate 2).
     const C: [[&[(&str, f64)]; 4]; 2] = [
         [&[("EPILOGUE", 0.0)], &[("EPILOGUE", 1.0)], &[("EPILOGUE", 2.0)], &[("EPILOGUE", 3.0)]],

@@ -150,7 +150,7 @@ pub fn all_kernels() -> Vec<crate::gpu::KernelSpec> {
         conv::CONV2D_FORWARD,
         conv::CONV2D_BACKWARD_DATA,
         conv::CONV2D_BACKWARD_WEIGHT,
-        conv::CONV2D_BACKWARD_WEIGHT_NARROW,
+        conv::gemm_spec(&conv::CONV2D_BACKWARD_WEIGHT, true, 0),
         conv::DEPTHWISE_CONV2D_FORWARD,
         conv::rows4(3, 1),
         conv::DEPTHWISE_CONV2D_BACKWARD_DATA,

@@ -37,12 +37,18 @@ impl Executor {
         self.max_in_flight = steps.clamp(1, MAX_IN_FLIGHT);
     }
 
-    pub(super) fn check_images(&self, images: &[f32]) -> Result<()> {
+    /// Float batches are refused once the executor takes pixel batches.
+    fn check_float_input(&self) -> Result<()> {
         if self.pixel_input.is_some() {
             return Err(Error::Invalid(
                 "this executor takes u8 pixel batches (set_pixel_input): use the *_pixels calls".into(),
             ));
         }
+        Ok(())
+    }
+
+    pub(super) fn check_images(&self, images: &[f32]) -> Result<()> {
+        self.check_float_input()?;
         let want = self.graph.tensors[self.input.0].numel();
         if images.len() != want {
             return Err(Error::Invalid(format!(
@@ -364,11 +370,7 @@ impl Executor {
     }
 
     pub async fn train_step_resident_async(&mut self, images: &Tensor, labels: &[u32]) -> Result<()> {
-        if self.pixel_input.is_some() {
-            return Err(Error::Invalid(
-                "this executor takes u8 pixel batches (set_pixel_input): use the *_pixels calls".into(),
-            ));
-        }
+        self.check_float_input()?;
         let rows = self.target_rows(labels, None)?;
         self.ensure_train()?;
         self.gpu.copy_on_next_submit(images, &self.train.as_ref().expect("compiled").input)?;
