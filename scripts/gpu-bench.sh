@@ -3,7 +3,7 @@
 # no network, and collect every result in one folder.
 #
 #   scripts/gpu-bench.sh [--bin PATH] [--debs DIR] [--out DIR] [--size PX] [--bs N] [--steps N]
-#                        [--models LIST] [--quick]
+#                        [--models LIST] [--step-timeout S] [--quick]
 #
 #   --bin     the wgtune release binary, built elsewhere (default: target/release/wgtune)
 #   --debs    a folder of Debian packages with the Vulkan loader (libvulkan1, ...), unpacked into a private prefix
@@ -12,7 +12,12 @@
 #   --size, --bs, --steps   training benchmark shape (default: 224, 32, 20)
 #   --models  comma-separated (default: effnet-lite0,resnet18,resnet50,convnext_tiny,vit_small_patch16_224)
 #   --matmul-sizes  comma-separated square sizes (default: 1024,2048,4096)
+#   --step-timeout  seconds any one measurement may run before it is stopped and counted as failed (default 240),
+#             so a slot on a lent GPU always ends with the results measured so far
 #   --quick   a small shape for a software driver: 64 px, batch 8, 2 steps, small matmuls
+#
+# Each wgtune measurement is followed at once by its PyTorch twin (where torch imports), so a run cut short still
+# holds pairs to compare; the first model is measured first in both precisions.
 #
 # Writes info.json, matmul.jsonl (every variant and the autotuner's choice), conv.jsonl, tune.jsonl (the autotuner's
 # choice per problem, with every variant's time), train.jsonl (one line per model, with the profile tables), memory.jsonl,
@@ -24,7 +29,7 @@ bin="$here/target/release/wgtune"
 debs=""
 [ -d "$here/.gl" ] && debs="$here/.gl"
 out="bench-results-$(date -u +%Y%m%dT%H%M%SZ)"
-size=224; bs=32; steps=20; models="effnet-lite0,resnet18,resnet50,convnext_tiny,vit_small_patch16_224"; matmul_sizes="1024,2048,4096"
+size=224; bs=32; steps=20; step_timeout=240; models="effnet-lite0,resnet18,resnet50,convnext_tiny,vit_small_patch16_224"; matmul_sizes="1024,2048,4096"
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin="$2"; shift 2 ;;
@@ -35,8 +40,9 @@ while [ $# -gt 0 ]; do
         --steps) steps="$2"; shift 2 ;;
         --models) models="$2"; shift 2 ;;
         --matmul-sizes) matmul_sizes="$2"; shift 2 ;;
+        --step-timeout) step_timeout="$2"; shift 2 ;;
         --quick) size=64; bs=8; steps=2; matmul_sizes="256,1024"; shift ;;
-        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,26p "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -65,7 +71,7 @@ step() {  # step NAME OUTFILE COMMAND...: run, keep stdout in OUTFILE (appended)
     local name="$1" file="$2"; shift 2
     echo "== $name" >&2
     local t0=$SECONDS
-    if "$@" >>"$out/$file" 2>"$out/logs/$name.log"; then
+    if timeout -k 10 "$step_timeout" "$@" >>"$out/$file" 2>"$out/logs/$name.log"; then
         echo "   ok ($((SECONDS - t0)) s)" >&2
     else
         echo "   FAILED ($((SECONDS - t0)) s): see logs/$name.log" >&2
@@ -79,36 +85,38 @@ step info info.json "$bin" info --json
 # The autotuner's cache lives with the results (its choices are part of them); `bench tune` compiles each model's
 # step first, so the training lines below run tuned and their first step holds no timing of variants.
 export WGTUNE_CACHE_DIR="$out/autotune"
-step matmul matmul.jsonl "$bin" bench matmul --sizes "$matmul_sizes" --kernels tiled,shared32,shared64,shared128,auto --json
-step conv conv.jsonl "$bin" bench conv --matmul-sizes 1024 --json
-IFS=, read -r -a model_list <<<"$models"
-for m in "${model_list[@]}"; do
-    step "tune-$m" tune.jsonl "$bin" bench tune --model "$m" --size "$size" --bs "$bs" --json
-    step "train-$m" train.jsonl "$bin" bench train --model "$m" --size "$size" --bs "$bs" --steps "$steps" --profile --json
-done
-step memory memory.jsonl "$bin" bench memory --model "$models" --size "$size" --bs "$bs" --json
-# Mixed precision (issue 14), where the adapter has shader-f16: the first two models' steps and every model's plan in
-# f16, beside the f32 lines above.
-if "$bin" info --json 2>/dev/null | grep -q SHADER_F16; then
-    for m in "${model_list[@]:0:2}"; do
-        step "train-f16-$m" train-f16.jsonl "$bin" bench train --model "$m" --size "$size" --bs "$bs" --steps "$steps" \
-            --precision f16 --json
-    done
-    step memory-f16 memory-f16.jsonl "$bin" bench memory --model "$models" --size "$size" --bs "$bs" --precision f16 --json
-fi
-
 torch_py="${PYTHON:-python3}"
+ref="$here/tools/torch_reference.py"
 if "$torch_py" -c "import torch" 2>/dev/null; then
     device="$("$torch_py" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")"
-    ref="$here/tools/torch_reference.py"
-    step torch-matmul torch.jsonl "$torch_py" "$ref" matmul --device "$device" --sizes ${matmul_sizes//,/ } --json
-    step torch-conv torch.jsonl "$torch_py" "$ref" conv --device "$device" --json
-    for m in "${model_list[@]}"; do
-        step "torch-train-$m" torch.jsonl "$torch_py" "$ref" bench --device "$device" --model "$m" --size "$size" \
-            --bs "$bs" --steps "$steps" --json
-    done
+    torch_step() { step "$@"; }
 else
     echo "(no torch here: the PyTorch side is skipped)" | tee "$out/torch.skipped" >&2
+    torch_step() { :; }
+fi
+f16=0
+"$bin" info --json 2>/dev/null | grep -q SHADER_F16 && f16=1
+
+step matmul matmul.jsonl "$bin" bench matmul --sizes "$matmul_sizes" --kernels tiled,shared32,shared64,shared128,auto --json
+torch_step torch-matmul torch.jsonl "$torch_py" "$ref" matmul --device "${device:-cpu}" --sizes ${matmul_sizes//,/ } --json
+step conv conv.jsonl "$bin" bench conv --matmul-sizes 1024 --json
+torch_step torch-conv torch.jsonl "$torch_py" "$ref" conv --device "${device:-cpu}" --json
+IFS=, read -r -a model_list <<<"$models"
+for i in "${!model_list[@]}"; do
+    m="${model_list[$i]}"
+    step "tune-$m" tune.jsonl "$bin" bench tune --model "$m" --size "$size" --bs "$bs" --json
+    step "train-$m" train.jsonl "$bin" bench train --model "$m" --size "$size" --bs "$bs" --steps "$steps" --profile --json
+    torch_step "torch-train-$m" torch.jsonl "$torch_py" "$ref" bench --device "${device:-cpu}" --model "$m" \
+        --size "$size" --bs "$bs" --steps "$steps" --json
+    # Mixed precision (issue 14), where the adapter has shader-f16: the first two models' steps in f16 too.
+    if [ "$f16" = 1 ] && [ "$i" -lt 2 ]; then
+        step "train-f16-$m" train-f16.jsonl "$bin" bench train --model "$m" --size "$size" --bs "$bs" --steps "$steps" \
+            --precision f16 --json
+    fi
+done
+step memory memory.jsonl "$bin" bench memory --model "$models" --size "$size" --bs "$bs" --json
+if [ "$f16" = 1 ]; then
+    step memory-f16 memory-f16.jsonl "$bin" bench memory --model "$models" --size "$size" --bs "$bs" --precision f16 --json
 fi
 
 if command -v python3 >/dev/null; then

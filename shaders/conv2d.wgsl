@@ -17,9 +17,10 @@
 // test of a gathered x / dy element is computed once per (kh, kw) and column, not once per channel.
 //
 // flags & 1: add bias (forward). flags & 2: accumulate into the output instead of overwriting.
-// backward_weight may split the batch: workgroup z = g * splits + s sums samples [s * split_len, (s+1) * split_len)
-// into its own (Cout, Cin_g, KH, KW) slice of the output, which then holds (splits, Cout, Cin_g, KH, KW) partial sums
-// that the host reduces; with one split it writes dw directly.
+// backward_weight may split its reduction (split-K): the reduction runs over rows (n, oh), N * OH of them, each of OW
+// columns; workgroup z = g * splits + s sums rows [s * split_len, (s+1) * split_len) into its own (Cout, Cin_g, KH,
+// KW) slice of the output, which then holds (splits, Cout, Cin_g, KH, KW) partial sums that the host reduces in a
+// fixed order (deterministic); with one split it writes dw directly.
 //
 // Storage types: gemm_a is `lhs`, gemm_b `act`, the output `res`: f32 throughout; with f16 activations, the f32
 // master weight as gemm_a and gemm_b and the output f16 (forward and backward_data: weights are never rounded to
@@ -434,7 +435,8 @@ fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
 // dw[co, ci, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, ci, oh * stride_h - pad_top + kh * dilation_h, ...]
 @compute @workgroup_size(WG, 1, 1)
 fn conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let splits = (p.batch + p.split_len - 1u) / p.split_len;
+    let rows = p.batch * p.out_h;
+    let splits = (rows + p.split_len - 1u) / p.split_len;
     let g = wg.z / splits;
     let split = wg.z - g * splits;
     let cin_g = p.in_c / p.groups;
@@ -480,11 +482,15 @@ fn conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
     let x_col1 = (g * cin_g + ci1) * in_hw;
 
     var acc: Block;
-    let n_end = min(p.batch, (split + 1u) * p.split_len);
-    for (var n = split * p.split_len; n < n_end; n++) {
+    // This split's rows (n, oh), walked with n and oh kept incrementally (no division in the loop).
+    let row_begin = split * p.split_len;
+    let row_end = min(rows, row_begin + p.split_len);
+    var n = row_begin / p.out_h;
+    var oh = row_begin - n * p.out_h;
+    for (var row = row_begin; row < row_end; row++) {
         let x_n = n * p.in_c * in_hw;
         let dy_n = n * p.out_c * out_hw;
-        for (var oh = 0u; oh < p.out_h; oh++) {
+        {
             let ih0 = vec4<i32>(i32(oh * p.stride_h)) + dh0;
             let ih1 = vec4<i32>(i32(oh * p.stride_h)) + dh1;
             for (var ow = 0u; ow < p.out_w; ow++) {
@@ -517,6 +523,11 @@ fn conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
         );
                 rank1_update(&acc, av, b0, b1);
             }
+        }
+        oh++;
+        if oh == p.out_h {
+            oh = 0u;
+            n++;
         }
     }
 

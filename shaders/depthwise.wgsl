@@ -19,7 +19,10 @@
 //   depthwise_conv2d_backward_weight  one workgroup per (tap, c): a strided sum over (n, oh, ow) and a tree
 //                                     reduction in workgroup memory. Dispatch (KH*KW, C, 1).
 //   depthwise_conv2d_backward_weight_taps  undilated 3x3, 5x5 and 7x7: one workgroup per channel summing every tap at
-//                                     once (kernel size as pipeline constants KH, KW). Dispatch (C, 1, 1).
+//                                     once (kernel size as pipeline constants KH, KW), over the images
+//                                     [wg.y * split_len, (wg.y + 1) * split_len): with one split (split_len = N) it
+//                                     writes dw; with several, split s writes its partial dw at s * C * KH * KW and
+//                                     the host sums the splits in order. Dispatch (C, splits, 1).
 //   depthwise_conv2d_backward_weight_rows  the same for short sums (N*OH*OW < 1024): one invocation per
 //                                     (c, tap) and a plain loop. Dispatch 256 per workgroup over C*KH*KW on a 2-D
 //                                     grid, index = (wg.y * num_workgroups.x + wg.x) * 256 + local index.
@@ -368,11 +371,13 @@ fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>,
     let c = wg.x;
     let out_hw = p.out_h * p.out_w;
     let start = walk_start(lid);
-    var n = start.n;
+    let n_begin = wg.y * p.split_len;
+    let n_end = min(p.batch, n_begin + p.split_len);
+    var n = n_begin + start.n;
     var oh = start.oh;
     var ow = start.ow;
     var acc: array<f32, 49>;
-    while n < p.batch {
+    while n < n_end {
         let g = f32(src[(n * p.out_c + c) * out_hw + oh * p.out_w + ow]);
         let x_plane = (n * p.in_c + c) * p.in_h * p.in_w;
         let top = i32(oh * p.stride_h) - i32(p.pad_top);
@@ -399,7 +404,7 @@ fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>,
     for (var tap = 0u; tap < KH * KW; tap++) {
         let total = workgroup_sum(lid, acc[tap]);
         if lid == 0u {
-            put(c * KH * KW + tap, total);
+            put((wg.y * p.out_c + c) * KH * KW + tap, total);
         }
     }
 }

@@ -24,6 +24,22 @@
 //                             eval (flags & 2): dx = gamma * invstd * dy (the statistics are constants).
 //                             flags & 1: accumulate into dx. Dispatch as batch_norm_forward.
 //
+// Chunked, Split with each per-channel reduction in two stages, for long channels on big GPUs (one workgroup per
+// channel leaves most of such a GPU idle: 32 channels of 64 x 112 x 112 values are 32 workgroups):
+//   batch_norm_statistics_chunks  workgroup (j, c) takes chunk j of channel c, elements t = n * HW + i in
+//                             [j * L, (j + 1) * L) (L = p.chunk_len): its mean and its sum of squared deviations
+//                             from that mean (two passes over the chunk, the second from cache) into
+//                             partials[(c * chunks + j) * 2 + {0, 1}]. Dispatch (C, chunks, 1).
+//   batch_norm_statistics_combine  per channel, one invocation: the chunks combined in order by Chan et al.'s
+//                             pairwise update (n = na + nb, d = mb - ma, mean = ma + d * nb / n,
+//                             M2 = M2a + M2b + d^2 * na * nb / n): the mean and biased variance, stored with the
+//                             running update as batch_norm_statistics does. Dispatch (ceil(C / 256), 1, 1).
+//   batch_norm_backward_reduce_chunks  the chunk's (sum dy * xhat, sum dy) (dy masked in place) into partials.
+//   batch_norm_backward_combine  per channel, the chunks' sums added in order: dgamma, dbeta.
+// then batch_norm_forward / batch_norm_backward_data as in Split: 3 dispatches each way. Every sum is f32; a
+// chunk's variance is two-pass and the combination exact in real arithmetic, so the error stays that of the
+// per-channel two-pass sums (the tests hold both schedules to one tolerance).
+//
 // Single, a layer's forward and its backward each one dispatch (2 a layer): the workgroup (or, for short channels,
 // the invocation: `_rows`) that sums a channel goes on to write the channel's y or dx, so nothing waits on a
 // barrier between dispatches. The same values, bytes and sums as Split, with C workgroups for the elementwise
@@ -57,7 +73,7 @@ struct NormParams {
     flags: u32,
     eps: f32,
     momentum: f32,
-    _pad0: u32,
+    chunk_len: u32, // Chunked: elements of a channel per chunk
     _pad1: u32,
 }
 
@@ -86,6 +102,7 @@ alias act = f32;
 @group(0) @binding(13) var<storage, read_write> running_var: array<f32>;  // (C)
 @group(0) @binding(14) var<storage, read> residual: array<act>;       // (N, C, HW), forward with flags & 16
 @group(0) @binding(15) var<storage, read_write> residual_grad: array<act>; // (N, C, HW), the _residual backward
+@group(0) @binding(16) var<storage, read_write> partials: array<f32>;  // (C, chunks, 2), Chunked
 
 var<workgroup> partial: array<f32, 256>;
 var<workgroup> partial2: array<f32, 256>;
@@ -447,4 +464,128 @@ fn batch_norm_backward_single_residual_rows(@builtin(global_invocation_id) gid: 
             store_residual_grad(base + i);
         }
     }
+}
+
+// Chunked (see the header): chunk j of a channel is its elements t = n * HW + i in [j * L, min(M, (j + 1) * L)).
+fn chunk_count() -> u32 {
+    return (p.batch * p.hw + p.chunk_len - 1u) / p.chunk_len;
+}
+
+fn chunk_end(j: u32) -> u32 {
+    return min(p.batch * p.hw, (j + 1u) * p.chunk_len);
+}
+
+// The cursor (n, i) of element t of a channel (one division each, outside the loops).
+fn cursor_at(t: u32) -> vec2<u32> {
+    return vec2<u32>(t / p.hw, t % p.hw);
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_statistics_chunks(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // The grid is exactly (C, chunks); the indices are clamped for loading and the store guarded all the same, and
+    // no invocation leaves early: every one reaches every barrier (a return before a barrier, even a
+    // workgroup-uniform one, broke the barriers on NVIDIA's Vulkan driver: sums missed values).
+    let c = min(wg.x, p.channels - 1u);
+    let j = min(wg.y, chunk_count() - 1u);
+    let owns = wg.x < p.channels && wg.y < chunk_count();
+    let begin = j * p.chunk_len;
+    let end = chunk_end(j);
+    var s = 0.0;
+    var cur = cursor_at(begin + lid);
+    for (var t = begin + lid; t < end; t += 256u) {
+        s += xv(cursor_index(c, cur));
+        cur = cursor_next(cur);
+    }
+    partial[lid] = s;
+    partial2[lid] = 0.0;
+    workgroup_sums(lid);
+    let mu = partial[0] / f32(end - begin);
+    workgroupBarrier();
+    var q = 0.0;
+    cur = cursor_at(begin + lid);
+    for (var t = begin + lid; t < end; t += 256u) {
+        let d = xv(cursor_index(c, cur)) - mu;
+        q += d * d;
+        cur = cursor_next(cur);
+    }
+    partial[lid] = q;
+    workgroup_sums(lid);
+    if lid == 0u && owns {
+        let at = (c * chunk_count() + j) * 2u;
+        partials[at] = mu;
+        partials[at + 1u] = partial[0];
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_statistics_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    let chunks = chunk_count();
+    var n = 0.0;
+    var mu = 0.0;
+    var m2 = 0.0;
+    for (var j = 0u; j < chunks; j++) {
+        let at = (c * chunks + j) * 2u;
+        let nb = f32(chunk_end(j) - j * p.chunk_len);
+        let total = n + nb;
+        let d = partials[at] - mu;
+        mu += d * (nb / total);
+        m2 += partials[at + 1u] + d * d * (n * nb / total);
+        n = total;
+    }
+    finish_statistics(c, mu, m2 / n);
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_reduce_chunks(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    // The grid is exactly (C, chunks); the indices are clamped for loading and the store guarded all the same, and
+    // no invocation leaves early: every one reaches every barrier (a return before a barrier, even a
+    // workgroup-uniform one, broke the barriers on NVIDIA's Vulkan driver: sums missed values).
+    let c = min(wg.x, p.channels - 1u);
+    let j = min(wg.y, chunk_count() - 1u);
+    let owns = wg.x < p.channels && wg.y < chunk_count();
+    let mu = mean[c];
+    let invstd = inverseSqrt(variance[c] + p.eps);
+    let begin = j * p.chunk_len;
+    let end = chunk_end(j);
+    var sg = 0.0;
+    var sb = 0.0;
+    var cur = cursor_at(begin + lid);
+    for (var t = begin + lid; t < end; t += 256u) {
+        let k = cursor_index(c, cur);
+        let g = dy_masked(k, c, invstd);
+        sb += g;
+        sg += g * (xv(k) - mu) * invstd;
+        cur = cursor_next(cur);
+    }
+    partial[lid] = sg;
+    partial2[lid] = sb;
+    workgroup_sums(lid);
+    if lid == 0u && owns {
+        let at = (c * chunk_count() + j) * 2u;
+        partials[at] = partial[0];
+        partials[at + 1u] = partial2[0];
+    }
+}
+
+@compute @workgroup_size(256)
+fn batch_norm_backward_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.channels {
+        return;
+    }
+    let chunks = chunk_count();
+    var sg = 0.0;
+    var sb = 0.0;
+    for (var j = 0u; j < chunks; j++) {
+        let at = (c * chunks + j) * 2u;
+        sg += partials[at];
+        sb += partials[at + 1u];
+    }
+    stat_a[c] = sg;
+    stat_b[c] = sb;
 }

@@ -310,6 +310,83 @@ fn gradient_check(g: Graph, classes: u32) {
     }
 }
 
+/// The chunked batch-norm schedule (a big GPU's default for long channels; this software adapter runs the single
+/// one) inside whole graphs: every batch norm chunked (chunks of 5 values, so channels of 4-D maps span many chunks
+/// and the head's (N, C) features one), its scratch planned by the executor, gives the default schedule's loss,
+/// gradients and running statistics to f32 rounding.
+#[test]
+fn chunked_batch_norm_in_a_whole_graph_matches_the_default_schedule() {
+    use wgtune::graph::Op;
+    use wgtune::ops::norm::NormSchedule;
+    let gpu = gpu();
+    for (g, classes) in [(residual_cnn(2, 6, 3), 3), (fastai_head_cnn(3, 7, 4), 4)] {
+        let mut chunked = g.clone();
+        let mut layers = 0;
+        for node in &mut chunked.nodes {
+            if let Op::BatchNorm { cfg, .. } = &mut node.op {
+                cfg.schedule = NormSchedule::Chunked { len: 5 };
+                layers += 1;
+            }
+        }
+        assert!(layers >= 2, "the graph has batch norms");
+        let (images, labels) = batch(&g, 13, classes);
+        let run = |g: Graph| {
+            let mut ex = Executor::new(gpu.clone(), g.clone(), ExecutorConfig::default()).unwrap();
+            let m = ex.compute_gradients(&images, &labels).unwrap();
+            let mut out = vec![("loss".to_string(), vec![m.loss])];
+            for t in g.tensors.iter().filter(|t| matches!(t.kind, TensorKind::Param { .. })) {
+                out.push((format!("{}.grad", t.name), ex.read_grad(&t.name).unwrap()));
+            }
+            for t in g.tensors.iter().filter(|t| t.kind == TensorKind::State) {
+                out.push((t.name.clone(), ex.read_value(&t.name).unwrap()));
+            }
+            out
+        };
+        let (want_all, got_all) = (run(g), run(chunked));
+        let largest_of = |v: &[f32]| v.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let model_largest = want_all.iter().map(|(_, v)| largest_of(v)).fold(0.0, f32::max);
+        for ((name, want), (_, got)) in want_all.into_iter().zip(got_all) {
+            // As in the gradient checks, a gradient that is zero in exact arithmetic (a bias before a batch norm)
+            // is held to a hundredth of the model's largest value instead of its own rounding noise.
+            let largest = largest_of(&want).max(1e-2 * model_largest);
+            for (i, (w, c)) in want.iter().zip(&got).enumerate() {
+                assert!((w - c).abs() <= 1e-4 * largest, "{name}[{i}]: default schedule {w}, chunked {c}");
+            }
+        }
+    }
+}
+
+/// Linear layers over a batch of 512 rows: on a GPU adapter their weight gradients take the split-K product (8
+/// parts; see `ops::matmul::split_k`, planned scratch included), here the plain one; either way every gradient
+/// matches the f64 chain rule to f32 rounding (sums of 512 terms: 1e-5 of the largest gradient).
+#[test]
+fn long_linear_weight_gradients_match_the_chain_rule() {
+    let gpu = gpu();
+    let mut g = Graph::new();
+    let x = g.input("image", &[512, 4, 2, 2]);
+    let labels = g.labels("label", 512);
+    let h = g.global_avg_pool("pool", x).unwrap();
+    let h = g.linear("fc1", h, 16, true).unwrap();
+    let h = g.relu("relu", h).unwrap();
+    let logits = g.linear("fc2", h, 3, true).unwrap();
+    g.cross_entropy("loss", logits, labels, 0.0).unwrap();
+    let (images, labels) = batch(&g, 17, 3);
+    let mut ex = Executor::new(gpu, g.clone(), ExecutorConfig::default()).unwrap();
+    ex.compute_gradients(&images, &labels).unwrap();
+    let values: HashMap<TensorId, Vec<f64>> =
+        g.params().into_iter().map(|p| (p, widen(&ex.read_value(&g.tensors[p.0].name).unwrap()))).collect();
+    let forward = cpu::forward(&g, &values, &widen(&images), &labels, true, 1);
+    let exact = cpu::backward(&g, &forward, &labels, true, 1);
+    let largest = g.params().iter().flat_map(|p| exact[p].iter()).fold(0.0f64, |m, v| m.max(v.abs()));
+    for p in g.params() {
+        let name = &g.tensors[p.0].name;
+        let got = ex.read_grad(name).unwrap();
+        for (i, (g_i, e)) in got.iter().zip(&exact[&p]).enumerate() {
+            assert!((*g_i as f64 - e).abs() <= 1e-5 * largest, "{name}[{i}]: GPU {g_i}, f64 chain rule {e}");
+        }
+    }
+}
+
 #[test]
 fn residual_cnn_gradients_match_finite_differences() {
     let (g, classes) = gradient_checked().swap_remove(0);

@@ -175,7 +175,7 @@ fn uniform_structs_match_their_rust_twins() {
         twin! { "concat", "ConcatParams", concat::ConcatParams {
             batch, channels, hw, flags, src_c_total, src_c_offset, dst_c_total, dst_c_offset
         } },
-        twin! { "norm", "NormParams", norm::NormParams { batch, channels, hw, flags, eps, momentum, _pad } },
+        twin! { "norm", "NormParams", norm::NormParams { batch, channels, hw, flags, eps, momentum, chunk_len, _pad } },
         twin! { "dropout", "DropoutParams", dropout::DropoutParams { len, seed, step, threshold, scale, flags, per, _pad } },
         twin! { "layer_norm", "LayerNormParams", layer_norm::LayerNormParams { outer, channels, inner, flags, eps, _pad } },
         twin! { "permute", "PermuteParams", permute::PermuteParams { len, rank, flags, _pad, dims, strides } },

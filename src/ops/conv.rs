@@ -610,31 +610,85 @@ pub(crate) fn gemm_spec(base: &KernelSpec, narrow: bool, flags: u32) -> KernelSp
     base.with_constants(C[narrow as usize][(flags & 3) as usize])
 }
 
-/// How many batch splits backward_weight uses: enough workgroups to fill the adapter (a few per core on a
-/// software adapter, hundreds on a GPU), never more than the batch, and partial sums within `max_scratch` bytes.
+/// How many splits backward_weight cuts its reduction into (split-K over the rows (n, oh) of dy, N * OH of them):
+/// enough workgroups to fill the adapter (a few per core on a software adapter; on a GPU about 2^17 invocations, a
+/// couple of waves of a big one), never fewer than [`MIN_SPLIT_STEPS`] reduction steps per split, and partial sums
+/// within `max_scratch` bytes.
 pub fn backward_weight_splits(gpu: &Gpu, s: &ConvShape) -> usize {
+    if s.is_depthwise() {
+        return depthwise_weight_splits(gpu, s);
+    }
     let cin_g = s.in_c / s.cfg.groups;
     let ncols = cin_g * s.kernel_h * s.kernel_w;
-    let (_, tile) = backward_weight_kernel(ncols);
-    let base = ncols.div_ceil(tile as usize) * (s.out_c / s.cfg.groups).div_ceil(16) * s.cfg.groups;
-    let want: usize = if gpu.summary().is_software { 8 } else { 512 };
+    let (narrow, tile) = backward_weight_kernel(ncols);
+    let workgroups = ncols.div_ceil(tile as usize) * (s.out_c / s.cfg.groups).div_ceil(16) * s.cfg.groups;
+    let want = if gpu.summary().is_software {
+        8usize.div_ceil(workgroups)
+    } else {
+        let invocations = workgroups * if narrow { 8 } else { 64 };
+        (1usize << 17).div_ceil(invocations)
+    };
+    let rows = s.batch * s.out_h;
+    let by_work = (rows * s.out_w / MIN_SPLIT_STEPS).max(1);
     let max_scratch: usize = 64 << 20;
-    let per_split = s.out_c * cin_g * s.kernel_h * s.kernel_w * crate::gpu::DType::F32.size() as usize;
-    want.div_ceil(base).clamp(1, s.batch).min((max_scratch / per_split).max(1))
+    let per_split = s.out_c * ncols * crate::gpu::DType::F32.size() as usize;
+    want.clamp(1, rows).min(by_work).min((max_scratch / per_split).max(1))
+}
+
+/// The fewest reduction steps (dy elements per output channel) one split of backward_weight sums: below this its
+/// partial sums' writes and their reduction would cost more than the split saves.
+pub const MIN_SPLIT_STEPS: usize = 64;
+
+/// A depthwise weight gradient's splits over the batch (its tap-summing kernel, [`depthwise_weight_taps`], sums a
+/// channel per workgroup: EfficientNet's 32 channels of 64 x 112 x 112 positions are 32 workgroups): on a GPU
+/// enough that about 1024 workgroups run, never more than the batch; on a software adapter, or for the other
+/// depthwise kernels, 1.
+pub fn depthwise_weight_splits(gpu: &Gpu, s: &ConvShape) -> usize {
+    if gpu.summary().is_software || depthwise_weight_taps(s).is_none() {
+        return 1;
+    }
+    1024usize.div_ceil(s.out_c).clamp(1, s.batch)
+}
+
+/// The kernel that sums every tap of a channel at once (undilated 3x3, 5x5, 7x7 over sums of at least
+/// [`crate::ops::reduce::ROWS_BELOW`] positions), where it applies.
+fn depthwise_weight_taps(s: &ConvShape) -> Option<&'static KernelSpec> {
+    if !s.is_depthwise() || s.batch * s.out_h * s.out_w < crate::ops::reduce::ROWS_BELOW {
+        return None;
+    }
+    match (s.kernel_h, s.kernel_w, s.cfg.dilation) {
+        (3, 3, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3),
+        (5, 5, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5),
+        (7, 7, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7),
+        _ => None,
+    }
 }
 
 /// The scratch tensor [`conv2d_backward_weight`] needs on this adapter (shape, f32): the per-split partial
 /// weight gradients when the batch is split for parallelism; `None` when it needs none. The caller places it
 /// (the executor's memory plan does), so every byte a step uses is planned.
 pub fn conv2d_backward_weight_scratch(gpu: &Gpu, s: &ConvShape) -> Option<Vec<usize>> {
-    if s.is_depthwise() {
-        return None;
-    }
-    WeightSplit::of(gpu, s).scratch_shape(s)
+    conv2d_backward_weight_scratch_split(s, backward_weight_splits(gpu, s))
 }
 
-/// How the dense backward_weight splits the batch on this adapter: `splits` groups of `split_len` images, each
-/// summing into its own partial dw of `ncols` columns per output channel.
+/// The scratch tensor [`conv2d_backward_weight_split`] needs for `splits` splits (`None`: none).
+pub fn conv2d_backward_weight_scratch_split(s: &ConvShape, splits: usize) -> Option<Vec<usize>> {
+    if s.is_depthwise() {
+        depthwise_weight_taps(s)?;
+        let (splits, _) = batch_split(s.batch, splits);
+        return (splits > 1).then(|| vec![splits, s.out_c * s.kernel_h * s.kernel_w]);
+    }
+    WeightSplit::new(s, splits).scratch_shape(s)
+}
+
+/// At most `splits` groups of whole images (count, images per group).
+fn batch_split(batch: usize, splits: usize) -> (usize, usize) {
+    let len = batch.div_ceil(splits.clamp(1, batch.max(1)));
+    (batch.div_ceil(len), len)
+}
+
+/// How the dense backward_weight splits its reduction on this adapter: `splits` groups of `split_len` rows (n, oh)
+/// of dy, each summing into its own partial dw of `ncols` columns per output channel.
 struct WeightSplit {
     splits: usize,
     split_len: usize,
@@ -642,10 +696,12 @@ struct WeightSplit {
 }
 
 impl WeightSplit {
-    fn of(gpu: &Gpu, s: &ConvShape) -> WeightSplit {
-        let split_len = s.batch.div_ceil(backward_weight_splits(gpu, s));
+    /// At most `splits` splits of equal length (fewer where the rows do not divide evenly enough).
+    fn new(s: &ConvShape, splits: usize) -> WeightSplit {
+        let rows = s.batch * s.out_h;
+        let split_len = rows.div_ceil(splits.clamp(1, rows));
         let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
-        WeightSplit { splits: s.batch.div_ceil(split_len), split_len, ncols }
+        WeightSplit { splits: rows.div_ceil(split_len), split_len, ncols }
     }
 
     /// The partial sums' shape, when there is more than one split.
@@ -656,9 +712,30 @@ impl WeightSplit {
 
 /// dw = the gradient of conv2d with respect to its weight, from dy and the forward input x. `scratch` has the
 /// shape [`conv2d_backward_weight_scratch`] asks for (or is `None` when it asks for none).
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
     s: &ConvShape,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    scratch: Option<&Tensor>,
+    accumulate: bool,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
+    let splits = backward_weight_splits(gpu, s);
+    conv2d_backward_weight_split(gpu, s, splits, dy, x, dw, scratch, accumulate, label)
+}
+
+/// [`conv2d_backward_weight`] with the dense kernel's reduction cut into at most `splits` splits (split-K; see
+/// [`backward_weight_splits`] for the adapter's choice) and `scratch` shaped as
+/// [`conv2d_backward_weight_scratch_split`] asks; a depthwise one's tap-summing kernel splits over whole images
+/// ([`depthwise_weight_splits`]), its other kernels ignore `splits`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_weight_split(
+    gpu: &Gpu,
+    s: &ConvShape,
+    splits: usize,
     dy: &Tensor,
     x: &Tensor,
     dw: &Tensor,
@@ -673,23 +750,40 @@ pub fn conv2d_backward_weight(
             s.check(dy, s.y_shape(), "output gradient")?;
             s.check(x, s.x_shape(), "input")?;
             s.check(dw, s.w_shape(), "weight gradient")?;
+            if let Some(spec) = depthwise_weight_taps(s) {
+                // Split over the batch where asked: partial sums, then one fixed-order sum over the splits.
+                let want = conv2d_backward_weight_scratch_split(s, splits);
+                if want.as_deref() != scratch.map(|t| t.shape()) {
+                    return Err(Error::shape(
+                        format!("conv2d_backward_weight '{label}'"),
+                        format!("scratch {:?} given, {want:?} needed", scratch.map(|t| t.shape())),
+                    ));
+                }
+                let (splits, split_len) = batch_split(s.batch, splits);
+                let Some(partial) = scratch else {
+                    let p = s.params(flags(false, accumulate), split_len)?;
+                    let (params, grid) = (bytemuck::bytes_of(&p), [p.out_c, 1, 1]);
+                    return Ok(vec![super::dispatch_to(gpu, spec, &[dy, x], dw, params, &[dy, x, dw], grid, label)?]);
+                };
+                let p = s.params(0, split_len)?;
+                let (params, grid) = (bytemuck::bytes_of(&p), [p.out_c, splits as u32, 1]);
+                let taps = super::dispatch_to(gpu, spec, &[dy, x], partial, params, &[dy, x, partial], grid, label)?;
+                let sums = (splits, s.out_c * s.kernel_h * s.kernel_w, 1);
+                let sum = sum_reduce(gpu, partial, dw, sums, accumulate, &format!("{label} split sum"))?;
+                return Ok(vec![taps, sum]);
+            }
             if s.is_depthwise() {
+                if scratch.is_some() {
+                    return Err(Error::shape(
+                        format!("conv2d_backward_weight '{label}'"),
+                        "this depthwise weight gradient takes no scratch tensor".to_string(),
+                    ));
+                }
                 let p = s.params(flags(false, accumulate), s.batch)?;
                 if s.batch * s.out_h * s.out_w < crate::ops::reduce::ROWS_BELOW {
                     let taps = (p.out_c * p.kernel_h * p.kernel_w) as usize;
                     let grid = super::flat_grid(gpu, taps);
                     let spec = &DEPTHWISE_CONV2D_BACKWARD_WEIGHT_ROWS;
-                    let params = bytemuck::bytes_of(&p);
-                    return Ok(vec![super::dispatch_to(gpu, spec, &[dy, x], dw, params, &[dy, x, dw], grid, label)?]);
-                }
-                let taps_spec = match (s.kernel_h, s.kernel_w, s.cfg.dilation) {
-                    (3, 3, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_3X3),
-                    (5, 5, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_5X5),
-                    (7, 7, (1, 1)) => Some(&DEPTHWISE_CONV2D_BACKWARD_WEIGHT_7X7),
-                    _ => None,
-                };
-                if let Some(spec) = taps_spec {
-                    let grid = [p.out_c, 1, 1];
                     let params = bytemuck::bytes_of(&p);
                     return Ok(vec![super::dispatch_to(gpu, spec, &[dy, x], dw, params, &[dy, x, dw], grid, label)?]);
                 }
@@ -705,7 +799,7 @@ pub fn conv2d_backward_weight(
                     label,
                 )?]);
             }
-            let split = WeightSplit::of(gpu, s);
+            let split = WeightSplit::new(s, splits);
             let WeightSplit { splits, split_len, ncols } = split;
             let (narrow, tile) = backward_weight_kernel(ncols);
             let want = split.scratch_shape(s);

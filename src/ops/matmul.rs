@@ -286,6 +286,101 @@ fn launch(
         .with_flops(flops))
 }
 
+/// Split-K for products with few outputs and a long reduction (a linear layer's weight gradient dW = dYᵀ·X sums
+/// over every token of the batch: ViT-S's 384 x 1536 outputs over 6,304 tokens fill a few hundred workgroups of a
+/// GPU that runs tens of thousands): the reduction is cut into `splits` equal parts computed as one batched product
+/// into a scratch tensor of partial sums (splits, M, N), f32, which one fixed-order sum then reduces into C
+/// (deterministic). Each part is the product of K/splits rows of op(A) and op(B), which the batch strides address
+/// in place: no copies and no kernel of its own.
+///
+/// How many splits a problem gets on this adapter: 1 (no split) on a software adapter, for a batched product or one
+/// with a bias; else enough that the parts hold about 2^23 outputs together, the split count a divisor of K (parts
+/// of equal length, each at least [`MIN_SPLIT_K`] long) and the partial sums within 64 MiB.
+pub fn split_k(gpu: &Gpu, m: usize, n: usize, k: usize, batch: usize, bias: bool) -> usize {
+    if gpu.is_software() || batch != 1 || bias {
+        return 1;
+    }
+    split_k_count(m, n, k)
+}
+
+/// [`split_k`]'s count for an unbatched M x N x K product on a GPU.
+pub fn split_k_count(m: usize, n: usize, k: usize) -> usize {
+    let want = (1usize << 23).div_ceil(m * n).min(((64usize << 20) / (4 * m * n)).max(1));
+    if want <= 1 {
+        return 1;
+    }
+    let mut divisors = (1..=k / MIN_SPLIT_K).filter(|d| k.is_multiple_of(*d));
+    // The divisor nearest the wish from above (within 2x), else the largest below it.
+    divisors.clone().find(|&d| d >= want && d <= 2 * want).or_else(|| divisors.rfind(|&d| d <= want)).unwrap_or(1)
+}
+
+/// The fewest reduction steps one part of a split-K product sums.
+pub const MIN_SPLIT_K: usize = 64;
+
+/// The scratch tensor [`matmul_split_k`] needs for an M x N x K product on this adapter (see [`split_k`]):
+/// (splits, M, N) f32, or `None` when it does not split.
+pub fn split_k_scratch(gpu: &Gpu, m: usize, n: usize, k: usize) -> Option<Vec<usize>> {
+    let splits = split_k(gpu, m, n, k, 1, false);
+    (splits > 1).then(|| vec![splits, m, n])
+}
+
+/// `c = op(a)·op(b) (+ c)` (no bias, no batch) with the reduction split as `partials` says: `None` is a plain
+/// [`matmul`]; a (splits, M, N) f32 tensor (shaped as [`split_k_scratch`] asks, or for any divisor of K) takes the
+/// product in parts and sums them into C.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_split_k(
+    gpu: &Gpu,
+    kernel: MatmulKernel,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    opts: MatmulOptions,
+    partials: Option<&Tensor>,
+    label: &str,
+) -> Result<Vec<Dispatch>> {
+    let Some(partials) = partials else {
+        return Ok(vec![matmul(gpu, kernel, a, b, None, c, opts, label)?]);
+    };
+    let p = matmul_params(a, b, None, c, opts)?;
+    let splits = partials.shape().first().copied().unwrap_or(0);
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    if p.batch != 1 || splits == 0 || k % splits != 0 || partials.shape() != [splits, m, n] {
+        return Err(Error::shape(
+            format!("matmul split-K '{label}'"),
+            format!(
+                "partial sums {:?} must be (splits, {m}, {n}) with splits dividing K = {k}, for an unbatched product \
+                 (batch {})",
+                partials.shape(),
+                p.batch
+            ),
+        ));
+    }
+    if partials.dtype() != crate::gpu::DType::F32 {
+        return Err(Error::Invalid(format!("matmul split-K '{label}': '{}' must be f32", partials.label())));
+    }
+    // Part s reads rows [s * len, (s + 1) * len) of op(A)'s columns and op(B)'s rows: batch strides of len steps.
+    let len = (k / splits) as u32;
+    let parts = MatmulParams {
+        k: len,
+        batch: dim(splits, "splits")?,
+        a_batch: len * p.a_col,
+        b_batch: len * p.b_row,
+        flags: 0,
+        ..p
+    };
+    let kernel = resolve_params(gpu, kernel, &parts, (a, b, partials), label)?;
+    let product = launch(gpu, kernel, &parts, (a, b, partials), None, label)?;
+    let sum = super::reduce::sum_reduce(
+        gpu,
+        partials,
+        c,
+        (splits, m * n, 1),
+        opts.accumulate,
+        &format!("{label} split sum"),
+    )?;
+    Ok(vec![product, sum])
+}
+
 /// The kernel a device runs for a problem when nothing was measured: the register-blocked one on a CPU (the
 /// software driver keeps indexed arrays in memory, which the workgroup-memory kernels need in registers), and on a
 /// GPU the largest workgroup-memory tile that still gives every dimension a full tile.
@@ -359,6 +454,25 @@ mod tests {
             assert!(bk * (wy * tm + 1) <= 1040 && bk * wx * tn / 4 <= 256, "{k:?}: tiles exceed the arrays");
             assert!(wx * wy <= 256, "{k:?}: {} invocations, WebGPU's default limit is 256", wx * wy);
             assert_eq!(k.tile(), (wy * tm, wx * tn), "{k:?}");
+        }
+    }
+
+    /// Split-K's counts: ViT-S's weight gradients over 6,304 tokens (2^5 x 197) get the divisor at or just above
+    /// 2^23 outputs in all; products with many outputs, a short K or a prime K stay whole; the partial sums stay
+    /// within 64 MiB.
+    #[test]
+    fn split_k_counts() {
+        use super::split_k_count;
+        assert_eq!(split_k_count(384, 1536, 6304), 16); // wants 15
+        assert_eq!(split_k_count(1152, 384, 6304), 32); // wants 19
+        assert_eq!(split_k_count(384, 384, 6304), 32); // wants 57: no divisor in 57..=114
+        assert_eq!(split_k_count(4096, 4096, 4096), 1);
+        assert_eq!(split_k_count(512, 2560, 32), 1);
+        assert_eq!(split_k_count(100, 100, 7919), 1); // prime
+        assert_eq!(split_k_count(10, 10, 1 << 20), 16384); // parts of 64, the shortest
+        for (m, n, k) in [(384, 1536, 6304), (10, 10, 1 << 20), (3, 5, 64 * 1024)] {
+            let s = split_k_count(m, n, k);
+            assert!(k % s == 0 && k / s >= super::MIN_SPLIT_K && s * m * n * 4 <= 64 << 20, "{m}x{n}x{k}: {s}");
         }
     }
 }

@@ -15,7 +15,9 @@ pub struct NormParams {
     pub flags: u32,
     pub eps: f32,
     pub momentum: f32,
-    pub _pad: [u32; 2],
+    /// [`NormSchedule::Chunked`]: elements of a channel per chunk.
+    pub chunk_len: u32,
+    pub _pad: u32,
 }
 
 pub const FLAG_ACCUMULATE: u32 = 1;
@@ -47,6 +49,18 @@ pub const BATCH_NORM_BACKWARD_DATA: KernelSpec = KernelSpec::new(
     "norm",
     &[(1, R), (2, W), (3, R), (4, R), (5, R), (7, R), (8, R), (9, W)],
 );
+
+pub const BATCH_NORM_STATISTICS_CHUNKS: KernelSpec =
+    KernelSpec::new("batch_norm_statistics_chunks", "norm", &[(1, R), (16, W)]);
+pub const BATCH_NORM_STATISTICS_COMBINE: KernelSpec =
+    KernelSpec::new("batch_norm_statistics_combine", "norm", &[(10, W), (11, W), (12, W), (13, W), (16, W)]);
+pub const BATCH_NORM_BACKWARD_REDUCE_CHUNKS: KernelSpec = KernelSpec::new(
+    "batch_norm_backward_reduce_chunks",
+    "norm",
+    &[(1, R), (2, W), (3, R), (4, R), (5, R), (6, R), (16, W)],
+);
+pub const BATCH_NORM_BACKWARD_COMBINE: KernelSpec =
+    KernelSpec::new("batch_norm_backward_combine", "norm", &[(10, W), (11, W), (16, W)]);
 
 pub const BATCH_NORM_FORWARD_SINGLE: KernelSpec = KernelSpec::new(
     "batch_norm_forward_single",
@@ -80,17 +94,25 @@ pub const SINGLE_RESIDUAL_STORAGE_BUFFERS: u32 = 10;
 /// leave most of a big GPU idle in the elementwise part, which the split schedule spreads over the whole tensor.
 pub const SINGLE_UP_TO: usize = 16384;
 
-/// How a training batch norm is scheduled (see shaders/norm.wgsl): the same values either way.
+/// Elements of a channel per chunk of [`NormSchedule::Auto`]'s chunked schedule: 16 per invocation of a chunk's
+/// workgroup (64 x 112 x 112 values of a channel are 196 chunks).
+pub const CHUNK_LEN: usize = 4096;
+
+/// How a training batch norm is scheduled (see shaders/norm.wgsl): the same values every way, to rounding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NormSchedule {
     /// [`NormSchedule::Single`] where the device binds 9 storage buffers and either it is a CPU (its few threads
-    /// are busy with any grid) or each channel holds at most [`SINGLE_UP_TO`] elements; else split.
+    /// are busy with any grid) or each channel holds at most [`SINGLE_UP_TO`] elements; else chunked (chunks of
+    /// [`CHUNK_LEN`]) on a GPU, split on a CPU.
     #[default]
     Auto,
     /// Forward and backward one dispatch each: a channel's workgroup sums it and then writes its y or dx.
     Single,
     /// Statistics / sums by channel, then the elementwise pass over the whole tensor: 2 dispatches each.
     Split,
+    /// As split, with each channel's sums in two stages: a workgroup per chunk of `len` elements of a channel, then
+    /// the chunks combined per channel (3 dispatches each way, and a (C, chunks, 2) scratch tensor).
+    Chunked { len: usize },
 }
 
 impl NormSchedule {
@@ -108,10 +130,29 @@ impl NormSchedule {
                     gpu.limits().max_storage_buffers_per_shader_stage
                 )))
             }
+            NormSchedule::Chunked { len: 0 } => {
+                return Err(Error::Invalid(format!("'{label}': a chunked batch norm needs chunks of at least 1")))
+            }
+            NormSchedule::Chunked { len } => NormSchedule::Chunked { len: chunk_len(len, per_channel) },
             NormSchedule::Auto if can && (gpu.is_software() || per_channel <= SINGLE_UP_TO) => NormSchedule::Single,
-            NormSchedule::Auto => NormSchedule::Split,
+            NormSchedule::Auto if gpu.is_software() => NormSchedule::Split,
+            NormSchedule::Auto => NormSchedule::Chunked { len: chunk_len(CHUNK_LEN, per_channel) },
         })
     }
+
+    /// The scratch tensor a layer of this schedule needs, for `channels` channels of `per_channel` elements: the
+    /// chunked schedule's per-chunk partial sums (C, chunks, 2), f32; `None` for the others.
+    pub fn scratch(self, gpu: &Gpu, channels: usize, per_channel: usize) -> Result<Option<Vec<usize>>> {
+        Ok(match self.resolve(gpu, per_channel, "batch norm")? {
+            NormSchedule::Chunked { len } => Some(vec![channels, per_channel.div_ceil(len), 2]),
+            _ => None,
+        })
+    }
+}
+
+/// A chunk length of at least `len` that keeps the chunks within a grid dimension (65,535).
+fn chunk_len(len: usize, per_channel: usize) -> usize {
+    len.max(per_channel.div_ceil(65535)).min(per_channel.max(1))
 }
 
 /// An activation applied to batch norm's output in the same pass (timm's BatchNormAct2d): the normalized value
@@ -174,12 +215,30 @@ impl Default for BatchNormConfig {
     }
 }
 
-/// The per-channel tensors of a batch-norm layer.
+/// The per-channel tensors of a batch-norm layer, and the chunked schedule's scratch (shaped as
+/// [`NormSchedule::scratch`] says; `None` for the other schedules).
 pub struct BatchNormState<'a> {
     pub gamma: &'a Tensor,
     pub beta: &'a Tensor,
     pub running_mean: &'a Tensor,
     pub running_var: &'a Tensor,
+    pub partials: Option<&'a Tensor>,
+}
+
+/// The chunked schedule's grid and scratch for a layer: `partials` checked to be (C, chunks, 2) f32.
+fn chunked<'a>(p: &mut NormParams, len: usize, partials: Option<&'a Tensor>, label: &str) -> Result<(&'a Tensor, u32)> {
+    let chunks = ((p.batch * p.hw) as usize).div_ceil(len);
+    let want = [p.channels as usize, chunks, 2];
+    match partials {
+        Some(t) if t.shape() == want && t.dtype() == crate::gpu::DType::F32 => {
+            p.chunk_len = dim(len, "chunk length")?;
+            Ok((t, dim(chunks, "chunks")?))
+        }
+        t => Err(Error::shape(
+            format!("batch norm '{label}'"),
+            format!("the chunked schedule needs an f32 scratch tensor {want:?}; given {:?}", t.map(|t| t.shape())),
+        )),
+    }
 }
 
 /// A per-channel reduction: a workgroup per channel for long channels, an invocation per channel for short ones.
@@ -218,7 +277,8 @@ fn params(x: &Tensor, per_channel: &[&Tensor], cfg: BatchNormConfig, flags: u32)
         flags: flags | cfg.act.flag(),
         eps: cfg.eps,
         momentum: cfg.momentum,
-        _pad: [0; 2],
+        chunk_len: 0,
+        _pad: 0,
     })
 }
 
@@ -244,28 +304,49 @@ pub fn batch_norm_forward(
     }
     residual_without_act(cfg, residual.is_some(), label)?;
     let all = [state.gamma, state.beta, state.running_mean, state.running_var];
-    let p = params(x, &all, cfg, if residual.is_some() { FLAG_RESIDUAL } else { 0 })?;
+    let mut p = params(x, &all, cfg, if residual.is_some() { FLAG_RESIDUAL } else { 0 })?;
     let (mean, var) = save.unwrap_or((state.running_mean, state.running_var));
     // Without a residual the kernels' residual binding reads x (and nothing of it).
     let r = residual.unwrap_or(x);
     let mut steps = Vec::new();
     if save.is_some() {
         geometry(x, &[mean, var])?;
-        if cfg.schedule.resolve(gpu, (p.batch * p.hw) as usize, label)? == NormSchedule::Single {
+        let schedule = cfg.schedule.resolve(gpu, (p.batch * p.hw) as usize, label)?;
+        if schedule == NormSchedule::Single {
             let (spec, grid) = per_channel(&p, &BATCH_NORM_FORWARD_SINGLE, &BATCH_NORM_FORWARD_SINGLE_ROWS);
             let tensors = [x, state.gamma, state.beta, y, mean, var, state.running_mean, state.running_var, r];
             return Ok(vec![super::dispatch_at(gpu, spec, &[x, r, y], bytemuck::bytes_of(&p), &tensors, grid, label)?]);
         }
+        if let NormSchedule::Chunked { len } = schedule {
+            let (partials, chunks) = chunked(&mut p, len, state.partials, label)?;
+            let stats = format!("{label} statistics");
+            let params = bytemuck::bytes_of(&p);
+            let grid = [p.channels, chunks, 1];
+            steps.push(super::dispatch_at(
+                gpu,
+                &BATCH_NORM_STATISTICS_CHUNKS,
+                &[x],
+                params,
+                &[x, partials],
+                grid,
+                &stats,
+            )?);
+            let tensors = [mean, var, state.running_mean, state.running_var, partials];
+            let grid = [p.channels.div_ceil(256), 1, 1];
+            steps.push(super::dispatch_at(gpu, &BATCH_NORM_STATISTICS_COMBINE, &[x], params, &tensors, grid, &stats)?);
+        }
         let (spec, grid) = per_channel(&p, &BATCH_NORM_STATISTICS, &BATCH_NORM_STATISTICS_ROWS);
-        steps.push(super::dispatch_at(
-            gpu,
-            spec,
-            &[x],
-            bytemuck::bytes_of(&p),
-            &[x, mean, var, state.running_mean, state.running_var],
-            grid,
-            &format!("{label} statistics"),
-        )?);
+        if let NormSchedule::Split = schedule {
+            steps.push(super::dispatch_at(
+                gpu,
+                spec,
+                &[x],
+                bytemuck::bytes_of(&p),
+                &[x, mean, var, state.running_mean, state.running_var],
+                grid,
+                &format!("{label} statistics"),
+            )?);
+        }
     }
     steps.push(super::dispatch_at(
         gpu,
@@ -298,6 +379,8 @@ pub struct BatchNormGrads<'a> {
     pub dx: &'a Tensor,
     pub accumulate_dx: bool,
     pub residual: Option<(&'a Tensor, bool)>,
+    /// The chunked schedule's scratch (see [`BatchNormState::partials`]).
+    pub partials: Option<&'a Tensor>,
 }
 
 /// Backward: dgamma, dbeta and dx. `stats` = (mean, var) used in forward: the saved batch statistics in training,
@@ -318,7 +401,7 @@ pub fn batch_norm_backward(
     cfg: BatchNormConfig,
     label: &str,
 ) -> Result<Vec<Dispatch>> {
-    let BatchNormGrads { dgamma, dbeta, dx, accumulate_dx, residual } = *grads;
+    let BatchNormGrads { dgamma, dbeta, dx, accumulate_dx, residual, partials } = *grads;
     let shapes_match = [dy, dx].iter().chain(residual.as_ref().map(|(r, _)| r)).all(|t| t.shape() == x.shape());
     if !shapes_match {
         return Err(Error::shape(
@@ -335,8 +418,9 @@ pub fn batch_norm_backward(
     let (mean, var) = stats;
     let (gamma, beta) = params;
     let flags = if eval { FLAG_EVAL } else { 0 } | if accumulate_dx { FLAG_ACCUMULATE } else { 0 };
-    let p = self::params(x, &[gamma, beta, mean, var, dgamma, dbeta], cfg, flags)?;
-    let single = cfg.schedule.resolve(gpu, (p.batch * p.hw) as usize, label)? == NormSchedule::Single;
+    let mut p = self::params(x, &[gamma, beta, mean, var, dgamma, dbeta], cfg, flags)?;
+    let schedule = cfg.schedule.resolve(gpu, (p.batch * p.hw) as usize, label)?;
+    let single = schedule == NormSchedule::Single;
     let residual_in_kernel = single
         && residual.is_some()
         && gpu.limits().max_storage_buffers_per_shader_stage >= SINGLE_RESIDUAL_STORAGE_BUFFERS;
@@ -360,16 +444,38 @@ pub fn batch_norm_backward(
         let tensors = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta];
         vec![super::dispatch_at(gpu, spec, &[x, dy, dx], bytemuck::bytes_of(&p), &tensors, grid, label)?]
     } else {
-        let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
-        let reduce = super::dispatch_at(
-            gpu,
-            spec,
-            &[x, dy],
-            bytemuck::bytes_of(&p),
-            &[x, dy, mean, var, gamma, beta, dgamma, dbeta],
-            grid,
-            &format!("{label} reduce"),
-        )?;
+        let mut reduce = Vec::new();
+        let sums = format!("{label} reduce");
+        if let NormSchedule::Chunked { len } = schedule {
+            let (partials, chunks) = chunked(&mut p, len, partials, label)?;
+            let params = bytemuck::bytes_of(&p);
+            let tensors = [x, dy, mean, var, gamma, beta, partials];
+            let grid = [p.channels, chunks, 1];
+            reduce.push(super::dispatch_at(
+                gpu,
+                &BATCH_NORM_BACKWARD_REDUCE_CHUNKS,
+                &[x, dy],
+                params,
+                &tensors,
+                grid,
+                &sums,
+            )?);
+            let grid = [p.channels.div_ceil(256), 1, 1];
+            let tensors = [dgamma, dbeta, partials];
+            reduce.push(super::dispatch_at(
+                gpu,
+                &BATCH_NORM_BACKWARD_COMBINE,
+                &[x, dy],
+                params,
+                &tensors,
+                grid,
+                &sums,
+            )?);
+        } else {
+            let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
+            let tensors = [x, dy, mean, var, gamma, beta, dgamma, dbeta];
+            reduce.push(super::dispatch_at(gpu, spec, &[x, dy], bytemuck::bytes_of(&p), &tensors, grid, &sums)?);
+        }
         let data = super::dispatch_at(
             gpu,
             &BATCH_NORM_BACKWARD_DATA,
@@ -379,7 +485,8 @@ pub fn batch_norm_backward(
             elements_grid(gpu, &p),
             label,
         )?;
-        vec![reduce, data]
+        reduce.push(data);
+        reduce
     };
     if let Some((dr, accumulate)) = residual {
         let copy = super::elementwise::Elementwise::Scale;

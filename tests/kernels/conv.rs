@@ -8,8 +8,9 @@
 //! most 2^-10 relative (WGSL may round either way), or 2^-24 in the subnormal range.
 
 use wgtune::ops::conv::{
-    conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch, conv2d_forward,
-    depthwise_backward_data, depthwise_forward, Conv2dConfig, ConvShape, DepthwiseKernel, Padding,
+    conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch,
+    conv2d_backward_weight_scratch_split, conv2d_backward_weight_split, conv2d_forward, depthwise_backward_data,
+    depthwise_forward, Conv2dConfig, ConvShape, DepthwiseKernel, Padding,
 };
 use wgtune::reference::{self, widen, SplitMix};
 
@@ -191,6 +192,60 @@ conv_tests_f16! {
         Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(9, 9, (5, 5), (2, 2), (1, 1)), ..Default::default() };
     f16_depthwise_3x3_dilated_long_weight_sum: [2, 2, 30, 30], [2, 1, 3, 3],
         Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
+}
+
+/// backward_weight's split-K for any split count (a GPU adapter picks hundreds, this software adapter a few): one
+/// split, splits that divide the rows (n, oh) evenly, splits that cross image boundaries, one row per split and more
+/// splits than rows (clamped), on the narrow and the wide kernel, strided, f32 and f16, overwriting and
+/// accumulating; the partial sums poisoned. Depthwise (3x3, and 5x5 stride 2) splits over whole images. The sums are over K = N * OH * OW products: the tolerance above.
+#[test]
+fn weight_gradient_split_k_for_any_split_count() {
+    let g = gpu();
+    let mut rng = SplitMix(41);
+    let shapes = [
+        ([3, 4, 7, 5], [6, 4, 3, 3], cfg(2, 1)),    // narrow: 36 columns; 3 x 4 = 12 rows
+        ([2, 33, 6, 5], [17, 33, 3, 3], cfg(1, 1)), // wide: 297 columns; 2 x 6 = 12 rows; 17 output channels
+        // Depthwise, the tap-summing kernel (sums of at least 1024 positions): split over whole images (more splits
+        // than images are clamped).
+        ([5, 3, 17, 15], [3, 1, 3, 3], Conv2dConfig { groups: 3, ..cfg(1, 1) }),
+        ([6, 2, 31, 29], [2, 1, 5, 5], Conv2dConfig { groups: 2, ..cfg(2, 2) }),
+    ];
+    for (x_shape, w_shape, cfg) in shapes {
+        let s = ConvShape::new(&x_shape, &w_shape, cfg).expect("shape");
+        let rows = s.batch * s.out_h;
+        for half in [false, true] {
+            let (act_up, _) = io(half);
+            let round = |v: Vec<f32>| if half { to_f16(&v) } else { v };
+            let x_data = round(rng.vec_f32(s.x_shape().iter().product(), -1.0, 1.0));
+            let dy_data = round(rng.vec_f32(s.y_shape().iter().product(), -1.0, 1.0));
+            let (x, dy) = (act_up(&s.x_shape(), &x_data, "x"), act_up(&s.y_shape(), &dy_data, "dy"));
+            let want = reference::conv2d_backward_weight(&s, &widen(&dy_data), &widen(&x_data));
+            for splits in [1, 2, 3, 5, rows - 1, rows, rows + 7] {
+                for accumulate in [false, true] {
+                    let n = want.len();
+                    let start = if accumulate { rng.vec_f32(n, -1.0, 1.0) } else { vec![f32::NAN; n] };
+                    let dw = upload(&s.w_shape(), &start, "dw");
+                    let scratch = conv2d_backward_weight_scratch_split(&s, splits);
+                    assert_eq!(scratch.is_some(), splits > 1, "{splits} splits of {rows} rows");
+                    let partial = scratch.map(|shape| poisoned(&shape, "partial dw"));
+                    let steps =
+                        conv2d_backward_weight_split(g, &s, splits, &dy, &x, &dw, partial.as_ref(), accumulate, "dw")
+                            .expect("backward_weight");
+                    g.run("split-K test", &steps.iter().collect::<Vec<_>>()).expect("run");
+                    let base: Vec<f64> = if accumulate { widen(&start) } else { vec![0.0; n] };
+                    let want: Vec<f64> = want.iter().zip(&base).map(|(w, b)| w + b).collect();
+                    let k = s.batch * s.out_h * s.out_w;
+                    let what = format!("x {x_shape:?} w {w_shape:?} splits {splits} f16={half} acc={accumulate}");
+                    assert_close(&read(&dw), &want, tol(k), 1e-5, &what);
+                }
+            }
+            // A scratch tensor of the wrong shape is refused, naming what was needed.
+            let dw = upload(&s.w_shape(), &vec![0.0; s.w_shape().iter().product()], "dw");
+            let wrong = poisoned(&[2, 3], "wrong scratch");
+            let e = conv2d_backward_weight_split(g, &s, 3, &dy, &x, &dw, Some(&wrong), false, "dw").err();
+            assert!(e.expect("refused").to_string().contains("needed"));
+        }
+    }
 }
 
 #[test]

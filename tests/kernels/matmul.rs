@@ -179,3 +179,65 @@ fn shape_errors_name_both_shapes() {
         .to_string();
     assert!(err.contains("[3, 4]") && err.contains("[5, 2]") && err.contains("4 vs 5"), "{err}");
 }
+
+/// Split-K (a weight gradient's product on a big GPU; see `split_k`): every kernel, every transposed form, split
+/// counts from 1 part to one row of K per part, overwriting and accumulating, f32 and f16 operands (C f32), the
+/// partial sums poisoned; K = 30 and 105 (splits 2, 3, 5, 6, 15, 30 and 7, 21, 105). A split that does not divide K,
+/// partial sums of the wrong shape and a batched product are refused.
+#[test]
+fn split_k_matches_reference() {
+    use wgtune::ops::matmul::{matmul_split_k, split_k, split_k_scratch};
+    let g = gpu();
+    let mut rng = SplitMix(77);
+    for (m, n, k, splits) in [(7, 13, 30, &[1, 2, 3, 5, 6, 15, 30][..]), (17, 520, 105, &[7, 21, 105][..])] {
+        for (trans_a, trans_b) in [(true, false), (false, false), (false, true), (true, true)] {
+            for half in [false, true] {
+                let (up, _) = io(half);
+                let a_dims = if trans_a { [k, m] } else { [m, k] };
+                let b_dims = if trans_b { [n, k] } else { [k, n] };
+                let round = |v: Vec<f32>| if half { to_f16(&v) } else { v };
+                let a_data = round(rng.vec_f32(m * k, -1.0, 1.0));
+                let b_data = round(rng.vec_f32(k * n, -1.0, 1.0));
+                let (a, b) = (up(&a_dims, &a_data, "A"), up(&b_dims, &b_data, "B"));
+                let s = MatmulShape { trans_a, trans_b, ..MatmulShape::new(1, m, n, k) };
+                for &parts in splits {
+                    for accumulate in [false, true] {
+                        let kernel = [MatmulKernel::Tiled, MatmulKernel::Shared32, MatmulKernel::Shared128][parts % 3];
+                        let c0 = rng.vec_f32(m * n, -1.0, 1.0);
+                        let start = if accumulate { c0.clone() } else { vec![f32::NAN; m * n] };
+                        let c = upload(&[m, n], &start, "C");
+                        let partials = (parts > 1).then(|| poisoned(&[parts, m, n], "partials"));
+                        let opts = MatmulOptions { trans_a, trans_b, accumulate, ..Default::default() };
+                        let steps =
+                            matmul_split_k(g, kernel, &a, &b, &c, opts, partials.as_ref(), "split-K").expect("split-K");
+                        assert_eq!(steps.len(), if parts > 1 { 2 } else { 1 });
+                        g.run("split-K test", &steps.iter().collect::<Vec<_>>()).expect("run");
+                        let c0 = accumulate.then(|| widen(&c0));
+                        let want = reference::matmul(&s, &widen(&a_data), &widen(&b_data), None, c0.as_deref());
+                        let what = format!("{} {s:?} splits {parts} acc={accumulate} f16={half}", kernel.name());
+                        assert_close(&read(&c), &want, 2e-6 * k as f64 + 1e-6, 1e-5, &what);
+                    }
+                }
+            }
+        }
+    }
+    let (a, b, c) =
+        (upload(&[30, 7], &[0.5; 210], "A"), upload(&[30, 13], &[0.5; 390], "B"), upload(&[7, 13], &[0.0; 91], "C"));
+    let opts = MatmulOptions { trans_a: true, ..Default::default() };
+    for (bad, why) in
+        [(poisoned(&[4, 7, 13], "p4"), "dividing K = 30"), (poisoned(&[3, 13, 7], "p3"), "(splits, 7, 13)")]
+    {
+        let e = matmul_split_k(g, MatmulKernel::Tiled, &a, &b, &c, opts, Some(&bad), "dw").err().expect("refused");
+        assert!(e.to_string().contains(why) && e.to_string().contains("'dw'"), "{e}");
+    }
+    let (ab, cb) = (upload(&[2, 30, 7], &[0.5; 420], "A2"), upload(&[2, 7, 13], &[0.0; 182], "C2"));
+    let e = matmul_split_k(g, MatmulKernel::Tiled, &ab, &b, &cb, opts, Some(&poisoned(&[3, 7, 13], "p")), "dw");
+    assert!(e.err().expect("refused").to_string().contains("unbatched"));
+    // This adapter's own choice: none on a software adapter, ViT-S's count on a GPU; never for a batched product or
+    // one with a bias.
+    let own = if g.is_software() { 1 } else { 16 };
+    assert_eq!(split_k(g, 384, 1536, 6304, 1, false), own);
+    assert_eq!(split_k_scratch(g, 384, 1536, 6304), (own > 1).then(|| vec![own, 384, 1536]));
+    assert_eq!(split_k(g, 384, 1536, 6304, 2, false), 1);
+    assert_eq!(split_k(g, 384, 1536, 6304, 1, true), 1);
+}

@@ -19,10 +19,12 @@ fn check(shape: &[usize], cfg: BatchNormConfig, seed: u64) {
 /// x, dy, y, dx in f16; statistics, parameters and their gradients f32): the reference then takes the f16-rounded
 /// inputs, and y and dx one f16 rounding more of tolerance (2^-11 relative, 2^-14 absolute). With `residual`, a
 /// fused skip connection: y = act(bn(x) + r), and r's gradient (overwritten in training, added to ones in eval).
-/// Both training schedules (single-dispatch and split; lavapipe binds 9 storage buffers), each by workgroup or by
-/// rows as the shape has it.
+/// Every training schedule (single-dispatch and split, each by workgroup or by rows as the shape has it; lavapipe
+/// binds 9 storage buffers; chunked with chunks of 7 values (fewer than a workgroup's invocations, so most chunks of
+/// a channel start inside a plane) and of 1000 (several strides of a workgroup, and a shorter last chunk)).
 fn check_at(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool, residual: bool) {
-    for schedule in [NormSchedule::Single, NormSchedule::Split] {
+    let chunked = [NormSchedule::Chunked { len: 7 }, NormSchedule::Chunked { len: 1000 }];
+    for schedule in [NormSchedule::Single, NormSchedule::Split].into_iter().chain(chunked) {
         check_schedule(shape, BatchNormConfig { schedule, ..cfg }, seed, half, residual);
     }
 }
@@ -60,7 +62,11 @@ fn check_schedule(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool, 
     let beta = upload(&[c], &beta_data, "beta");
     let running_mean = upload(&[c], &rm_data, "running_mean");
     let running_var = upload(&[c], &rv_data, "running_var");
-    let state = BatchNormState { gamma: &gamma, beta: &beta, running_mean: &running_mean, running_var: &running_var };
+    // The chunked schedule's partial sums, poisoned.
+    let partials = cfg.schedule.scratch(g, c, n * hw).expect("schedule").map(|s| poisoned(&s, "partials"));
+    let partials = partials.as_ref();
+    let state =
+        BatchNormState { gamma: &gamma, beta: &beta, running_mean: &running_mean, running_var: &running_var, partials };
     let (save_mean, save_var) = (poisoned(&[c], "save_mean"), poisoned(&[c], "save_var"));
     let (y, dx) = (nan("y"), nan("dx"));
     let (dgamma, dbeta) = (poisoned(&[c], "dgamma"), poisoned(&[c], "dbeta"));
@@ -72,6 +78,7 @@ fn check_schedule(shape: &[usize], cfg: BatchNormConfig, seed: u64, half: bool, 
         dx,
         accumulate_dx: false,
         residual: residual.then_some((dr, accumulate)),
+        partials,
     };
 
     // Training: batch statistics, running update, backward through the statistics.
@@ -212,14 +219,42 @@ fn batch_norm_refuses_a_fused_residual_with_an_activation() {
     let c = |label: &str| upload(&[3], &[1.0; 3], label);
     let (x, r, y, dy, dx, dr) = (t("x"), t("r"), t("y"), t("dy"), t("dx"), t("dr"));
     let (gamma, beta, mean, var, dgamma, dbeta) = (c("g"), c("b"), c("m"), c("v"), c("dg"), c("db"));
-    let state = BatchNormState { gamma: &gamma, beta: &beta, running_mean: &mean, running_var: &var };
+    let state = BatchNormState { gamma: &gamma, beta: &beta, running_mean: &mean, running_var: &var, partials: None };
     let cfg = BatchNormConfig { act: NormAct::Relu, ..Default::default() };
     let err = batch_norm_forward(g, &x, &state, None, Some(&r), &y, cfg, "bn3").err().expect("refused");
     assert!(err.to_string().contains("'bn3'") && err.to_string().contains("not both"), "{err}");
-    let grads =
-        BatchNormGrads { dgamma: &dgamma, dbeta: &dbeta, dx: &dx, accumulate_dx: false, residual: Some((&dr, false)) };
+    let grads = BatchNormGrads {
+        dgamma: &dgamma,
+        dbeta: &dbeta,
+        dx: &dx,
+        accumulate_dx: false,
+        residual: Some((&dr, false)),
+        partials: None,
+    };
     let err = batch_norm_backward(g, &dy, &x, (&gamma, &beta), (&mean, &var), true, &grads, cfg, "bn3")
         .err()
         .expect("refused");
     assert!(err.to_string().contains("not both"), "{err}");
+}
+
+/// The chunked schedule needs its scratch tensor of (C, chunks, 2) and chunks of at least one value: a missing or
+/// misshapen scratch and a zero length are refused, naming the layer and the shape wanted.
+#[test]
+fn chunked_batch_norm_needs_its_scratch() {
+    let g = gpu();
+    let shape = [2, 3, 4, 4];
+    let t = |label: &str| upload(&shape, &vec![0.5; 96], label);
+    let c = |label: &str| upload(&[3], &[1.0; 3], label);
+    let (x, y) = (t("x"), t("y"));
+    let (gamma, beta, mean, var, sm, sv) = (c("g"), c("b"), c("m"), c("v"), c("sm"), c("sv"));
+    let wrong = poisoned(&[3, 2, 2], "partials");
+    for (partials, len, want) in [(None, 5, "[3, 7, 2]"), (Some(&wrong), 5, "[3, 7, 2]"), (None, 0, "at least 1")] {
+        let state = BatchNormState { gamma: &gamma, beta: &beta, running_mean: &mean, running_var: &var, partials };
+        let cfg = BatchNormConfig { schedule: NormSchedule::Chunked { len }, ..Default::default() };
+        let err = batch_norm_forward(g, &x, &state, Some((&sm, &sv)), None, &y, cfg, "bn4").err().expect("refused");
+        assert!(err.to_string().contains("bn4") && err.to_string().contains(want), "{err}");
+    }
+    // Chunks longer than a channel are one chunk.
+    let cfg = NormSchedule::Chunked { len: 1000 };
+    assert_eq!(cfg.scratch(g, 3, 32).expect("schedule"), Some(vec![3, 1, 2]));
 }

@@ -17,7 +17,7 @@ use crate::ops::conv::{
 use crate::ops::dropout::{dropout_backward, DropoutParams};
 use crate::ops::elementwise::{elementwise, Elementwise};
 use crate::ops::layer_norm::{layer_norm_backward, layer_scale_backward};
-use crate::ops::matmul::{matmul, MatmulKernel, MatmulOptions};
+use crate::ops::matmul::{matmul, matmul_split_k, split_k_scratch, MatmulKernel, MatmulOptions};
 use crate::ops::norm::{batch_norm_backward, BatchNormGrads};
 use crate::ops::permute::permute;
 use crate::ops::pool::{avg_pool_backward, global_pool_backward, max_pool_backward, GlobalPool};
@@ -113,6 +113,11 @@ impl Executor {
                 Op::Linear { x, w, b, y } => {
                     let (need_x, train_w, train_b, ax) =
                         weighted_layer(needs, &trains, &mut written, &mut touches, (x, w, b, y));
+                    // dw sums over every row of the batch: split-K partial sums where this adapter splits it.
+                    let (rows, outs, ins) = (g.shape(x)[0], g.shape(w)[0], g.shape(w)[1]);
+                    let partial = train_w.then(|| split_k_scratch(&self.gpu, outs, ins, rows)).flatten();
+                    let partial_key = partial.is_some().then_some(Key::Scratch(index));
+                    scratch.extend(partial.map(|s| (Key::Scratch(index), s, DType::F32)));
                     Box::new(move |v| {
                         let mut out = Vec::new();
                         if need_x {
@@ -123,7 +128,9 @@ impl Executor {
                         if train_w {
                             // dw = dyᵀ · x
                             let opts = MatmulOptions { trans_a: true, ..Default::default() };
-                            out.push(matmul(v.gpu, MatmulKernel::Auto, v.g(y)?, v.v(x)?, None, v.g(w)?, opts, &l2)?);
+                            let partial = partial_key.map(|k| v.get(k)).transpose()?;
+                            let (dy, x, dw) = (v.g(y)?, v.v(x)?, v.g(w)?);
+                            out.extend(matmul_split_k(v.gpu, MatmulKernel::Auto, dy, x, dw, opts, partial, &l2)?);
                         }
                         if let (Some(b), true) = (b, train_b) {
                             let [n, o] = *v.g(y)?.shape() else { unreachable!("linear output is 2-D") };
@@ -170,6 +177,9 @@ impl Executor {
                     // A fused residual's gradient is dy.
                     let residual = residual.filter(|r| needs[r.0]).map(|r| (r, accumulates(&mut written, r)));
                     touches.extend(residual.map(|(r, _)| gk(r)));
+                    let partials = bn_train.then(|| self.batch_norm_scratch(index, x, cfg)).flatten();
+                    let partials_key = partials.as_ref().map(|(k, _, _)| *k);
+                    scratch.extend(partials);
                     Box::new(move |v| {
                         let stats = if bn_train {
                             (v.v(save_mean)?, v.v(save_var)?)
@@ -182,6 +192,7 @@ impl Executor {
                             dx: v.g(x)?,
                             accumulate_dx: ax,
                             residual: residual.map(|(r, ar)| Ok::<_, Error>((v.g(r)?, ar))).transpose()?,
+                            partials: partials_key.map(|k| v.get(k)).transpose()?,
                         };
                         let (dy, x, params) = (v.g(y)?, v.v(x)?, (v.v(gamma)?, v.v(beta)?));
                         batch_norm_backward(v.gpu, dy, x, params, stats, !bn_train, &grads, cfg, &l2)

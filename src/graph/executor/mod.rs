@@ -127,13 +127,17 @@ pub struct Counters {
     pub submit_ns: u64,
 }
 
-/// A transient tensor of a program: a value, the gradient of a value, or the scratch buffer of a node's
-/// backward launch (placed by the memory plan like any other tensor).
+/// A transient tensor of a program: a value, the gradient of a value, or the scratch buffer of node `usize`'s
+/// launches (a conv's split-K partial sums in backward; a chunked batch norm's, shared by its forward and backward
+/// layers), placed by the memory plan like any other tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Value(TensorId),
     Grad(TensorId),
     Scratch(usize),
+    /// A weight transposed for a layer's forward product (a linear layer's (in, out) copy of its (out, in) weight:
+    /// see the forward pass), rewritten by the layer that reads it.
+    Transposed(TensorId),
 }
 
 pub struct Executor {

@@ -146,7 +146,7 @@ impl Views<'_> {
             .or_else(|| match key {
                 Key::Value(t) => self.values.get(&t),
                 Key::Grad(t) => self.grads.get(&t),
-                Key::Scratch(_) => None,
+                Key::Scratch(_) | Key::Transposed(_) => None,
             })
             .ok_or_else(|| Error::Invalid(format!("executor: no buffer for {key:?}")))
     }
@@ -268,7 +268,8 @@ impl Executor {
                 alias.insert(*y, *alias.get(x).unwrap_or(x));
             }
         }
-        let mut layers: Vec<PendingLayer> = g.nodes.iter().map(|node| self.forward_layer(node, training)).collect();
+        let mut layers: Vec<PendingLayer> =
+            g.nodes.iter().enumerate().map(|(i, node)| self.forward_layer(i, node, training)).collect();
         if training {
             self.derive_backward(&needs, &mut layers)?;
         }
@@ -283,7 +284,7 @@ impl Executor {
             Key::Grad(t) => {
                 !(matches!(g.tensors[t.0].kind, TensorKind::Param { .. }) && self.group_trains(t, training))
             }
-            Key::Scratch(_) => true,
+            Key::Scratch(_) | Key::Transposed(_) => true,
         };
         let scratch: HashMap<Key, (String, Vec<usize>, DType)> = layers
             .iter()
@@ -316,6 +317,7 @@ impl Executor {
             Key::Value(t) => (t.0, 0),
             Key::Grad(t) => (t.0, 1),
             Key::Scratch(node) => (*node, 2),
+            Key::Transposed(t) => (t.0, 3),
         });
         let limit = self.gpu.limits().max_storage_buffer_binding_size;
         let mut oversized = None;
@@ -338,7 +340,7 @@ impl Executor {
                         if matches!(k, Key::Grad(_)) { format!("{}.grad", info.name) } else { info.name.clone() };
                     (name, info.shape.clone(), dtype)
                 }
-                Key::Scratch(_) => scratch[&k].clone(),
+                Key::Scratch(_) | Key::Transposed(_) => scratch[&k].clone(),
             };
             let bytes = (shape.iter().product::<usize>() as u64 * dtype.size()).next_multiple_of(4);
             // Of the tensors over the limit, the one that allows the smallest batch speaks.
@@ -547,7 +549,7 @@ impl Executor {
                 matches!(self.graph.tensors[t.0].kind, TensorKind::Activation | TensorKind::Input)
                     && (training || t != logits)
             }
-            Key::Scratch(_) => false,
+            Key::Scratch(_) | Key::Transposed(_) => false,
         }
     }
 
