@@ -25,6 +25,9 @@ pub const LAYER_NORM_FORWARD: KernelSpec =
     KernelSpec::new("layer_norm_forward", "layer_norm", &[(1, R), (3, R), (4, R), (5, W), (6, W), (7, W)]);
 pub const LAYER_NORM_BACKWARD_DATA: KernelSpec =
     KernelSpec::new("layer_norm_backward_data", "layer_norm", &[(1, R), (2, R), (3, R), (5, W), (6, W), (7, W)]);
+pub const LAYER_NORM_FORWARD_ROWS: KernelSpec = KernelSpec { entry: "layer_norm_forward_rows", ..LAYER_NORM_FORWARD };
+pub const LAYER_NORM_BACKWARD_DATA_ROWS: KernelSpec =
+    KernelSpec { entry: "layer_norm_backward_data_rows", ..LAYER_NORM_BACKWARD_DATA };
 pub const LAYER_NORM_BACKWARD_PARAMS: KernelSpec =
     KernelSpec::new("layer_norm_backward_params", "layer_norm", &[(1, R), (2, R), (5, W), (6, W), (8, W), (9, W)]);
 pub const LAYER_SCALE_FORWARD: KernelSpec =
@@ -108,6 +111,19 @@ impl ChannelAxis {
     }
 }
 
+/// The per-position kernel and its grid: one invocation per position where channels are strided (inner > 1:
+/// neighbouring invocations read neighbouring positions), 64 per position (a row) where they are contiguous.
+fn per_row<'a>(gpu: &Gpu, axis: ChannelAxis, each: &'a KernelSpec, rows: &'a KernelSpec) -> (&'a KernelSpec, [u32; 3]) {
+    if axis.inner == 1 {
+        (rows, flat_grid(gpu, axis.positions() * ROW_LANES))
+    } else {
+        (each, flat_grid(gpu, axis.positions()))
+    }
+}
+
+/// Invocations per row of the `_rows` kernels (shaders/layer_norm.wgsl).
+const ROW_LANES: usize = 64;
+
 /// y = gamma * (x - mean) * rstd + beta at every position, saving each position's mean and rstd.
 pub fn layer_norm_forward(
     gpu: &Gpu,
@@ -121,15 +137,8 @@ pub fn layer_norm_forward(
 ) -> Result<Dispatch> {
     axis.check(LAYER_NORM_FORWARD.entry, &[x, y], &[gamma, beta], &[mean, rstd])?;
     let p = axis.params(eps, false)?;
-    super::dispatch_at(
-        gpu,
-        &LAYER_NORM_FORWARD,
-        &[x, y],
-        bytemuck::bytes_of(&p),
-        &[x, gamma, beta, mean, rstd, y],
-        flat_grid(gpu, axis.positions()),
-        label,
-    )
+    let (spec, grid) = per_row(gpu, axis, &LAYER_NORM_FORWARD, &LAYER_NORM_FORWARD_ROWS);
+    super::dispatch_at(gpu, spec, &[x, y], bytemuck::bytes_of(&p), &[x, gamma, beta, mean, rstd, y], grid, label)
 }
 
 /// dgamma and dbeta (when `params` is Some) and dx (when Some; added to when `accumulate_dx`), from the forward
@@ -163,15 +172,9 @@ pub fn layer_norm_backward(
     }
     if let Some(dx) = dx {
         axis.check(LAYER_NORM_BACKWARD_DATA.entry, &[dx], &[], &[])?;
-        out.push(super::dispatch_at(
-            gpu,
-            &LAYER_NORM_BACKWARD_DATA,
-            &[x, dy, dx],
-            bytemuck::bytes_of(&p),
-            &[x, dy, gamma, mean, rstd, dx],
-            flat_grid(gpu, axis.positions()),
-            label,
-        )?);
+        let (spec, grid) = per_row(gpu, axis, &LAYER_NORM_BACKWARD_DATA, &LAYER_NORM_BACKWARD_DATA_ROWS);
+        let tensors = [x, dy, gamma, mean, rstd, dx];
+        out.push(super::dispatch_at(gpu, spec, &[x, dy, dx], bytemuck::bytes_of(&p), &tensors, grid, label)?);
     }
     Ok(out)
 }

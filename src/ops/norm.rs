@@ -317,35 +317,19 @@ pub fn batch_norm_forward(
             let tensors = [x, state.gamma, state.beta, y, mean, var, state.running_mean, state.running_var, r];
             return Ok(vec![super::dispatch_at(gpu, spec, &[x, r, y], bytemuck::bytes_of(&p), &tensors, grid, label)?]);
         }
+        let stats = format!("{label} statistics");
         if let NormSchedule::Chunked { len } = schedule {
             let (partials, chunks) = chunked(&mut p, len, state.partials, label)?;
-            let stats = format!("{label} statistics");
-            let params = bytemuck::bytes_of(&p);
-            let grid = [p.channels, chunks, 1];
-            steps.push(super::dispatch_at(
-                gpu,
-                &BATCH_NORM_STATISTICS_CHUNKS,
-                &[x],
-                params,
-                &[x, partials],
-                grid,
-                &stats,
-            )?);
+            let launch = |spec, tensors: &[&Tensor], grid| {
+                super::dispatch_at(gpu, spec, &[x], bytemuck::bytes_of(&p), tensors, grid, &stats)
+            };
+            steps.push(launch(&BATCH_NORM_STATISTICS_CHUNKS, &[x, partials], [p.channels, chunks, 1])?);
             let tensors = [mean, var, state.running_mean, state.running_var, partials];
-            let grid = [p.channels.div_ceil(256), 1, 1];
-            steps.push(super::dispatch_at(gpu, &BATCH_NORM_STATISTICS_COMBINE, &[x], params, &tensors, grid, &stats)?);
-        }
-        let (spec, grid) = per_channel(&p, &BATCH_NORM_STATISTICS, &BATCH_NORM_STATISTICS_ROWS);
-        if let NormSchedule::Split = schedule {
-            steps.push(super::dispatch_at(
-                gpu,
-                spec,
-                &[x],
-                bytemuck::bytes_of(&p),
-                &[x, mean, var, state.running_mean, state.running_var],
-                grid,
-                &format!("{label} statistics"),
-            )?);
+            steps.push(launch(&BATCH_NORM_STATISTICS_COMBINE, &tensors, [p.channels.div_ceil(256), 1, 1])?);
+        } else {
+            let (spec, grid) = per_channel(&p, &BATCH_NORM_STATISTICS, &BATCH_NORM_STATISTICS_ROWS);
+            let tensors = [x, mean, var, state.running_mean, state.running_var];
+            steps.push(super::dispatch_at(gpu, spec, &[x], bytemuck::bytes_of(&p), &tensors, grid, &stats)?);
         }
     }
     steps.push(super::dispatch_at(
@@ -448,29 +432,13 @@ pub fn batch_norm_backward(
         let sums = format!("{label} reduce");
         if let NormSchedule::Chunked { len } = schedule {
             let (partials, chunks) = chunked(&mut p, len, partials, label)?;
-            let params = bytemuck::bytes_of(&p);
+            let launch = |spec, tensors: &[&Tensor], grid| {
+                super::dispatch_at(gpu, spec, &[x, dy], bytemuck::bytes_of(&p), tensors, grid, &sums)
+            };
             let tensors = [x, dy, mean, var, gamma, beta, partials];
-            let grid = [p.channels, chunks, 1];
-            reduce.push(super::dispatch_at(
-                gpu,
-                &BATCH_NORM_BACKWARD_REDUCE_CHUNKS,
-                &[x, dy],
-                params,
-                &tensors,
-                grid,
-                &sums,
-            )?);
-            let grid = [p.channels.div_ceil(256), 1, 1];
-            let tensors = [dgamma, dbeta, partials];
-            reduce.push(super::dispatch_at(
-                gpu,
-                &BATCH_NORM_BACKWARD_COMBINE,
-                &[x, dy],
-                params,
-                &tensors,
-                grid,
-                &sums,
-            )?);
+            reduce.push(launch(&BATCH_NORM_BACKWARD_REDUCE_CHUNKS, &tensors, [p.channels, chunks, 1])?);
+            let combine = [p.channels.div_ceil(256), 1, 1];
+            reduce.push(launch(&BATCH_NORM_BACKWARD_COMBINE, &[dgamma, dbeta, partials], combine)?);
         } else {
             let (spec, grid) = per_channel(&p, &BATCH_NORM_BACKWARD_REDUCE, &BATCH_NORM_BACKWARD_REDUCE_ROWS);
             let tensors = [x, dy, mean, var, gamma, beta, dgamma, dbeta];

@@ -23,6 +23,10 @@ const SHAPES: &[(&[usize], bool)] = &[
     (&[5, 300], true),
     (&[2, 7, 13], true),
     (&[1, 1], true),
+    // Contiguous channels (inner = 1) take the row kernels: 64 lanes per row, 4 rows per workgroup (9 rows: a last
+    // workgroup with 3 idle rows), channels exactly 64, and 130 (two strides and a remainder).
+    (&[9, 130, 1, 1], false),
+    (&[6, 64], true),
 ];
 
 fn axis_of(shape: &[usize], last: bool) -> ChannelAxis {
