@@ -750,15 +750,15 @@ pub fn conv2d_backward_weight_split(
             s.check(dy, s.y_shape(), "output gradient")?;
             s.check(x, s.x_shape(), "input")?;
             s.check(dw, s.w_shape(), "weight gradient")?;
+            let want = conv2d_backward_weight_scratch_split(s, splits);
+            if want.as_deref() != scratch.map(|t| t.shape()) {
+                return Err(Error::shape(
+                    format!("conv2d_backward_weight '{label}'"),
+                    format!("scratch {:?} given, {want:?} needed", scratch.map(|t| t.shape())),
+                ));
+            }
             if let Some(spec) = depthwise_weight_taps(s) {
                 // Split over the batch where asked: partial sums, then one fixed-order sum over the splits.
-                let want = conv2d_backward_weight_scratch_split(s, splits);
-                if want.as_deref() != scratch.map(|t| t.shape()) {
-                    return Err(Error::shape(
-                        format!("conv2d_backward_weight '{label}'"),
-                        format!("scratch {:?} given, {want:?} needed", scratch.map(|t| t.shape())),
-                    ));
-                }
                 let (splits, split_len) = batch_split(s.batch, splits);
                 let Some(partial) = scratch else {
                     let p = s.params(flags(false, accumulate), split_len)?;
@@ -773,12 +773,6 @@ pub fn conv2d_backward_weight_split(
                 return Ok(vec![taps, sum]);
             }
             if s.is_depthwise() {
-                if scratch.is_some() {
-                    return Err(Error::shape(
-                        format!("conv2d_backward_weight '{label}'"),
-                        "this depthwise weight gradient takes no scratch tensor".to_string(),
-                    ));
-                }
                 let p = s.params(flags(false, accumulate), s.batch)?;
                 if s.batch * s.out_h * s.out_w < crate::ops::reduce::ROWS_BELOW {
                     let taps = (p.out_c * p.kernel_h * p.kernel_w) as usize;
@@ -799,20 +793,12 @@ pub fn conv2d_backward_weight_split(
                     label,
                 )?]);
             }
-            let split = WeightSplit::new(s, splits);
-            let WeightSplit { splits, split_len, ncols } = split;
+            let WeightSplit { splits, split_len, ncols } = WeightSplit::new(s, splits);
             let (narrow, tile) = backward_weight_kernel(ncols);
-            let want = split.scratch_shape(s);
-            if want.as_deref() != scratch.map(|t| t.shape()) {
-                return Err(Error::shape(
-                    format!("conv2d_backward_weight '{label}'"),
-                    format!("scratch {:?} given, {want:?} needed", scratch.map(|t| t.shape())),
-                ));
-            }
             let grid = |p: &ConvParams| {
                 [(ncols as u32).div_ceil(tile), (p.out_c / p.groups).div_ceil(16), p.groups * splits as u32]
             };
-            // A scratch tensor was given exactly when the batch is split (checked above).
+            // A scratch tensor was given exactly when the reduction is split (checked above).
             let Some(partial) = scratch else {
                 let p = s.params(flags(false, accumulate), split_len)?;
                 let (params, spec) = (bytemuck::bytes_of(&p), gemm_spec(&CONV2D_BACKWARD_WEIGHT, narrow, p.flags));
