@@ -193,10 +193,11 @@ fn workgroup_sums(lid: u32) {
 }
 
 // Invocation lid of a channel's workgroup visits the channel's elements t = lid, lid + 256, ... of the
-// (N, HW) plane stack. Its position is kept as (n, i) and advanced by the decomposition of 256 with carries,
-// so the loops divide nothing (vector division is slow on software drivers).
-fn cursor_start(lid: u32) -> vec2<u32> {
-    return vec2<u32>(lid / p.hw, lid % p.hw);
+// (N, HW) plane stack (or of a chunk of it: begin + lid, ...). Its position is kept as (n, i), found once by
+// cursor_at and advanced by the decomposition of 256 with carries, so the loops divide nothing (vector division is
+// slow on software drivers).
+fn cursor_at(t: u32) -> vec2<u32> {
+    return vec2<u32>(t / p.hw, t % p.hw);
 }
 
 fn cursor_next(cur: vec2<u32>) -> vec2<u32> {
@@ -214,31 +215,42 @@ fn cursor_index(c: u32, cur: vec2<u32>) -> u32 {
     return (cur.x * p.channels + c) * p.hw + cur.y;
 }
 
-// A channel's batch mean and biased variance (two passes over x) by its workgroup; every invocation gets them,
-// and invocation 0 stores them with the running update. Every invocation must call it.
-fn channel_statistics(c: u32, lid: u32) -> vec2<f32> {
-    let m = p.batch * p.hw;
+// The mean of channel c's elements t in [begin, end) and the sum of their squared deviations from it (two passes
+// over x), by the channel's workgroup; every invocation gets them. Every invocation must call it.
+fn range_moments(c: u32, lid: u32, begin: u32, end: u32) -> vec2<f32> {
     var s = 0.0;
-    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+    var cur = cursor_at(begin + lid);
+    for (var t = begin + lid; t < end; t += 256u) {
         s += xv(cursor_index(c, cur));
+        cur = cursor_next(cur);
     }
     partial[lid] = s;
     partial2[lid] = 0.0;
     workgroup_sums(lid);
-    let mu = partial[0] / f32(m);
+    let mu = partial[0] / f32(end - begin);
     workgroupBarrier();
     var q = 0.0;
-    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+    cur = cursor_at(begin + lid);
+    for (var t = begin + lid; t < end; t += 256u) {
         let d = xv(cursor_index(c, cur)) - mu;
         q += d * d;
+        cur = cursor_next(cur);
     }
     partial[lid] = q;
     workgroup_sums(lid);
-    let v = partial[0] / f32(m);
+    return vec2<f32>(mu, partial[0]);
+}
+
+// A channel's batch mean and biased variance by its workgroup; every invocation gets them, and invocation 0 stores
+// them with the running update. Every invocation must call it.
+fn channel_statistics(c: u32, lid: u32) -> vec2<f32> {
+    let m = p.batch * p.hw;
+    let moments = range_moments(c, lid, 0u, m);
+    let v = moments.y / f32(m);
     if lid == 0u {
-        finish_statistics(c, mu, v);
+        finish_statistics(c, moments.x, v);
     }
-    return vec2<f32>(mu, v);
+    return vec2<f32>(moments.x, v);
 }
 
 @compute @workgroup_size(256)
@@ -252,7 +264,7 @@ fn batch_norm_forward_single(@builtin(workgroup_id) wg: vec3<u32>, @builtin(loca
     let c = wg.x;
     let s = channel_statistics(c, lid);
     let invstd = inverseSqrt(s.y + p.eps);
-    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+    for (var cur = cursor_at(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
         out[k] = forward_value(k, c, s.x, invstd);
     }
@@ -269,25 +281,34 @@ fn batch_norm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     out[k] = forward_value(k, c, mean[c], inverseSqrt(variance[c] + p.eps));
 }
 
-// A channel's (dgamma, dbeta) by its workgroup, stored by invocation 0 and returned to every invocation; the
-// masked dy stored back. Every invocation must call it.
-fn channel_sums(c: u32, lid: u32, mu: f32, invstd: f32) -> vec2<f32> {
+// The sums (sum of dy * xhat, sum of dy) over channel c's elements t in [begin, end), dy masked through the fused
+// activation and stored back, by the channel's workgroup; every invocation gets them. Every invocation must call it.
+fn range_sums(c: u32, lid: u32, begin: u32, end: u32, mu: f32, invstd: f32) -> vec2<f32> {
     var sg = 0.0;
     var sb = 0.0;
-    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+    var cur = cursor_at(begin + lid);
+    for (var t = begin + lid; t < end; t += 256u) {
         let k = cursor_index(c, cur);
         let g = dy_masked(k, c, invstd);
         sb += g;
         sg += g * (xv(k) - mu) * invstd;
+        cur = cursor_next(cur);
     }
     partial[lid] = sg;
     partial2[lid] = sb;
     workgroup_sums(lid);
-    if lid == 0u {
-        stat_a[c] = partial[0];
-        stat_b[c] = partial2[0];
-    }
     return vec2<f32>(partial[0], partial2[0]);
+}
+
+// A channel's (dgamma, dbeta) by its workgroup, stored by invocation 0 and returned to every invocation; the
+// masked dy stored back. Every invocation must call it.
+fn channel_sums(c: u32, lid: u32, mu: f32, invstd: f32) -> vec2<f32> {
+    let sums = range_sums(c, lid, 0u, p.batch * p.hw, mu, invstd);
+    if lid == 0u {
+        stat_a[c] = sums.x;
+        stat_b[c] = sums.y;
+    }
+    return sums;
 }
 
 @compute @workgroup_size(256)
@@ -315,7 +336,7 @@ fn channel_backward(c: u32, lid: u32) {
     let mu = mean[c];
     let invstd = inverseSqrt(variance[c] + p.eps);
     let sums = channel_sums(c, lid, mu, invstd);
-    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+    for (var cur = cursor_at(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         let k = cursor_index(c, cur);
         store_dx(k, c, dyv(k), mu, invstd, sums.x, sums.y);
     }
@@ -342,7 +363,7 @@ fn batch_norm_backward_single_residual(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let c = wg.x;
     channel_backward(c, lid);
-    for (var cur = cursor_start(lid); cur.x < p.batch; cur = cursor_next(cur)) {
+    for (var cur = cursor_at(lid); cur.x < p.batch; cur = cursor_next(cur)) {
         store_residual_grad(cursor_index(c, cur));
     }
 }
@@ -475,46 +496,37 @@ fn chunk_end(j: u32) -> u32 {
     return min(p.batch * p.hw, (j + 1u) * p.chunk_len);
 }
 
-// The cursor (n, i) of element t of a channel (one division each, outside the loops).
-fn cursor_at(t: u32) -> vec2<u32> {
-    return vec2<u32>(t / p.hw, t % p.hw);
+// The chunk of workgroup wg: channel c = wg.x, chunk j = wg.y, its elements [begin, end). The grid is exactly
+// (C, chunks); the indices are clamped for loading and the store guarded (`owns`) all the same, and no invocation
+// leaves early: every one reaches every barrier (a return before a barrier, even a workgroup-uniform one, broke
+// the barriers on NVIDIA's Vulkan driver: sums missed values).
+struct Chunk {
+    c: u32,
+    j: u32,
+    begin: u32,
+    end: u32,
+    owns: bool,
+}
+
+fn chunk_of(wg: vec3<u32>) -> Chunk {
+    let j = min(wg.y, chunk_count() - 1u);
+    let owns = wg.x < p.channels && wg.y < chunk_count();
+    return Chunk(min(wg.x, p.channels - 1u), j, j * p.chunk_len, chunk_end(j), owns);
+}
+
+// A chunk's two partial values into partials (C, chunks, 2), by invocation 0.
+fn store_chunk(ch: Chunk, lid: u32, v: vec2<f32>) {
+    if lid == 0u && ch.owns {
+        let at = (ch.c * chunk_count() + ch.j) * 2u;
+        partials[at] = v.x;
+        partials[at + 1u] = v.y;
+    }
 }
 
 @compute @workgroup_size(256)
 fn batch_norm_statistics_chunks(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    // The grid is exactly (C, chunks); the indices are clamped for loading and the store guarded all the same, and
-    // no invocation leaves early: every one reaches every barrier (a return before a barrier, even a
-    // workgroup-uniform one, broke the barriers on NVIDIA's Vulkan driver: sums missed values).
-    let c = min(wg.x, p.channels - 1u);
-    let j = min(wg.y, chunk_count() - 1u);
-    let owns = wg.x < p.channels && wg.y < chunk_count();
-    let begin = j * p.chunk_len;
-    let end = chunk_end(j);
-    var s = 0.0;
-    var cur = cursor_at(begin + lid);
-    for (var t = begin + lid; t < end; t += 256u) {
-        s += xv(cursor_index(c, cur));
-        cur = cursor_next(cur);
-    }
-    partial[lid] = s;
-    partial2[lid] = 0.0;
-    workgroup_sums(lid);
-    let mu = partial[0] / f32(end - begin);
-    workgroupBarrier();
-    var q = 0.0;
-    cur = cursor_at(begin + lid);
-    for (var t = begin + lid; t < end; t += 256u) {
-        let d = xv(cursor_index(c, cur)) - mu;
-        q += d * d;
-        cur = cursor_next(cur);
-    }
-    partial[lid] = q;
-    workgroup_sums(lid);
-    if lid == 0u && owns {
-        let at = (c * chunk_count() + j) * 2u;
-        partials[at] = mu;
-        partials[at + 1u] = partial[0];
-    }
+    let ch = chunk_of(wg);
+    store_chunk(ch, lid, range_moments(ch.c, lid, ch.begin, ch.end));
 }
 
 @compute @workgroup_size(256)
@@ -542,34 +554,9 @@ fn batch_norm_statistics_combine(@builtin(global_invocation_id) gid: vec3<u32>) 
 @compute @workgroup_size(256)
 fn batch_norm_backward_reduce_chunks(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    // The grid is exactly (C, chunks); the indices are clamped for loading and the store guarded all the same, and
-    // no invocation leaves early: every one reaches every barrier (a return before a barrier, even a
-    // workgroup-uniform one, broke the barriers on NVIDIA's Vulkan driver: sums missed values).
-    let c = min(wg.x, p.channels - 1u);
-    let j = min(wg.y, chunk_count() - 1u);
-    let owns = wg.x < p.channels && wg.y < chunk_count();
-    let mu = mean[c];
-    let invstd = inverseSqrt(variance[c] + p.eps);
-    let begin = j * p.chunk_len;
-    let end = chunk_end(j);
-    var sg = 0.0;
-    var sb = 0.0;
-    var cur = cursor_at(begin + lid);
-    for (var t = begin + lid; t < end; t += 256u) {
-        let k = cursor_index(c, cur);
-        let g = dy_masked(k, c, invstd);
-        sb += g;
-        sg += g * (xv(k) - mu) * invstd;
-        cur = cursor_next(cur);
-    }
-    partial[lid] = sg;
-    partial2[lid] = sb;
-    workgroup_sums(lid);
-    if lid == 0u && owns {
-        let at = (c * chunk_count() + j) * 2u;
-        partials[at] = partial[0];
-        partials[at + 1u] = partial2[0];
-    }
+    let ch = chunk_of(wg);
+    let invstd = inverseSqrt(variance[ch.c] + p.eps);
+    store_chunk(ch, lid, range_sums(ch.c, lid, ch.begin, ch.end, mean[ch.c], invstd));
 }
 
 @compute @workgroup_size(256)
