@@ -675,16 +675,16 @@ pub fn conv2d_backward_weight_scratch(gpu: &Gpu, s: &ConvShape) -> Option<Vec<us
 pub fn conv2d_backward_weight_scratch_split(s: &ConvShape, splits: usize) -> Option<Vec<usize>> {
     if s.is_depthwise() {
         depthwise_weight_taps(s)?;
-        let (splits, _) = batch_split(s.batch, splits);
+        let (splits, _) = even_split(s.batch, splits);
         return (splits > 1).then(|| vec![splits, s.out_c * s.kernel_h * s.kernel_w]);
     }
     WeightSplit::new(s, splits).scratch_shape(s)
 }
 
-/// At most `splits` groups of whole images (count, images per group).
-fn batch_split(batch: usize, splits: usize) -> (usize, usize) {
-    let len = batch.div_ceil(splits.clamp(1, batch.max(1)));
-    (batch.div_ceil(len), len)
+/// `total` items (images, rows) in at most `splits` groups of equal length but the last: (groups, length).
+fn even_split(total: usize, splits: usize) -> (usize, usize) {
+    let len = total.div_ceil(splits.clamp(1, total.max(1)));
+    (total.div_ceil(len), len)
 }
 
 /// How the dense backward_weight splits its reduction on this adapter: `splits` groups of `split_len` rows (n, oh)
@@ -698,10 +698,9 @@ struct WeightSplit {
 impl WeightSplit {
     /// At most `splits` splits of equal length (fewer where the rows do not divide evenly enough).
     fn new(s: &ConvShape, splits: usize) -> WeightSplit {
-        let rows = s.batch * s.out_h;
-        let split_len = rows.div_ceil(splits.clamp(1, rows));
+        let (splits, split_len) = even_split(s.batch * s.out_h, splits);
         let ncols = (s.in_c / s.cfg.groups) * s.kernel_h * s.kernel_w;
-        WeightSplit { splits: rows.div_ceil(split_len), split_len, ncols }
+        WeightSplit { splits, split_len, ncols }
     }
 
     /// The partial sums' shape, when there is more than one split.
@@ -759,7 +758,7 @@ pub fn conv2d_backward_weight_split(
             }
             if let Some(spec) = depthwise_weight_taps(s) {
                 // Split over the batch where asked: partial sums, then one fixed-order sum over the splits.
-                let (splits, split_len) = batch_split(s.batch, splits);
+                let (splits, split_len) = even_split(s.batch, splits);
                 let Some(partial) = scratch else {
                     let p = s.params(flags(false, accumulate), split_len)?;
                     let (params, grid) = (bytemuck::bytes_of(&p), [p.out_c, 1, 1]);
