@@ -49,7 +49,8 @@ fi
 
 cat >"$dir/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# Made by scripts/gpu-pack.sh: the kernel and executor tests on this machine's GPU, then scripts/gpu-bench.sh.
+# Made by scripts/gpu-pack.sh: the kernel (subgroups, then trees) and executor tests on this machine's GPU, then
+# scripts/gpu-bench.sh.
 set -uo pipefail
 pack="$(cd "$(dirname "$0")" && pwd)"
 [ -x scripts/gpu-bench.sh ] || { echo "run this from the repository root (no scripts/gpu-bench.sh here)" >&2; exit 2; }
@@ -66,18 +67,22 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ] && ! ls /usr/share/vulk
 fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 failed=0
-for t in kernels executor; do
-    python3 -c "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.open(sys.argv[1]).read())" \
-        "$pack/$t.xz" "$out/.$t" && chmod +x "$out/.$t"
+# The kernel tests twice: with the subgroup reductions where the GPU has subgroups, then with the workgroup trees.
+for run in kernels kernels:trees executor; do
+    t="${run%%:*}"
+    [ -x "$out/.$t" ] || { python3 -c "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.open(sys.argv[1]).read())" \
+        "$pack/$t.xz" "$out/.$t" && chmod +x "$out/.$t"; }
+    subgroups=on; [ "$run" = kernels:trees ] && subgroups=off
+    log="$out/logs/test-${run/:/-}.log"
     t0=$SECONDS
-    if timeout -k 5 300 "$out/.$t" --test-threads 8 >"$out/logs/test-$t.log" 2>&1; then
-        echo "tests/$t: ok ($((SECONDS - t0)) s)" >&2
+    if WGTUNE_SUBGROUPS=$subgroups timeout -k 5 300 "$out/.$t" --test-threads 8 >"$log" 2>&1; then
+        echo "tests/$run: ok ($((SECONDS - t0)) s)" >&2
     else
-        echo "tests/$t: FAILED ($((SECONDS - t0)) s): see logs/test-$t.log" >&2
-        grep -E "panicked|FAILED" "$out/logs/test-$t.log" | head -n 10 >&2
+        echo "tests/$run: FAILED ($((SECONDS - t0)) s): see $log" >&2
+        grep -E "panicked|FAILED" "$log" | head -n 10 >&2
         failed=$((failed + 1))
     fi
-    rm -f "$out/.$t"
+    [ "$run" = kernels ] || rm -f "$out/.$t"
 done
 debs=()
 ls "$pack"/debs/*.deb >/dev/null 2>&1 && debs=(--debs "$pack/debs")

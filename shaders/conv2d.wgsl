@@ -28,7 +28,8 @@
 // stored; the bias is an f32 parameter in every variant.
 //
 // Dispatch (x, y, z): forward (ceil(N*OH*OW / 512), ceil(Cout_g / 16), groups); backward_data
-// (ceil(N*H*W / 512), ceil(Cin_g / 16), groups); backward_weight (ceil(Cin_g*KH*KW / (8 * WG)), ceil(Cout_g / 16),
+// (ceil(N * ceil(H / stride_h) * ceil(W / stride_w) / 512), ceil(Cin_g / 16), groups * stride_h * stride_w: the
+// largest stride phase's pixels, see the kernel); backward_weight (ceil(Cin_g*KH*KW / (8 * WG)), ceil(Cout_g / 16),
 // groups * splits).
 
 struct ConvParams {
@@ -318,15 +319,30 @@ fn conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 
 // dx[n, ci, ih, iw] = sum_{co, kh, kw} w[co, ci, kh, kw] * dy[n, co, oh, ow] over the (oh, ow) with
 // oh * stride_h = ih + pad_top - kh * dilation_h (and the same along W) that exist.
+// By stride phase: workgroup z = g * phases + phase covers the input pixels with ih % stride_h == ph and
+// iw % stride_w == pw (phase = ph * stride_w + pw). For those, whether tap kh reaches an output row at all,
+// (ph + pad_top - kh * dilation_h) % stride_h == 0, is the same for every column of the workgroup, and where it does
+// oh = ih / stride_h + drow with drow = (ph + pad_top - kh * dilation_h) / stride_h exactly: the taps that reach
+// nothing are skipped whole (a stride-2 3x3 layer does 9 taps' work over its 4 phases, not 36) and there is no
+// division in the loop. Stride 1 is one phase.
 @compute @workgroup_size(WG, 1, 1)
 fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let g = wg.z;
+    let phases = p.stride_h * p.stride_w;
+    let g = wg.z / phases;
+    let phase = wg.z - g * phases;
+    let ph = phase / p.stride_w;
+    let pw = phase - ph * p.stride_w;
     let cin_g = p.in_c / p.groups;
     let cout_g = p.out_c / p.groups;
     let khw = p.kernel_h * p.kernel_w;
     let in_hw = p.in_h * p.in_w;
     let out_hw = p.out_h * p.out_w;
-    let ncols = p.batch * in_hw;
+    // The phase's pixels: ih = ph + stride_h * i for i < rows, iw = pw + stride_w * j for j < cols (none when the
+    // image is smaller than the phase's offset; the divisors below are then kept nonzero and no column is live).
+    let rows = (p.in_h + p.stride_h - 1u - ph) / p.stride_h;
+    let cols_w = (p.in_w + p.stride_w - 1u - pw) / p.stride_w;
+    let phase_hw = max(rows * cols_w, 1u);
+    let ncols = p.batch * rows * cols_w;
     // Rows: input channels g * cin_g + r0 + r (clamped for loading). gemm_a = w, read as wᵀ.
     let r0 = wg.y * TM;
     let co_base = g * cout_g;
@@ -346,41 +362,44 @@ fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     let wr13 = min(r0 + 13u, cin_g - 1u) * khw;
     let wr14 = min(r0 + 14u, cin_g - 1u) * khw;
     let wr15 = min(r0 + 15u, cin_g - 1u) * khw;
-    // Columns: input pixels (n, ih, iw) (clamped for loading). gemm_b = dy.
+    // Columns: the phase's pixels (n, i, j) (clamped for loading). gemm_b = dy.
     let col0 = wg.x * WG * TN + lid.x;
     let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
     let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
-    let k0 = min(c0, vec4<u32>(ncols - 1u));
-    let k1 = min(c1, vec4<u32>(ncols - 1u));
-    let n0 = k0 / in_hw;
-    let n1 = k1 / in_hw;
-    let pix0 = k0 - n0 * in_hw;
-    let pix1 = k1 - n1 * in_hw;
-    let h_num0 = vec4<i32>(pix0 / p.in_w + p.pad_top);
-    let h_num1 = vec4<i32>(pix1 / p.in_w + p.pad_top);
-    let w_num0 = vec4<i32>(pix0 % p.in_w + p.pad_left);
-    let w_num1 = vec4<i32>(pix1 % p.in_w + p.pad_left);
+    let k0 = min(c0, vec4<u32>(max(ncols, 1u) - 1u));
+    let k1 = min(c1, vec4<u32>(max(ncols, 1u) - 1u));
+    let n0 = k0 / phase_hw;
+    let n1 = k1 / phase_hw;
+    let q0 = k0 - n0 * phase_hw;
+    let q1 = k1 - n1 * phase_hw;
+    let i0 = q0 / max(cols_w, 1u);
+    let i1 = q1 / max(cols_w, 1u);
+    let j0 = q0 - i0 * max(cols_w, 1u);
+    let j1 = q1 - i1 * max(cols_w, 1u);
     let dy_base0 = (n0 * p.out_c + co_base) * out_hw;
     let dy_base1 = (n1 * p.out_c + co_base) * out_hw;
-    let sh = vec4<i32>(i32(p.stride_h));
-    let sw = vec4<i32>(i32(p.stride_w));
+    let sh = i32(p.stride_h);
+    let sw = i32(p.stride_w);
 
     var acc: Block;
     for (var kh = 0u; kh < p.kernel_h; kh++) {
-        let nh0 = h_num0 - vec4<i32>(i32(kh * p.dilation_h));
-        let nh1 = h_num1 - vec4<i32>(i32(kh * p.dilation_h));
-        let oh0 = nh0 / sh;
-        let oh1 = nh1 / sh;
+        let num_h = i32(ph + p.pad_top) - i32(kh * p.dilation_h);
+        let drow = num_h / sh;
+        if drow * sh != num_h {
+            continue; // this tap reaches no output row from this phase
+        }
+        let oh0 = vec4<i32>(i0) + vec4<i32>(drow);
+        let oh1 = vec4<i32>(i1) + vec4<i32>(drow);
         for (var kw = 0u; kw < p.kernel_w; kw++) {
-            let nw0 = w_num0 - vec4<i32>(i32(kw * p.dilation_w));
-            let nw1 = w_num1 - vec4<i32>(i32(kw * p.dilation_w));
-            let ow0 = nw0 / sw;
-            let ow1 = nw1 / sw;
-            // An output position exists when both numerators are non-negative multiples of the stride in range.
-            let ok0 = inside(oh0, ow0, p.out_h, p.out_w) & (nh0 >= vec4<i32>(0)) & (nw0 >= vec4<i32>(0))
-                & (oh0 * sh == nh0) & (ow0 * sw == nw0);
-            let ok1 = inside(oh1, ow1, p.out_h, p.out_w) & (nh1 >= vec4<i32>(0)) & (nw1 >= vec4<i32>(0))
-                & (oh1 * sh == nh1) & (ow1 * sw == nw1);
+            let num_w = i32(pw + p.pad_left) - i32(kw * p.dilation_w);
+            let dcol = num_w / sw;
+            if dcol * sw != num_w {
+                continue;
+            }
+            let ow0 = vec4<i32>(j0) + vec4<i32>(dcol);
+            let ow1 = vec4<i32>(j1) + vec4<i32>(dcol);
+            let ok0 = inside(oh0, ow0, p.out_h, p.out_w);
+            let ok1 = inside(oh1, ow1, p.out_h, p.out_w);
             let off0 = select(vec4<u32>(0u), dy_base0 + vec4<u32>(oh0) * p.out_w + vec4<u32>(ow0), ok0);
             let off1 = select(vec4<u32>(0u), dy_base1 + vec4<u32>(oh1) * p.out_w + vec4<u32>(ow1), ok1);
             let tap = kh * p.kernel_w + kw;
@@ -411,7 +430,9 @@ fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
         }
     }
 
-    // dx[n, ci, ih, iw] at (n * Cin + ci) * H*W + pix.
+    // dx[n, ci, ih, iw] at (n * Cin + ci) * H*W + ih * W + iw.
+    let pix0 = (vec4<u32>(ph) + i0 * p.stride_h) * p.in_w + vec4<u32>(pw) + j0 * p.stride_w;
+    let pix1 = (vec4<u32>(ph) + i1 * p.stride_h) * p.in_w + vec4<u32>(pw) + j1 * p.stride_w;
     let cols = Cols(live(c0, ncols), live(c1, ncols), n0 * p.in_c * in_hw + pix0, n1 * p.in_c * in_hw + pix1);
     let ci_base = g * cin_g;
     store_row(acc.r0_0, acc.r0_1, cols, r0 + 0u < cin_g, (ci_base + r0 + 0u) * in_hw, 0.0);

@@ -299,7 +299,19 @@ fn walk_start(lid: u32) -> Walk {
     return Walk(n, oh, lid - n * out_hw - oh * p.out_w, step_n, step_oh, step_rest - step_oh * p.out_w);
 }
 
-// The sum of `v` over the workgroup's 256 invocations (a tree in workgroup memory); call in uniform control flow.
+// The workgroup sum, two ways with the same names: a tree in workgroup memory (every adapter), and subgroup sums
+// where the adapter has subgroups (src/gpu/kernels.rs, with_subgroups, swaps the blocks).
+// The reducing entry points take their invocation index through `Lane` and call `enter` first.
+// [workgroup tree]
+struct Lane {
+    @builtin(local_invocation_index) index: u32,
+}
+
+fn enter(lane: Lane) -> u32 {
+    return lane.index;
+}
+
+// The sum of `v` over the workgroup's 256 invocations (eight halvings); call in uniform control flow.
 fn workgroup_sum(lid: u32, v: f32) -> f32 {
     partial[lid] = v;
     workgroupBarrier();
@@ -313,14 +325,65 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
+// [end workgroup tree]
+/* [subgroups]
+struct Lane {
+    @builtin(local_invocation_index) index: u32,
+    @builtin(subgroup_invocation_id) in_subgroup: u32,
+    @builtin(subgroup_size) size: u32,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) subgroups: u32,
+}
+
+var<private> lane_in_subgroup: u32;
+var<private> lane_size: u32;
+var<private> lane_subgroup: u32;
+var<private> lane_subgroups: u32;
+
+fn enter(lane: Lane) -> u32 {
+    lane_in_subgroup = lane.in_subgroup;
+    lane_size = lane.size;
+    lane_subgroup = lane.subgroup;
+    lane_subgroups = lane.subgroups;
+    return lane.index;
+}
+
+// Slots [0, count) of partial summed by subgroups into slots [0, ceil(count / size)) (slot k read by the lane with
+// subgroup * size + in_subgroup == k).
+fn subgroup_level(count: u32) {
+    let k = lane_subgroup * lane_size + lane_in_subgroup;
+    let s = subgroupAdd(select(0.0, partial[min(k, 255u)], k < count));
+    workgroupBarrier(); // every slot read before any is written
+    if lane_in_subgroup == 0u {
+        partial[lane_subgroup] = s;
+    }
+    workgroupBarrier();
+}
+
+// The sum of `v` over the workgroup's 256 invocations: summed by each subgroup, then the subgroups' sums twice
+// more (256 -> 32 -> 4 -> 1 for subgroups of 8 lanes or more; the host enables this variant only there); call in
+// uniform control flow.
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    let s = subgroupAdd(v);
+    if lane_in_subgroup == 0u {
+        partial[lane_subgroup] = s;
+    }
+    workgroupBarrier();
+    subgroup_level(lane_subgroups);
+    subgroup_level((lane_subgroups + lane_size - 1u) / lane_size);
+    let total = partial[0];
+    workgroupBarrier();
+    return total;
+}
+[end subgroups] */
 
 // dw[c, kh, kw] = sum_{n, oh, ow} dy[n, c, oh, ow] * x[n, c, oh*s - pt + kh*d, ow*s - pl + kw*d]
 // Invocation i visits positions t = i, i + 256, ... of the (n, oh, ow) space; its (n, oh, ow) advances by the
 // decomposition of 256 with carries instead of dividing t each time (vector division is slow on lavapipe), and
 // out-of-bounds taps read a clamped address and add zero instead of branching around the load.
 @compute @workgroup_size(256)
-fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
-                                    @builtin(local_invocation_index) lid: u32) {
+fn depthwise_conv2d_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     let tap = wg.x;
     let c = wg.y;
     let kh = tap / p.kernel_w;
@@ -366,8 +429,8 @@ override KW: u32 = 3u;
 // (kernels of up to 49 taps).
 // Then one tree reduction per tap. Dispatch (C, 1, 1).
 @compute @workgroup_size(256)
-fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>,
-                                         @builtin(local_invocation_index) lid: u32) {
+fn depthwise_conv2d_backward_weight_taps(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     let c = wg.x;
     let out_hw = p.out_h * p.out_w;
     let start = walk_start(lid);

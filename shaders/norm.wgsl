@@ -180,7 +180,20 @@ fn store_dx(k: u32, c: u32, d: f32, mu: f32, invstd: f32, sg: f32, sb: f32) {
     }
 }
 
-// Sum partial (and partial2) over the workgroup into element 0. Every invocation must call it.
+// The workgroup sums, two ways with the same names: a tree in workgroup memory (every adapter), and subgroup sums
+// where the adapter has subgroups (src/gpu/kernels.rs, with_subgroups, swaps the blocks).
+// The reducing entry points take their invocation index through `Lane` and call `enter` first.
+// [workgroup tree]
+struct Lane {
+    @builtin(local_invocation_index) index: u32,
+}
+
+fn enter(lane: Lane) -> u32 {
+    return lane.index;
+}
+
+// Sum partial (and partial2) over the workgroup into element 0 (eight halvings). Every invocation must call it,
+// after storing its values at its own index.
 fn workgroup_sums(lid: u32) {
     workgroupBarrier();
     for (var stride = 128u; stride > 0u; stride >>= 1u) {
@@ -191,6 +204,59 @@ fn workgroup_sums(lid: u32) {
         workgroupBarrier();
     }
 }
+// [end workgroup tree]
+/* [subgroups]
+struct Lane {
+    @builtin(local_invocation_index) index: u32,
+    @builtin(subgroup_invocation_id) in_subgroup: u32,
+    @builtin(subgroup_size) size: u32,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) subgroups: u32,
+}
+
+var<private> lane_in_subgroup: u32;
+var<private> lane_size: u32;
+var<private> lane_subgroup: u32;
+var<private> lane_subgroups: u32;
+
+fn enter(lane: Lane) -> u32 {
+    lane_in_subgroup = lane.in_subgroup;
+    lane_size = lane.size;
+    lane_subgroup = lane.subgroup;
+    lane_subgroups = lane.subgroups;
+    return lane.index;
+}
+
+// One level: (a, b) summed over each subgroup into slot `subgroup` of partial (partial2), by its first lane.
+fn subgroup_store(a: f32, b: f32) {
+    let sa = subgroupAdd(a);
+    let sb = subgroupAdd(b);
+    workgroupBarrier(); // every slot read before any is written
+    if lane_in_subgroup == 0u {
+        partial[lane_subgroup] = sa;
+        partial2[lane_subgroup] = sb;
+    }
+    workgroupBarrier();
+}
+
+// Slots [0, count) summed by subgroups into slots [0, ceil(count / size)): slot k read by the lane with
+// subgroup * size + in_subgroup == k.
+fn subgroup_level(count: u32) {
+    let k = min(lane_subgroup * lane_size + lane_in_subgroup, 255u);
+    let live = lane_subgroup * lane_size + lane_in_subgroup < count;
+    subgroup_store(select(0.0, partial[k], live), select(0.0, partial2[k], live));
+}
+
+// Sum partial (and partial2) over the workgroup into element 0: each lane's own values summed by its subgroup,
+// then the subgroups' sums twice more, which leaves one value for subgroups of 8 lanes or more (256 -> 32 -> 4 ->
+// 1; the host enables this variant only there). Every invocation must call it, after storing its values at its
+// own index.
+fn workgroup_sums(lid: u32) {
+    subgroup_store(partial[lid], partial2[lid]);
+    subgroup_level(lane_subgroups);
+    subgroup_level((lane_subgroups + lane_size - 1u) / lane_size);
+}
+[end subgroups] */
 
 // Invocation lid of a channel's workgroup visits the channel's elements t = lid, lid + 256, ... of the
 // (N, HW) plane stack (or of a chunk of it: begin + lid, ...). Its position is kept as (n, i), found once by
@@ -254,13 +320,15 @@ fn channel_statistics(c: u32, lid: u32) -> vec2<f32> {
 }
 
 @compute @workgroup_size(256)
-fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn batch_norm_statistics(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     channel_statistics(wg.x, lid);
 }
 
 // Training forward in one dispatch: a channel's statistics, then its y, by the channel's workgroup.
 @compute @workgroup_size(256)
-fn batch_norm_forward_single(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn batch_norm_forward_single(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     let c = wg.x;
     let s = channel_statistics(c, lid);
     let invstd = inverseSqrt(s.y + p.eps);
@@ -312,7 +380,8 @@ fn channel_sums(c: u32, lid: u32, mu: f32, invstd: f32) -> vec2<f32> {
 }
 
 @compute @workgroup_size(256)
-fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn batch_norm_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     let c = wg.x;
     channel_sums(c, lid, mean[c], inverseSqrt(variance[c] + p.eps));
 }
@@ -343,7 +412,8 @@ fn channel_backward(c: u32, lid: u32) {
 }
 
 @compute @workgroup_size(256)
-fn batch_norm_backward_single(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn batch_norm_backward_single(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     channel_backward(wg.x, lid);
 }
 
@@ -359,8 +429,8 @@ fn store_residual_grad(k: u32) {
 // batch_norm_backward_single for a fused residual add, then the residual's gradient over the same elements (10
 // storage buffers, where the device allows them; elsewhere a copy of dy after the single or split backward).
 @compute @workgroup_size(256)
-fn batch_norm_backward_single_residual(@builtin(workgroup_id) wg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+fn batch_norm_backward_single_residual(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     let c = wg.x;
     channel_backward(c, lid);
     for (var cur = cursor_at(lid); cur.x < p.batch; cur = cursor_next(cur)) {
@@ -524,7 +594,8 @@ fn store_chunk(ch: Chunk, lid: u32, v: vec2<f32>) {
 }
 
 @compute @workgroup_size(256)
-fn batch_norm_statistics_chunks(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn batch_norm_statistics_chunks(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     let ch = chunk_of(wg);
     store_chunk(ch, lid, range_moments(ch.c, lid, ch.begin, ch.end));
 }
@@ -552,8 +623,8 @@ fn batch_norm_statistics_combine(@builtin(global_invocation_id) gid: vec3<u32>) 
 }
 
 @compute @workgroup_size(256)
-fn batch_norm_backward_reduce_chunks(@builtin(workgroup_id) wg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+fn batch_norm_backward_reduce_chunks(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let lid = enter(lane);
     let ch = chunk_of(wg);
     let invstd = inverseSqrt(variance[ch.c] + p.eps);
     store_chunk(ch, lid, range_sums(ch.c, lid, ch.begin, ch.end, mean[ch.c], invstd));

@@ -162,7 +162,8 @@ pub struct ConvLayer {
     pub cfg: Conv2dConfig,
 }
 
-/// The layers the conv issue names: a ResNet 3x3 layer and EfficientNet's depthwise 5x5 at stride 1 and 2.
+/// The layers the conv issue names: a ResNet 3x3 layer and EfficientNet's depthwise 5x5 at stride 1 and 2; and
+/// ResNet's strided 3x3.
 pub fn default_conv_layers() -> Vec<ConvLayer> {
     let same = |size: usize, k: usize, s: usize| Padding::same(size, size, (k, k), (s, s), (1, 1));
     vec![
@@ -171,6 +172,13 @@ pub fn default_conv_layers() -> Vec<ConvLayer> {
             x: [8, 64, 56, 56],
             w: [64, 64, 3, 3],
             cfg: Conv2dConfig { padding: Padding::symmetric(1), ..Default::default() },
+        },
+        // ResNet-18's layer2 opens with this stride-2 3x3 (and its siblings in layers 3 and 4).
+        ConvLayer {
+            name: "resnet_3x3_s2",
+            x: [8, 64, 56, 56],
+            w: [128, 64, 3, 3],
+            cfg: Conv2dConfig { stride: (2, 2), padding: Padding::symmetric(1), ..Default::default() },
         },
         ConvLayer {
             name: "effnet_dw5x5_s1",

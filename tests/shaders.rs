@@ -5,7 +5,10 @@
 use std::collections::BTreeSet;
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use wgtune::gpu::{variant_source, Access, Precision, ACT_ALIAS, FAMILIES, LHS_ALIAS, RES_ALIAS, RHS_ALIAS};
+use wgtune::gpu::{
+    variant_source, with_subgroups, Access, Precision, ACT_ALIAS, FAMILIES, LHS_ALIAS, RES_ALIAS, RHS_ALIAS,
+    SUBGROUPS_BEGIN, SUBGROUPS_END, TREE_BEGIN, TREE_END,
+};
 
 fn parse(name: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     parse_with(name, source, Capabilities::empty())
@@ -43,6 +46,34 @@ fn every_shader_file_is_registered_and_valid() {
 /// may be an f32 weight) a valid variant keeping that operand f32 and making the rest f16. Only the optimizer's
 /// families (f32 master weights and state) have no f16 variant; the f32-weight variants are those of the families
 /// that read weights next to activations.
+/// The subgroup variants: exactly the families with both blocks (the batch-norm and depthwise reductions) have
+/// one, and it is valid WGSL at every precision the family has, with the tree's lines gone.
+#[test]
+fn subgroup_variants_are_valid() {
+    let mut with = Vec::new();
+    for fam in FAMILIES {
+        let marked = fam.source.contains(TREE_BEGIN) || fam.source.contains(SUBGROUPS_BEGIN);
+        let Some(source) = with_subgroups(fam.source) else {
+            assert!(!marked, "{}: one of the two blocks without the other", fam.name);
+            continue;
+        };
+        for line in [TREE_BEGIN, TREE_END, SUBGROUPS_BEGIN, SUBGROUPS_END] {
+            assert_eq!(fam.source.matches(line).count(), 1, "{}: '{line}' once", fam.name);
+        }
+        assert!(!source.contains("workgroupBarrier();\n    for (var stride = 128u"), "{}: the tree stayed", fam.name);
+        let caps = Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16;
+        parse_with(&format!("{} (subgroups)", fam.name), &source, caps);
+        for precision in Precision::ALL {
+            if let Some(variant) = variant_source(*fam, precision) {
+                let sub = with_subgroups(&variant).expect("every precision keeps the blocks");
+                parse_with(&format!("{} ({precision:?}, subgroups)", fam.name), &sub, caps);
+            }
+        }
+        with.push(fam.name);
+    }
+    assert_eq!(with, ["depthwise", "norm"]);
+}
+
 #[test]
 fn f16_variants_are_valid() {
     let mut without = Vec::new();

@@ -66,15 +66,17 @@ def main():
         print(f"| {r['n']} | {kernel} | {r['gflops']:.1f} | {off.get('gflops', 0):.1f} / {on.get('gflops', 0):.1f} | "
               f"{ratio(r['gflops'], off.get('gflops'))} / {ratio(r['gflops'], on.get('gflops'))} |")
 
-    print("\n## convolution, ResNet 3x3 [8,64,56,56]\n\n| pass | wgtune GFLOP/s | PyTorch GFLOP/s TF32 off / on | "
-          "ratio off / on |\n|---|---|---|---|")
-    tc = by_tf32(torch, "conv", lambda t: t["pass"])
+    print("\n## convolution, ResNet 3x3 [8,64,56,56] (stride 1; stride 2 to 128 channels)\n\n| layer | pass | "
+          "wgtune GFLOP/s | PyTorch GFLOP/s TF32 off / on | ratio off / on |\n|---|---|---|---|---|")
+    renamed = {"resnet_3x3": "resnet_3x3_64"}  # the layer's name in records from before 2026-12-04
+    tc = by_tf32(torch, "conv", lambda t: (renamed.get(t["layer"], t["layer"]), t["pass"]))
     for r in lines(os.path.join(d, "conv.jsonl")):
-        if r.get("layer") != "resnet_3x3_64":
+        if not r.get("layer", "").startswith("resnet_"):
             continue
-        off, on = tc.get(r["pass"], ({}, {}))
-        print(f"| {r['pass']} | {r['gflops']:.2f} | {off.get('gflops', 0):.1f} / {on.get('gflops', 0):.1f} | "
-              f"{ratio(r['gflops'], off.get('gflops'))} / {ratio(r['gflops'], on.get('gflops'))} |")
+        off, on = tc.get((r["layer"], r["pass"]), ({}, {}))
+        print(f"| {r['layer']} | {r['pass']} | {r['gflops']:.2f} | {off.get('gflops', 0):.1f} / "
+              f"{on.get('gflops', 0):.1f} | {ratio(r['gflops'], off.get('gflops'))} / "
+              f"{ratio(r['gflops'], on.get('gflops'))} |")
 
     print("\n## training step (fastai head, Adam, all parameters)\n")
     print("| model | batch | size | wgtune images/s | PyTorch images/s TF32 off / on | ratio off / on | "

@@ -5,7 +5,7 @@
     python3 tools/torch_reference.py finetune [--size 64] [--epochs 2] [--freeze-epochs 1] [--json-log FILE]
     python3 tools/torch_reference.py bench --model effnet-lite0|resnet18|resnet34|resnet50 --size 64 --bs 32 --json
     python3 tools/torch_reference.py matmul --json        # f32 1024^3 GFLOP/s
-    python3 tools/torch_reference.py conv --json          # ResNet 3x3 [8,64,56,56]: forward, backward data/weight
+    python3 tools/torch_reference.py conv --json          # ResNet 3x3 [8,64,56,56], stride 1 and 2: every pass
 
 `finetune` reproduces `wgtune finetune` on the embedded data: the same images (assets/fashion_mnist, classes in
 sorted order), the same pixels (Pillow bilinear resize of each image to the presize, then the centre square of the input
@@ -786,25 +786,33 @@ def matmul(a):
             report(out, a.json, f"matmul {n}^3{tf32_text(tf32)}: {out['gflops']:.1f} GFLOP/s")
 
 
+# The dense layers of `wgtune bench conv` (src/bench.rs, default_conv_layers), by the same names: ResNet's 3x3 at
+# stride 1 and its strided 3x3 (layer2's first conv).
+CONV_LAYERS = [("resnet_3x3_64", (8, 64, 56, 56), (64, 64, 3, 3), 1),
+               ("resnet_3x3_s2", (8, 64, 56, 56), (128, 64, 3, 3), 2)]
+
+
 def conv(a):
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
-    x = torch.randn(8, 64, 56, 56, device=a.device)
-    w = torch.randn(64, 64, 3, 3, device=a.device)
-    gy = torch.randn(8, 64, 56, 56, device=a.device)
-    flops = 2 * 8 * 64 * 56 * 56 * 64 * 9
-    passes = {"forward": lambda: F.conv2d(x, w, padding=1),
-              "backward_data": lambda: torch.nn.grad.conv2d_input(x.shape, w, gy, padding=1),
-              "backward_weight": lambda: torch.nn.grad.conv2d_weight(x, w.shape, gy, padding=1)}
-    for tf32 in tf32_modes(a):
-        set_tf32(tf32)
-        for name, fn in passes.items():
-            fn()
-            median = timed(fn, a.device, a.runs)
-            out = {"bench": "conv", "framework": f"torch {torch.__version__}", "device": a.device,
-                   "layer": "resnet_3x3", "shape": [8, 64, 56, 56], "pass": name, "gflops": flops / median / 1e9,
-                   "median_ms": median * 1e3, "tf32": tf32}
-            report(out, a.json, f"resnet 3x3 {name}{tf32_text(tf32)}: {out['gflops']:.1f} GFLOP/s")
+    for layer, xs, ws, stride in CONV_LAYERS:
+        x = torch.randn(*xs, device=a.device)
+        w = torch.randn(*ws, device=a.device)
+        y = F.conv2d(x, w, stride=stride, padding=1)
+        gy = torch.randn_like(y)
+        flops = 2 * y.numel() * ws[1] * ws[2] * ws[3]
+        passes = {"forward": lambda: F.conv2d(x, w, stride=stride, padding=1),
+                  "backward_data": lambda: torch.nn.grad.conv2d_input(x.shape, w, gy, stride=stride, padding=1),
+                  "backward_weight": lambda: torch.nn.grad.conv2d_weight(x, w.shape, gy, stride=stride, padding=1)}
+        for tf32 in tf32_modes(a):
+            set_tf32(tf32)
+            for name, fn in passes.items():
+                fn()
+                median = timed(fn, a.device, a.runs)
+                out = {"bench": "conv", "framework": f"torch {torch.__version__}", "device": a.device,
+                       "layer": layer, "shape": list(xs), "weight": list(ws), "stride": stride, "pass": name,
+                       "gflops": flops / median / 1e9, "median_ms": median * 1e3, "tf32": tf32}
+                report(out, a.json, f"{layer} {name}{tf32_text(tf32)}: {out['gflops']:.1f} GFLOP/s")
 
 
 def report(out, as_json, text):

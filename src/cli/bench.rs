@@ -1,7 +1,7 @@
 //! `wgtune info` and `wgtune bench ...`: print what the library's benchmarks measured.
 
 use wgtune::bench::{bench_conv, bench_matmul, bench_step, default_conv_layers, BenchConfig, MatmulRecord, StepInput};
-use wgtune::gpu::{AdapterRequest, Gpu};
+use wgtune::gpu::{AdapterRequest, Gpu, MIN_SUBGROUP_SIZE};
 use wgtune::ops::matmul::MatmulKernel;
 
 use super::args::{BenchCommand, ModelsArgs, StepArgs};
@@ -33,6 +33,7 @@ pub(crate) fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
                 "limits": limits,
                 "features": features,
                 "shader_checks": gpu.shader_checks(),
+                "subgroups": gpu.subgroups().map(|(min, max)| [min, max]),
                 "pipeline_cache": pipeline_cache,
             })
         );
@@ -60,6 +61,15 @@ pub(crate) fn info(gpu: &Gpu, json: bool) -> anyhow::Result<()> {
             "off for the audited kernels (WGTUNE_SHADER_CHECKS=on keeps wgpu's)"
         }
     );
+    match gpu.subgroups() {
+        Some((min, max)) => println!(
+            "reductions   subgroups of {} lanes (batch norm, depthwise weight gradients; WGTUNE_SUBGROUPS=off for \
+             workgroup trees)",
+            if min == max { min.to_string() } else { format!("{min}-{max}") }
+        ),
+        None if gpu.adapter_has_subgroups() => println!("reductions   workgroup trees (subgroups turned off)"),
+        None => println!("reductions   workgroup trees (no subgroups of {MIN_SUBGROUP_SIZE} lanes or more)"),
+    }
     println!(
         "pipeline cache {}",
         pipeline_cache.as_deref().unwrap_or("none (the backend has none, or there is no cache folder)")

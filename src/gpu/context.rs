@@ -15,7 +15,8 @@ const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
     .union(wgpu::Features::SHADER_F16)
-    .union(wgpu::Features::PIPELINE_CACHE);
+    .union(wgpu::Features::PIPELINE_CACHE)
+    .union(wgpu::Features::SUBGROUP);
 
 /// How to get a GPU, printed when there is none.
 pub const NO_ADAPTER_HELP: &str = "no GPU adapter found (Vulkan, Metal, DX12 or OpenGL).\n\
@@ -37,6 +38,23 @@ pub struct AdapterRequest {
     /// counters (see [`crate::gpu::kernels::Family::audited`]). None: as `WGTUNE_SHADER_CHECKS` says (unset: off
     /// for the audited kernels).
     pub shader_checks: Option<bool>,
+    /// Sum across workgroups with subgroup operations where the adapter has them (the `subgroups` feature, subgroups
+    /// of at least [`MIN_SUBGROUP_SIZE`] lanes), workgroup-memory trees where not. None: as `WGTUNE_SUBGROUPS` says
+    /// (unset: on where available); Some(false) forces the trees (the checked kernel tests run that way).
+    pub subgroups: Option<bool>,
+}
+
+/// The environment variable that turns subgroup reductions off (`off`) or leaves them on where the adapter has them
+/// (`on`, the default).
+pub const ENV_SUBGROUPS: &str = "WGTUNE_SUBGROUPS";
+
+/// The smallest subgroup the subgroup reductions handle: three levels of subgroup sums reduce a 256-invocation
+/// workgroup to one value with subgroups of 8 lanes or more (lavapipe's are 8; NVIDIA's 32; AMD's 32 or 64).
+pub const MIN_SUBGROUP_SIZE: u32 = 8;
+
+/// Whether the request (else `WGTUNE_SUBGROUPS`) allows subgroup reductions.
+fn allows_subgroups(request: &AdapterRequest, env: Option<&str>) -> Result<bool> {
+    switch(request.subgroups, ENV_SUBGROUPS, env, true)
 }
 
 /// The environment variable that turns wgpu's runtime shader checks back on for every kernel (`on`) or leaves
@@ -45,13 +63,20 @@ pub const ENV_SHADER_CHECKS: &str = "WGTUNE_SHADER_CHECKS";
 
 /// Whether kernels keep wgpu's runtime checks, from the request or else `WGTUNE_SHADER_CHECKS`'s value.
 fn wants_shader_checks(request: &AdapterRequest, env: Option<&str>) -> Result<bool> {
-    if let Some(on) = request.shader_checks {
+    switch(request.shader_checks, ENV_SHADER_CHECKS, env, false)
+}
+
+/// An on/off setting: the request's if it has one, else the environment variable `var`'s value `env` (`on`/`1`,
+/// `off`/`0`; unset or empty: `default`); any other value is an error naming the variable.
+fn switch(request: Option<bool>, var: &str, env: Option<&str>, default: bool) -> Result<bool> {
+    if let Some(on) = request {
         return Ok(on);
     }
     match env.map(str::trim) {
-        None | Some("") | Some("off") | Some("0") => Ok(false),
+        None | Some("") => Ok(default),
         Some("on") | Some("1") => Ok(true),
-        Some(other) => Err(Error::Invalid(format!("{ENV_SHADER_CHECKS}='{other}': expected on or off"))),
+        Some("off") | Some("0") => Ok(false),
+        Some(other) => Err(Error::Invalid(format!("{var}='{other}': expected on or off"))),
     }
 }
 
@@ -103,6 +128,10 @@ pub struct Gpu {
     pub(crate) tuner: std::sync::OnceLock<Mutex<crate::tune::Tuner>>,
     /// Whether every kernel keeps wgpu's runtime checks ([`AdapterRequest::shader_checks`]).
     pub(crate) shader_checks: bool,
+    /// Whether the families with a subgroup variant use it ([`AdapterRequest::subgroups`]).
+    pub(crate) subgroups: bool,
+    /// Whether the adapter has subgroups the reductions could use.
+    pub(crate) subgroups_available: bool,
     /// The driver's compiled pipelines, kept on disk between runs where the backend can (Vulkan).
     pub(crate) pipeline_cache: Option<crate::gpu::pipeline_cache::DiskPipelineCache>,
     /// Device-to-device copies waiting for the next command encoder ([`Gpu::copy_on_next_submit`]).
@@ -240,6 +269,16 @@ impl Gpu {
                     | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             );
         }
+        // Subgroups: requested only when the reductions will use them (the feature, lanes enough, not turned off).
+        // Not in a browser: its WGSL compiler wants `enable subgroups;`, which naga (native) refuses, so the
+        // variant is written for native backends only.
+        let subgroups_available = features.contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size >= MIN_SUBGROUP_SIZE
+            && info.backend != wgpu::Backend::BrowserWebGpu;
+        let subgroups = allows_subgroups(request, std::env::var(ENV_SUBGROUPS).ok().as_deref())? && subgroups_available;
+        if !subgroups {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -282,6 +321,8 @@ impl Gpu {
             transient_bytes: Default::default(),
             tuner: Default::default(),
             shader_checks,
+            subgroups,
+            subgroups_available,
             pipeline_cache,
             staged_copies: Default::default(),
         })
@@ -360,11 +401,23 @@ impl Gpu {
         self.features
     }
 
-    /// Whether GPU timestamps can be written at compute-pass boundaries.
+    /// Whether f16 kernels can run (the shader-f16 feature).
     pub fn has_shader_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)
     }
 
+    /// The adapter's subgroup sizes (lanes, smallest and largest) when the reductions use subgroups, None when
+    /// they use workgroup-memory trees (no subgroups, subgroups too small, or turned off: [`AdapterRequest::subgroups`]).
+    pub fn subgroups(&self) -> Option<(u32, u32)> {
+        self.subgroups.then_some((self.adapter_info.subgroup_min_size, self.adapter_info.subgroup_max_size))
+    }
+
+    /// Whether the adapter offers subgroups large enough for the reductions, used or not.
+    pub fn adapter_has_subgroups(&self) -> bool {
+        self.subgroups_available
+    }
+
+    /// Whether GPU timestamps can be written at compute-pass boundaries.
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
@@ -497,6 +550,20 @@ mod tests {
         assert!(wants_shader_checks(&on, Some("off")).unwrap(), "the request wins over the variable");
         let e = wants_shader_checks(&plain, Some("yes")).unwrap_err().to_string();
         assert!(e.contains("WGTUNE_SHADER_CHECKS='yes'") && e.contains("on or off"), "{e}");
+    }
+
+    /// Subgroup reductions are on where available unless `WGTUNE_SUBGROUPS=off` or the request says otherwise.
+    #[test]
+    fn subgroups_are_on_unless_turned_off() {
+        let plain = AdapterRequest::default();
+        assert!(allows_subgroups(&plain, None).unwrap());
+        assert!(allows_subgroups(&plain, Some(" on ")).unwrap());
+        assert!(!allows_subgroups(&plain, Some("off")).unwrap());
+        assert!(!allows_subgroups(&plain, Some("0")).unwrap());
+        let off = AdapterRequest { subgroups: Some(false), ..Default::default() };
+        assert!(!allows_subgroups(&off, Some("on")).unwrap(), "the request wins over the variable");
+        let e = allows_subgroups(&plain, Some("maybe")).unwrap_err().to_string();
+        assert!(e.contains("WGTUNE_SUBGROUPS='maybe'") && e.contains("on or off"), "{e}");
     }
 
     fn facts(list: &[(&str, Backend, DeviceType)]) -> Vec<AdapterFacts> {

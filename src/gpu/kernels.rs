@@ -4,6 +4,7 @@
 //! Convention for every kernel: binding 0 is its uniform parameter struct, the storage buffers follow at the
 //! binding numbers listed in its [`KernelSpec`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -108,7 +109,7 @@ fn variant_f16_lines(fam: Family, p: Precision) -> Option<(bool, bool, bool)> {
 }
 
 /// The WGSL of `fam` at precision `p`; None when the family has no such variant (see [`variant_f16_lines`]).
-pub fn variant_source(fam: Family, p: Precision) -> Option<std::borrow::Cow<'static, str>> {
+pub fn variant_source(fam: Family, p: Precision) -> Option<Cow<'static, str>> {
     let (res, lhs, rhs) = variant_f16_lines(fam, p)?;
     if p == Precision::F32 {
         return Some(fam.source.into());
@@ -124,6 +125,37 @@ pub fn variant_source(fam: Family, p: Precision) -> Option<std::borrow::Cow<'sta
         }
     }
     Some(format!("enable f16;\n{source}").into())
+}
+
+/// The line opening a family's workgroup-memory reduction, the part its subgroup variant replaces, and the line
+/// closing it.
+pub const TREE_BEGIN: &str = "// [workgroup tree]";
+pub const TREE_END: &str = "// [end workgroup tree]";
+/// The lines around the same functions written with subgroup operations, inside a block comment in the f32 source.
+pub const SUBGROUPS_BEGIN: &str = "/* [subgroups]";
+pub const SUBGROUPS_END: &str = "[end subgroups] */";
+
+/// `source` (any precision's variant of a family) with its workgroup-tree block taken out and its subgroup block
+/// uncommented; None when the family has no such blocks. The two blocks define the same names (the reductions, an
+/// entry-point input struct `Lane` and `enter`), so the kernels themselves are one text. (No `enable subgroups;`:
+/// naga 30 takes subgroup operations without it and refuses the directive; the variant is native-only, as wgpu's
+/// `SUBGROUP` feature is.)
+pub fn with_subgroups(source: &str) -> Option<String> {
+    let mut out = String::new();
+    let (mut in_tree, mut seen_tree, mut seen_subgroups) = (false, false, false);
+    for line in source.lines() {
+        match line.trim() {
+            TREE_BEGIN => (in_tree, seen_tree) = (true, true),
+            TREE_END => in_tree = false,
+            SUBGROUPS_BEGIN | SUBGROUPS_END => seen_subgroups = true,
+            _ if !in_tree => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    (seen_tree && seen_subgroups).then_some(out)
 }
 
 /// A shader module's label: its file, and "(f16)" for the f16 variant.
@@ -307,7 +339,7 @@ impl Gpu {
                     continue;
                 }
                 let Some(source) = variant_source(*fam, precision) else { continue };
-                let label = module_label(*fam, precision);
+                let (source, label) = self.with_reductions(source, module_label(*fam, precision));
                 let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(&label),
@@ -321,14 +353,23 @@ impl Gpu {
         out
     }
 
+    /// A module's source and label with the subgroup reductions where this device uses them and the family has
+    /// them ([`with_subgroups`]).
+    fn with_reductions<'a>(&self, source: Cow<'a, str>, label: String) -> (Cow<'a, str>, String) {
+        match self.subgroups.then(|| with_subgroups(&source)).flatten() {
+            Some(s) => (s.into(), format!("{label} (subgroups)")),
+            None => (source, label),
+        }
+    }
+
     fn module(&self, fam: Family, precision: Precision) -> Result<Arc<wgpu::ShaderModule>> {
         let mut modules = self.kernels.modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = modules.get(&(fam.name, precision)) {
             return Ok(m.clone());
         }
-        let label = module_label(fam, precision);
         let source = variant_source(fam, precision)
             .ok_or_else(|| Error::Invalid(format!("the {} kernels have no {precision:?} variant", fam.name)))?;
+        let (source, label) = self.with_reductions(source, module_label(fam, precision));
         if precision != Precision::F32 && !self.has_shader_f16() {
             return Err(Error::Invalid(format!(
                 "the adapter '{}' has no shader-f16 feature: f16 kernels need it (use f32 here)",

@@ -15,11 +15,12 @@ pub mod tensor;
 pub mod timer;
 
 pub use context::{
-    choose_adapter, AdapterFacts, AdapterRequest, AdapterSummary, Gpu, ENV_SHADER_CHECKS, NO_ADAPTER_HELP,
+    choose_adapter, AdapterFacts, AdapterRequest, AdapterSummary, Gpu, ENV_SHADER_CHECKS, ENV_SUBGROUPS,
+    MIN_SUBGROUP_SIZE, NO_ADAPTER_HELP,
 };
 pub use kernels::{
-    variant_source, Access, CopyInto, Dispatch, KernelSpec, Precision, Segment, SegmentCopy, Submitted, ACT_ALIAS,
-    FAMILIES, LHS_ALIAS, RES_ALIAS, RHS_ALIAS,
+    variant_source, with_subgroups, Access, CopyInto, Dispatch, KernelSpec, Precision, Segment, SegmentCopy, Submitted,
+    ACT_ALIAS, FAMILIES, LHS_ALIAS, RES_ALIAS, RHS_ALIAS, SUBGROUPS_BEGIN, SUBGROUPS_END, TREE_BEGIN, TREE_END,
 };
 pub use readback::{ReadbackRing, Ticket};
 pub use tensor::{DType, Storage, Tensor};

@@ -323,7 +323,10 @@ pub fn conv2d_backward_data(
                 return Ok(vec![depthwise_backward_data(gpu, DepthwiseKernel::Auto, s, dy, w, dx, accumulate, label)?]);
             }
             let p = s.params(flags(false, accumulate), s.batch)?;
-            let grid = [(p.batch * p.in_h * p.in_w).div_ceil(512), (p.in_c / p.groups).div_ceil(16), p.groups];
+            // One z slice per group and stride phase, each as wide as the largest phase (phase 0).
+            let (sh, sw) = (p.stride_h, p.stride_w);
+            let phase0 = p.batch * p.in_h.div_ceil(sh) * p.in_w.div_ceil(sw);
+            let grid = [phase0.div_ceil(512), (p.in_c / p.groups).div_ceil(16), p.groups * sh * sw];
             let params = bytemuck::bytes_of(&p);
             let spec = gemm_spec(&CONV2D_BACKWARD_DATA, false, p.flags);
             Ok(vec![super::dispatch_to(gpu, &spec, &[w, dy], dx, params, &[w, dy, dx], grid, label)?])
@@ -538,7 +541,6 @@ pub fn conv2d_backward_weight_split(
     )
 }
 
-/// dbias[c] = sum over n, oh, ow of dy[n, c, oh, ow].
 /// Record a convolution pass's multiply-adds on its first launch (for GFLOP/s in profiles).
 fn counted(s: &ConvShape, launches: Result<Vec<Dispatch>>) -> Result<Vec<Dispatch>> {
     let mut launches = launches?;
@@ -549,6 +551,7 @@ fn counted(s: &ConvShape, launches: Result<Vec<Dispatch>>) -> Result<Vec<Dispatc
     Ok(launches)
 }
 
+/// dbias[c] = sum over n, oh, ow of dy[n, c, oh, ow].
 pub fn conv2d_backward_bias(
     gpu: &Gpu,
     s: &ConvShape,

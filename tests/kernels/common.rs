@@ -12,10 +12,20 @@ pub const CHECKED: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"kernel
 /// The test device. There is no skipping: without an adapter every GPU test fails with the reason.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    let request = AdapterRequest { shader_checks: Some(CHECKED), ..AdapterRequest::from_env() };
+    // The checked build also sums with workgroup-memory trees; the other uses subgroups where the adapter has them.
+    let request = AdapterRequest {
+        shader_checks: Some(CHECKED),
+        subgroups: if CHECKED { Some(false) } else { None },
+        ..AdapterRequest::from_env()
+    };
     GPU.get_or_init(|| match Gpu::new(&request) {
         Ok(g) => {
-            eprintln!("GPU tests run on: {:?}, shader checks {}", g.summary(), if CHECKED { "on" } else { "off" });
+            eprintln!(
+                "GPU tests run on: {:?}, shader checks {}, subgroup sizes {:?}",
+                g.summary(),
+                if CHECKED { "on" } else { "off" },
+                g.subgroups()
+            );
             g
         }
         Err(e) => panic!("GPU tests need an adapter and found none: {e}"),

@@ -168,6 +168,22 @@ conv_tests! {
     wide_weight_gradient: [2, 33, 6, 5], [5, 33, 3, 3], cfg(1, 1);
     rectangular_kernel_and_stride: [1, 2, 9, 6], [3, 2, 3, 1],
         Conv2dConfig { stride: (2, 1), padding: Padding { top: 1, bottom: 0, left: 0, right: 2 }, ..Default::default() };
+    // backward_data by stride phase: each phase (ih % stride, iw % stride) its own set of taps, with strides 2 and 3,
+    // dilation making a tap skip phases, phases that no tap reaches (their dx is zero, written over the poison),
+    // phases with no pixels (an image smaller than the stride), and groups times phases in the grid.
+    dense_3x3_stride3_dilated2: [2, 3, 11, 10], [4, 3, 3, 3], Conv2dConfig { dilation: (2, 2), ..cfg(3, 2) };
+    dense_2x2_stride3_phases_no_tap_reaches: [1, 3, 8, 7], [5, 3, 2, 2], cfg(3, 0);
+    dense_3x3_stride2_on_1x1: [2, 3, 1, 1], [4, 3, 3, 3], cfg(2, 1);
+    dense_3x3_stride_3_by_2_dilated_asymmetric: [1, 2, 10, 12], [3, 2, 3, 3],
+        Conv2dConfig {
+            stride: (3, 2),
+            dilation: (2, 1),
+            padding: Padding { top: 2, bottom: 1, left: 1, right: 0 },
+            ..Default::default()
+        };
+    grouped_3_stride2: [2, 6, 9, 9], [9, 2, 3, 3], Conv2dConfig { groups: 3, ..cfg(2, 1) };
+    // More than 512 pixels in every stride phase: several column tiles, and every invocation's eight columns live.
+    dense_3x3_stride2_many_column_tiles: [2, 3, 40, 38], [5, 3, 3, 3], cfg(2, 1);
 }
 
 /// The f16 variants on the shapes that take each path: dense (both backward_weight kernels, with and without batch
@@ -187,6 +203,7 @@ conv_tests_f16! {
     f16_wide_weight_gradient: [2, 33, 6, 5], [5, 33, 3, 3], cfg(1, 1);
     f16_pointwise_1x1_matmul_path: [2, 5, 32, 17], [7, 5, 1, 1], cfg(1, 0);
     f16_grouped_dilated: [2, 4, 8, 8], [6, 2, 3, 3], Conv2dConfig { groups: 2, dilation: (2, 2), ..cfg(1, 2) };
+    f16_grouped_stride3: [2, 4, 10, 8], [6, 2, 3, 3], Conv2dConfig { groups: 2, ..cfg(3, 1) };
     f16_depthwise_3x3_long_weight_sum: [2, 3, 30, 31], [3, 1, 3, 3], Conv2dConfig { groups: 3, ..cfg(1, 1) };
     f16_depthwise_5x5_stride2_tf_same: [2, 3, 9, 9], [3, 1, 5, 5],
         Conv2dConfig { groups: 3, stride: (2, 2), padding: Padding::same(9, 9, (5, 5), (2, 2), (1, 1)), ..Default::default() };
@@ -253,6 +270,7 @@ fn every_path_accumulates_in_f16() {
     check_f16([2, 3, 7, 7], [5, 3, 3, 3], cfg(1, 1), true, 11);
     check_f16([2, 3, 16, 33], [4, 3, 1, 1], cfg(1, 0), true, 12);
     check_f16([2, 5, 7, 7], [5, 1, 3, 3], Conv2dConfig { groups: 5, ..cfg(1, 1) }, true, 13);
+    check_f16([2, 4, 9, 11], [17, 4, 3, 3], cfg(2, 1), true, 14);
 }
 
 /// The GEMMs' result precision follows the output tensor: f16 operands give an f16 activation or an f32 weight
@@ -299,6 +317,8 @@ fn every_path_accumulates() {
     check([2, 5, 5, 3], [7, 5, 1, 1], cfg(1, 0), true, 2);
     check([2, 3, 16, 33], [4, 3, 1, 1], cfg(1, 0), true, 4);
     check([2, 5, 7, 7], [5, 1, 3, 3], Conv2dConfig { groups: 5, ..cfg(1, 1) }, true, 3);
+    // Stride phases that no tap reaches add nothing (their dx keeps its start).
+    check([1, 3, 8, 7], [5, 3, 2, 2], cfg(3, 0), true, 5);
 }
 
 #[test]

@@ -66,3 +66,15 @@ fn async_readback_of_a_scalar_through_the_ring() {
 fn the_shader_checks_are_as_this_build_says() {
     assert_eq!(gpu().shader_checks(), CHECKED);
 }
+
+/// The reductions of batch norm and the depthwise weight gradient run with subgroups in one build (where the adapter
+/// has them: lavapipe does, with 8 lanes) and with workgroup-memory trees in the other, so both are tested here.
+#[test]
+fn the_reductions_are_as_this_build_says() {
+    let turned_off = std::env::var(wgtune::gpu::ENV_SUBGROUPS).is_ok_and(|v| v.trim() == "off" || v.trim() == "0");
+    let want = !CHECKED && gpu().adapter_has_subgroups() && !turned_off;
+    assert_eq!(gpu().subgroups().is_some(), want, "subgroups {:?}", gpu().subgroups());
+    if let Some((min, _)) = gpu().subgroups() {
+        assert!(min >= wgtune::gpu::MIN_SUBGROUP_SIZE);
+    }
+}
