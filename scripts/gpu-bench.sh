@@ -97,7 +97,7 @@ fi
 f16=0
 "$bin" info --json 2>/dev/null | grep -q SHADER_F16 && f16=1
 
-step matmul matmul.jsonl "$bin" bench matmul --sizes "$matmul_sizes" --kernels tiled,shared32,shared64,shared128,auto --json
+step matmul matmul.jsonl "$bin" bench matmul --sizes "$matmul_sizes" --kernels tiled,shared32,shared64,shared128,staged128,auto --json
 torch_step torch-matmul torch.jsonl "$torch_py" "$ref" matmul --device "${device:-cpu}" --sizes ${matmul_sizes//,/ } --json
 step conv conv.jsonl "$bin" bench conv --matmul-sizes 1024 --json
 torch_step torch-conv torch.jsonl "$torch_py" "$ref" conv --device "${device:-cpu}" --json

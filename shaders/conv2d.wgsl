@@ -27,6 +27,9 @@
 // f16), or both operands f16 and the output f32 (backward_weight). Sums are f32 inside and rounded once when
 // stored; the bias is an f32 parameter in every variant.
 //
+// conv2d_forward_staged (below) is the forward pass on matmul.wgsl's staged 128 x 128 tile instead, for GPUs: the
+// autotuner picks between the two per layer.
+//
 // Dispatch (x, y, z): forward (ceil(N*OH*OW / 512), ceil(Cout_g / 16), groups); backward_data
 // (ceil(N * ceil(H / stride_h) * ceil(W / stride_w) / 512), ceil(Cin_g / 16), groups * stride_h * stride_w: the
 // largest stride phase's pixels, see the kernel); backward_weight (ceil(Cin_g*KH*KW / (8 * WG)), ceil(Cout_g / 16),
@@ -315,6 +318,241 @@ fn conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     store_row(acc.r13_0, acc.r13_1, cols, r0 + 13u < cout_g, (co_base + r0 + 13u) * out_hw, bias_at(co_base + r0 + 13u));
     store_row(acc.r14_0, acc.r14_1, cols, r0 + 14u < cout_g, (co_base + r0 + 14u) * out_hw, bias_at(co_base + r0 + 14u));
     store_row(acc.r15_0, acc.r15_1, cols, r0 + 15u < cout_g, (co_base + r0 + 15u) * out_hw, bias_at(co_base + r0 + 15u));
+}
+
+// conv2d_forward_staged: the forward pass on matmul.wgsl's staged tile (see `matmul_staged` there): 256
+// invocations compute 128 output channels x 128 output pixels of one group, the reduction (K = Cin_g * KH * KW,
+// ordered tap-major: k = (kh * KW + kw) * Cin_g + ci, as `conv2d_forward` walks it) in slabs of 8 staged through
+// workgroup memory, the next slab's gathers in flight during the products.
+//   - Staging w (128 x 8): invocation t reads rows t / 8 + 32 * i (i < 4) at the slab's k = t % 8.
+//   - Staging x (8 x 128, the implicit im2col): invocation t always reads pixel column t % 128 (its image and
+//     origin computed once) at the slab's k = t / 128 + 2 * i: neighbouring invocations read neighbouring pixels.
+//   - Each staged k is a position (ci, kh, kw) advanced by 8 per slab with carries, so no division runs in the
+//     loop (a layer with fewer than 8 channels per group carries more than once).
+// Dispatch: (ceil(N * OH * OW / 128), ceil(Cout_g / 128), groups).
+const ST_TILE: u32 = 128u;
+const ST_BK: u32 = 8u;
+const ST_PITCH: u32 = 33u; // vec4s per K row of a staged slab: 32 and one of padding
+
+var<workgroup> staged_a: array<vec4<f32>, 264>; // ST_BK x ST_PITCH: staged_a[kk * 33 + row / 4][row % 4]
+var<workgroup> staged_b: array<vec4<f32>, 264>; // ST_BK x ST_PITCH: staged_b[kk * 33 + col / 4][col % 4]
+
+// The 8 x 8 block of one staged invocation (`matmul_staged`, `conv2d_forward_staged`): row r holds its column
+// quads in r<r>_0 and r<r>_1.
+struct Block8 {
+    r0_0: vec4<f32>,
+    r0_1: vec4<f32>,
+    r1_0: vec4<f32>,
+    r1_1: vec4<f32>,
+    r2_0: vec4<f32>,
+    r2_1: vec4<f32>,
+    r3_0: vec4<f32>,
+    r3_1: vec4<f32>,
+    r4_0: vec4<f32>,
+    r4_1: vec4<f32>,
+    r5_0: vec4<f32>,
+    r5_1: vec4<f32>,
+    r6_0: vec4<f32>,
+    r6_1: vec4<f32>,
+    r7_0: vec4<f32>,
+    r7_1: vec4<f32>,
+}
+
+// acc += (a0, a1) ⊗ (b0, b1): rows 0-3 take a0's components, rows 4-7 a1's.
+fn rank1_update8(acc: ptr<function, Block8>, a0: vec4<f32>, a1: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>) {
+    (*acc).r0_0 = fma(vec4<f32>(a0.x), b0, (*acc).r0_0);
+    (*acc).r0_1 = fma(vec4<f32>(a0.x), b1, (*acc).r0_1);
+    (*acc).r1_0 = fma(vec4<f32>(a0.y), b0, (*acc).r1_0);
+    (*acc).r1_1 = fma(vec4<f32>(a0.y), b1, (*acc).r1_1);
+    (*acc).r2_0 = fma(vec4<f32>(a0.z), b0, (*acc).r2_0);
+    (*acc).r2_1 = fma(vec4<f32>(a0.z), b1, (*acc).r2_1);
+    (*acc).r3_0 = fma(vec4<f32>(a0.w), b0, (*acc).r3_0);
+    (*acc).r3_1 = fma(vec4<f32>(a0.w), b1, (*acc).r3_1);
+    (*acc).r4_0 = fma(vec4<f32>(a1.x), b0, (*acc).r4_0);
+    (*acc).r4_1 = fma(vec4<f32>(a1.x), b1, (*acc).r4_1);
+    (*acc).r5_0 = fma(vec4<f32>(a1.y), b0, (*acc).r5_0);
+    (*acc).r5_1 = fma(vec4<f32>(a1.y), b1, (*acc).r5_1);
+    (*acc).r6_0 = fma(vec4<f32>(a1.z), b0, (*acc).r6_0);
+    (*acc).r6_1 = fma(vec4<f32>(a1.z), b1, (*acc).r6_1);
+    (*acc).r7_0 = fma(vec4<f32>(a1.w), b0, (*acc).r7_0);
+    (*acc).r7_1 = fma(vec4<f32>(a1.w), b1, (*acc).r7_1);
+}
+
+// A reduction index k as the position it stands for, kept current by `kpos_advance`: k itself (past K when the
+// slab runs over the end), the channel within the group and the tap.
+struct KPos {
+    k: u32,
+    ci: u32,
+    kh: u32,
+    kw: u32,
+}
+
+fn kpos_of(k: u32, cin_g: u32) -> KPos {
+    let tap = k / cin_g;
+    return KPos(k, k % cin_g, tap / p.kernel_w, tap % p.kernel_w);
+}
+
+// kp moved on by `by` reduction steps: the channel carries into the tap, the tap's column into its row.
+fn kpos_advance(kp: KPos, by: u32, cin_g: u32) -> KPos {
+    var r = kp;
+    r.k += by;
+    r.ci += by;
+    while r.ci >= cin_g {
+        r.ci -= cin_g;
+        r.kw += 1u;
+        if r.kw == p.kernel_w {
+            r.kw = 0u;
+            r.kh += 1u;
+        }
+    }
+    return r;
+}
+
+// w's value at (output channel co of the group, reduction position kp), zero outside.
+fn staged_w(w_row: u32, row_ok: bool, kp: KPos, k_total: u32, khw: u32) -> f32 {
+    let ok = row_ok && kp.k < k_total;
+    let idx = select(0u, w_row + kp.ci * khw + kp.kh * p.kernel_w + kp.kw, ok);
+    return select(0.0, a_at(idx), ok);
+}
+
+// The pixel column of one staging invocation: its image's base in x and the window's origin.
+struct PixelCol {
+    ok: bool,
+    x_base: u32,
+    ih: i32,
+    iw: i32,
+}
+
+// x's value at (reduction position kp, the column's pixel), zero in the padding and outside.
+fn staged_x(col: PixelCol, kp: KPos, k_total: u32) -> f32 {
+    let ih = col.ih + i32(kp.kh * p.dilation_h);
+    let iw = col.iw + i32(kp.kw * p.dilation_w);
+    let ok = col.ok && kp.k < k_total && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w);
+    let idx = select(0u, col.x_base + kp.ci * p.in_h * p.in_w + u32(ih) * p.in_w + u32(iw), ok);
+    return select(0.0, f32(gemm_b[idx]), ok);
+}
+
+fn stage_a(row: u32, kk: u32, v: f32) {
+    staged_a[kk * ST_PITCH + (row >> 2u)][row & 3u] = v;
+}
+
+fn stage_b(kk: u32, col: u32, v: f32) {
+    staged_b[kk * ST_PITCH + (col >> 2u)][col & 3u] = v;
+}
+
+// Store one row of the block: its 8 columns (two quads) where they exist, plus the row's bias.
+fn store_staged_row(v0: vec4<f32>, v1: vec4<f32>, co: u32, row_ok: bool, cols: Cols, out_hw: u32) {
+    store_row(v0, v1, cols, row_ok, co * out_hw, bias_at(co));
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn conv2d_forward_staged(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.y * 16u + lid.x;
+    let g = wg.z;
+    let cin_g = p.in_c / p.groups;
+    let cout_g = p.out_c / p.groups;
+    let khw = p.kernel_h * p.kernel_w;
+    let k_total = cin_g * khw;
+    let in_hw = p.in_h * p.in_w;
+    let out_hw = p.out_h * p.out_w;
+    let ncols = p.batch * out_hw;
+    let r0 = wg.y * ST_TILE;
+    let col0 = wg.x * ST_TILE;
+    let co_base = g * cout_g;
+    // Staging w: rows t / 8 + 32 * i at slab offset t % 8.
+    let a_rows = vec4<u32>(t >> 3u) + vec4<u32>(0u, 32u, 64u, 96u);
+    let a_kk = t & 7u;
+    let rows_ok = (vec4<u32>(r0) + a_rows) < vec4<u32>(cout_g);
+    let w_rows = (vec4<u32>(co_base) + min(vec4<u32>(r0) + a_rows, vec4<u32>(cout_g - 1u))) * k_total;
+    var ka = kpos_of(a_kk, cin_g);
+    // Staging x: column t % 128 at slab offsets t / 128 + 2 * i.
+    let b_col = t & 127u;
+    let b_kk = t >> 7u;
+    let pixel = col0 + b_col;
+    let pc = min(pixel, ncols - 1u);
+    let n = pc / out_hw;
+    let pix = pc - n * out_hw;
+    let col = PixelCol(
+        pixel < ncols,
+        (n * p.in_c + g * cin_g) * in_hw,
+        i32((pix / p.out_w) * p.stride_h) - i32(p.pad_top),
+        i32((pix % p.out_w) * p.stride_w) - i32(p.pad_left),
+    );
+    var kb0 = kpos_of(b_kk, cin_g);
+    var kb1 = kpos_of(b_kk + 2u, cin_g);
+    var kb2 = kpos_of(b_kk + 4u, cin_g);
+    var kb3 = kpos_of(b_kk + 6u, cin_g);
+    // The first slab (k past K reads zeros).
+    var na = vec4<f32>(
+        staged_w(w_rows.x, rows_ok.x, ka, k_total, khw),
+        staged_w(w_rows.y, rows_ok.y, ka, k_total, khw),
+        staged_w(w_rows.z, rows_ok.z, ka, k_total, khw),
+        staged_w(w_rows.w, rows_ok.w, ka, k_total, khw),
+    );
+    var nb = vec4<f32>(staged_x(col, kb0, k_total), staged_x(col, kb1, k_total), staged_x(col, kb2, k_total),
+        staged_x(col, kb3, k_total));
+    var acc: Block8;
+    let slabs = (k_total + ST_BK - 1u) / ST_BK;
+    for (var s = 0u; s < slabs; s++) {
+        stage_a(a_rows.x, a_kk, na.x);
+        stage_a(a_rows.y, a_kk, na.y);
+        stage_a(a_rows.z, a_kk, na.z);
+        stage_a(a_rows.w, a_kk, na.w);
+        stage_b(b_kk, b_col, nb.x);
+        stage_b(b_kk + 2u, b_col, nb.y);
+        stage_b(b_kk + 4u, b_col, nb.z);
+        stage_b(b_kk + 6u, b_col, nb.w);
+        workgroupBarrier();
+        // The next slab's reads, in flight during the products.
+        ka = kpos_advance(ka, ST_BK, cin_g);
+        kb0 = kpos_advance(kb0, ST_BK, cin_g);
+        kb1 = kpos_advance(kb1, ST_BK, cin_g);
+        kb2 = kpos_advance(kb2, ST_BK, cin_g);
+        kb3 = kpos_advance(kb3, ST_BK, cin_g);
+        na = vec4<f32>(
+            staged_w(w_rows.x, rows_ok.x, ka, k_total, khw),
+            staged_w(w_rows.y, rows_ok.y, ka, k_total, khw),
+            staged_w(w_rows.z, rows_ok.z, ka, k_total, khw),
+            staged_w(w_rows.w, rows_ok.w, ka, k_total, khw),
+        );
+        nb = vec4<f32>(staged_x(col, kb0, k_total), staged_x(col, kb1, k_total), staged_x(col, kb2, k_total),
+            staged_x(col, kb3, k_total));
+        for (var kk = 0u; kk < ST_BK; kk++) {
+            let at = kk * ST_PITCH;
+            rank1_update8(
+                &acc,
+                staged_a[at + lid.y],
+                staged_a[at + 16u + lid.y],
+                staged_b[at + lid.x],
+                staged_b[at + 16u + lid.x],
+            );
+        }
+        workgroupBarrier();
+    }
+    // y[n, co, oh, ow] at (n * Cout + co) * OH*OW + pix; this invocation's columns col0 + tx * 4 + j and
+    // col0 + 64 + tx * 4 + j.
+    let c0 = vec4<u32>(col0 + lid.x * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let c1 = c0 + vec4<u32>(64u);
+    let k0 = min(c0, vec4<u32>(ncols - 1u));
+    let k1 = min(c1, vec4<u32>(ncols - 1u));
+    let n0 = k0 / out_hw;
+    let n1 = k1 / out_hw;
+    let cols = Cols(
+        live(c0, ncols),
+        live(c1, ncols),
+        n0 * p.out_c * out_hw + (k0 - n0 * out_hw),
+        n1 * p.out_c * out_hw + (k1 - n1 * out_hw),
+    );
+    let ra = r0 + lid.y * 4u;
+    let rb = ra + 64u;
+    store_staged_row(acc.r0_0, acc.r0_1, co_base + ra, ra < cout_g, cols, out_hw);
+    store_staged_row(acc.r1_0, acc.r1_1, co_base + ra + 1u, ra + 1u < cout_g, cols, out_hw);
+    store_staged_row(acc.r2_0, acc.r2_1, co_base + ra + 2u, ra + 2u < cout_g, cols, out_hw);
+    store_staged_row(acc.r3_0, acc.r3_1, co_base + ra + 3u, ra + 3u < cout_g, cols, out_hw);
+    store_staged_row(acc.r4_0, acc.r4_1, co_base + rb, rb < cout_g, cols, out_hw);
+    store_staged_row(acc.r5_0, acc.r5_1, co_base + rb + 1u, rb + 1u < cout_g, cols, out_hw);
+    store_staged_row(acc.r6_0, acc.r6_1, co_base + rb + 2u, rb + 2u < cout_g, cols, out_hw);
+    store_staged_row(acc.r7_0, acc.r7_1, co_base + rb + 3u, rb + 3u < cout_g, cols, out_hw);
 }
 
 // dx[n, ci, ih, iw] = sum_{co, kh, kw} w[co, ci, kh, kw] * dy[n, co, oh, ow] over the (oh, ow) with

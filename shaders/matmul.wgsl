@@ -21,6 +21,7 @@
 //                 of B across the 16 rows happens in registers, reuse of A through the uniform broadcast.
 //                 A workgroup covers 16 rows x 512 columns. Dispatch: (ceil(N / 512), ceil(M / 16), batch).
 //   matmul_shared the workgroup-memory GEMM with its tile as pipeline constants (below, at the kernel).
+//   matmul_staged the workgroup-memory GEMM with a fixed 128 x 128 tile and named registers (below).
 //   matmul_naive  one output per invocation, 16x16 workgroups; kept only as the benchmark baseline.
 //                 Dispatch: (ceil(N / 16), ceil(M / 16), batch).
 //
@@ -396,4 +397,189 @@ fn matmul_shared(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
             store4(acc[i * 2u + j], row, vec4<u32>(c4) + vec4<u32>(0u, 1u, 2u, 3u), batch);
         }
     }
+}
+
+// matmul_staged: the workgroup-memory GEMM written for GPU compilers the way `matmul` is written for lavapipe:
+// nothing that must live in registers is an indexed array. 256 invocations (16 x 16) compute a 128 x 128 tile of
+// C, walking K in slabs of 8:
+//   - Staging: the 128 x 8 slab of A and the 8 x 128 slab of B are 1,024 values each, four per invocation, read
+//     so that consecutive invocations touch consecutive addresses of whichever dimension is contiguous (K or M for
+//     A, N or K for B), out-of-range values as zeros. They wait in eight named registers while the products of the
+//     current slab run (the loads overlap the arithmetic), then go to workgroup memory K-major, each K row padded
+//     from 32 to 33 vec4s so that neither copy order makes two invocations of a warp hit one bank.
+//   - Products: invocation (tx, ty) owns rows ty * 4 + i and 64 + ty * 4 + i, columns tx * 4 + j and
+//     64 + tx * 4 + j (i, j < 4): an 8 x 8 block in the 16 named vec4 accumulators of `Block8`. Per K step it reads
+//     two vec4s of A (the same for 16 invocations: a broadcast) and two of B (16 consecutive vec4s across the
+//     warp: no bank conflict) for 64 fused multiply-adds.
+//   - Two barriers per slab: after the staging store (the slab is complete) and after the products (nobody still
+//     reads it when the next one is stored). No invocation returns early; every loop bound is uniform.
+// 8.25 KiB of workgroup memory. The epilogue flags are a pipeline constant as for `matmul`.
+// Dispatch: (ceil(N / 128), ceil(M / 128), batch).
+const ST_TILE: u32 = 128u;
+const ST_BK: u32 = 8u;
+const ST_PITCH: u32 = 33u; // vec4s per K row of a staged slab: 32 and one of padding
+
+var<workgroup> staged_a: array<vec4<f32>, 264>; // ST_BK x ST_PITCH: staged_a[kk * 33 + m / 4][m % 4]
+var<workgroup> staged_b: array<vec4<f32>, 264>; // ST_BK x ST_PITCH: staged_b[kk * 33 + n / 4][n % 4]
+
+// The 8 x 8 block of one staged invocation (`matmul_staged`, `conv2d_forward_staged`): row r holds its column
+// quads in r<r>_0 and r<r>_1.
+struct Block8 {
+    r0_0: vec4<f32>,
+    r0_1: vec4<f32>,
+    r1_0: vec4<f32>,
+    r1_1: vec4<f32>,
+    r2_0: vec4<f32>,
+    r2_1: vec4<f32>,
+    r3_0: vec4<f32>,
+    r3_1: vec4<f32>,
+    r4_0: vec4<f32>,
+    r4_1: vec4<f32>,
+    r5_0: vec4<f32>,
+    r5_1: vec4<f32>,
+    r6_0: vec4<f32>,
+    r6_1: vec4<f32>,
+    r7_0: vec4<f32>,
+    r7_1: vec4<f32>,
+}
+
+// acc += (a0, a1) ⊗ (b0, b1): rows 0-3 take a0's components, rows 4-7 a1's.
+fn rank1_update8(acc: ptr<function, Block8>, a0: vec4<f32>, a1: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>) {
+    (*acc).r0_0 = fma(vec4<f32>(a0.x), b0, (*acc).r0_0);
+    (*acc).r0_1 = fma(vec4<f32>(a0.x), b1, (*acc).r0_1);
+    (*acc).r1_0 = fma(vec4<f32>(a0.y), b0, (*acc).r1_0);
+    (*acc).r1_1 = fma(vec4<f32>(a0.y), b1, (*acc).r1_1);
+    (*acc).r2_0 = fma(vec4<f32>(a0.z), b0, (*acc).r2_0);
+    (*acc).r2_1 = fma(vec4<f32>(a0.z), b1, (*acc).r2_1);
+    (*acc).r3_0 = fma(vec4<f32>(a0.w), b0, (*acc).r3_0);
+    (*acc).r3_1 = fma(vec4<f32>(a0.w), b1, (*acc).r3_1);
+    (*acc).r4_0 = fma(vec4<f32>(a1.x), b0, (*acc).r4_0);
+    (*acc).r4_1 = fma(vec4<f32>(a1.x), b1, (*acc).r4_1);
+    (*acc).r5_0 = fma(vec4<f32>(a1.y), b0, (*acc).r5_0);
+    (*acc).r5_1 = fma(vec4<f32>(a1.y), b1, (*acc).r5_1);
+    (*acc).r6_0 = fma(vec4<f32>(a1.z), b0, (*acc).r6_0);
+    (*acc).r6_1 = fma(vec4<f32>(a1.z), b1, (*acc).r6_1);
+    (*acc).r7_0 = fma(vec4<f32>(a1.w), b0, (*acc).r7_0);
+    (*acc).r7_1 = fma(vec4<f32>(a1.w), b1, (*acc).r7_1);
+}
+
+// Where invocation t's four staged values of a slab sit: element e = t + 256 * i (i < 4) of the slab, laid out
+// along the contiguous dimension. `fast_k`: the slab is read along K (8 values per row or column of C), else along
+// the 128 rows (A) or columns (B). Returns (row or column in the tile, K in the slab) for each of the four.
+fn staged_slots(t: u32, fast_k: bool) -> array<vec4<u32>, 2> {
+    let e = vec4<u32>(t) + vec4<u32>(0u, 256u, 512u, 768u);
+    let along = select(e & vec4<u32>(ST_TILE - 1u), e >> vec4<u32>(3u), fast_k);
+    let kk = select(e >> vec4<u32>(7u), e & vec4<u32>(ST_BK - 1u), fast_k);
+    return array<vec4<u32>, 2>(along, kk);
+}
+
+// A's value at (row, k), zero outside the matrix (the address is clamped, so the read itself is in bounds).
+fn staged_a_at(a_base: u32, row: u32, k: u32) -> f32 {
+    let idx = a_base + min(row, p.m - 1u) * p.a_row + min(k, p.k - 1u) * p.a_col;
+    return select(0.0, a_at(idx), row < p.m && k < p.k);
+}
+
+// B's value at (k, col), zero outside the matrix.
+fn staged_b_at(b_base: u32, k: u32, col: u32) -> f32 {
+    let idx = b_base + min(k, p.k - 1u) * p.b_row + min(col, p.n - 1u) * p.b_col;
+    return select(0.0, b_at(idx), k < p.k && col < p.n);
+}
+
+fn stage_a(slot: vec2<u32>, v: f32) {
+    staged_a[slot.y * ST_PITCH + (slot.x >> 2u)][slot.x & 3u] = v;
+}
+
+fn stage_b(slot: vec2<u32>, v: f32) {
+    staged_b[slot.y * ST_PITCH + (slot.x >> 2u)][slot.x & 3u] = v;
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_staged(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.y * 16u + lid.x;
+    let batch = wg.z;
+    let row0 = wg.y * ST_TILE;
+    let col0 = wg.x * ST_TILE;
+    let a_base = batch * p.a_batch;
+    let b_base = batch * p.b_batch;
+    let sa = staged_slots(t, p.a_col == 1u);
+    let sb = staged_slots(t, p.b_col != 1u);
+    let a_rows = vec4<u32>(row0) + sa[0];
+    let b_cols = vec4<u32>(col0) + sb[0];
+    // The first slab (none when K = 0: then A and B may be empty buffers).
+    var na: vec4<f32>;
+    var nb: vec4<f32>;
+    if p.k > 0u {
+        na = vec4<f32>(
+            staged_a_at(a_base, a_rows.x, sa[1].x),
+            staged_a_at(a_base, a_rows.y, sa[1].y),
+            staged_a_at(a_base, a_rows.z, sa[1].z),
+            staged_a_at(a_base, a_rows.w, sa[1].w),
+        );
+        nb = vec4<f32>(
+            staged_b_at(b_base, sb[1].x, b_cols.x),
+            staged_b_at(b_base, sb[1].y, b_cols.y),
+            staged_b_at(b_base, sb[1].z, b_cols.z),
+            staged_b_at(b_base, sb[1].w, b_cols.w),
+        );
+    }
+    var acc: Block8;
+    let slabs = (p.k + ST_BK - 1u) / ST_BK;
+    for (var s = 0u; s < slabs; s++) {
+        stage_a(vec2<u32>(sa[0].x, sa[1].x), na.x);
+        stage_a(vec2<u32>(sa[0].y, sa[1].y), na.y);
+        stage_a(vec2<u32>(sa[0].z, sa[1].z), na.z);
+        stage_a(vec2<u32>(sa[0].w, sa[1].w), na.w);
+        stage_b(vec2<u32>(sb[0].x, sb[1].x), nb.x);
+        stage_b(vec2<u32>(sb[0].y, sb[1].y), nb.y);
+        stage_b(vec2<u32>(sb[0].z, sb[1].z), nb.z);
+        stage_b(vec2<u32>(sb[0].w, sb[1].w), nb.w);
+        workgroupBarrier();
+        // The next slab's loads, in flight during the products (past K they read zeros and are never used).
+        let k_next = vec4<u32>((s + 1u) * ST_BK);
+        let ka = k_next + sa[1];
+        let kb = k_next + sb[1];
+        na = vec4<f32>(
+            staged_a_at(a_base, a_rows.x, ka.x),
+            staged_a_at(a_base, a_rows.y, ka.y),
+            staged_a_at(a_base, a_rows.z, ka.z),
+            staged_a_at(a_base, a_rows.w, ka.w),
+        );
+        nb = vec4<f32>(
+            staged_b_at(b_base, kb.x, b_cols.x),
+            staged_b_at(b_base, kb.y, b_cols.y),
+            staged_b_at(b_base, kb.z, b_cols.z),
+            staged_b_at(b_base, kb.w, b_cols.w),
+        );
+        for (var kk = 0u; kk < ST_BK; kk++) {
+            let at = kk * ST_PITCH;
+            rank1_update8(
+                &acc,
+                staged_a[at + lid.y],
+                staged_a[at + 16u + lid.y],
+                staged_b[at + lid.x],
+                staged_b[at + 16u + lid.x],
+            );
+        }
+        workgroupBarrier();
+    }
+    let r0 = row0 + lid.y * 4u;
+    let r1 = r0 + 64u;
+    let c0 = vec4<u32>(col0 + lid.x * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    let c1 = c0 + vec4<u32>(64u);
+    store4(acc.r0_0, r0, c0, batch);
+    store4(acc.r0_1, r0, c1, batch);
+    store4(acc.r1_0, r0 + 1u, c0, batch);
+    store4(acc.r1_1, r0 + 1u, c1, batch);
+    store4(acc.r2_0, r0 + 2u, c0, batch);
+    store4(acc.r2_1, r0 + 2u, c1, batch);
+    store4(acc.r3_0, r0 + 3u, c0, batch);
+    store4(acc.r3_1, r0 + 3u, c1, batch);
+    store4(acc.r4_0, r1, c0, batch);
+    store4(acc.r4_1, r1, c1, batch);
+    store4(acc.r5_0, r1 + 1u, c0, batch);
+    store4(acc.r5_1, r1 + 1u, c1, batch);
+    store4(acc.r6_0, r1 + 2u, c0, batch);
+    store4(acc.r6_1, r1 + 2u, c1, batch);
+    store4(acc.r7_0, r1 + 3u, c0, batch);
+    store4(acc.r7_1, r1 + 3u, c1, batch);
 }

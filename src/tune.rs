@@ -158,9 +158,13 @@ impl Tuner {
         Ok(Tuner::open(mode, device, path))
     }
 
-    /// The cached choice of `key`, if it names one of `candidates`.
+    /// The cached choice of `key`, if it names one of `candidates` and was made among all of them: a variant
+    /// added since (a newer build of the same version) was never timed, so the problem is tuned again.
     pub fn cached<K: Copy>(&self, key: &str, candidates: &[K], name: fn(K) -> &'static str) -> Option<K> {
         let c = self.choices.get(key)?;
+        if !candidates.iter().all(|&k| c.measured_ms.contains_key(name(k))) {
+            return None;
+        }
         candidates.iter().copied().find(|&k| name(k) == c.kernel)
     }
 
@@ -252,6 +256,21 @@ pub fn choose<K: Copy + PartialEq>(
     Ok(chosen)
 }
 
+/// Scratch tensors shaped and typed like a problem's operands (each with its role for the label), on which the
+/// variants are timed: never the real tensors, which may hold a gradient being accumulated.
+pub fn scratch_like<const N: usize>(
+    gpu: &Gpu,
+    operands: [(&crate::gpu::Tensor, &str); N],
+    label: &str,
+) -> Result<[crate::gpu::Tensor; N]> {
+    let made = operands
+        .iter()
+        .map(|(t, role)| gpu.transient_tensor(t.shape(), t.dtype(), &format!("autotune {role} of {label}")))
+        .collect::<Result<Vec<_>>>()?;
+    let Ok(made) = <[crate::gpu::Tensor; N]>::try_from(made) else { unreachable!("one tensor per operand") };
+    Ok(made)
+}
+
 /// Seconds this process has spent timing variants, on every device.
 fn spent_s() -> f64 {
     SPENT_US.load(Ordering::Relaxed) as f64 / 1e6
@@ -332,6 +351,8 @@ mod tests {
         let name = |k: &'static str| k;
         assert_eq!(again.cached("matmul 1", &["a", "b"], name), Some("b"));
         assert_eq!(again.cached("matmul 1", &["a"], name), None, "a choice no longer offered is ignored");
+        assert_eq!(again.cached("matmul 2", &["a"], name), Some("a"), "a candidate dropped leaves the rest");
+        assert_eq!(again.cached("matmul 1", &["a", "b", "c"], name), None, "a candidate never timed: tune again");
         assert_eq!(again.cached("matmul 3", &["a", "b"], name), None);
         // A new driver or wgtune version is another key: another file, and this one read for it is ignored.
         let newer = device.replace("wgtune 0.1.0", "wgtune 0.2.0");

@@ -251,8 +251,9 @@ fn item(source: &str, head: &str) -> String {
     body.join("\n")
 }
 
-/// Blocks duplicated on purpose (WGSL has no includes): the 16x8 register block of matmul and the implicit-GEMM
-/// convolution, the convolution parameters of the dense and depthwise kernels. They must stay identical.
+/// Blocks duplicated on purpose (WGSL has no includes): the 16x8 and the staged 8x8 register blocks and the staged
+/// tile's sizes of matmul and the implicit-GEMM convolution, the convolution parameters of the dense and depthwise
+/// kernels. They must stay identical.
 #[test]
 fn wgsl_blocks_shared_between_families_stay_identical() {
     let source = |name: &str| FAMILIES.iter().find(|f| f.name == name).expect("family").source;
@@ -261,6 +262,11 @@ fn wgsl_blocks_shared_between_families_stay_identical() {
         ("fn rank1_update(", ["matmul", "conv2d"]),
         ("const TM:", ["matmul", "conv2d"]),
         ("const TN:", ["matmul", "conv2d"]),
+        ("struct Block8", ["matmul", "conv2d"]),
+        ("fn rank1_update8(", ["matmul", "conv2d"]),
+        ("const ST_TILE:", ["matmul", "conv2d"]),
+        ("const ST_BK:", ["matmul", "conv2d"]),
+        ("const ST_PITCH:", ["matmul", "conv2d"]),
         ("struct ConvParams", ["conv2d", "depthwise"]),
         ("fn workgroup_sums(", ["norm", "layer_norm"]),
     ] {

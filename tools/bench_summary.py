@@ -108,6 +108,26 @@ def main():
             print(f"| {row['name']} | {row['calls']} | {row['ms']:.2f} | {row['share'] * 100:.1f}% | {g} | "
                   f"{row['gbps']:.1f} |")
 
+    tunes = lines(os.path.join(d, "tune.jsonl"))
+    if tunes:
+        print("\n## the autotuner's choices (per model: problems won by each kernel; ms summed over them, chosen "
+              "kernel against the tiled one)\n")
+        print("| model | family | kernels chosen | ms chosen / tiled |\n|---|---|---|---|")
+        for r in tunes:
+            families = {}
+            for key, c in sorted(r.get("choices", {}).items()):
+                family = " ".join(w for w in key.split()[:2] if not w[0].isdigit())
+                f = families.setdefault(family, {"won": {}, "chosen": 0.0, "tiled": 0.0})
+                f["won"][c["kernel"]] = f["won"].get(c["kernel"], 0) + 1
+                ms = c.get("measured_ms", {})
+                if c["kernel"] in ms and "tiled" in ms:
+                    f["chosen"] += ms[c["kernel"]]
+                    f["tiled"] += ms["tiled"]
+            for family, f in families.items():
+                won = ", ".join(f"{k} {n}" for k, n in sorted(f["won"].items()))
+                times = f"{f['chosen']:.2f} / {f['tiled']:.2f}" if f["tiled"] else "-"
+                print(f"| {r.get('model', '?')} | {family} | {won} | {times} |")
+
 
 if __name__ == "__main__":
     main()

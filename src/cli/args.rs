@@ -446,7 +446,7 @@ pub(crate) struct ModelsArgs {
 }
 
 /// `bench matmul`'s default `--kernels`: every variant, then the autotuner's choice.
-const MATMUL_KERNELS: [&str; 6] = ["naive", "tiled", "shared32", "shared64", "shared128", "auto"];
+const MATMUL_KERNELS: [&str; 7] = ["naive", "tiled", "shared32", "shared64", "shared128", "staged128", "auto"];
 
 #[derive(Subcommand)]
 pub(crate) enum BenchCommand {
@@ -537,8 +537,8 @@ pub(crate) enum BenchCommand {
         /// Matrix sizes n (C = A·B, all n x n).
         #[arg(long, value_delimiter = ',', default_values_t = vec![256, 512, 1024])]
         sizes: Vec<usize>,
-        /// Kernels to time: naive, tiled, shared32, shared64, shared128, or auto (the autotuner's choice for the
-        /// size, reported with the kernel it chose).
+        /// Kernels to time: naive, tiled, shared32, shared64, shared128, staged128, or auto (the autotuner's choice
+        /// for the size, reported with the kernel it chose).
         #[arg(long, value_delimiter = ',', default_values_t = MATMUL_KERNELS.map(String::from).to_vec())]
         kernels: Vec<String>,
         /// Timed runs per case (median reported).

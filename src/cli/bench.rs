@@ -121,7 +121,7 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
                     MatmulKernel::from_name(k).ok_or_else(|| {
                         anyhow::anyhow!(
                             "--kernels: unknown matmul kernel '{k}' (expected naive, tiled, shared32, shared64, \
-                             shared128 or auto)"
+                             shared128, staged128 or auto)"
                         )
                     })
                 })

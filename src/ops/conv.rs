@@ -55,8 +55,36 @@ const SIG_WITH_BIAS: &[(u32, Access)] =
 const SIG: &[(u32, Access)] = &[(1, Access::Read), (2, Access::Read), (4, Access::ReadWrite)];
 
 pub const CONV2D_FORWARD: KernelSpec = KernelSpec::new("conv2d_forward", "conv2d", SIG_WITH_BIAS);
+/// The forward pass on the staged 128 x 128 tile ([`ConvKernel::Staged`]).
+pub const CONV2D_FORWARD_STAGED: KernelSpec = KernelSpec::new("conv2d_forward_staged", "conv2d", SIG_WITH_BIAS);
 pub const CONV2D_BACKWARD_DATA: KernelSpec = KernelSpec::new("conv2d_backward_data", "conv2d", SIG);
 pub const CONV2D_BACKWARD_WEIGHT: KernelSpec = KernelSpec::new("conv2d_backward_weight", "conv2d", SIG);
+/// Which implicit-GEMM kernel computes a dense (or grouped) convolution's forward pass. `Auto` is the autotuner's
+/// choice for the layer on this device; the others are the variants it chooses among.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvKernel {
+    Auto,
+    /// Register-blocked, no workgroup memory: 16 output channels x 512 pixels per workgroup of 64 invocations
+    /// (the software driver's winner).
+    Tiled,
+    /// 128 output channels x 128 pixels per workgroup of 256, the weights and the gathered input staged through
+    /// workgroup memory in slabs of 8 (matmul's `staged128`; for GPUs).
+    Staged,
+}
+
+impl ConvKernel {
+    /// Every concrete kernel.
+    pub const ALL: [ConvKernel; 2] = [ConvKernel::Tiled, ConvKernel::Staged];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvKernel::Auto => "auto",
+            ConvKernel::Tiled => "tiled",
+            ConvKernel::Staged => "staged",
+        }
+    }
+}
+
 /// Padding of the four sides, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Padding {
@@ -129,6 +157,9 @@ impl ConvShape {
             return Err(bad("x must be (N, Cin, H, W) and w (Cout, Cin/groups, KH, KW)".into()));
         };
         let g = cfg.groups;
+        if in_c == 0 || out_c == 0 {
+            return Err(bad("Cin and Cout must be at least 1".into()));
+        }
         if g == 0 || in_c % g != 0 || out_c % g != 0 || cin_g != in_c / g {
             return Err(bad(format!(
                 "groups = {g} must divide Cin and Cout, and w must have Cin/groups input channels"
@@ -276,13 +307,106 @@ pub fn conv2d_forward(
             if s.is_depthwise() {
                 return Ok(vec![depthwise_forward(gpu, DepthwiseKernel::Auto, s, x, w, bias, y, accumulate, label)?]);
             }
-            let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
-            let bias = bias.unwrap_or(w);
-            let grid = [(p.batch * p.out_h * p.out_w).div_ceil(512), (p.out_c / p.groups).div_ceil(16), p.groups];
-            let params = bytemuck::bytes_of(&p);
-            let spec = gemm_spec(&CONV2D_FORWARD, false, p.flags);
-            Ok(vec![super::dispatch_to(gpu, &spec, &[w, x], y, params, &[w, x, bias, y], grid, label)?])
+            Ok(vec![conv2d_forward_gemm(gpu, ConvKernel::Auto, s, x, w, bias, y, accumulate, label)?])
         })(),
+    )
+}
+
+/// The forward pass as one implicit GEMM of shaders/conv2d.wgsl (any geometry, groups included; `conv2d_forward`
+/// sends 1x1 and depthwise layers elsewhere), by `kernel` (`Auto`: the autotuner's choice for the layer).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_gemm(
+    gpu: &Gpu,
+    kernel: ConvKernel,
+    s: &ConvShape,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    accumulate: bool,
+    label: &str,
+) -> Result<Dispatch> {
+    s.check(x, s.x_shape(), "input")?;
+    s.check(w, s.w_shape(), "weight")?;
+    s.check(y, s.y_shape(), "output")?;
+    if let Some(b) = bias.filter(|b| b.numel() != s.out_c || b.dtype() != crate::gpu::DType::F32) {
+        return Err(Error::shape(
+            format!("conv2d '{label}' bias"),
+            format!("bias {:?} ({:?}) must have Cout = {} f32 values", b.shape(), b.dtype(), s.out_c),
+        ));
+    }
+    let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
+    let kernel = match kernel {
+        ConvKernel::Auto => tuned_forward(gpu, s, (x, w, y), label)?,
+        k => k,
+    };
+    Ok(forward_launch(gpu, kernel, &p, (x, w, bias, y), label)?.with_flops(2 * s.macs() as u64))
+}
+
+fn forward_launch(
+    gpu: &Gpu,
+    kernel: ConvKernel,
+    p: &ConvParams,
+    (x, w, bias, y): (&Tensor, &Tensor, Option<&Tensor>, &Tensor),
+    label: &str,
+) -> Result<Dispatch> {
+    let bias = bias.unwrap_or(w);
+    let (cols, cout_g) = (p.batch * p.out_h * p.out_w, p.out_c / p.groups);
+    let (spec, grid) = match kernel {
+        ConvKernel::Staged => (&CONV2D_FORWARD_STAGED, [cols.div_ceil(128), cout_g.div_ceil(128), p.groups]),
+        _ => (&CONV2D_FORWARD, [cols.div_ceil(512), cout_g.div_ceil(16), p.groups]),
+    };
+    let spec = gemm_spec(spec, false, p.flags);
+    super::dispatch_to(gpu, &spec, &[w, x], y, bytemuck::bytes_of(p), &[w, x, bias, y], grid, label)
+}
+
+/// The autotuner's forward kernel for the layer: keyed by its geometry and storage types, timed on scratch tensors
+/// of its shapes without bias or accumulation. Untimed, the register-blocked kernel runs (measured on a GPU at
+/// 7.5 TFLOP/s on ResNet's 3x3 layers; the staged one has not been timed on a GPU yet). A software adapter runs it
+/// without timing: the staged kernel's barriers made it 1.8-6.9x slower on lavapipe's layers (small_cnn's three,
+/// BENCHMARKS.md), and timing it there cost the first training step 3 s.
+fn tuned_forward(gpu: &Gpu, s: &ConvShape, (x, w, y): (&Tensor, &Tensor, &Tensor), label: &str) -> Result<ConvKernel> {
+    if gpu.is_software() {
+        return Ok(ConvKernel::Tiled);
+    }
+    let key = format!(
+        "conv2d forward {}x{}x{}x{} w {}x{}x{}x{} s{},{} pad {},{} d{},{} g{} {:?}.{:?}>{:?}",
+        s.batch,
+        s.in_c,
+        s.in_h,
+        s.in_w,
+        s.out_c,
+        s.in_c / s.cfg.groups,
+        s.kernel_h,
+        s.kernel_w,
+        s.cfg.stride.0,
+        s.cfg.stride.1,
+        s.cfg.padding.top,
+        s.cfg.padding.left,
+        s.cfg.dilation.0,
+        s.cfg.dilation.1,
+        s.cfg.groups,
+        w.dtype(),
+        x.dtype(),
+        y.dtype()
+    );
+    let p = s.params(0, s.batch)?;
+    let mut scratch: Option<[Tensor; 3]> = None;
+    crate::tune::choose(
+        gpu,
+        &key,
+        &ConvKernel::ALL,
+        ConvKernel::name,
+        ConvKernel::Tiled,
+        2 * s.macs() as u64,
+        |k, runs| {
+            if scratch.is_none() {
+                scratch = Some(crate::tune::scratch_like(gpu, [(x, "input"), (w, "weight"), (y, "output")], label)?);
+            }
+            let [sx, sw, sy] = scratch.as_ref().expect("made above");
+            let d = forward_launch(gpu, k, &p, (sx, sw, None, sy), &format!("autotune {} {key}", k.name()))?;
+            crate::bench::time_min_ms(gpu, &d, runs)
+        },
     )
 }
 

@@ -36,6 +36,10 @@ pub const MATMUL_NAIVE: KernelSpec = KernelSpec::new("matmul_naive", "matmul", S
 /// The workgroup-memory kernel; each [`MatmulKernel`] `Shared*` is it with its tile constants.
 pub const MATMUL_SHARED: KernelSpec = KernelSpec::new("matmul_shared", "matmul", SIGNATURE);
 
+/// The workgroup-memory kernel with a fixed 128 x 128 tile, its register block and staged slabs in named
+/// registers ([`MatmulKernel::Staged128`]).
+pub const MATMUL_STAGED: KernelSpec = KernelSpec::new("matmul_staged", "matmul", SIGNATURE);
+
 /// Which matmul kernel to launch. `Auto` is the autotuner's choice for the problem on this device (see
 /// [`crate::tune`]); the others are the variants it chooses among.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,22 +53,31 @@ pub enum MatmulKernel {
     Shared64,
     /// 128 x 128 (256 invocations, 8 x 8 each, K in steps of 8; big GPUs, big problems).
     Shared128,
+    /// 128 x 128 as `Shared128`, but its block and the next slab's values in named registers (no array a
+    /// compiler might leave in memory), rows padded against bank conflicts, the loads overlapping the products.
+    Staged128,
     /// One output per invocation: the benchmark baseline, never chosen.
     Naive,
 }
 
 impl MatmulKernel {
     /// Every concrete kernel, baseline first.
-    pub const ALL: [MatmulKernel; 5] = [
+    pub const ALL: [MatmulKernel; 6] = [
         MatmulKernel::Naive,
         MatmulKernel::Tiled,
         MatmulKernel::Shared32,
         MatmulKernel::Shared64,
         MatmulKernel::Shared128,
+        MatmulKernel::Staged128,
     ];
     /// What the autotuner times: every kernel but the baseline.
-    pub const CANDIDATES: [MatmulKernel; 4] =
-        [MatmulKernel::Tiled, MatmulKernel::Shared32, MatmulKernel::Shared64, MatmulKernel::Shared128];
+    pub const CANDIDATES: [MatmulKernel; 5] = [
+        MatmulKernel::Tiled,
+        MatmulKernel::Shared32,
+        MatmulKernel::Shared64,
+        MatmulKernel::Shared128,
+        MatmulKernel::Staged128,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -73,6 +86,7 @@ impl MatmulKernel {
             MatmulKernel::Shared32 => "shared32",
             MatmulKernel::Shared64 => "shared64",
             MatmulKernel::Shared128 => "shared128",
+            MatmulKernel::Staged128 => "staged128",
             MatmulKernel::Naive => "naive",
         }
     }
@@ -88,7 +102,7 @@ impl MatmulKernel {
             MatmulKernel::Tiled => (16, 512),
             MatmulKernel::Shared32 => (32, 32),
             MatmulKernel::Shared64 => (64, 64),
-            MatmulKernel::Shared128 => (128, 128),
+            MatmulKernel::Shared128 | MatmulKernel::Staged128 => (128, 128),
             MatmulKernel::Naive | MatmulKernel::Auto => (16, 16),
         }
     }
@@ -109,8 +123,8 @@ impl MatmulKernel {
         }
     }
 
-    /// The pipeline for a problem with these epilogue flags: the register-blocked kernel has one per flag set
-    /// (`EPILOGUE`, so that its inlined stores compile without the flag branches), the others read the flags.
+    /// The pipeline for a problem with these epilogue flags: the register-blocked kernels have one per flag set
+    /// (`EPILOGUE`, so that their inlined stores compile without the flag branches), the others read the flags.
     fn spec(self, flags: u32) -> KernelSpec {
         // Pipeline constants must be 'static: one table entry per flag set (bias 1, accumulate 2, row bias 4).
         const EPILOGUES: [&[(&str, f64)]; 8] = [
@@ -126,6 +140,7 @@ impl MatmulKernel {
         match (self, self.shared_constants()) {
             (_, Some(constants)) => MATMUL_SHARED.with_constants(constants),
             (MatmulKernel::Naive, None) => MATMUL_NAIVE,
+            (MatmulKernel::Staged128, None) => MATMUL_STAGED.with_constants(EPILOGUES[(flags & 7) as usize]),
             _ => MATMUL.with_constants(EPILOGUES[(flags & 7) as usize]),
         }
     }
@@ -381,17 +396,14 @@ pub fn matmul_split_k(
     Ok(vec![product, sum])
 }
 
-/// The kernel a device runs for a problem when nothing was measured: the register-blocked one on a CPU (the
-/// software driver keeps indexed arrays in memory, which the workgroup-memory kernels need in registers), and on a
-/// GPU the largest workgroup-memory tile that still gives every dimension a full tile.
+/// The kernel a device runs for a problem when nothing was measured (no timestamp queries, or the tuning budget
+/// spent): the register-blocked one, except on a GPU for products with fewer than 64 rows or columns, where the
+/// 32 x 32 workgroup-memory tile gives more workgroups. What the autotuner measured on an NVIDIA H200
+/// (BENCHMARKS.md): `tiled` 20 TFLOP/s at 4096^3 against 2-3 for the `shared*` tiles, `shared32` faster only on
+/// small outputs; on the software driver `tiled` wins everywhere.
 pub fn default_kernel(gpu: &Gpu, p: &MatmulParams) -> MatmulKernel {
-    let small = p.m.min(p.n);
-    if gpu.is_software() {
+    if gpu.is_software() || p.m.min(p.n) >= 64 {
         MatmulKernel::Tiled
-    } else if small >= 1024 {
-        MatmulKernel::Shared128
-    } else if small >= 64 {
-        MatmulKernel::Shared64
     } else {
         MatmulKernel::Shared32
     }
@@ -426,10 +438,7 @@ fn tuned(gpu: &Gpu, p: &MatmulParams, (a, b, c): (&Tensor, &Tensor, &Tensor), la
         flops,
         |k, runs| {
             if scratch.is_none() {
-                let t = |x: &Tensor, what: &str| {
-                    gpu.transient_tensor(x.shape(), x.dtype(), &format!("autotune {what} of {label}"))
-                };
-                scratch = Some([t(a, "A")?, t(b, "B")?, t(c, "C")?]);
+                scratch = Some(crate::tune::scratch_like(gpu, [(a, "A"), (b, "B"), (c, "C")], label)?);
             }
             let [sa, sb, sc] = scratch.as_ref().expect("made above");
             let d = launch(gpu, k, &bare, (sa, sb, sc), None, &format!("autotune {} {key}", k.name()))?;

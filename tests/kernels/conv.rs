@@ -9,8 +9,8 @@
 
 use wgtune::ops::conv::{
     conv2d_backward_bias, conv2d_backward_data, conv2d_backward_weight, conv2d_backward_weight_scratch,
-    conv2d_backward_weight_scratch_split, conv2d_backward_weight_split, conv2d_forward, depthwise_backward_data,
-    depthwise_forward, Conv2dConfig, ConvShape, DepthwiseKernel, Padding,
+    conv2d_backward_weight_scratch_split, conv2d_backward_weight_split, conv2d_forward, conv2d_forward_gemm,
+    depthwise_backward_data, depthwise_forward, Conv2dConfig, ConvKernel, ConvShape, DepthwiseKernel, Padding,
 };
 use wgtune::reference::{self, widen, SplitMix};
 
@@ -81,6 +81,16 @@ fn check_at(x_shape: [usize; 4], w_shape: [usize; 4], cfg: Conv2dConfig, accumul
     let y_want = plus(reference::conv2d_forward(&s, &xd, &wd, Some(&widen(&b_data))), &y0);
     let (atol, rtol) = (tol(k_fwd + 1) + store_atol, 1e-5 + store_rtol);
     assert_close(&act_read(&y), &y_want, atol, rtol, &format!("forward {what}"));
+    // Every implicit-GEMM forward kernel (any geometry; conv2d_forward ran the autotuner's or another path), on
+    // its own output.
+    for k in ConvKernel::ALL {
+        let begin: Vec<f32> =
+            if accumulate { y0.iter().map(|&v| v as f32).collect() } else { vec![f32::NAN; n(s.y_shape())] };
+        let yk = act_up(&s.y_shape(), &begin, "y of a gemm kernel");
+        let d = conv2d_forward_gemm(g, k, &s, &x, &w, Some(&b), &yk, accumulate, "gemm kernel").expect("gemm kernel");
+        g.run("conv2d forward kernel", &[&d]).expect("run gemm kernel");
+        assert_close(&act_read(&yk), &y_want, atol, rtol, &format!("forward {} {what}", k.name()));
+    }
     // Every depthwise forward variant that applies (conv2d_forward ran the autotuner's), on its own output.
     for k in DepthwiseKernel::ALL.into_iter().filter(|k| s.is_depthwise() && k.applies(&s)) {
         let begin: Vec<f32> =
@@ -126,6 +136,9 @@ conv_tests! {
     dense_3x3_odd_size: [2, 3, 7, 7], [5, 3, 3, 3], cfg(1, 1);
     dense_3x3_stride2_odd_size_two_row_tiles: [2, 4, 9, 11], [17, 4, 3, 3], cfg(2, 1);
     dense_5x5_batch1: [1, 2, 6, 5], [3, 2, 5, 5], cfg(1, 2);
+    // Past the staged kernel's 128 x 128 tile both ways (131 channels, 2 x 11 x 13 = 286 pixels), 9 input
+    // channels: the reduction's positions carry from channel into tap between slabs of 8 at every offset.
+    dense_3x3_past_the_staged_tile: [2, 9, 11, 13], [131, 9, 3, 3], cfg(1, 1);
     pointwise_1x1_takes_the_matmul_path: [2, 5, 32, 17], [7, 5, 1, 1], cfg(1, 0);
     pointwise_1x1_small_plane_takes_the_gemm_path: [3, 5, 5, 3], [7, 5, 1, 1], cfg(1, 0);
     strided_1x1_takes_the_gemm_path: [2, 4, 7, 7], [6, 4, 1, 1], cfg(2, 0);
@@ -364,4 +377,9 @@ fn shape_errors_name_the_tensors() {
     assert!(err.contains("[1, 3, 8, 8]") && err.contains("[4, 2, 3, 3]"), "{err}");
     let err = ConvShape::new(&[1, 3, 2, 2], &[4, 3, 5, 5], Conv2dConfig::default()).unwrap_err().to_string();
     assert!(err.contains("larger than the padded input"), "{err}");
+    // No channels: refused here, before a kernel's reduction would walk zero channels per tap.
+    for (x, w) in [([1, 0, 4, 4], [2, 0, 3, 3]), ([1, 2, 4, 4], [0, 2, 3, 3])] {
+        let err = ConvShape::new(&x, &w, Conv2dConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("Cin and Cout must be at least 1"), "{err}");
+    }
 }

@@ -86,8 +86,8 @@ fn plain(m: usize, n: usize, k: usize) -> Case {
     Case { s: MatmulShape::new(1, m, n, k), bias: false, accumulate: false, row_bias: false }
 }
 
-/// One test per awkward size, each run through both kernels: 1, primes, an exact tile (16 x 512), one past a
-/// tile, many workgroups along N, many along M, a long K.
+/// One test per awkward size, each run through every kernel: 1, primes, an exact tile (16 x 512), one past a
+/// tile, many workgroups along N, many along M, a long K, past the 128 x 128 tiles both ways.
 macro_rules! size_tests {
     ($($name:ident: ($m:expr, $n:expr, $k:expr),)*) => {$(
         #[test]
@@ -109,6 +109,7 @@ size_tests! {
     size_wide_3x1031x2: (3, 1031, 2),
     size_tall_131x37x64: (131, 37, 64),
     size_long_k_2x3x1000: (2, 3, 1000),
+    size_past_big_tiles_131x259x37: (131, 259, 37),
 }
 
 /// The three transposed forms backward needs: dA = dC·Bᵀ (trans_b), dB = Aᵀ·dC (trans_a), and both.
@@ -118,6 +119,9 @@ fn transposed_operands_match_reference() {
         for (ta, tb) in [(true, false), (false, true), (true, true)] {
             let s = MatmulShape { trans_a: ta, trans_b: tb, ..MatmulShape::new(1, 23, 29, 19) };
             run_case(kernel, &Case { s, bias: false, accumulate: false, row_bias: false }, 300);
+            // Past a 128 x 128 tile in both directions, K past two slabs of 8.
+            let s = MatmulShape { trans_a: ta, trans_b: tb, ..MatmulShape::new(1, 130, 133, 17) };
+            run_case(kernel, &Case { s, bias: false, accumulate: false, row_bias: false }, 301);
         }
     }
 }

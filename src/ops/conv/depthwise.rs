@@ -256,10 +256,7 @@ fn resolve_depthwise(
     let mut scratch: Option<[Tensor; 3]> = None;
     crate::tune::choose(gpu, &key, &DepthwiseKernel::ALL, DepthwiseKernel::name, default, flops, |k, runs| {
         if scratch.is_none() {
-            let t = |t: &Tensor, what: &str| {
-                gpu.transient_tensor(t.shape(), t.dtype(), &format!("autotune {what} of {label}"))
-            };
-            scratch = Some([t(src, "input")?, t(w, "weight")?, t(out, "output")?]);
+            scratch = Some(crate::tune::scratch_like(gpu, [(src, "input"), (w, "weight"), (out, "output")], label)?);
         }
         let [a, b, c] = scratch.as_ref().expect("made above");
         let d = depthwise_launch(gpu, k, pass, s, &p, (a, b, b, c), &format!("autotune {} {key}", k.name()))?;
