@@ -432,11 +432,21 @@ fn staged_x(col: PixelCol, kp: KPos, k_total: u32) -> f32 {
     return select(0.0, f32(gemm_b[idx]), ok);
 }
 
+// The current slab's products: eight rank-1 updates of invocation (tx, ty)'s block, its rows' two quads of A (the
+// same for the 16 invocations of a row: a broadcast) against its columns' two quads of B.
+fn staged_products(acc: ptr<function, Block8>, tx: u32, ty: u32) {
+    for (var kk = 0u; kk < ST_BK; kk++) {
+        let at = kk * ST_PITCH;
+        rank1_update8(acc, staged_a[at + ty], staged_a[at + 16u + ty], staged_b[at + tx], staged_b[at + 16u + tx]);
+    }
+}
+
+// Put a staged value of A (tile row, slab offset kk) or of B (tile column, kk) in its slab.
 fn stage_a(row: u32, kk: u32, v: f32) {
     staged_a[kk * ST_PITCH + (row >> 2u)][row & 3u] = v;
 }
 
-fn stage_b(kk: u32, col: u32, v: f32) {
+fn stage_b(col: u32, kk: u32, v: f32) {
     staged_b[kk * ST_PITCH + (col >> 2u)][col & 3u] = v;
 }
 
@@ -498,10 +508,10 @@ fn conv2d_forward_staged(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
         stage_a(a_rows.y, a_kk, na.y);
         stage_a(a_rows.z, a_kk, na.z);
         stage_a(a_rows.w, a_kk, na.w);
-        stage_b(b_kk, b_col, nb.x);
-        stage_b(b_kk + 2u, b_col, nb.y);
-        stage_b(b_kk + 4u, b_col, nb.z);
-        stage_b(b_kk + 6u, b_col, nb.w);
+        stage_b(b_col, b_kk, nb.x);
+        stage_b(b_col, b_kk + 2u, nb.y);
+        stage_b(b_col, b_kk + 4u, nb.z);
+        stage_b(b_col, b_kk + 6u, nb.w);
         workgroupBarrier();
         // The next slab's reads, in flight during the products.
         ka = kpos_advance(ka, ST_BK, cin_g);
@@ -517,16 +527,7 @@ fn conv2d_forward_staged(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
         );
         nb = vec4<f32>(staged_x(col, kb0, k_total), staged_x(col, kb1, k_total), staged_x(col, kb2, k_total),
             staged_x(col, kb3, k_total));
-        for (var kk = 0u; kk < ST_BK; kk++) {
-            let at = kk * ST_PITCH;
-            rank1_update8(
-                &acc,
-                staged_a[at + lid.y],
-                staged_a[at + 16u + lid.y],
-                staged_b[at + lid.x],
-                staged_b[at + 16u + lid.x],
-            );
-        }
+        staged_products(&acc, lid.x, lid.y);
         workgroupBarrier();
     }
     // y[n, co, oh, ow] at (n * Cout + co) * OH*OW + pix; this invocation's columns col0 + tx * 4 + j and

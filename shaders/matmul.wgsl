@@ -419,8 +419,8 @@ const ST_TILE: u32 = 128u;
 const ST_BK: u32 = 8u;
 const ST_PITCH: u32 = 33u; // vec4s per K row of a staged slab: 32 and one of padding
 
-var<workgroup> staged_a: array<vec4<f32>, 264>; // ST_BK x ST_PITCH: staged_a[kk * 33 + m / 4][m % 4]
-var<workgroup> staged_b: array<vec4<f32>, 264>; // ST_BK x ST_PITCH: staged_b[kk * 33 + n / 4][n % 4]
+var<workgroup> staged_a: array<vec4<f32>, 264>; // ST_BK x ST_PITCH: staged_a[kk * 33 + row / 4][row % 4]
+var<workgroup> staged_b: array<vec4<f32>, 264>; // ST_BK x ST_PITCH: staged_b[kk * 33 + col / 4][col % 4]
 
 // The 8 x 8 block of one staged invocation (`matmul_staged`, `conv2d_forward_staged`): row r holds its column
 // quads in r<r>_0 and r<r>_1.
@@ -485,12 +485,22 @@ fn staged_b_at(b_base: u32, k: u32, col: u32) -> f32 {
     return select(0.0, b_at(idx), k < p.k && col < p.n);
 }
 
-fn stage_a(slot: vec2<u32>, v: f32) {
-    staged_a[slot.y * ST_PITCH + (slot.x >> 2u)][slot.x & 3u] = v;
+// The current slab's products: eight rank-1 updates of invocation (tx, ty)'s block, its rows' two quads of A (the
+// same for the 16 invocations of a row: a broadcast) against its columns' two quads of B.
+fn staged_products(acc: ptr<function, Block8>, tx: u32, ty: u32) {
+    for (var kk = 0u; kk < ST_BK; kk++) {
+        let at = kk * ST_PITCH;
+        rank1_update8(acc, staged_a[at + ty], staged_a[at + 16u + ty], staged_b[at + tx], staged_b[at + 16u + tx]);
+    }
 }
 
-fn stage_b(slot: vec2<u32>, v: f32) {
-    staged_b[slot.y * ST_PITCH + (slot.x >> 2u)][slot.x & 3u] = v;
+// Put a staged value of A (tile row, slab offset kk) or of B (tile column, kk) in its slab.
+fn stage_a(row: u32, kk: u32, v: f32) {
+    staged_a[kk * ST_PITCH + (row >> 2u)][row & 3u] = v;
+}
+
+fn stage_b(col: u32, kk: u32, v: f32) {
+    staged_b[kk * ST_PITCH + (col >> 2u)][col & 3u] = v;
 }
 
 @compute @workgroup_size(16, 16, 1)
@@ -525,14 +535,14 @@ fn matmul_staged(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     var acc: Block8;
     let slabs = (p.k + ST_BK - 1u) / ST_BK;
     for (var s = 0u; s < slabs; s++) {
-        stage_a(vec2<u32>(sa[0].x, sa[1].x), na.x);
-        stage_a(vec2<u32>(sa[0].y, sa[1].y), na.y);
-        stage_a(vec2<u32>(sa[0].z, sa[1].z), na.z);
-        stage_a(vec2<u32>(sa[0].w, sa[1].w), na.w);
-        stage_b(vec2<u32>(sb[0].x, sb[1].x), nb.x);
-        stage_b(vec2<u32>(sb[0].y, sb[1].y), nb.y);
-        stage_b(vec2<u32>(sb[0].z, sb[1].z), nb.z);
-        stage_b(vec2<u32>(sb[0].w, sb[1].w), nb.w);
+        stage_a(sa[0].x, sa[1].x, na.x);
+        stage_a(sa[0].y, sa[1].y, na.y);
+        stage_a(sa[0].z, sa[1].z, na.z);
+        stage_a(sa[0].w, sa[1].w, na.w);
+        stage_b(sb[0].x, sb[1].x, nb.x);
+        stage_b(sb[0].y, sb[1].y, nb.y);
+        stage_b(sb[0].z, sb[1].z, nb.z);
+        stage_b(sb[0].w, sb[1].w, nb.w);
         workgroupBarrier();
         // The next slab's loads, in flight during the products (past K they read zeros and are never used).
         let k_next = vec4<u32>((s + 1u) * ST_BK);
@@ -550,16 +560,7 @@ fn matmul_staged(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
             staged_b_at(b_base, kb.z, b_cols.z),
             staged_b_at(b_base, kb.w, b_cols.w),
         );
-        for (var kk = 0u; kk < ST_BK; kk++) {
-            let at = kk * ST_PITCH;
-            rank1_update8(
-                &acc,
-                staged_a[at + lid.y],
-                staged_a[at + 16u + lid.y],
-                staged_b[at + lid.x],
-                staged_b[at + 16u + lid.x],
-            );
-        }
+        staged_products(&acc, lid.x, lid.y);
         workgroupBarrier();
     }
     let r0 = row0 + lid.y * 4u;

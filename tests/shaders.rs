@@ -252,7 +252,7 @@ fn item(source: &str, head: &str) -> String {
 }
 
 /// Blocks duplicated on purpose (WGSL has no includes): the 16x8 and the staged 8x8 register blocks and the staged
-/// tile's sizes of matmul and the implicit-GEMM convolution, the convolution parameters of the dense and depthwise
+/// tile's sizes, slabs and stores of matmul and the implicit-GEMM convolution, the convolution parameters of the dense and depthwise
 /// kernels. They must stay identical.
 #[test]
 fn wgsl_blocks_shared_between_families_stay_identical() {
@@ -267,6 +267,11 @@ fn wgsl_blocks_shared_between_families_stay_identical() {
         ("const ST_TILE:", ["matmul", "conv2d"]),
         ("const ST_BK:", ["matmul", "conv2d"]),
         ("const ST_PITCH:", ["matmul", "conv2d"]),
+        ("var<workgroup> staged_a:", ["matmul", "conv2d"]),
+        ("var<workgroup> staged_b:", ["matmul", "conv2d"]),
+        ("fn stage_a(", ["matmul", "conv2d"]),
+        ("fn stage_b(", ["matmul", "conv2d"]),
+        ("fn staged_products(", ["matmul", "conv2d"]),
         ("struct ConvParams", ["conv2d", "depthwise"]),
         ("fn workgroup_sums(", ["norm", "layer_norm"]),
     ] {

@@ -270,17 +270,7 @@ pub fn conv2d_forward(
     counted(
         s,
         (|| {
-            s.check(x, s.x_shape(), "input")?;
-            s.check(w, s.w_shape(), "weight")?;
-            s.check(y, s.y_shape(), "output")?;
-            if let Some(b) = bias {
-                if b.numel() != s.out_c {
-                    return Err(Error::shape(
-                        "conv2d bias",
-                        format!("bias {:?} must have Cout = {}", b.shape(), s.out_c),
-                    ));
-                }
-            }
+            check_forward(s, x, w, bias, y)?;
             if s.is_pointwise() {
                 // y[n] (Cout, HW) = w (Cout, Cin) · x[n] (Cin, HW) + bias per row
                 let hw = s.in_h * s.in_w;
@@ -297,19 +287,38 @@ pub fn conv2d_forward(
                 )?;
                 return Ok(vec![d]);
             }
-            if let Some(b) = bias.filter(|b| b.dtype() != crate::gpu::DType::F32) {
-                return Err(Error::Invalid(format!(
-                    "conv2d '{label}': the bias '{}' is {:?}, expected f32 (a parameter)",
-                    b.label(),
-                    b.dtype()
-                )));
-            }
+            check_bias_is_f32(bias, label)?;
             if s.is_depthwise() {
                 return Ok(vec![depthwise_forward(gpu, DepthwiseKernel::Auto, s, x, w, bias, y, accumulate, label)?]);
             }
-            Ok(vec![conv2d_forward_gemm(gpu, ConvKernel::Auto, s, x, w, bias, y, accumulate, label)?])
+            Ok(vec![forward_gemm(gpu, ConvKernel::Auto, s, (x, w, bias, y), accumulate, label)?])
         })(),
     )
+}
+
+/// The forward pass's operands against the geometry: x, w and y shaped as `s` says, the bias one per Cout.
+fn check_forward(s: &ConvShape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<()> {
+    s.check(x, s.x_shape(), "input")?;
+    s.check(w, s.w_shape(), "weight")?;
+    s.check(y, s.y_shape(), "output")?;
+    match bias {
+        Some(b) if b.numel() != s.out_c => {
+            Err(Error::shape("conv2d bias", format!("bias {:?} must have Cout = {}", b.shape(), s.out_c)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The bias is an f32 parameter at every precision (the 1x1 path's matmul says the same in its own words).
+fn check_bias_is_f32(bias: Option<&Tensor>, label: &str) -> Result<()> {
+    match bias.filter(|b| b.dtype() != crate::gpu::DType::F32) {
+        Some(b) => Err(Error::Invalid(format!(
+            "conv2d '{label}': the bias '{}' is {:?}, expected f32 (a parameter)",
+            b.label(),
+            b.dtype()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The forward pass as one implicit GEMM of shaders/conv2d.wgsl (any geometry, groups included; `conv2d_forward`
@@ -326,21 +335,26 @@ pub fn conv2d_forward_gemm(
     accumulate: bool,
     label: &str,
 ) -> Result<Dispatch> {
-    s.check(x, s.x_shape(), "input")?;
-    s.check(w, s.w_shape(), "weight")?;
-    s.check(y, s.y_shape(), "output")?;
-    if let Some(b) = bias.filter(|b| b.numel() != s.out_c || b.dtype() != crate::gpu::DType::F32) {
-        return Err(Error::shape(
-            format!("conv2d '{label}' bias"),
-            format!("bias {:?} ({:?}) must have Cout = {} f32 values", b.shape(), b.dtype(), s.out_c),
-        ));
-    }
+    check_forward(s, x, w, bias, y)?;
+    check_bias_is_f32(bias, label)?;
+    Ok(forward_gemm(gpu, kernel, s, (x, w, bias, y), accumulate, label)?.with_flops(2 * s.macs() as u64))
+}
+
+/// [`conv2d_forward_gemm`] on checked operands.
+fn forward_gemm(
+    gpu: &Gpu,
+    kernel: ConvKernel,
+    s: &ConvShape,
+    (x, w, bias, y): (&Tensor, &Tensor, Option<&Tensor>, &Tensor),
+    accumulate: bool,
+    label: &str,
+) -> Result<Dispatch> {
     let p = s.params(flags(bias.is_some(), accumulate), s.batch)?;
     let kernel = match kernel {
         ConvKernel::Auto => tuned_forward(gpu, s, (x, w, y), label)?,
         k => k,
     };
-    Ok(forward_launch(gpu, kernel, &p, (x, w, bias, y), label)?.with_flops(2 * s.macs() as u64))
+    forward_launch(gpu, kernel, &p, (x, w, bias, y), label)
 }
 
 fn forward_launch(
