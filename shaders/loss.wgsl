@@ -10,14 +10,19 @@
 //   loss_row = -sum_c q_c log p_c = (1 - eps) * (lse - sum_c t_c x_c) + eps * (lse - mean_c x_c),  lse = logsumexp(x)
 //   loss     = mean over rows                                   (softmax_cross_entropy_forward, one scalar)
 //   dlogits  = scale * (p - q) / batch                          (softmax_cross_entropy_backward; scale = dL/dloss)
+//              scale * S * (p - q) / batch                      (..._scaled: S the dynamic loss scale, f16 training)
 //   correct  = rows whose argmax (first maximum) is label a     (correct_count, one scalar)
 //   probs    = softmax(x), row by row                           (softmax_forward, inference)
 // Sigmoid binary cross-entropy with logits, s = sigmoid(x), over every (row, class):
 //   loss_e   = max(x, 0) - x * t + log(1 + exp(-|x|))          (PyTorch's stable form)
 //   loss     = mean over batch * C elements                     (sigmoid_bce_forward)
-//   dlogits  = scale * (s - t) / (batch * C)                    (sigmoid_bce_backward)
+//   dlogits  = scale * (s - t) / (batch * C)                    (sigmoid_bce_backward; ..._scaled: times S)
 //   correct  = elements with (s > threshold) == a_c             (multi_label_correct: fastai's accuracy_multi * N * C)
 //   probs    = s                                                (sigmoid_forward)
+// The _scaled backwards read S from the loss scaler's state (scaler.wgsl) and multiply before the store, as
+// PyTorch's GradScaler scales the loss before backward: in f16 a gradient below 2^-14 (p / batch of a class the
+// model already rules out) would otherwise be stored as a subnormal, with its precision, or flushed to zero on a
+// device that flushes f16 subnormals, before any scale could save it.
 // Class indices >= C are a caller error (checked on the CPU); here they are clamped so nothing reads out of bounds.
 //
 // Layout: logits (batch, C) row-major; targets (batch, 2 * words + 1) u32.
@@ -44,6 +49,12 @@ alias res = f32;
 @group(0) @binding(1) var<storage, read> logits: array<act>;     // (batch, C)
 @group(0) @binding(2) var<storage, read> targets: array<u32>;    // (batch, 2 * words + 1)
 @group(0) @binding(3) var<storage, read_write> out: array<res>;  // forward/count: (1); backward/probs: (batch, C)
+@group(0) @binding(4) var<storage, read> scaler: array<u32>;     // *_backward_scaled: the loss scaler's state (4)
+
+// The dynamic loss scale (word 0 of scaler.wgsl's state, f32 bits).
+fn loss_scale() -> f32 {
+    return bitcast<f32>(scaler[0]);
+}
 
 var<workgroup> partial: array<f32, 256>;
 
@@ -135,9 +146,7 @@ fn softmax_cross_entropy_forward(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn softmax_cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row = gid.x;
+fn softmax_cross_entropy_backward_row(row: u32, k: f32) {
     if row >= p.batch {
         return;
     }
@@ -147,13 +156,22 @@ fn softmax_cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>)
     let a = class_of(row, 0u);
     let b = class_of(row, 1u);
     let lam = lam_of(row);
-    let k = p.scale / f32(p.batch);
     let off_target = p.smoothing / f32(p.classes);
     for (var c = 0u; c < p.classes; c++) {
         let prob = exp(f32(logits[base + c]) - m) / sum_exp;
         let t = select(0.0, lam, c == a) + select(0.0, 1.0 - lam, c == b);
         out[base + c] = res(k * (prob - ((1.0 - p.smoothing) * t + off_target)));
     }
+}
+
+@compute @workgroup_size(64)
+fn softmax_cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    softmax_cross_entropy_backward_row(gid.x, p.scale / f32(p.batch));
+}
+
+@compute @workgroup_size(64)
+fn softmax_cross_entropy_backward_scaled(@builtin(global_invocation_id) gid: vec3<u32>) {
+    softmax_cross_entropy_backward_row(gid.x, p.scale * loss_scale() / f32(p.batch));
 }
 
 @compute @workgroup_size(256)
@@ -211,18 +229,25 @@ fn sigmoid_bce_forward(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn sigmoid_bce_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row = gid.x;
+fn sigmoid_bce_backward_row(row: u32, k: f32) {
     if row >= p.batch {
         return;
     }
     let base = row * p.classes;
     let lam = lam_of(row);
-    let k = p.scale / (f32(p.batch) * f32(p.classes));
     for (var c = 0u; c < p.classes; c++) {
         out[base + c] = res(k * (sigmoid(f32(logits[base + c])) - multi_target(row, c, lam)));
     }
+}
+
+@compute @workgroup_size(64)
+fn sigmoid_bce_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    sigmoid_bce_backward_row(gid.x, p.scale / (f32(p.batch) * f32(p.classes)));
+}
+
+@compute @workgroup_size(64)
+fn sigmoid_bce_backward_scaled(@builtin(global_invocation_id) gid: vec3<u32>) {
+    sigmoid_bce_backward_row(gid.x, p.scale * loss_scale() / (f32(p.batch) * f32(p.classes)));
 }
 
 @compute @workgroup_size(256)

@@ -1,10 +1,9 @@
 // scaler.wgsl — dynamic loss scaling for f16 training (PyTorch's GradScaler, fastai's MixedPrecision), on the GPU.
 //
 // The scaler's state is four u32 words: [0] the scale (f32 bits), [1] clean steps since it last changed, [2] steps
-// skipped so far, [3] the found-non-finite flag of the current optimizer step. Per training step:
-//   scale_act      x[i] = x[i] * scale                  the logits' gradient, right after the loss's backward, so
-//                                                       every activation gradient upstream is scaled (small ones
-//                                                       stay above f16's subnormal range)
+// skipped so far, [3] the found-non-finite flag of the current optimizer step. Per training step the loss's
+// backward multiplies the logits' gradient by the scale before storing it (loss.wgsl, *_backward_scaled), so every
+// activation gradient upstream is scaled (small ones stay above f16's subnormal range); then:
 //   unscale_check  g[i] = g[i] / scale; a non-finite    each trainable bucket's f32 weight gradients, after the
 //                  g[i] (checked on the bits: WGSL may   backward pass; the optimizer skips its update while the
 //                  assume floats are finite) sets [3]    flag is set
@@ -12,7 +11,7 @@
 //                  skipped + 1; else clean + 1, and      on an overflow and grows after `interval` clean steps
 //                  after `interval` clean steps scale * 2
 //                  and clean = 0; the flag is cleared
-// Layout: flat (len) arrays. Dispatch: scale_act and unscale_check 256 per workgroup on a 2-D grid (x, y), as
+// Layout: flat (len) arrays. Dispatch: unscale_check 256 per workgroup on a 2-D grid (x, y), as
 // elementwise.wgsl; update_scale (1, 1, 1).
 
 struct ScalerParams {
@@ -22,10 +21,7 @@ struct ScalerParams {
     _pad1: u32,
 }
 
-alias act = f32;
-
 @group(0) @binding(0) var<uniform> p: ScalerParams;
-@group(0) @binding(1) var<storage, read_write> x: array<act>;          // scale_act: (len)
 @group(0) @binding(2) var<storage, read_write> grads: array<f32>;      // unscale_check: (len)
 @group(0) @binding(3) var<storage, read_write> state: array<atomic<u32>, 4>;
 
@@ -36,15 +32,6 @@ const FOUND: u32 = 3u;
 
 fn scale() -> f32 {
     return bitcast<f32>(atomicLoad(&state[SCALE]));
-}
-
-@compute @workgroup_size(256)
-fn scale_act(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
-    if i < p.len {
-        x[i] = act(f32(x[i]) * scale());
-    }
 }
 
 @compute @workgroup_size(256)

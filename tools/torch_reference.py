@@ -56,6 +56,27 @@ class SameConv(nn.Conv2d):
         return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
 
 
+class _Store16(torch.autograd.Function):
+    """A tensor stored in f16 between f32 kernels: the value rounds to f16 going forward and its gradient rounds to
+    f16 coming back (an overflow becomes inf, as in wgtune's f16 executor)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.half().float()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.half().float()
+
+
+STORE16 = False  # --precision f16: round every tensor wgtune stores to f16 (set by finetune)
+
+
+def stored(x):
+    """A tensor wgtune keeps in memory between dispatches: rounded to f16 with --precision f16, else as it is."""
+    return _Store16.apply(x) if STORE16 else x
+
+
 def bn(c, eps, momentum):
     return nn.BatchNorm2d(c, eps=eps, momentum=momentum)
 
@@ -74,10 +95,10 @@ class MBConv(nn.Module):
         self.expand, self.residual = expand != 1, s == 1 and cin == cout
 
     def forward(self, x):
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
-        return y + x if self.residual else y
+        y = stored(F.relu6(self._bn0(stored(self._expand_conv(x))))) if self.expand else x
+        y = stored(F.relu6(self._bn1(stored(self._depthwise_conv(y)))))
+        y = self._bn2(stored(self._project_conv(y)))
+        return stored(y + x if self.residual else y)
 
 
 class EffnetLite0Body(nn.Module):
@@ -98,10 +119,10 @@ class EffnetLite0Body(nn.Module):
         self.features = 1280
 
     def forward(self, x):
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = stored(F.relu6(self._bn0(stored(self._conv_stem(stored(x))))))
         for b in self._blocks:
             x = b(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return stored(F.relu6(self._bn1(stored(self._conv_head(x)))))
 
     def group(self, name):
         """fastai-style split: stem and blocks 0-7 in group 0, the rest in group 1."""
@@ -316,7 +337,10 @@ class Model(nn.Module):
         self.head = fastai_head(self.body.features, classes, momentum, ps, pool=not getattr(self.body, "pooled", False))
 
     def forward(self, x):
-        return self.head(self.body(x))
+        x = self.body(x)
+        for m in self.head:
+            x = m(x) if isinstance(m, nn.Flatten) else stored(m(x))
+        return x
 
     def groups(self):
         """[(name, param, group, is_bn, is_bn_or_bias)] with fastai's 3 groups."""
@@ -353,6 +377,37 @@ class FastaiAdam:
             st[1].mul_(self.sqr_mom).addcmul_(p.grad, p.grad, value=1 - self.sqr_mom)
             d1, d2 = 1 - mom ** st[2], 1 - self.sqr_mom ** st[2]
             p.addcdiv_(st[0], (st[1] / d2).sqrt_().add_(self.eps), value=-lr / d1)
+
+
+class LossScaler:
+    """PyTorch's GradScaler as fastai's MixedPrecision uses it: backward on loss * scale; a step whose gradients are
+    not all finite is skipped and halves the scale; 2,000 clean steps in a row double it."""
+
+    def __init__(self, init, interval=2000):
+        self.init, self.interval = init, interval
+        self.skipped, self.skipped_at, self.steps = 0, [], 0
+        self.restart()
+
+    def restart(self):
+        """fastai makes a new GradScaler in before_fit: every fit (both phases of fine_tune) starts over."""
+        self.scale, self.clean = self.init, 0
+
+    def backward_and_check(self, loss, params):
+        """Backward with the scale; True (gradients unscaled) when the step may update, False when it is skipped."""
+        self.steps += 1
+        (loss * self.scale).backward()
+        grads = [p.grad for _, p, _, _, _ in params if p.grad is not None]
+        if all(torch.isfinite(g).all() for g in grads):
+            for g in grads:
+                g.div_(self.scale)
+            self.clean += 1
+            if self.clean == self.interval:
+                self.scale, self.clean = self.scale * 2, 0
+            return True
+        self.skipped += 1
+        self.skipped_at.append(self.steps)
+        self.scale, self.clean = self.scale / 2, 0
+        return False
 
 
 def sched_cos(start, end, pos):
@@ -422,8 +477,19 @@ def finetune(a):
                 p.grad = None
         opt.reset()
 
+    global STORE16
+    STORE16 = a.precision == "f16"
+    scaler = None if a.precision == "f32" else LossScaler(a.loss_scale)
+    if a.precision == "amp":
+        def autocast():
+            return torch.autocast("cpu", dtype=torch.float16)
+    else:
+        autocast = contextlib.nullcontext
+
     def run_phase(name, frozen_to, epochs, lr_max, pct, div, div_final=1e5):
         set_trainable(frozen_to)
+        if scaler is not None and a.scaler_per_fit:
+            scaler.restart()
         n = len(yt) // a.bs
         total, it = n * epochs, 0
         avg, count = 0.0, 0  # fastai smooths the loss over the whole fit, not per epoch
@@ -438,10 +504,15 @@ def finetune(a):
                 lrs = [combined_cos(pct, m / div, m, m / div_final, pos) for m in lr_max]
                 mom = combined_cos(pct, 0.95, 0.85, 0.95, pos)
                 idx = order[b * a.bs:(b + 1) * a.bs]
-                loss = F.cross_entropy(model(xt[idx]), yt[idx])
+                with autocast():
+                    logits = model(xt[idx])
+                loss = F.cross_entropy(logits.float(), yt[idx])
                 model.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step(lrs, mom, a.wd)
+                if scaler is None:
+                    loss.backward()
+                    opt.step(lrs, mom, a.wd)
+                elif scaler.backward_and_check(loss, opt.params):
+                    opt.step(lrs, mom, a.wd)
                 if not math.isfinite(loss.item()):
                     sys.exit(f"loss became {loss.item()}")
                 count += 1
@@ -468,7 +539,11 @@ def finetune(a):
     lr /= 2
     lo = lr / a.lr_mult
     acc = run_phase("unfrozen", 0, a.epochs, [lo * (lr / lo) ** (i / 2) for i in range(3)], a.pct_start, a.div)
-    print(f"\nfinal accuracy {acc:.4f} in {time.time() - t0:.0f} s")
+    skips = "" if scaler is None else f"; {scaler.skipped} steps skipped ({scaler.skipped_at}), final scale {scaler.scale:g}"
+    print(f"\nfinal accuracy {acc:.4f} in {time.time() - t0:.0f} s{skips}")
+    if log:
+        log.write(json.dumps({"final_accuracy": acc, "precision": a.precision, "seed": a.seed,
+                              "skipped": None if scaler is None else scaler.skipped}) + "\n")
 
 
 def wgtune_name(torch_name):
@@ -835,6 +910,13 @@ def main():
     f.add_argument("--seed", type=int, default=42)
     f.add_argument("--threads", type=int, default=os.cpu_count())
     f.add_argument("--json-log")
+    f.add_argument("--precision", choices=["f32", "f16", "amp"], default="f32",
+                   help="f16: wgtune's f16 executor emulated (every tensor it stores rounded to f16, forward values "
+                        "and gradients, arithmetic in f32) with dynamic loss scaling; amp: torch.autocast(float16) "
+                        "with the same loss scaling (fastai's to_fp16)")
+    f.add_argument("--loss-scale", type=float, default=65536.0, help="the loss scale's start (GradScaler's 2^16)")
+    f.add_argument("--scaler-per-fit", action="store_true",
+                   help="restart the loss scale at each fit, as fastai's MixedPrecision does (wgtune keeps it)")
     f.add_argument("--data", default=DEFAULT_DATA, help="an image folder with train/ and valid/ class folders")
     c = sub.add_parser("step-check")
     c.add_argument("--size", type=int, default=64)

@@ -30,6 +30,11 @@ pub const CORRECT_COUNT: KernelSpec = KernelSpec::new("correct_count", "loss", S
 pub const SOFTMAX_FORWARD: KernelSpec = KernelSpec::new("softmax_forward", "loss", PROBS);
 pub const SIGMOID_BCE_FORWARD: KernelSpec = KernelSpec::new("sigmoid_bce_forward", "loss", SIGNATURE);
 pub const SIGMOID_BCE_BACKWARD: KernelSpec = KernelSpec::new("sigmoid_bce_backward", "loss", SIGNATURE);
+/// The backwards of f16 training: the loss scaler's state (shaders/scaler.wgsl) as a fourth tensor.
+const SCALED: &[(u32, Access)] = &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite), (4, Access::Read)];
+pub const SOFTMAX_CROSS_ENTROPY_BACKWARD_SCALED: KernelSpec =
+    KernelSpec::new("softmax_cross_entropy_backward_scaled", "loss", SCALED);
+pub const SIGMOID_BCE_BACKWARD_SCALED: KernelSpec = KernelSpec::new("sigmoid_bce_backward_scaled", "loss", SCALED);
 pub const MULTI_LABEL_CORRECT: KernelSpec = KernelSpec::new("multi_label_correct", "loss", SIGNATURE);
 pub const SIGMOID_FORWARD: KernelSpec = KernelSpec::new("sigmoid_forward", "loss", PROBS);
 
@@ -129,9 +134,48 @@ impl Loss {
         scale: f32,
         label: &str,
     ) -> Result<Dispatch> {
-        let (spec, what) = match self {
-            Loss::SoftmaxCrossEntropy { .. } => (&SOFTMAX_CROSS_ENTROPY_BACKWARD, "softmax_cross_entropy_backward"),
-            Loss::SigmoidBinaryCrossEntropy { .. } => (&SIGMOID_BCE_BACKWARD, "sigmoid_bce_backward"),
+        self.backward_with(gpu, logits, targets, dlogits, scale, None, label)
+    }
+
+    /// dlogits = scale * S * d(loss)/d(logits), S the dynamic loss scale held by the scaler's `state`
+    /// ([`crate::ops::scaler`]), applied before dlogits is stored: in f16 training PyTorch's GradScaler scales the
+    /// loss before backward, so no gradient is rounded to f16 unscaled (below 2^-14 it would lose precision as a
+    /// subnormal, or be flushed to zero).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_scaled(
+        self,
+        gpu: &Gpu,
+        logits: &Tensor,
+        targets: &Tensor,
+        dlogits: &Tensor,
+        scale: f32,
+        state: &Tensor,
+        label: &str,
+    ) -> Result<Dispatch> {
+        super::scaler::check_state(state, label)?;
+        self.backward_with(gpu, logits, targets, dlogits, scale, Some(state), label)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_with(
+        self,
+        gpu: &Gpu,
+        logits: &Tensor,
+        targets: &Tensor,
+        dlogits: &Tensor,
+        scale: f32,
+        state: Option<&Tensor>,
+        label: &str,
+    ) -> Result<Dispatch> {
+        let (spec, scaled, what) = match self {
+            Loss::SoftmaxCrossEntropy { .. } => (
+                &SOFTMAX_CROSS_ENTROPY_BACKWARD,
+                &SOFTMAX_CROSS_ENTROPY_BACKWARD_SCALED,
+                "softmax_cross_entropy_backward",
+            ),
+            Loss::SigmoidBinaryCrossEntropy { .. } => {
+                (&SIGMOID_BCE_BACKWARD, &SIGMOID_BCE_BACKWARD_SCALED, "sigmoid_bce_backward")
+            }
         };
         let p = self.params(logits, targets, scale, what)?;
         if dlogits.shape() != logits.shape() {
@@ -142,7 +186,13 @@ impl Loss {
         }
         let grid = [p.batch.div_ceil(64), 1, 1];
         let params = bytemuck::bytes_of(&p);
-        super::dispatch_to(gpu, spec, &[logits], dlogits, params, &[logits, targets, dlogits], grid, label)
+        match state {
+            None => super::dispatch_to(gpu, spec, &[logits], dlogits, params, &[logits, targets, dlogits], grid, label),
+            Some(state) => {
+                let tensors = [logits, targets, dlogits, state];
+                super::dispatch_to(gpu, scaled, &[logits], dlogits, params, &tensors, grid, label)
+            }
+        }
     }
 
     /// The loss's count of right predictions into `count` (1), as f32: rows with the top-1 class right (softmax)

@@ -1,4 +1,5 @@
-//! Dynamic loss scaling on the GPU: `scale_act`, `unscale_check`, `update_scale`. See shaders/scaler.wgsl.
+//! Dynamic loss scaling on the GPU: `unscale_check`, `update_scale` (the loss's backward applies the scale:
+//! [`crate::ops::loss::Loss::backward_scaled`]). See shaders/scaler.wgsl.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Dispatch, Gpu, KernelSpec, Tensor};
@@ -14,8 +15,6 @@ pub struct ScalerParams {
     pub _pad: [u32; 2],
 }
 
-pub const SCALE_ACT: KernelSpec =
-    KernelSpec::new("scale_act", "scaler", &[(1, Access::ReadWrite), (3, Access::ReadWrite)]);
 pub const UNSCALE_CHECK: KernelSpec =
     KernelSpec::new("unscale_check", "scaler", &[(2, Access::ReadWrite), (3, Access::ReadWrite)]);
 pub const UPDATE_SCALE: KernelSpec = KernelSpec::new("update_scale", "scaler", &[(3, Access::ReadWrite)]);
@@ -62,21 +61,6 @@ pub(crate) fn check_state(state: &Tensor, label: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// `x *= scale` in place (x f32 or f16): the logits' gradient.
-pub fn scale_act(gpu: &Gpu, x: &Tensor, state: &Tensor, label: &str) -> Result<Dispatch> {
-    check_state(state, label)?;
-    let p = ScalerParams { len: dim(x.numel(), "scaled elements")?, ..Default::default() };
-    super::dispatch_at(
-        gpu,
-        &SCALE_ACT,
-        &[x],
-        bytemuck::bytes_of(&p),
-        &[x, state],
-        super::flat_grid(gpu, x.numel()),
-        label,
-    )
 }
 
 /// `grads /= scale` in place (f32), raising the state's flag on a non-finite element.

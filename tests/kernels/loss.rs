@@ -295,3 +295,50 @@ fn f16_logits_match_reference() {
     let e = SOFTMAX.forward(gpu(), &logits, &targets, &loss16, "loss").err().expect("refused").to_string();
     assert!(e.contains("loss16") && e.contains("f32"), "{e}");
 }
+
+/// f16 training's backwards (`backward_scaled`) multiply by the dynamic loss scale S, read from the scaler's state,
+/// before the f16 store, as PyTorch's GradScaler scales the loss before backward: every logit gradient, those below
+/// f16's normal range (2^-14) before scaling too, within one f16 rounding of the reference times S (relative 2^-11,
+/// or half the subnormal spacing 2^-25 where even the scaled value is subnormal). Storing unscaled and scaling
+/// after (the order before) fails this: a gradient of 1e-6 kept only 2^-24 absolute precision (3% of it).
+/// Logits in [-6, 6] over 67 rows put most off-target gradients between 1e-8 and 6e-5. An f32 state of the wrong
+/// size is refused.
+#[test]
+fn scaled_backward_scales_before_the_f16_store() {
+    use wgtune::ops::scaler::ScalerState;
+    let g = gpu();
+    let (batch, classes, s) = (67, 13, 4096.0);
+    let state = upload_u32(&[4], &ScalerState::new(s as f32).words(), "scaler");
+    for multi in [false, true] {
+        let f = loss_of(multi, 0.0);
+        let (_, rows, _) = data(batch, classes, multi, true, 7);
+        let logits_data = to_f16(&SplitMix(8).vec_f32(batch * classes, -6.0, 6.0));
+        let (logits, targets) = (
+            upload_f16(&[batch, classes], &logits_data, "logits"),
+            upload_u32(&[batch, rows.len() / batch], &rows, "t"),
+        );
+        let dlogits = upload_f16(&[batch, classes], &vec![f32::NAN; batch * classes], "dlogits");
+        let d = f.backward_scaled(g, &logits, &targets, &dlogits, 1.5, &state, "loss").expect("backward");
+        g.run("scaled loss backward", &[&d]).expect("run");
+        let t = reference::dense_targets(&rows, classes, multi);
+        let unscaled = want_grad(f, &widen(&logits_data), &t, classes, 1.5);
+        let small = unscaled.iter().filter(|v| v.abs() < 2f64.powi(-14) && v.abs() > 1e-8).count();
+        assert!(small > batch, "{f:?}: only {small} gradients below f16's normal range: the case tests nothing");
+        let tol = |want: f64| want.abs() * (2f64.powi(-11) + 1e-5) + 2f64.powi(-25);
+        for (i, (&got, &want)) in read_f16(&dlogits).iter().zip(&unscaled).enumerate() {
+            let want = want * s;
+            assert!((got as f64 - want).abs() <= tol(want), "{f:?} element {i}: {got}, want {want} (S = {s})");
+        }
+        // The tolerance tells the orders apart: rounded to f16 unscaled, then scaled, many miss it.
+        let late = unscaled.iter().filter(|&&v| {
+            let stored = half::f16::from_f64(v).to_f64() * s;
+            (stored - v * s).abs() > tol(v * s)
+        });
+        assert!(late.count() > batch / 2, "{f:?}: the check cannot tell scaling before the store from after");
+    }
+    let wrong = upload(&[4], &[1.0; 4], "f32 state");
+    let (logits, dlogits) = (upload_f16(&[2, 3], &[0.5; 6], "logits"), upload_f16(&[2, 3], &[0.0; 6], "dlogits"));
+    let targets = upload_u32(&[2, 3], &[0, 0, 1f32.to_bits(), 1, 1, 1f32.to_bits()], "targets");
+    let e = SOFTMAX.backward_scaled(g, &logits, &targets, &dlogits, 1.0, &wrong, "loss").err().expect("refused");
+    assert!(e.to_string().contains("f32 state"), "{e}");
+}

@@ -99,15 +99,17 @@ impl Executor {
                     if a {
                         return Err(Error::Invalid("the logits feed more than the loss".into()));
                     }
-                    // With f16 the logits' gradient is multiplied by the loss scale, so every activation gradient
-                    // upstream is too (the weight gradients are divided by it again before the optimizer).
+                    // With f16 the logits' gradient is multiplied by the loss scale before it is stored, so every
+                    // activation gradient upstream is scaled too (the weight gradients are divided by it again
+                    // before the optimizer).
                     let scaled = self.cfg.precision == crate::gpu::Precision::F16;
                     Box::new(move |v| {
-                        let mut out = vec![f.backward(v.gpu, v.v(logits)?, v.v(labels)?, v.g(logits)?, 1.0, &l2)?];
-                        if scaled {
-                            out.push(crate::ops::scaler::scale_act(v.gpu, v.g(logits)?, v.scaler, &l2)?);
-                        }
-                        Ok(out)
+                        let (x, t, dx) = (v.v(logits)?, v.v(labels)?, v.g(logits)?);
+                        Ok(vec![if scaled {
+                            f.backward_scaled(v.gpu, x, t, dx, 1.0, v.scaler, &l2)?
+                        } else {
+                            f.backward(v.gpu, x, t, dx, 1.0, &l2)?
+                        }])
                     })
                 }
                 Op::Linear { x, w, b, y } => {
