@@ -124,7 +124,11 @@ impl Loss {
         super::dispatch_to(gpu, spec, &[logits], loss, params, &[logits, targets, loss], [1, 1, 1], label)
     }
 
-    /// dlogits = scale * d(loss)/d(logits).
+    /// dlogits = scale * d(loss)/d(logits). With f16 training's loss `scaler` (its state, [`crate::ops::scaler`]),
+    /// dlogits = scale * S * d(loss)/d(logits), S the dynamic loss scale, applied before dlogits is stored: as
+    /// PyTorch's GradScaler scales the loss before backward, no gradient is rounded to f16 unscaled (below 2^-14 it
+    /// would lose precision as a subnormal, or be flushed to zero).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         self,
         gpu: &Gpu,
@@ -132,39 +136,7 @@ impl Loss {
         targets: &Tensor,
         dlogits: &Tensor,
         scale: f32,
-        label: &str,
-    ) -> Result<Dispatch> {
-        self.backward_with(gpu, logits, targets, dlogits, scale, None, label)
-    }
-
-    /// dlogits = scale * S * d(loss)/d(logits), S the dynamic loss scale held by the scaler's `state`
-    /// ([`crate::ops::scaler`]), applied before dlogits is stored: in f16 training PyTorch's GradScaler scales the
-    /// loss before backward, so no gradient is rounded to f16 unscaled (below 2^-14 it would lose precision as a
-    /// subnormal, or be flushed to zero).
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_scaled(
-        self,
-        gpu: &Gpu,
-        logits: &Tensor,
-        targets: &Tensor,
-        dlogits: &Tensor,
-        scale: f32,
-        state: &Tensor,
-        label: &str,
-    ) -> Result<Dispatch> {
-        super::scaler::check_state(state, label)?;
-        self.backward_with(gpu, logits, targets, dlogits, scale, Some(state), label)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn backward_with(
-        self,
-        gpu: &Gpu,
-        logits: &Tensor,
-        targets: &Tensor,
-        dlogits: &Tensor,
-        scale: f32,
-        state: Option<&Tensor>,
+        scaler: Option<&Tensor>,
         label: &str,
     ) -> Result<Dispatch> {
         let (spec, scaled, what) = match self {
@@ -186,9 +158,10 @@ impl Loss {
         }
         let grid = [p.batch.div_ceil(64), 1, 1];
         let params = bytemuck::bytes_of(&p);
-        match state {
+        match scaler {
             None => super::dispatch_to(gpu, spec, &[logits], dlogits, params, &[logits, targets, dlogits], grid, label),
             Some(state) => {
+                super::scaler::check_state(state, label)?;
                 let tensors = [logits, targets, dlogits, state];
                 super::dispatch_to(gpu, scaled, &[logits], dlogits, params, &tensors, grid, label)
             }

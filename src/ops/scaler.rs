@@ -1,5 +1,5 @@
 //! Dynamic loss scaling on the GPU: `unscale_check`, `update_scale` (the loss's backward applies the scale:
-//! [`crate::ops::loss::Loss::backward_scaled`]). See shaders/scaler.wgsl.
+//! [`crate::ops::loss::Loss::backward`] with the scaler). See shaders/scaler.wgsl.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, DType, Dispatch, Gpu, KernelSpec, Tensor};

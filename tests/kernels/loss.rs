@@ -100,7 +100,7 @@ fn backward_matches_reference() {
             let logits = upload(&[batch, classes], &logits_data, "logits");
             let targets = upload_u32(&[batch, layout.row()], &rows, "targets");
             let dlogits = poisoned(&[batch, classes], "dlogits");
-            let d = f.backward(g, &logits, &targets, &dlogits, 1.5, "loss backward").expect("dispatch");
+            let d = f.backward(g, &logits, &targets, &dlogits, 1.5, None, "loss backward").expect("dispatch");
             g.run("loss backward", &[&d]).expect("run");
             let t = reference::dense_targets(&rows, classes, multi);
             let want = want_grad(f, &widen(&logits_data), &t, classes, 1.5);
@@ -262,7 +262,7 @@ fn f16_logits_match_reference() {
             let dlogits = upload_f16(&[batch, classes], &vec![f32::NAN; batch * classes], "dlogits");
             let steps = [
                 f.forward(g, &logits, &targets, &loss, "loss").expect("forward"),
-                f.backward(g, &logits, &targets, &dlogits, 1.5, "loss").expect("backward"),
+                f.backward(g, &logits, &targets, &dlogits, 1.5, None, "loss").expect("backward"),
                 f.correct(g, &logits, &targets, &count, "count").expect("count"),
                 f.probabilities(g, &logits, &probs, "probs").expect("probs"),
             ];
@@ -296,7 +296,7 @@ fn f16_logits_match_reference() {
     assert!(e.contains("loss16") && e.contains("f32"), "{e}");
 }
 
-/// f16 training's backwards (`backward_scaled`) multiply by the dynamic loss scale S, read from the scaler's state,
+/// f16 training's backwards (`backward` with the scaler) multiply by the dynamic loss scale S, read from the scaler's state,
 /// before the f16 store, as PyTorch's GradScaler scales the loss before backward: every logit gradient, those below
 /// f16's normal range (2^-14) before scaling too, within one f16 rounding of the reference times S (relative 2^-11,
 /// or half the subnormal spacing 2^-25 where even the scaled value is subnormal). Storing unscaled and scaling
@@ -318,7 +318,7 @@ fn scaled_backward_scales_before_the_f16_store() {
             upload_u32(&[batch, rows.len() / batch], &rows, "t"),
         );
         let dlogits = upload_f16(&[batch, classes], &vec![f32::NAN; batch * classes], "dlogits");
-        let d = f.backward_scaled(g, &logits, &targets, &dlogits, 1.5, &state, "loss").expect("backward");
+        let d = f.backward(g, &logits, &targets, &dlogits, 1.5, Some(&state), "loss").expect("backward");
         g.run("scaled loss backward", &[&d]).expect("run");
         let t = reference::dense_targets(&rows, classes, multi);
         let unscaled = want_grad(f, &widen(&logits_data), &t, classes, 1.5);
@@ -339,6 +339,6 @@ fn scaled_backward_scales_before_the_f16_store() {
     let wrong = upload(&[4], &[1.0; 4], "f32 state");
     let (logits, dlogits) = (upload_f16(&[2, 3], &[0.5; 6], "logits"), upload_f16(&[2, 3], &[0.0; 6], "dlogits"));
     let targets = upload_u32(&[2, 3], &[0, 0, 1f32.to_bits(), 1, 1, 1f32.to_bits()], "targets");
-    let e = SOFTMAX.backward_scaled(g, &logits, &targets, &dlogits, 1.0, &wrong, "loss").err().expect("refused");
+    let e = SOFTMAX.backward(g, &logits, &targets, &dlogits, 1.0, Some(&wrong), "loss").err().expect("refused");
     assert!(e.to_string().contains("f32 state"), "{e}");
 }

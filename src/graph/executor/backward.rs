@@ -104,12 +104,8 @@ impl Executor {
                     // before the optimizer).
                     let scaled = self.cfg.precision == crate::gpu::Precision::F16;
                     Box::new(move |v| {
-                        let (x, t, dx) = (v.v(logits)?, v.v(labels)?, v.g(logits)?);
-                        Ok(vec![if scaled {
-                            f.backward_scaled(v.gpu, x, t, dx, 1.0, v.scaler, &l2)?
-                        } else {
-                            f.backward(v.gpu, x, t, dx, 1.0, &l2)?
-                        }])
+                        let scaler = scaled.then_some(v.scaler);
+                        Ok(vec![f.backward(v.gpu, v.v(logits)?, v.v(labels)?, v.g(logits)?, 1.0, scaler, &l2)?])
                     })
                 }
                 Op::Linear { x, w, b, y } => {
