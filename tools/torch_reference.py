@@ -480,11 +480,6 @@ def finetune(a):
     global STORE16
     STORE16 = a.precision == "f16"
     scaler = None if a.precision == "f32" else LossScaler(a.loss_scale)
-    if a.precision == "amp":
-        def autocast():
-            return torch.autocast("cpu", dtype=torch.float16)
-    else:
-        autocast = contextlib.nullcontext
 
     def run_phase(name, frozen_to, epochs, lr_max, pct, div, div_final=1e5):
         set_trainable(frozen_to)
@@ -504,9 +499,7 @@ def finetune(a):
                 lrs = [combined_cos(pct, m / div, m, m / div_final, pos) for m in lr_max]
                 mom = combined_cos(pct, 0.95, 0.85, 0.95, pos)
                 idx = order[b * a.bs:(b + 1) * a.bs]
-                with autocast():
-                    logits = model(xt[idx])
-                loss = F.cross_entropy(logits.float(), yt[idx])
+                loss = F.cross_entropy(model(xt[idx]), yt[idx])
                 model.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
@@ -910,10 +903,9 @@ def main():
     f.add_argument("--seed", type=int, default=42)
     f.add_argument("--threads", type=int, default=os.cpu_count())
     f.add_argument("--json-log")
-    f.add_argument("--precision", choices=["f32", "f16", "amp"], default="f32",
+    f.add_argument("--precision", choices=["f32", "f16"], default="f32",
                    help="f16: wgtune's f16 executor emulated (every tensor it stores rounded to f16, forward values "
-                        "and gradients, arithmetic in f32) with dynamic loss scaling; amp: torch.autocast(float16) "
-                        "with the same loss scaling (fastai's to_fp16)")
+                        "and gradients, arithmetic in f32) with GradScaler's dynamic loss scaling")
     f.add_argument("--loss-scale", type=float, default=65536.0, help="the loss scale's start (GradScaler's 2^16)")
     f.add_argument("--scaler-per-fit", action="store_true",
                    help="restart the loss scale at each fit, as fastai's MixedPrecision does (wgtune keeps it)")
