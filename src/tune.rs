@@ -1,6 +1,7 @@
 //! The autotuner: which of a kernel family's correct variants runs a given problem on this device, decided by
 //! timing them on the device (GPU timestamps) the first time the problem is met, and remembered in a cache file per
-//! adapter, driver and wgtune version, so later runs reuse the choice without timing anything.
+//! adapter, driver, wgtune version and kernel settings (runtime checks, subgroup sums), so later runs reuse the choice
+//! without timing anything.
 //!
 //! `WGTUNE_AUTOTUNE` sets the mode: `full` (the default) times problems the cache does not know, within a budget
 //! of [`BUDGET_S`] seconds per process; `cache` uses cached choices and the defaults for the rest, timing nothing;
@@ -101,10 +102,24 @@ pub struct TuneReport {
     pub choices: BTreeMap<String, Choice>,
 }
 
-/// The device key of a cache: adapter, backend, driver and wgtune version. Any change starts a new cache.
+/// The device key of a cache: adapter, backend, driver, wgtune version and the two settings that change the
+/// compiled kernels (runtime checks, subgroup reductions). Any change starts a new cache.
 pub fn device_key(gpu: &Gpu) -> String {
     let s = gpu.summary();
-    format!("{} | {} | {} {} | wgtune {}", s.name, s.backend, s.driver, s.driver_info, env!("CARGO_PKG_VERSION"))
+    let adapter = format!("{} | {} | {} {}", s.name, s.backend, s.driver, s.driver_info);
+    key_of(&adapter, gpu.shader_checks(), gpu.subgroups())
+}
+
+/// [`device_key`] from its parts: the adapter's description, whether kernels keep wgpu's runtime checks and the
+/// subgroup sizes the reductions use (None: workgroup trees). A variant timed with checks on, or with trees, can
+/// lose to one it beats without them, so a choice holds only under the settings it was made with.
+fn key_of(adapter: &str, shader_checks: bool, subgroups: Option<(u32, u32)>) -> String {
+    let checks = if shader_checks { "checks on" } else { "checks off" };
+    let sums = match subgroups {
+        Some((min, max)) => format!("subgroups {min}-{max}"),
+        None => "no subgroups".to_string(),
+    };
+    format!("{adapter} | {checks} | {sums} | wgtune {}", env!("CARGO_PKG_VERSION"))
 }
 
 /// FNV-1a: a file name from the device key that stays the same across Rust versions.
@@ -359,6 +374,17 @@ mod tests {
         assert_ne!(cache_path(&dir, &newer), path);
         assert_eq!(Tuner::open(Mode::Full, newer, Some(path.clone())).loaded, 0);
         assert_eq!(Tuner::open(Mode::Off, device.clone(), Some(path.clone())).loaded, 0, "off reads nothing");
+        // So is another runtime-check or subgroup setting on the same adapter.
+        let base = key_of("GPU X | Vulkan | drv 1.0", false, Some((32, 32)));
+        let others = [
+            key_of("GPU X | Vulkan | drv 1.0", true, Some((32, 32))),
+            key_of("GPU X | Vulkan | drv 1.0", false, None),
+            key_of("GPU X | Vulkan | drv 1.1", false, Some((32, 32))),
+        ];
+        for other in &others {
+            assert_ne!(cache_path(&dir, other), cache_path(&dir, &base), "{other} against {base}");
+        }
+        assert_eq!(key_of("GPU X | Vulkan | drv 1.0", false, Some((32, 32))), base, "the same settings, the same key");
         std::fs::write(&path, b"{ not json").unwrap();
         assert_eq!(Tuner::open(Mode::Full, device, Some(path)).loaded, 0, "a broken file is ignored");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -61,19 +61,24 @@ fn bench_matmul_json_lines_have_the_promised_fields() {
 fn the_autotuner_caches_its_choice_and_the_modes_hold() {
     let dir = std::env::temp_dir().join(format!("wgtune-cli-autotune-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let run = |mode: &str| {
-        let out = wgtune()
-            .args(["bench", "matmul", "--sizes", "161", "--kernels", "auto", "--runs", "1", "--json"])
+    let run_with = |mode: &str, setting: Option<(&str, &str)>| {
+        let mut cmd = wgtune();
+        cmd.args(["bench", "matmul", "--sizes", "161", "--kernels", "auto", "--runs", "1", "--json"])
             .env("WGTUNE_CACHE_DIR", &dir)
             .env("WGTUNE_AUTOTUNE", mode)
-            .output()
-            .expect("run wgtune");
+            .env_remove("WGTUNE_SHADER_CHECKS")
+            .env_remove("WGTUNE_SUBGROUPS");
+        if let Some((name, value)) = setting {
+            cmd.env(name, value);
+        }
+        let out = cmd.output().expect("run wgtune");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let run = |mode: &str| run_with(mode, None);
     let (ok, stdout, stderr) = run("full");
     assert!(ok, "{stderr}");
     let first: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
@@ -98,6 +103,12 @@ fn the_autotuner_caches_its_choice_and_the_modes_hold() {
     std::fs::write(&files[0], serde_json::to_vec(&cache).unwrap()).unwrap();
     let (ok, stdout, stderr) = run("cache");
     assert!(ok && stdout.contains(&format!("\"tuned\":\"{other}\"")), "{stdout} {stderr}");
+    // A choice holds only under the settings it was timed with: with runtime checks on, or subgroup sums off,
+    // the cache of the plain run is not this run's (the default runs, nothing timed in `cache` mode).
+    for setting in [("WGTUNE_SHADER_CHECKS", "on"), ("WGTUNE_SUBGROUPS", "off")] {
+        let (ok, stdout, stderr) = run_with("cache", Some(setting));
+        assert!(ok && stdout.contains("\"tuned\":\"tiled\""), "{setting:?}: {stdout} {stderr}");
+    }
     let (ok, stdout, stderr) = run("off");
     assert!(ok && stdout.contains("\"tuned\":\"tiled\""), "{stdout} {stderr}");
     let (ok, _, stderr) = run("fastest");

@@ -280,6 +280,22 @@ fn wgsl_blocks_shared_between_families_stay_identical() {
         let [a, b] = families.map(|f| item(source(f), head));
         assert_eq!(a, b, "`{head}` differs between {} and {}", families[0], families[1]);
     }
+    // The reductions' entry into a workgroup (`Lane` and `enter`, with the subgroup variant's private copies), in
+    // both of the blocks that src/gpu/kernels.rs swaps.
+    for section in ["// [workgroup tree]", "/* [subgroups]"] {
+        let [a, b] = ["depthwise", "norm"].map(|f| lane_block(source(f), section));
+        assert!(a.contains("fn enter(lane: Lane) -> u32"), "{section}: {a}");
+        assert_eq!(a, b, "`Lane` and `enter` in {section} differ between depthwise and norm");
+    }
+}
+
+/// From `section` on, the text from `struct Lane` to the end of `fn enter`.
+fn lane_block<'a>(source: &'a str, section: &str) -> &'a str {
+    let rest = &source[source.find(section).unwrap_or_else(|| panic!("no `{section}`"))..];
+    let rest = &rest[rest.find("struct Lane").unwrap_or_else(|| panic!("no `struct Lane` after `{section}`"))..];
+    let enter = rest.find("\nfn enter(").unwrap_or_else(|| panic!("no `fn enter` after `{section}`"));
+    let end = enter + rest[enter..].find("\n}\n").expect("the end of `fn enter`") + 2;
+    &rest[..end]
 }
 
 /// Every launcher is named after its entry point, so entry points are unique across families (the same entry with
