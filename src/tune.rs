@@ -7,7 +7,8 @@
 //! of [`BUDGET_S`] seconds per process; `cache` uses cached choices and the defaults for the rest, timing nothing;
 //! `off` uses the defaults only. `WGTUNE_CACHE_DIR` moves the cache (the user cache dir's `wgtune` folder
 //! otherwise). Problems too small to be worth a measurement ([`MIN_FLOPS`]), problems past the budget and devices
-//! without timestamp queries get the family's default for the device type, uncached, so a later run can tune them.
+//! without timestamp queries get the family's default for the device type, uncached, so a later run can tune them;
+//! a problem the budget cuts short runs its default too, with what was timed cached for the next run to finish.
 //! In a browser tab nothing is timed (the page cannot block on the GPU): the defaults run.
 
 use std::collections::BTreeMap;
@@ -65,11 +66,16 @@ impl Mode {
     }
 }
 
-/// One problem's choice and what each variant measured (milliseconds, the fastest of [`RUNS`]).
+/// One problem's choice and what each variant measured (milliseconds, the fastest of [`RUNS`]). A problem the
+/// budget cut short keeps its default as `kernel` and names the variants not yet timed in `pending`: the next run
+/// times only those, so a problem whose variants together outlast the budget is finished over a few runs instead
+/// of started anew by each.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
     pub kernel: String,
     pub measured_ms: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 /// The cache file: the device it was measured on and the choices by problem.
@@ -173,14 +179,70 @@ impl Tuner {
         Ok(Tuner::open(mode, device, path))
     }
 
-    /// The cached choice of `key`, if it names one of `candidates` and was made among all of them: a variant
-    /// added since (a newer build of the same version) was never timed, so the problem is tuned again.
+    /// The cached choice of `key`, if it is finished, names one of `candidates` and was made among all of them: a
+    /// variant added since (a newer build of the same version) was never timed, so the problem is tuned again.
     pub fn cached<K: Copy>(&self, key: &str, candidates: &[K], name: fn(K) -> &'static str) -> Option<K> {
         let c = self.choices.get(key)?;
-        if !candidates.iter().all(|&k| c.measured_ms.contains_key(name(k))) {
+        if !c.pending.is_empty() || !candidates.iter().all(|&k| c.measured_ms.contains_key(name(k))) {
             return None;
         }
         candidates.iter().copied().find(|&k| name(k) == c.kernel)
+    }
+
+    /// What earlier runs measured of `candidates` for `key` (a problem they left unfinished, or one offered a new
+    /// variant since).
+    fn known<K: Copy>(&self, key: &str, candidates: &[K], name: fn(K) -> &'static str) -> Vec<(K, f64)> {
+        let Some(c) = self.choices.get(key) else { return Vec::new() };
+        candidates.iter().filter_map(|&k| c.measured_ms.get(name(k)).map(|&ms| (k, ms))).collect()
+    }
+
+    /// [`choose`] with the budget as `out_of_time(seconds this problem has taken so far)`: the cached choice; or
+    /// the variants no run has timed yet, timed now and the fastest recorded; or, when time runs out first, what
+    /// was timed recorded as unfinished (the default runs, a later run times the rest).
+    #[allow(clippy::too_many_arguments)]
+    fn decide<K: Copy + PartialEq>(
+        &mut self,
+        key: &str,
+        candidates: &[K],
+        name: fn(K) -> &'static str,
+        default: K,
+        flops: u64,
+        out_of_time: impl Fn(f64) -> bool,
+        time: &mut impl FnMut(K, usize) -> Result<Option<f64>>,
+    ) -> Result<K> {
+        if self.mode == Mode::Off {
+            return Ok(default);
+        }
+        if let Some(k) = self.cached(key, candidates, name) {
+            return Ok(k);
+        }
+        if self.mode == Mode::Cache || flops < MIN_FLOPS || out_of_time(0.0) || cfg!(target_arch = "wasm32") {
+            return Ok(default);
+        }
+        let known = self.known(key, candidates, name);
+        let Some(Measured { times: measured, finished }) =
+            measure(key, candidates, default, known, &out_of_time, time)?
+        else {
+            return Ok(default);
+        };
+        let chosen = if finished { pick(&measured, default) } else { default };
+        let untimed = candidates.iter().filter(|&&k| !measured.iter().any(|m| m.0 == k));
+        let pending = untimed.map(|&k| name(k).to_string()).collect();
+        let choice = Choice {
+            kernel: name(chosen).to_string(),
+            measured_ms: measured.iter().map(|&(k, ms)| (name(k).to_string(), ms)).collect(),
+            pending,
+        };
+        if finished {
+            log::info!("autotune {key}: {} of {:?}", choice.kernel, choice.measured_ms);
+        } else {
+            log::info!(
+                "autotune {key}: out of time with {:?} untimed; the default runs, a later run times the rest",
+                choice.pending
+            );
+        }
+        self.record(key, choice);
+        Ok(chosen)
     }
 
     /// Remember `key`'s choice and write the cache (atomically: a temporary file renamed over it). A failed write
@@ -246,29 +308,12 @@ pub fn choose<K: Copy + PartialEq>(
     mut time: impl FnMut(K, usize) -> Result<Option<f64>>,
 ) -> Result<K> {
     let mut t = tuner(gpu)?.lock().unwrap_or_else(|p| p.into_inner());
-    if t.mode == Mode::Off {
-        return Ok(default);
-    }
-    if let Some(k) = t.cached(key, candidates, name) {
-        return Ok(k);
-    }
-    if t.mode == Mode::Cache || flops < MIN_FLOPS || spent_s() >= BUDGET_S || cfg!(target_arch = "wasm32") {
-        return Ok(default);
-    }
     let start = crate::clock::Instant::now();
-    let result = measure(key, candidates, default, &mut time);
+    let chosen = t.decide(key, candidates, name, default, flops, |here| spent_s() + here >= BUDGET_S, &mut time);
     let spent = start.elapsed().as_secs_f64();
     t.spent_s += spent;
     SPENT_US.fetch_add((spent * 1e6) as u64, Ordering::Relaxed);
-    let Some(measured) = result? else { return Ok(default) };
-    let chosen = pick(&measured, default);
-    let choice = Choice {
-        kernel: name(chosen).to_string(),
-        measured_ms: measured.iter().map(|&(k, ms)| (name(k).to_string(), ms)).collect(),
-    };
-    log::info!("autotune {key}: {} of {:?}", choice.kernel, choice.measured_ms);
-    t.record(key, choice);
-    Ok(chosen)
+    chosen
 }
 
 /// Scratch tensors shaped and typed like a problem's operands (each with its role for the label), on which the
@@ -291,30 +336,41 @@ fn spent_s() -> f64 {
     SPENT_US.load(Ordering::Relaxed) as f64 / 1e6
 }
 
-/// Time every candidate, the default first, then the others: each probed with one run and, when within
-/// [`PROBE_WITHIN`] of the best so far, given the remaining runs (variants far off the pace cost one run each).
-/// `None` when the device has no timestamps, or the process's budget ran out before the last candidate (the
-/// problem then runs its default, uncached, and a later run measures it whole).
+/// What [`measure`] timed: each variant's milliseconds, and whether that is every candidate.
+struct Measured<K> {
+    times: Vec<(K, f64)>,
+    finished: bool,
+}
+
+/// Time the candidates `known` lacks, the default first, then the others: each probed with one run and, when
+/// within [`PROBE_WITHIN`] of the best so far, given the remaining runs (variants far off the pace cost one run
+/// each). Returns what is measured and whether every candidate is: not when `out_of_time` (given the seconds spent
+/// here) stopped it first. `None` when the device has no timestamps, or time ran out before anything was measured.
 fn measure<K: Copy + PartialEq>(
     key: &str,
     candidates: &[K],
     default: K,
+    known: Vec<(K, f64)>,
+    out_of_time: &impl Fn(f64) -> bool,
     time: &mut impl FnMut(K, usize) -> Result<Option<f64>>,
-) -> Result<Option<Vec<(K, f64)>>> {
+) -> Result<Option<Measured<K>>> {
     let start = crate::clock::Instant::now();
     let order = std::iter::once(default).chain(candidates.iter().copied().filter(|&k| k != default));
-    let mut measured: Vec<(K, f64)> = Vec::with_capacity(candidates.len());
+    let mut measured = known;
     for k in order {
-        if spent_s() + start.elapsed().as_secs_f64() >= BUDGET_S {
-            log::info!("autotune {key}: out of time, the default runs");
-            return Ok(None);
+        if measured.iter().any(|m| m.0 == k) {
+            continue;
+        }
+        if out_of_time(start.elapsed().as_secs_f64()) {
+            log::debug!("autotune {key}: out of time after {} of {} variants", measured.len(), candidates.len());
+            return Ok(Some(Measured { times: measured, finished: false }).filter(|m| !m.times.is_empty()));
         }
         let Some(probe) = time(k, 1)? else { return Ok(None) };
         let best = measured.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
         let ms = if probe <= PROBE_WITHIN * best { probe.min(time(k, RUNS - 1)?.unwrap_or(probe)) } else { probe };
         measured.push((k, ms));
     }
-    Ok(Some(measured))
+    Ok(Some(Measured { times: measured, finished: true }))
 }
 
 /// The fastest measured variant, unless it is within [`MARGIN`] of the default's time.
@@ -348,7 +404,66 @@ mod tests {
     }
 
     fn choice(kernel: &str) -> Choice {
-        Choice { kernel: kernel.into(), measured_ms: [("a".to_string(), 1.0), ("b".to_string(), 2.0)].into() }
+        let measured_ms = [("a".to_string(), 1.0), ("b".to_string(), 2.0)].into();
+        Choice { kernel: kernel.into(), measured_ms, pending: Vec::new() }
+    }
+
+    /// A problem whose variants outlast the budget: each run times what the last left untimed, records it, and the
+    /// run that times the last variant makes the choice, which later runs read without timing anything.
+    #[test]
+    fn a_problem_the_budget_cuts_short_is_finished_by_later_runs() {
+        let dir = std::env::temp_dir().join(format!("wgtune-tune-partial-{}", std::process::id()));
+        let device = "GPU Y | Vulkan | drv 2.0 | wgtune 0.1.0".to_string();
+        let path = cache_path(&dir, &device);
+        let candidates = ["tiled", "a", "b", "c"];
+        let name = |k: &'static str| k;
+        let ms = |k: &str| match k {
+            "tiled" => 10.0,
+            "a" => 12.0,
+            "b" => 6.0,
+            _ => 8.0,
+        };
+        // One process: the budget allows `per_run` variants (counting whole variants, not seconds).
+        let run = |per_run: usize| {
+            let timed = std::cell::RefCell::new(Vec::<&str>::new());
+            let mut tuner = Tuner::open(Mode::Full, device.clone(), Some(path.clone()));
+            let out_of_time = |_: f64| timed.borrow().len() >= per_run;
+            let mut time = |k: &'static str, _runs: usize| {
+                if !timed.borrow().contains(&k) {
+                    timed.borrow_mut().push(k);
+                }
+                Ok(Some(ms(k)))
+            };
+            let chosen = tuner.decide("mm", &candidates, name, "tiled", MIN_FLOPS, out_of_time, &mut time).unwrap();
+            (chosen, timed.into_inner(), tuner.choices.get("mm").cloned())
+        };
+        let (chosen, timed, c) = run(2);
+        assert_eq!((chosen, timed), ("tiled", vec!["tiled", "a"]), "the default first, then in order");
+        let c = c.expect("the unfinished problem is recorded");
+        assert_eq!((c.kernel.as_str(), c.pending.clone()), ("tiled", vec!["b".to_string(), "c".to_string()]));
+        assert_eq!(c.measured_ms, [("tiled".to_string(), 10.0), ("a".to_string(), 12.0)].into());
+        let (chosen, timed, c) = run(1);
+        assert_eq!((chosen, timed), ("tiled", vec!["b"]), "the next run times only what is left");
+        assert_eq!(c.unwrap().pending, vec!["c".to_string()]);
+        let (chosen, timed, c) = run(1);
+        assert_eq!((chosen, timed), ("b", vec!["c"]), "the last variant timed, the fastest chosen");
+        assert!(c.unwrap().pending.is_empty());
+        let again = Tuner::open(Mode::Full, device.clone(), Some(path.clone()));
+        assert_eq!(again.cached("mm", &candidates, name), Some("b"));
+        let (chosen, timed, _) = run(0);
+        assert_eq!((chosen, timed), ("b", vec![]), "a finished choice is read, nothing timed, whatever the budget");
+        // A budget spent before the problem is met times nothing and records nothing.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (chosen, timed, c) = run(0);
+        assert_eq!((chosen, timed, c), ("tiled", vec![], None));
+        // An unfinished entry is not a choice, even when its pending variant is no longer offered.
+        let mut t = Tuner::open(Mode::Full, device.clone(), None);
+        let mut partial = choice("b");
+        partial.pending = vec!["c".to_string()];
+        t.record("mm", partial);
+        assert_eq!(t.cached("mm", &["a", "b"], name), None);
+        assert_eq!(t.known("mm", &["a", "b", "c"], name), vec![("a", 1.0), ("b", 2.0)]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -211,7 +211,11 @@ pub(crate) fn bench(adapter: Option<String>, what: BenchCommand) -> anyhow::Resu
             );
             for (problem, c) in &t.choices {
                 let alts: Vec<String> = c.measured_ms.iter().map(|(k, ms)| format!("{k} {ms:.3}")).collect();
-                println!("{problem:<62} {:<8} ms: {}", c.kernel, alts.join(", "));
+                let pending = match c.pending.as_slice() {
+                    [] => String::new(),
+                    p => format!("; untimed so far: {}", p.join(", ")),
+                };
+                println!("{problem:<62} {:<8} ms: {}{pending}", c.kernel, alts.join(", "));
             }
             Ok(())
         }
