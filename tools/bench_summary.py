@@ -117,7 +117,11 @@ def main():
             families = {}
             for key, c in sorted(r.get("choices", {}).items()):
                 family = " ".join(w for w in key.split()[:2] if not w[0].isdigit())
-                f = families.setdefault(family, {"won": {}, "chosen": 0.0, "tiled": 0.0})
+                f = families.setdefault(family, {"won": {}, "chosen": 0.0, "tiled": 0.0, "unfinished": 0})
+                if c.get("pending"):
+                    # The budget cut this problem short: its default runs, nothing was chosen yet.
+                    f["unfinished"] += 1
+                    continue
                 f["won"][c["kernel"]] = f["won"].get(c["kernel"], 0) + 1
                 ms = c.get("measured_ms", {})
                 if c["kernel"] in ms and "tiled" in ms:
@@ -125,6 +129,8 @@ def main():
                     f["tiled"] += ms["tiled"]
             for family, f in families.items():
                 won = ", ".join(f"{k} {n}" for k, n in sorted(f["won"].items()))
+                if f["unfinished"]:
+                    won += f" ({f['unfinished']} not yet timed in full)"
                 times = f"{f['chosen']:.2f} / {f['tiled']:.2f}" if f["tiled"] else "-"
                 print(f"| {r.get('model', '?')} | {family} | {won} | {times} |")
 
