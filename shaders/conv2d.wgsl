@@ -246,6 +246,11 @@ fn conv2d_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let wr15 = (co_base + min(r0 + 15u, cout_g - 1u)) * cin_g * khw;
     // Columns: output pixels (n, oh, ow) (clamped for loading). gemm_b = x.
     let col0 = wg.x * WG * TN + lid.x;
+    // An invocation whose first column is past the edge has no column to compute (no barrier follows: leaving
+    // early is safe); a narrow problem (a small batch's last layers) would otherwise run whole masked blocks.
+    if (col0 >= ncols) {
+        return;
+    }
     let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
     let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
     let k0 = min(c0, vec4<u32>(ncols - 1u));
@@ -603,6 +608,11 @@ fn conv2d_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     let wr15 = min(r0 + 15u, cin_g - 1u) * khw;
     // Columns: the phase's pixels (n, i, j) (clamped for loading). gemm_b = dy.
     let col0 = wg.x * WG * TN + lid.x;
+    // An invocation whose first column is past the edge has no column to compute (no barrier follows: leaving
+    // early is safe); a narrow problem (a small batch's last layers) would otherwise run whole masked blocks.
+    if (col0 >= ncols) {
+        return;
+    }
     let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
     let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
     let k0 = min(c0, vec4<u32>(max(ncols, 1u) - 1u));

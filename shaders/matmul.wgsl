@@ -210,6 +210,11 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     let ar14 = a_base + min(row0 + 14u, last_row) * p.a_row;
     let ar15 = a_base + min(row0 + 15u, last_row) * p.a_row;
     let col0 = wg.x * WG * TN + lid.x;
+    // An invocation whose first column is past the edge has no column to compute (no barrier follows: leaving
+    // early is safe); a narrow problem (a small batch's last layers) would otherwise run whole masked blocks.
+    if (col0 >= p.n) {
+        return;
+    }
     let c0 = vec4<u32>(col0) + vec4<u32>(0u, 1u, 2u, 3u) * WG;
     let c1 = vec4<u32>(col0) + vec4<u32>(4u, 5u, 6u, 7u) * WG;
     let last_col = vec4<u32>(p.n - 1u);
